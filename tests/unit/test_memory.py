@@ -1,0 +1,119 @@
+"""Guest memory, foreign mappings and the page allocator."""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import signal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xenlike.memory import PAGE_SIZE, ForeignMapping, GuestMemory, OutOfFrames, PageAllocator
+
+
+@pytest.fixture
+def memory():
+    mem = GuestMemory.create(32, "test-guest")
+    yield mem
+    mem.close()
+
+
+def test_memory_is_sparse_and_zeroed(memory):
+    assert memory.size == 32 * PAGE_SIZE
+    assert memory.resident_frames() == 0
+    assert bytes(memory.frame(5)) == bytes(PAGE_SIZE)
+    memory.frame(5)[:4] = b"xen!"
+    assert memory.resident_frames() == 1
+
+
+def test_frame_outside_memory_is_refused(memory):
+    with pytest.raises(IndexError, match="outside this domain's memory"):
+        memory.frame(32)
+    with pytest.raises(IndexError):
+        memory.frames(30, 3)
+    with pytest.raises(IndexError):
+        memory.address(-1)
+
+
+def test_release_frames_punches_holes(memory):
+    memory.frame(3)[:] = b"\xff" * PAGE_SIZE
+    assert memory.resident_frames() == 1
+    memory.release_frames([3])
+    assert memory.resident_frames() == 0
+    assert bytes(memory.frame(3)) == bytes(PAGE_SIZE)
+
+
+def test_another_process_sees_the_same_frames(memory):
+    other = GuestMemory.from_fd(os.dup(memory.fd))
+    try:
+        other.frame(7)[:5] = b"hello"
+        assert bytes(memory.frame(7)[:5]) == b"hello"
+        assert other.nr_frames == memory.nr_frames
+    finally:
+        other.close()
+
+
+def test_foreign_mapping_places_scattered_frames_side_by_side(memory):
+    for pfn in (9, 2, 20):
+        memory.frame(pfn)[:1] = bytes([pfn])
+    with ForeignMapping(memory.fd, [9, 2, 20]) as mapping:
+        assert [mapping.view[i * PAGE_SIZE] for i in range(3)] == [9, 2, 20]
+        mapping.frame(1)[1:3] = b"ok"
+    assert bytes(memory.frame(2)[1:3]) == b"ok"
+
+
+def test_read_only_foreign_mapping_faults_on_write(memory):
+    """A read-only mapping is PROT_READ: even a raw store through ctypes faults."""
+    mapping = ForeignMapping(memory.fd, [4], writable=False)
+    with pytest.raises(TypeError):
+        mapping.view[0] = 1
+    pid = os.fork()
+    if pid == 0:  # the child tries to write behind Python's back
+        faulthandler.disable()  # the fault is expected: no traceback
+        ctypes.memset(mapping.address, 0x41, 1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    mapping.close()
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV
+    assert memory.frame(4)[0] == 0
+
+
+def test_allocator_hands_out_contiguous_runs():
+    pages = PageAllocator(4, 20)
+    a = pages.alloc(4)
+    b = pages.alloc(8)
+    assert (a, b) == (4, 8)
+    with pytest.raises(OutOfFrames):
+        pages.alloc(5)
+    pages.free(a)
+    assert pages.alloc(2) == 4
+    with pytest.raises(ValueError):
+        pages.free(5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 6)), max_size=60))
+def test_allocator_never_overlaps_and_coalesces(ops):
+    pages = PageAllocator(8, 72)
+    owned: dict[int, int] = {}
+    for do_alloc, count in ops:
+        if do_alloc or not owned:
+            try:
+                start = pages.alloc(count)
+            except OutOfFrames:
+                continue
+            assert 8 <= start and start + count <= 72
+            for other, length in owned.items():
+                assert start + count <= other or other + length <= start
+            owned[start] = count
+        else:
+            start = sorted(owned)[count % len(owned)]
+            pages.free(start)
+            del owned[start]
+        assert pages.free_frames == 64 - sum(owned.values())
+    for start in list(owned):
+        pages.free(start)
+    assert pages.alloc(64) == 8  # everything coalesced back into one run

@@ -1,0 +1,253 @@
+"""Guest pseudo-physical memory, foreign mappings and the guest's page allocator.
+
+A domain's memory is one sparse memfd of ``nr_frames`` 4 KiB frames, numbered
+0..N-1 (Xen's guest frame numbers, GFNs/PFNs). Nothing is named in /dev/shm, and
+the memory lives exactly as long as some process holds the fd or a mapping.
+Frame numbers are the only addresses that cross a process boundary: a grant names
+a frame, a ring reference is a grant, the start info names frames.
+
+* :class:`GuestMemory` is a domain's own view of its memory (the whole memfd mapped).
+* :class:`ForeignMapping` maps chosen frames of *another* domain's memfd into one
+  contiguous, optionally read-only region: what ``xenforeignmemory_map`` or a
+  grant map gives a back-end in Xen. It is how dom0 reaches a front-end's ring pages
+  and I/O buffers.
+* :class:`PageAllocator` hands out the guest's free frames to its kernel and drivers
+  (rings, buffers); it is the guest's business, the hypervisor never sees it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from typing import Iterable, Sequence
+
+__all__ = [
+    "PAGE_SIZE",
+    "PAGE_SHIFT",
+    "GuestMemory",
+    "ForeignMapping",
+    "PageAllocator",
+    "OutOfFrames",
+]
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+
+class OutOfFrames(MemoryError):
+    """The allocator has no run of free frames as long as the one asked for."""
+
+
+class GuestMemory:
+    """A domain's pseudo-physical memory: frames 0..nr_frames-1 of one memfd.
+
+    The creator owns the fd; another process given the fd (over SCM_RIGHTS) builds
+    its own view with :meth:`from_fd`. Unused frames cost nothing (the memfd is
+    sparse); :meth:`release_frames` gives frames back to the host (ballooning).
+    """
+
+    def __init__(self, fd: int, nr_frames: int) -> None:
+        if nr_frames <= 0:
+            raise ValueError(f"a domain needs at least one frame, not {nr_frames}")
+        self.fd = fd
+        self.nr_frames = nr_frames
+        self.size = nr_frames * PAGE_SIZE
+        self._map = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.view = memoryview(self._map)
+        self._base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+
+    @classmethod
+    def create(cls, nr_frames: int, name: str = "xenlike-guest") -> "GuestMemory":
+        """Allocate a new, zero-filled, sparse memfd of ``nr_frames`` frames."""
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, nr_frames * PAGE_SIZE)
+            return cls(fd, nr_frames)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def from_fd(cls, fd: int, nr_frames: int | None = None) -> "GuestMemory":
+        """Map memory whose fd came from elsewhere (the size is read from the fd)."""
+        size = os.fstat(fd).st_size
+        if nr_frames is None:
+            nr_frames = size // PAGE_SIZE
+        if nr_frames * PAGE_SIZE > size:
+            raise ValueError(f"memfd holds {size // PAGE_SIZE} frames, not {nr_frames}")
+        return cls(fd, nr_frames)
+
+    def check_frame(self, pfn: int, count: int = 1) -> None:
+        """Raise IndexError unless frames pfn..pfn+count-1 exist."""
+        if pfn < 0 or count < 0 or pfn + count > self.nr_frames:
+            raise IndexError(
+                f"frames {pfn}..{pfn + count - 1} are outside this domain's memory (0..{self.nr_frames - 1})"
+            )
+
+    def frame(self, pfn: int) -> memoryview:
+        """The 4 KiB of frame ``pfn``, writable, without copying."""
+        return self.frames(pfn, 1)
+
+    def frames(self, pfn: int, count: int) -> memoryview:
+        """A contiguous run of ``count`` frames starting at ``pfn``."""
+        self.check_frame(pfn, count)
+        return self.view[pfn * PAGE_SIZE : (pfn + count) * PAGE_SIZE]
+
+    def address(self, pfn: int, offset: int = 0) -> int:
+        """Virtual address, in this process, of byte ``offset`` of frame ``pfn``."""
+        self.check_frame(pfn)
+        return self._base + pfn * PAGE_SIZE + offset
+
+    def release_frames(self, pfns: Iterable[int]) -> None:
+        """Punch the frames out of the memfd: their contents are gone, their memory freed."""
+        for pfn in pfns:
+            self.check_frame(pfn)
+            self._map.madvise(mmap.MADV_REMOVE, pfn * PAGE_SIZE, PAGE_SIZE)
+
+    def resident_frames(self) -> int:
+        """How many frames are backed by host memory (sparse frames excluded)."""
+        return os.fstat(self.fd).st_blocks * 512 // PAGE_SIZE
+
+    def close(self, *, close_fd: bool = True) -> None:
+        """Drop the mapping (and the fd): callers must hold no views of the frames."""
+        if self._map is None:
+            return
+        self.view.release()
+        self._map.close()
+        self._map = None  # type: ignore[assignment]
+        if close_fd:
+            os.close(self.fd)
+
+    def __enter__(self) -> "GuestMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_FIXED = 0x10
+_PROT_NONE = 0
+
+
+def _checked_mmap(addr: int | None, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+    result = _libc.mmap(addr, length, prot, flags, fd, offset)
+    if result == _MAP_FAILED or result is None:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap failed: {os.strerror(err)}")
+    return result
+
+
+class ForeignMapping:
+    """Frames of another domain's memory mapped side by side into one region.
+
+    Mirrors ``xenforeignmemory_map()`` / a batch of ``GNTTABOP_map_grant_ref``: the
+    frames need not be contiguous in the granter's memory, but the mapper sees them
+    as one contiguous buffer (a multi-page ring, an indirect segment list). With
+    ``writable=False`` the pages are mapped ``PROT_READ``: a write through them
+    faults, as a read-only grant mapping does in Xen.
+    """
+
+    def __init__(self, fd: int, pfns: Sequence[int], *, writable: bool = True) -> None:
+        if not pfns:
+            raise ValueError("a foreign mapping needs at least one frame")
+        self.pfns = tuple(pfns)
+        self.writable = writable
+        self.size = len(self.pfns) * PAGE_SIZE
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        # Reserve the whole range first so each frame can be placed at its slot.
+        self._addr = _checked_mmap(None, self.size, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        try:
+            for i, pfn in enumerate(self.pfns):
+                _checked_mmap(self._addr + i * PAGE_SIZE, PAGE_SIZE, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, pfn * PAGE_SIZE)
+        except BaseException:
+            _libc.munmap(self._addr, self.size)
+            raise
+        raw = (ctypes.c_char * self.size).from_address(self._addr)
+        view = memoryview(raw).cast("B")
+        self.view = view if writable else view.toreadonly()
+        self._raw_view = view
+
+    @property
+    def address(self) -> int:
+        """Virtual address of the first mapped byte in this process."""
+        return self._addr
+
+    def frame(self, index: int) -> memoryview:
+        """The ``index``-th mapped frame (not the granter's pfn)."""
+        return self.view[index * PAGE_SIZE : (index + 1) * PAGE_SIZE]
+
+    def close(self) -> None:
+        """Unmap the frames. Views taken from :attr:`view` must not be used after this."""
+        if self._addr is None:
+            return
+        self.view.release()
+        self._raw_view.release()
+        _libc.munmap(self._addr, self.size)
+        self._addr = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "ForeignMapping":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PageAllocator:
+    """First-fit allocator of a guest's free frames (its kernel's page allocator).
+
+    Frames ``[first, limit)`` are managed; frames below ``first`` are the ones the
+    domain builder reserved (start info, console and xenstore pages, grant table).
+    Runs are contiguous so a multi-page ring or buffer is one slice of guest memory.
+    """
+
+    def __init__(self, first: int, limit: int) -> None:
+        if not 0 <= first <= limit:
+            raise ValueError(f"bad frame range [{first}, {limit})")
+        self.first = first
+        self.limit = limit
+        # Sorted list of free runs as [start, length].
+        self._free: list[list[int]] = [[first, limit - first]] if limit > first else []
+        self._allocated: dict[int, int] = {}
+
+    @property
+    def free_frames(self) -> int:
+        return sum(length for _, length in self._free)
+
+    def alloc(self, count: int = 1) -> int:
+        """Allocate ``count`` contiguous frames; returns the first pfn."""
+        if count <= 0:
+            raise ValueError(f"cannot allocate {count} frames")
+        for run in self._free:
+            start, length = run
+            if length >= count:
+                if length == count:
+                    self._free.remove(run)
+                else:
+                    run[0] += count
+                    run[1] -= count
+                self._allocated[start] = count
+                return start
+        raise OutOfFrames(f"no run of {count} free frames ({self.free_frames} free in all)")
+
+    def free(self, pfn: int) -> None:
+        """Return a run obtained from :meth:`alloc` (by its first pfn)."""
+        count = self._allocated.pop(pfn, None)
+        if count is None:
+            raise ValueError(f"frame {pfn} is not the start of an allocated run")
+        runs = self._free
+        index = 0
+        while index < len(runs) and runs[index][0] < pfn:
+            index += 1
+        runs.insert(index, [pfn, count])
+        # Coalesce with the neighbours so long runs come back.
+        if index + 1 < len(runs) and runs[index][0] + runs[index][1] == runs[index + 1][0]:
+            runs[index][1] += runs.pop(index + 1)[1]
+        if index > 0 and runs[index - 1][0] + runs[index - 1][1] == runs[index][0]:
+            runs[index - 1][1] += runs.pop(index)[1]
