@@ -1,0 +1,512 @@
+"""Shared I/O rings, with the semantics of ``xen/include/public/io/ring.h``.
+
+A shared ring is one or more pages holding a 64-byte header and a power-of-two
+array of slots; each slot is the union of a request and a response::
+
+    struct name_sring {                       byte offset
+        RING_IDX req_prod, req_event;         0, 4     (free-running uint32)
+        RING_IDX rsp_prod, rsp_event;         8, 12
+        uint8_t  pvt[4], __pad[44];           16..63
+        union name_sring_entry ring[];        64..
+    };
+
+The front end produces requests and consumes responses; the back end the
+reverse. Each side keeps its own private indices (:class:`FrontRing`:
+``req_prod_pvt``/``rsp_cons``; :class:`BackRing`: ``rsp_prod_pvt``/``req_cons``) and
+publishes them with one aligned 32-bit store. Notifications are suppressed with
+the event-index trick: a producer notifies only if the consumer's ``*_event`` lies
+in the window of indices it has just published, and a consumer that runs out of
+work re-arms ``*_event`` and checks again after a full barrier
+(``RING_FINAL_CHECK_FOR_*``), so no wake-up is ever lost.
+
+Memory ordering (see :mod:`xenlike.atomic`): slot contents are written before the
+index store that publishes them and read after the index load that reveals them;
+x86-64 keeps those orders. The two store→load sequences (publish an index, then
+read the peer's event; write our event, then re-read the peer's index) go through
+:func:`xenlike.atomic.mb`.
+
+Requests are copied out of the shared slots once, before anything looks at them
+(``RING_COPY_REQUEST``): a front end can rewrite shared memory at any moment, so a
+back end only ever validates and uses its private copy.
+
+The byte rings of the xenstore page (``xenstore_domain_interface``,
+``io/xs_wire.h``) and the console page (``xencons_interface``, ``io/console.h``)
+are :class:`ByteRing` pairs at the end of this module.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterable, Iterator, Sequence
+
+from .atomic import mb
+from .memory import PAGE_SIZE
+
+__all__ = [
+    "RING_IDX_MASK",
+    "SRING_HEADER_SIZE",
+    "RingError",
+    "RingFull",
+    "RingProtocol",
+    "ring_size",
+    "init_shared_ring",
+    "FrontRing",
+    "BackRing",
+    "ByteRing",
+    "XenstoreInterface",
+    "ConsoleInterface",
+]
+
+RING_IDX_MASK = 0xFFFFFFFF
+SRING_HEADER_SIZE = 64
+
+# The header as uint32 words.
+_REQ_PROD, _REQ_EVENT, _RSP_PROD, _RSP_EVENT = 0, 1, 2, 3
+
+
+class RingError(Exception):
+    """The peer broke the ring protocol (an index that cannot be right)."""
+
+
+class RingFull(RingError):
+    """No free slot: the producer must wait for the consumer."""
+
+
+def ring_size(nr_bytes: int, entry_size: int) -> int:
+    """Slots in a ring of ``nr_bytes`` (``__RING_SIZE``): rounded down to a power of two."""
+    fit = (nr_bytes - SRING_HEADER_SIZE) // entry_size
+    if fit < 1:
+        raise ValueError(f"{nr_bytes} bytes hold no {entry_size}-byte ring entry")
+    return 1 << (fit.bit_length() - 1)
+
+
+def _wrapping_copy_out(slots: memoryview, start: int, length: int) -> bytes:
+    """Copy ``length`` bytes out of a circular area from ``start`` (already masked)."""
+    end = start + length
+    if end <= len(slots):
+        return slots[start:end].tobytes()
+    return slots[start:].tobytes() + slots[: end - len(slots)].tobytes()
+
+
+def _wrapping_copy_in(slots: memoryview, start: int, data: bytes | memoryview) -> None:
+    """Copy ``data`` into a circular area from ``start`` (already masked)."""
+    first = len(slots) - start
+    if len(data) <= first:
+        slots[start : start + len(data)] = data
+    else:
+        slots[start:] = data[:first]
+        slots[: len(data) - first] = data[first:]
+
+
+class RingProtocol:
+    """A ring's request and response layouts, declared once for both ends.
+
+    The counterpart of ``DEFINE_RING_TYPES(name, request_t, response_t)``: each
+    layout is a ``struct.Struct`` with an explicit byte order and no implicit
+    padding, and ``entry_size`` is ``sizeof(union name_sring_entry)`` as the C
+    compiler lays it out (pass it when alignment makes it larger than both).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        request: struct.Struct,
+        response: struct.Struct,
+        entry_size: int | None = None,
+    ) -> None:
+        self.name = name
+        self.request = request
+        self.response = response
+        self.entry_size = entry_size or max(request.size, response.size)
+        if self.entry_size < max(request.size, response.size):
+            raise ValueError(f"{name}: entry size {self.entry_size} is smaller than a request or response")
+        # Whole-slot layouts, so a batch of slots unpacks with one iter_unpack.
+        self.request_slot = struct.Struct(request.format + f"{self.entry_size - request.size}x")
+        self.response_slot = struct.Struct(response.format + f"{self.entry_size - response.size}x")
+
+    def slots_in(self, nr_pages: int) -> int:
+        """Slots of a ring of ``nr_pages`` pages (``__CONST_RING_SIZE``)."""
+        return ring_size(nr_pages * PAGE_SIZE, self.entry_size)
+
+    def pack_requests(self, requests: Iterable[Sequence]) -> bytes:
+        """Lay out a batch of request tuples slot by slot."""
+        pack = self.request_slot.pack
+        return b"".join(pack(*r) for r in requests)
+
+    def pack_responses(self, responses: Iterable[Sequence]) -> bytes:
+        """Lay out a batch of response tuples slot by slot."""
+        pack = self.response_slot.pack
+        return b"".join(pack(*r) for r in responses)
+
+    def unpack_requests(self, data: bytes) -> Iterator[tuple]:
+        """Iterate over the request tuples of a batch copied off the ring."""
+        return self.request_slot.iter_unpack(data)
+
+    def unpack_responses(self, data: bytes) -> Iterator[tuple]:
+        """Iterate over the response tuples of a batch copied off the ring."""
+        return self.response_slot.iter_unpack(data)
+
+    def __repr__(self) -> str:
+        return f"RingProtocol({self.name!r}, entry_size={self.entry_size})"
+
+
+def init_shared_ring(shared: memoryview) -> None:
+    """``SHARED_RING_INIT``: indices 0, events 1 (the first message notifies), pad zeroed.
+
+    Only the front end initialises a ring; the back end attaches to what it finds.
+    """
+    header = shared[:SRING_HEADER_SIZE]
+    header[:] = bytes(SRING_HEADER_SIZE)
+    idx = header.cast("I")
+    idx[_REQ_EVENT] = 1
+    idx[_RSP_EVENT] = 1
+    idx.release()
+
+
+class _RingEnd:
+    """What both ends share: the header words, the slots, the geometry."""
+
+    def __init__(self, shared: memoryview, protocol: RingProtocol) -> None:
+        if len(shared) % PAGE_SIZE:
+            raise ValueError(f"a shared ring is whole pages, not {len(shared)} bytes")
+        self.protocol = protocol
+        self.entry_size = protocol.entry_size
+        self.nr_ents = ring_size(len(shared), self.entry_size)
+        self._mask = self.nr_ents - 1
+        self._idx = shared[:SRING_HEADER_SIZE].cast("I")
+        self._slots = shared[SRING_HEADER_SIZE : SRING_HEADER_SIZE + self.nr_ents * self.entry_size]
+        self.notifications_suppressed = 0
+
+    def _slot_offset(self, index: int) -> int:
+        return (index & self._mask) * self.entry_size
+
+    def _push(self, prod: int, event: int, new: int) -> bool:
+        """Publish ``new`` at header word ``prod``; True if the peer must be notified."""
+        idx = self._idx
+        old = idx[prod]
+        idx[prod] = new  # one aligned store; the slots were written before it
+        mb()  # the store above must be visible before we read the peer's event
+        notify = ((new - idx[event]) & RING_IDX_MASK) < ((new - old) & RING_IDX_MASK)
+        if not notify and new != old:
+            self.notifications_suppressed += 1
+        return notify
+
+    def shared_indices(self) -> dict[str, int]:
+        """The four header words as the peer sees them (for diagnostics)."""
+        idx = self._idx
+        return {
+            "req_prod": idx[_REQ_PROD],
+            "req_event": idx[_REQ_EVENT],
+            "rsp_prod": idx[_RSP_PROD],
+            "rsp_event": idx[_RSP_EVENT],
+        }
+
+    def shared_req_prod(self) -> int:
+        """The published request producer index (one aligned load)."""
+        return self._idx[_REQ_PROD]
+
+    def release(self) -> None:
+        """Drop the views of the shared pages (before unmapping them)."""
+        self._idx.release()
+        self._slots.release()
+
+
+class FrontRing(_RingEnd):
+    """The front end of a ring: ``struct name_front_ring``.
+
+    ``init=True`` (the default) initialises the shared page as ``SHARED_RING_INIT`` +
+    ``FRONT_RING_INIT``; ``init=False`` attaches to a page set up elsewhere.
+    """
+
+    def __init__(self, shared: memoryview, protocol: RingProtocol, *, init: bool = True) -> None:
+        if init:
+            init_shared_ring(shared)
+        super().__init__(shared, protocol)
+        self.req_prod_pvt = self._idx[_REQ_PROD]
+        self.rsp_cons = self._idx[_RSP_PROD] if not init else 0
+
+    # -- requests ---------------------------------------------------------------
+
+    def free_requests(self) -> int:
+        """``RING_FREE_REQUESTS``: slots we may fill before a response frees one."""
+        return self.nr_ents - ((self.req_prod_pvt - self.rsp_cons) & RING_IDX_MASK)
+
+    def full(self) -> bool:
+        """``RING_FULL``."""
+        return self.free_requests() == 0
+
+    def put_request(self, *fields: object) -> None:
+        """Write one request into the next private slot (published by a later push)."""
+        if self.full():
+            raise RingFull(f"{self.protocol.name} ring is full ({self.nr_ents} requests outstanding)")
+        self.protocol.request.pack_into(self._slots, self._slot_offset(self.req_prod_pvt), *fields)
+        self.req_prod_pvt = (self.req_prod_pvt + 1) & RING_IDX_MASK
+
+    def put_requests(self, slots: bytes | memoryview) -> int:
+        """Copy a batch of whole slots (``protocol.pack_requests``) in; returns the count."""
+        count = len(slots) // self.entry_size
+        if count * self.entry_size != len(slots):
+            raise ValueError(f"a batch is whole {self.entry_size}-byte slots, not {len(slots)} bytes")
+        if count > self.free_requests():
+            raise RingFull(f"{count} requests do not fit: {self.free_requests()} slots free")
+        _wrapping_copy_in(self._slots, self._slot_offset(self.req_prod_pvt), slots)
+        self.req_prod_pvt = (self.req_prod_pvt + count) & RING_IDX_MASK
+        return count
+
+    def push_requests(self) -> bool:
+        """``RING_PUSH_REQUESTS_AND_CHECK_NOTIFY``: publish; True if the back must be kicked."""
+        return self._push(_REQ_PROD, _REQ_EVENT, self.req_prod_pvt)
+
+    # -- responses --------------------------------------------------------------
+
+    def unconsumed_responses(self) -> int:
+        """``RING_HAS_UNCONSUMED_RESPONSES``, refusing a back end that answers too much."""
+        rsp_prod = self._idx[_RSP_PROD]
+        pending = (rsp_prod - self.rsp_cons) & RING_IDX_MASK
+        if pending > ((self.req_prod_pvt - self.rsp_cons) & RING_IDX_MASK):
+            raise RingError(
+                f"{self.protocol.name}: back end produced responses up to {rsp_prod}, "
+                f"beyond the {self.req_prod_pvt} requests made"
+            )
+        return pending
+
+    def get_responses(self, max_count: int | None = None) -> tuple[bytes, int]:
+        """Copy out up to ``max_count`` responses (all available by default).
+
+        Returns the slot bytes (unpack with ``protocol.unpack_responses``) and the count.
+        """
+        count = self.unconsumed_responses()
+        if max_count is not None:
+            count = min(count, max_count)
+        if count == 0:
+            return b"", 0
+        data = _wrapping_copy_out(self._slots, self._slot_offset(self.rsp_cons), count * self.entry_size)
+        self.rsp_cons = (self.rsp_cons + count) & RING_IDX_MASK
+        return data, count
+
+    def get_response(self) -> tuple | None:
+        """The next response as a tuple, or None if there is none."""
+        if not self.unconsumed_responses():
+            return None
+        fields = self.protocol.response.unpack_from(self._slots, self._slot_offset(self.rsp_cons))
+        self.rsp_cons = (self.rsp_cons + 1) & RING_IDX_MASK
+        return fields
+
+    def final_check_for_responses(self) -> bool:
+        """``RING_FINAL_CHECK_FOR_RESPONSES``: re-arm rsp_event, then look once more.
+
+        Returns True if responses are waiting; False means the next response will
+        raise a notification.
+        """
+        if self.unconsumed_responses():
+            return True
+        self._idx[_RSP_EVENT] = (self.rsp_cons + 1) & RING_IDX_MASK
+        mb()  # our event store must be visible before we re-read rsp_prod
+        return self.unconsumed_responses() > 0
+
+
+class BackRing(_RingEnd):
+    """The back end of a ring: ``struct name_back_ring`` (``BACK_RING_ATTACH``).
+
+    The back end never initialises the shared page. It attaches at the producer
+    indices it finds, so a back end that reconnects to a live front end resumes
+    where the last one stopped.
+    """
+
+    def __init__(self, shared: memoryview, protocol: RingProtocol) -> None:
+        super().__init__(shared, protocol)
+        self.rsp_prod_pvt = self._idx[_RSP_PROD]
+        self.req_cons = self.rsp_prod_pvt
+
+    # -- requests ---------------------------------------------------------------
+
+    def unconsumed_requests(self) -> int:
+        """``RING_HAS_UNCONSUMED_REQUESTS``, refusing an overflowing front end.
+
+        Raises RingError when req_prod is more than a ring ahead of our responses
+        (``RING_REQUEST_PROD_OVERFLOW``): such a front end is broken or hostile,
+        and the back end must stop serving it.
+        """
+        req_prod = self._idx[_REQ_PROD]
+        if ((req_prod - self.rsp_prod_pvt) & RING_IDX_MASK) > self.nr_ents:
+            raise RingError(
+                f"{self.protocol.name}: front end published req_prod {req_prod}, more than "
+                f"{self.nr_ents} ahead of rsp_prod {self.rsp_prod_pvt}"
+            )
+        unconsumed = (req_prod - self.req_cons) & RING_IDX_MASK
+        room = self.nr_ents - ((self.req_cons - self.rsp_prod_pvt) & RING_IDX_MASK)
+        return min(unconsumed, room)
+
+    def get_requests(self, max_count: int | None = None) -> tuple[bytes, int]:
+        """Copy out up to ``max_count`` requests (``RING_COPY_REQUEST`` for a batch).
+
+        Returns private slot bytes (unpack with ``protocol.unpack_requests``) and
+        the count; the shared slots are not looked at again.
+        """
+        count = self.unconsumed_requests()
+        if max_count is not None:
+            count = min(count, max_count)
+        if count == 0:
+            return b"", 0
+        data = _wrapping_copy_out(self._slots, self._slot_offset(self.req_cons), count * self.entry_size)
+        self.req_cons = (self.req_cons + count) & RING_IDX_MASK
+        return data, count
+
+    def get_request(self) -> tuple | None:
+        """The next request, copied and unpacked, or None if there is none."""
+        if not self.unconsumed_requests():
+            return None
+        offset = self._slot_offset(self.req_cons)
+        private = self._slots[offset : offset + self.entry_size].tobytes()
+        self.req_cons = (self.req_cons + 1) & RING_IDX_MASK
+        return self.protocol.request.unpack_from(private)
+
+    def final_check_for_requests(self) -> bool:
+        """``RING_FINAL_CHECK_FOR_REQUESTS``: re-arm req_event, then look once more."""
+        if self.unconsumed_requests():
+            return True
+        self._idx[_REQ_EVENT] = (self.req_cons + 1) & RING_IDX_MASK
+        mb()  # our event store must be visible before we re-read req_prod
+        return self.unconsumed_requests() > 0
+
+    # -- responses --------------------------------------------------------------
+
+    def _check_response_room(self, count: int) -> None:
+        # One response per consumed request: never overwrite a request not yet read.
+        outstanding = (self.req_cons - self.rsp_prod_pvt) & RING_IDX_MASK
+        if count > outstanding:
+            raise RingFull(f"{count} responses for {outstanding} consumed requests")
+
+    def put_response(self, *fields: object) -> None:
+        """Write one response into the next private slot (published by a later push)."""
+        self._check_response_room(1)
+        self.protocol.response.pack_into(self._slots, self._slot_offset(self.rsp_prod_pvt), *fields)
+        self.rsp_prod_pvt = (self.rsp_prod_pvt + 1) & RING_IDX_MASK
+
+    def put_responses(self, slots: bytes | memoryview) -> int:
+        """Copy a batch of whole response slots in; returns the count."""
+        count = len(slots) // self.entry_size
+        if count * self.entry_size != len(slots):
+            raise ValueError(f"a batch is whole {self.entry_size}-byte slots, not {len(slots)} bytes")
+        self._check_response_room(count)
+        _wrapping_copy_in(self._slots, self._slot_offset(self.rsp_prod_pvt), slots)
+        self.rsp_prod_pvt = (self.rsp_prod_pvt + count) & RING_IDX_MASK
+        return count
+
+    def push_responses(self) -> bool:
+        """``RING_PUSH_RESPONSES_AND_CHECK_NOTIFY``: publish; True if the front must be kicked."""
+        return self._push(_RSP_PROD, _RSP_EVENT, self.rsp_prod_pvt)
+
+
+# ---------------------------------------------------------------------------------
+# Byte rings: one producer, one consumer, free-running uint32 indices, byte x at x mod size.
+
+
+class ByteRing:
+    """One direction of a byte-stream ring inside a shared page.
+
+    ``data_offset``/``size`` locate the buffer (a power of two); ``cons_word`` and
+    ``prod_word`` are the positions of its consumer and producer indices as uint32
+    words of the page. The producer calls :meth:`write`, the consumer :meth:`read`;
+    both check the peer's index, since the peer may be hostile.
+    """
+
+    def __init__(self, page: memoryview, data_offset: int, size: int, cons_word: int, prod_word: int) -> None:
+        if size & (size - 1):
+            raise ValueError(f"byte ring size {size} is not a power of two")
+        self.size = size
+        self._data = page[data_offset : data_offset + size]
+        self._words = page[: len(page) - len(page) % 4].cast("I")
+        self._cons = cons_word
+        self._prod = prod_word
+
+    def _indices(self) -> tuple[int, int]:
+        cons, prod = self._words[self._cons], self._words[self._prod]
+        if ((prod - cons) & RING_IDX_MASK) > self.size:
+            raise RingError(f"byte ring indices are corrupt: prod {prod} is more than {self.size} past cons {cons}")
+        return cons, prod
+
+    def available(self) -> int:
+        """Bytes waiting to be read."""
+        cons, prod = self._indices()
+        return (prod - cons) & RING_IDX_MASK
+
+    def space(self) -> int:
+        """Bytes that can be written now."""
+        return self.size - self.available()
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Producer: copy in as much of ``data`` as fits; returns the bytes written."""
+        cons, prod = self._indices()
+        count = min(len(data), self.size - ((prod - cons) & RING_IDX_MASK))
+        if count:
+            _wrapping_copy_in(self._data, prod & (self.size - 1), data[:count])
+            self._words[self._prod] = (prod + count) & RING_IDX_MASK
+        return count
+
+    def read(self, max_count: int | None = None) -> bytes:
+        """Consumer: copy out up to ``max_count`` waiting bytes (all by default)."""
+        cons, prod = self._indices()
+        count = (prod - cons) & RING_IDX_MASK
+        if max_count is not None:
+            count = min(count, max_count)
+        if not count:
+            return b""
+        data = _wrapping_copy_out(self._data, cons & (self.size - 1), count)
+        self._words[self._cons] = (cons + count) & RING_IDX_MASK
+        return data
+
+    def reset(self) -> None:
+        """Set both indices to zero (only while the peer is not using the ring)."""
+        self._words[self._cons] = 0
+        self._words[self._prod] = 0
+
+    def release(self) -> None:
+        self._data.release()
+        self._words.release()
+
+
+class XenstoreInterface:
+    """``struct xenstore_domain_interface`` (``io/xs_wire.h``), one 4 KiB page.
+
+    ``req`` carries guest→xenstored bytes, ``rsp`` xenstored→guest. Offsets:
+    req[1024] @0, rsp[1024] @1024, req_cons @2048, req_prod @2052, rsp_cons @2056,
+    rsp_prod @2060, server_features @2064, connection @2068, error @2072,
+    evtchn_port @2076.
+    """
+
+    RING_SIZE = 1024
+    SERVER_FEATURES, CONNECTION, ERROR, EVTCHN_PORT = 2064 // 4, 2068 // 4, 2072 // 4, 2076 // 4
+
+    def __init__(self, page: memoryview) -> None:
+        self.req = ByteRing(page, 0, self.RING_SIZE, 2048 // 4, 2052 // 4)
+        self.rsp = ByteRing(page, 1024, self.RING_SIZE, 2056 // 4, 2060 // 4)
+        self._words = page[:PAGE_SIZE].cast("I")
+
+    def word(self, index: int) -> int:
+        return self._words[index]
+
+    def set_word(self, index: int, value: int) -> None:
+        self._words[index] = value
+
+    def release(self) -> None:
+        self.req.release()
+        self.rsp.release()
+        self._words.release()
+
+
+class ConsoleInterface:
+    """``struct xencons_interface`` (``io/console.h``), one 4 KiB page.
+
+    ``input`` carries keyboard bytes xenconsoled→guest (``in[1024]`` @0, in_cons
+    @3072, in_prod @3076); ``output`` carries guest→xenconsoled bytes
+    (``out[2048]`` @1024, out_cons @3080, out_prod @3084).
+    """
+
+    def __init__(self, page: memoryview) -> None:
+        self.input = ByteRing(page, 0, 1024, 3072 // 4, 3076 // 4)
+        self.output = ByteRing(page, 1024, 2048, 3080 // 4, 3084 // 4)
+
+    def release(self) -> None:
+        self.input.release()
+        self.output.release()
