@@ -285,6 +285,19 @@ class EventChannelHost:
     def ports_of(self, domid: int) -> list[int]:
         return sorted(self._table(domid).ports)
 
+    def port_fds(self, domid: int) -> list[PortFds]:
+        """Every open port of ``domid`` with its eventfd and, if bound, the peer's.
+
+        What a domain is handed when it starts, for the ports its builder made.
+        """
+        result = []
+        for port, entry in sorted(self._table(domid).ports.items()):
+            send_fd = None
+            if entry.state == ChannelState.INTERDOMAIN:
+                send_fd = self._domains[entry.remote_dom].ports[entry.remote_port].fd  # type: ignore[index]
+            result.append(PortFds(port, entry.fd, send_fd))
+        return result
+
     def open_fds(self) -> int:
         """How many eventfds the host holds (one per open port)."""
         return sum(len(t.ports) for t in self._domains.values())

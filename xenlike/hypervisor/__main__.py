@@ -1,0 +1,68 @@
+"""Run a xenlike host: the hypervisor, which starts dom0.
+
+Started by ``xenlike up``; not meant to be run by hand, but it can be:
+
+    python -m xenlike.hypervisor --run-dir DIR [--memory MiB] [--pcpus N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+from pathlib import Path
+
+from ..atomic import check_platform
+from ..rundir import RunDir
+from .zygote import set_process_name, start_zygote
+
+DOM0_MEMORY_MIB = 32
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m xenlike.hypervisor", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run-dir", required=True, type=Path)
+    p.add_argument("--memory", type=int, required=True, help="host memory for domains, MiB")
+    p.add_argument("--pcpus", type=int, default=os.cpu_count(), help="physical CPUs to schedule on")
+    return p.parse_args(argv)
+
+
+def raise_fd_limit() -> None:
+    """Each domain costs the hypervisor a few fds (socket, memfd, ports): allow many."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_platform()
+    raise_fd_limit()
+    run_dir = RunDir(args.run_dir)
+    # The zygote comes first: nothing below (threads, epoll, zmq) may be inherited by domains.
+    zygote = start_zygote()
+    set_process_name("xl-hypervisor")
+    logging.basicConfig(
+        filename=run_dir.log_path("hypervisor"),
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    from .core import Hypervisor
+
+    pcpus = list(range(max(1, min(args.pcpus, os.cpu_count() or 1))))
+    hypervisor = Hypervisor(run_dir.path, args.memory, pcpus, zygote)
+    try:
+        hypervisor.boot(DOM0_MEMORY_MIB, {"run_dir": str(run_dir.path)})
+        run_dir.write_pid(os.getpid())
+        hypervisor.run()
+    finally:
+        hypervisor.close()
+        run_dir.clean_sockets()
+        run_dir.remove_pid()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The hypervisor's domain table and host frame pool (Xen's ``struct domain``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from ..memory import PAGE_SIZE, GuestMemory
+
+__all__ = ["ShutdownReason", "Domain", "FramePool", "OutOfMemory", "read_proc_stat", "CLOCK_TICKS"]
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ShutdownReason(IntEnum):
+    """``SHUTDOWN_*`` of ``xen/include/public/sched.h``."""
+
+    POWEROFF = 0
+    REBOOT = 1
+    SUSPEND = 2
+    CRASH = 3
+    WATCHDOG = 4
+    SOFT_RESET = 5
+
+
+class OutOfMemory(MemoryError):
+    """The host pool cannot give a domain the memory it asks for."""
+
+
+class FramePool:
+    """The host's 4 KiB frames (``xenlike up --memory``): reservations, never overcommit."""
+
+    def __init__(self, total_frames: int) -> None:
+        self.total = total_frames
+        self.free = total_frames
+
+    def reserve(self, frames: int, who: str) -> None:
+        if frames > self.free:
+            raise OutOfMemory(
+                f"{who} needs {frames * PAGE_SIZE >> 20} MiB but only {self.free * PAGE_SIZE >> 20} MiB "
+                f"of the host's {self.total * PAGE_SIZE >> 20} MiB are free "
+                "(start the host with a larger --memory, or destroy a domain)"
+            )
+        self.free -= frames
+
+    def release(self, frames: int) -> None:
+        self.free = min(self.total, self.free + frames)
+
+
+@dataclass
+class Domain:
+    """One domain as the hypervisor knows it."""
+
+    domid: int
+    name: str
+    nr_frames: int
+    max_frames: int
+    vcpus: int
+    gnttab_frames: int
+    memory: GuestMemory
+    uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
+    sock: socket.socket | None = None  # the hypercall channel, once spawned
+    pid: int | None = None
+    paused: bool = False
+    shutdown_reason: int | None = None  # set once the guest shut down (or crashed)
+    dying: bool = False
+    exit_note: str = ""  # how the process ended, for logs and `xl list -l`
+    created_wall: float = field(default_factory=time.time)
+    started_mono: float | None = None
+    cpu_time_final: float = 0.0  # CPU seconds when the process ended
+
+    @property
+    def privileged(self) -> bool:
+        return self.domid == 0
+
+    @property
+    def label(self) -> str:
+        """How logs name a domain: ``d3 (web)``."""
+        return f"d{self.domid} ({self.name})"
+
+    def state_flags(self) -> dict[str, bool]:
+        """xl's state letters: running, blocked, paused, shutdown, crashed, dying."""
+        shutdown = self.shutdown_reason is not None
+        alive = self.pid is not None and not shutdown and not self.dying
+        proc_state = read_proc_stat(self.pid)[0] if alive else ""
+        return {
+            "running": alive and not self.paused and proc_state == "R",
+            "blocked": alive and not self.paused and proc_state not in ("R", ""),
+            "paused": self.paused and not shutdown,
+            "shutdown": shutdown,
+            "crashed": self.shutdown_reason == ShutdownReason.CRASH,
+            "dying": self.dying,
+        }
+
+    def cpu_time(self) -> float:
+        """CPU seconds the domain's process has used (kernel's accounting)."""
+        if self.pid is None or self.shutdown_reason is not None:
+            return self.cpu_time_final
+        return read_proc_stat(self.pid)[1] or self.cpu_time_final
+
+    def info(self) -> dict:
+        """``getdomaininfo``: what ``xl list`` and ``xl list -l`` show."""
+        flags = self.state_flags()
+        return {
+            "domid": self.domid,
+            "name": self.name,
+            "uuid": self.uuid,
+            "memory_kb": self.nr_frames * PAGE_SIZE // 1024,
+            "maxmem_kb": self.max_frames * PAGE_SIZE // 1024,
+            "vcpus": self.vcpus,
+            "cpu_time": self.cpu_time(),
+            "pid": self.pid,
+            "shutdown_reason": self.shutdown_reason,
+            "exit": self.exit_note,
+            "created": self.created_wall,
+            "uptime": (time.monotonic() - self.started_mono) if self.started_mono else 0.0,
+            **flags,
+        }
+
+
+def read_proc_stat(pid: int | None) -> tuple[str, float]:
+    """(state letter, utime+stime seconds) of a process from ``/proc/PID/stat``; ("", 0) if gone."""
+    if pid is None:
+        return "", 0.0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return "", 0.0
+    # comm may contain spaces and parentheses: the fields start after the last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    state = fields[0].decode()
+    if state == "Z":
+        return "", 0.0
+    return state, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS

@@ -1,0 +1,222 @@
+"""The zygote: a pre-imported, single-threaded process that forks domains.
+
+Starting a fresh interpreter per domain costs tens of milliseconds and megabytes
+of private memory; forking a process that has already imported the guest kernel
+costs a few milliseconds and shares every imported page copy-on-write. The
+hypervisor forks the zygote first thing, before it creates any thread, epoll
+instance or zmq context, so nothing of the sort is ever inherited by a domain.
+
+Protocol on the zygote's control socket (``xenlike.hypercall`` messages):
+
+* hypervisor → zygote ``{"op": "spawn", "boot": {...}}`` with fds
+  ``[hypercall socket, memfd, ...port fds]``; reply ``{"pid": N}``.
+* zygote → hypervisor ``{"event": "exited", "pid": N, "status": S, "cpu_time": T}``
+  whenever a domain process ends (``S`` as ``os.waitpid`` gives it, ``T`` its CPU
+  seconds from the kernel's rusage).
+
+Each domain process: lives in its own process group, dies with the zygote (and so
+with the hypervisor) through ``PR_SET_PDEATHSIG``, and carries a ``comm`` name like
+``xl-d3-web`` so ``ps`` shows which domain it is. The zygote forks each domain
+*before* it is asked for (a waiting "shell"), so a create does not wait for fork.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+
+from ..hypercall import ChannelClosed, recv_message, send_message, socketpair
+
+__all__ = ["Zygote", "start_zygote", "set_process_name", "die_with_parent"]
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# What a domain runs, by role: module and function called with (boot, fds).
+ENTRY_POINTS = {"domu": ("domu.kernel", "start"), "dom0": ("dom0.main", "start")}
+# What the zygote imports before it forks: the guest kernel and the built-in
+# workloads. dom0 is forked once and imports its own (larger) modules itself, so
+# they do not weigh on every domU's fork.
+PRELOAD = ("domu.kernel", "domu.workloads")
+
+
+def set_process_name(name: str) -> None:
+    """Set the kernel's name for this process (``/proc/PID/comm``, 15 bytes)."""
+    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies."""
+    _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+@dataclass
+class Zygote:
+    """The hypervisor's handle on its zygote."""
+
+    pid: int
+    sock: socket.socket
+
+    def spawn(self, boot: dict, fds: list[int]) -> int:
+        """Fork a domain process; returns its pid. ``fds`` are duplicated into it."""
+        send_message(self.sock, {"op": "spawn", "boot": boot}, fds)
+        while True:
+            reply, extra = recv_message(self.sock)
+            for fd in extra:
+                os.close(fd)
+            if "pid" in reply:
+                return reply["pid"]
+            self.pending_events.append(reply)
+
+    def __post_init__(self) -> None:
+        self.pending_events: list[dict] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_events(self) -> list[dict]:
+        """Exit events waiting on the socket (call when it polls readable)."""
+        events, self.pending_events = self.pending_events, []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    message, extra = recv_message(self.sock)
+                except BlockingIOError:
+                    break
+                for fd in extra:
+                    os.close(fd)
+                events.append(message)
+        finally:
+            self.sock.setblocking(True)
+        return events
+
+
+def start_zygote() -> Zygote:
+    """Fork the zygote. Call before creating threads, epoll instances or zmq contexts."""
+    ours, theirs = socketpair()
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        try:
+            _zygote_main(theirs)
+        finally:
+            os._exit(0)
+    theirs.close()
+    return Zygote(pid, ours)
+
+
+class _Shell:
+    """A child forked ahead of need, waiting for the boot message that makes it a domain.
+
+    Forking is the slowest step of starting a domain, so the zygote keeps one
+    shell ready and forks the next after handing this one out (LightVM's idea of
+    preparing VM shells ahead of time). A shell has already left the zygote's
+    process group and asked to die with it; the boot message gives it its role.
+    """
+
+    def __init__(self, zygote_sock: socket.socket, wake: tuple[int, int]) -> None:
+        ours, theirs = socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _become_shell(theirs, zygote_sock, wake)  # never returns
+        theirs.close()
+        self.pid = pid
+        self.sock = ours
+
+    def boot(self, boot: dict, fds: list[int]) -> int:
+        """Hand the shell its boot message and fds; returns its pid."""
+        send_message(self.sock, boot, fds)
+        self.sock.close()
+        return self.pid
+
+
+def _zygote_main(sock: socket.socket) -> None:
+    die_with_parent()
+    set_process_name("xl-zygote")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the hypervisor's to handle
+    for module in PRELOAD:
+        importlib.import_module(module)  # the point of a zygote: import once, fork many
+    importlib.import_module("domu.workload").available_workloads()  # scan entry points once, not per domain
+    # Objects imported so far stay shared with every domain: keep the cyclic GC
+    # from touching (and so copying) their pages in each child.
+    gc.collect()
+    gc.freeze()
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    shell = _Shell(sock, (wake_r, wake_w))
+    while True:
+        ready, _, _ = select.select([sock, wake_r], [], [])
+        if wake_r in ready:
+            while True:
+                try:
+                    if not os.read(wake_r, 512):
+                        break
+                except BlockingIOError:
+                    break
+            _reap(sock)
+        if sock in ready:
+            try:
+                message, fds = recv_message(sock)
+            except (ChannelClosed, ConnectionError, OSError):
+                return
+            if message.get("op") == "spawn":
+                pid = shell.boot(message["boot"], fds)
+                send_message(sock, {"pid": pid})
+                shell = _Shell(sock, (wake_r, wake_w))  # the next one, off the critical path
+            for fd in fds:
+                os.close(fd)
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:  # children exist, none has exited
+            return
+        cpu = usage.ru_utime + usage.ru_stime
+        send_message(sock, {"event": "exited", "pid": pid, "status": status, "cpu_time": cpu})
+
+
+def _become_shell(boot_sock: socket.socket, zygote_sock: socket.socket, wake: tuple[int, int]) -> None:
+    code = 0
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in wake:
+            os.close(fd)
+        zygote_sock.close()
+        os.setpgid(0, 0)
+        die_with_parent()
+        try:
+            boot, fds = recv_message(boot_sock)
+        except (ChannelClosed, ConnectionError):
+            os._exit(0)  # the zygote went away before this shell was needed
+        boot_sock.close()
+        set_process_name(f"xl-d{boot['domid']}-{boot['name']}")
+        module, function = ENTRY_POINTS[boot["role"]]
+        code = getattr(importlib.import_module(module), function)(boot, fds) or 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        logging.getLogger("xenlike.zygote").exception("a domain crashed before its kernel could report it")
+        code = 70
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
