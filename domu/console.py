@@ -1,0 +1,132 @@
+"""The guest's console front end over its ``xencons_interface`` page (Linux ``hvc_xen.c``).
+
+The guest writes ``out`` and reads ``in``; xenconsoled does the reverse and
+notifies the console event channel when it has consumed output or produced input.
+:class:`ConsoleStream` turns the console into ``sys.stdout``/``sys.stderr`` and
+``sys.stdin`` for the workload.
+
+Input goes through a minimal canonical line discipline, as a Linux tty on hvc0
+would: keys are echoed, Enter (CR or LF) ends a line, Backspace/DEL erases, and
+a reader gets whole lines.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+
+from xenlike.evtchn import EventLoop
+from xenlike.ring import ConsoleInterface
+
+__all__ = ["ConsoleFront", "ConsoleStream"]
+
+# Output the guest may queue beyond what the ring holds before a writer waits.
+MAX_QUEUED_OUTPUT = 64 * 1024
+
+
+class ConsoleFront:
+    """Console output and input of one domain."""
+
+    def __init__(self, interface: ConsoleInterface, loop: EventLoop, port: int) -> None:
+        self.interface = interface
+        self.loop = loop
+        self.port = port
+        self.loop_thread: int | None = None
+        self._cond = threading.Condition()
+        self._queued = bytearray()
+        self._line = bytearray()  # input being edited
+        self._ready = bytearray()  # completed input lines
+        self._closed = False
+        loop.set_handler(port, self._on_event)
+
+    def write(self, data: bytes) -> int:
+        """Queue ``data`` for xenconsoled; waits (outside the loop thread) while much is queued."""
+        with self._cond:
+            self._queued += data
+            self._flush_locked()
+            if threading.get_ident() != self.loop_thread:
+                while len(self._queued) > MAX_QUEUED_OUTPUT and not self._closed:
+                    self._cond.wait(0.5)
+                    self._flush_locked()
+        return len(data)
+
+    def read(self, max_count: int, block: bool = True) -> bytes:
+        """Keyboard input; waits for some unless ``block`` is False."""
+        with self._cond:
+            while not self._ready:
+                if not block or self._closed:
+                    return b""
+                self._cond.wait(0.5)
+            data = bytes(self._ready[:max_count])
+            del self._ready[:max_count]
+            return data
+
+    def drain(self, timeout: float = 2.0) -> None:
+        """Wait until queued output is in the ring (before the domain shuts down)."""
+        with self._cond:
+            self._flush_locked()
+            self._cond.wait_for(lambda: not self._queued, timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _flush_locked(self) -> None:
+        if self._queued:
+            written = self.interface.output.write(self._queued)
+            if written:
+                del self._queued[:written]
+                self.loop.notify(self.port)
+
+    def _on_event(self, port: int) -> None:
+        with self._cond:
+            keys = self.interface.input.read()
+            if keys:
+                self.loop.notify(self.port)  # room in ``in`` for more keys
+                self._queued += self._discipline(keys)
+            self._flush_locked()
+            self._cond.notify_all()
+
+    def _discipline(self, keys: bytes) -> bytes:
+        """Apply the line discipline to ``keys``; returns the echo."""
+        echo = bytearray()
+        for key in keys:
+            if key in (0x0D, 0x0A):
+                self._ready += self._line + b"\n"
+                self._line.clear()
+                echo += b"\r\n"
+            elif key in (0x7F, 0x08):
+                if self._line:
+                    self._line.pop()
+                    echo += b"\b \b"
+            elif key >= 0x20 or key == 0x09:
+                self._line.append(key)
+                echo.append(key)
+        return bytes(echo)
+
+
+class ConsoleStream(io.RawIOBase):
+    """A raw file over the console: writable (stdout/stderr) or readable (stdin)."""
+
+    def __init__(self, console: ConsoleFront, mode: str) -> None:
+        super().__init__()
+        self.console = console
+        self.mode = mode
+
+    def readable(self) -> bool:
+        return self.mode == "r"
+
+    def writable(self) -> bool:
+        return self.mode == "w"
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.console.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        return self.console.write(bytes(data))
+
+    def isatty(self) -> bool:
+        return True

@@ -1,0 +1,193 @@
+"""The domU kernel: boots from its start info, connects xenstore and the console, runs the workload.
+
+Started by the zygote in a fresh fork with the boot message and fds the hypervisor
+sent: ``fds[0]`` the hypercall socket, ``fds[1]`` the domain's memory, then the
+event-channel ports its builder set up (``boot["ports"]`` says which is which).
+The domain builder in dom0 has already written the start info page, the grant
+entries for the console and xenstore pages, and the domain's xenstore nodes.
+
+Two threads: the event loop (upcalls: xenstore replies and watches, console,
+devices) and the workload. Nothing on the way to the workload waits for xenstore,
+so a domain starts in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import io
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+
+from xenlike.evtchn import EventLoop
+from xenlike.grant_table import GrantTable
+from xenlike.hypercall import ChannelClosed, HypercallClient
+from xenlike.memory import GuestMemory, PageAllocator
+from xenlike.ring import ConsoleInterface, XenstoreInterface
+from xenlike.start_info import StartInfo
+from xenlike.xs_wire import XsdSockmsgType as XS
+
+from .console import ConsoleFront, ConsoleStream
+from .workload import WorkloadContext, WorkloadError, load_workload
+from .xenbus import XenbusClient
+
+__all__ = ["start", "Kernel", "SHUTDOWN_GRACE_S"]
+
+# SCHEDOP_shutdown reasons (xen/include/public/sched.h).
+SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, SHUTDOWN_SUSPEND, SHUTDOWN_CRASH = 0, 1, 2, 3
+_REQUESTS = {"poweroff": SHUTDOWN_POWEROFF, "halt": SHUTDOWN_POWEROFF, "reboot": SHUTDOWN_REBOOT}
+# How long a workload has to return after a shutdown request before the kernel goes down anyway.
+SHUTDOWN_GRACE_S = 10.0
+
+log = logging.getLogger("domu.kernel")
+
+
+def start(boot: dict, fds: list[int]) -> int:
+    """Entry point in the forked domain process."""
+    return Kernel(boot, fds).run()
+
+
+class Kernel:
+    """One domU's kernel."""
+
+    def __init__(self, boot: dict, fds: list[int]) -> None:
+        self.domid: int = boot["domid"]
+        self.name: str = boot["name"]
+        self.label = f"d{self.domid} ({self.name})"
+        self.memory = GuestMemory.from_fd(fds[1], boot["nr_frames"])
+        self.start_info = StartInfo.read(self.memory.frame(0))
+        self.loop = EventLoop(self.label)
+        sock = socket.socket(fileno=fds[0])
+        self.hypercall = HypercallClient(sock, self._on_hypervisor_event)
+        for port, recv_index, send_index in boot["ports"]:
+            self.loop.bind(port, fds[recv_index], fds[send_index] if send_index is not None else None)
+        self.loop.add_reader(sock.fileno(), self._on_hypercall_socket)
+        si = self.start_info
+        self.grant_table = GrantTable(self.memory, si.gnttab_pfn, si.gnttab_frames)
+        self.pages = PageAllocator(si.first_free_pfn, si.nr_pages)
+        self.console = ConsoleFront(ConsoleInterface(self.memory.frame(si.console_pfn)), self.loop, si.console_evtchn)
+        self.xenbus = XenbusClient(XenstoreInterface(self.memory.frame(si.store_pfn)), self.loop, si.store_evtchn, self.label)
+        self.context: WorkloadContext | None = None
+        self._shutdown_reason: int | None = None
+        self._running = True
+
+    # -- boot and run --------------------------------------------------------------
+
+    def run(self) -> int:
+        # `kill -USR1 <pid>` dumps every thread of the guest to the host's stderr log.
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+        loop_thread = threading.Thread(target=self._event_loop, name="evtchn", daemon=True)
+        loop_thread.start()
+        self._take_over_stdio()
+        self.xenbus.watch_async("control/shutdown", "control-shutdown", self._on_shutdown_request)
+        for feature in ("feature-poweroff", "feature-reboot"):
+            self.xenbus.write_async(f"control/{feature}", "1")
+        image = self.start_info.image
+        try:
+            workload = load_workload(image.get("workload", "idle"))
+        except WorkloadError as exc:
+            print(f"[{self.label}] cannot start the workload: {exc}", file=sys.stderr)
+            return self._shutdown(SHUTDOWN_CRASH)
+        self.context = WorkloadContext(
+            name=self.name,
+            domid=self.domid,
+            args=list(image.get("workload_args", [])),
+            config=image,
+            xenstore=self.xenbus,
+            memory=self.memory,
+            pages=self.pages,
+            grant_table=self.grant_table,
+            console=self.console,
+            hypercall=self.hypercall,
+            events=self.loop,
+            log=logging.getLogger(f"workload.{self.name}"),
+        )
+        reason = SHUTDOWN_POWEROFF
+        try:
+            result = workload(self.context)
+            if result is not None:
+                print(f"[{self.label}] workload returned {result!r}")
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                print(f"[{self.label}] workload exited with status {exc.code}", file=sys.stderr)
+                reason = SHUTDOWN_CRASH
+        except BaseException:
+            traceback.print_exc()
+            print(f"[{self.label}] workload crashed", file=sys.stderr)
+            reason = SHUTDOWN_CRASH
+        if self._shutdown_reason is not None and reason != SHUTDOWN_CRASH:
+            reason = self._shutdown_reason
+        return self._shutdown(reason)
+
+    def _event_loop(self) -> None:
+        self.xenbus.loop_thread = self.console.loop_thread = threading.get_ident()
+        try:
+            while self._running:
+                self.loop.poll(1.0)
+        except ChannelClosed:
+            os._exit(0)  # the hypervisor is gone: so is this domain
+        except BaseException:
+            traceback.print_exc()
+            self._shutdown(SHUTDOWN_CRASH)
+
+    def _take_over_stdio(self) -> None:
+        """Make the console the workload's stdout, stderr and stdin."""
+        out = io.TextIOWrapper(io.BufferedWriter(ConsoleStream(self.console, "w")), line_buffering=True)
+        sys.stdout = sys.stderr = out
+        sys.stdin = io.TextIOWrapper(io.BufferedReader(ConsoleStream(self.console, "r")))
+        logging.basicConfig(stream=out, level=logging.INFO, format=f"%(levelname)s {self.label} %(name)s: %(message)s", force=True)
+
+    # -- shutdown ------------------------------------------------------------------
+
+    def _on_shutdown_request(self, path: str, token: str) -> None:
+        """Watch on ``control/shutdown`` (runs in the loop thread)."""
+
+        def got(msg_type: int, payload: bytes) -> None:
+            request = payload.decode(errors="replace").strip("\0")
+            if msg_type != XS.READ or not request:  # an error or "" means nothing is asked
+                return
+            if request not in _REQUESTS:
+                print(f"[{self.label}] shutdown request {request!r} is not supported; ignored", file=sys.stderr)
+                self.xenbus.write_async("control/shutdown", "")
+                return
+            self.xenbus.write_async("control/shutdown", "")  # acknowledge, as Linux's xenbus does
+            self._shutdown_reason = _REQUESTS[request]
+            if self.context is not None:
+                self.context.shutdown_reason = request
+                self.context.shutdown.set()
+            threading.Timer(SHUTDOWN_GRACE_S, self._shutdown, args=(self._shutdown_reason,)).start()
+
+        self.xenbus.request_async(XS.READ, b"control/shutdown\0", got)
+
+    def _shutdown(self, reason: int) -> int:
+        """SCHEDOP_shutdown: flush the console and tell the hypervisor; never returns."""
+        self._running = False
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        self.console.drain()
+        try:
+            self.hypercall.call("sched_shutdown", reason=reason)
+        except Exception:
+            pass
+        os._exit(0)
+
+    # -- hypervisor events ---------------------------------------------------------
+
+    def _on_hypercall_socket(self, fd: int) -> None:
+        self.hypercall.drain_events()
+
+    def _on_hypervisor_event(self, event: dict, fds: list[int]) -> None:
+        kind = event.get("event")
+        if kind == "evtchn_peer":
+            self.loop.connect(event["port"], fds[0] if fds else None)
+        elif kind == "evtchn_new":
+            self.loop.bind(event["port"], fds[0])
+        else:
+            for fd in fds:
+                os.close(fd)

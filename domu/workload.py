@@ -1,0 +1,137 @@
+"""Guest workloads: how a domain finds the Python function it runs, and what it gets.
+
+A workload is named in the domain config by ``workload =``:
+
+* a name registered in the entry-point group ``xenlike.workloads``
+  (``[project.entry-points."xenlike.workloads"] web = "mypkg.web:run"``),
+* ``module:function``, imported from the guest's ``sys.path``,
+* ``path/to/file.py:function``, loaded from that file.
+
+The function is called with one :class:`WorkloadContext`. Returning is a
+poweroff; an exception is a crash (``on_crash`` applies).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from xenlike.evtchn import EventLoop
+    from xenlike.grant_table import GrantTable
+    from xenlike.hypercall import HypercallClient
+    from xenlike.memory import GuestMemory, PageAllocator
+
+    from .console import ConsoleFront
+    from .xenbus import XenbusClient
+
+__all__ = ["ENTRY_POINT_GROUP", "WorkloadError", "WorkloadContext", "load_workload", "available_workloads"]
+
+ENTRY_POINT_GROUP = "xenlike.workloads"
+
+Workload = Callable[["WorkloadContext"], Any]
+
+
+class WorkloadError(Exception):
+    """The workload named in the config cannot be found or loaded."""
+
+
+@dataclass
+class WorkloadContext:
+    """What a workload is given: its domain, devices, xenstore, memory and a shutdown signal.
+
+    ``shutdown`` is set when the toolstack asks the domain to shut down
+    (``xenlike shutdown``/``reboot``: ``control/shutdown`` in xenstore);
+    ``shutdown_reason`` then says which. A workload should return soon after.
+
+    ``hypercall`` and ``events`` are the kernel's own hypercall channel and event
+    loop, for workloads that experiment below the driver level (binding event
+    channels, granting pages); the hypervisor checks everything they do.
+    """
+
+    name: str
+    domid: int
+    args: list[str]
+    config: dict[str, Any]
+    xenstore: "XenbusClient"
+    memory: "GuestMemory"
+    pages: "PageAllocator"
+    grant_table: "GrantTable"
+    console: "ConsoleFront"
+    hypercall: "HypercallClient"
+    events: "EventLoop"
+    shutdown: threading.Event = field(default_factory=threading.Event)
+    shutdown_reason: str | None = None
+    disks: dict[str, Any] = field(default_factory=dict)
+    net: Any = None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("workload"))
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep, waking early on a shutdown request; True if one came."""
+        return self.shutdown.wait(seconds)
+
+
+@functools.lru_cache(maxsize=1)
+def _registered() -> dict[str, importlib.metadata.EntryPoint]:
+    # Scanning every installed distribution costs milliseconds: the zygote does it
+    # once and each domain inherits the result.
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_workloads() -> dict[str, str]:
+    """Registered workload names and the ``module:function`` each stands for."""
+    return {name: ep.value for name, ep in _registered().items()}
+
+
+def load_workload(spec: str) -> Workload:
+    """Resolve a workload spec to its function (see the module docstring)."""
+    if not spec:
+        raise WorkloadError("no workload given")
+    if ":" not in spec:
+        ep = _registered().get(spec)
+        if ep is not None:
+            return _callable(ep.load(), spec)
+        known = ", ".join(sorted(available_workloads())) or "none"
+        raise WorkloadError(
+            f"no workload named {spec!r} (registered: {known}); "
+            "use a registered name, module:function or path/to/file.py:function"
+        )
+    target, _, function = spec.rpartition(":")
+    if target.endswith(".py"):
+        module = _load_file(Path(target))
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise WorkloadError(f"cannot import {target!r} for workload {spec!r}: {exc}") from exc
+    try:
+        return _callable(getattr(module, function), spec)
+    except AttributeError:
+        raise WorkloadError(f"{target} has no function {function!r} (workload {spec!r})") from None
+
+
+def _load_file(path: Path) -> Any:
+    if not path.is_file():
+        raise WorkloadError(f"workload file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"workload_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise WorkloadError(f"cannot load {path} as Python")
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise WorkloadError(f"loading {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _callable(obj: Any, spec: str) -> Workload:
+    if not callable(obj):
+        raise WorkloadError(f"workload {spec!r} is not a function")
+    return obj

@@ -1,0 +1,72 @@
+"""Built-in workloads, registered in the ``xenlike.workloads`` entry-point group.
+
+Each shows one part of the system at work: ``hello`` the console and xenstore,
+``ticker`` a long-running guest, ``echo`` console input, ``burn`` a CPU-bound
+guest for the scheduler, ``crash`` the ``on_crash`` action, ``idle`` a guest that
+only waits to be shut down.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ..workload import WorkloadContext
+
+
+def hello(ctx: WorkloadContext) -> None:
+    """Greet, show what xenstore says about this domain, then idle until shut down."""
+    print(f"Hello from {ctx.name}, domain {ctx.domid}!")
+    print(f"  my xenstore home: {ctx.xenstore.get_domain_path(ctx.domid)}")
+    print(f"  memory/target: {ctx.xenstore.read_str('memory/target')} KiB, vm: {ctx.xenstore.read_str('vm')}")
+    print(f"  {ctx.memory.nr_frames} frames of memory, {ctx.pages.free_frames} free for my kernel")
+    ctx.xenstore.write("data/greeting", f"hello from {ctx.name}")
+    ctx.shutdown.wait()
+    print(f"{ctx.name}: {ctx.shutdown_reason} requested, goodbye")
+
+
+def ticker(ctx: WorkloadContext) -> None:
+    """Print a counter every ``--interval`` seconds (default 1) until shut down."""
+    interval = 1.0
+    if "--interval" in ctx.args:
+        interval = float(ctx.args[ctx.args.index("--interval") + 1])
+    count = 0
+    while not ctx.sleep(interval):
+        count += 1
+        print(f"tick {count}")
+        ctx.xenstore.write("data/ticks", str(count))
+    print(f"ticker stopped after {count} ticks ({ctx.shutdown_reason})")
+
+
+def echo(ctx: WorkloadContext) -> None:
+    """Echo each console input line back; ``xenlike console echo`` to type to it."""
+    print("echo: type a line (Ctrl-] detaches)")
+    while not ctx.shutdown.is_set():
+        line = sys.stdin.readline()
+        if not line:
+            time.sleep(0.1)
+            continue
+        print(f"echo: {line.rstrip()}")
+        ctx.xenstore.write("data/last-line", line.rstrip())
+
+
+def idle(ctx: WorkloadContext) -> None:
+    """Do nothing until shut down."""
+    ctx.shutdown.wait()
+
+
+def burn(ctx: WorkloadContext) -> None:
+    """Spin on the CPU until shut down (a CPU-bound guest for the scheduler)."""
+    spins = 0
+    while not ctx.shutdown.is_set():
+        for _ in range(10000):
+            spins += 1
+    print(f"burned {spins} spins")
+
+
+def crash(ctx: WorkloadContext) -> None:
+    """Crash after ``--after`` seconds (default 1): shows ``on_crash`` at work."""
+    after = float(ctx.args[ctx.args.index("--after") + 1]) if "--after" in ctx.args else 1.0
+    print(f"{ctx.name} will crash in {after:g}s")
+    if not ctx.sleep(after):
+        raise RuntimeError(f"{ctx.name} crashed on purpose")

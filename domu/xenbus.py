@@ -1,0 +1,234 @@
+"""The guest's xenstore client over its xenstore ring (Linux ``xenbus_comms.c``/``xenbus_xs.c``).
+
+Requests are ``xsd_sockmsg`` messages written into the ``req`` half of the
+``xenstore_domain_interface`` page; replies and watch events come back on ``rsp``.
+Whoever moves an index notifies the event channel.
+
+Threads: the kernel's event-loop thread is the only reader of the ring. Blocking
+calls (:meth:`read`, :meth:`write`, ...) are for other threads (the workload); code
+running in the loop thread uses :meth:`request_async`, since it cannot wait for a
+reply only it could read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from xenlike.evtchn import EventLoop
+from xenlike.ring import XenstoreInterface
+from xenlike.xs_wire import (
+    Permission,
+    MessageReader,
+    XsdSockmsgType as XS,
+    XsError,
+    format_perm,
+    join_strings,
+    pack_msg,
+    parse_error_payload,
+    parse_perms,
+    split_strings,
+)
+
+__all__ = ["XenbusClient", "XsError", "Transaction"]
+
+log = logging.getLogger("domu.xenbus")
+
+WatchCallback = Callable[[str, str], None]
+ReplyCallback = Callable[[int, bytes], None]
+
+
+@dataclass
+class _Pending:
+    done: threading.Event = field(default_factory=threading.Event)
+    type: int = 0
+    payload: bytes = b""
+    callback: ReplyCallback | None = None
+
+
+class XenbusClient:
+    """A domain's connection to xenstored.
+
+    Paths without a leading ``/`` are relative to the domain's home,
+    ``/local/domain/<domid>``, as xenstored resolves them.
+    """
+
+    def __init__(self, interface: XenstoreInterface, loop: EventLoop, port: int, label: str) -> None:
+        self.interface = interface
+        self.loop = loop
+        self.port = port
+        self.label = label
+        self.loop_thread: int | None = None  # set by the kernel when its loop starts
+        self._lock = threading.Lock()
+        self._out = bytearray()
+        self._reader = MessageReader()
+        self._pending: dict[int, _Pending] = {}
+        self._next_req = 0
+        self._watches: dict[str, WatchCallback] = {}
+        loop.set_handler(port, self._on_event)
+
+    # -- transport ---------------------------------------------------------------------
+
+    def _send(self, msg_type: int, payload: bytes, tx_id: int, pending: _Pending) -> None:
+        with self._lock:
+            self._next_req = (self._next_req + 1) & 0xFFFFFFFF
+            req_id = self._next_req
+            self._pending[req_id] = pending
+            self._out += pack_msg(msg_type, req_id, tx_id, payload)
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._out:
+            written = self.interface.req.write(self._out)
+            if written:
+                del self._out[:written]
+                self.loop.notify(self.port)
+
+    def _on_event(self, port: int) -> None:
+        """Upcall: xenstored consumed requests or produced replies."""
+        with self._lock:
+            self._flush_locked()
+            data = self.interface.rsp.read()
+        if data:
+            self.loop.notify(self.port)  # we made room in rsp
+        for message in self._reader.feed(data):
+            self._dispatch(message.type, message.req_id, message.payload)
+
+    def _dispatch(self, msg_type: int, req_id: int, payload: bytes) -> None:
+        if msg_type == XS.WATCH_EVENT:
+            fields = [f.decode(errors="replace") for f in split_strings(payload)]
+            if len(fields) >= 2 and fields[1] in self._watches:
+                try:
+                    self._watches[fields[1]](fields[0], fields[1])
+                except Exception:
+                    log.exception("%s: watch callback for %s failed", self.label, fields[1])
+            return
+        with self._lock:
+            pending = self._pending.pop(req_id, None)
+        if pending is None:
+            log.warning("%s: xenstore reply to unknown request %d", self.label, req_id)
+            return
+        pending.type, pending.payload = msg_type, payload
+        if pending.callback is not None:
+            pending.callback(msg_type, payload)
+        pending.done.set()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def request(self, msg_type: int, payload: bytes, tx_id: int = 0, timeout: float = 30.0) -> bytes:
+        """Send one request and wait for its reply payload; XsError on an ERROR reply."""
+        if threading.get_ident() == self.loop_thread:
+            raise RuntimeError("a blocking xenstore call from the event-loop thread would deadlock; use request_async")
+        pending = _Pending()
+        self._send(msg_type, payload, tx_id, pending)
+        if not pending.done.wait(timeout):
+            raise TimeoutError(f"{self.label}: xenstored did not answer {XS(msg_type).name} in {timeout:g}s")
+        if pending.type == XS.ERROR:
+            name = parse_error_payload(pending.payload)
+            raise XsError(name, f"{XS(msg_type).name}: {name}")
+        return pending.payload
+
+    def request_async(self, msg_type: int, payload: bytes, callback: ReplyCallback | None = None, tx_id: int = 0) -> None:
+        """Send one request; ``callback(type, payload)`` runs in the loop thread on reply."""
+        self._send(msg_type, payload, tx_id, _Pending(callback=callback))
+
+    # -- the xenstore API --------------------------------------------------------------
+
+    def read(self, path: str, tx: int = 0) -> bytes:
+        return self.request(XS.READ, _path(path), tx)
+
+    def read_str(self, path: str, default: str | None = None, tx: int = 0) -> str | None:
+        """A node's value as text, or ``default`` if it does not exist."""
+        try:
+            return self.read(path, tx).decode()
+        except XsError as exc:
+            if exc.errno_name == "ENOENT":
+                return default
+            raise
+
+    def write(self, path: str, value: bytes | str, tx: int = 0) -> None:
+        data = value.encode() if isinstance(value, str) else value
+        self.request(XS.WRITE, _path(path) + data, tx)
+
+    def write_async(self, path: str, value: bytes | str) -> None:
+        data = value.encode() if isinstance(value, str) else value
+        self.request_async(XS.WRITE, _path(path) + data, self._log_error(f"write {path}"))
+
+    def mkdir(self, path: str, tx: int = 0) -> None:
+        self.request(XS.MKDIR, _path(path), tx)
+
+    def rm(self, path: str, tx: int = 0) -> None:
+        self.request(XS.RM, _path(path), tx)
+
+    def directory(self, path: str, tx: int = 0) -> list[str]:
+        return [c.decode() for c in split_strings(self.request(XS.DIRECTORY, _path(path), tx))]
+
+    def get_perms(self, path: str, tx: int = 0) -> tuple[Permission, ...]:
+        return parse_perms(split_strings(self.request(XS.GET_PERMS, _path(path), tx)))
+
+    def set_perms(self, path: str, perms: Iterable[Permission], tx: int = 0) -> None:
+        self.request(XS.SET_PERMS, join_strings([path, *(format_perm(p) for p in perms)]), tx)
+
+    def get_domain_path(self, domid: int) -> str:
+        return self.request(XS.GET_DOMAIN_PATH, _path(str(domid))).rstrip(b"\0").decode()
+
+    def watch(self, path: str, token: str, callback: WatchCallback) -> None:
+        """Register a watch; ``callback(path, token)`` runs in the loop thread.
+
+        As in xenstored, a new watch fires once at once.
+        """
+        self._watches[token] = callback
+        self.request(XS.WATCH, join_strings([path, token]))
+
+    def watch_async(self, path: str, token: str, callback: WatchCallback) -> None:
+        self._watches[token] = callback
+        self.request_async(XS.WATCH, join_strings([path, token]), self._log_error(f"watch {path}"))
+
+    def unwatch(self, path: str, token: str) -> None:
+        self.request(XS.UNWATCH, join_strings([path, token]))
+        self._watches.pop(token, None)
+
+    def transaction(self) -> "Transaction":
+        """``with client.transaction() as t:`` ... commit on exit; XsError EAGAIN means retry."""
+        return Transaction(self)
+
+    def _log_error(self, what: str) -> ReplyCallback:
+        def check(msg_type: int, payload: bytes) -> None:
+            if msg_type == XS.ERROR:
+                log.warning("%s: xenstore %s failed: %s", self.label, what, parse_error_payload(payload))
+
+        return check
+
+
+class Transaction:
+    """A xenstore transaction: reads and writes inside it see one consistent store."""
+
+    def __init__(self, client: XenbusClient) -> None:
+        self.client = client
+        self.id = 0
+
+    def __enter__(self) -> "Transaction":
+        self.id = int(self.client.request(XS.TRANSACTION_START, b"\0").rstrip(b"\0"))
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        commit = exc_type is None
+        self.client.request(XS.TRANSACTION_END, b"T\0" if commit else b"F\0", self.id)
+
+    def read(self, path: str) -> bytes:
+        return self.client.read(path, self.id)
+
+    def write(self, path: str, value: bytes | str) -> None:
+        self.client.write(path, value, self.id)
+
+    def rm(self, path: str) -> None:
+        self.client.rm(path, self.id)
+
+    def directory(self, path: str) -> list[str]:
+        return self.client.directory(path, self.id)
+
+
+def _path(path: str) -> bytes:
+    return path.encode() + b"\0"
