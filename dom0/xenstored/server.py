@@ -71,7 +71,7 @@ from .quota import QUOTA_NAMES, Quotas, QuotaTable
 from .store import GlobalView, Store
 from .transaction import Transaction, TransactionView
 from .tree import Tree
-from .watch import Change, Watch, match_change, match_special
+from .watch import Change, Watch, WatchIndex, match_change, match_special
 
 __all__ = ["Delivery", "Xenstored", "LIBRARY_FEATURES"]
 
@@ -161,6 +161,7 @@ class Xenstored:
         self._by_domid: dict[int, list[Connection]] = {}
         self._domains: dict[int, Domain] = {}
         self._outbox: list[Delivery] = []
+        self._watch_index = WatchIndex()
         # Acts for xenstored itself when it removes a released domain's nodes.
         self._internal = Connection(0, True)
         self._handlers: dict[int, tuple[Callable[[_Request], bytes], int]] = {
@@ -215,7 +216,7 @@ class Xenstored:
 
         For a domain's ring connection use :meth:`release_domain` instead.
         """
-        conn.drop_state()
+        self._drop_state(conn)
         conn.closed = True
         self._unregister(conn)
 
@@ -225,6 +226,11 @@ class Xenstored:
         This is what the ring reconnection protocol needs
         (``XENSTORE_RECONNECT``, docs/misc/xenstore-ring.txt).
         """
+        self._drop_state(conn)
+
+    def _drop_state(self, conn: Connection) -> None:
+        for watch in conn.watches:
+            self._watch_index.discard(conn.id, watch.path)
         conn.drop_state()
 
     def _register(self, conn: Connection) -> None:
@@ -284,7 +290,7 @@ class Xenstored:
             raise XsError("EINVAL")
         dom = self._domains.get(domid)
         if dom is not None:
-            dom.conn.drop_state()
+            self._drop_state(dom.conn)
             return dom.conn, []
         conn = Connection(domid, False, is_domain=True)
         self._register(conn)
@@ -374,9 +380,7 @@ class Xenstored:
         """Watch events for a list of committed changes (watch.c ``fire_watches``)."""
         out: list[Delivery] = []
         for change in changes:
-            for conn in self._connections.values():
-                if not conn.watches:
-                    continue
+            for conn in self._watch_index.candidates(change.path, change.exact):
                 matched = [w for w in conn.watches if match_change(w, change.path, change.exact)]
                 if matched and may_read(conn, change.readers):
                     for watch in matched:
@@ -556,6 +560,7 @@ class Xenstored:
         prefix_len = len(home_path(conn.domid)) + 1 if is_relative_path(raw_path) else 0
         watch = Watch(path, token, prefix_len, depth)
         conn.watches.append(watch)
+        self._watch_index.add(conn.id, conn, path)
         # A new watch fires once at once (watch.c do_watch), unconditionally.
         self._event(request.events, conn, watch.requested_path, token)
         return OK_PAYLOAD
@@ -569,11 +574,13 @@ class Xenstored:
         for index, watch in enumerate(conn.watches):
             if watch.path == path and watch.token == args[1]:
                 del conn.watches[index]
+                if not any(w.path == path for w in conn.watches):
+                    self._watch_index.discard(conn.id, path)
                 return OK_PAYLOAD
         raise XsError("ENOENT")
 
     def _do_reset_watches(self, request: _Request) -> bytes:
-        request.conn.drop_state()
+        self._drop_state(request.conn)
         return OK_PAYLOAD
 
     # --- transactions -----------------------------------------------------------

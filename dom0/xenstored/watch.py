@@ -26,7 +26,7 @@ from xenlike.xs_wire import Permission, is_special_path
 
 from .node import is_child, levels_below
 
-__all__ = ["Watch", "Change", "match_change", "match_special"]
+__all__ = ["Watch", "Change", "WatchIndex", "match_change", "match_special"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +85,42 @@ def match_special(watch: Watch, name: str, domid: int) -> str | None:
     if watch.path == f"{name}/{domid}":
         return watch.path
     return None
+
+
+class WatchIndex:
+    """Which connections watch which paths, so a change looks only at its ancestors.
+
+    C xenstored walks every connection for every change; with hundreds of
+    domains, each watching its own ``control/shutdown``, that makes writing a
+    new domain's nodes cost more the more domains exist. A change at
+    ``/a/b/c`` can only fire watches set on ``/``, ``/a``, ``/a/b`` or ``/a/b/c``,
+    so those are the only entries looked up.
+    """
+
+    def __init__(self) -> None:
+        self._by_path: dict[str, dict[int, object]] = {}
+
+    def add(self, conn_id: int, conn: object, path: str) -> None:
+        self._by_path.setdefault(path, {})[conn_id] = conn
+
+    def discard(self, conn_id: int, path: str) -> None:
+        watchers = self._by_path.get(path)
+        if watchers is not None:
+            watchers.pop(conn_id, None)
+            if not watchers:
+                del self._by_path[path]
+
+    def candidates(self, path: str, exact: bool) -> list[object]:
+        """Connections with a watch on ``path`` or (unless ``exact``) an ancestor, by id."""
+        found: dict[int, object] = {}
+        for candidate in (path,) if exact else _ancestors(path):
+            found.update(self._by_path.get(candidate, {}))
+        return [found[key] for key in sorted(found)]
+
+
+def _ancestors(path: str) -> list[str]:
+    """``/a/b`` -> ``["/", "/a", "/a/b"]``."""
+    if path == "/":
+        return ["/"]
+    parts = path.split("/")
+    return ["/"] + ["/".join(parts[: i + 1]) for i in range(1, len(parts))]

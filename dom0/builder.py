@@ -1,0 +1,236 @@
+"""The domain builder: what libxl's ``libxl__domain_make`` and libxc's ``xc_dom_*`` do.
+
+To create a domU, dom0:
+
+1. asks the hypervisor to create the domain (``domctl createdomain``): memory is
+   reserved from the host pool, a memfd made; dom0 gets the fd, as a privileged
+   domain may map foreign memory;
+2. allocates the guest's xenstore and console event channels
+   (``alloc_unbound`` for the guest, remote dom0) and binds dom0's ends;
+3. writes the start info page, and grant entries 0 (console page) and 1 (xenstore
+   page) for dom0, as ``xc_dom_gnttab_init`` does; maps those grants;
+4. starts the domain (``domctl startdomain``): the hypervisor hands it to a
+   process the zygote forked ahead of time;
+5. INTRODUCEs the domain to xenstored, attaches xenconsoled to its console page,
+   and writes its nodes (``/local/domain/<id>``, ``/vm/<uuid>``, ``/libxl/<id>``)
+   with libxl's permissions.
+
+Teardown undoes it in reverse. Nothing here waits for the guest, so creation costs
+a handful of hypercalls and in-process xenstore writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from xenlike.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE, GrantTable
+from xenlike.memory import GuestMemory
+from xenlike.ring import ConsoleInterface, XenstoreInterface
+from xenlike.start_info import CONSOLE_PFN, GNTTAB_PFN, START_INFO_PFN, STORE_PFN, StartInfo
+from xenlike.xs_wire import XsError
+
+if TYPE_CHECKING:
+    from .main import Dom0
+
+__all__ = ["BuiltDomain", "DomainBuilder", "home"]
+
+log = logging.getLogger("dom0.builder")
+
+# Nodes under a domain's home that the guest owns and may write (libxl_create.c rwperm).
+GUEST_WRITABLE = ("control/shutdown", "control/feature-poweroff", "control/feature-reboot",
+                  "control/feature-suspend", "control/sysrq", "data", "drivers", "feature", "attr", "error")
+
+
+def home(domid: int) -> str:
+    return f"/local/domain/{domid}"
+
+
+@dataclass
+class BuiltDomain:
+    """A domU as dom0's toolstack keeps it."""
+
+    domid: int
+    name: str
+    uuid: str
+    config: dict[str, Any]
+    memory: GuestMemory
+    store_port: int  # dom0's end of the guest's xenstore event channel
+    console_port: int  # dom0's end of the console event channel
+    grant_handles: list[int]
+    created: float = field(default_factory=time.time)
+    restarts: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"d{self.domid} ({self.name})"
+
+
+class DomainBuilder:
+    """Creates and tears down domUs on behalf of the toolstack."""
+
+    def __init__(self, dom0: "Dom0") -> None:
+        self.dom0 = dom0
+
+    def create(self, config: dict[str, Any], *, paused: bool = False, uuid: str | None = None) -> BuiltDomain:
+        """Build and start a domain from a validated config dict; returns it running.
+
+        Two multicalls make the whole build: (1) create the domain, allocate its
+        xenstore and console event channels and bind dom0's ends; then, after the
+        start info and grant entries are written, (2) map the two grants and
+        start the guest. The guest starts before its xenstore nodes are written:
+        it needs none to boot, and as dom0 serves xenstore only from its main
+        loop, the guest's first request is answered after the nodes exist.
+        """
+        dom0 = self.dom0
+        gnttab_frames = int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES))
+        domid_of = {"$result": [0, "domid"]}
+        created, store, console, store_bind, console_bind = dom0.multicall([
+            {"op": "domctl", "args": {
+                "cmd": "createdomain",
+                "name": config["name"],
+                "memory_mib": config["memory"],
+                "maxmem_mib": config.get("maxmem") or config["memory"],
+                "vcpus": config.get("vcpus", 1),
+                "max_grant_frames": gnttab_frames,
+                "uuid": uuid or config.get("uuid"),
+            }},
+            {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
+            {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
+            {"op": "evtchn_bind_interdomain", "args": {"remote_dom": domid_of, "remote_port": {"$result": [1, "port"]}}},
+            {"op": "evtchn_bind_interdomain", "args": {"remote_dom": domid_of, "remote_port": {"$result": [2, "port"]}}},
+        ], undo=self._undo_create)
+        domid = created[0]["domid"]
+        memory = GuestMemory.from_fd(created[1][0], created[0]["nr_frames"])
+        store_port = dom0.adopt_port(*store_bind)
+        console_port = dom0.adopt_port(*console_bind)
+        ports = (store[0]["port"], console[0]["port"])
+        built = BuiltDomain(domid, config["name"], created[0]["uuid"], dict(config), memory, store_port, console_port, [])
+        try:
+            self._write_start_info(built, gnttab_frames, *ports)
+            mapped, _started = dom0.multicall([
+                {"op": "grant_map", "args": {"granter": domid, "refs": [GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE]}},
+                {"op": "domctl", "args": {"cmd": "startdomain", "domid": domid, "paused": paused}},
+            ])
+            built.grant_handles = mapped[0]["handles"]
+            console_pfn, store_pfn = mapped[0]["frames"]
+            dom0.xenstore_service.connect_domain(domid, XenstoreInterface(memory.frame(store_pfn)), store_port, built.label)
+            dom0.xenconsoled.add(domid, built.name, ConsoleInterface(memory.frame(console_pfn)), console_port)
+            self._write_nodes(built, *ports)
+        except BaseException:
+            log.exception("%s: build failed; destroying it", built.label)
+            self.destroy(built)
+            raise
+        log.info("%s: created (%d MiB, workload %s)", built.label, config["memory"], config.get("workload", "idle"))
+        return built
+
+    def _undo_create(self, results: list[dict]) -> None:
+        """A failed first multicall: destroy the domain if it was created."""
+        if results:
+            self.dom0.hypercall("domctl", cmd="destroydomain", domid=results[0]["domid"])
+
+    def _write_start_info(self, built: BuiltDomain, gnttab_frames: int, store_evtchn: int, console_evtchn: int) -> None:
+        """Frame 0's start info and grant entries 0 and 1 for dom0 (``xc_dom_gnttab_init``)."""
+        config = built.config
+        image = {
+            "name": built.name,
+            "uuid": built.uuid,
+            "workload": config.get("workload", "idle"),
+            "workload_args": list(config.get("workload_args", [])),
+            "extra": config.get("extra", ""),
+            "vcpus": config.get("vcpus", 1),
+        }
+        StartInfo(
+            nr_pages=built.memory.nr_frames,
+            domid=built.domid,
+            store_evtchn=store_evtchn,
+            console_evtchn=console_evtchn,
+            gnttab_frames=gnttab_frames,
+            image=image,
+        ).write(built.memory.frame(START_INFO_PFN))
+        grants = GrantTable(built.memory, GNTTAB_PFN, gnttab_frames)
+        grants.grant_access_ref(GNTTAB_RESERVED_CONSOLE, 0, CONSOLE_PFN)
+        grants.grant_access_ref(GNTTAB_RESERVED_XENSTORE, 0, STORE_PFN)
+        grants.release()
+
+    def _write_nodes(self, built: BuiltDomain, store_evtchn: int, console_evtchn: int) -> None:
+        """The xenstore nodes of a new domain, with libxl's permissions, in one transaction.
+
+        The home and ``/vm/<uuid>`` get ``[n0, r<domid>]`` first; their children
+        inherit it, so only the guest-writable nodes need a permission change.
+        """
+        domid, config = built.domid, built.config
+        base = home(domid)
+        ro = ["n0", f"r{domid}"]
+        memory_kb = config["memory"] * 1024
+        maxmem_kb = (config.get("maxmem") or config["memory"]) * 1024
+        vm = f"/vm/{built.uuid}"
+        nodes = {
+            "name": built.name,
+            "domid": str(domid),
+            "vm": vm,
+            "memory/static-max": str(maxmem_kb),
+            "memory/target": str(memory_kb),
+            "store/port": str(store_evtchn),
+            "store/ring-ref": str(STORE_PFN),
+            "console/port": str(console_evtchn),
+            "console/ring-ref": str(CONSOLE_PFN),
+            "console/type": "xenconsoled",
+            "console/limit": str(1 << 20),
+            "control/platform-feature-multiprocessor-suspend": "0",
+            "device": "",
+        }
+        for vcpu in range(int(config.get("vcpus", 1))):
+            nodes[f"cpu/{vcpu}/availability"] = "online"
+
+        def write_all(tx: int) -> None:
+            xs = self.dom0.xs
+            xs.write(base, "", perms=ro, tx=tx)
+            xs.write(vm, "", perms=ro, tx=tx)
+            xs.write(f"/libxl/{domid}", "", perms=["n0"], tx=tx)
+            for key, value in nodes.items():
+                xs.write(f"{base}/{key}", value, tx=tx)
+            for key in GUEST_WRITABLE:
+                xs.write(f"{base}/{key}", "", perms=[f"n{domid}"], tx=tx)
+            for key, value in {"uuid": built.uuid, "name": built.name, "start_time": f"{built.created:.2f}"}.items():
+                xs.write(f"{vm}/{key}", value, tx=tx)
+            for action in ("on_poweroff", "on_reboot", "on_crash"):
+                xs.write(f"/libxl/{domid}/{action}", str(config.get(action, "")), tx=tx)
+
+        self.dom0.xs.transact(write_all)
+
+    def destroy(self, built: BuiltDomain) -> None:
+        """Tear a domain down: its process, its rings, its nodes, its memory."""
+        dom0 = self.dom0
+        dom0.xenconsoled.remove(built.domid)
+        dom0.xenstore_service.release_domain(built.domid)
+        for port in (built.store_port, built.console_port):
+            dom0.close_port(port)
+        if built.grant_handles:
+            try:
+                dom0.hypercall("grant_unmap", handles=built.grant_handles)
+            except OSError:
+                pass  # the domain's grants went with it
+        try:
+            dom0.hypercall("domctl", cmd="destroydomain", domid=built.domid)
+        except OSError as exc:
+            log.warning("%s: destroydomain: %s", built.label, exc)
+        built.memory.close()
+        for path in (home(built.domid), f"/vm/{built.uuid}", f"/libxl/{built.domid}"):
+            try:
+                dom0.xs.rm(path)
+            except XsError:
+                pass
+        log.info("%s: destroyed", built.label)
+
+    def rename(self, built: BuiltDomain, name: str) -> None:
+        dom0 = self.dom0
+        dom0.hypercall("domctl", cmd="rename", domid=built.domid, name=name)
+        dom0.xs.write(f"{home(built.domid)}/name", name)
+        dom0.xs.write(f"/vm/{built.uuid}/name", name)
+        dom0.xenconsoled.rename(built.domid, name)
+        built.name = name
+        built.config["name"] = name
+

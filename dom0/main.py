@@ -1,0 +1,146 @@
+"""dom0: the privileged domain. xenstored, xenconsoled and the toolstack in one process.
+
+Started by the hypervisor (forked from the zygote) with its hypercall socket and
+memory. Its main loop polls the toolstack's zmq socket, the event-channel epoll
+set (xenstore and console rings of every domU, ``VIRQ_DOM_EXC``) and the
+hypercall socket's own events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from xenlike.evtchn import VIRQ, EventLoop
+from xenlike.hypercall import HypercallClient, HypercallError
+from xenlike.memory import GuestMemory
+from xenlike.rundir import RunDir
+
+from .builder import DomainBuilder
+from .toolstack import Toolstack
+from .xenconsoled import Xenconsoled
+from .xenstore_service import XenstoreService
+from .xenstored import LocalXenstore
+
+__all__ = ["start", "Dom0"]
+
+log = logging.getLogger("dom0")
+
+
+def start(boot: dict, fds: list[int]) -> int:
+    """Entry point in the forked dom0 process."""
+    run_dir = RunDir(boot["run_dir"])
+    logging.basicConfig(
+        filename=run_dir.log_path("dom0"),
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    dom0 = Dom0(boot, fds, run_dir)
+    try:
+        dom0.run()
+    except Exception:
+        log.exception("d0 (Domain-0): fatal error")
+        return 1
+    finally:
+        dom0.close()  # flushes the last replies before the host goes down
+    if dom0.host_shutdown_requested:
+        dom0.hypercall("domctl", cmd="host_shutdown")
+    return 0
+
+
+class Dom0:
+    """dom0's services and main loop."""
+
+    def __init__(self, boot: dict, fds: list[int], run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+        self.memory = GuestMemory.from_fd(fds[1], boot["nr_frames"])
+        self.loop = EventLoop("d0 (Domain-0)")
+        sock = socket.socket(fileno=fds[0])
+        self._hypercall = HypercallClient(sock, self._on_hypervisor_event)
+        self.loop.add_reader(sock.fileno(), lambda fd: self._hypercall.drain_events())
+        self.context = zmq.Context()
+        self.api = self.context.socket(zmq.ROUTER)
+        self.api.setsockopt(zmq.LINGER, 1000)
+        self.api.bind(run_dir.endpoint("toolstack"))
+        self.publisher = self.context.socket(zmq.PUB)
+        self.publisher.setsockopt(zmq.LINGER, 0)
+        self.publisher.bind(run_dir.endpoint("console"))
+        self.xenstore_service = XenstoreService(self.loop)
+        self.xs = LocalXenstore(self.xenstore_service.daemon)
+        self.xs.write("/local/domain/0/name", "Domain-0")
+        self.xs.write("/local/domain/0/domid", "0")
+        self.xs.write("/tool/xenstored/domid", "0")
+        self.xenconsoled = Xenconsoled(self.loop, self.publisher, run_dir.path / "logs")
+        self.builder = DomainBuilder(self)
+        self.toolstack = Toolstack(self)
+        virq, virq_fds = self.hypercall("evtchn_bind_virq", virq=int(VIRQ.DOM_EXC))
+        self.loop.bind(virq["port"], virq_fds[0], handler=lambda port: self.toolstack.on_domain_exception())
+        self.running = True
+        self.host_shutdown_requested = False
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    # -- hypercalls ----------------------------------------------------------------
+
+    def hypercall(self, op: str, **args: Any) -> tuple[Any, list[int]]:
+        return self._hypercall.call(op, **args)
+
+    def multicall(self, calls: list[dict], undo: Callable[[list], None] | None = None) -> list[tuple[Any, list[int]]]:
+        """Several hypercalls in one round trip; ``undo(results)`` runs if one fails."""
+        try:
+            return self._hypercall.multicall(calls)
+        except HypercallError as exc:
+            if undo is not None:
+                undo(getattr(exc, "results", []))
+            raise
+
+    def adopt_port(self, result: dict, fds: list[int]) -> int:
+        """Install a port dom0 bound (``evtchn_bind_interdomain``'s result); the loop owns its fds."""
+        self.loop.bind(result["port"], fds[0], fds[1])
+        self.loop.clear_pending(result["port"])
+        return result["port"]
+
+    def close_port(self, port: int) -> None:
+        try:
+            self.hypercall("evtchn_close", port=port)
+        except OSError:
+            pass
+        self.loop.unbind(port)
+
+    def _on_hypervisor_event(self, event: dict, fds: list[int]) -> None:
+        kind = event.get("event")
+        if kind == "evtchn_peer" and event["port"] in self.loop.ports():
+            self.loop.connect(event["port"], fds[0] if fds else None)
+        else:
+            for fd in fds:
+                os.close(fd)
+
+    # -- main loop -----------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.api, zmq.POLLIN)
+        poller.register(self.loop.fileno(), zmq.POLLIN)
+        log.info("d0 (Domain-0): toolstack listening on %s", self.run_dir.endpoint("toolstack"))
+        while self.running:
+            ready = dict(poller.poll(self.toolstack.next_timeout_ms()))
+            if self.loop.fileno() in ready:
+                self.loop.poll(0)
+            if self.api in ready:
+                self.toolstack.serve_requests()
+            self.toolstack.tick()
+        log.info("d0 (Domain-0): stopping")
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.running = False
+
+    def close(self) -> None:
+        self.api.close()
+        self.publisher.close()
+        self.context.term()

@@ -1,0 +1,104 @@
+"""xenconsoled: every domain's console ring, logged and streamed.
+
+For each domU it reads the ``out`` half of the guest's ``xencons_interface`` page
+whenever the console event channel fires, appends the bytes to
+``logs/<name>.log`` in the run directory, and publishes them on a zmq PUB socket
+(topic: the domain name) for ``xenlike console`` and ``xenlike up``. Keyboard
+input from an attached client goes into the ``in`` half.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zmq
+
+from xenlike.evtchn import EventLoop
+from xenlike.ring import ConsoleInterface, RingError
+
+__all__ = ["Xenconsoled", "ConsoleBackend"]
+
+log = logging.getLogger("dom0.xenconsoled")
+
+# How much output of a domain is kept in memory for a client that attaches late.
+HISTORY_BYTES = 16 * 1024
+
+
+@dataclass
+class ConsoleBackend:
+    """One domain's console as xenconsoled serves it."""
+
+    domid: int
+    name: str
+    interface: ConsoleInterface
+    port: int
+    logfile: BinaryIO
+    history: bytearray
+    broken: bool = False
+
+
+class Xenconsoled:
+    """Console back ends of all domUs."""
+
+    def __init__(self, loop: EventLoop, publisher: zmq.Socket, log_dir: Path) -> None:
+        self.loop = loop
+        self.publisher = publisher
+        self.log_dir = log_dir
+        self._consoles: dict[int, ConsoleBackend] = {}
+
+    def add(self, domid: int, name: str, interface: ConsoleInterface, port: int) -> ConsoleBackend:
+        logfile = open(self.log_dir / f"{name}.log", "ab", buffering=0)
+        console = ConsoleBackend(domid, name, interface, port, logfile, bytearray())
+        self._consoles[domid] = console
+        self.loop.set_handler(port, lambda _port: self._on_output(console))
+        return console
+
+    def remove(self, domid: int) -> None:
+        """Read what is left, then stop serving the console."""
+        console = self._consoles.pop(domid, None)
+        if console is None:
+            return
+        self._on_output(console)
+        console.broken = True
+        console.logfile.close()
+        console.interface.release()
+
+    def rename(self, domid: int, name: str) -> None:
+        console = self._consoles.get(domid)
+        if console is not None:
+            console.name = name
+
+    def history(self, domid: int) -> bytes:
+        console = self._consoles.get(domid)
+        return bytes(console.history) if console else b""
+
+    def send_input(self, domid: int, data: bytes) -> int:
+        """Keyboard bytes for the guest; returns how many fitted in its ring."""
+        console = self._consoles.get(domid)
+        if console is None or console.broken:
+            return 0
+        written = console.interface.input.write(data)
+        if written:
+            self.loop.notify(console.port)
+        return written
+
+    def _on_output(self, console: ConsoleBackend) -> None:
+        if console.broken:
+            return
+        try:
+            data = console.interface.output.read()
+        except RingError as exc:
+            console.broken = True
+            log.warning("d%d (%s): console ring dropped: %s", console.domid, console.name, exc)
+            return
+        if not data:
+            return
+        self.loop.notify(console.port)  # room in ``out`` again
+        data = data.replace(b"\r\n", b"\n")
+        console.logfile.write(data)
+        console.history += data
+        del console.history[:-HISTORY_BYTES]
+        self.publisher.send_multipart([console.name.encode(), data], zmq.NOBLOCK)

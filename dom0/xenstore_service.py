@@ -1,0 +1,114 @@
+"""xenstored's transports in dom0: each domU's xenstore ring, and dom0's own clients.
+
+:class:`XenstoreService` wraps the transport-independent :class:`Xenstored`
+daemon. A domU reaches it through its ``xenstore_domain_interface`` page and an
+event channel (``INTRODUCE domid gfn evtchn``); a :class:`RingConnection` reads
+requests off that page, hands each to the daemon, and writes replies and watch
+events back, keeping what does not fit until the guest makes room. The
+toolstack and the xenstore CLI verbs use in-process connections.
+
+A guest that breaks the framing (a header announcing more than 4096 bytes, ring
+indices that cannot be right) loses its connection, as C xenstored kills it;
+nobody else is affected.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from xenlike.evtchn import EventLoop
+from xenlike.ring import RingError, XenstoreInterface
+from xenlike.xs_wire import MessageReader, XsWireError, pack_msg
+
+from .xenstored import Connection, Delivery, Xenstored
+
+__all__ = ["XenstoreService", "RingConnection"]
+
+log = logging.getLogger("dom0.xenstored")
+
+
+class RingConnection:
+    """One domU's xenstore ring, served by dom0."""
+
+    def __init__(self, service: "XenstoreService", conn: Connection, interface: XenstoreInterface, port: int, label: str) -> None:
+        self.service = service
+        self.conn = conn
+        self.interface = interface
+        self.port = port
+        self.label = label
+        self._reader = MessageReader()
+        self._out = bytearray()
+        self.broken = False
+
+    def on_event(self, port: int) -> None:
+        """The guest produced requests or consumed replies."""
+        if self.broken:
+            return
+        try:
+            data = self.interface.req.read()
+            if data:
+                self.service.loop.notify(self.port)  # room in req for more
+            for message in self._reader.feed(data):
+                deliveries = self.service.daemon.handle(self.conn, message.type, message.req_id, message.tx_id, message.payload)
+                self.service.route(deliveries)
+            self.flush()
+        except (XsWireError, RingError) as exc:
+            self.broken = True
+            log.warning("%s: xenstore connection dropped: %s", self.label, exc)
+
+    def send(self, delivery: Delivery) -> None:
+        self._out += pack_msg(delivery.msg_type, delivery.req_id, delivery.tx_id, delivery.payload)
+        self.flush()
+
+    def flush(self) -> None:
+        if self._out and not self.broken:
+            written = self.interface.rsp.write(self._out)
+            if written:
+                del self._out[:written]
+                self.service.loop.notify(self.port)
+
+    def close(self) -> None:
+        self.broken = True
+        self.interface.release()
+
+
+class XenstoreService:
+    """The xenstore daemon with its ring connections."""
+
+    def __init__(self, loop: EventLoop) -> None:
+        self.loop = loop
+        self.daemon = Xenstored(sink=self._sink)
+        self._rings: dict[int, RingConnection] = {}  # by connection id
+        self._by_domid: dict[int, RingConnection] = {}
+
+    def connect_domain(self, domid: int, interface: XenstoreInterface, port: int, label: str) -> RingConnection:
+        """INTRODUCE: serve ``domid`` on its ring page and dom0's ``port``."""
+        conn = self.daemon.introduce_domain(domid)
+        ring = RingConnection(self, conn, interface, port, label)
+        self._rings[conn.id] = ring
+        self._by_domid[domid] = ring
+        self.loop.set_handler(port, ring.on_event)
+        return ring
+
+    def release_domain(self, domid: int) -> None:
+        """RELEASE: stop serving ``domid`` (fires ``@releaseDomain``)."""
+        ring = self._by_domid.pop(domid, None)
+        if ring is not None:
+            self._rings.pop(ring.conn.id, None)
+            ring.close()
+        if self.daemon.is_domain_introduced(domid):
+            self.daemon.release_domain(domid)
+
+    def route(self, deliveries: list[Delivery]) -> None:
+        """Send each delivery to its connection's transport."""
+        self.daemon.deliver(deliveries)
+
+    def _sink(self, delivery: Delivery) -> None:
+        ring = self._rings.get(delivery.conn.id)
+        if ring is not None:
+            ring.send(delivery)
+
+    def local_client(self, receiver: Callable[[Delivery], None] | None = None) -> Connection:
+        """A privileged in-process connection (watch events go to ``receiver``)."""
+        return self.daemon.connect(0, True, receiver=receiver)
