@@ -1,0 +1,80 @@
+"""xl's output formats (``tools/xl/xl_info.c``, ``xl_vcpu.c``, ``xl_misc.c``), used by the CLI.
+
+Each function takes the plain data the toolstack returns and renders it the way
+``xl`` prints it, so scripts written against ``xl`` read ``xenlike``'s output.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+__all__ = ["state_letters", "format_list", "format_uptime", "uptime_text", "format_info"]
+
+# The shutdown-reason letter of xl list's fifth state column: poweroff, reboot,
+# suspend, crash, watchdog, soft_reset (tools/xl/xl_info.c "-rscwS").
+SHUTDOWN_LETTERS = "-rscwS"
+
+
+def state_letters(info: dict) -> str:
+    """xl list's six state columns: r b p s <reason> d."""
+    shutdown = bool(info.get("shutdown"))
+    reason = info.get("shutdown_reason")
+    reason_letter = SHUTDOWN_LETTERS[reason] if shutdown and reason is not None and 0 <= reason < 6 else "-"
+    return "".join((
+        "r" if info.get("running") else "-",
+        "b" if info.get("blocked") else "-",
+        "p" if info.get("paused") else "-",
+        "s" if shutdown else "-",
+        reason_letter,
+        "d" if info.get("dying") else "-",
+    ))
+
+
+def format_list(rows: Iterable[dict]) -> str:
+    """``xl list``: ``Name ID Mem VCPUs State Time(s)``."""
+    lines = ["Name                                        ID   Mem VCPUs\tState\tTime(s)"]
+    for row in rows:
+        lines.append(
+            f"{row['name']:<40} {row['domid']:5d} {row['mem']:5d} {row['vcpus']:5d}     {row['state']}  {row['cpu_time']:8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def uptime_text(seconds: float) -> str:
+    """xl's uptime: ``H:MM:SS``, or ``N day(s), H:MM:SS``."""
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:2d}:{minutes:02d}:{secs:02d}"
+    if days == 0:
+        return clock
+    return f"{days} day{'s' if days > 1 else ''}, {clock.strip()}"
+
+
+def format_uptime(rows: Iterable[dict]) -> str:
+    """``xl uptime``: ``Name ID Uptime``."""
+    lines = [f"{'Name':<33} {'ID':>4} Uptime"]
+    for row in rows:
+        lines.append(f"{row['name']:<33} {row['domid']:4d} {uptime_text(row['uptime'])}")
+    return "\n".join(lines)
+
+
+def format_info(physinfo: dict, extra: dict[str, str]) -> str:
+    """``xl info``: ``key : value`` lines, memory in MB."""
+    frames_mb = 4096 / (1 << 20)
+    version = physinfo["version"]
+    pairs = {
+        **extra,
+        "nr_cpus": physinfo["nr_cpus"],
+        "nr_pcpus_scheduled": len(physinfo["pcpus"]),
+        "total_memory": int(physinfo["total_frames"] * frames_mb),
+        "free_memory": int(physinfo["free_frames"] * frames_mb),
+        "xen_major": version["major"],
+        "xen_minor": version["minor"],
+        "xen_extra": version["extra"],
+        "xen_caps": version["caps"],
+        "xen_pagesize": 4096,
+    }
+    width = max(len(k) for k in pairs)
+    return "\n".join(f"{k:<{width}} : {v}" for k, v in pairs.items())
