@@ -1,0 +1,140 @@
+"""Domain lifecycle costs against a bare interpreter start, in the same run.
+
+``create_ms_p50`` / ``create_ms_p99``: from the create request (toolstack API, no
+CLI start-up) to the guest's workload running, with no other domU;
+``create_ms_p50_at_200``: the same with 200 domUs already running;
+``uss_mib_per_domu``: unique memory of an idle domU (psutil USS);
+``list_ms_at_1`` / ``list_ms_at_200``: the ``list`` request with 1 and 200 domUs;
+``process_spawn_ms_p50``: ``python -c pass``, the baseline.
+
+    python bench/lifecycle.py [--json] [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import psutil  # noqa: E402
+
+from bench.common import parser, report  # noqa: E402
+from xenlike.rundir import RunDir  # noqa: E402
+from xenlike.toolstack_client import ToolstackClient  # noqa: E402
+
+PROBE = f"{Path(__file__).parent / 'probe_workload.py'}:run"
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def spawn_ms(count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def started_at(client: ToolstackClient, domid: int) -> float:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            return float(client.call("xenstore_read", path=f"/local/domain/{domid}/data/started"))
+        except Exception:
+            time.sleep(0.001)
+    raise RuntimeError(f"domain {domid}'s workload never started")
+
+
+def create_ms(client: ToolstackClient, count: int, prefix: str) -> list[float]:
+    times = []
+    for i in range(count):
+        config = {"name": f"{prefix}{i}", "memory": 16, "workload": PROBE}
+        start = time.monotonic()
+        domid = client.call("create", config=config)["domid"]
+        times.append((started_at(client, domid) - start) * 1000)
+        client.call("destroy", domain=domid)
+    return times
+
+
+def list_ms(client: ToolstackClient, count: int) -> float:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        client.call("list")
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n\n")[0]).parse_args()
+    samples = 10 if args.quick else 40
+    crowd = 40 if args.quick else 200
+    spawn = spawn_ms(samples)
+    with tempfile.TemporaryDirectory(prefix="xl-bench-", dir="/tmp") as tmp:
+        run_dir = RunDir(tmp)
+        hypervisor = subprocess.Popen(
+            [sys.executable, "-m", "xenlike.hypervisor", "--run-dir", tmp, "--memory", str(16 * (crowd + 40))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    client = ToolstackClient(run_dir, timeout=60)
+                    client.call("ping", timeout=1)
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            create_ms(client, 3, "warm")  # first-touch costs are not the steady state
+            first = create_ms(client, samples, "first")
+            one = client.call("create", config={"name": "only", "memory": 16, "workload": "idle"})
+            list_1 = list_ms(client, 20)
+            client.call("destroy", domain=one["domid"])
+            crowd_ids = [client.call("create", config={"name": f"idle{i}", "memory": 16, "workload": "idle"})["domid"]
+                         for i in range(crowd)]
+            time.sleep(1.0)  # let them all settle into their event loops
+            at_crowd = create_ms(client, samples, "late")
+            list_crowd = list_ms(client, 20)
+            infos = {row["domid"]: row["info"] for row in client.call("list", long=True)}
+            uss = [psutil.Process(infos[d]["pid"]).memory_full_info().uss / (1 << 20) for d in crowd_ids[:20]]
+            client.call("down", timeout=120)
+            client.close()
+        finally:
+            try:
+                hypervisor.wait(30)
+            except subprocess.TimeoutExpired:
+                hypervisor.kill()
+                hypervisor.wait()
+    figures = {
+        "create_ms_p50": statistics.median(first),
+        "create_ms_p99": percentile(first, 99),
+        "create_ms_p50_at_200": statistics.median(at_crowd),
+        "uss_mib_per_domu": statistics.median(uss),
+        "list_ms_at_1": list_1,
+        "list_ms_at_200": list_crowd,
+        "process_spawn_ms_p50": statistics.median(spawn),
+    }
+    ratios = {
+        "create_ms_p50 / process_spawn_ms_p50": figures["create_ms_p50"] / figures["process_spawn_ms_p50"],
+        "create_ms_p50_at_200 / create_ms_p50": figures["create_ms_p50_at_200"] / figures["create_ms_p50"],
+        "list_ms_at_200 / list_ms_at_1": figures["list_ms_at_200"] / figures["list_ms_at_1"],
+    }
+    if args.quick:
+        figures["domus_in_crowd"] = crowd
+    report(figures, ratios, args.json)
+
+
+if __name__ == "__main__":
+    main()

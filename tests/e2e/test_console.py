@@ -1,0 +1,57 @@
+"""Console output reaches the log and an attached client; keyboard input reaches the guest."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+
+from .conftest import wait_for
+from .test_lifecycle import write_cluster
+
+
+def read_until(proc: subprocess.Popen, needle: bytes, timeout: float = 10.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{needle!r} never came; got {seen[-300:]!r}"
+        ready, _, _ = select.select([proc.stdout], [], [], remaining)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"the console client exited; got {seen[-300:]!r}"
+            seen += chunk
+    return seen
+
+
+def test_console_attach_streams_output_and_sends_input(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [{"name": "e", "workload": "echo"}])))
+    wait_for(lambda: "type a line" in host.log("e"), what="the echo prompt in the log")
+    client = subprocess.Popen(
+        [sys.executable, "-m", "xenlike", "--run-dir", str(host.path), "console", "e"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        read_until(client, b"type a line")  # the history a late client gets
+        client.stdin.write(b"hello xen\n")
+        client.stdin.flush()
+        read_until(client, b"echo: hello xen")  # the guest read it and answered, live
+        client.stdin.write(b"\x1d")  # Ctrl-] detaches
+        client.stdin.flush()
+        assert client.wait(10) == 0
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    domid = host.domains()["e"]["domid"]
+    assert host.xs_read(f"/local/domain/{domid}/data/last-line") == "hello xen"
+    assert "echo: hello xen" in host.log("e")
+
+
+def test_console_line_discipline_echoes_and_erases(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [{"name": "e", "workload": "echo"}])))
+    wait_for(lambda: "type a line" in host.log("e"), what="the echo prompt")
+    host.call("console_input", domain="e", data=b"abx\x7fc\r")
+    wait_for(lambda: "echo: abc" in host.log("e"), what="the edited line echoed")

@@ -1,0 +1,53 @@
+"""A domU cannot reach what is not its own; each attempt gets a precise refusal and harms nobody."""
+
+from __future__ import annotations
+
+from .conftest import console_json, wait_for, workload
+from .test_lifecycle import write_cluster
+
+
+def test_a_hostile_domu_is_refused_everything_and_the_victim_is_unharmed(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [{"name": "victim", "workload": "ticker", "workload_args": ["--interval", "0.1"]}])))
+    victim = host.domains()["victim"]["domid"]
+    cfg = tmp_path / "attacker.cfg"
+    cfg.write_text(f'name = "attacker"\nmemory = 16\nworkload = "{workload("attacker")}"\nworkload_args = ["{victim}"]\n')
+    host.xl("create", str(cfg))
+    results = console_json(host, "attacker", "ATTACKS", timeout=30)
+
+    def refused(name, errno=None, text=None):
+        outcome = results[name]
+        assert outcome["allowed"] is False, f"{name} was allowed: {outcome}"
+        if errno is not None:
+            assert outcome["errno"] == errno, f"{name}: {outcome}"
+        if text is not None:
+            assert text in outcome["message"], f"{name}: {outcome}"
+
+    refused("read_victim_name", "EACCES")
+    refused("write_victim_data", "EACCES")
+    refused("rm_victim_home", "EACCES")
+    refused("write_dom0", "EACCES")
+    refused("write_own_name", "EACCES")  # the guest may read its home, not rewrite it
+    assert results["write_own_data"]["allowed"] is True
+    refused("big_node", "ENOSPC")
+    refused("node_quota", "ENOSPC")
+    refused("domctl_destroy", text="privileged")
+    refused("domctl_info", text="privileged")
+    refused("sysctl", text="privileged")
+    refused("bind_victim_port", 22)  # EINVAL: its ports are bound to dom0, not open to us
+    refused("close_victim_port", text="only dom0 is privileged")
+    refused("status_victim_port", text="only dom0 is privileged")
+    refused("signal_unbound_port", text="port 99 is not bound here")
+    refused("map_victim_xenstore_grant", text="is granted to d0, not to d")
+    assert "GNTST" in results["map_victim_xenstore_grant"]["message"]
+    refused("alloc_port_for_victim", text="only dom0 is privileged")
+    copy = results["copy_from_victim_frame"]
+    assert copy["allowed"] is True and "-8" in copy["result"]  # GNTST_permission_denied, per op
+
+    # The victim runs on, its nodes intact, its name its own.
+    domains = host.domains()
+    assert domains["victim"]["domid"] == victim and domains["victim"]["state"] in ("-b----", "r-----")
+    assert host.xs_read(f"/local/domain/{victim}/name") == "victim"
+    assert host.xs_read(f"/local/domain/{victim}/data/owned") is None
+    assert host.xs_read("/local/domain/0/name") == "Domain-0"
+    ticks = int(host.xs_read(f"/local/domain/{victim}/data/ticks"))
+    wait_for(lambda: int(host.xs_read(f"/local/domain/{victim}/data/ticks")) > ticks, what="the victim to keep ticking")
