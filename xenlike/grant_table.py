@@ -176,12 +176,14 @@ class GrantTable(_GrantTableFrames):
 
     def __init__(self, memory: GuestMemory, first_pfn: int, nr_frames: int) -> None:
         super().__init__(memory, first_pfn, nr_frames)
-        self._free_refs = list(range(self.nr_entries - 1, GNTTAB_NR_RESERVED_ENTRIES - 1, -1))
+        # Refs never handed out are counted, not listed: a table has 32768 of them.
+        self._never_used = GNTTAB_NR_RESERVED_ENTRIES
+        self._free_refs: list[int] = []
         self._handed_out: set[int] = set()
 
     @property
     def free_refs(self) -> int:
-        return len(self._free_refs)
+        return len(self._free_refs) + self.nr_entries - self._never_used
 
     def grant_access(self, domid: int, frame: int, readonly: bool = False) -> int:
         """Let ``domid`` map our ``frame``; returns the grant reference.
@@ -190,9 +192,13 @@ class GrantTable(_GrantTableFrames):
         when the table is full and IndexError for a frame we do not have.
         """
         self.memory.check_frame(frame)
-        if not self._free_refs:
+        if self._free_refs:
+            ref = self._free_refs.pop()
+        elif self._never_used < self.nr_entries:
+            ref = self._never_used
+            self._never_used += 1
+        else:
             raise GrantError(GNTST.no_space, f"all {self.nr_entries} grant entries are in use")
-        ref = self._free_refs.pop()
         self._handed_out.add(ref)
         self.grant_access_ref(ref, domid, frame, readonly)
         return ref
