@@ -149,3 +149,26 @@ def write_cluster(directory, domains):
     path = directory / "cluster.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def test_up_in_the_foreground_streams_consoles_and_ctrl_c_stops_everything(host, tmp_path):
+    cluster = write_cluster(tmp_path, [{"name": "t", "workload": "ticker", "workload_args": ["--interval", "0.1"]}])
+    up = subprocess.Popen([sys.executable, "-m", "xenlike", "--run-dir", str(host.path), "up", "--memory", "256", str(cluster)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        deadline = time.monotonic() + 20
+        while not any(line.startswith("t ") and "| tick 2" in line for line in seen):
+            assert time.monotonic() < deadline, f"no prefixed console lines: {seen[-5:]}"
+            seen.append(up.stdout.readline())
+        pids = [p.pid for p in host.processes()]
+        up.send_signal(signal.SIGINT)
+        assert up.wait(30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert not host.processes()
+    left = [open(f"/proc/{pid}/stat").read().split()[:3] for pid in pids if os.path.exists(f"/proc/{pid}")]
+    assert all(state == "Z" for _, _, state in left), left
+    assert not (host.path / "toolstack.sock").exists()

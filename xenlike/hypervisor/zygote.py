@@ -140,6 +140,12 @@ class _Shell:
         self.sock.close()
         return self.pid
 
+    def discard(self) -> None:
+        """Kill and reap an unused shell (the zygote is exiting): no orphan, no zombie."""
+        self.sock.close()
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
 
 def _zygote_main(sock: socket.socket) -> None:
     die_with_parent()
@@ -170,6 +176,7 @@ def _zygote_main(sock: socket.socket) -> None:
             try:
                 message, fds = recv_message(sock)
             except (ChannelClosed, ConnectionError, OSError):
+                shell.discard()
                 return
             if message.get("op") == "spawn":
                 pid = shell.boot(message["boot"], fds)
