@@ -37,6 +37,7 @@ class ConsoleFront:
         self._line = bytearray()  # input being edited
         self._ready = bytearray()  # completed input lines
         self._closed = False
+        self._hung_up = False
         loop.set_handler(port, self._on_event)
 
     def write(self, data: bytes) -> int:
@@ -54,7 +55,7 @@ class ConsoleFront:
         """Keyboard input; waits for some unless ``block`` is False."""
         with self._cond:
             while not self._ready:
-                if not block or self._closed:
+                if not block or self._closed or self._hung_up:
                     return b""
                 self._cond.wait(0.5)
             data = bytes(self._ready[:max_count])
@@ -66,6 +67,12 @@ class ConsoleFront:
         with self._cond:
             self._flush_locked()
             self._cond.wait_for(lambda: not self._queued, timeout)
+
+    def hangup(self) -> None:
+        """End of input for readers (the domain is shutting down), as a tty hangup."""
+        with self._cond:
+            self._hung_up = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:

@@ -156,6 +156,7 @@ class Kernel:
                 return
             self.xenbus.write_async("control/shutdown", "")  # acknowledge, as Linux's xenbus does
             self._shutdown_reason = _REQUESTS[request]
+            self.console.hangup()  # a workload blocked reading its console sees end of input
             if self.context is not None:
                 self.context.shutdown_reason = request
                 self.context.shutdown.set()
