@@ -4,7 +4,8 @@
 CLI start-up) to the guest's workload running, with no other domU;
 ``create_ms_p50_at_200``: the same with 200 domUs already running;
 ``uss_mib_per_domu``: unique memory of an idle domU (psutil USS);
-``list_ms_at_1`` / ``list_ms_at_200``: the ``list`` request with 1 and 200 domUs;
+``list_ms_at_1`` / ``list_ms_at_200``: the ``xenlike list`` command, start to exit, with 1
+and 200 domUs (``list_api_ms_*``: the toolstack's ``list`` request alone);
 ``process_spawn_ms_p50``: ``python -c pass``, the baseline.
 
     python bench/lifecycle.py [--json] [--quick]
@@ -66,11 +67,20 @@ def create_ms(client: ToolstackClient, count: int, prefix: str) -> list[float]:
     return times
 
 
-def list_ms(client: ToolstackClient, count: int) -> float:
+def list_api_ms(client: ToolstackClient, count: int) -> float:
     times = []
     for _ in range(count):
         start = time.perf_counter()
         client.call("list")
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def list_cli_ms(run_dir: str, count: int) -> float:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "xenlike", "--run-dir", run_dir, "list"], check=True, stdout=subprocess.DEVNULL)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
@@ -100,13 +110,13 @@ def main() -> None:
             create_ms(client, 3, "warm")  # first-touch costs are not the steady state
             first = create_ms(client, samples, "first")
             one = client.call("create", config={"name": "only", "memory": 16, "workload": "idle"})
-            list_1 = list_ms(client, 20)
+            list_1, list_api_1 = list_cli_ms(tmp, 10), list_api_ms(client, 20)
             client.call("destroy", domain=one["domid"])
             crowd_ids = [client.call("create", config={"name": f"idle{i}", "memory": 16, "workload": "idle"})["domid"]
                          for i in range(crowd)]
             time.sleep(1.0)  # let them all settle into their event loops
             at_crowd = create_ms(client, samples, "late")
-            list_crowd = list_ms(client, 20)
+            list_crowd, list_api_crowd = list_cli_ms(tmp, 10), list_api_ms(client, 20)
             infos = {row["domid"]: row["info"] for row in client.call("list", long=True)}
             uss = [psutil.Process(infos[d]["pid"]).memory_full_info().uss / (1 << 20) for d in crowd_ids[:20]]
             client.call("down", timeout=120)
@@ -125,6 +135,8 @@ def main() -> None:
         "list_ms_at_1": list_1,
         "list_ms_at_200": list_crowd,
         "process_spawn_ms_p50": statistics.median(spawn),
+        "list_api_ms_at_1": list_api_1,
+        "list_api_ms_at_200": list_api_crowd,
     }
     ratios = {
         "create_ms_p50 / process_spawn_ms_p50": figures["create_ms_p50"] / figures["process_spawn_ms_p50"],
