@@ -1,0 +1,148 @@
+"""The block-device protocol (``xen/include/public/io/blkif.h``): one definition for both ends.
+
+Requests and responses share a 112-byte ring slot (``union blkif_sring_entry``);
+a one-page ring holds 32 of them. A request names up to 11 segments, each a grant
+reference and an inclusive range of 512-byte sectors (0..7) inside that 4 KiB
+page; ``BLKIF_OP_INDIRECT`` names up to 8 granted pages that hold the segments
+instead (512 a page). ``sector_number`` is always in 512-byte units.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .memory import PAGE_SIZE
+from .ring import RingProtocol
+
+__all__ = [
+    "BLKIF_OP_READ", "BLKIF_OP_WRITE", "BLKIF_OP_WRITE_BARRIER", "BLKIF_OP_FLUSH_DISKCACHE",
+    "BLKIF_OP_DISCARD", "BLKIF_OP_INDIRECT", "BLKIF_RSP_OKAY", "BLKIF_RSP_ERROR", "BLKIF_RSP_EOPNOTSUPP",
+    "BLKIF_MAX_SEGMENTS_PER_REQUEST", "BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST", "SEGS_PER_INDIRECT_FRAME",
+    "SECTOR_SIZE", "SECTORS_PER_PAGE", "VDISK_CDROM", "VDISK_REMOVABLE", "VDISK_READONLY",
+    "BLKIF_DISCARD_SECURE", "BLKIF_PROTOCOL", "XEN_IO_PROTO_ABI_NATIVE",
+    "Segment", "BlkRequest", "decode_request", "pack_rw", "pack_indirect", "pack_discard", "pack_flush",
+    "pack_segments", "unpack_segments", "REQUEST", "RESPONSE",
+]
+
+BLKIF_OP_READ = 0
+BLKIF_OP_WRITE = 1
+BLKIF_OP_WRITE_BARRIER = 2
+BLKIF_OP_FLUSH_DISKCACHE = 3
+BLKIF_OP_DISCARD = 5
+BLKIF_OP_INDIRECT = 6
+
+BLKIF_RSP_OKAY = 0
+BLKIF_RSP_ERROR = -1
+BLKIF_RSP_EOPNOTSUPP = -2
+
+BLKIF_MAX_SEGMENTS_PER_REQUEST = 11
+BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST = 8
+SEGS_PER_INDIRECT_FRAME = PAGE_SIZE // 8
+SECTOR_SIZE = 512
+SECTORS_PER_PAGE = PAGE_SIZE // SECTOR_SIZE
+
+VDISK_CDROM = 0x1
+VDISK_REMOVABLE = 0x2
+VDISK_READONLY = 0x4
+BLKIF_DISCARD_SECURE = 1 << 0
+
+XEN_IO_PROTO_ABI_NATIVE = "x86_64-abi"  # io/protocols.h, the only ABI xenlike speaks
+
+_SEGMENT = "IBB2x"
+# struct blkif_request (read/write): op, nr_segments, handle, id, sector_number, seg[11]
+REQUEST = struct.Struct("<BBH4xQQ" + _SEGMENT * BLKIF_MAX_SEGMENTS_PER_REQUEST)
+# struct blkif_request_discard: op, flag, handle, id, sector_number, nr_sectors
+DISCARD = struct.Struct("<BBH4xQQQ")
+# struct blkif_request_indirect: op, indirect_op, nr_segments, id, sector_number, handle, indirect_grefs[8]
+INDIRECT = struct.Struct("<BBH4xQQH2x8I4x")
+# struct blkif_response: id, operation, status
+RESPONSE = struct.Struct("<QBxh4x")
+SEGMENT = struct.Struct("<" + _SEGMENT)
+HEADER = struct.Struct("<BB")  # op and the byte after it, common to every request
+
+BLKIF_PROTOCOL = RingProtocol("blkif", REQUEST, RESPONSE, entry_size=112)
+assert REQUEST.size == 112 and DISCARD.size == 32 and INDIRECT.size == 64 and RESPONSE.size == 16
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``struct blkif_request_segment``: sectors first_sect..last_sect of granted page gref."""
+
+    gref: int
+    first_sect: int
+    last_sect: int
+
+    @property
+    def nr_sectors(self) -> int:
+        return self.last_sect - self.first_sect + 1
+
+
+@dataclass(frozen=True)
+class BlkRequest:
+    """A request as the back end sees it, decoded from its private copy of the slot."""
+
+    operation: int  # READ, WRITE, FLUSH_DISKCACHE, DISCARD, INDIRECT
+    id: int
+    sector_number: int = 0
+    handle: int = 0
+    segments: tuple[Segment, ...] = ()
+    nr_segments: int = 0
+    indirect_op: int | None = None
+    indirect_grefs: tuple[int, ...] = ()
+    nr_sectors: int = 0  # DISCARD
+    discard_flags: int = 0
+
+
+def decode_request(slot: bytes) -> BlkRequest:
+    """Decode one 112-byte slot by its op (the layouts differ per op)."""
+    op, second = HEADER.unpack_from(slot)
+    if op == BLKIF_OP_INDIRECT:
+        _, indirect_op, nr_segments, req_id, sector, handle, *grefs = INDIRECT.unpack_from(slot)
+        return BlkRequest(op, req_id, sector, handle, nr_segments=nr_segments, indirect_op=indirect_op,
+                          indirect_grefs=tuple(grefs))
+    if op == BLKIF_OP_DISCARD:
+        _, flags, handle, req_id, sector, nr_sectors = DISCARD.unpack_from(slot)
+        return BlkRequest(op, req_id, sector, handle, nr_sectors=nr_sectors, discard_flags=flags)
+    fields = REQUEST.unpack_from(slot)
+    _, nr_segments, handle, req_id, sector = fields[:5]
+    raw = fields[5:]
+    count = min(nr_segments, BLKIF_MAX_SEGMENTS_PER_REQUEST)
+    segments = tuple(Segment(raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]) for i in range(count))
+    return BlkRequest(op, req_id, sector, handle, segments, nr_segments)
+
+
+def _segment_fields(segments: list[Segment] | tuple[Segment, ...]) -> list[int]:
+    fields: list[int] = []
+    for seg in segments:
+        fields += (seg.gref, seg.first_sect, seg.last_sect)
+    fields += [0] * (3 * (BLKIF_MAX_SEGMENTS_PER_REQUEST - len(segments)))
+    return fields
+
+
+def pack_rw(op: int, req_id: int, sector: int, segments: list[Segment], handle: int = 0) -> bytes:
+    """A READ or WRITE slot with at most 11 direct segments."""
+    return REQUEST.pack(op, len(segments), handle, req_id, sector, *_segment_fields(segments))
+
+
+def pack_indirect(indirect_op: int, req_id: int, sector: int, nr_segments: int, grefs: list[int], handle: int = 0) -> bytes:
+    """An INDIRECT slot: the segments live in the granted pages ``grefs``."""
+    padded = list(grefs) + [0] * (BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST - len(grefs))
+    return INDIRECT.pack(BLKIF_OP_INDIRECT, indirect_op, nr_segments, req_id, sector, handle, *padded).ljust(112, b"\0")
+
+
+def pack_discard(req_id: int, sector: int, nr_sectors: int, flags: int = 0, handle: int = 0) -> bytes:
+    return DISCARD.pack(BLKIF_OP_DISCARD, flags, handle, req_id, sector, nr_sectors).ljust(112, b"\0")
+
+
+def pack_flush(req_id: int, handle: int = 0) -> bytes:
+    return REQUEST.pack(BLKIF_OP_FLUSH_DISKCACHE, 0, handle, req_id, 0, *_segment_fields([]))
+
+
+def pack_segments(segments: list[Segment]) -> bytes:
+    """The contents of indirect pages: 8-byte segments back to back."""
+    return b"".join(SEGMENT.pack(s.gref, s.first_sect, s.last_sect) for s in segments)
+
+
+def unpack_segments(data: bytes | memoryview, count: int) -> list[Segment]:
+    return [Segment(*fields) for fields in SEGMENT.iter_unpack(bytes(data[: count * SEGMENT.size]))]
