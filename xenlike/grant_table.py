@@ -347,6 +347,10 @@ class GrantMapper:
         """(mapper, mapping) for every mapping of ``granter``'s frames."""
         return ((dom, m) for (dom, _), m in list(self._maptrack.items()) if m.granter == granter)
 
+    def mapping_count(self) -> int:
+        """How many grant mappings exist, all mappers together."""
+        return len(self._maptrack)
+
     def is_mapped(self, granter: int, ref: int) -> bool:
         return (granter, ref) in self._active
 

@@ -26,7 +26,8 @@ sched_shutdown              SCHEDOP_shutdown                               any
 console_io                  HYPERVISOR_console_io write (to dmesg)         any
 xen_version                 version and capabilities                       any
 domctl                      create, start, destroy, pause, unpause, info,  dom0
-                            rename, memory fd, host shutdown
+                            rename, memory fd, open_channel (a hypercall
+                            socket for a back-end worker), host shutdown
 sysctl                      physinfo, readconsole (dmesg)                  dom0
 multicall                   several of the above in one round trip         any
 ==========================  =============================================  =========
@@ -141,8 +142,11 @@ class Hypervisor:
             "getdomaininfo": self._getdomaininfo,
             "rename": self._rename,
             "getmemory": self._getmemory,
+            "open_channel": self._open_channel,
             "host_shutdown": self._host_shutdown,
         }
+        self._extra_channels: dict[int, socket.socket] = {}
+        self._pending_close: list[socket.socket] = []
 
     # ------------------------------------------------------------------------------
     # Start-up, main loop, stop.
@@ -210,7 +214,10 @@ class Hypervisor:
         try:
             message, fds = recv_message(sock)
         except (ChannelClosed, ConnectionError):
-            self._drop_channel(domain)
+            if sock.fileno() in self._extra_channels:
+                self._close_extra_channel(sock)
+            else:
+                self._drop_channel(domain)
             return
         except ValueError as exc:
             log.warning("%s: malformed hypercall refused: %s", domain.label, exc)
@@ -248,6 +255,8 @@ class Hypervisor:
         finally:
             for fd in fds:
                 os.close(fd)
+            while self._pending_close:
+                self._pending_close.pop().close()  # sockets handed out in this reply
 
     def _reply(self, sock: socket.socket, call_id: Any, result: Any, fds: list[int] = ()) -> None:  # type: ignore[assignment]
         try:
@@ -569,6 +578,8 @@ class Hypervisor:
                 "pcpus": self.pcpus,
                 "version": VERSION,
                 "started": self.started,
+                "grant_mappings": self.grants.mapping_count(),
+                "evtchn_ports": self.evtchn.open_fds(),
             }, []
         if cmd == "readconsole":
             lines = list(self.dmesg)
@@ -667,6 +678,25 @@ class Hypervisor:
     def _getmemory(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
         domain = self._domain(args["domid"])
         return {"nr_frames": domain.nr_frames}, [domain.memory.fd]
+
+    def _open_channel(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
+        """Another hypercall socket for dom0, for a back-end worker process.
+
+        Calls on it are dom0's, as a Linux back end's kernel thread makes
+        hypercalls as dom0; closing it releases nothing but the socket.
+        """
+        ours, theirs = socketpair()
+        self._extra_channels[ours.fileno()] = ours
+        self._by_sock[ours.fileno()] = caller
+        self.selector.register(ours, selectors.EVENT_READ, self._on_hypercall)
+        self._pending_close.append(theirs)  # closed once the reply carried it
+        return {}, [theirs.fileno()]
+
+    def _close_extra_channel(self, sock: socket.socket) -> None:
+        self.selector.unregister(sock)
+        self._extra_channels.pop(sock.fileno(), None)
+        self._by_sock.pop(sock.fileno(), None)
+        sock.close()
 
     def _host_shutdown(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
         self.stop("requested by dom0")
