@@ -30,7 +30,10 @@ from xenlike.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTTAB_RESERVED_CONSOL
 from xenlike.memory import GuestMemory
 from xenlike.ring import ConsoleInterface, XenstoreInterface
 from xenlike.start_info import CONSOLE_PFN, GNTTAB_PFN, START_INFO_PFN, STORE_PFN, StartInfo
+from xenlike.xenbus import XenbusState, backend_path, frontend_path
 from xenlike.xs_wire import XsError
+
+from .blkback.vbd import open_image
 
 if TYPE_CHECKING:
     from .main import Dom0
@@ -46,6 +49,11 @@ GUEST_WRITABLE = ("control/shutdown", "control/feature-poweroff", "control/featu
 
 def home(domid: int) -> str:
     return f"/local/domain/{domid}"
+
+
+def prepare_image(disk: dict[str, Any]) -> None:
+    """Check that dom0 can open a disk's image (creating a sparse one for ``size=``)."""
+    open_image(disk["target"], disk["access"] == "ro", disk.get("size")).close()
 
 
 @dataclass
@@ -85,6 +93,8 @@ class DomainBuilder:
         loop, the guest's first request is answered after the nodes exist.
         """
         dom0 = self.dom0
+        for disk in config.get("disk", []):
+            prepare_image(disk)  # a target dom0 cannot open fails here, before any domain exists
         gnttab_frames = int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES))
         domid_of = {"$result": [0, "domid"]}
         created, store, console, store_bind, console_bind = dom0.multicall([
@@ -119,6 +129,8 @@ class DomainBuilder:
             dom0.xenstore_service.connect_domain(domid, XenstoreInterface(memory.frame(store_pfn)), store_port, built.label)
             dom0.xenconsoled.add(domid, built.name, ConsoleInterface(memory.frame(console_pfn)), console_port)
             self._write_nodes(built, *ports)
+            for disk in config.get("disk", []):
+                dom0.blkback.probe(domid, disk["devid"])
         except BaseException:
             log.exception("%s: build failed; destroying it", built.label)
             self.destroy(built)
@@ -141,6 +153,7 @@ class DomainBuilder:
             "workload_args": list(config.get("workload_args", [])),
             "extra": config.get("extra", ""),
             "vcpus": config.get("vcpus", 1),
+            "disks": [disk["vdev"] for disk in config.get("disk", [])],
         }
         StartInfo(
             nr_pages=built.memory.nr_frames,
@@ -198,12 +211,51 @@ class DomainBuilder:
                 xs.write(f"{vm}/{key}", value, tx=tx)
             for action in ("on_poweroff", "on_reboot", "on_crash"):
                 xs.write(f"/libxl/{domid}/{action}", str(config.get(action, "")), tx=tx)
+            for disk in config.get("disk", []):
+                self._write_disk_nodes(domid, disk, tx)
 
         self.dom0.xs.transact(write_all)
+
+    def _write_disk_nodes(self, domid: int, disk: dict[str, Any], tx: int) -> None:
+        """A vbd's front-end and back-end directories (libxl_disk.c, libxl__device_generic_add)."""
+        xs = self.dom0.xs
+        devid = disk["devid"]
+        front = frontend_path(domid, "vbd", devid)
+        back = backend_path(0, "vbd", domid, devid)
+        xs.write(front, "", perms=[f"n{domid}", "r0"], tx=tx)
+        xs.write(back, "", perms=["n0", f"r{domid}"], tx=tx)
+        for key, value in {"backend": back, "backend-id": "0", "state": str(int(XenbusState.Initialising)),
+                           "virtual-device": str(devid), "device-type": disk["devtype"]}.items():
+            xs.write(f"{front}/{key}", value, tx=tx)
+        for key, value in {"frontend": front, "frontend-id": str(domid), "online": "1", "removable": "0",
+                           "bootable": "1", "state": str(int(XenbusState.Initialising)), "dev": disk["vdev"],
+                           "type": "phy", "mode": "r" if disk["access"] == "ro" else "w",
+                           "device-type": disk["devtype"], "params": disk["target"],
+                           "discard-enable": "1" if disk.get("discard", True) else "0"}.items():
+            xs.write(f"{back}/{key}", value, tx=tx)
+
+    def attach_disk(self, built: BuiltDomain, disk: dict[str, Any]) -> None:
+        """Hotplug: write the device's nodes and probe its back end; the guest sees it appear."""
+        if any(d["vdev"] == disk["vdev"] for d in built.config.get("disk", [])):
+            raise ValueError(f"{built.label} already has a disk {disk['vdev']}")
+        prepare_image(disk)
+        self.dom0.xs.transact(lambda tx: self._write_disk_nodes(built.domid, disk, tx))
+        self.dom0.blkback.probe(built.domid, disk["devid"])
+        built.config.setdefault("disk", []).append(disk)
+
+    def remove_disk_nodes(self, built: BuiltDomain, devid: int) -> None:
+        """After a detach completed: the device's directories go, and it leaves the config."""
+        for path in (frontend_path(built.domid, "vbd", devid), backend_path(0, "vbd", built.domid, devid)):
+            try:
+                self.dom0.xs.rm(path)
+            except XsError:
+                pass
+        built.config["disk"] = [d for d in built.config.get("disk", []) if d["devid"] != devid]
 
     def destroy(self, built: BuiltDomain) -> None:
         """Tear a domain down: its process, its rings, its nodes, its memory."""
         dom0 = self.dom0
+        dom0.blkback.remove_domain(built.domid)
         dom0.xenconsoled.remove(built.domid)
         dom0.xenstore_service.release_domain(built.domid)
         for port in (built.store_port, built.console_port):
@@ -218,7 +270,8 @@ class DomainBuilder:
         except OSError as exc:
             log.warning("%s: destroydomain: %s", built.label, exc)
         built.memory.close()
-        for path in (home(built.domid), f"/vm/{built.uuid}", f"/libxl/{built.domid}"):
+        backends = f"/local/domain/0/backend/vbd/{built.domid}"
+        for path in (home(built.domid), f"/vm/{built.uuid}", f"/libxl/{built.domid}", backends):
             try:
                 dom0.xs.rm(path)
             except XsError:

@@ -22,6 +22,7 @@ from xenlike.hypercall import HypercallClient, HypercallError
 from xenlike.memory import GuestMemory
 from xenlike.rundir import RunDir
 
+from .blkback import Blkback
 from .builder import DomainBuilder
 from .toolstack import Toolstack
 from .xenconsoled import Xenconsoled
@@ -80,6 +81,7 @@ class Dom0:
         self.xenconsoled = Xenconsoled(self.loop, self.publisher, run_dir.path / "logs")
         self.builder = DomainBuilder(self)
         self.toolstack = Toolstack(self)
+        self.blkback = Blkback(self)
         virq, virq_fds = self.hypercall("evtchn_bind_virq", virq=int(VIRQ.DOM_EXC))
         self.loop.bind(virq["port"], virq_fds[0], handler=lambda port: self.toolstack.on_domain_exception())
         self.running = True
@@ -134,6 +136,7 @@ class Dom0:
                 self.loop.poll(0)
             if self.api in ready:
                 self.toolstack.serve_requests()
+            self.blkback.process_events()
             self.toolstack.tick()
         log.info("d0 (Domain-0): stopping")
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import msgpack
 import zmq
 
+from xenlike.xenbus import XenbusState
 from xenlike.xl_format import state_letters
 from xenlike.xs_wire import XsdSockmsgType as XS
 from xenlike.xs_wire import XsError, join_strings, parse_error_payload
@@ -43,6 +44,8 @@ ACTION_DEFAULTS = {"on_poweroff": "destroy", "on_reboot": "restart", "on_crash":
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 10.0
 HOST_SHUTDOWN_TIMEOUT_S = 10.0
+DEVICE_CLOSE_TIMEOUT_S = 10.0  # libxl's LIBXL_DESTROY_TIMEOUT
+POLL_INTERVAL_MS = 10
 
 
 class ToolstackError(Exception):
@@ -58,6 +61,15 @@ class _Waiter:
     done: Callable[[bool], None]
 
 
+@dataclass
+class _Poll:
+    """A client waiting for a condition dom0 checks on every turn of its loop."""
+
+    ready: Callable[[], bool]
+    deadline: float
+    done: Callable[[bool], None]
+
+
 class _Deferred(Exception):
     """The reply is sent later."""
 
@@ -70,6 +82,7 @@ class Toolstack:
         self.domains: dict[int, BuiltDomain] = {}
         self._handled_shutdown: set[int] = set()
         self._waiters: list[_Waiter] = []
+        self._polls: list[_Poll] = []
         self._watches: dict[tuple[bytes, int], Any] = {}
         self._ops: dict[str, Callable[[dict, bytes, int], Any]] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("_op_")
@@ -129,6 +142,8 @@ class Toolstack:
     # -- timers --------------------------------------------------------------------
 
     def next_timeout_ms(self) -> int:
+        if self._polls:
+            return POLL_INTERVAL_MS
         deadlines = [w.deadline for w in self._waiters if w.deadline is not None]
         if not deadlines:
             return 1000
@@ -136,6 +151,10 @@ class Toolstack:
 
     def tick(self) -> None:
         now = time.monotonic()
+        for poll in list(self._polls):
+            if poll.ready() or now >= poll.deadline:
+                self._polls.remove(poll)
+                poll.done(poll.ready())
         for waiter in list(self._waiters):
             if waiter.deadline is not None and now >= waiter.deadline:
                 self._waiters.remove(waiter)
@@ -377,6 +396,61 @@ class Toolstack:
         if conn is not None:
             self.dom0.xenstore_service.daemon.disconnect(conn)
         return {}
+
+    # -- virtual block devices -------------------------------------------------------------
+
+    def _op_block_attach(self, args: dict, identity: bytes, call_id: int) -> Any:
+        """Hotplug a disk (``xl block-attach``): the guest sees it appear."""
+        from xenlike.config import parse_disk_spec
+
+        built = self._find(args["domain"])
+        disk = parse_disk_spec(args["spec"]).to_dict()
+        self.dom0.builder.attach_disk(built, disk)
+        return {"vdev": disk["vdev"], "devid": disk["devid"]}
+
+    def _op_block_detach(self, args: dict, identity: bytes, call_id: int) -> Any:
+        """Unplug a disk (``xl block-detach``): online=0, Closing, wait for Closed (10 s), remove."""
+        built = self._find(args["domain"])
+        disk = next((d for d in built.config.get("disk", []) if args["vdev"] in (d["vdev"], str(d["devid"]))), None)
+        if disk is None:
+            raise ToolstackError(f"{built.label} has no disk {args['vdev']!r}; `xenlike block-list {built.name}` shows its disks")
+        blkback = self.dom0.blkback
+        blkback.request_close(built.domid, disk["devid"])
+
+        def closed() -> bool:
+            return blkback.device_state(built.domid, disk["devid"]) in (XenbusState.Closed, None)
+
+        def finish(ok: bool) -> None:
+            if not ok:
+                log.warning("%s: %s did not close within %.0fs; removing it anyway", built.label, disk["vdev"],
+                            DEVICE_CLOSE_TIMEOUT_S)
+            blkback.remove(built.domid, disk["devid"])
+            self.dom0.builder.remove_disk_nodes(built, disk["devid"])
+            self._send(identity, {"id": call_id, "ok": True, "result": {"vdev": disk["vdev"], "forced": not ok}})
+
+        self._polls.append(_Poll(closed, time.monotonic() + DEVICE_CLOSE_TIMEOUT_S, finish))
+        raise _Deferred()
+
+    def _op_block_list(self, args: dict, identity: bytes, call_id: int) -> Any:
+        built = self._find(args["domain"])
+        xs = self.dom0.xs
+        rows = []
+        for disk in built.config.get("disk", []):
+            front = f"{home(built.domid)}/device/vbd/{disk['devid']}"
+            back = f"/local/domain/0/backend/vbd/{built.domid}/{disk['devid']}"
+
+            def read(path: str) -> str:
+                try:
+                    return xs.read(path).decode()
+                except XsError:
+                    return "-1"
+
+            ring_ref = read(f"{front}/ring-ref")
+            rows.append({"vdev": disk["devid"], "name": disk["vdev"], "backend": 0, "handle": disk["devid"],
+                         "state": int(read(f"{back}/state")), "evtch": int(read(f"{front}/event-channel")),
+                         "ring_ref": int(ring_ref if ring_ref != "-1" else read(f"{front}/ring-ref0")),
+                         "be_path": back, "target": disk["target"], "access": disk["access"]})
+        return rows
 
     def _op_down(self, args: dict, identity: bytes, call_id: int) -> Any:
         """Shut the host down: domUs cooperatively (then by force), dom0, the hypervisor."""

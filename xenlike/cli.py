@@ -20,7 +20,7 @@ import psutil
 
 from .rundir import RunDir
 from .toolstack_client import HostNotRunning, ToolstackClient, ToolstackError
-from .xl_format import format_info, format_list, format_uptime
+from .xl_format import format_block_list, format_info, format_list, format_uptime
 
 DESCRIPTION = """\
 xenlike: Xen's architecture in user space. A hypervisor process schedules guest
@@ -387,6 +387,23 @@ def cmd_xenstore_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_block_attach(args: argparse.Namespace) -> int:
+    result = _call(args, "block_attach", domain=args.domain, spec=args.spec)
+    print(f"xenlike: attached {result['vdev']} to {args.domain}")
+    return 0
+
+
+def cmd_block_detach(args: argparse.Namespace) -> int:
+    result = _call(args, "block_detach", domain=args.domain, vdev=args.vdev, timeout=60)
+    print(f"xenlike: detached {result['vdev']} from {args.domain}" + (" (forced)" if result.get("forced") else ""))
+    return 0
+
+
+def cmd_block_list(args: argparse.Namespace) -> int:
+    print(format_block_list(_call(args, "block_list", domain=args.domain)))
+    return 0
+
+
 def cmd_workloads(args: argparse.Namespace) -> int:
     from domu.workload import available_workloads
 
@@ -461,6 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p = verb("xenstore-watch", cmd_xenstore_watch, "print the path of every change at or below PATH (Ctrl-C stops)")
     p.add_argument("path")
+    p = verb("block-attach", cmd_block_attach, "hotplug a disk: SPEC in xl's disk syntax, e.g. 'vdev=xvdb, target=/x.img, size=64M'", "required")
+    p.add_argument("spec", metavar="SPEC")
+    p = verb("block-detach", cmd_block_detach, "unplug a disk (the guest sees it go)", "required")
+    p.add_argument("vdev", metavar="VDEV", help="xvdb, or the device number")
+    verb("block-list", cmd_block_list, "a domain's disks (xl block-list's columns)", "required")
     verb("workloads", cmd_workloads, "list the registered guest workloads")
     return parser
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-__all__ = ["state_letters", "format_list", "format_uptime", "uptime_text", "format_info"]
+__all__ = ["state_letters", "format_list", "format_uptime", "uptime_text", "format_info", "format_block_list"]
 
 # The shutdown-reason letter of xl list's fifth state column: poweroff, reboot,
 # suspend, crash, watchdog, soft_reset (tools/xl/xl_info.c "-rscwS").
@@ -78,3 +78,12 @@ def format_info(physinfo: dict, extra: dict[str, str]) -> str:
     }
     width = max(len(k) for k in pairs)
     return "\n".join(f"{k:<{width}} : {v}" for k, v in pairs.items())
+
+
+def format_block_list(rows: Iterable[dict]) -> str:
+    """``xl block-list``: ``Vdev BE handle state evt-ch ring-ref BE-path``."""
+    lines = [f"{'Vdev':<5} {'BE':<3} {'handle':<6} {'state':<5} {'evt-ch':<6} {'ring-ref':<8} {'BE-path':<30}"]
+    for row in rows:
+        lines.append(f"{row['vdev']:<5} {row['backend']:<3} {row['handle']:<6} {row['state']:<5} {row['evtch']:<6} "
+                     f"{row['ring_ref']:<8} {row['be_path']:<30}")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""A virtual block device's backing: a raw image file (Linux xen-blkback's ``struct xen_vbd``).
+
+Opened by dom0 when the device is probed, so a target dom0 cannot open fails the
+domain's creation instead of leaving a half-built device. ``size=`` creates a
+sparse image when the target does not exist.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+from xenlike.blkif import SECTOR_SIZE
+
+__all__ = ["Vbd", "open_image", "punch_hole"]
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+@dataclass
+class Vbd:
+    """An open image: its fd, size in 512-byte sectors, and whether it is read-only."""
+
+    fd: int
+    path: str
+    sectors: int
+    readonly: bool
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_image(path: str, readonly: bool, create_size: int | None = None) -> Vbd:
+    """Open (or, with ``create_size``, create sparse) a raw image; OSError names the path."""
+    if create_size is not None and not os.path.exists(path):
+        if readonly:
+            raise OSError(f"{path} does not exist and a read-only disk cannot be created")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.ftruncate(fd, create_size)
+        os.close(fd)
+    try:
+        fd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot open disk image {path}: {exc.strerror}") from None
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size % SECTOR_SIZE:
+        os.close(fd)
+        raise OSError(f"disk image {path} is {size} bytes, not a whole number of 512-byte sectors")
+    return Vbd(fd, path, size // SECTOR_SIZE, readonly)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocate a range of the image (BLKIF_OP_DISCARD); it then reads as zeros."""
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
