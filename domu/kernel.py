@@ -31,6 +31,7 @@ from xenlike.ring import ConsoleInterface, XenstoreInterface
 from xenlike.start_info import StartInfo
 from xenlike.xs_wire import XsdSockmsgType as XS
 
+from .blkfront import Blkfront
 from .console import ConsoleFront, ConsoleStream
 from .workload import WorkloadContext, WorkloadError, load_workload
 from .xenbus import XenbusClient
@@ -87,6 +88,9 @@ class Kernel:
         for feature in ("feature-poweroff", "feature-reboot"):
             self.xenbus.write_async(f"control/{feature}", "1")
         image = self.start_info.image
+        self.blkfront = Blkfront(self)
+        if image.get("disks"):
+            self.blkfront.wait_for(image["disks"])  # as a kernel waits for its root device
         try:
             workload = load_workload(image.get("workload", "idle"))
         except WorkloadError as exc:
@@ -104,6 +108,7 @@ class Kernel:
             console=self.console,
             hypercall=self.hypercall,
             events=self.loop,
+            disks=self.blkfront.disks,
             log=logging.getLogger(f"workload.{self.name}"),
         )
         reason = SHUTDOWN_POWEROFF
