@@ -59,3 +59,11 @@ def no_leftover_processes():
             except ProcessLookupError:
                 pass
         pytest.fail(f"test left processes running: {names}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

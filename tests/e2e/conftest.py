@@ -92,6 +92,11 @@ class Host:
                 continue
         return found
 
+    def print_logs(self, tail: int = 3000) -> None:
+        """Show the end of every log of the host (for a failed test's report)."""
+        for log in sorted((self.path / "logs").glob("*.log")):
+            print(f"===== {log.name} =====\n{log.read_text(errors='replace')[-tail:]}")
+
     def teardown(self) -> None:
         if self.run_dir.running_pid() is not None:
             self.xl("down", check=False, timeout=60)
@@ -104,11 +109,14 @@ class Host:
 
 
 @pytest.fixture
-def host():
+def host(request):
     h = Host()
     try:
         yield h
     finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            h.print_logs()
         h.teardown()
 
 

@@ -1,0 +1,132 @@
+"""Virtual block devices end to end: blkfront in guests, blkback in dom0, real image files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import struct
+import zlib
+
+from .conftest import console_json, wait_for, workload
+from .test_lifecycle import write_cluster
+
+MAGIC = b"XENLIKE-PATTERN\0"
+
+
+def disk_domain(name, spec, *args, **extra):
+    return {"name": name, "memory": 32, "workload": workload("disk"), "workload_args": list(args),
+            "disk": [spec], **extra}
+
+
+def write_cluster_disks(directory, domains):
+    """write_cluster with disk lists (TOML arrays of strings)."""
+    return write_cluster(directory, domains)
+
+
+def test_written_data_is_in_the_image_and_survives_a_reboot(host, tmp_path):
+    image = tmp_path / "a.img"
+    host.up(str(write_cluster(tmp_path, [disk_domain("a", f"vdev=xvda, size=8M, target={image}",
+                                                     "pattern", "xvda", "7", "2")])))
+    wrote = console_json(host, "a", "WROTE", timeout=30)
+    expected = random.Random(7).randbytes(2 << 20)
+    with open(image, "rb") as f:
+        assert f.read(512).startswith(MAGIC)
+        assert f.read(2 << 20) == expected  # byte-identical in the image file
+    assert wrote["sha256"] == hashlib.sha256(expected).hexdigest()
+    host.xl("reboot", "a")
+    verify = console_json(host, "a", "VERIFY", timeout=30)
+    assert verify["same"] and verify["sha256"] == wrote["sha256"]
+
+
+def test_a_read_only_disk_refuses_writes(host, tmp_path):
+    image = tmp_path / "ro.img"
+    image.write_bytes(b"\x5a" * (1 << 20))
+    host.up(str(write_cluster(tmp_path, [disk_domain("r", f"vdev=xvda, access=ro, target={image}", "readonly", "xvda")])))
+    outcome = console_json(host, "r", "RO", timeout=30)
+    assert outcome["refused"] and outcome["unchanged"] and "read-only" in outcome["error"]
+    assert image.read_bytes() == b"\x5a" * (1 << 20)
+
+
+def test_hot_attach_and_detach_while_the_guest_runs(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [{"name": "h", "memory": 32, "workload": workload("disk"),
+                                          "workload_args": ["hotplug", "xvdb"]}])))
+    image = tmp_path / "hot.img"
+    host.xl("block-attach", "h", f"vdev=xvdb, size=4M, target={image}")
+    hot = console_json(host, "h", "HOT", timeout=30)
+    assert hot["same"] and hot["size"] == 4 << 20
+    listing = host.xl("block-list", "h").stdout.splitlines()
+    assert listing[0].split() == ["Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"]
+    assert listing[1].split()[3] == "4"  # Connected
+    host.xl("block-detach", "h", "xvdb")
+    assert console_json(host, "h", "GONE", timeout=30)["disks"] == []
+    assert len(host.xl("block-list", "h").stdout.splitlines()) == 1
+    assert image.read_bytes().startswith(b"hotplugged!")
+
+
+def test_two_guests_with_their_own_disks_have_no_cross_talk(host, tmp_path):
+    images = [tmp_path / "x.img", tmp_path / "y.img"]
+    host.up(str(write_cluster(tmp_path, [disk_domain(n, f"vdev=xvda, size=16M, target={img}", "io", "xvda")
+                                         for n, img in zip(("x", "y"), images)])))
+    ids = {n: host.domains()[n]["domid"] for n in ("x", "y")}
+    for name, domid in ids.items():
+        wait_for(lambda: int(host.xs_read(f"/local/domain/{domid}/data/rounds") or 0) > 20, timeout=30,
+                 what=f"{name}'s I/O rounds")
+    assert "CROSSTALK" not in host.log("x") + host.log("y")
+
+
+def test_after_destroy_nothing_stays_mapped_or_bound(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [])))
+    before = host.call("info")
+    cfg = tmp_path / "d.cfg"
+    cfg.write_text(f'name = "d"\nmemory = 32\nworkload = "{workload("disk")}"\n'
+                   f'workload_args = ["io", "xvda"]\ndisk = ["vdev=xvda, size=8M, target={tmp_path / "d.img"}"]\n')
+    host.xl("create", str(cfg))
+    domid = host.domains()["d"]["domid"]
+    wait_for(lambda: int(host.xs_read(f"/local/domain/{domid}/data/rounds") or 0) > 3, timeout=30, what="I/O")
+    during = host.call("info")
+    assert during["grant_mappings"] > before["grant_mappings"]
+    host.xl("destroy", "d")
+    after = host.call("info")
+    assert (after["grant_mappings"], after["evtchn_ports"]) == (before["grant_mappings"], before["evtchn_ports"])
+    assert not any(p.name().startswith("xl-blk") for p in host.processes())
+    assert host.xs_read(f"/local/domain/0/backend/vbd/{domid}/51712/state") is None
+
+
+def test_acknowledged_flushed_writes_survive_killing_dom0_and_the_hypervisor(host, tmp_path):
+    image = tmp_path / "dur.img"
+    host.up(str(write_cluster(tmp_path, [disk_domain("w", f"vdev=xvda, size=16M, target={image}", "durable", "xvda")])))
+    domid = host.domains()["w"]["domid"]
+    flushed = int(wait_for(lambda: int(host.xs_read(f"/local/domain/{domid}/data/flushed") or 0) >= 64 and
+                           host.xs_read(f"/local/domain/{domid}/data/flushed"), timeout=30, what="flushed writes"))
+    dom0 = next(p for p in host.processes() if p.name().startswith("xl-d0"))
+    os.kill(dom0.pid, signal.SIGKILL)
+    os.kill(host.hypervisor_pid, signal.SIGKILL)
+    wait_for(lambda: not host.processes(), what="every process of the host to die")
+    record = struct.Struct("<QI")
+    data = image.read_bytes()
+    for seq in range(len(data) // 4096):
+        chunk = data[seq * 4096 : (seq + 1) * 4096]
+        if seq < flushed:
+            got_seq, crc = record.unpack_from(chunk)
+            assert got_seq == seq and crc == zlib.crc32(chunk[record.size :]), f"acknowledged record {seq} lost"
+        elif chunk != bytes(4096):
+            got_seq, crc = record.unpack_from(chunk)
+            assert got_seq == seq and crc == zlib.crc32(chunk[record.size :]), f"record {seq} is torn"
+
+
+def test_a_front_end_that_breaks_the_ring_is_disconnected_and_harms_nobody(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [
+        disk_domain("bad", f"vdev=xvda, size=4M, target={tmp_path / 'bad.img'}", "hostile", "xvda"),
+        disk_domain("good", f"vdev=xvda, size=8M, target={tmp_path / 'good.img'}", "io", "xvda"),
+    ])))
+    console_json(host, "bad", "HOSTILE", timeout=30)
+    bad = host.domains()["bad"]["domid"]
+    wait_for(lambda: host.xs_read(f"/local/domain/0/backend/vbd/{bad}/51712/state") in ("5", "6"),
+             what="the hostile front end's device to be disconnected")
+    assert "broke the ring protocol" in (host.path / "logs" / "dom0.log").read_text()
+    good = host.domains()["good"]["domid"]
+    rounds = int(wait_for(lambda: host.xs_read(f"/local/domain/{good}/data/rounds"), what="good's I/O"))
+    wait_for(lambda: int(host.xs_read(f"/local/domain/{good}/data/rounds")) > rounds + 5, what="good's I/O to go on")
+    assert host.call("ping")  # dom0 is up
