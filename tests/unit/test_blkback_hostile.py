@@ -1,0 +1,190 @@
+"""blkback against a hostile front end: arbitrary requests through a real ring.
+
+The back end's data path (``dom0.blkback.blkback.BlkifRing``) is driven in-process:
+the front end's memory, grant table and ring are real, grant maps go through the
+hypervisor's own ``GrantMapper`` checks, the disk is a real image file. Every
+request must get exactly one response: OKAY only when the request is valid by
+blkif.h's rules, an error otherwise; and the back end must go on serving.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dom0.blkback.blkback import BlkifRing
+from dom0.blkback.vbd import open_image
+from xenlike.blkif import (
+    BLKIF_OP_DISCARD,
+    BLKIF_OP_FLUSH_DISKCACHE,
+    BLKIF_OP_READ,
+    BLKIF_OP_WRITE,
+    BLKIF_PROTOCOL,
+    BLKIF_RSP_OKAY,
+    REQUEST,
+    RESPONSE,
+    Segment,
+    pack_discard,
+    pack_rw,
+)
+from xenlike.grant_table import GrantError, GrantMapper, GrantTable
+from xenlike.hypercall import HypercallError
+from xenlike.memory import GuestMemory
+from xenlike.ring import FrontRing, RingError
+
+FRONT = 5
+SECTORS = 2048  # a 1 MiB image
+RW_PAGES = range(20, 28)
+RO_PAGE, FOREIGN_PAGE = 30, 31
+
+
+class HypervisorGrants:
+    """The grant_map/grant_unmap hypercalls, answered by the hypervisor's own checks."""
+
+    def __init__(self, mapper: GrantMapper) -> None:
+        self.mapper = mapper
+
+    def call(self, op, **args):
+        try:
+            if op == "grant_map":
+                done = [self.mapper.map_grant_ref(0, args["granter"], ref, args.get("readonly", False)) for ref in args["refs"]]
+                return {"frames": [m.frame for m in done], "handles": [m.handle for m in done]}, []
+            if op == "grant_unmap":
+                for handle in args["handles"]:
+                    self.mapper.unmap_grant_ref(0, handle)
+                return {}, []
+        except GrantError as exc:
+            raise HypercallError(22, str(exc)) from None
+        raise AssertionError(f"unexpected hypercall {op}")
+
+
+class Setup:
+    def __init__(self) -> None:
+        self.memory = GuestMemory.create(64, "test-blk-front")
+        self.grants = GrantTable(self.memory, 1, 1)
+        self.mapper = GrantMapper({FRONT: self.grants}.__getitem__)
+        self.front = FrontRing(self.memory.frames(10, 1), BLKIF_PROTOCOL)
+        ring_ref = self.grants.grant_access(0, 10)
+        self.rw = {self.grants.grant_access(0, pfn): pfn for pfn in RW_PAGES}
+        self.ro = self.grants.grant_access(0, RO_PAGE, readonly=True)
+        self.foreign = self.grants.grant_access(7, FOREIGN_PAGE)
+        fd, self.path = tempfile.mkstemp(prefix="xenlike-blk-")
+        os.ftruncate(fd, SECTORS * 512)
+        os.close(fd)
+        self.vbd = open_image(self.path, readonly=False)
+        self.back = BlkifRing("test xvda", FRONT, self.vbd, HypervisorGrants(self.mapper), self.memory.fd, [ring_ref], True)
+        self.next_id = 1
+
+    def submit(self, slot: bytes) -> tuple[int, int, int]:
+        self.front.put_requests(slot)
+        self.front.push_requests()
+        self.back.process()
+        data, count = self.front.get_responses()
+        assert count == 1, "every request gets exactly one response"
+        return RESPONSE.unpack_from(data)
+
+    def close(self) -> None:
+        self.back.close()
+        self.vbd.close()
+        os.unlink(self.path)
+        self.front.release()
+        self.grants.release()
+        self.memory.close()
+
+
+@pytest.fixture
+def blk():
+    setup = Setup()
+    yield setup
+    setup.close()
+
+
+grefs = st.sampled_from(["rw", "ro", "foreign", "ungranted", "ring"])
+segments = st.lists(st.tuples(grefs, st.integers(0, 9), st.integers(0, 9)), min_size=0, max_size=12)
+requests = st.tuples(
+    st.sampled_from([BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_DISCARD, 2, 4, 7, 200]),
+    st.one_of(st.integers(0, SECTORS + 16), st.integers(0, 2**64 - 1)),
+    segments,
+    st.integers(0, 255),
+)
+
+
+def _gref(setup: Setup, kind: str) -> int:
+    return {"rw": next(iter(setup.rw)), "ro": setup.ro, "foreign": setup.foreign, "ungranted": 300, "ring": 8}[kind]
+
+
+def valid(op: int, sector: int, segs: list, nr_field: int) -> bool:
+    """The model: blkif.h's rules for a request this back end should serve."""
+    if op == BLKIF_OP_FLUSH_DISKCACHE:
+        return True
+    if op == BLKIF_OP_DISCARD:
+        return 0 < nr_field and sector + nr_field <= SECTORS
+    if op not in (BLKIF_OP_READ, BLKIF_OP_WRITE):
+        return False
+    if not 1 <= len(segs) <= 11 or nr_field != len(segs):
+        return False
+    total = 0
+    for kind, first, last in segs:
+        if not first <= last <= 7:
+            return False
+        if kind in ("foreign", "ungranted") or (kind == "ro" and op == BLKIF_OP_READ):
+            return False
+        total += last - first + 1
+    return sector + total <= SECTORS
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(requests, min_size=1, max_size=12))
+def test_every_request_gets_the_right_status_and_the_back_end_keeps_serving(blk, batch):
+    for op, sector, segs, nr in batch:
+        segment_list = [Segment(_gref(blk, kind), first, last) for kind, first, last in segs]
+        req_id = blk.next_id
+        blk.next_id += 1
+        if op == BLKIF_OP_DISCARD:
+            slot = pack_discard(req_id, sector % 2**64, nr)
+        else:
+            # Build the slot by hand so nr_segments can lie about the segment list.
+            padded = (segment_list + [Segment(0, 0, 0)] * 11)[:11]
+            fields = [f for s in padded for f in (s.gref, s.first_sect, s.last_sect)]
+            nr_field = len(segs) if nr % 3 else nr  # mostly honest, sometimes not
+            slot = REQUEST.pack(op, nr_field, 0, req_id, sector % 2**64, *fields)
+            nr = nr_field
+        got_id, got_op, status = blk.submit(slot)
+        assert got_id == req_id and got_op == op
+        if valid(op, sector, [(k, f, l) for k, f, l in segs], nr):
+            assert status == BLKIF_RSP_OKAY, f"valid request refused: op {op} sector {sector} {segs}"
+        else:
+            assert status < 0, f"invalid request served: op {op} sector {sector} nr {nr} {segs}"
+    # Whatever came before, a good request is still served, and the data is right.
+    gref, pfn = next(iter(blk.rw.items()))
+    blk.memory.frame(pfn)[:512] = b"\xab" * 512
+    assert blk.submit(pack_rw(BLKIF_OP_WRITE, blk.next_id, 3, [Segment(gref, 0, 0)]))[2] == BLKIF_RSP_OKAY
+    with open(blk.path, "rb") as f:
+        f.seek(3 * 512)
+        assert f.read(512) == b"\xab" * 512
+
+
+def test_a_read_into_a_read_only_grant_is_refused_and_leaves_it_unmapped(blk):
+    status = blk.submit(pack_rw(BLKIF_OP_READ, 1, 0, [Segment(blk.ro, 0, 7)]))[2]
+    assert status < 0
+    assert not blk.mapper.is_mapped(FRONT, blk.ro)
+
+
+def test_a_ring_index_jumping_ahead_stops_the_ring(blk):
+    struct.pack_into("<I", blk.memory.frame(10), 0, 10_000)  # req_prod far past the ring
+    with pytest.raises(RingError, match="more than"):
+        blk.back.process()
+
+
+def test_closing_the_back_end_unmaps_every_grant(blk):
+    gref = next(iter(blk.rw))
+    assert blk.submit(pack_rw(BLKIF_OP_READ, 1, 0, [Segment(gref, 0, 7)]))[2] == BLKIF_RSP_OKAY
+    assert blk.mapper.mapping_count() >= 2  # the ring and the persistent data page
+    blk.back.close()
+    assert blk.mapper.mapping_count() == 0
+    blk.back.close = lambda: None  # already closed for the fixture
