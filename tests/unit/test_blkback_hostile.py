@@ -14,7 +14,7 @@ import struct
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dom0.blkback.blkback import BlkifRing
@@ -104,11 +104,16 @@ def blk():
     setup.close()
 
 
-grefs = st.sampled_from(["rw", "ro", "foreign", "ungranted", "ring"])
-segments = st.lists(st.tuples(grefs, st.integers(0, 9), st.integers(0, 9)), min_size=0, max_size=12)
+# Mostly plausible requests, so that the interesting ones sit next to the valid edge.
+grefs = st.sampled_from(["rw"] * 6 + ["ro", "ro", "foreign", "ungranted", "ring"])
+segment = st.builds(lambda kind, first, length: (kind, first, (first + length - 1) % 256),
+                    grefs, st.integers(0, 8), st.integers(0, 8))
+segments = st.lists(segment, min_size=0, max_size=12)
+sectors = st.one_of(st.integers(0, 64), st.integers(SECTORS - 24, SECTORS + 4), st.integers(SECTORS - 24, SECTORS + 4),
+                    st.integers(0, 2**64 - 1))
 requests = st.tuples(
-    st.sampled_from([BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_DISCARD, 2, 4, 7, 200]),
-    st.one_of(st.integers(0, SECTORS + 16), st.integers(0, 2**64 - 1)),
+    st.sampled_from([BLKIF_OP_READ] * 3 + [BLKIF_OP_WRITE] * 3 + [BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_DISCARD, 2, 4, 200]),
+    sectors,
     segments,
     st.integers(0, 255),
 )
@@ -138,8 +143,12 @@ def valid(op: int, sector: int, segs: list, nr_field: int) -> bool:
     return sector + total <= SECTORS
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(requests, min_size=1, max_size=12))
+@example(batch=[(BLKIF_OP_WRITE, SECTORS - 1, [("rw", 0, 7)], 1)])  # runs past the end
+@example(batch=[(BLKIF_OP_READ, 0, [("ro", 0, 7)], 1)])  # a read into a read-only grant
+@example(batch=[(BLKIF_OP_READ, 0, [("rw", 3, 2)], 1)])  # first_sect > last_sect
+@example(batch=[(BLKIF_OP_WRITE, 0, [("rw", 0, 7)] * 12, 12)])  # more than 11 segments
 def test_every_request_gets_the_right_status_and_the_back_end_keeps_serving(blk, batch):
     for op, sector, segs, nr in batch:
         segment_list = [Segment(_gref(blk, kind), first, last) for kind, first, last in segs]
@@ -151,7 +160,7 @@ def test_every_request_gets_the_right_status_and_the_back_end_keeps_serving(blk,
             # Build the slot by hand so nr_segments can lie about the segment list.
             padded = (segment_list + [Segment(0, 0, 0)] * 11)[:11]
             fields = [f for s in padded for f in (s.gref, s.first_sect, s.last_sect)]
-            nr_field = len(segs) if nr % 3 else nr  # mostly honest, sometimes not
+            nr_field = len(segs) if nr % 4 else nr  # mostly honest, sometimes not
             slot = REQUEST.pack(op, nr_field, 0, req_id, sector % 2**64, *fields)
             nr = nr_field
         got_id, got_op, status = blk.submit(slot)
