@@ -285,14 +285,14 @@ class BlockDevice:
     def _submit_one(self, op: int, sector: int, nbytes: int, data: memoryview | None) -> BlkFuture:
         nr_data = -(-nbytes // PAGE_SIZE)
         nr_indirect = 0 if nr_data <= BLKIF_MAX_SEGMENTS_PER_REQUEST else -(-nr_data // SEGS_PER_INDIRECT_FRAME)
-        memory = self.kernel.memory
+        view = self.kernel.memory.view  # frames by offset: pfns come from our own allocator
 
         def fill(req_id: int, pages: list[tuple[int, int]]) -> bytes:
             segments = []
             for i, (pfn, gref) in enumerate(pages[:nr_data]):
                 length = min(PAGE_SIZE, nbytes - i * PAGE_SIZE)
                 if data is not None:
-                    memory.frame(pfn)[:length] = data[i * PAGE_SIZE : i * PAGE_SIZE + length]
+                    view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + length] = data[i * PAGE_SIZE : i * PAGE_SIZE + length]
                 segments.append(Segment(gref, 0, length // SECTOR_SIZE - 1))
             if not nr_indirect:
                 return pack_rw(op, req_id, sector, segments)
@@ -300,7 +300,7 @@ class BlockDevice:
             indirect = pages[nr_data:]
             for i, (pfn, _) in enumerate(indirect):
                 part = packed[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]
-                memory.frame(pfn)[: len(part)] = part
+                view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + len(part)] = part
             return pack_indirect(op, req_id, sector, nr_data, [gref for _, gref in indirect])
 
         return self._submit(op, sector, nbytes, [], nr_data + nr_indirect, fill, nr_data)
@@ -355,12 +355,12 @@ class BlockDevice:
             return
         result: bytes | None = None
         if status == BLKIF_RSP_OKAY and inflight.op == BLKIF_OP_READ:
-            memory = self.kernel.memory
-            chunks = []
+            view = self.kernel.memory.view
+            out = bytearray(inflight.nbytes)
             for i, (pfn, _) in enumerate(inflight.pages[: inflight.data_pages]):
                 length = min(PAGE_SIZE, inflight.nbytes - i * PAGE_SIZE)
-                chunks.append(memory.frame(pfn)[:length].tobytes())
-            result = b"".join(chunks)
+                out[i * PAGE_SIZE : i * PAGE_SIZE + length] = view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + length]
+            result = bytes(out)
         self._free.extend(inflight.pages)
         if status == BLKIF_RSP_OKAY:
             inflight.future.set(result)

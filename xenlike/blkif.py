@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .memory import PAGE_SIZE
 from .ring import RingProtocol
@@ -65,9 +66,11 @@ BLKIF_PROTOCOL = RingProtocol("blkif", REQUEST, RESPONSE, entry_size=112)
 assert REQUEST.size == 112 and DISCARD.size == 32 and INDIRECT.size == 64 and RESPONSE.size == 16
 
 
-@dataclass(frozen=True)
-class Segment:
-    """``struct blkif_request_segment``: sectors first_sect..last_sect of granted page gref."""
+class Segment(NamedTuple):
+    """``struct blkif_request_segment``: sectors first_sect..last_sect of granted page gref.
+
+    A tuple, so a whole indirect page of them unpacks at C speed.
+    """
 
     gref: int
     first_sect: int
@@ -145,4 +148,5 @@ def pack_segments(segments: list[Segment]) -> bytes:
 
 
 def unpack_segments(data: bytes | memoryview, count: int) -> list[Segment]:
-    return [Segment(*fields) for fields in SEGMENT.iter_unpack(bytes(data[: count * SEGMENT.size]))]
+    """``count`` segments from an indirect page (copied out of it first)."""
+    return list(map(Segment._make, SEGMENT.iter_unpack(bytes(data[: count * SEGMENT.size]))))

@@ -172,8 +172,12 @@ class BlkifRing:
         if sector + total > self.vbd.sectors:
             raise RequestError(f"sectors {sector}..{sector + total - 1} are past the end ({self.vbd.sectors} sectors)")
         # A READ writes into the guest's pages: their grants must allow writing.
-        views = [self._page(seg.gref, writable=not writing)[seg.first_sect * SECTOR_SIZE : (seg.last_sect + 1) * SECTOR_SIZE]
-                 for seg in segments]
+        self._map_missing({seg.gref for seg in segments}, writable=not writing)
+        views = []
+        for seg in segments:
+            page = self._page(seg.gref, writable=not writing)
+            views.append(page if seg.first_sect == 0 and seg.last_sect == SECTORS_PER_PAGE - 1
+                         else page[seg.first_sect * SECTOR_SIZE : (seg.last_sect + 1) * SECTOR_SIZE])
         offset = sector * SECTOR_SIZE
         try:
             if writing:
@@ -183,9 +187,8 @@ class BlkifRing:
                 done = os.preadv(self.vbd.fd, views, offset)
                 self.stats["read_sectors"] += total
         finally:
-            for view in views:
-                view.release()
             if not self.persistent:
+                views.clear()
                 self._unmap_all()
         if done != total * SECTOR_SIZE:
             raise RequestError(f"short {'write' if writing else 'read'}: {done} of {total * SECTOR_SIZE} bytes")
@@ -215,6 +218,35 @@ class BlkifRing:
         self._grants[gref] = _Grant(ForeignMapping(self.memory_fd, [frame], writable=writable), handle, writable)
         self.stats["maps"] += 1
         return self._grants[gref].mapping.view
+
+    def _map_missing(self, grefs: set[int], writable: bool) -> None:
+        """Map every gref not mapped yet in one hypercall (one by one if the batch is refused).
+
+        A refused batch is retried gref by gref so that the failing one is found
+        and named, and the good ones are still mapped.
+        """
+        missing = [g for g in grefs if g not in self._grants or (writable and not self._grants[g].writable)]
+        if len(missing) < 2:
+            return
+        for gref in missing:
+            if gref in self._grants:
+                self._unmap(gref)
+        if len(self._grants) + len(missing) > MAX_PERSISTENT_GRANTS:
+            self._unmap_all()
+        # Persistent grants are mapped writable when the front end allows it, so a
+        # page first used for a write serves later reads without a second map.
+        for mode in (True, False) if self.persistent or writable else (False,):
+            if writable and not mode:
+                return
+            try:
+                mapped = self._map(missing, mode)
+            except HypercallError:
+                continue
+            for gref, (frame, handle) in zip(missing, mapped):
+                self._grants[gref] = _Grant(ForeignMapping(self.memory_fd, [frame], writable=mode), handle, mode)
+            self.stats["maps"] += len(missing)
+            return
+        # Refused both ways: _page maps them one by one and names the bad one.
 
     def _map(self, refs: list[int], writable: bool) -> list[tuple[int, int]]:
         result, _ = self.hypercall.call("grant_map", granter=self.frontend, refs=refs, readonly=not writable)
