@@ -84,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     run_dir = RunDir(args.run_dir).ensure()
     if run_dir.running_pid() is not None:
         raise CliError(f"a xenlike host already runs in {run_dir.path}; `xenlike down` stops it, --run-dir picks another")
-    cluster = load_cluster(Path(args.cluster)) if args.cluster else default_cluster()
+    cluster = load_cluster(Path(args.cluster)) if args.cluster else default_cluster(run_dir.path)
     for warning in getattr(cluster, "warnings", []):
         print(f"xenlike: warning: {warning}", file=sys.stderr)
     host = getattr(cluster, "host", None) or {}

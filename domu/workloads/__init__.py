@@ -1,9 +1,10 @@
 """Built-in workloads, registered in the ``xenlike.workloads`` entry-point group.
 
 Each shows one part of the system at work: ``hello`` the console and xenstore,
-``ticker`` a long-running guest, ``echo`` console input, ``burn`` a CPU-bound
-guest for the scheduler, ``crash`` the ``on_crash`` action, ``idle`` a guest that
-only waits to be shut down.
+``ticker`` a long-running guest, ``echo`` console input, ``journal`` a virtual
+disk that keeps its contents across reboots, ``burn`` a CPU-bound guest for the
+scheduler, ``crash`` the ``on_crash`` action, ``idle`` a guest that only waits to
+be shut down.
 """
 
 from __future__ import annotations
@@ -70,3 +71,47 @@ def crash(ctx: WorkloadContext) -> None:
     print(f"{ctx.name} will crash in {after:g}s")
     if not ctx.sleep(after):
         raise RuntimeError(f"{ctx.name} crashed on purpose")
+
+
+JOURNAL_MAGIC = b"XLJOURNAL1\0\0"
+
+
+def journal(ctx: WorkloadContext) -> None:
+    """A log on disk xvda that survives reboots: one entry per boot, then a heartbeat.
+
+    The disk holds a header sector (magic, bytes used) and the text after it.
+    ``--interval`` seconds between heartbeats (default 10).
+    """
+    interval = float(ctx.args[ctx.args.index("--interval") + 1]) if "--interval" in ctx.args else 10.0
+    disk = ctx.disks.get("xvda")
+    if disk is None:
+        raise RuntimeError("the journal workload needs a disk xvda (disk = [\"vdev=xvda, size=16M, target=...\"])")
+    log = disk.open()
+    header = log.read(512)
+    used = int.from_bytes(header[12:20], "little") if header.startswith(JOURNAL_MAGIC) else 0
+    log.seek(512)
+    entries = log.read(used).decode(errors="replace").splitlines() if used else []
+    boots = sum(1 for line in entries if line.startswith("boot "))
+    print(f"journal: {len(entries)} entries on {disk.vdev} from {boots} earlier boot(s)")
+    for line in entries[-3:]:
+        print(f"  {line}")
+
+    def append(line: str) -> None:
+        nonlocal used
+        data = (line + "\n").encode()
+        if 512 + used + len(data) > disk.size:
+            used = 0  # full: start over, as a ring log would
+        log.seek(512 + used)
+        log.write(data)
+        used += len(data)
+        log.seek(0)
+        log.write(JOURNAL_MAGIC + used.to_bytes(8, "little"))
+        log.fsync()  # acknowledged entries are durable
+
+    append(f"boot {boots + 1} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    print(f"journal: wrote boot {boots + 1}")
+    beats = 0
+    while not ctx.sleep(interval):
+        beats += 1
+        append(f"  heartbeat {beats} of boot {boots + 1}")
+    print(f"journal: stopping after {beats} heartbeat(s)")

@@ -18,14 +18,16 @@ def test_up_with_the_default_cluster_and_down_leaves_nothing(host):
     out = host.up().stdout
     assert "created hello" in out and "created ticker" in out and "created echo" in out
     domains = host.domains()
-    assert set(domains) == {"Domain-0", "hello", "ticker", "echo"}
+    assert set(domains) == {"Domain-0", "hello", "ticker", "echo", "journal"}
     listing = host.xl("list").stdout.splitlines()
     assert listing[0].split() == ["Name", "ID", "Mem", "VCPUs", "State", "Time(s)"]
     assert re.match(r"Domain-0\s+0\s+\d+\s+1\s+[r-][b-]----\s+\d+\.\d", listing[1])
     wait_for(lambda: "Hello from hello" in host.log("hello"), what="hello's greeting in its log")
     wait_for(lambda: "tick 2" in host.log("ticker"), what="ticker's ticks")
+    wait_for(lambda: "journal: wrote boot 1" in host.log("journal"), what="the journal's first entry on its disk")
+    assert (host.path / "journal.img").exists()  # the default cluster's images live in the run directory
     pids = [p.pid for p in host.processes()]
-    assert len(pids) >= 5  # hypervisor, zygote, dom0 and three domUs
+    assert len(pids) >= 6  # hypervisor, zygote, dom0 and four domUs
 
     assert "had to be destroyed" not in host.xl("down").stdout  # every guest shut down cooperatively
     wait_for(lambda: not host.processes(), what="every process of the host to exit")

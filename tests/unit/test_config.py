@@ -258,7 +258,7 @@ def test_vif_specs():
 
 def test_default_cluster():
     cluster = default_cluster()
-    assert [d.name for d in cluster.domains] == ["hello", "ticker", "echo"]
+    assert [d.name for d in cluster.domains] == ["hello", "ticker", "echo", "journal"]
 
 
 def test_cluster_file_with_host_count_and_config_file(tmp_path: Path):

@@ -103,7 +103,7 @@ def load_cluster(path: Path) -> Cluster:
     return parse_cluster(text, str(path), Path(path).parent)
 
 
-def default_cluster() -> Cluster:
-    """The cluster ``xenlike up`` runs when given no file."""
+def default_cluster(base_dir: Path = Path(".")) -> Cluster:
+    """The cluster ``xenlike up`` runs when given no file; its images go in ``base_dir``."""
     resource = importlib.resources.files("xenlike.config") / "default-cluster.toml"
-    return parse_cluster(resource.read_text(), "the default cluster", Path("."))
+    return parse_cluster(resource.read_text(), "the default cluster", base_dir)

@@ -9,6 +9,8 @@ and ``workload_args``. Keys xl knows that mean nothing here (``kernel``,
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import shlex
 import uuid as uuidlib
@@ -192,7 +194,8 @@ def domain_config_from_settings(settings: dict[str, Any], source: str = "<config
                                 lines: dict[str, int] | None = None, base_dir: Path | None = None) -> DomainConfig:
     """Check xl.cfg settings (already parsed) and build a DomainConfig.
 
-    ``base_dir`` resolves a relative ``path/file.py:function`` workload.
+    ``base_dir`` resolves a relative ``path/file.py:function`` workload and
+    relative disk targets.
     """
     lines = lines or {}
     values: dict[str, Any] = {}
@@ -222,6 +225,9 @@ def domain_config_from_settings(settings: dict[str, Any], source: str = "<config
     workload = values.get("workload")
     if workload and base_dir is not None and ".py:" in workload and not workload.startswith("/"):
         values["workload"] = str((base_dir / workload).resolve())
+    if base_dir is not None:  # relative images live beside the config that names them
+        values["disk"] = [d if os.path.isabs(d.target) else dataclasses.replace(d, target=str((base_dir / d.target).resolve()))
+                          for d in values.get("disk", [])]
     return DomainConfig(**values, source=source, warnings=warnings)
 
 
