@@ -130,3 +130,18 @@ def test_a_front_end_that_breaks_the_ring_is_disconnected_and_harms_nobody(host,
     rounds = int(wait_for(lambda: host.xs_read(f"/local/domain/{good}/data/rounds"), what="good's I/O"))
     wait_for(lambda: int(host.xs_read(f"/local/domain/{good}/data/rounds")) > rounds + 5, what="good's I/O to go on")
     assert host.call("ping")  # dom0 is up
+
+
+def test_a_target_dom0_cannot_open_fails_the_create_and_leaves_nothing(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [])))
+    before = host.call("info")
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text('name = "bad"\nmemory = 16\ndisk = ["vdev=xvda, target=/nonexistent/dir/disk.img"]\n')
+    result = host.xl("create", str(cfg), check=False)
+    assert result.returncode != 0 and "/nonexistent/dir/disk.img" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "bad" not in host.domains()
+    after = host.call("info")
+    assert after["free_frames"] == before["free_frames"] and after["evtchn_ports"] == before["evtchn_ports"]
+    bad_spec = host.xl("block-attach", "Domain-0", "vdev=floppy0, target=/x", check=False)
+    assert bad_spec.returncode != 0
