@@ -56,6 +56,7 @@ from xenlike.grant_table import GrantError
 from xenlike.memory import PAGE_SIZE
 from xenlike.ring import FrontRing
 from xenlike.xenbus import XenbusState, frontend_path
+from xenlike.xs_wire import XsdSockmsgType as XS
 from xenlike.xs_wire import XsError
 
 if TYPE_CHECKING:
@@ -442,9 +443,25 @@ class Blkfront:
         self._work: queue.Queue[str] = queue.Queue()
         self._backend_changed = threading.Condition()
         self._generation = 0  # bumped by every back-end state watch event
-        self._thread = threading.Thread(target=self._run, name="xenbus-blkfront", daemon=True)
-        self._thread.start()
-        kernel.xenbus.watch_async("device/vbd", "blkfront", lambda path, token: self._work.put("scan"))
+        self._thread: threading.Thread | None = None
+        kernel.xenbus.watch_async("device/vbd", "blkfront", self._on_devices_changed)
+
+    def _on_devices_changed(self, path: str, token: str) -> None:
+        """Watch on ``device/vbd`` (loop thread): scan, once there is anything to scan.
+
+        A guest without disks never starts the handshake thread.
+        """
+        def listed(msg_type: int, payload: bytes) -> None:
+            if payload.strip(b"\0") or self._by_devid:
+                self._scan_soon()
+
+        self.kernel.xenbus.request_async(XS.DIRECTORY, b"device/vbd\0", listed)
+
+    def _scan_soon(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="xenbus-blkfront", daemon=True)
+            self._thread.start()
+        self._work.put("scan")
 
     def wait_for(self, vdevs: list[str], timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
         """Block until these disks are connected (the kernel waits for its boot disks)."""
@@ -496,7 +513,7 @@ class Blkfront:
         with self._backend_changed:
             self._generation += 1
             self._backend_changed.notify_all()
-        self._work.put("scan")
+        self._scan_soon()
 
     def _run(self) -> None:
         while True:
