@@ -47,9 +47,35 @@ SHUTDOWN_GRACE_S = 10.0
 log = logging.getLogger("domu.kernel")
 
 
-def start(boot: dict, fds: list[int]) -> int:
+class PreparedShell:
+    """What a pre-forked shell sets up before it knows which domain it will be.
+
+    The event-loop thread is started here and waits for its kernel, so booting a
+    domain never waits for a new thread to be scheduled.
+    """
+
+    def __init__(self) -> None:
+        self._kernel: "Kernel | None" = None
+        self._attached = threading.Event()
+        threading.Thread(target=self._run, name="evtchn", daemon=True).start()
+
+    def _run(self) -> None:
+        self._attached.wait()
+        self._kernel._event_loop()  # type: ignore[union-attr]
+
+    def attach(self, kernel: "Kernel") -> None:
+        self._kernel = kernel
+        self._attached.set()
+
+
+def prepare() -> PreparedShell:
+    """Called by the zygote's shell while it waits for a boot message."""
+    return PreparedShell()
+
+
+def start(boot: dict, fds: list[int], prepared: PreparedShell | None = None) -> int:
     """Entry point in the forked domain process."""
-    return Kernel(boot, fds).run()
+    return Kernel(boot, fds).run(prepared or PreparedShell())
 
 
 class Kernel:
@@ -78,11 +104,10 @@ class Kernel:
 
     # -- boot and run --------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, prepared: PreparedShell) -> int:
         # `kill -USR1 <pid>` dumps every thread of the guest to the host's stderr log.
         faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
-        loop_thread = threading.Thread(target=self._event_loop, name="evtchn", daemon=True)
-        loop_thread.start()
+        prepared.attach(self)  # its event-loop thread starts serving this kernel
         self._take_over_stdio()
         self.xenbus.watch_async("control/shutdown", "control-shutdown", self._on_shutdown_request)
         for feature in ("feature-poweroff", "feature-reboot"):

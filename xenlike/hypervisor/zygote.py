@@ -208,6 +208,8 @@ def _become_shell(boot_sock: socket.socket, zygote_sock: socket.socket, wake: tu
         zygote_sock.close()
         os.setpgid(0, 0)
         die_with_parent()
+        # Work every guest needs, done while the shell waits rather than once it is asked for.
+        prepared = importlib.import_module(ENTRY_POINTS["domu"][0]).prepare()
         try:
             boot, fds = recv_message(boot_sock)
         except (ChannelClosed, ConnectionError):
@@ -215,7 +217,8 @@ def _become_shell(boot_sock: socket.socket, zygote_sock: socket.socket, wake: tu
         boot_sock.close()
         set_process_name(f"xl-d{boot['domid']}-{boot['name']}")
         module, function = ENTRY_POINTS[boot["role"]]
-        code = getattr(importlib.import_module(module), function)(boot, fds) or 0
+        entry = getattr(importlib.import_module(module), function)
+        code = (entry(boot, fds, prepared) if boot["role"] == "domu" else entry(boot, fds)) or 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
