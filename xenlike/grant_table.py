@@ -85,26 +85,13 @@ class GNTST:
     eagain = -12
     no_space = -13
 
-    _names = {
-        0: "GNTST_okay",
-        -1: "GNTST_general_error",
-        -2: "GNTST_bad_domain",
-        -3: "GNTST_bad_gntref",
-        -4: "GNTST_bad_handle",
-        -5: "GNTST_bad_virt_addr",
-        -6: "GNTST_bad_dev_addr",
-        -7: "GNTST_no_device_space",
-        -8: "GNTST_permission_denied",
-        -9: "GNTST_bad_page",
-        -10: "GNTST_bad_copy_arg",
-        -11: "GNTST_address_too_big",
-        -12: "GNTST_eagain",
-        -13: "GNTST_no_space",
-    }
-
     @classmethod
     def name(cls, status: int) -> str:
-        return cls._names.get(status, f"GNTST({status})")
+        """``GNTST_okay`` for 0, and so on."""
+        for attr, value in vars(cls).items():
+            if not attr.startswith("_") and value == status and isinstance(value, int):
+                return f"GNTST_{attr}"
+        return f"GNTST({status})"
 
 
 class GrantError(Exception):
