@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from xenlike.evtchn import EventChannelHost, EventLoop
 from xenlike.grant_table import GrantMapper, GrantTable
 from xenlike.hypercall import recv_message, send_message, socketpair
-from xenlike.memory import PAGE_SIZE, ForeignMapping, GuestMemory, PageAllocator
+from xenlike.memory import ForeignMapping, GuestMemory, PageAllocator
 from xenlike.ring import BackRing, FrontRing, RingProtocol
 
 FRONT_DOMID = 1

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-from pathlib import Path
 from typing import Any, Callable
 
 import zmq

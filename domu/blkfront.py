@@ -23,11 +23,10 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from xenlike.blkif import (

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .conftest import console_json, wait_for, workload, write_cfg
+from .conftest import wait_for, write_cfg
 
 
 def test_up_with_the_default_cluster_and_down_leaves_nothing(host):
