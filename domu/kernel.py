@@ -8,7 +8,8 @@ entries for the console and xenstore pages, and the domain's xenstore nodes.
 
 Two threads: the event loop (upcalls: xenstore replies and watches, console,
 devices) and the workload. Nothing on the way to the workload waits for xenstore,
-so a domain starts in a few milliseconds.
+so a domain starts in a few milliseconds. With ``vcpus = N`` the kernel also
+forks vCPUs 1..N-1 (``domu/vcpu.py``) and brings them up with ``vcpu_op``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import socket
 import sys
 import threading
 import traceback
+from typing import Callable
 
 from xenlike.evtchn import EventLoop
 from xenlike.grant_table import GrantTable
@@ -33,6 +35,7 @@ from xenlike.xs_wire import XsdSockmsgType as XS
 
 from .blkfront import Blkfront
 from .console import ConsoleFront, ConsoleStream
+from .vcpu import WorkloadGlobals, fork_vcpus
 from .workload import WorkloadContext, WorkloadError, load_workload
 from .xenbus import XenbusClient
 
@@ -101,6 +104,10 @@ class Kernel:
         self.context: WorkloadContext | None = None
         self._shutdown_reason: int | None = None
         self._running = True
+        # Secondary vCPUs are forked now, before the event-loop thread does anything.
+        self.vcpus_globals = WorkloadGlobals(self.start_info.image.get("workload", "idle"))
+        self.vcpus = fork_vcpus(int(boot.get("vcpus", 1)), lambda i: f"xl-d{self.domid}v{i}-{self.name}",
+                                self.vcpus_globals)
 
     # -- boot and run --------------------------------------------------------------
 
@@ -135,7 +142,9 @@ class Kernel:
             events=self.loop,
             disks=self.blkfront.disks,
             log=logging.getLogger(f"workload.{self.name}"),
+            vcpus=self.vcpus,
         )
+        self._vcpus_up(workload)
         reason = SHUTDOWN_POWEROFF
         try:
             result = workload(self.context)
@@ -152,6 +161,15 @@ class Kernel:
         if self._shutdown_reason is not None and reason != SHUTDOWN_CRASH:
             reason = self._shutdown_reason
         return self._shutdown(reason)
+
+    def _vcpus_up(self, workload: Callable) -> None:
+        """VCPUOP_up for each secondary vCPU, once the workload (whose functions they run) is loaded."""
+        self.vcpus_globals.bind(getattr(workload, "__globals__", {}))
+        for vcpu in self.vcpus:
+            try:
+                self.hypercall.call("vcpu_op", cmd="up", vcpu=vcpu.index, pid=vcpu.pid)
+            except OSError as exc:
+                print(f"[{self.label}] vCPU {vcpu.index} is not scheduled: {exc}", file=sys.stderr)
 
     def _event_loop(self) -> None:
         self.xenbus.loop_thread = self.console.loop_thread = threading.get_ident()

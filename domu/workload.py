@@ -54,6 +54,10 @@ class WorkloadContext:
     ``hypercall`` and ``events`` are the kernel's own hypercall channel and event
     loop, for workloads that experiment below the driver level (binding event
     channels, granting pages); the hypervisor checks everything they do.
+
+    ``vcpus`` are the domain's vCPUs 1..N-1 (``vcpus = N`` in the config; the
+    workload itself runs on vCPU 0): ``ctx.vcpus[0].submit(f, *args)`` runs a
+    module-level function there and returns a call whose ``result()`` waits.
     """
 
     name: str
@@ -72,6 +76,7 @@ class WorkloadContext:
     disks: dict[str, Any] = field(default_factory=dict)
     net: Any = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("workload"))
+    vcpus: list[Any] = field(default_factory=list)
 
     def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on a shutdown request; True if one came."""

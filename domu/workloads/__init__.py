@@ -57,12 +57,27 @@ def idle(ctx: WorkloadContext) -> None:
 
 
 def burn(ctx: WorkloadContext) -> None:
-    """Spin on the CPU until shut down (a CPU-bound guest for the scheduler)."""
+    """Spin on every vCPU until shut down (a CPU-bound guest for the scheduler)."""
     spins = 0
+    calls = [vcpu.submit(spin, 0.05) for vcpu in ctx.vcpus]
     while not ctx.shutdown.is_set():
         for _ in range(10000):
             spins += 1
+        for index, call in enumerate(calls):
+            if call.done():
+                spins += call.result()
+                calls[index] = ctx.vcpus[index].submit(spin, 0.05)
     print(f"burned {spins} spins")
+
+
+def spin(seconds: float) -> int:
+    """Spin for ``seconds`` (wall clock) and return how many times: ``burn``'s work on other vCPUs."""
+    spins = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(10000):
+            spins += 1
+    return spins
 
 
 def crash(ctx: WorkloadContext) -> None:

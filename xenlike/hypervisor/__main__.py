@@ -2,7 +2,7 @@
 
 Started by ``xenlike up``; not meant to be run by hand, but it can be:
 
-    python -m xenlike.hypervisor --run-dir DIR [--memory MiB] [--pcpus N]
+    python -m xenlike.hypervisor --run-dir DIR [--memory MiB] [--pcpus N] [--sched NAME]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-dir", required=True, type=Path)
     p.add_argument("--memory", type=int, required=True, help="host memory for domains, MiB")
     p.add_argument("--pcpus", type=int, default=os.cpu_count(), help="physical CPUs to schedule on")
+    p.add_argument("--sched", default="credit", help="the scheduler (entry-point group xenlike.schedulers; default credit)")
     return p.parse_args(argv)
 
 
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_platform()
     raise_fd_limit()
+    from .sched import available_schedulers, load_scheduler
+
+    if args.sched not in available_schedulers():  # by name only: a plugin is imported after the zygote forks
+        print(f"xenlike.hypervisor: no scheduler named {args.sched!r} (registered: "
+              f"{', '.join(sorted(available_schedulers())) or 'none'})", file=sys.stderr)
+        return 2
     run_dir = RunDir(args.run_dir)
     # The zygote comes first: nothing below (threads, epoll, zmq) may be inherited by domains.
     zygote = start_zygote()
@@ -51,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     from .core import Hypervisor
 
-    pcpus = list(range(max(1, min(args.pcpus, os.cpu_count() or 1))))
-    hypervisor = Hypervisor(run_dir.path, args.memory, pcpus, zygote)
+    # pCPU n is Linux CPU n, among those this process may use (a cpuset may allow fewer).
+    allowed = sorted(os.sched_getaffinity(0))
+    pcpus = allowed[: max(1, min(args.pcpus, len(allowed)))]
+    hypervisor = Hypervisor(run_dir.path, args.memory, pcpus, zygote, load_scheduler(args.sched)(pcpus))
     try:
         hypervisor.boot(DOM0_MEMORY_MIB, {"run_dir": str(run_dir.path)})
         run_dir.write_pid(os.getpid())

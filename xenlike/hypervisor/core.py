@@ -23,14 +23,24 @@ grant_map / grant_unmap     GNTTABOP_(un)map_grant_ref, batched             chec
                                                                            dom0 only
 grant_copy                  GNTTABOP_copy                                  any
 sched_shutdown              SCHEDOP_shutdown                               any
+vcpu_op                     VCPUOP_up: a guest brings up a secondary vCPU  any (its own
+                            (a child process of its vCPU 0)                processes)
 console_io                  HYPERVISOR_console_io write (to dmesg)         any
 xen_version                 version and capabilities                       any
 domctl                      create, start, destroy, pause, unpause, info,  dom0
                             rename, memory fd, open_channel (a hypercall
                             socket for a back-end worker), host shutdown
-sysctl                      physinfo, readconsole (dmesg)                  dom0
+domctl (scheduling)         sched_credit_get / sched_credit_set            dom0
+                            (XEN_DOMCTL_scheduler_op: weight, cap),
+                            vcpu_list (getvcpuinfo), vcpu_pin
+                            (setvcpuaffinity)
+sysctl                      physinfo, readconsole (dmesg), sched_info      dom0
+                            (the pool's scheduler and its parameters)
 multicall                   several of the above in one round trip         any
 ==========================  =============================================  =========
+
+The scheduler (``xenlike.hypervisor.sched``, chosen with ``--sched``) runs from
+the main loop: its next tick is the selector's timeout.
 
 ``multicall`` is Xen's ``HYPERVISOR_multicall`` with one addition: an argument
 ``{"$result": [i, "key"]}`` stands for ``key`` of the ``i``-th call's result, so a
@@ -56,6 +66,7 @@ from ..hypercall import ChannelClosed, HypercallError, recv_message, send_messag
 from ..memory import PAGE_SIZE, GuestMemory
 from ..start_info import GNTTAB_PFN, reserved_frames
 from .domain import Domain, FramePool, OutOfMemory, ShutdownReason
+from .sched import SchedError, Scheduler
 from .zygote import Zygote
 
 __all__ = ["Hypervisor", "VERSION"]
@@ -91,10 +102,17 @@ class _DmesgHandler(logging.Handler):
 class Hypervisor:
     """The host: call :meth:`boot` to start dom0, then :meth:`run` until it stops."""
 
-    def __init__(self, run_dir: Path, memory_mib: int, pcpus: list[int], zygote: Zygote) -> None:
+    def __init__(self, run_dir: Path, memory_mib: int, pcpus: list[int], zygote: Zygote,
+                 scheduler: Scheduler | None = None) -> None:
         self.run_dir = run_dir
         self.pcpus = pcpus
         self.zygote = zygote
+        if scheduler is None:
+            from .sched.credit import CreditScheduler
+
+            scheduler = CreditScheduler(pcpus)
+        self.scheduler = scheduler
+        self._sched_failures = 0
         self.pool = FramePool(memory_mib * (1 << 20) // PAGE_SIZE)
         self.domains: dict[int, Domain] = {}
         self.evtchn = EventChannelHost()
@@ -127,6 +145,7 @@ class Hypervisor:
             "grant_unmap": self._grant_unmap,
             "grant_copy": self._grant_copy,
             "sched_shutdown": self._sched_shutdown,
+            "vcpu_op": self._vcpu_op,
             "console_io": self._console_io,
             "xen_version": lambda d, a, f: (VERSION, []),
             "domctl": self._domctl,
@@ -144,6 +163,10 @@ class Hypervisor:
             "getmemory": self._getmemory,
             "open_channel": self._open_channel,
             "host_shutdown": self._host_shutdown,
+            "sched_credit_get": self._sched_credit_get,
+            "sched_credit_set": self._sched_credit_set,
+            "vcpu_list": self._vcpu_list,
+            "vcpu_pin": self._vcpu_pin,
         }
         self._extra_channels: dict[int, socket.socket] = {}
         self._pending_close: list[socket.socket] = []
@@ -154,16 +177,32 @@ class Hypervisor:
     def boot(self, dom0_memory_mib: int, dom0_boot: dict) -> Domain:
         """Build and start dom0 (domid 0, ``Domain-0``)."""
         dom0 = self._new_domain(0, DOM0_NAME, dom0_memory_mib, dom0_memory_mib, 1, DEFAULT_MAX_GRANT_FRAMES)
+        self.scheduler.add_domain(0, dom0.label, 1)
         self._spawn(dom0, {"role": "dom0", **dom0_boot})
-        log.info("d0 (%s): started, pid %d", DOM0_NAME, dom0.pid)
+        self.scheduler.vcpu_up(0, 0, dom0.pid)  # type: ignore[arg-type]
+        log.info("d0 (%s): started, pid %d; scheduler %s on pCPUs %s", DOM0_NAME, dom0.pid, self.scheduler.name,
+                 ",".join(map(str, self.pcpus)))
         return dom0
 
     def run(self) -> None:
         """Serve hypercalls until the host is shut down and every domain is reaped."""
         while not (self._stopping and (not self.domains or time.monotonic() > self._stop_deadline)):
-            for key, _ in self.selector.select(timeout=0.5):
+            due = self.scheduler.next_tick()
+            timeout = 0.5 if due is None else min(0.5, max(0.0, (due - time.monotonic_ns()) / 1e9))
+            for key, _ in self.selector.select(timeout=timeout):
                 key.data(key.fileobj)
+            if due is not None and time.monotonic_ns() >= due:
+                self._sched_tick()
         log.info("host stopped")
+
+    def _sched_tick(self) -> None:
+        try:
+            self.scheduler.tick()
+        except Exception:
+            # A scheduler bug must not take every domain down with the hypervisor.
+            self._sched_failures += 1
+            if self._sched_failures <= 3:
+                log.exception("scheduler %s: tick failed", self.scheduler.name)
 
     def stop(self, reason: str) -> None:
         """Shut the host down: every domain is killed and, once reaped, freed."""
@@ -184,6 +223,7 @@ class Hypervisor:
         for domain in list(self.domains.values()):
             self._kill(domain)
             self._finalize(domain)
+        self.scheduler.close()
         self.selector.close()
         self.zygote.sock.close()  # the zygote sees end of file and exits
         try:
@@ -362,7 +402,9 @@ class Hypervisor:
         if domain is None:
             return
         self._drop_channel(domain)
-        domain.cpu_time_final = cpu_time
+        # Its vCPUs are gone: the scheduler's total (every vCPU) outlives them.
+        domain.cpu_time_final = max(cpu_time, self.scheduler.domain_time(domain.domid))
+        self.scheduler.remove_domain(domain.domid)
         domain.pid = None
         if os.WIFSIGNALED(status):
             how = f"killed by signal {os.WTERMSIG(status)} ({signal.Signals(os.WTERMSIG(status)).name})"
@@ -399,6 +441,7 @@ class Hypervisor:
         self._gnttabs.pop(domain.domid).release()
         domain.memory.close()
         self.pool.release(domain.nr_frames)
+        self.scheduler.remove_domain(domain.domid)
         del self.domains[domain.domid]
         log.info("%s: destroyed", domain.label)
         for sock, call_id in self._waiting_destroy.pop(domain.domid, []):
@@ -526,6 +569,36 @@ class Hypervisor:
         self._kill(caller)  # its vCPUs never run again
         raise _Deferred()
 
+    def _vcpu_op(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
+        """VCPUOP_up: the guest's process ``pid`` is its vCPU ``vcpu`` from now on.
+
+        The process must be a child of the caller's vCPU 0 in the caller's process
+        group, so a guest can only hand the scheduler its own processes.
+        """
+        cmd, vcpu, pid = args.get("cmd"), args["vcpu"], args["pid"]
+        if cmd != "up":
+            raise _Refused(errno.ENOSYS, f"no vcpu_op {cmd!r}")
+        if not isinstance(vcpu, int) or not 1 <= vcpu < caller.vcpus:
+            raise _Refused(errno.EINVAL, f"{caller.label} has no secondary vCPU {vcpu!r} (vcpus = {caller.vcpus})")
+        try:
+            with open(f"/proc/{int(pid)}/stat", "rb") as f:
+                data = f.read()
+            fields = data[data.rindex(b")") + 2 :].split()
+            parent, group = int(fields[1]), int(fields[2])
+        except (OSError, ValueError, IndexError):
+            raise _Refused(errno.ESRCH, f"{caller.label}: no process {pid!r} to bring up as vCPU {vcpu}") from None
+        if parent != caller.pid or group != caller.pid:
+            log.warning("%s: refused vCPU %d as pid %s: not its own child", caller.label, vcpu, pid)
+            raise _Refused(errno.EPERM, f"{caller.label}: pid {pid} is not a child of its vCPU 0")
+        if any(row["vcpu"] == vcpu and row["online"] for row in self.scheduler.vcpu_list(caller.domid)):
+            raise _Refused(errno.EEXIST, f"{caller.label}: vCPU {vcpu} is already up")
+        try:
+            self.scheduler.vcpu_up(caller.domid, vcpu, int(pid))
+        except (SchedError, OSError) as exc:
+            raise _Refused(getattr(exc, "errno", None) or errno.EINVAL, str(exc)) from None
+        log.info("%s: vCPU %d up, pid %d", caller.label, vcpu, pid)
+        return {}, []
+
     def _multicall(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
         """Run calls in order; stop at the first failure and report it with the results so far."""
         results: list[Any] = []
@@ -580,7 +653,10 @@ class Hypervisor:
                 "started": self.started,
                 "grant_mappings": self.grants.mapping_count(),
                 "evtchn_ports": self.evtchn.open_fds(),
+                "sched": self.scheduler.name,
             }, []
+        if cmd == "sched_info":
+            return self.scheduler.settings(), []
         if cmd == "readconsole":
             lines = list(self.dmesg)
             if args.get("clear"):
@@ -592,17 +668,27 @@ class Hypervisor:
         name = args["name"]
         if any(d.name == name for d in self.domains.values()):
             raise _Refused(errno.EEXIST, f"a domain named {name!r} already exists")
+        vcpus = int(args.get("vcpus", 1))
+        weight, cap, cpus = args.get("weight", 256), args.get("cap", 0), args.get("cpus")
+        try:  # refused before anything is reserved
+            self.scheduler.check_weight(weight)
+            self.scheduler.check_cap(f"domain {name!r}", vcpus, cap)
+            if cpus is not None:
+                self.scheduler.check_cpus(cpus)
+        except SchedError as exc:
+            raise _Refused(exc.errno, str(exc)) from None
         domid = self._allocate_domid()
         domain = self._new_domain(
             domid,
             name,
             int(args["memory_mib"]),
             int(args.get("maxmem_mib") or args["memory_mib"]),
-            int(args.get("vcpus", 1)),
+            vcpus,
             int(args.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES)),
         )
         if args.get("uuid"):
             domain.uuid = args["uuid"]
+        self.scheduler.add_domain(domid, domain.label, vcpus, weight, cap, cpus)
         log.info("%s: created, %d MiB, %d vCPU(s)", domain.label, domain.nr_frames * PAGE_SIZE >> 20, domain.vcpus)
         return {"domid": domid, "uuid": domain.uuid, "nr_frames": domain.nr_frames}, [domain.memory.fd]
 
@@ -622,6 +708,8 @@ class Hypervisor:
         if args.get("paused"):
             domain.paused = True
             os.killpg(domain.pid, signal.SIGSTOP)  # type: ignore[arg-type]
+            self.scheduler.pause(domain.domid)
+        self.scheduler.vcpu_up(domain.domid, 0, domain.pid)  # type: ignore[arg-type]
         log.info("%s: started, pid %d%s", domain.label, domain.pid, " (paused)" if domain.paused else "")
         return {"pid": domain.pid}, []
 
@@ -642,6 +730,7 @@ class Hypervisor:
         if not domain.paused:
             domain.paused = True
             os.killpg(domain.pid, signal.SIGSTOP)  # type: ignore[arg-type]
+            self.scheduler.pause(domain.domid)  # it stays stopped whatever the scheduler decides
             log.info("%s: paused", domain.label)
         return {}, []
 
@@ -650,6 +739,7 @@ class Hypervisor:
         if domain.paused:
             domain.paused = False
             os.killpg(domain.pid, signal.SIGCONT)  # type: ignore[arg-type]
+            self.scheduler.unpause(domain.domid)  # back to the scheduler, which may stop it again
             log.info("%s: unpaused", domain.label)
         return {}, []
 
@@ -663,8 +753,15 @@ class Hypervisor:
 
     def _getdomaininfo(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
         if "domid" in args:
-            return [self._domain(args["domid"]).info()], []
-        return [d.info() for d in sorted(self.domains.values(), key=lambda d: d.domid)], []
+            return [self._domain_info(self._domain(args["domid"]))], []
+        return [self._domain_info(d) for d in sorted(self.domains.values(), key=lambda d: d.domid)], []
+
+    def _domain_info(self, domain: Domain) -> dict:
+        """``getdomaininfo`` of one domain; CPU time and run state as the scheduler accounted them."""
+        info = domain.info()
+        if domain.pid is not None and domain.shutdown_reason is None and domain.domid in self.scheduler.domains:
+            info.update(self.scheduler.domain_info(domain.domid))
+        return info
 
     def _rename(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
         domain = self._domain(args["domid"])
@@ -673,6 +770,8 @@ class Hypervisor:
             raise _Refused(errno.EEXIST, f"a domain named {new!r} already exists")
         log.info("%s: renamed to %s", domain.label, new)
         domain.name = new
+        if domain.domid in self.scheduler.domains:
+            self.scheduler.domains[domain.domid].label = domain.label
         return {}, []
 
     def _getmemory(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
@@ -700,6 +799,55 @@ class Hypervisor:
 
     def _host_shutdown(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
         self.stop("requested by dom0")
+        return {}, []
+
+    # ------------------------------------------------------------------------------
+    # Scheduling domctls (XEN_DOMCTL_scheduler_op, getvcpuinfo, setvcpuaffinity).
+
+    def _scheduled(self, domid: Any) -> Domain:
+        domain = self._domain(domid)
+        if domain.domid not in self.scheduler.domains:
+            raise _Refused(errno.EINVAL, f"{domain.label} is not running: it has no vCPUs to schedule")
+        return domain
+
+    def _sched_credit_get(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
+        """Weight and cap of one domain (``domid``) or of every scheduled domain."""
+        domains = [self._scheduled(args["domid"])] if "domid" in args else [
+            d for d in sorted(self.domains.values(), key=lambda d: d.domid) if d.domid in self.scheduler.domains]
+        return [{"domid": d.domid, "name": d.name, **self.scheduler.params(d.domid)} for d in domains], []
+
+    def _sched_credit_set(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
+        """Set a domain's weight and/or cap; either may be left out."""
+        domain = self._scheduled(args["domid"])
+        try:
+            params = self.scheduler.adjust(domain.domid, args.get("weight"), args.get("cap"))
+        except SchedError as exc:
+            raise _Refused(exc.errno, str(exc)) from None
+        log.info("%s: weight %d, cap %d", domain.label, params["weight"], params["cap"])
+        return params, []
+
+    def _vcpu_list(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
+        """Every vCPU of one domain (``domid``) or of every scheduled domain."""
+        domains = [self._scheduled(args["domid"])] if "domid" in args else [
+            d for d in sorted(self.domains.values(), key=lambda d: d.domid) if d.domid in self.scheduler.domains]
+        rows = []
+        for domain in domains:
+            for row in self.scheduler.vcpu_list(domain.domid):
+                rows.append({"domid": domain.domid, "name": domain.name, **row})
+        return rows, []
+
+    def _vcpu_pin(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
+        """A vCPU's hard affinity (``vcpu`` None: every vCPU of the domain)."""
+        domain = self._scheduled(args["domid"])
+        vcpu, cpus = args.get("vcpu"), args["cpus"]
+        if cpus is None:
+            cpus = list(self.pcpus)
+        try:
+            self.scheduler.pin(domain.domid, vcpu, cpus)
+        except SchedError as exc:
+            raise _Refused(exc.errno, str(exc)) from None
+        log.info("%s: vCPU %s pinned to pCPUs %s", domain.label, "all" if vcpu is None else vcpu,
+                 ",".join(map(str, sorted(cpus))))
         return {}, []
 
 

@@ -39,6 +39,7 @@ __all__ = ["Zygote", "start_zygote", "set_process_name", "die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # What a domain runs, by role: module and function called with (boot, fds).
@@ -149,6 +150,8 @@ class _Shell:
 
 def _zygote_main(sock: socket.socket) -> None:
     die_with_parent()
+    # A guest's secondary vCPUs are its vCPU 0's children: orphaned, they come here to be reaped.
+    _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     set_process_name("xl-zygote")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the hypervisor's to handle
     for module in PRELOAD:
