@@ -106,6 +106,10 @@ class DomainBuilder:
                 "vcpus": config.get("vcpus", 1),
                 "max_grant_frames": gnttab_frames,
                 "uuid": uuid or config.get("uuid"),
+                # libxl's sched_params and cpumap, applied at creation (libxl__build_pre)
+                "weight": config.get("weight", 256),
+                "cap": config.get("cap", 0),
+                "cpus": config.get("cpus"),
             }},
             {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
             {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},

@@ -319,6 +319,53 @@ class Toolstack:
         self.dom0.hypercall("domctl", cmd="unpausedomain", domid=built.domid)
         return {}
 
+    # -- scheduling (xl sched-credit, vcpu-list, vcpu-pin) ------------------------------
+
+    def _domid_of(self, spec: Any) -> int:
+        """Any domain, dom0 included, by name or id (scheduling applies to dom0 too)."""
+        text = str(spec)
+        for info in self._infos():
+            if text in (info["name"], str(info["domid"])):
+                return info["domid"]
+        raise ToolstackError(f"no domain {text!r}; `xenlike list` shows the domains")
+
+    def _op_sched_credit(self, args: dict, identity: bytes, call_id: int) -> Any:
+        """Set a domain's weight/cap (``weight``, ``cap``), or show them with the pool's parameters."""
+        domid = self._domid_of(args["domain"]) if args.get("domain") is not None else None
+        if args.get("weight") is not None or args.get("cap") is not None:
+            if domid is None:
+                raise ToolstackError("a weight or cap needs a domain (-d DOMAIN)")
+            return {"set": self.dom0.hypercall("domctl", cmd="sched_credit_set", domid=domid, weight=args.get("weight"),
+                                               cap=args.get("cap"))[0]}
+        rows = self.dom0.hypercall("domctl", cmd="sched_credit_get", **({} if domid is None else {"domid": domid}))[0]
+        pool = self.dom0.hypercall("sysctl", cmd="sched_info")[0]
+        return {"pool": {"name": "Pool-0", **pool}, "domains": rows}
+
+    def _op_vcpu_list(self, args: dict, identity: bytes, call_id: int) -> Any:
+        domains = args.get("domains") or []
+        if not domains:
+            rows = self.dom0.hypercall("domctl", cmd="vcpu_list")[0]
+        else:
+            rows = [row for spec in domains
+                    for row in self.dom0.hypercall("domctl", cmd="vcpu_list", domid=self._domid_of(spec))[0]]
+        return {"nr_cpus": self.dom0.hypercall("sysctl", cmd="physinfo")[0]["nr_cpus"], "vcpus": rows}
+
+    def _op_vcpu_pin(self, args: dict, identity: bytes, call_id: int) -> Any:
+        """Hard affinity: ``vcpu`` a number or "all", ``cpus`` in xl's syntax ("all", "0-3,^1")."""
+        from xenlike.config import ConfigError, parse_cpus
+
+        domid = self._domid_of(args["domain"])
+        vcpu = args.get("vcpu", "all")
+        if str(vcpu) != "all" and not str(vcpu).isdigit():
+            raise ToolstackError(f"vCPU {vcpu!r}: expected a vCPU number or 'all'")
+        try:
+            cpus = parse_cpus(str(args["cpus"]), key="CPUS")
+        except ConfigError as exc:
+            raise ToolstackError(str(exc)) from None
+        self.dom0.hypercall("domctl", cmd="vcpu_pin", domid=domid, vcpu=None if str(vcpu) == "all" else int(vcpu),
+                            cpus=cpus)
+        return {}
+
     def _op_rename(self, args: dict, identity: bytes, call_id: int) -> Any:
         built = self._find(args["domain"])
         new = str(args["name"])

@@ -20,7 +20,7 @@ import psutil
 
 from .rundir import RunDir
 from .toolstack_client import HostNotRunning, ToolstackClient, ToolstackError
-from .xl_format import format_block_list, format_info, format_list, format_uptime
+from .xl_format import format_block_list, format_info, format_list, format_sched_credit, format_uptime, format_vcpu_list
 
 DESCRIPTION = """\
 xenlike: Xen's architecture in user space. A hypervisor process schedules guest
@@ -90,7 +90,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     host = getattr(cluster, "host", None) or {}
     memory = args.memory or host.get("memory") or _default_memory_mib()
     pcpus = args.pcpus or host.get("pcpus") or os.cpu_count()
-    hypervisor = _start_hypervisor(run_dir, memory, pcpus)
+    sched = _check_scheduler(args.sched or host.get("sched") or "credit")
+    hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched)
     console = None if args.detach else _subscribe_consoles(run_dir)
     with ToolstackClient(run_dir) as client:
         for domain in cluster.domains:
@@ -110,10 +111,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     return _stream_consoles(run_dir, console, hypervisor.pid)
 
 
-def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int) -> subprocess.Popen:
+def _check_scheduler(name: Any) -> str:
+    """A scheduler registered in ``xenlike.schedulers``, or a one-line error naming the choices."""
+    from .hypervisor.sched import available_schedulers
+
+    known = available_schedulers()
+    if name not in known:
+        raise CliError(f"no scheduler named {name!r}; registered: {', '.join(sorted(known)) or 'none'}")
+    return str(name)
+
+
+def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str = "credit") -> subprocess.Popen:
     out = open(run_dir.log_path("hypervisor-stderr"), "ab")
     command = [sys.executable, "-m", "xenlike.hypervisor", "--run-dir", str(run_dir.path),
-               "--memory", str(memory), "--pcpus", str(pcpus)]
+               "--memory", str(memory), "--pcpus", str(pcpus), "--sched", sched]
     hypervisor = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     out.close()
     deadline = time.monotonic() + 20
@@ -230,7 +241,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     import platform
 
     print(format_info(physinfo, {"host": platform.node(), "release": platform.release(), "machine": platform.machine(),
-                                 "xen_scheduler": "linux", "run_dir": str(RunDir(args.run_dir).path)}))
+                                 "xen_scheduler": physinfo.get("sched", "credit"),
+                                 "run_dir": str(RunDir(args.run_dir).path)}))
     return 0
 
 
@@ -413,6 +425,31 @@ def cmd_workloads(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------
+# Scheduling.
+
+
+def cmd_sched_credit(args: argparse.Namespace) -> int:
+    """xl sched-credit: with -w/-c set a domain's weight/cap (printing nothing), else show them."""
+    if (args.weight is not None or args.cap is not None) and args.domain is None:
+        raise CliError("-w and -c need a domain: sched-credit -d DOMAIN -w WEIGHT")
+    result = _call(args, "sched_credit", domain=args.domain, weight=args.weight, cap=args.cap)
+    if "set" not in result:
+        print(format_sched_credit(result["pool"] if args.domain is None else None, result["domains"]))
+    return 0
+
+
+def cmd_vcpu_list(args: argparse.Namespace) -> int:
+    result = _call(args, "vcpu_list", domains=args.domains)
+    print(format_vcpu_list(result["vcpus"], result["nr_cpus"]))
+    return 0
+
+
+def cmd_vcpu_pin(args: argparse.Namespace) -> int:
+    _call(args, "vcpu_pin", domain=args.domain, vcpu=args.vcpu, cpus=args.cpus)
+    return 0
+
+
+# ------------------------------------------------------------------------------------
 # The parser.
 
 
@@ -438,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--detach", action="store_true", help="return once the cluster is up")
     p.add_argument("--memory", type=int, help="host memory for domains, MiB (default: half the machine's, at most 8192)")
     p.add_argument("--pcpus", type=int, help="physical CPUs to schedule on (default: all)")
+    p.add_argument("--sched", metavar="NAME",
+                   help="the scheduler: credit (default) or null, or any registered in xenlike.schedulers")
 
     p = verb("down", cmd_down, "shut every domain down (destroying those that do not stop), then the host")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds domains get to shut down (default 10)")
@@ -484,6 +523,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("vdev", metavar="VDEV", help="xvdb, or the device number")
     verb("block-list", cmd_block_list, "a domain's disks (xl block-list's columns)", "required")
     verb("workloads", cmd_workloads, "list the registered guest workloads")
+    p = verb("sched-credit", cmd_sched_credit, "show or set credit scheduler weights and caps")
+    p.add_argument("-d", "--domain", metavar="DOMAIN", help="the domain to show or set (default: all)")
+    p.add_argument("-w", "--weight", type=int, help="its weight, 1 to 65535 (default 256)")
+    p.add_argument("-c", "--cap", type=int, help="its cap, percent of one pCPU (0: none)")
+    p = verb("vcpu-list", cmd_vcpu_list, "the vCPUs of domains: pCPU, state, CPU time, affinity")
+    p.add_argument("domains", metavar="DOMAIN", nargs="*", help="domain names or ids (default: all)")
+    p = verb("vcpu-pin", cmd_vcpu_pin, "set the pCPUs a vCPU may run on (hard affinity)", "required")
+    p.add_argument("vcpu", metavar="VCPU", help="a vCPU number, or all")
+    p.add_argument("cpus", metavar="CPUS", help="pCPUs in xl's syntax: 1, 0-3, 0-3,^2, all")
     return parser
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-__all__ = ["state_letters", "format_list", "format_uptime", "uptime_text", "format_info", "format_block_list"]
+__all__ = ["state_letters", "format_list", "format_uptime", "uptime_text", "format_info", "format_block_list",
+           "cpu_bitmap", "format_vcpu_list", "format_sched_credit"]
 
 # The shutdown-reason letter of xl list's fifth state column: poweroff, reboot,
 # suspend, crash, watchdog, soft_reset (tools/xl/xl_info.c "-rscwS").
@@ -86,4 +87,49 @@ def format_block_list(rows: Iterable[dict]) -> str:
     for row in rows:
         lines.append(f"{row['vdev']:<5} {row['backend']:<3} {row['handle']:<6} {row['state']:<5} {row['evtch']:<6} "
                      f"{row['ring_ref']:<8} {row['be_path']:<30}")
+    return "\n".join(lines)
+
+
+def cpu_bitmap(cpus: Iterable[int], nr_cpus: int) -> str:
+    """xl's ``print_bitmap`` (``tools/xl/xl_utils.c``): ``all``, ``none`` or ranges like ``0-3,6``."""
+    chosen = sorted({c for c in cpus if 0 <= c < nr_cpus})
+    if not chosen:
+        return "none"
+    if chosen == list(range(nr_cpus)):
+        return "all"
+    parts = []
+    start = prev = chosen[0]
+    for cpu in chosen[1:] + [None]:  # type: ignore[list-item]
+        if cpu is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if cpu is not None:
+            start = prev = cpu
+    return ",".join(parts)
+
+
+def format_vcpu_list(rows: Iterable[dict], nr_cpus: int) -> str:
+    """``xl vcpu-list``: ``Name ID VCPU CPU State Time(s) Affinity (Hard / Soft)`` (``tools/xl/xl_vcpu.c``)."""
+    lines = [f"{'Name':<32} {'ID':>5} {'VCPU':>5} {'CPU':>5} {'State':>5} {'Time(s)':>9} Affinity (Hard / Soft)"]
+    for row in rows:
+        head = f"{row['name']:<32} {row['domid']:5d} {row['vcpu']:5d}"
+        if not row["online"]:
+            state = f"{'-':>5} {'-':>3}-p "
+        else:
+            state = f"{row['cpu']:5d} {'r' if row['running'] else '-':>3}{'b' if row['blocked'] else '-'}- "
+        affinity = f"{cpu_bitmap(row['hard'], nr_cpus)} / {cpu_bitmap(row['soft'], nr_cpus)}"
+        lines.append(f"{head}{state}{row['time']:9.1f}  {affinity}")
+    return "\n".join(lines)
+
+
+def format_sched_credit(pool: dict | None, rows: Iterable[dict]) -> str:
+    """``xl sched-credit``: the pool line (when given), then ``Name ID Weight Cap`` (``tools/xl/xl_sched.c``)."""
+    lines = []
+    if pool is not None:
+        lines.append(f"Cpupool {pool.get('name', 'Pool-0')}: tslice={pool['tslice_ms']}ms "
+                     f"ratelimit={pool['ratelimit_us']}us migration-delay={pool['migration_delay_us']}us")
+    lines.append(f"{'Name':<33} {'ID':>4} {'Weight':>6} {'Cap':>4}")
+    for row in rows:
+        lines.append(f"{row['name']:<33} {row['domid']:4d} {row['weight']:6d} {row['cap']:4d}")
     return "\n".join(lines)
