@@ -189,6 +189,12 @@ class BlockDevice:
         self.sectors = int(xs.read_str(f"{self.backend_path}/sectors") or 0)
         self.readonly = bool(int(xs.read_str(f"{self.backend_path}/info") or 0) & VDISK_READONLY)
         xs.write(f"{self.path}/state", str(int(XenbusState.Connected)))
+        # Follow the other end from now on (Linux's otherend watch): its Closing starts a detach.
+        xs.watch(f"{self.backend_path}/state", self._otherend_token, lambda path, token: self.front._notify())
+
+    @property
+    def _otherend_token(self) -> str:
+        return f"blkfront-otherend-{self.devid}"
 
     def close(self) -> None:
         """The back end is going away: fail what is in flight, go Closed, give the grants back."""
@@ -199,6 +205,10 @@ class BlockDevice:
                 inflight.future.set(error=BlockIOError(f"{self.vdev} was detached"))
             self._inflight.clear()
             self._cond.notify_all()
+        try:
+            xs.unwatch(f"{self.backend_path}/state", self._otherend_token)
+        except XsError:
+            pass
         xs.write(f"{self.path}/state", str(int(XenbusState.Closing)))
         xs.write(f"{self.path}/state", str(int(XenbusState.Closed)))
         self.front.wait_backend(self, {XenbusState.Closed}, timeout=HANDSHAKE_TIMEOUT_S)
