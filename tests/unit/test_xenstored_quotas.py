@@ -6,31 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from dom0.xenstored import Connection, Quotas, Xenstored
-from xenlike.xs_wire import XsdSockmsgType, join_strings
+from dom0.xenstored import Quotas, Xenstored
+from xenlike.xs_wire import XsdSockmsgType
+
+from .xenstored_support import err, fields, ok
 
 T = XsdSockmsgType
-
-
-def fields(*items: bytes | str) -> bytes:
-    return join_strings(items)
-
-
-def call(d: Xenstored, conn: Connection, msg_type: int, payload: bytes, tx: int = 0) -> tuple[int, bytes]:
-    out = d.handle(conn, msg_type, 3, tx, payload)
-    return out[0].msg_type, out[0].payload
-
-
-def ok(d: Xenstored, conn: Connection, msg_type: int, payload: bytes, tx: int = 0) -> bytes:
-    got, payload_out = call(d, conn, msg_type, payload, tx)
-    assert got == msg_type, payload_out
-    return payload_out
-
-
-def err(d: Xenstored, conn: Connection, msg_type: int, payload: bytes, tx: int = 0) -> str:
-    got, payload_out = call(d, conn, msg_type, payload, tx)
-    assert got == T.ERROR, payload_out
-    return payload_out[:-1].decode()
 
 
 def world(**quotas: int) -> SimpleNamespace:
