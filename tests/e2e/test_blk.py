@@ -145,3 +145,15 @@ def test_a_target_dom0_cannot_open_fails_the_create_and_leaves_nothing(host, tmp
     assert after["free_frames"] == before["free_frames"] and after["evtchn_ports"] == before["evtchn_ports"]
     bad_spec = host.xl("block-attach", "Domain-0", "vdev=floppy0, target=/x", check=False)
     assert bad_spec.returncode != 0
+
+
+def test_the_journal_survives_a_reboot_through_the_file_view(host, tmp_path):
+    """The default cluster's disk guest: unaligned writes through DiskFile, fsync, reboot."""
+    host.up(str(write_cluster(tmp_path, [{"name": "journal", "memory": 32, "workload": "journal",
+                                          "workload_args": ["--interval", "0.2"],
+                                          "disk": [f"vdev=xvda, size=4M, target={tmp_path / 'j.img'}"]}])))
+    wait_for(lambda: "heartbeat 2 of boot 1" in (tmp_path / "j.img").read_bytes().decode(errors="replace"),
+             what="heartbeats in the image")
+    host.xl("reboot", "journal")
+    wait_for(lambda: "from 1 earlier boot(s)" in host.log("journal"), timeout=20, what="the second boot to read the first")
+    wait_for(lambda: "boot 2 at" in (tmp_path / "j.img").read_bytes().decode(errors="replace"), what="boot 2's entry")
