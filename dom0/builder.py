@@ -155,7 +155,7 @@ class DomainBuilder:
             "uuid": built.uuid,
             "workload": config.get("workload", "idle"),
             "workload_args": list(config.get("workload_args", [])),
-            "extra": config.get("extra", ""),
+            "extra": config.get("cmdline") or config.get("extra", ""),  # xl: cmdline, else root= + extra
             "vcpus": config.get("vcpus", 1),
             "disks": [disk["vdev"] for disk in config.get("disk", [])],
         }
