@@ -9,27 +9,17 @@ import pytest
 from dom0.xenstored import Xenstored
 from xenlike.xs_wire import XsdSockmsgType
 
-from .xenstored_support import err, fields, ok
+from .xenstored_support import err, fields, introduce_both, ok, two_guests
 
 T = XsdSockmsgType
 
 
 @pytest.fixture
 def w() -> SimpleNamespace:
-    d = Xenstored()
-    dom0 = d.connect(0)
+    world = two_guests(name=lambda domid: b"guest")
     for domid in (1, 2):
-        home = f"/local/domain/{domid}"
-        ok(d, dom0, T.MKDIR, fields(home))
-        ok(d, dom0, T.SET_PERMS, fields(home, "n0", f"r{domid}"))
-        ok(d, dom0, T.WRITE, fields(f"{home}/name") + b"guest")
-        ok(d, dom0, T.MKDIR, fields(f"{home}/data"))
-        ok(d, dom0, T.SET_PERMS, fields(f"{home}/data", f"n{domid}"))
-        ok(d, dom0, T.WRITE, fields(f"{home}/data/secret") + b"s")
-    d1 = d.introduce_domain(1)
-    d2 = d.introduce_domain(2)
-    d.drain()
-    return SimpleNamespace(d=d, dom0=dom0, d1=d1, d2=d2)
+        ok(world.d, world.dom0, T.WRITE, fields(f"/local/domain/{domid}/data/secret") + b"s")
+    return introduce_both(world)
 
 
 def perms(d: Xenstored, path: str) -> list[str]:

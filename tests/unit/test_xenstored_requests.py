@@ -11,15 +11,12 @@ from xenlike.xs_wire import (
     XENSTORE_PAYLOAD_MAX,
     XENSTORE_SERVER_FEATURE_ERROR,
     XsdSockmsgType,
-    join_strings,
     split_strings,
 )
 
+from .xenstored_support import err, fields, introduce_both, ok, two_guests
+
 T = XsdSockmsgType
-
-
-def fields(*items: bytes | str) -> bytes:
-    return join_strings(items)
 
 
 def send(
@@ -29,34 +26,9 @@ def send(
     return out[0], out[1:]
 
 
-def ok(d: Xenstored, conn: Connection, msg_type: int, payload: bytes = b"", tx: int = 0) -> bytes:
-    reply, _ = send(d, conn, msg_type, payload, tx)
-    assert reply.msg_type == msg_type, reply.payload
-    return reply.payload
-
-
-def err(d: Xenstored, conn: Connection, msg_type: int, payload: bytes = b"", tx: int = 0) -> str:
-    reply, _ = send(d, conn, msg_type, payload, tx)
-    assert reply.msg_type == T.ERROR, reply.payload
-    assert reply.payload.endswith(b"\0")
-    return reply.payload[:-1].decode()
-
-
 @pytest.fixture
 def w() -> SimpleNamespace:
-    d = Xenstored()
-    dom0 = d.connect(0)
-    for domid in (1, 2):
-        home = f"/local/domain/{domid}"
-        ok(d, dom0, T.MKDIR, fields(home))
-        ok(d, dom0, T.SET_PERMS, fields(home, "n0", f"r{domid}"))
-        ok(d, dom0, T.WRITE, fields(f"{home}/name") + f"guest{domid}".encode())
-        ok(d, dom0, T.MKDIR, fields(f"{home}/data"))
-        ok(d, dom0, T.SET_PERMS, fields(f"{home}/data", f"n{domid}"))
-    d1 = d.introduce_domain(1)
-    d2 = d.introduce_domain(2)
-    d.drain()
-    return SimpleNamespace(d=d, dom0=dom0, d1=d1, d2=d2)
+    return introduce_both(two_guests())
 
 
 def test_initial_tree_matches_setup_structure() -> None:
