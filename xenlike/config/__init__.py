@@ -19,7 +19,14 @@ from .domain import (
     parse_cpus,
 )
 from .vif import VifSpec, parse_vif_spec
-from .xlcfg import ConfigError, Settings, apply_overrides, format_value, parse_override, parse_xlcfg
+from .xlcfg import (
+    ConfigError,
+    Settings,
+    apply_overrides,
+    format_value,
+    parse_override,
+    parse_xlcfg,
+)
 
 __all__ = [
     "Cluster",

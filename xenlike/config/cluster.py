@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .domain import INT_MAX, DomainConfig, domain_config_from_sources, read_xlcfg
-from .xlcfg import ConfigError, Settings, format_value
+from .xlcfg import ConfigError, Settings, format_value, read_config_text
 
 __all__ = ["Cluster", "default_cluster", "load_cluster", "parse_cluster"]
 
@@ -151,13 +151,7 @@ def parse_cluster(text: str, source: str = "<cluster>", base_dir: Path | str | N
 
 def load_cluster(path: Path | str) -> Cluster:
     """Read a cluster file (see the module docstring); paths in it are relative to its directory."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read cluster file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"cluster file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return parse_cluster(text, str(path), Path(path).parent)
+    return parse_cluster(read_config_text(path, "cluster file"), str(path), Path(path).parent)
 
 
 def default_cluster(base_dir: Path | str | None = None) -> Cluster:

@@ -30,7 +30,14 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .disk import DiskSpec, parse_disk_spec
 from .vif import VifSpec, parse_vif_spec
-from .xlcfg import ConfigError, Settings, apply_overrides, format_value, parse_xlcfg
+from .xlcfg import (
+    ConfigError,
+    Settings,
+    apply_overrides,
+    format_value,
+    parse_xlcfg,
+    read_config_text,
+)
 
 __all__ = [
     "ACTIONS",
@@ -500,13 +507,7 @@ def domain_config_from_sources(settings: Mapping[str, Any], source: str, where: 
 
 def read_xlcfg(path: Path | str) -> Settings:
     """Read and parse an xl.cfg file; ConfigError if it cannot be read or parsed."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return parse_xlcfg(text, str(path))
+    return parse_xlcfg(read_config_text(path, "config file"), str(path))
 
 
 def load_domain_config(path: Path | str, overrides: Iterable[str] = ()) -> DomainConfig:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 __all__ = [
@@ -394,3 +395,13 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"{text!r} is not one setting: write KEY=VALUE, e.g. memory=64")
     key = next(iter(result))
     return key, result[key]
+
+
+def read_config_text(path: "Path | str", what: str) -> str:
+    """A config file's text; ConfigError naming the file if it cannot be read as UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
