@@ -282,9 +282,6 @@ class EventChannelHost:
             "virq": entry.virq,
         }
 
-    def ports_of(self, domid: int) -> list[int]:
-        return sorted(self._table(domid).ports)
-
     def port_fds(self, domid: int) -> list[PortFds]:
         """Every open port of ``domid`` with its eventfd and, if bound, the peer's.
 

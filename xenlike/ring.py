@@ -175,7 +175,6 @@ class _RingEnd:
         self._mask = self.nr_ents - 1
         self._idx = shared[:SRING_HEADER_SIZE].cast("I")
         self._slots = shared[SRING_HEADER_SIZE : SRING_HEADER_SIZE + self.nr_ents * self.entry_size]
-        self.notifications_suppressed = 0
 
     def _slot_offset(self, index: int) -> int:
         return (index & self._mask) * self.entry_size
@@ -186,10 +185,7 @@ class _RingEnd:
         old = idx[prod]
         idx[prod] = new  # one aligned store; the slots were written before it
         mb()  # the store above must be visible before we read the peer's event
-        notify = ((new - idx[event]) & RING_IDX_MASK) < ((new - old) & RING_IDX_MASK)
-        if not notify and new != old:
-            self.notifications_suppressed += 1
-        return notify
+        return ((new - idx[event]) & RING_IDX_MASK) < ((new - old) & RING_IDX_MASK)
 
     def shared_indices(self) -> dict[str, int]:
         """The four header words as the peer sees them (for diagnostics)."""
