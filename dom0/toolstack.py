@@ -391,9 +391,11 @@ class Toolstack:
         data = args["data"] if isinstance(args["data"], bytes) else str(args["data"]).encode()
         return {"written": self.dom0.xenconsoled.send_input(built.domid, data)}
 
-    def _op_console_history(self, args: dict, identity: bytes, call_id: int) -> Any:
+    def _op_console_attach(self, args: dict, identity: bytes, call_id: int) -> Any:
+        if args.get("domain") is None:
+            return self.dom0.xenconsoled.attach(None)
         built = self._find(args["domain"])
-        return {"name": built.name, "domid": built.domid, "history": self.dom0.xenconsoled.history(built.domid)}
+        return {"name": built.name, "domid": built.domid, **self.dom0.xenconsoled.attach(built.domid)}
 
     def _op_xenstore_read(self, args: dict, identity: bytes, call_id: int) -> Any:
         return self.dom0.xs.read(args["path"])

@@ -3,8 +3,8 @@
 For each domU it reads the ``out`` half of the guest's ``xencons_interface`` page
 whenever the console event channel fires, appends the bytes to
 ``logs/<name>.log`` in the run directory, and publishes them on a zmq PUB socket
-(topic: the domain name) for ``xenlike console`` and ``xenlike up``. Keyboard
-input from an attached client goes into the ``in`` half.
+for ``xenlike console`` and ``xenlike up`` (the format: ``xenlike.console_stream``).
+Keyboard input from an attached client goes into the ``in`` half.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import zmq
 
+from xenlike import console_stream
 from xenlike.evtchn import EventLoop
 from xenlike.ring import ConsoleInterface, RingError
 
@@ -37,6 +38,7 @@ class ConsoleBackend:
     port: int
     logfile: BinaryIO
     history: bytearray
+    published: int = 0  # bytes published so far: the offset of the next message
     broken: bool = False
 
 
@@ -71,9 +73,21 @@ class Xenconsoled:
         if console is not None:
             console.name = name
 
-    def history(self, domid: int) -> bytes:
+    def attach(self, domid: int | None) -> dict:
+        """Publish a mark for a client that is attaching; return the console's recent output.
+
+        ``domid`` None marks the stream of every console (``xenlike up``). The reply's
+        ``history`` is the output that ends at byte ``end`` of the console, where
+        the live stream goes on (see ``xenlike.console_stream``).
+        """
+        if domid is None:
+            self.publisher.send_multipart(console_stream.encode(console_stream.ALL_CONSOLES, 0, 0), zmq.NOBLOCK)
+            return {}
         console = self._consoles.get(domid)
-        return bytes(console.history) if console else b""
+        if console is None:
+            return {"history": b"", "end": 0}
+        self.publisher.send_multipart(console_stream.encode(console.name, domid, console.published), zmq.NOBLOCK)
+        return {"history": bytes(console.history), "end": console.published}
 
     def send_input(self, domid: int, data: bytes) -> int:
         """Keyboard bytes for the guest; returns how many fitted in its ring."""
@@ -101,4 +115,6 @@ class Xenconsoled:
         console.logfile.write(data)
         console.history += data
         del console.history[:-HISTORY_BYTES]
-        self.publisher.send_multipart([console.name.encode(), data], zmq.NOBLOCK)
+        frames = console_stream.encode(console.name, console.domid, console.published, data)
+        console.published += len(data)
+        self.publisher.send_multipart(frames, zmq.NOBLOCK)

@@ -92,8 +92,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     pcpus = args.pcpus or host.get("pcpus") or os.cpu_count()
     sched = _check_scheduler(args.sched or host.get("sched") or "credit")
     hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched)
-    console = None if args.detach else _subscribe_consoles(run_dir)
     with ToolstackClient(run_dir) as client:
+        console = None if args.detach else _attach_consoles(run_dir, client, None)[0]
         for domain in cluster.domains:
             config = domain.to_dict()
             try:
@@ -141,19 +141,22 @@ def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str = "cr
     raise CliError(f"the host did not come up within 20s; see {run_dir.path / 'logs'}")
 
 
-def _subscribe_consoles(run_dir: RunDir, name: str | None = None):
-    import zmq
+def _attach_consoles(run_dir: RunDir, client: ToolstackClient, domain: str | None):
+    """A live console subscription (one domain's, or every one's) and the toolstack's reply."""
+    from .console_stream import ConsoleSubscriber
 
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, name.encode() if name else b"")
-    sub.connect(run_dir.endpoint("console"))
-    return sub
+    name = None if domain is None else client.call("console_attach", domain=domain)["name"]
+    sub = ConsoleSubscriber(run_dir, name)
+    try:
+        return sub, sub.attach(lambda: client.call("console_attach", domain=name))
+    except BaseException:
+        sub.close()
+        raise
 
 
 def _stream_consoles(run_dir: RunDir, sub, hypervisor_pid: int) -> int:
     """Print every console line prefixed with its domain, until Ctrl-C or the host stops."""
-    partial: dict[bytes, bytes] = {}
+    partial: dict[str, bytes] = {}
     width = 12
     stopping = False
 
@@ -165,17 +168,14 @@ def _stream_consoles(run_dir: RunDir, sub, hypervisor_pid: int) -> int:
     signal.signal(signal.SIGTERM, on_interrupt)
     print("xenlike: streaming consoles; Ctrl-C shuts the host down", flush=True)
     while not stopping and psutil.pid_exists(hypervisor_pid) and RunDir(run_dir.path).running_pid() is not None:
-        if not sub.poll(200):
-            continue
-        name, data = sub.recv_multipart()
-        text = partial.pop(name, b"") + data
-        *lines, rest = text.split(b"\n")
-        if rest:
-            partial[name] = rest
-        label = name.decode(errors="replace")
-        width = max(width, len(label))
-        for line in lines:
-            print(f"{label:<{width}} | {line.decode(errors='replace')}", flush=True)
+        for message in sub.receive(200):
+            text = partial.pop(message.name, b"") + message.data
+            *lines, rest = text.split(b"\n")
+            if rest:
+                partial[message.name] = rest
+            width = max(width, len(message.name))
+            for line in lines:
+                print(f"{message.name:<{width}} | {line.decode(errors='replace')}", flush=True)
     sub.close()
     if stopping and RunDir(run_dir.path).running_pid() is not None:
         print("xenlike: shutting the host down", flush=True)
@@ -293,13 +293,18 @@ def cmd_console(args: argparse.Namespace) -> int:
     """Attach to a domain's console: output streams, keys go to the guest, Ctrl-] detaches."""
     run_dir = RunDir(args.run_dir)
     with _client(args) as client:
-        history = client.call("console_history", domain=args.domain)
-        name = history["name"]
-        sub = _subscribe_consoles(run_dir, name)
-        out = sys.stdout.buffer
-        out.write(history["history"])
-        out.flush()
+        sub, attached = _attach_consoles(run_dir, client, args.domain)
+        name = attached["name"]
         tty = sys.stdin.isatty()
+        out = sys.stdout.buffer
+
+        def show(data: bytes) -> None:
+            out.write(data.replace(b"\n", b"\r\n") if tty else data)
+            out.flush()
+
+        show(attached["history"])
+        for message in sub.receive(0):
+            show(message.data)
         saved = _raw_terminal() if tty else None
         stdin_fd = sys.stdin.fileno()
         stdin_open = True
@@ -307,15 +312,13 @@ def cmd_console(args: argparse.Namespace) -> int:
             import zmq
 
             poller = zmq.Poller()
-            poller.register(sub, zmq.POLLIN)
+            poller.register(sub.sock, zmq.POLLIN)
             poller.register(stdin_fd, zmq.POLLIN)
             while True:
                 ready = dict(poller.poll(500))
-                if sub in ready:
-                    topic, data = sub.recv_multipart()
-                    if topic == name.encode():
-                        out.write(data.replace(b"\n", b"\r\n") if tty else data)
-                        out.flush()
+                if sub.sock in ready:
+                    for message in sub.receive(0):
+                        show(message.data)
                 if stdin_open and stdin_fd in ready:
                     keys = os.read(stdin_fd, 1024)
                     if not keys:

@@ -50,6 +50,29 @@ def test_console_attach_streams_output_and_sends_input(host, tmp_path):
     assert "echo: hello xen" in host.log("e")
 
 
+def test_console_attached_mid_stream_loses_and_repeats_nothing(host, tmp_path):
+    """A client attaching while the guest prints sees history and live output as one stream."""
+    host.up(str(write_cluster(tmp_path, [{"name": "t", "workload": "ticker", "workload_args": ["--interval", "0.005"]}])))
+    wait_for(lambda: "tick 20" in host.log("t"), what="the ticker running")
+    client = subprocess.Popen(
+        [sys.executable, "-m", "xenlike", "--run-dir", str(host.path), "console", "t"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        first = int(host.xs_read(f"/local/domain/{host.domains()['t']['domid']}/data/ticks"))
+        seen = read_until(client, f"tick {first + 100}\n".encode())
+        client.stdin.write(b"\x1d")
+        client.stdin.flush()
+        assert client.wait(10) == 0
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    ticks = [int(line.split()[1]) for line in seen.decode().splitlines()[1:] if line.startswith("tick ")]
+    assert ticks == list(range(ticks[0], ticks[-1] + 1)), "a line was lost or repeated"
+    assert seen.decode().splitlines()[-1] in host.log("t")
+
+
 def test_console_line_discipline_echoes_and_erases(host, tmp_path):
     host.up(str(write_cluster(tmp_path, [{"name": "e", "workload": "echo"}])))
     wait_for(lambda: "type a line" in host.log("e"), what="the echo prompt")

@@ -163,6 +163,8 @@ def test_up_in_the_foreground_streams_consoles_and_ctrl_c_stops_everything(host,
         while not any(line.startswith("t ") and "| tick 2" in line for line in seen):
             assert time.monotonic() < deadline, f"no prefixed console lines: {seen[-5:]}"
             seen.append(up.stdout.readline())
+        ticks = [line.split("|")[1].strip() for line in seen if line.startswith("t ") and "| tick" in line]
+        assert ticks == ["tick 1", "tick 2"], "the stream must begin with the guest's first line"
         pids = [p.pid for p in host.processes()]
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
