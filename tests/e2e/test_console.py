@@ -7,6 +7,8 @@ import select
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from .conftest import wait_for
 from .test_lifecycle import write_cluster
@@ -26,18 +28,15 @@ def read_until(proc: subprocess.Popen, needle: bytes, timeout: float = 10.0) -> 
     return seen
 
 
-def test_console_attach_streams_output_and_sends_input(host, tmp_path):
-    host.up(str(write_cluster(tmp_path, [{"name": "e", "workload": "echo"}])))
-    wait_for(lambda: "type a line" in host.log("e"), what="the echo prompt in the log")
+@contextmanager
+def console_client(host, name: str) -> Iterator[subprocess.Popen]:
+    """``xenlike console NAME`` as a user runs it; detached with Ctrl-] at the end of the block."""
     client = subprocess.Popen(
-        [sys.executable, "-m", "xenlike", "--run-dir", str(host.path), "console", "e"],
+        [sys.executable, "-m", "xenlike", "--run-dir", str(host.path), "console", name],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        read_until(client, b"type a line")  # the history a late client gets
-        client.stdin.write(b"hello xen\n")
-        client.stdin.flush()
-        read_until(client, b"echo: hello xen")  # the guest read it and answered, live
+        yield client
         client.stdin.write(b"\x1d")  # Ctrl-] detaches
         client.stdin.flush()
         assert client.wait(10) == 0
@@ -45,6 +44,16 @@ def test_console_attach_streams_output_and_sends_input(host, tmp_path):
         if client.poll() is None:
             client.kill()
             client.wait()
+
+
+def test_console_attach_streams_output_and_sends_input(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [{"name": "e", "workload": "echo"}])))
+    wait_for(lambda: "type a line" in host.log("e"), what="the echo prompt in the log")
+    with console_client(host, "e") as client:
+        read_until(client, b"type a line")  # the history a late client gets
+        client.stdin.write(b"hello xen\n")
+        client.stdin.flush()
+        read_until(client, b"echo: hello xen")  # the guest read it and answered, live
     domid = host.domains()["e"]["domid"]
     assert host.xs_read(f"/local/domain/{domid}/data/last-line") == "hello xen"
     assert "echo: hello xen" in host.log("e")
@@ -54,20 +63,9 @@ def test_console_attached_mid_stream_loses_and_repeats_nothing(host, tmp_path):
     """A client attaching while the guest prints sees history and live output as one stream."""
     host.up(str(write_cluster(tmp_path, [{"name": "t", "workload": "ticker", "workload_args": ["--interval", "0.005"]}])))
     wait_for(lambda: "tick 20" in host.log("t"), what="the ticker running")
-    client = subprocess.Popen(
-        [sys.executable, "-m", "xenlike", "--run-dir", str(host.path), "console", "t"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
+    with console_client(host, "t") as client:
         first = int(host.xs_read(f"/local/domain/{host.domains()['t']['domid']}/data/ticks"))
         seen = read_until(client, f"tick {first + 100}\n".encode())
-        client.stdin.write(b"\x1d")
-        client.stdin.flush()
-        assert client.wait(10) == 0
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait()
     ticks = [int(line.split()[1]) for line in seen.decode().splitlines()[1:] if line.startswith("tick ")]
     assert ticks == list(range(ticks[0], ticks[-1] + 1)), "a line was lost or repeated"
     assert seen.decode().splitlines()[-1] in host.log("t")
