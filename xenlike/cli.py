@@ -552,6 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ToolstackError) as exc:
         print(f"xenlike {args.verb}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (``xenlike xenstore-ls | head``): stop quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         from .config import ConfigError
 

@@ -176,3 +176,13 @@ def test_up_in_the_foreground_streams_consoles_and_ctrl_c_stops_everything(host,
     left = [open(f"/proc/{pid}/stat").read().split()[:3] for pid in pids if os.path.exists(f"/proc/{pid}")]
     assert all(state == "Z" for _, _, state in left), left
     assert not (host.path / "toolstack.sock").exists()
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(host, tmp_path):
+    """``xenlike xenstore-ls | head -1``: the pipe is gone before xenlike writes; it stops quietly."""
+    host.up(str(write_cluster(tmp_path, [{"name": "t", "workload": "idle"}])))
+    ls = subprocess.Popen([sys.executable, "-m", "xenlike", "--run-dir", str(host.path), "xenstore-ls", "/"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ls.stdout.close()  # the only reader: every write xenlike makes now fails with EPIPE
+    assert ls.wait(10) == 141
+    assert ls.stderr.read() == b""
