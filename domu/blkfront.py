@@ -15,7 +15,9 @@ the back end; the data path runs on the kernel's event loop.
 returning futures (up to a ring's worth of requests in flight), and
 ``open()`` for a standard ``io.RawIOBase`` file. I/O goes through a pool of pages
 granted to the back end once and reused (persistent grants); requests of more
-than 11 pages use indirect descriptors.
+than 11 pages use indirect descriptors. The pool hands out runs of contiguous
+pages, so a request's data is one slice copy and the back end moves it with one
+I/O vector.
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from xenlike.blkif import (
-    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
     BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE,
@@ -39,8 +40,9 @@ from xenlike.blkif import (
     BLKIF_PROTOCOL,
     BLKIF_RSP_EOPNOTSUPP,
     BLKIF_RSP_OKAY,
-    RESPONSE,
     SECTOR_SIZE,
+    SECTORS_PER_PAGE,
+    SEGMENT_SIZE,
     SEGS_PER_INDIRECT_FRAME,
     VDISK_READONLY,
     XEN_IO_PROTO_ABI_NATIVE,
@@ -48,11 +50,11 @@ from xenlike.blkif import (
     pack_discard,
     pack_flush,
     pack_indirect,
-    pack_rw,
+    pack_rw_packed,
     pack_segments,
 )
 from xenlike.grant_table import GrantError
-from xenlike.memory import PAGE_SIZE
+from xenlike.memory import PAGE_SIZE, OutOfFrames, PageAllocator
 from xenlike.ring import FrontRing
 from xenlike.xenbus import XenbusState, frontend_path
 from xenlike.xs_wire import XsdSockmsgType as XS
@@ -68,8 +70,10 @@ log = logging.getLogger("domu.blkfront")
 MAX_RING_PAGE_ORDER = 4
 MAX_SEGMENTS = 256  # per request, with indirect descriptors
 HANDSHAKE_TIMEOUT_S = 10.0
-# The pool of persistent pages: at most this many, and at most a quarter of the guest's free memory.
-MAX_POOL_PAGES = 2048
+# The pool of persistent pages: at most this many (eight of the largest requests with
+# their indirect page), and at most a quarter of the guest's free memory.
+MAX_POOL_PAGES = 8 * (MAX_SEGMENTS + 1)
+MIN_POOL_PAGES = 64
 
 
 class BlockIOError(IOError):
@@ -77,37 +81,156 @@ class BlockIOError(IOError):
 
 
 class BlkFuture:
-    """The outcome of one submitted request."""
+    """The outcome of one submitted request.
 
-    def __init__(self) -> None:
-        self._done = threading.Event()
+    A latch (one lock, held until the outcome is set) rather than a
+    ``threading.Event``: a request costs one lock, not a condition and two locks.
+    A READ's data is produced by ``collect`` in the first thread that asks for it
+    (see :meth:`BlockDevice._collect`), not on the event loop. A waiter first runs
+    ``poll`` (if given), which may complete the request without waiting for the
+    event loop to be woken.
+    """
+
+    __slots__ = ("_latch", "_result", "_error", "_collect", "_poll")
+
+    def __init__(self, poll: Callable[[], None] | None = None) -> None:
+        self._latch = threading.Lock()
+        self._latch.acquire()
         self._result: Any = None
         self._error: BaseException | None = None
+        self._collect: Callable[[], Any] | None = None
+        self._poll = poll
 
-    def set(self, result: Any = None, error: BaseException | None = None) -> None:
-        self._result, self._error = result, error
-        self._done.set()
+    def set(self, result: Any = None, error: BaseException | None = None,
+            collect: Callable[[], Any] | None = None) -> None:
+        """Complete the request (once; later calls are ignored) and wake every waiter.
+
+        ``collect``, if given, returns the result when it is first asked for.
+        """
+        if not self._latch.locked():
+            return
+        self._result, self._error, self._collect = result, error, collect
+        self._latch.release()
 
     def done(self) -> bool:
-        return self._done.is_set()
+        return not self._latch.locked()
 
     def result(self, timeout: float | None = 60.0) -> Any:
-        if not self._done.wait(timeout):
-            raise TimeoutError("the block request did not complete in time")
+        if self._latch.locked() and self._poll is not None:
+            self._poll()
+        if self._latch.locked():
+            if not self._latch.acquire(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError("the block request did not complete in time")
+            self._latch.release()  # let other waiters through
         if self._error is not None:
             raise self._error
+        if self._collect is not None:
+            self._result = self._collect()
+            self._collect = None
         return self._result
 
 
-@dataclass
+def pages_per_request(nr_segments: int) -> int:
+    """Pool pages a request of ``nr_segments`` data pages takes: the data, then its indirect pages."""
+    if nr_segments <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
+        return nr_segments
+    return nr_segments + -(-nr_segments // SEGS_PER_INDIRECT_FRAME)
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Contiguous guest pages, each granted to the back end once (persistent grants)."""
+
+    first_pfn: int
+    grefs: list[int]
+    segments: bytes  # one whole-page segment per page, laid out as an indirect page holds them
+    free: PageAllocator  # which of its pages no request holds
+
+
+@dataclass(slots=True)
+class _Run:
+    """Pages ``pfn``.. of a chunk, held by one request."""
+
+    chunk: _Chunk
+    pfn: int
+    count: int
+
+    @property
+    def index(self) -> int:
+        return self.pfn - self.chunk.first_pfn
+
+    def grefs(self, start: int, count: int) -> list[int]:
+        return self.chunk.grefs[self.index + start : self.index + start + count]
+
+    def segments(self, count: int, last_sect: int) -> bytes:
+        """Segments for the first ``count`` pages, the last one ending at ``last_sect``."""
+        packed = self.chunk.segments[self.index * SEGMENT_SIZE : (self.index + count) * SEGMENT_SIZE]
+        if last_sect == SECTORS_PER_PAGE - 1:
+            return packed
+        patched = bytearray(packed)
+        patched[(count - 1) * SEGMENT_SIZE + 5] = last_sect  # blkif_request_segment.last_sect
+        return bytes(patched)
+
+
+class _GrantPool:
+    """The pages a device does I/O through (xen-blkfront's persistent grants).
+
+    Pages are granted to the back end once, in chunks of ``chunk_pages`` contiguous
+    frames, and reused for ever; the back end keeps them mapped. A request takes one
+    contiguous run, so its data moves with one slice copy here and one I/O vector in
+    the back end. The pool grows a chunk at a time up to ``max_chunks``.
+    """
+
+    def __init__(self, device: "BlockDevice", chunk_pages: int, max_chunks: int) -> None:
+        self.device = device
+        self.chunk_pages = chunk_pages
+        self.max_chunks = max_chunks
+        self._chunks: list[_Chunk] = []
+
+    def take(self, count: int) -> _Run | None:
+        """A run of ``count`` free pages, or None until a request gives some back."""
+        if count > self.chunk_pages:
+            raise BlockIOError(f"{self.device.vdev}: a request of {count} pages exceeds the pool's {self.chunk_pages}")
+        for chunk in self._chunks:
+            if chunk.free.free_frames >= count:
+                try:
+                    return _Run(chunk, chunk.free.alloc(count), count)
+                except OutOfFrames:
+                    continue  # free, but not in one run
+        if len(self._chunks) < self.max_chunks:
+            chunk = self._grant_chunk()
+            return _Run(chunk, chunk.free.alloc(count), count)
+        return None
+
+    def give(self, run: _Run) -> None:
+        run.chunk.free.free(run.pfn)
+
+    def _grant_chunk(self) -> _Chunk:
+        kernel = self.device.kernel
+        first = kernel.pages.alloc(self.chunk_pages)
+        grefs = [kernel.grant_table.grant_access(self.device.backend_id, first + i) for i in range(self.chunk_pages)]
+        whole_pages = pack_segments([Segment(gref, 0, SECTORS_PER_PAGE - 1) for gref in grefs])
+        chunk = _Chunk(first, grefs, whole_pages, PageAllocator(first, first + self.chunk_pages))
+        self._chunks.append(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """End access to every page and give the frames back (the back end has unmapped them)."""
+        for chunk in self._chunks:
+            for gref in chunk.grefs:
+                self.device._end_access(gref)
+            self.device.kernel.pages.free(chunk.first_pfn)
+        self._chunks.clear()
+
+
+@dataclass(slots=True)
 class _Inflight:
     op: int
     sector: int
     nbytes: int
-    pages: list[tuple[int, int]]  # (pfn, gref) of data pages, then indirect pages
-    data_pages: int
+    run: _Run | None  # the pool pages of a READ or WRITE, until they are given back
     future: BlkFuture
-    parts: list[bytearray] | None = None
+    data: bytes | None = None  # a READ's data, once copied out of the pool
 
 
 class BlockDevice:
@@ -129,11 +252,10 @@ class BlockDevice:
         self.ring: FrontRing | None = None
         self._ring_pages: list[tuple[int, int]] = []
         self._ring_first = 0
-        self._cond = threading.Condition()
-        self._free: list[tuple[int, int]] = []
-        self._pool_size = 0
-        self._pool_limit = MAX_POOL_PAGES
+        self._cond = threading.Condition(threading.Lock())
+        self._pool: _GrantPool | None = None
         self._inflight: dict[int, _Inflight] = {}
+        self._uncollected: dict[int, _Inflight] = {}  # completed READs whose data is still in the pool
         self._ids = itertools.count(1)
         self.closing = False
 
@@ -170,7 +292,7 @@ class BlockDevice:
         result, fds = self.kernel.hypercall.call("evtchn_alloc_unbound", remote_dom=self.backend_id)
         self.port = result["port"]
         self.kernel.loop.bind(self.port, fds[0], handler=self._on_event)
-        self._pool_limit = max(64, min(MAX_POOL_PAGES, pages.free_frames // 4))
+        self._pool = self._make_pool(max(MIN_POOL_PAGES, min(MAX_POOL_PAGES, pages.free_frames // 4)))
 
         def publish(t) -> None:
             if order == 0:
@@ -192,6 +314,13 @@ class BlockDevice:
         # Follow the other end from now on (Linux's otherend watch): its Closing starts a detach.
         xs.watch(f"{self.backend_path}/state", self._otherend_token, lambda path, token: self.front._notify())
 
+    def _make_pool(self, limit: int) -> _GrantPool:
+        """A pool of at most ``limit`` pages, in chunks that each hold the largest request."""
+        if pages_per_request(self.max_segments) > limit:
+            self.max_segments = limit - 1  # and its one indirect page
+        chunk_pages = pages_per_request(self.max_segments)
+        return _GrantPool(self, chunk_pages, limit // chunk_pages)
+
     @property
     def _otherend_token(self) -> str:
         return f"blkfront-otherend-{self.devid}"
@@ -201,6 +330,7 @@ class BlockDevice:
         xs = self.kernel.xenbus
         with self._cond:
             self.closing = True
+            self._collect_all()
             for inflight in self._inflight.values():
                 inflight.future.set(error=BlockIOError(f"{self.vdev} was detached"))
             self._inflight.clear()
@@ -223,10 +353,8 @@ class BlockDevice:
         for pfn, gref in self._ring_pages:
             self._end_access(gref)
         self.kernel.pages.free(self._ring_first)
-        for pfn, gref in self._free:
-            self._end_access(gref)
-            self.kernel.pages.free(pfn)
-        self._free.clear()
+        if self._pool is not None:
+            self._pool.close()
 
     def _end_access(self, gref: int) -> None:
         try:
@@ -248,11 +376,10 @@ class BlockDevice:
 
     def submit_flush(self) -> BlkFuture:
         """Everything acknowledged before is durable once this completes."""
-        return self._submit(BLKIF_OP_FLUSH_DISKCACHE, 0, 0, [], 0, lambda req_id, pages: pack_flush(req_id))
+        return self._submit(BLKIF_OP_FLUSH_DISKCACHE, 0, 0, 0, lambda req_id, run: pack_flush(req_id))
 
     def submit_discard(self, sector: int, nr_sectors: int) -> BlkFuture:
-        return self._submit(BLKIF_OP_DISCARD, sector, 0, [], 0,
-                            lambda req_id, pages: pack_discard(req_id, sector, nr_sectors))
+        return self._submit(BLKIF_OP_DISCARD, sector, 0, 0, lambda req_id, run: pack_discard(req_id, sector, nr_sectors))
 
     def read(self, sector: int, nbytes: int) -> bytes:
         return self.submit_read(sector, nbytes).result()
@@ -294,92 +421,128 @@ class BlockDevice:
 
     def _submit_one(self, op: int, sector: int, nbytes: int, data: memoryview | None) -> BlkFuture:
         nr_data = -(-nbytes // PAGE_SIZE)
-        nr_indirect = 0 if nr_data <= BLKIF_MAX_SEGMENTS_PER_REQUEST else -(-nr_data // SEGS_PER_INDIRECT_FRAME)
+        last_sect = (nbytes - (nr_data - 1) * PAGE_SIZE) // SECTOR_SIZE - 1
         view = self.kernel.memory.view  # frames by offset: pfns come from our own allocator
 
-        def fill(req_id: int, pages: list[tuple[int, int]]) -> bytes:
-            segments = []
-            for i, (pfn, gref) in enumerate(pages[:nr_data]):
-                length = min(PAGE_SIZE, nbytes - i * PAGE_SIZE)
-                if data is not None:
-                    view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + length] = data[i * PAGE_SIZE : i * PAGE_SIZE + length]
-                segments.append(Segment(gref, 0, length // SECTOR_SIZE - 1))
-            if not nr_indirect:
-                return pack_rw(op, req_id, sector, segments)
-            packed = pack_segments(segments)
-            indirect = pages[nr_data:]
-            for i, (pfn, _) in enumerate(indirect):
-                part = packed[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]
-                view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + len(part)] = part
-            return pack_indirect(op, req_id, sector, nr_data, [gref for _, gref in indirect])
+        def fill(req_id: int, run: _Run) -> bytes:
+            base = run.pfn * PAGE_SIZE
+            if data is not None:
+                view[base : base + nbytes] = data
+            segments = run.segments(nr_data, last_sect)
+            if nr_data <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
+                return pack_rw_packed(op, req_id, sector, nr_data, segments)
+            # The segment list goes into the indirect pages that follow the data pages.
+            indirect = base + nr_data * PAGE_SIZE
+            view[indirect : indirect + len(segments)] = segments
+            nr_indirect = run.count - nr_data
+            return pack_indirect(op, req_id, sector, nr_data, run.grefs(nr_data, nr_indirect))
 
-        return self._submit(op, sector, nbytes, [], nr_data + nr_indirect, fill, nr_data)
+        return self._submit(op, sector, nbytes, pages_per_request(nr_data), fill)
 
-    def _submit(self, op: int, sector: int, nbytes: int, _unused: list, nr_pages: int, build, data_pages: int = 0) -> BlkFuture:
-        future = BlkFuture()
-        if nr_pages > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * SEGS_PER_INDIRECT_FRAME:
-            raise ValueError(f"{self.vdev}: request too large")
+    def _submit(self, op: int, sector: int, nbytes: int, nr_pages: int, build: Callable[[int, _Run | None], bytes]) -> BlkFuture:
+        """Put one request on the ring once a slot (and ``nr_pages`` pool pages) are free.
+
+        ``build(req_id, run)`` fills the run's pages and returns the slot.
+        """
+        future = BlkFuture(self._poll_responses)
         with self._cond:
-            while not self.closing and (self.ring is None or self.ring.full() or not self._reserve(nr_pages)):
+            run = None
+            while not self.closing:
+                if self.ring is not None and not self.ring.full():
+                    run = self._pool.take(nr_pages) if nr_pages else None  # type: ignore[union-attr]
+                    if run is not None or not nr_pages:
+                        break
+                    if self._uncollected:
+                        self._collect_all()  # the pool is held by reads nobody has asked for yet
+                        continue
                 self._cond.wait(1.0)
             if self.closing:
                 raise BlockIOError(f"{self.vdev} is detached")
-            pages = [self._free.pop() for _ in range(nr_pages)]
             req_id = next(self._ids)
-            slot = build(req_id, pages)
-            self._inflight[req_id] = _Inflight(op, sector, nbytes, pages, data_pages, future)
+            slot = build(req_id, run)
+            self._inflight[req_id] = _Inflight(op, sector, nbytes, run, future)
             self.ring.put_requests(slot)  # type: ignore[union-attr]
             if self.ring.push_requests():  # type: ignore[union-attr]
                 self.kernel.loop.notify(self.port)  # type: ignore[arg-type]
         return future
 
-    def _reserve(self, count: int) -> bool:
-        """Make sure ``count`` pool pages are free, granting new ones while the pool may grow."""
-        while len(self._free) < count and self._pool_size < self._pool_limit:
-            pfn = self.kernel.pages.alloc(1)
-            self._free.append((pfn, self.kernel.grant_table.grant_access(self.backend_id, pfn)))
-            self._pool_size += 1
-        if count > self._pool_limit:
-            raise BlockIOError(f"{self.vdev}: a request of {count} pages exceeds the pool of {self._pool_limit}")
-        return len(self._free) >= count
-
     # -- completion (the event loop) -------------------------------------------------
 
     def _on_event(self, port: int) -> None:
-        ring = self.ring
-        if ring is None:
+        if self.ring is None:
             return
         with self._cond:
-            while True:
-                data, count = ring.get_responses()
-                for req_id, op, status in (RESPONSE.unpack_from(data, i * 112) for i in range(count)):
-                    self._complete(req_id, op, status)
-                if not count and not ring.final_check_for_responses():
-                    break
+            self._take_responses()
+            while self.ring.final_check_for_responses():  # re-armed: the next response notifies
+                self._take_responses()
             self._cond.notify_all()
+
+    def _poll_responses(self) -> None:
+        """Complete what the back end has answered, from a waiting thread.
+
+        ``rsp_event`` is not re-armed: while a thread keeps polling, the back end
+        need not notify; before a waiter sleeps, the event loop's handler re-arms.
+        """
+        if self.ring is None:
+            return
+        with self._cond:
+            if self._take_responses():
+                self._cond.notify_all()
+            elif not self.ring.final_check_for_responses():
+                return  # re-armed: the event loop will be woken
+            else:
+                self._take_responses()
+                self._cond.notify_all()
+
+    def _take_responses(self) -> int:
+        data, count = self.ring.get_responses()  # type: ignore[union-attr]
+        for req_id, op, status in BLKIF_PROTOCOL.unpack_responses(data):
+            self._complete(req_id, op, status)
+        return count
 
     def _complete(self, req_id: int, op: int, status: int) -> None:
         inflight = self._inflight.pop(req_id, None)
         if inflight is None:
             log.warning("d%d %s: response to unknown request %d", self.kernel.domid, self.vdev, req_id)
             return
-        result: bytes | None = None
         if status == BLKIF_RSP_OKAY and inflight.op == BLKIF_OP_READ:
-            view = self.kernel.memory.view
-            out = bytearray(inflight.nbytes)
-            for i, (pfn, _) in enumerate(inflight.pages[: inflight.data_pages]):
-                length = min(PAGE_SIZE, inflight.nbytes - i * PAGE_SIZE)
-                out[i * PAGE_SIZE : i * PAGE_SIZE + length] = view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + length]
-            result = bytes(out)
-        self._free.extend(inflight.pages)
+            # The data is copied out by the thread that asks for it: the event loop stays
+            # short, and the buffer is allocated (and later freed) by its user's thread.
+            self._uncollected[req_id] = inflight
+            inflight.future.set(collect=lambda: self._collect(req_id, inflight))
+            return
+        if inflight.run is not None:
+            self._pool.give(inflight.run)  # type: ignore[union-attr]
         if status == BLKIF_RSP_OKAY:
-            inflight.future.set(result)
+            inflight.future.set()
         else:
             what = {BLKIF_OP_READ: "read", BLKIF_OP_WRITE: "write", BLKIF_OP_FLUSH_DISKCACHE: "flush",
                     BLKIF_OP_DISCARD: "discard"}.get(inflight.op, f"op {inflight.op}")
             reason = "not supported" if status == BLKIF_RSP_EOPNOTSUPP else "BLKIF_RSP_ERROR"
             inflight.future.set(error=BlockIOError(
                 f"{self.vdev}: {what} at sector {inflight.sector} failed: {reason}"))
+
+    def _collect(self, req_id: int, inflight: _Inflight) -> bytes:
+        """A completed READ's data: copied out of its pool pages, which go back to the pool."""
+        with self._cond:
+            if self._uncollected.pop(req_id, None) is not None:
+                self._copy_out(inflight)
+                self._cond.notify_all()
+        return inflight.data  # type: ignore[return-value]
+
+    def _collect_all(self) -> None:
+        """Copy out every completed READ nobody has asked for yet (``_cond`` held)."""
+        for inflight in self._uncollected.values():
+            self._copy_out(inflight)
+        self._uncollected.clear()
+
+    def _copy_out(self, inflight: _Inflight) -> None:
+        run = inflight.run
+        assert run is not None
+        base = run.pfn * PAGE_SIZE
+        inflight.data = bytes(self.kernel.memory.view[base : base + inflight.nbytes])
+        inflight.run = None
+        self._pool.give(run)  # type: ignore[union-attr]
 
 
 class DiskFile(io.RawIOBase):

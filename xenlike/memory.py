@@ -11,6 +11,9 @@ a frame, a ring reference is a grant, the start info names frames.
   contiguous, optionally read-only region: what ``xenforeignmemory_map`` or a
   grant map gives a back-end in Xen. It is how dom0 reaches a front-end's ring pages
   and I/O buffers.
+* :class:`ForeignArena` is a reserved range of page slots into which single foreign
+  frames are mapped and unmapped one at a time (a back end's persistent grants), so
+  that frames in adjacent slots form one buffer and one I/O vector.
 * :class:`PageAllocator` hands out the guest's free frames to its kernel and drivers
   (rings, buffers); it is the guest's business, the hypervisor never sees it.
 """
@@ -27,6 +30,7 @@ __all__ = [
     "PAGE_SHIFT",
     "GuestMemory",
     "ForeignMapping",
+    "ForeignArena",
     "PageAllocator",
     "OutOfFrames",
 ]
@@ -197,6 +201,56 @@ class ForeignMapping:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ForeignArena:
+    """A fixed range of ``nr_slots`` page slots, each empty or holding one foreign frame.
+
+    What a back end's pool of persistent grant mappings needs: frames come and go
+    one by one (a grant mapped, a grant unmapped), yet frames placed in adjacent
+    slots are adjacent in this process, so one slice of :attr:`view` spans them and
+    one ``iovec`` moves them. An empty slot is ``PROT_NONE``: touching it faults,
+    and a frame unmapped from a slot is out of reach at once. A read-only slot is
+    ``PROT_READ``, whatever :attr:`view` (writable, over the whole range) allows.
+    """
+
+    def __init__(self, fd: int, nr_slots: int) -> None:
+        if nr_slots <= 0:
+            raise ValueError(f"an arena needs at least one slot, not {nr_slots}")
+        self.fd = fd
+        self.nr_slots = nr_slots
+        self.size = nr_slots * PAGE_SIZE
+        self._addr = _checked_mmap(None, self.size, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        self.view = memoryview((ctypes.c_char * self.size).from_address(self._addr)).cast("B")
+
+    @property
+    def address(self) -> int:
+        """Virtual address of slot 0 in this process."""
+        return self._addr
+
+    def map(self, slot: int, pfn: int, *, writable: bool) -> None:
+        """Place frame ``pfn`` of the arena's memfd in ``slot`` (replacing what was there)."""
+        self._check_slot(slot)
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        _checked_mmap(self._addr + slot * PAGE_SIZE, PAGE_SIZE, prot, mmap.MAP_SHARED | _MAP_FIXED, self.fd, pfn * PAGE_SIZE)
+
+    def unmap(self, slot: int) -> None:
+        """Empty ``slot``: the frame is no longer reachable from this process."""
+        self._check_slot(slot)
+        _checked_mmap(self._addr + slot * PAGE_SIZE, PAGE_SIZE, _PROT_NONE,
+                      mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED, -1, 0)
+
+    def close(self) -> None:
+        """Unmap every slot. Views taken from :attr:`view` must not be used after this."""
+        if self._addr is None:
+            return
+        self.view.release()
+        _libc.munmap(self._addr, self.size)
+        self._addr = None  # type: ignore[assignment]
+
+    def _check_slot(self, slot: int) -> None:
+        if self._addr is None or not 0 <= slot < self.nr_slots:
+            raise IndexError(f"slot {slot} is outside this arena (0..{self.nr_slots - 1})")
 
 
 class PageAllocator:

@@ -30,7 +30,9 @@ from xenlike.blkif import (
     RESPONSE,
     Segment,
     pack_discard,
+    pack_indirect,
     pack_rw,
+    pack_segments,
 )
 from xenlike.grant_table import GrantError, GrantMapper, GrantTable
 from xenlike.hypercall import HypercallError
@@ -197,3 +199,47 @@ def test_closing_the_back_end_unmaps_every_grant(blk):
     blk.back.close()
     assert blk.mapper.mapping_count() == 0
     blk.back.close = lambda: None  # already closed for the fixture
+
+
+def _indirect(blk, op, sector, segs, indirect_pfn=RO_PAGE - 2):
+    """An INDIRECT request whose segment list sits in a page granted read-only."""
+    blk.memory.frame(indirect_pfn)[: 8 * len(segs)] = pack_segments(segs)
+    gref = blk.grants.grant_access(0, indirect_pfn, readonly=True)
+    try:
+        return blk.submit(pack_indirect(op, blk.next_id, sector, len(segs), [gref]))[2]
+    finally:
+        blk.back._unmap_all()
+        blk.grants.end_access(gref)
+
+
+def test_indirect_segments_move_the_right_sectors_through_pages_in_any_order(blk):
+    pages = list(blk.rw.items())  # (gref, pfn), granted in pfn order
+    for i, (_, pfn) in enumerate(pages):
+        blk.memory.frame(pfn)[:] = bytes([i + 1]) * 4096
+    # Whole pages, then a run out of order, then partial sectors: merged where adjacent, split where not.
+    segs = [Segment(g, 0, 7) for g, _ in pages[:4]] + [Segment(pages[6][0], 0, 7), Segment(pages[5][0], 2, 5)]
+    assert _indirect(blk, BLKIF_OP_WRITE, 16, segs) == BLKIF_RSP_OKAY
+    with open(blk.path, "rb") as f:
+        f.seek(16 * 512)
+        got = f.read(4 * 4096 + 4096 + 4 * 512)
+    assert got == b"".join(bytes([i]) * 4096 for i in (1, 2, 3, 4, 7)) + bytes([6]) * 2048
+    for _, pfn in pages:
+        blk.memory.frame(pfn)[:] = bytes(4096)
+    assert _indirect(blk, BLKIF_OP_READ, 16, segs) == BLKIF_RSP_OKAY
+    assert bytes(blk.memory.frame(pages[6][1])) == bytes([7]) * 4096
+    assert bytes(blk.memory.frame(pages[5][1])[1024:3072]) == bytes([6]) * 2048
+    assert bytes(blk.memory.frame(pages[5][1])[:1024]) == bytes(1024)
+
+
+@pytest.mark.parametrize("bad", [Segment(None, 3, 2), Segment(None, 0, 8), Segment("ro", 0, 7), Segment(300, 0, 7)])
+def test_an_indirect_read_with_one_bad_segment_is_refused(blk, bad):
+    grefs = list(blk.rw)
+    gref = {None: grefs[3], "ro": blk.ro}.get(bad.gref, bad.gref)
+    segs = [Segment(g, 0, 7) for g in grefs[:3]] + [Segment(gref, bad.first_sect, bad.last_sect)]
+    assert _indirect(blk, BLKIF_OP_READ, 0, segs) < 0
+    assert not blk.mapper.is_mapped(FRONT, blk.ro)
+
+
+def test_an_indirect_request_whose_segment_page_is_not_granted_is_refused(blk):
+    slot = pack_indirect(BLKIF_OP_READ, blk.next_id, 0, 2, [blk.foreign])
+    assert blk.submit(slot)[2] < 0
