@@ -1,4 +1,4 @@
-"""A block back end's worker process: one device, its own fds, its own core.
+"""A block back end's worker process: one device, its own fds, any pCPU of the host.
 
 dom0 forks one per connected device (as crosvm jails each device): the worker
 keeps only the fds that device needs (its own hypercall channel, the front end's
@@ -69,6 +69,9 @@ def _worker_main(params: dict[str, Any], fds: list[int], control: socket.socket)
         signal.signal(sig, signal.SIG_DFL)
     die_with_parent()
     set_process_name(f"xl-blk-{params['frontend']}-{params['vdev']}")
+    # The fork inherited the pCPU the scheduler had put dom0's vCPU on; a back end
+    # serves every pCPU of the host, and Linux places it, as dom0's kernel threads.
+    os.sched_setaffinity(0, params["pcpus"])
     logging.root.handlers.clear()  # dom0's handlers: their files were closed with the other fds
     logging.basicConfig(filename=params["log"], level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

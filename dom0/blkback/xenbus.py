@@ -191,6 +191,7 @@ class Blkback:
             "sectors": device.vbd.sectors,
             "readonly": device.vbd.readonly,
             "log": str(self.dom0.run_dir.log_path("dom0")),
+            "pcpus": self.dom0.hypercall("sysctl", cmd="physinfo")[0]["pcpus"],
         }
         fds = [channel_fds[0], os.dup(built.memory.fd), os.dup(device.vbd.fd), *evtchn_fds]
         device.worker, device.control = spawn_worker(params, fds)

@@ -25,6 +25,17 @@ def write_cluster_disks(directory, domains):
     return write_cluster(directory, domains)
 
 
+def create_doing_io(host, tmp_path, name: str) -> int:
+    """``xenlike create`` a guest doing I/O rounds on an 8 MiB xvda; its domid once it has done a few."""
+    cfg = tmp_path / f"{name}.cfg"
+    cfg.write_text(f'name = "{name}"\nmemory = 32\nworkload = "{workload("disk")}"\n'
+                   f'workload_args = ["io", "xvda"]\ndisk = ["vdev=xvda, size=8M, target={tmp_path / name}.img"]\n')
+    host.xl("create", str(cfg))
+    domid = host.domains()[name]["domid"]
+    wait_for(lambda: int(host.xs_read(f"/local/domain/{domid}/data/rounds") or 0) > 3, timeout=30, what="I/O")
+    return domid
+
+
 def test_written_data_is_in_the_image_and_survives_a_reboot(host, tmp_path):
     image = tmp_path / "a.img"
     host.up(str(write_cluster(tmp_path, [disk_domain("a", f"vdev=xvda, size=8M, target={image}",
@@ -74,17 +85,22 @@ def test_two_guests_with_their_own_disks_have_no_cross_talk(host, tmp_path):
         wait_for(lambda: int(host.xs_read(f"/local/domain/{domid}/data/rounds") or 0) > 20, timeout=30,
                  what=f"{name}'s I/O rounds")
     assert "CROSSTALK" not in host.log("x") + host.log("y")
+    workers = {p.pid: p for p in host.processes() if p.name().startswith("xl-blk")}
+    assert len(workers) == 2  # one back-end process per device
+
+
+def test_a_back_end_worker_may_run_on_every_pcpu_whatever_dom0_is_pinned_to(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [])))
+    host.xl("vcpu-pin", "Domain-0", "0", "0")
+    create_doing_io(host, tmp_path, "p")
+    workers = {p.pid: p for p in host.processes() if p.name().startswith("xl-blk")}.values()
+    assert [sorted(p.cpu_affinity()) for p in workers] == [sorted(host.call("info")["pcpus"])]
 
 
 def test_after_destroy_nothing_stays_mapped_or_bound(host, tmp_path):
     host.up(str(write_cluster(tmp_path, [])))
     before = host.call("info")
-    cfg = tmp_path / "d.cfg"
-    cfg.write_text(f'name = "d"\nmemory = 32\nworkload = "{workload("disk")}"\n'
-                   f'workload_args = ["io", "xvda"]\ndisk = ["vdev=xvda, size=8M, target={tmp_path / "d.img"}"]\n')
-    host.xl("create", str(cfg))
-    domid = host.domains()["d"]["domid"]
-    wait_for(lambda: int(host.xs_read(f"/local/domain/{domid}/data/rounds") or 0) > 3, timeout=30, what="I/O")
+    domid = create_doing_io(host, tmp_path, "d")
     during = host.call("info")
     assert during["grant_mappings"] > before["grant_mappings"]
     host.xl("destroy", "d")
