@@ -65,7 +65,6 @@ from xenlike.xs_wire import (
 
 from .connection import Connection
 from .domain import DOMID_FIRST_RESERVED, DOMID_SELF, Domain, is_real_domid
-from .node import child_path
 from .permissions import may_read
 from .quota import QUOTA_NAMES, Quotas, QuotaTable
 from .store import GlobalView, Store
@@ -323,25 +322,14 @@ class Xenstored:
             if node is not None and node.owner == domid:
                 tree.chown_orphan(special, 0)
         if self.keep_orphans:
-            for path in [p for p, node in self.store.walk("/") if node.owner == domid]:
+            for path in sorted(p for p in self.store.owned_by(domid) if p.startswith("/")):
                 tree.chown_orphan(path, 0)
             return []
         root = self.store.get("/")
         if root is not None and root.owner == domid:
             tree.chown_orphan("/", 0)
-        topmost: list[str] = []
-        stack = ["/"]
-        while stack:
-            path = stack.pop()
-            node = self.store.get(path)
-            if node is None:
-                continue
-            if node.owner == domid:
-                topmost.append(path)
-                continue
-            stack.extend(child_path(path, name) for name in reversed(node.children))
         changes: list[Change] = []
-        for path in topmost:
+        for path in self.store.topmost_owned_by(domid):
             changes += tree.rm(path)
         return self._fan_out(changes)
 
@@ -393,9 +381,7 @@ class Xenstored:
         root = self.store.get("/")
         readers = tuple(n.perms for n in (special, root) if n is not None)
         out: list[Delivery] = []
-        for conn in self._connections.values():
-            if not conn.watches:
-                continue
+        for conn in self._watch_index.watchers(name, f"{name}/{domid}"):
             matched = [(w, match_special(w, name, domid)) for w in conn.watches]
             hits = [(w, p) for w, p in matched if p is not None]
             if hits and may_read(conn, readers):

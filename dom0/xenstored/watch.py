@@ -94,7 +94,8 @@ class WatchIndex:
     domains, each watching its own ``control/shutdown``, that makes writing a
     new domain's nodes cost more the more domains exist. A change at
     ``/a/b/c`` can only fire watches set on ``/``, ``/a``, ``/a/b`` or ``/a/b/c``,
-    so those are the only entries looked up.
+    so those are the only entries looked up. ``@introduceDomain`` and
+    ``@releaseDomain`` look up their watchers the same way, not every connection.
     """
 
     def __init__(self) -> None:
@@ -112,9 +113,13 @@ class WatchIndex:
 
     def candidates(self, path: str, exact: bool) -> list[object]:
         """Connections with a watch on ``path`` or (unless ``exact``) an ancestor, by id."""
+        return self.watchers(*((path,) if exact else _ancestors(path)))
+
+    def watchers(self, *paths: str) -> list[object]:
+        """Connections with a watch set exactly on one of ``paths``, by id."""
         found: dict[int, object] = {}
-        for candidate in (path,) if exact else _ancestors(path):
-            found.update(self._by_path.get(candidate, {}))
+        for path in paths:
+            found.update(self._by_path.get(path, {}))
         return [found[key] for key in sorted(found)]
 
 

@@ -129,6 +129,25 @@ def test_release_tears_down_and_removes_owned_nodes(w: SimpleNamespace) -> None:
     assert set(seen[:-1]) == {"/local/domain/5/data", "/local/domain/5/device", "/local/domain/5/control/shutdown"}
 
 
+def test_release_removes_only_that_domains_topmost_nodes_in_tree_order() -> None:
+    d = Xenstored()
+    dom0 = d.connect(0)
+    for domid in (7, 8):
+        for key in ("zeta", "alpha", "alpha/inner", "mid"):
+            ok(d, dom0, T.WRITE, fields(f"/local/domain/{domid}/{key}") + b"v")
+        for key in ("zeta", "alpha", "alpha/inner"):
+            ok(d, dom0, T.SET_PERMS, fields(f"/local/domain/{domid}/{key}", f"n{domid}"))
+        d.introduce_domain(domid)
+    ok(d, dom0, T.WATCH, fields("/local", "all"))
+    d.drain()
+    d.release_domain(7)
+    # Each owned subtree fires once, at its root, in the order of the parent's children (not sorted).
+    assert paths(d.drain(), dom0) == ["/local/domain/7/zeta", "/local/domain/7/alpha"]
+    assert sorted(p for p in d.store.nodes if p.startswith("/local/domain/7/")) == ["/local/domain/7/mid"]
+    assert len([p for p in d.store.nodes if p.startswith("/local/domain/8/")]) == 4
+    assert d.store.owned_by(7) == frozenset() and d.store.owner_counts[8] == 3
+
+
 def test_release_with_keep_orphans_gives_nodes_to_dom0() -> None:
     d = Xenstored(keep_orphans=True)
     dom0 = d.connect()
