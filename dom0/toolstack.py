@@ -178,16 +178,25 @@ class Toolstack:
     # -- domain exceptions and on_* actions ----------------------------------------
 
     def on_domain_exception(self) -> None:
-        """VIRQ_DOM_EXC: some domain changed state; find which and act."""
-        infos = {info["domid"]: info for info in self._infos()}
-        for domid, built in list(self.domains.items()):
-            info = infos.get(domid)
+        """VIRQ_DOM_EXC: some domains changed state; ask the hypervisor which, and act.
+
+        Only the changed domains are fetched (``get_changed_domains``, as
+        xenstored polls ``xenmanage_poll_changed_domain``), so a death costs the
+        same with 1 or 200 domains running; waiters need every domain's state.
+        """
+        changed = self.dom0.hypercall("domctl", cmd="get_changed_domains")[0]
+        for row in changed:
+            built = self.domains.get(row["domid"])
+            info = row["info"]
+            if built is None:
+                continue
             if info is None:
                 self._forget(built, destroyed_elsewhere=True)
-            elif info["shutdown"] and domid not in self._handled_shutdown:
-                self._handled_shutdown.add(domid)
+            elif info["shutdown"] and built.domid not in self._handled_shutdown:
+                self._handled_shutdown.add(built.domid)
                 self._apply_action(built, SHUTDOWN_REASONS.get(info["shutdown_reason"], "crash"), info)
-        self._check_waiters(infos)
+        if self._waiters:
+            self._check_waiters()
 
     def _apply_action(self, built: BuiltDomain, reason: str, info: dict) -> None:
         key = ACTION_KEYS.get(reason)
@@ -241,9 +250,8 @@ class Toolstack:
             log.warning("%s: vanished; cleaning up after it", built.label)
             self.dom0.builder.destroy(built)
 
-    def _check_waiters(self, infos: dict[int, dict] | None = None) -> None:
-        if infos is None:
-            infos = {info["domid"]: info for info in self._infos()}
+    def _check_waiters(self) -> None:
+        infos = {info["domid"]: info for info in self._infos()}
         for waiter in list(self._waiters):
             if all(domid not in infos or (infos[domid]["shutdown"] and domid not in self.domains) or
                    (infos[domid]["shutdown"] and domid in self._handled_shutdown) for domid in waiter.domids):

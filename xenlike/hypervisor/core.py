@@ -29,7 +29,9 @@ console_io                  HYPERVISOR_console_io write (to dmesg)         any
 xen_version                 version and capabilities                       any
 domctl                      create, start, destroy, pause, unpause, info,  dom0
                             rename, memory fd, open_channel (a hypercall
-                            socket for a back-end worker), host shutdown
+                            socket for a back-end worker), host shutdown,
+                            get_changed_domains (which domains changed
+                            state since VIRQ_DOM_EXC was last raised)
 domctl (scheduling)         sched_credit_get / sched_credit_set            dom0
                             (XEN_DOMCTL_scheduler_op: weight, cap),
                             vcpu_list (getvcpuinfo), vcpu_pin
@@ -121,6 +123,7 @@ class Hypervisor:
         self._by_pid: dict[int, Domain] = {}
         self._by_sock: dict[int, Domain] = {}
         self._waiting_destroy: dict[int, list[tuple[socket.socket, int]]] = {}
+        self._changed_domains: set[int] = set()  # since dom0 last asked (get_changed_domains)
         self._next_domid = 1
         self._stopping = False
         self._stop_deadline = 0.0
@@ -159,6 +162,7 @@ class Hypervisor:
             "pausedomain": self._pausedomain,
             "unpausedomain": self._unpausedomain,
             "getdomaininfo": self._getdomaininfo,
+            "get_changed_domains": self._get_changed_domains,
             "rename": self._rename,
             "getmemory": self._getmemory,
             "open_channel": self._open_channel,
@@ -427,7 +431,7 @@ class Hypervisor:
         if domain.dying:
             self._finalize(domain)
         else:
-            self.evtchn.raise_virq(0, VIRQ.DOM_EXC)
+            self._state_changed(domain.domid)
 
     def _finalize(self, domain: Domain) -> None:
         """Free everything of a dead domain and answer whoever waited for its destruction."""
@@ -447,7 +451,12 @@ class Hypervisor:
         for sock, call_id in self._waiting_destroy.pop(domain.domid, []):
             self._reply(sock, call_id, {"domid": domain.domid})
         if domain.domid != 0:
-            self.evtchn.raise_virq(0, VIRQ.DOM_EXC)
+            self._state_changed(domain.domid)
+
+    def _state_changed(self, domid: int) -> None:
+        """A domain shut down, crashed or was destroyed: note it and raise ``VIRQ_DOM_EXC`` to dom0."""
+        self._changed_domains.add(domid)
+        self.evtchn.raise_virq(0, VIRQ.DOM_EXC)
 
     def _grant_table(self, domid: int) -> _GrantTableFrames:
         return self._gnttabs[domid]
@@ -756,12 +765,24 @@ class Hypervisor:
             return [self._domain_info(self._domain(args["domid"]))], []
         return [self._domain_info(d) for d in sorted(self.domains.values(), key=lambda d: d.domid)], []
 
+    def _get_changed_domains(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
+        """The domains whose state changed since the last call, each with its info (None: destroyed).
+
+        What libxenmanage's ``xenmanage_poll_changed_domain`` asks Xen
+        (``XEN_DOMCTL_get_domain_state``): what ``VIRQ_DOM_EXC`` is about, so its
+        handler need not fetch every domain's info to find out.
+        """
+        changed, self._changed_domains = sorted(self._changed_domains), set()
+        rows = []
+        for domid in changed:
+            domain = self.domains.get(domid)
+            rows.append({"domid": domid, "info": self._domain_info(domain) if domain is not None else None})
+        return rows, []
+
     def _domain_info(self, domain: Domain) -> dict:
         """``getdomaininfo`` of one domain; CPU time and run state as the scheduler accounted them."""
-        info = domain.info()
-        if domain.pid is not None and domain.shutdown_reason is None and domain.domid in self.scheduler.domains:
-            info.update(self.scheduler.domain_info(domain.domid))
-        return info
+        scheduled = domain.pid is not None and domain.shutdown_reason is None and domain.domid in self.scheduler.domains
+        return domain.info(self.scheduler.domain_info(domain.domid) if scheduled else None)
 
     def _rename(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
         domain = self._domain(args["domid"])

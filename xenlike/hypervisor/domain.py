@@ -8,6 +8,7 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any, Mapping
 
 from ..memory import PAGE_SIZE, GuestMemory
 
@@ -82,14 +83,22 @@ class Domain:
         """How logs name a domain: ``d3 (web)``."""
         return f"d{self.domid} ({self.name})"
 
-    def state_flags(self) -> dict[str, bool]:
-        """xl's state letters: running, blocked, paused, shutdown, crashed, dying."""
+    def state_flags(self, accounted: Mapping[str, Any] | None = None) -> dict[str, bool]:
+        """xl's state letters: running, blocked, paused, shutdown, crashed, dying.
+
+        Running and blocked come from ``accounted`` (the scheduler's view) when it
+        has them, else from the process's run state in ``/proc``.
+        """
         shutdown = self.shutdown_reason is not None
         alive = self.pid is not None and not shutdown and not self.dying
-        proc_state = read_proc_stat(self.pid)[0] if alive else ""
+        if accounted is not None and "running" in accounted and "blocked" in accounted:
+            running, blocked = bool(accounted["running"]), bool(accounted["blocked"])
+        else:
+            proc_state = read_proc_stat(self.pid)[0] if alive else ""
+            running, blocked = proc_state == "R", proc_state not in ("R", "")
         return {
-            "running": alive and not self.paused and proc_state == "R",
-            "blocked": alive and not self.paused and proc_state not in ("R", ""),
+            "running": alive and not self.paused and running,
+            "blocked": alive and not self.paused and blocked,
             "paused": self.paused and not shutdown,
             "shutdown": shutdown,
             "crashed": self.shutdown_reason == ShutdownReason.CRASH,
@@ -102,9 +111,16 @@ class Domain:
             return self.cpu_time_final
         return read_proc_stat(self.pid)[1] or self.cpu_time_final
 
-    def info(self) -> dict:
-        """``getdomaininfo``: what ``xl list`` and ``xl list -l`` show."""
-        flags = self.state_flags()
+    def info(self, accounted: Mapping[str, Any] | None = None) -> dict:
+        """``getdomaininfo`` (``struct xen_domctl_getdomaininfo``): what ``xl list`` and ``xl list -l`` show.
+
+        ``accounted`` is what the scheduler accounted for a running domain
+        (``cpu_time``, and ``running``/``blocked`` if it tracks them); what it
+        lacks is read from ``/proc``, so a scheduler that tracks everything
+        makes listing a host cost no system call per domain.
+        """
+        accounted = accounted or {}
+        flags = self.state_flags(accounted)
         return {
             "domid": self.domid,
             "name": self.name,
@@ -112,7 +128,7 @@ class Domain:
             "memory_kb": self.nr_frames * PAGE_SIZE // 1024,
             "maxmem_kb": self.max_frames * PAGE_SIZE // 1024,
             "vcpus": self.vcpus,
-            "cpu_time": self.cpu_time(),
+            "cpu_time": accounted["cpu_time"] if "cpu_time" in accounted else self.cpu_time(),
             "pid": self.pid,
             "shutdown_reason": self.shutdown_reason,
             "exit": self.exit_note,
