@@ -170,3 +170,45 @@ def test_null_scheduler_only_sets_affinity_and_reads_time(children):
     assert row["online"] and row["running"] and row["cpu"] == 1
     sched.pin(1, 0, [0])
     assert os.sched_getaffinity(pid) == {0}
+
+
+def sleeper() -> int:
+    """A child process that sleeps until killed."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def test_an_idle_vcpu_is_sampled_ever_less_often_and_not_looked_at_in_between(children, monkeypatch):
+    samples: list[int] = []
+    real_sample = VcpuProcess.sample
+
+    def counting_sample(self):
+        samples.append(self.pid)
+        return real_sample(self)
+
+    monkeypatch.setattr(VcpuProcess, "sample", counting_sample)
+    sched = CreditScheduler([0, 1])
+    pids = [sleeper() for _ in range(20)]
+    children.extend(pids)
+    for domid, pid in enumerate(pids, start=1):
+        sched.add_domain(domid, f"d{domid}", 1)
+        sched.vcpu_up(domid, 0, pid)
+    time.sleep(0.05)  # every child is asleep before the first tick
+    for _ in range(64):
+        sched.tick()
+    # Backing off 1, 2, 4 ... 32 ticks: 7 or 8 samples each in 64 ticks, not 64.
+    assert all(6 <= samples.count(pid) <= 9 for pid in pids), [samples.count(pid) for pid in pids]
+    # Between samples a dozing vCPU is not even in the set a tick walks.
+    assert len(sched._watch) < len(pids)
+    sched.pause(1)
+    sched.unpause(1)
+    before = samples.count(pids[0])
+    sched.tick()
+    assert samples.count(pids[0]) == before + 1  # unpaused: sampled at the next tick again
+    sched.close()
