@@ -17,7 +17,8 @@ Protocol on the zygote's control socket (``xenlike.hypercall`` messages):
 Each domain process: lives in its own process group, dies with the zygote (and so
 with the hypervisor) through ``PR_SET_PDEATHSIG``, and carries a ``comm`` name like
 ``xl-d3-web`` so ``ps`` shows which domain it is. The zygote forks each domain
-*before* it is asked for (a waiting "shell"), so a create does not wait for fork.
+*before* it is asked for (a waiting "shell", kept in a :class:`_ShellPool`), so a
+create does not wait for fork.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import select
 import signal
 import socket
 import sys
+import time
+from collections import deque
 from dataclasses import dataclass
 
 from ..hypercall import ChannelClosed, recv_message, send_message, socketpair
@@ -48,6 +51,12 @@ ENTRY_POINTS = {"domu": ("domu.kernel", "start"), "dom0": ("dom0.main", "start")
 # workloads. dom0 is forked once and imports its own (larger) modules itself, so
 # they do not weigh on every domU's fork.
 PRELOAD = ("domu.kernel", "domu.workloads")
+# Shells kept ready, so a create arriving while a replacement is not yet forked still finds one.
+POOL_SIZE = 2
+# How long a domain just handed out has the CPUs before its replacement is forked: forking and
+# preparing a shell take a few milliseconds of CPU, which on a small host would be taken from
+# that domain's boot. A pool left empty is refilled at once instead.
+BOOT_WINDOW_S = 0.005
 
 
 def set_process_name(name: str) -> None:
@@ -119,10 +128,11 @@ def start_zygote() -> Zygote:
 class _Shell:
     """A child forked ahead of need, waiting for the boot message that makes it a domain.
 
-    Forking is the slowest step of starting a domain, so the zygote keeps one
-    shell ready and forks the next after handing this one out (LightVM's idea of
-    preparing VM shells ahead of time). A shell has already left the zygote's
-    process group and asked to die with it; the boot message gives it its role.
+    Forking is the slowest step of starting a domain, so the zygote keeps shells
+    ready (:class:`_ShellPool`) and forks replacements after handing them out
+    (LightVM's idea of preparing VM shells ahead of time). A shell has already
+    left the zygote's process group and asked to die with it; the boot message
+    gives it its role.
     """
 
     def __init__(self, zygote_sock: socket.socket, wake: tuple[int, int]) -> None:
@@ -164,9 +174,9 @@ def _zygote_main(sock: socket.socket) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    shell = _Shell(sock, (wake_r, wake_w))
+    pool = _ShellPool(sock, (wake_r, wake_w))
     while True:
-        ready, _, _ = select.select([sock, wake_r], [], [])
+        ready, _, _ = select.select([sock, wake_r], [], [], pool.seconds_to_refill())
         if wake_r in ready:
             while True:
                 try:
@@ -179,14 +189,57 @@ def _zygote_main(sock: socket.socket) -> None:
             try:
                 message, fds = recv_message(sock)
             except (ChannelClosed, ConnectionError, OSError):
-                shell.discard()
+                pool.discard()
                 return
             if message.get("op") == "spawn":
-                pid = shell.boot(message["boot"], fds)
+                pid = pool.take().boot(message["boot"], fds)
                 send_message(sock, {"pid": pid})
-                shell = _Shell(sock, (wake_r, wake_w))  # the next one, off the critical path
             for fd in fds:
                 os.close(fd)
+        pool.refill_if_due()  # after the reply: forking is off the create's critical path
+
+
+class _ShellPool:
+    """The shells the zygote keeps ready (up to :data:`POOL_SIZE`), refilled one at a time.
+
+    A replacement is forked :data:`BOOT_WINDOW_S` after a shell was handed out,
+    or at once if none is left ready, so the fork competes with the new domain's
+    boot only when creates come faster than that.
+    """
+
+    def __init__(self, zygote_sock: socket.socket, wake: tuple[int, int]) -> None:
+        self._zygote_sock = zygote_sock
+        self._wake = wake
+        self._ready: deque[_Shell] = deque()
+        self._refill_at = time.monotonic()
+
+    def take(self) -> _Shell:
+        """A ready shell (one forked now if none is); schedules its replacement."""
+        shell = self._ready.popleft() if self._ready else self._fork()
+        now = time.monotonic()
+        self._refill_at = now if not self._ready else now + BOOT_WINDOW_S
+        return shell
+
+    def seconds_to_refill(self) -> float | None:
+        """How long the zygote may sleep before it owes the pool a shell (None: it is full)."""
+        if len(self._ready) >= POOL_SIZE:
+            return None
+        return max(0.0, self._refill_at - time.monotonic())
+
+    def refill_if_due(self) -> None:
+        """Fork one shell if one is owed; the next one, if still owed, waits another window."""
+        if len(self._ready) >= POOL_SIZE or time.monotonic() < self._refill_at:
+            return
+        self._ready.append(self._fork())
+        self._refill_at = time.monotonic() + BOOT_WINDOW_S
+
+    def discard(self) -> None:
+        """Kill and reap every ready shell (the zygote is exiting)."""
+        while self._ready:
+            self._ready.popleft().discard()
+
+    def _fork(self) -> _Shell:
+        return _Shell(self._zygote_sock, self._wake)
 
 
 def _reap(sock: socket.socket) -> None:
