@@ -447,6 +447,10 @@ def _build(reader: _Reader) -> DomainConfig:
             warnings.append(f"root and extra in {reader.source} are ignored in favour of cmdline (xl.cfg(5))")
     else:
         cmdline = f"root={root} {extra}" if root and extra else f"root={root}" if root else extra
+    vifs = _vif(reader)
+    if vifs:
+        warnings.append(f"vif in {reader.where('vif')} is checked, but xenlike has no network device yet "
+                        "(no netfront/netback): the domain gets no interface")
     return DomainConfig(
         name=name,
         uuid=_uuid(reader),
@@ -463,7 +467,7 @@ def _build(reader: _Reader) -> DomainConfig:
         on_watchdog=_action(reader, "on_watchdog", "destroy"),
         on_soft_reset=_action(reader, "on_soft_reset", "restart"),
         disk=_disk(reader),
-        vif=_vif(reader),
+        vif=vifs,
         extra=extra,
         cmdline=cmdline,
         max_grant_frames=reader.integer("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES, 1, INT_MAX,
