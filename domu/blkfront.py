@@ -12,7 +12,10 @@ the back end; the data path runs on the kernel's event loop.
 
 :class:`BlockDevice` is a disk as the workload sees it (``ctx.disks["xvda"]``):
 ``read``/``write``/``flush``/``discard``, an asynchronous ``submit_*`` interface
-returning futures (up to a ring's worth of requests in flight), and
+returning futures (up to a ring's worth of requests in flight), ``batch()`` to
+queue many requests and place them on the ring with one push and at most one
+notification (:class:`BlkBatch`; ``submit_*`` go through the same path, as
+batches of one), and
 ``open()`` for a standard ``io.RawIOBase`` file. I/O goes through a pool of pages
 granted to the back end once and reused (persistent grants); requests of more
 than 11 pages use indirect descriptors. The pool hands out runs of contiguous
@@ -63,7 +66,7 @@ from xenlike.xs_wire import XsError
 if TYPE_CHECKING:
     from .kernel import Kernel
 
-__all__ = ["Blkfront", "BlockDevice", "BlockIOError", "BlkFuture", "DiskFile"]
+__all__ = ["Blkfront", "BlockDevice", "BlockIOError", "BlkBatch", "BlkFuture", "DiskFile"]
 
 log = logging.getLogger("domu.blkfront")
 
@@ -116,18 +119,22 @@ class BlkFuture:
         return not self._latch.locked()
 
     def result(self, timeout: float | None = 60.0) -> Any:
-        if self._latch.locked() and self._poll is not None:
-            self._poll()
-        if self._latch.locked():
-            if not self._latch.acquire(timeout=-1 if timeout is None else timeout):
-                raise TimeoutError("the block request did not complete in time")
-            self._latch.release()  # let other waiters through
+        self._wait(timeout)
         if self._error is not None:
             raise self._error
         if self._collect is not None:
             self._result = self._collect()
             self._collect = None
         return self._result
+
+    def _wait(self, timeout: float | None) -> None:
+        """Return once the request completed (TimeoutError after ``timeout`` seconds)."""
+        if self._latch.locked() and self._poll is not None:
+            self._poll()
+        if self._latch.locked():
+            if not self._latch.acquire(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError("the block request did not complete in time")
+            self._latch.release()  # let other waiters through
 
 
 def pages_per_request(nr_segments: int) -> int:
@@ -231,6 +238,36 @@ class _Inflight:
     run: _Run | None  # the pool pages of a READ or WRITE, until they are given back
     future: BlkFuture
     data: bytes | None = None  # a READ's data, once copied out of the pool
+
+
+@dataclass(slots=True)
+class _Request:
+    """One ring request built but not yet placed: what it is, and how to fill its slot.
+
+    ``build(req_id, run)`` copies a WRITE's data into the run's pages and returns the slot.
+    """
+
+    op: int
+    sector: int
+    nbytes: int
+    nr_pages: int  # pool pages it needs (0 for FLUSH and DISCARD)
+    build: Callable[[int, _Run | None], bytes]
+    future: BlkFuture
+
+
+def _gathered(op: int, parts: list[BlkFuture]) -> BlkFuture:
+    """One future for the parts of a split request: a READ's data joined in order, or the first error."""
+    combined = BlkFuture()
+
+    def gather() -> None:
+        try:
+            results = [part.result(timeout=None) for part in parts]  # the caller's result() has the timeout
+            combined.set(b"".join(results) if op == BLKIF_OP_READ else None)
+        except BaseException as exc:
+            combined.set(error=exc)
+
+    threading.Thread(target=gather, daemon=True).start()
+    return combined
 
 
 class BlockDevice:
@@ -364,22 +401,29 @@ class BlockDevice:
 
     # -- submission ----------------------------------------------------------------------
 
+    def batch(self) -> "BlkBatch":
+        """A batch of requests placed on the ring together (blk-mq plugging).
+
+        Queue requests with its ``read``/``write``/``flush``/``discard``; leaving the
+        ``with`` block (or :meth:`BlkBatch.submit`) places them with one lock and
+        one push, and notifies the back end at most once per push.
+        """
+        return BlkBatch(self)
+
     def submit_read(self, sector: int, nbytes: int) -> BlkFuture:
         """Read ``nbytes`` (a multiple of 512) from ``sector``; the future gives bytes."""
-        return self._submit_rw(BLKIF_OP_READ, sector, nbytes, None)
+        return self._submit_now(*self._read_requests(sector, nbytes))
 
     def submit_write(self, sector: int, data: bytes | bytearray | memoryview) -> BlkFuture:
         """Write ``data`` (a multiple of 512 bytes) at ``sector``; acknowledged once it reached the image."""
-        if self.readonly:
-            raise BlockIOError(f"{self.vdev} is read-only")
-        return self._submit_rw(BLKIF_OP_WRITE, sector, len(data), memoryview(data).cast("B"))
+        return self._submit_now(*self._write_requests(sector, data))
 
     def submit_flush(self) -> BlkFuture:
         """Everything acknowledged before is durable once this completes."""
-        return self._submit(BLKIF_OP_FLUSH_DISKCACHE, 0, 0, 0, lambda req_id, run: pack_flush(req_id))
+        return self._submit_now(*self._flush_requests())
 
     def submit_discard(self, sector: int, nr_sectors: int) -> BlkFuture:
-        return self._submit(BLKIF_OP_DISCARD, sector, 0, 0, lambda req_id, run: pack_discard(req_id, sector, nr_sectors))
+        return self._submit_now(*self._discard_requests(sector, nr_sectors))
 
     def read(self, sector: int, nbytes: int) -> bytes:
         return self.submit_read(sector, nbytes).result()
@@ -397,29 +441,47 @@ class BlockDevice:
         """A standard raw file over the disk (seekable; writable unless read-only)."""
         return DiskFile(self)
 
-    def _submit_rw(self, op: int, sector: int, nbytes: int, data: memoryview | None) -> BlkFuture:
+    # -- requests: built by the submitting thread, placed on the ring by _submit ---------
+
+    def _read_requests(self, sector: int, nbytes: int) -> tuple[BlkFuture, list[_Request]]:
+        return self._rw_requests(BLKIF_OP_READ, sector, nbytes, None)
+
+    def _write_requests(self, sector: int, data: bytes | bytearray | memoryview) -> tuple[BlkFuture, list[_Request]]:
+        if self.readonly:
+            raise BlockIOError(f"{self.vdev} is read-only")
+        return self._rw_requests(BLKIF_OP_WRITE, sector, len(data), memoryview(data).cast("B"))
+
+    def _flush_requests(self) -> tuple[BlkFuture, list[_Request]]:
+        request = self._request(BLKIF_OP_FLUSH_DISKCACHE, 0, 0, 0, lambda req_id, run: pack_flush(req_id))
+        return request.future, [request]
+
+    def _discard_requests(self, sector: int, nr_sectors: int) -> tuple[BlkFuture, list[_Request]]:
+        request = self._request(BLKIF_OP_DISCARD, sector, 0, 0,
+                                lambda req_id, run: pack_discard(req_id, sector, nr_sectors))
+        return request.future, [request]
+
+    def _request(self, op: int, sector: int, nbytes: int, nr_pages: int,
+                 build: Callable[[int, _Run | None], bytes]) -> _Request:
+        return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(self._poll_responses))
+
+    def _rw_requests(self, op: int, sector: int, nbytes: int,
+                     data: memoryview | None) -> tuple[BlkFuture, list[_Request]]:
+        """A READ or WRITE as ring requests: one, or several if it is larger than one request may be.
+
+        The future of several is their gathered outcome (a READ's data joined in order).
+        """
         if nbytes <= 0 or nbytes % SECTOR_SIZE:
             raise ValueError(f"{self.vdev}: I/O is in whole 512-byte sectors, not {nbytes} bytes")
         chunk = self.max_segments * PAGE_SIZE
         if nbytes <= chunk:
-            return self._submit_one(op, sector, nbytes, data)
-        # Larger than one request: split, and gather the parts.
-        parts = [self._submit_one(op, sector + off // SECTOR_SIZE, min(chunk, nbytes - off),
+            request = self._rw_request(op, sector, nbytes, data)
+            return request.future, [request]
+        parts = [self._rw_request(op, sector + off // SECTOR_SIZE, min(chunk, nbytes - off),
                                   data[off : off + chunk] if data is not None else None)
                  for off in range(0, nbytes, chunk)]
-        combined = BlkFuture()
+        return _gathered(op, [part.future for part in parts]), parts
 
-        def gather() -> None:
-            try:
-                results = [p.result() for p in parts]
-                combined.set(b"".join(results) if op == BLKIF_OP_READ else None)
-            except BaseException as exc:
-                combined.set(error=exc)
-
-        threading.Thread(target=gather, daemon=True).start()
-        return combined
-
-    def _submit_one(self, op: int, sector: int, nbytes: int, data: memoryview | None) -> BlkFuture:
+    def _rw_request(self, op: int, sector: int, nbytes: int, data: memoryview | None) -> _Request:
         nr_data = -(-nbytes // PAGE_SIZE)
         last_sect = (nbytes - (nr_data - 1) * PAGE_SIZE) // SECTOR_SIZE - 1
         view = self.kernel.memory.view  # frames by offset: pfns come from our own allocator
@@ -437,34 +499,71 @@ class BlockDevice:
             nr_indirect = run.count - nr_data
             return pack_indirect(op, req_id, sector, nr_data, run.grefs(nr_data, nr_indirect))
 
-        return self._submit(op, sector, nbytes, pages_per_request(nr_data), fill)
+        return self._request(op, sector, nbytes, pages_per_request(nr_data), fill)
 
-    def _submit(self, op: int, sector: int, nbytes: int, nr_pages: int, build: Callable[[int, _Run | None], bytes]) -> BlkFuture:
-        """Put one request on the ring once a slot (and ``nr_pages`` pool pages) are free.
-
-        ``build(req_id, run)`` fills the run's pages and returns the slot.
-        """
-        future = BlkFuture(self._poll_responses)
-        with self._cond:
-            run = None
-            while not self.closing:
-                if self.ring is not None and not self.ring.full():
-                    run = self._pool.take(nr_pages) if nr_pages else None  # type: ignore[union-attr]
-                    if run is not None or not nr_pages:
-                        break
-                    if self._uncollected:
-                        self._collect_all()  # the pool is held by reads nobody has asked for yet
-                        continue
-                self._cond.wait(1.0)
-            if self.closing:
-                raise BlockIOError(f"{self.vdev} is detached")
-            req_id = next(self._ids)
-            slot = build(req_id, run)
-            self._inflight[req_id] = _Inflight(op, sector, nbytes, run, future)
-            self.ring.put_requests(slot)  # type: ignore[union-attr]
-            if self.ring.push_requests():  # type: ignore[union-attr]
-                self.kernel.loop.notify(self.port)  # type: ignore[arg-type]
+    def _submit_now(self, future: BlkFuture, requests: list[_Request]) -> BlkFuture:
+        """A batch of one: place ``requests`` (one operation's) at once; returns its ``future``."""
+        self._submit(requests)
         return future
+
+    def _submit(self, requests: list[_Request]) -> None:
+        """Place ``requests`` on the ring in order, under one hold of ``_cond``.
+
+        Each run that fits the free slots and pool pages is copied into the ring in
+        one go and published with one push (RING_PUSH_REQUESTS_AND_CHECK_NOTIFY);
+        then, if requests remain, this waits for the back end to free room. If the
+        device is detached (BlockIOError) or the wait is interrupted, the requests
+        not yet placed fail with that error and it propagates.
+        """
+        placed = 0
+        try:
+            with self._cond:
+                while placed < len(requests):
+                    if self.closing:
+                        raise BlockIOError(f"{self.vdev} is detached")
+                    count = self._place_what_fits(requests, placed)
+                    if count:
+                        placed += count
+                        self._push()
+                    else:
+                        self._cond.wait(1.0)
+        except BaseException as exc:
+            for request in requests[placed:]:
+                request.future.set(error=exc)
+            raise
+
+    def _place_what_fits(self, requests: list[_Request], start: int) -> int:
+        """Fill slots for ``requests[start:]`` while slots and pool pages last (``_cond`` held).
+
+        The slots go into the ring's private producer index, unpublished; returns how many.
+        """
+        room = self.ring.free_requests() if self.ring is not None else 0
+        slots = []
+        for request in requests[start : start + room]:
+            run = self._take_pages(request.nr_pages)
+            if run is None and request.nr_pages:
+                break
+            req_id = next(self._ids)
+            slots.append(request.build(req_id, run))
+            self._inflight[req_id] = _Inflight(request.op, request.sector, request.nbytes, run, request.future)
+        if slots:
+            self.ring.put_requests(b"".join(slots))  # type: ignore[union-attr]
+        return len(slots)
+
+    def _take_pages(self, nr_pages: int) -> _Run | None:
+        """``nr_pages`` pool pages (``_cond`` held); None if none are needed or none are free."""
+        if not nr_pages:
+            return None
+        run = self._pool.take(nr_pages)  # type: ignore[union-attr]
+        if run is None and self._uncollected:
+            self._collect_all()  # the pool is held by reads nobody has asked for yet
+            run = self._pool.take(nr_pages)  # type: ignore[union-attr]
+        return run
+
+    def _push(self) -> None:
+        """Publish the placed requests; kick the back end only if it asked (``_cond`` held)."""
+        if self.ring.push_requests():  # type: ignore[union-attr]
+            self.kernel.loop.notify(self.port)  # type: ignore[arg-type]
 
     # -- completion (the event loop) -------------------------------------------------
 
@@ -524,11 +623,20 @@ class BlockDevice:
 
     def _collect(self, req_id: int, inflight: _Inflight) -> bytes:
         """A completed READ's data: copied out of its pool pages, which go back to the pool."""
+        if inflight.run is None:  # already copied out (_copy_out sets the data first)
+            return inflight.data  # type: ignore[return-value]
         with self._cond:
             if self._uncollected.pop(req_id, None) is not None:
                 self._copy_out(inflight)
                 self._cond.notify_all()
         return inflight.data  # type: ignore[return-value]
+
+    def _collect_completed(self) -> None:
+        """Copy out every completed READ nobody has asked for yet, under one hold of ``_cond``."""
+        with self._cond:
+            if self._uncollected:
+                self._collect_all()
+                self._cond.notify_all()
 
     def _collect_all(self) -> None:
         """Copy out every completed READ nobody has asked for yet (``_cond`` held)."""
@@ -543,6 +651,95 @@ class BlockDevice:
         inflight.data = bytes(self.kernel.memory.view[base : base + inflight.nbytes])
         inflight.run = None
         self._pool.give(run)  # type: ignore[union-attr]
+
+
+class BlkBatch:
+    """Requests queued together and placed on the ring together (blk-mq plugging).
+
+    ``read``/``write``/``flush``/``discard`` check their arguments and queue a
+    request at once, returning its :class:`BlkFuture`; nothing reaches the ring
+    until :meth:`submit`, which leaving the ``with`` block calls::
+
+        with disk.batch() as batch:
+            reads = [batch.read(s, 8 * 512) for s in sectors]
+        data = batch.wait()
+
+    A submit takes the device's lock once, copies the run of slots that fits into
+    the ring, publishes it with one store of ``req_prod`` and notifies the back
+    end only if ``RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`` says so. A batch larger
+    than the free ring slots or pool pages pushes what fits, waits for room and
+    goes on, so it costs one push (and at most one notification) per ring's worth.
+    Requests are placed in the order they were queued, but as on a real disk
+    requests in flight together may complete in any order (a FLUSH is no barrier):
+    put a :meth:`wait` between requests that depend on each other.
+
+    A WRITE's buffer is copied when the batch is submitted: do not change it before.
+    If the ``with`` block raises, nothing queued is submitted and those futures
+    fail with BlockIOError. A batch belongs to one thread.
+    """
+
+    def __init__(self, device: BlockDevice) -> None:
+        self.device = device
+        self.futures: list[BlkFuture] = []  # every request queued on this batch, in order
+        self._queued: list[_Request] = []  # ring requests not yet submitted
+
+    def read(self, sector: int, nbytes: int) -> BlkFuture:
+        """Queue a READ of ``nbytes`` (a multiple of 512) from ``sector``; the future gives bytes."""
+        return self._queue(*self.device._read_requests(sector, nbytes))
+
+    def write(self, sector: int, data: bytes | bytearray | memoryview) -> BlkFuture:
+        """Queue a WRITE of ``data`` (a multiple of 512 bytes) at ``sector``."""
+        return self._queue(*self.device._write_requests(sector, data))
+
+    def flush(self) -> BlkFuture:
+        """Queue a FLUSH: everything acknowledged before is durable once it completes."""
+        return self._queue(*self.device._flush_requests())
+
+    def discard(self, sector: int, nr_sectors: int) -> BlkFuture:
+        """Queue a DISCARD of ``nr_sectors`` from ``sector``."""
+        return self._queue(*self.device._discard_requests(sector, nr_sectors))
+
+    def _queue(self, future: BlkFuture, requests: list[_Request]) -> BlkFuture:
+        self._queued.extend(requests)
+        self.futures.append(future)
+        return future
+
+    def submit(self) -> None:
+        """Place everything queued since the last submit on the ring (see the class).
+
+        Raises BlockIOError if the device is detached; what was not placed then fails too.
+        """
+        queued, self._queued = self._queued, []
+        if queued:
+            self.device._submit(queued)
+
+    def cancel(self) -> None:
+        """Drop what is queued and not submitted; its futures fail with BlockIOError."""
+        queued, self._queued = self._queued, []
+        for request in queued:
+            request.future.set(error=BlockIOError(f"{self.device.vdev}: the request was never submitted"))
+
+    def wait(self, timeout: float | None = 60.0) -> list[Any]:
+        """Submit what is queued, then every request's result in queue order (bytes for a READ).
+
+        Raises the first failed request's error (the others still complete; see
+        ``futures``), or TimeoutError when ``timeout`` seconds pass for the whole batch.
+        """
+        self.submit()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for future in self.futures:
+            future._wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self.device._collect_completed()  # every READ's data under one lock, not one each
+        return [future.result() for future in self.futures]
+
+    def __enter__(self) -> "BlkBatch":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            self.submit()
+        else:
+            self.cancel()
 
 
 class DiskFile(io.RawIOBase):

@@ -173,3 +173,18 @@ def test_the_journal_survives_a_reboot_through_the_file_view(host, tmp_path):
     host.xl("reboot", "journal")
     wait_for(lambda: "from 1 earlier boot(s)" in host.log("journal"), timeout=20, what="the second boot to read the first")
     wait_for(lambda: "boot 2 at" in (tmp_path / "j.img").read_bytes().decode(errors="replace"), what="boot 2's entry")
+
+
+def test_batches_larger_than_the_ring_and_the_pool_match_a_model_byte_for_byte(host, tmp_path):
+    image = tmp_path / "batch.img"
+    host.up(str(write_cluster(tmp_path, [disk_domain("b", f"vdev=xvda, size=16M, target={image}",
+                                                     "batch", "xvda", "11", "16")])))
+    outcome = console_json(host, "b", "BATCH", timeout=60)
+    assert outcome["wrong"] == [] and outcome["same"]
+    for batch in outcome["rounds"]:
+        assert batch["requests"] > outcome["ring_slots"] and batch["pages"] > outcome["pool_pages"]
+        assert batch["pushes"] > 1  # what fit, then the rest as room came back
+        assert batch["notifies"] <= batch["pushes"]
+    assert outcome["small"]["pushes"] == 1 and outcome["small"]["notifies"] <= 1  # one push for a batch that fits
+    assert outcome["abandoned"] == "BlockIOError"
+    assert hashlib.sha256(image.read_bytes()[: 16 << 20]).hexdigest() == outcome["sha256"]

@@ -8,6 +8,8 @@ Modes:
   durable            write 4 KiB records forever, flushing every 8, publishing data/flushed
   hostile            corrupt the ring's req_prod and kick the back end ("HOSTILE")
   io                 write and read back forever, counting rounds in data/rounds
+  batch SEED MIB     mixed reads and writes through disk.batch(), more than the ring and the
+                     pool hold, checked byte for byte against a model of the disk ("BATCH")
 """
 
 import hashlib
@@ -36,6 +38,90 @@ def wait_disk(ctx, vdev, present=True, timeout=20.0):
 
 def pattern(seed, mib):
     return random.Random(seed).randbytes(mib << 20)
+
+
+def counting(calls, function, count_if=lambda *args: True):
+    """``function``, appending to ``calls`` each time it is called (and ``count_if`` holds)."""
+    def counted(*args):
+        result = function(*args)
+        if count_if(*args, result):
+            calls.append(args)
+        return result
+    return counted
+
+
+def batch_round(disk, model, rng, nr_small, nr_big):
+    """One batch of READs and WRITEs on distinct blocks, checked against ``model`` (updated).
+
+    One 1.5 MiB READ (split in two requests), ``nr_big`` 256 KiB requests (indirect)
+    and ``nr_small`` 4 KiB ones, shuffled, then a FLUSH. Requests in flight together
+    may complete in any order, so no two of them touch the same block. Returns the
+    offsets of READs that differed from the model, the requests and the pages.
+    """
+    extent = 64 * 4096
+    nr_extents = len(model) // extent
+    first_huge = rng.randrange(nr_extents - 5)
+    others = [e for e in range(nr_extents) if not first_huge <= e < first_huge + 6]
+    rng.shuffle(others)
+    big, rest = others[:nr_big], others[nr_big:]
+    blocks = rng.sample([e * extent + b * 4096 for e in rest for b in range(64)], nr_small)
+    plan = ([(first_huge * extent, 6 * extent, False)] +
+            [(e * extent, extent, rng.random() < 0.5) for e in big] +
+            [(offset, 4096, rng.random() < 0.5) for offset in blocks])  # (offset, size, is_write)
+    rng.shuffle(plan)
+    writes = {}
+    with disk.batch() as batch:
+        for offset, size, is_write in plan:
+            if is_write:
+                writes[offset] = rng.randbytes(size)
+                batch.write(offset // 512, writes[offset])
+            else:
+                batch.read(offset // 512, size)
+        batch.flush()
+    results = batch.wait()
+    wrong = [offset for (offset, size, is_write), got in zip(plan, results)
+             if not is_write and got != bytes(model[offset : offset + size])]
+    for offset, data in writes.items():
+        model[offset : offset + len(data)] = data
+    return wrong, len(plan), sum(size // 4096 for _, size, _ in plan)
+
+
+def batch_mode(ctx, disk, seed, mib):
+    """The batch interface against a model: see the module docstring ("batch")."""
+    rng = random.Random(seed)
+    span = mib << 20
+    model = bytearray(disk.read(0, span))
+    pushes, notifies = [], []
+    disk.ring.push_requests = counting(pushes, disk.ring.push_requests)
+    ctx.events.notify = counting(notifies, ctx.events.notify, lambda port, result: port == disk.port)
+    pool_pages = disk._pool.chunk_pages * disk._pool.max_chunks
+    nr_small = 2 * disk.ring.nr_ents + 5
+    nr_big = pool_pages // 64 + 2
+    outcome = {"ring_slots": disk.ring.nr_ents, "pool_pages": pool_pages, "wrong": [], "rounds": []}
+    for _ in range(3):
+        del pushes[:], notifies[:]
+        wrong, requests, pages = batch_round(disk, model, rng, nr_small, nr_big)
+        outcome["wrong"] += wrong
+        outcome["rounds"].append({"requests": requests, "pages": pages, "pushes": len(pushes),
+                                  "notifies": len(notifies)})
+    del pushes[:], notifies[:]
+    small_wrong, _, _ = batch_round(disk, model, rng, 16, 0)
+    outcome["wrong"] += small_wrong
+    outcome["small"] = {"pushes": len(pushes), "notifies": len(notifies)}
+    try:
+        with disk.batch() as abandoned:
+            never = abandoned.write(0, b"\xee" * 4096)
+            raise RuntimeError("changed my mind")
+    except RuntimeError:
+        pass
+    try:
+        never.result()
+        outcome["abandoned"] = "completed"
+    except Exception as exc:
+        outcome["abandoned"] = type(exc).__name__
+    outcome["same"] = disk.read(0, span) == model
+    outcome["sha256"] = hashlib.sha256(model).hexdigest()
+    report("BATCH", outcome)
 
 
 def run(ctx):
@@ -92,6 +178,8 @@ def run(ctx):
         ctx.events.notify(disk.port)
         time.sleep(1.0)
         report("HOSTILE", {"sent": True})
+    elif mode == "batch":
+        batch_mode(ctx, disk, int(rest[0]), int(rest[1]))
     elif mode == "io":
         rounds = 0
         block = random.randbytes(64 << 10)
