@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
-
 from .rundir import RunDir
 from .toolstack_client import HostNotRunning, ToolstackClient, ToolstackError
 from .xl_format import format_block_list, format_info, format_list, format_sched_credit, format_uptime, format_vcpu_list
@@ -62,6 +60,8 @@ def _call(args: argparse.Namespace, op: str, timeout: float | None = None, **kw:
 
 def _default_memory_mib() -> int:
     """Half the machine's memory, at most 8 GiB: the host pool for domains."""
+    import psutil
+
     return int(min(psutil.virtual_memory().total // 2, 8 << 30) >> 20)
 
 
@@ -156,6 +156,8 @@ def _attach_consoles(run_dir: RunDir, client: ToolstackClient, domain: str | Non
 
 def _stream_consoles(run_dir: RunDir, sub, hypervisor_pid: int) -> int:
     """Print every console line prefixed with its domain, until Ctrl-C or the host stops."""
+    import psutil
+
     partial: dict[str, bytes] = {}
     width = 12
     stopping = False
@@ -186,6 +188,8 @@ def _stream_consoles(run_dir: RunDir, sub, hypervisor_pid: int) -> int:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
+    import psutil
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

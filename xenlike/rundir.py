@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import psutil
-
 __all__ = ["RunDir", "default_run_dir"]
 
 SOCKETS = ("toolstack.sock", "console.sock")
@@ -69,14 +67,24 @@ class RunDir:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            proc = psutil.Process(pid)
-            if proc.status() == psutil.STATUS_ZOMBIE or "xenlike.hypervisor" not in " ".join(proc.cmdline()):
-                return None
-        except psutil.Error:
-            return None
-        return pid
+        return pid if _is_live_hypervisor(pid) else None
 
     def clean_sockets(self) -> None:
         for name in SOCKETS:
             (self.path / name).unlink(missing_ok=True)
+
+
+def _is_live_hypervisor(pid: int) -> bool:
+    """Whether ``pid`` is a xenlike hypervisor that has not exited (read from /proc, Linux's own view).
+
+    Plain /proc reads rather than psutil: every CLI verb asks this, and importing
+    psutil would cost each one more than the rest of its work.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, IndexError):
+        return False
+    return state != b"Z" and b"xenlike.hypervisor" in cmdline
