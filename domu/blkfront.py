@@ -222,11 +222,14 @@ class _GrantPool:
         return chunk
 
     def close(self) -> None:
-        """End access to every page and give the frames back (the back end has unmapped them)."""
+        """End access to every page and give the frames back (the back end has unmapped them).
+
+        A chunk with a page the back end still maps is kept out of use, never reused.
+        """
         for chunk in self._chunks:
-            for gref in chunk.grefs:
-                self.device._end_access(gref)
-            self.device.kernel.pages.free(chunk.first_pfn)
+            returned = [self.device._end_access(gref) for gref in chunk.grefs]
+            if all(returned):
+                self.device.kernel.pages.free(chunk.first_pfn)
         self._chunks.clear()
 
 
@@ -387,17 +390,24 @@ class BlockDevice:
             self.kernel.loop.unbind(self.port)
         if self.ring is not None:
             self.ring.release()
-        for pfn, gref in self._ring_pages:
-            self._end_access(gref)
-        self.kernel.pages.free(self._ring_first)
+        if all([self._end_access(gref) for _pfn, gref in self._ring_pages]):
+            self.kernel.pages.free(self._ring_first)
         if self._pool is not None:
             self._pool.close()
 
-    def _end_access(self, gref: int) -> None:
+    def _end_access(self, gref: int) -> bool:
+        """gnttab_end_foreign_access; False (logged) if the back end still maps the page.
+
+        Such a page is never given back to the allocator: the back end could still
+        write into it.
+        """
         try:
             self.kernel.grant_table.end_access(gref)
         except GrantError as exc:
-            log.warning("d%d %s: grant %d not returned: %s", self.kernel.domid, self.vdev, gref, exc)
+            log.warning("d%d %s: grant %d not returned, its page stays out of use: %s",
+                        self.kernel.domid, self.vdev, gref, exc)
+            return False
+        return True
 
     # -- submission ----------------------------------------------------------------------
 

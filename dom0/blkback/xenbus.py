@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -60,6 +61,7 @@ class BlkbackDevice:
     port: int | None = None  # dom0's end of the event channel
     worker: int | None = None
     control: "socket.socket | None" = None
+    channel: int | None = None  # the worker's hypercall channel (domctl open_channel)
     state: XenbusState = XenbusState.Initialising
 
     @property
@@ -178,7 +180,8 @@ class Blkback:
             raise BackendError(f"domain {device.frontend} is not running")
         bound, evtchn_fds = self.dom0.hypercall("evtchn_bind_interdomain", remote_dom=device.frontend, remote_port=port)
         device.port = bound["port"]
-        channel_fds = self.dom0.hypercall("domctl", cmd="open_channel")[1]
+        opened, channel_fds = self.dom0.hypercall("domctl", cmd="open_channel")
+        device.channel = opened["channel"]
         assert device.vbd is not None
         params = {
             "label": f"d{device.frontend} ({built.name}) {device.vdev}",
@@ -216,7 +219,11 @@ class Blkback:
             self._switch(device, XenbusState.Closing)
 
     def _disconnect(self, device: BlkbackDevice) -> None:
-        """Stop the worker (it unmaps every grant) and close the event channel."""
+        """Stop the worker (it unmaps every grant) and close the event channel.
+
+        Closing the worker's hypercall channel afterwards unmaps whatever a worker
+        that died left mapped, before the front end is told the device closed.
+        """
         if device.control is not None:
             self.dom0.loop.remove_reader(device.control.fileno())
             try:
@@ -228,6 +235,9 @@ class Blkback:
         if device.worker is not None:
             _reap(device.worker, WORKER_STOP_TIMEOUT_S)
             device.worker = None
+        if device.channel is not None:
+            self.dom0.hypercall("domctl", cmd="close_channel", channel=device.channel)
+            device.channel = None
         if device.port is not None:
             try:
                 self.dom0.hypercall("evtchn_close", port=device.port)
@@ -297,5 +307,6 @@ def _reap(pid: int, timeout: float) -> None:
         if done:
             return
         time.sleep(0.005)
-    os.kill(pid, 9)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
     os.waitpid(pid, 0)

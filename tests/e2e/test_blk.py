@@ -25,13 +25,19 @@ def write_cluster_disks(directory, domains):
     return write_cluster(directory, domains)
 
 
-def create_doing_io(host, tmp_path, name: str) -> int:
-    """``xenlike create`` a guest doing I/O rounds on an 8 MiB xvda; its domid once it has done a few."""
+def create_disk_guest(host, tmp_path, name: str, mode: str, vdev: str = "xvda") -> int:
+    """``xenlike create`` a guest running the disk workload's ``mode`` on an 8 MiB ``vdev``; its domid."""
     cfg = tmp_path / f"{name}.cfg"
     cfg.write_text(f'name = "{name}"\nmemory = 32\nworkload = "{workload("disk")}"\n'
-                   f'workload_args = ["io", "xvda"]\ndisk = ["vdev=xvda, size=8M, target={tmp_path / name}.img"]\n')
+                   f'workload_args = ["{mode}", "{vdev}"]\n'
+                   f'disk = ["vdev={vdev}, size=8M, target={tmp_path / name}.img"]\n')
     host.xl("create", str(cfg))
-    domid = host.domains()[name]["domid"]
+    return host.domains()[name]["domid"]
+
+
+def create_doing_io(host, tmp_path, name: str) -> int:
+    """A guest doing I/O rounds on its disk (``create_disk_guest``), once it has done a few."""
+    domid = create_disk_guest(host, tmp_path, name, "io")
     wait_for(lambda: int(host.xs_read(f"/local/domain/{domid}/data/rounds") or 0) > 3, timeout=30, what="I/O")
     return domid
 
@@ -146,6 +152,24 @@ def test_a_front_end_that_breaks_the_ring_is_disconnected_and_harms_nobody(host,
     rounds = int(wait_for(lambda: host.xs_read(f"/local/domain/{good}/data/rounds"), what="good's I/O"))
     wait_for(lambda: int(host.xs_read(f"/local/domain/{good}/data/rounds")) > rounds + 5, what="good's I/O to go on")
     assert host.call("ping")  # dom0 is up
+
+
+def test_a_killed_back_end_worker_closes_its_device_and_leaves_nothing_mapped(host, tmp_path):
+    """SIGKILL of a device's blkback worker: the device closes, its grants are unmapped, the guest lives on."""
+    host.up(str(write_cluster(tmp_path, [])))
+    no_guest = host.call("info")["grant_mappings"]
+    host.xl("create", "/dev/null", "name=plain", "memory=16", "workload=idle")
+    per_guest = host.call("info")["grant_mappings"] - no_guest  # its console and xenstore rings
+    victim = create_disk_guest(host, tmp_path, "victim", "hotplug", "xvdb")
+    console_json(host, "victim", "HOT", timeout=30)
+    [worker] = {p.pid for p in host.processes() if p.name().startswith("xl-blk")}
+    os.kill(worker, signal.SIGKILL)
+    assert console_json(host, "victim", "GONE", timeout=30)["disks"] == []  # the guest saw its disk go
+    assert host.xs_read(f"/local/domain/0/backend/vbd/{victim}/51768/state") in (None, "6")  # Closed, or gone
+    assert host.call("info")["grant_mappings"] == no_guest + 2 * per_guest  # nothing of the disk is mapped
+    assert "not returned" not in host.log("victim")  # every grant came back to the guest
+    assert "the back-end worker died" in (host.path / "logs" / "dom0.log").read_text()
+    assert set(host.domains()) >= {"plain", "victim"}
 
 
 def test_a_target_dom0_cannot_open_fails_the_create_and_leaves_nothing(host, tmp_path):

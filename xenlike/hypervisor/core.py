@@ -28,8 +28,10 @@ vcpu_op                     VCPUOP_up: a guest brings up a secondary vCPU  any (
 console_io                  HYPERVISOR_console_io write (to dmesg)         any
 xen_version                 version and capabilities                       any
 domctl                      create, start, destroy, pause, unpause, info,  dom0
-                            rename, memory fd, open_channel (a hypercall
-                            socket for a back-end worker), host shutdown,
+                            rename, memory fd, open_channel / close_channel
+                            (a hypercall socket for a back-end worker; what
+                            it left mapped is unmapped when it closes), host
+                            shutdown,
                             get_changed_domains (which domains changed
                             state since VIRQ_DOM_EXC was last raised)
 domctl (scheduling)         sched_credit_get / sched_credit_set            dom0
@@ -59,6 +61,7 @@ import selectors
 import signal
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,6 +102,16 @@ class _DmesgHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
+
+
+@dataclass
+class _ExtraChannel:
+    """A back-end worker's hypercall socket (``open_channel``) and the grants mapped through it."""
+
+    id: int
+    sock: socket.socket
+    owner: Domain  # dom0: calls on the channel are its calls
+    grant_handles: set[int] = field(default_factory=set)
 
 
 class Hypervisor:
@@ -166,13 +179,15 @@ class Hypervisor:
             "rename": self._rename,
             "getmemory": self._getmemory,
             "open_channel": self._open_channel,
+            "close_channel": self._close_channel,
             "host_shutdown": self._host_shutdown,
             "sched_credit_get": self._sched_credit_get,
             "sched_credit_set": self._sched_credit_set,
             "vcpu_list": self._vcpu_list,
             "vcpu_pin": self._vcpu_pin,
         }
-        self._extra_channels: dict[int, socket.socket] = {}
+        self._extra_channels: dict[int, _ExtraChannel] = {}  # by socket fd
+        self._next_channel_id = 0
         self._pending_close: list[socket.socket] = []
 
     # ------------------------------------------------------------------------------
@@ -259,7 +274,7 @@ class Hypervisor:
             message, fds = recv_message(sock)
         except (ChannelClosed, ConnectionError):
             if sock.fileno() in self._extra_channels:
-                self._close_extra_channel(sock)
+                self._close_extra_channel(self._extra_channels[sock.fileno()], "its process exited")
             else:
                 self._drop_channel(domain)
             return
@@ -525,12 +540,23 @@ class Hypervisor:
             for mapping in done:
                 self.grants.unmap_grant_ref(caller.domid, mapping.handle)
             raise
-        return {"frames": [m.frame for m in done], "handles": [m.handle for m in done]}, []
+        handles = [m.handle for m in done]
+        channel = self._calling_channel()
+        if channel is not None:
+            channel.grant_handles.update(handles)
+        return {"frames": [m.frame for m in done], "handles": handles}, []
 
     def _grant_unmap(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
+        channel = self._calling_channel()
         for handle in args["handles"]:
             self.grants.unmap_grant_ref(caller.domid, handle)
+            if channel is not None:
+                channel.grant_handles.discard(handle)
         return {}, []
+
+    def _calling_channel(self) -> "_ExtraChannel | None":
+        """The back-end worker channel the current hypercall came on, if it came on one."""
+        return self._extra_channels.get(self._current_call[0].fileno())
 
     def _grant_copy(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
         """GNTTABOP_copy: each op copies within one page, checked against the grants."""
@@ -800,23 +826,52 @@ class Hypervisor:
         return {"nr_frames": domain.nr_frames}, [domain.memory.fd]
 
     def _open_channel(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
-        """Another hypercall socket for dom0, for a back-end worker process.
+        """Another hypercall socket for dom0, for a back-end worker process; returns its id.
 
         Calls on it are dom0's, as a Linux back end's kernel thread makes
-        hypercalls as dom0; closing it releases nothing but the socket.
+        hypercalls as dom0. The grants mapped through it live in the worker's
+        address space alone, so when the channel closes (the worker exited, or
+        dom0 said ``close_channel``) whatever it left mapped is unmapped, as Xen's
+        ``gnttab_release_mappings`` does for a mapper that goes away.
         """
         ours, theirs = socketpair()
-        self._extra_channels[ours.fileno()] = ours
+        self._next_channel_id += 1
+        self._extra_channels[ours.fileno()] = _ExtraChannel(self._next_channel_id, ours, caller)
         self._by_sock[ours.fileno()] = caller
         self.selector.register(ours, selectors.EVENT_READ, self._on_hypercall)
         self._pending_close.append(theirs)  # closed once the reply carried it
-        return {}, [theirs.fileno()]
+        return {"channel": self._next_channel_id}, [theirs.fileno()]
 
-    def _close_extra_channel(self, sock: socket.socket) -> None:
-        self.selector.unregister(sock)
-        self._extra_channels.pop(sock.fileno(), None)
-        self._by_sock.pop(sock.fileno(), None)
-        sock.close()
+    def _close_channel(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
+        """dom0 is done with a worker's channel (the worker is gone): close it now.
+
+        Synchronous, unlike noticing the worker's exit, so dom0 can tell the front
+        end its device is closed knowing that nothing of it is mapped any more.
+        An id already closed is no error: the exit may have been noticed first.
+        """
+        for channel in list(self._extra_channels.values()):
+            if channel.id == args["channel"]:
+                self._close_extra_channel(channel, "dom0 closed it")
+        return {}, []
+
+    def _close_extra_channel(self, channel: "_ExtraChannel", why: str) -> None:
+        left = [handle for handle in channel.grant_handles if self._unmap_quietly(channel.owner.domid, handle)]
+        if left:
+            log.warning("%s: a back-end worker's channel closed (%s) with %d grant mapping(s); unmapped them",
+                        channel.owner.label, why, len(left))
+        fd = channel.sock.fileno()
+        self.selector.unregister(channel.sock)
+        del self._extra_channels[fd]
+        self._by_sock.pop(fd, None)
+        channel.sock.close()
+
+    def _unmap_quietly(self, mapper: int, handle: int) -> bool:
+        """Unmap ``handle`` if it is still mapped; whether it was."""
+        try:
+            self.grants.unmap_grant_ref(mapper, handle)
+        except GrantError:
+            return False  # unmapped through another of dom0's channels
+        return True
 
     def _host_shutdown(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:
         self.stop("requested by dom0")
