@@ -265,6 +265,21 @@ class Hypervisor:
         for event in self.zygote.read_events():
             if event.get("event") == "exited":
                 self._on_exit(event["pid"], event["status"], event.get("cpu_time", 0.0))
+        if self.zygote.gone:
+            self._zygote_died()
+
+    def _zygote_died(self) -> None:
+        """Every domain was the zygote's child and died with it (``PR_SET_PDEATHSIG``): the host stops.
+
+        Nobody is left to reap the domains and report their exits, so they are
+        freed here, after one more SIGKILL for any that outlived the zygote.
+        """
+        log.error("the zygote exited: every domain died with it; stopping the host")
+        self.selector.unregister(self.zygote.sock)
+        self.stop("the zygote exited")
+        for domain in sorted(self.domains.values(), key=lambda d: -d.domid):
+            self._kill(domain)
+            self._finalize(domain)
 
     def _on_hypercall(self, sock: socket.socket) -> None:
         domain = self._by_sock.get(sock.fileno())

@@ -89,12 +89,13 @@ class Zygote:
 
     def __post_init__(self) -> None:
         self.pending_events: list[dict] = []
+        self.gone = False  # the zygote closed its socket: it died, and every domain with it
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def read_events(self) -> list[dict]:
-        """Exit events waiting on the socket (call when it polls readable)."""
+        """Exit events waiting on the socket (call when it polls readable); sets :attr:`gone` at its end."""
         events, self.pending_events = self.pending_events, []
         self.sock.setblocking(False)
         try:
@@ -102,6 +103,9 @@ class Zygote:
                 try:
                     message, extra = recv_message(self.sock)
                 except BlockingIOError:
+                    break
+                except (ChannelClosed, ConnectionError):
+                    self.gone = True
                     break
                 for fd in extra:
                     os.close(fd)
