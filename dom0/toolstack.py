@@ -12,6 +12,7 @@ raises ``VIRQ_DOM_EXC`` and a domain turns out to have shut down.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import msgpack
 import zmq
 
+from xenlike.memory import PAGE_SIZE
 from xenlike.xenbus import XenbusState
 from xenlike.xl_format import state_letters
 from xenlike.xs_wire import XsdSockmsgType as XS
@@ -46,6 +48,9 @@ RESTART_WINDOW_S = 10.0
 HOST_SHUTDOWN_TIMEOUT_S = 10.0
 DEVICE_CLOSE_TIMEOUT_S = 10.0  # libxl's LIBXL_DESTROY_TIMEOUT
 POLL_INTERVAL_MS = 10
+# How long `top` waits for the blkback workers' counters; a busy worker that has not
+# looked at its control socket by then is shown with the last figures it sent.
+TOP_STATS_TIMEOUT_S = 0.5
 
 
 class ToolstackError(Exception):
@@ -284,6 +289,37 @@ class Toolstack:
 
     def _op_info(self, args: dict, identity: bytes, call_id: int) -> Any:
         return self.dom0.hypercall("sysctl", cmd="physinfo")[0]
+
+    def _op_top(self, args: dict, identity: bytes, call_id: int) -> Any:
+        """One xentop sample (libxenstat's ``xenstat_get_node``, for ``tools/xentop/xentop.c``) in one request.
+
+        ``{"time", "monotonic", "host": {total_kb, free_kb, nr_cpus, cpu_mhz, version},
+        "domains": [{domid, name, running, blocked, paused, shutdown, shutdown_reason, dying,
+        cpu_time, memory_kb, maxmem_kb, vcpus, nets, vbds, ssid}]}``: ``vbds`` holds each
+        disk's blkback counters (None for a disk blkback does not know), ``nets`` is
+        empty (there is no network device). The reply waits for the blkback workers'
+        live counters, at most TOP_STATS_TIMEOUT_S.
+        """
+        infos = self._infos()
+        physinfo = self.dom0.hypercall("sysctl", cmd="physinfo")[0]
+        sampled = {"time": time.time(), "monotonic": time.monotonic()}
+        answered = self.dom0.blkback.request_stats()
+
+        def finish(ok: bool) -> None:
+            result = {**sampled, "host": _top_host(physinfo), "domains": [self._top_domain(info) for info in infos]}
+            self._send(identity, {"id": call_id, "ok": True, "result": result})
+
+        self._polls.append(_Poll(answered, time.monotonic() + TOP_STATS_TIMEOUT_S, finish))
+        raise _Deferred()
+
+    def _top_domain(self, info: dict) -> dict:
+        """A domain's xentop row data: getdomaininfo's fields and its disks' counters."""
+        built = self.domains.get(info["domid"])
+        disks = built.config.get("disk", []) if built is not None else []
+        keys = ("domid", "name", "running", "blocked", "paused", "shutdown", "shutdown_reason", "dying", "cpu_time",
+                "memory_kb", "maxmem_kb", "vcpus")
+        return {**{key: info[key] for key in keys}, "nets": [], "ssid": 0,
+                "vbds": [self.dom0.blkback.device_stats(info["domid"], disk["devid"]) for disk in disks]}
 
     def _op_create(self, args: dict, identity: bytes, call_id: int) -> Any:
         config = args["config"]
@@ -531,3 +567,25 @@ class Toolstack:
             raise _Deferred()
         self._waiters.append(_Waiter(domids, time.monotonic() + float(args.get("timeout", HOST_SHUTDOWN_TIMEOUT_S)), finish))
         raise _Deferred()
+
+
+def _top_host(physinfo: dict) -> dict:
+    """The host's line of xentop: memory in KiB, CPUs, and the version as libxenstat spells it ("4.19-xenlike")."""
+    frame_kb = PAGE_SIZE // 1024
+    version = physinfo["version"]
+    return {"total_kb": physinfo["total_frames"] * frame_kb, "free_kb": physinfo["free_frames"] * frame_kb,
+            "nr_cpus": physinfo["nr_cpus"], "cpu_mhz": _cpu_mhz(),
+            "version": f"{version['major']}.{version['minor']}{version['extra']}"}
+
+
+@functools.cache
+def _cpu_mhz() -> int:
+    """The host CPU's clock in MHz from /proc/cpuinfo (0 if it says none), read once as Xen measures cpu_khz at boot."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return int(float(line.split(":", 1)[1]))
+    except (OSError, ValueError):
+        pass
+    return 0

@@ -7,18 +7,22 @@ run directory). Failures print one line naming what went wrong and exit non-zero
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .rundir import RunDir
 from .toolstack_client import HostNotRunning, ToolstackClient, ToolstackError
-from .xl_format import format_block_list, format_info, format_list, format_sched_credit, format_uptime, format_vcpu_list
+from .xl_format import (format_block_list, format_info, format_list, format_sched_credit, format_uptime,
+                        format_vcpu_list, format_xentop)
 
 DESCRIPTION = """\
 xenlike: Xen's architecture in user space. A hypervisor process schedules guest
@@ -39,6 +43,8 @@ examples:
   xenlike down                       stop every domain and the host"""
 
 CTRL_RIGHT_BRACKET = b"\x1d"  # xl console's escape character
+# xentop's screen: the terminal's alternate screen (as curses' initscr/endwin), cleared per frame.
+ENTER_SCREEN, LEAVE_SCREEN, CLEAR_SCREEN = "\x1b[?1049h", "\x1b[?1049l", "\x1b[H\x1b[2J"
 
 
 class CliError(Exception):
@@ -348,14 +354,91 @@ def cmd_console(args: argparse.Namespace) -> int:
             sub.close()
 
 
-def _raw_terminal():
+def _raw_terminal(mode: Callable[[int], None] | None = None):
+    """Put stdin's terminal in raw mode (or ``mode``, e.g. ``tty.setcbreak``); returns the settings to restore."""
     import termios
     import tty
 
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
+    (mode or tty.setraw)(fd)
     return saved
+
+
+# ------------------------------------------------------------------------------------
+# top (xl top runs xentop: tools/xentop/xentop.c).
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """A frame every ``-d`` seconds, ``-i`` times (default: until q or Ctrl-C); ``-b`` or no terminal: plain text."""
+    if args.delay < 0:
+        raise CliError(f"-d {args.delay:g}: the delay cannot be negative")
+    if args.iterations is not None and args.iterations < 1:
+        raise CliError(f"-i {args.iterations}: expected at least one iteration")
+    on_screen = not args.batch and sys.stdin.isatty() and sys.stdout.isatty()
+    frames = range(args.iterations) if args.iterations is not None else itertools.count()
+    with _client(args) as client:
+        next_frame = _top_sampler(client, args.full_name, summary=on_screen)
+        try:
+            if on_screen:
+                _top_screen(next_frame, frames, args.delay)
+            else:
+                _top_batch(next_frame, frames, args.delay)
+        except KeyboardInterrupt:
+            pass  # as xentop's SIGINT handler: stop, successfully
+    return 0
+
+
+def _top_sampler(client: ToolstackClient, full_names: bool, summary: bool) -> Callable[[], str]:
+    """A function returning the next xentop frame: one ``top`` request, CPU(%) against the sample before."""
+    previous: dict | None = None
+
+    def next_frame() -> str:
+        nonlocal previous
+        sample = client.call("top")
+        frame = format_xentop(sample, previous, full_names=full_names, summary=summary)
+        previous = sample
+        return frame
+
+    return next_frame
+
+
+def _top_batch(next_frame: Callable[[], str], frames: Iterable[int], delay: float) -> None:
+    """xentop -b: frames printed one after the other, ``delay`` seconds apart."""
+    for number in frames:
+        if number:
+            time.sleep(delay)
+        print(next_frame(), flush=True)
+
+
+def _top_screen(next_frame: Callable[[], str], frames: Iterable[int], delay: float) -> None:
+    """xentop on a terminal: each frame replaces the last; any key redraws at once, q or Esc quits."""
+    import termios
+    import tty
+
+    stdin_fd = sys.stdin.fileno()
+    saved = _raw_terminal(tty.setcbreak)  # keys one at a time, unechoed; Ctrl-C still interrupts
+    sys.stdout.write(ENTER_SCREEN)
+    try:
+        for number in frames:
+            if number and _top_quit_pressed(stdin_fd, delay):
+                break
+            height = shutil.get_terminal_size().lines
+            sys.stdout.write(CLEAR_SCREEN + "\n".join(next_frame().splitlines()[: max(1, height - 1)]))
+            sys.stdout.flush()
+    finally:
+        sys.stdout.write(LEAVE_SCREEN)
+        sys.stdout.flush()
+        termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+
+
+def _top_quit_pressed(stdin_fd: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` for a key: True for q, Q or a lone Esc (an arrow key's Esc sequence is not one)."""
+    ready, _, _ = select.select([stdin_fd], [], [], timeout)
+    if not ready:
+        return False
+    keys = os.read(stdin_fd, 64)
+    return keys[:1] in (b"q", b"Q") or keys == b"\x1b"
 
 
 # ------------------------------------------------------------------------------------
@@ -534,6 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--domain", metavar="DOMAIN", help="the domain to show or set (default: all)")
     p.add_argument("-w", "--weight", type=int, help="its weight, 1 to 65535 (default 256)")
     p.add_argument("-c", "--cap", type=int, help="its cap, percent of one pCPU (0: none)")
+    p = verb("top", cmd_top, "domains' CPU, memory and disk figures, refreshed (xentop's columns; q quits)")
+    p.add_argument("-d", "--delay", type=float, default=3.0, metavar="SECONDS",
+                   help="seconds between updates (default 3)")
+    p.add_argument("-b", "--batch", action="store_true", help="plain text, frame after frame, no screen control")
+    p.add_argument("-i", "--iterations", type=int, metavar="N", help="frames to show before exiting (default: no limit)")
+    p.add_argument("-f", "--full-name", action="store_true", help="full domain names (not cut to 10 characters)")
     p = verb("vcpu-list", cmd_vcpu_list, "the vCPUs of domains: pCPU, state, CPU time, affinity")
     p.add_argument("domains", metavar="DOMAIN", nargs="*", help="domain names or ids (default: all)")
     p = verb("vcpu-pin", cmd_vcpu_pin, "set the pCPUs a vCPU may run on (hard affinity)", "required")

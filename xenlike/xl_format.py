@@ -1,4 +1,5 @@
-"""xl's output formats (``tools/xl/xl_info.c``, ``xl_vcpu.c``, ``xl_misc.c``), used by the CLI.
+"""xl's output formats (``tools/xl/xl_info.c``, ``xl_vcpu.c``, ``xl_misc.c``) and xentop's
+(``tools/xentop/xentop.c``, which ``xl top`` runs), used by the CLI.
 
 Each function takes the plain data the toolstack returns and renders it the way
 ``xl`` prints it, so scripts written against ``xl`` read ``xenlike``'s output.
@@ -6,29 +7,78 @@ Each function takes the plain data the toolstack returns and renders it the way
 
 from __future__ import annotations
 
-from typing import Iterable
+import time
+from typing import Callable, Iterable
 
-__all__ = ["state_letters", "format_list", "format_uptime", "uptime_text", "format_info", "format_block_list",
-           "cpu_bitmap", "format_vcpu_list", "format_sched_credit"]
+__all__ = ["state_letters", "xentop_state", "format_list", "format_uptime", "uptime_text", "format_info",
+           "format_block_list", "cpu_bitmap", "format_vcpu_list", "format_sched_credit", "format_xentop"]
 
 # The shutdown-reason letter of xl list's fifth state column: poweroff, reboot,
 # suspend, crash, watchdog, soft_reset (tools/xl/xl_info.c "-rscwS").
 SHUTDOWN_LETTERS = "-rscwS"
+SHUTDOWN_CRASH = SHUTDOWN_LETTERS.index("c")
+
+# The domain states both tools show, from getdomaininfo's flags. xenstat splits
+# "shut down" in two: a crash is not counted as a shutdown (tools/libs/stat/xenstat.c).
+Predicate = Callable[[dict], bool]
+
+
+def _running(info: dict) -> bool:
+    return bool(info.get("running"))
+
+
+def _blocked(info: dict) -> bool:
+    return bool(info.get("blocked"))
+
+
+def _paused(info: dict) -> bool:
+    return bool(info.get("paused"))
+
+
+def _dying(info: dict) -> bool:
+    return bool(info.get("dying"))
+
+
+def _shutdown_reason(info: dict) -> int | None:
+    """The reason a shut-down domain gave (an index into SHUTDOWN_LETTERS), None while it has not shut down."""
+    reason = info.get("shutdown_reason")
+    return reason if info.get("shutdown") and reason is not None and 0 <= reason < len(SHUTDOWN_LETTERS) else None
+
+
+def _crashed(info: dict) -> bool:
+    return bool(info.get("shutdown")) and info.get("shutdown_reason") == SHUTDOWN_CRASH
+
+
+def _shut_down_cleanly(info: dict) -> bool:
+    """xenstat_domain_shutdown: shut down for any reason but a crash."""
+    return bool(info.get("shutdown")) and not _crashed(info)
 
 
 def state_letters(info: dict) -> str:
     """xl list's six state columns: r b p s <reason> d."""
-    shutdown = bool(info.get("shutdown"))
-    reason = info.get("shutdown_reason")
-    reason_letter = SHUTDOWN_LETTERS[reason] if shutdown and reason is not None and 0 <= reason < 6 else "-"
+    reason = _shutdown_reason(info)
     return "".join((
-        "r" if info.get("running") else "-",
-        "b" if info.get("blocked") else "-",
-        "p" if info.get("paused") else "-",
-        "s" if shutdown else "-",
-        reason_letter,
-        "d" if info.get("dying") else "-",
+        "r" if _running(info) else "-",
+        "b" if _blocked(info) else "-",
+        "p" if _paused(info) else "-",
+        "s" if info.get("shutdown") else "-",
+        "-" if reason is None else SHUTDOWN_LETTERS[reason],
+        "d" if _dying(info) else "-",
     ))
+
+
+# xentop's STATE column, in its order (xentop.c's state_funcs[]).
+XENTOP_STATES: tuple[tuple[str, Predicate], ...] = (
+    ("d", _dying), ("s", _shut_down_cleanly), ("b", _blocked), ("c", _crashed), ("p", _paused), ("r", _running))
+# xentop's summary counts each domain once, in this order of precedence (do_summary).
+XENTOP_SUMMARY: tuple[tuple[str, Predicate], ...] = (
+    ("running", _running), ("blocked", _blocked), ("paused", _paused), ("shutdown", _shut_down_cleanly),
+    ("crashed", _crashed), ("dying", _dying))
+
+
+def xentop_state(info: dict) -> str:
+    """xentop's six state letters: d s b c p r, '-' for each state the domain is not in."""
+    return "".join(letter if holds(info) else "-" for letter, holds in XENTOP_STATES)
 
 
 def format_list(rows: Iterable[dict]) -> str:
@@ -133,3 +183,121 @@ def format_sched_credit(pool: dict | None, rows: Iterable[dict]) -> str:
     for row in rows:
         lines.append(f"{row['name']:<33} {row['domid']:4d} {row['weight']:6d} {row['cap']:4d}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# xentop (tools/xentop/xentop.c).
+
+# Its fields[] table: header and default width, in print order.
+XENTOP_COLUMNS = (("NAME", 10), ("STATE", 6), ("CPU(sec)", 10), ("CPU(%)", 6), ("MEM(k)", 10), ("MEM(%)", 6),
+                  ("MAXMEM(k)", 10), ("MAXMEM(%)", 9), ("VCPUS", 5), ("NETS", 4), ("NETTX(k)", 8), ("NETRX(k)", 8),
+                  ("VBDS", 4), ("VBD_OO", 8), ("VBD_RD", 8), ("VBD_WR", 8), ("VBD_RSECT", 10), ("VBD_WSECT", 10),
+                  ("SSID", 4))
+# The columns adjust_field_widths widens to fit every value of the frame.
+XENTOP_GROWING = ("NETTX(k)", "NETRX(k)", "VBD_RD", "VBD_WR", "VBD_RSECT", "VBD_WSECT")
+# A VBD_* column and the blkback counter it sums (Linux blkback's statistics/ in sysfs).
+XENTOP_VBD_COUNTERS = {"VBD_OO": "oo_requests", "VBD_RD": "read_requests", "VBD_WR": "write_requests",
+                       "VBD_RSECT": "read_sectors", "VBD_WSECT": "write_sectors"}
+XENTOP_NAME_WIDTH = 10
+
+Cell = str | int | float | None  # None prints as "-"
+
+
+def format_xentop(sample: dict, previous: dict | None = None, full_names: bool = False, summary: bool = True) -> str:
+    """One xentop frame of the toolstack's ``top`` sample: ``do_summary``, ``do_header``, a ``do_domain`` row each.
+
+    ``previous`` is the sample before, for CPU(%) (0.0 without one, as on xentop's
+    first frame). Rows are sorted by name, xentop's default sort. Names are cut to
+    10 characters unless ``full_names`` (``-f``). ``summary`` is off in batch mode:
+    xentop prints its three summary lines only on the screen (``top()``).
+    """
+    host = sample["host"]
+    domains = sorted(sample["domains"], key=lambda d: d["name"].casefold())
+    rows = [_xentop_cells(d, host, _cpu_percent(d, sample, previous), full_names) for d in domains]
+    widths = _xentop_widths(rows)
+    lines = _xentop_summary(sample) if summary else []
+    lines.append(" ".join(f"{header:>{widths[header]}}" for header, _ in XENTOP_COLUMNS))
+    lines.extend(" ".join(_xentop_cell(row[header], widths[header]) for header, _ in XENTOP_COLUMNS) for row in rows)
+    return "\n".join(lines)
+
+
+def _xentop_summary(sample: dict) -> list[str]:
+    """xentop's three summary lines: time and version, domains by state, memory and CPUs."""
+    host = sample["host"]
+    counts = dict.fromkeys((state for state, _ in XENTOP_SUMMARY), 0)
+    for domain in sample["domains"]:
+        state = next((state for state, holds in XENTOP_SUMMARY if holds(domain)), None)
+        if state is not None:
+            counts[state] += 1
+    clock = time.strftime("%H:%M:%S", time.localtime(sample["time"]))
+    total, free = host["total_kb"], host["free_kb"]
+    return [
+        f"xentop - {clock}   Xen {host['version']}",
+        f"{len(sample['domains'])} domains: {counts['running']} running, {counts['blocked']} blocked, "
+        f"{counts['paused']} paused, {counts['crashed']} crashed, {counts['dying']} dying, "
+        f"{counts['shutdown']} shutdown ",
+        f"Mem: {total}k total, {total - free}k used, {free}k free    CPUs: {host['nr_cpus']} @ {host['cpu_mhz']}MHz",
+    ]
+
+
+def _cpu_percent(domain: dict, sample: dict, previous: dict | None) -> float:
+    """xentop's get_cpu_pct: CPU time accounted between two samples over the wall time between them."""
+    if previous is None:
+        return 0.0
+    before = next((d for d in previous["domains"] if d["domid"] == domain["domid"]), None)
+    elapsed = sample["monotonic"] - previous["monotonic"]
+    if before is None or elapsed <= 0:
+        return 0.0
+    return (domain["cpu_time"] - before["cpu_time"]) / elapsed * 100
+
+
+def _vbd_total(vbds: list[dict | None], counter: str) -> int | None:
+    """tot_vbd_reqs: a counter summed over the disks that report; None ("-") if none of its disks does."""
+    reporting = [vbd for vbd in vbds if vbd is not None]
+    if vbds and not reporting:
+        return None
+    return sum(vbd.get(counter, 0) for vbd in reporting)
+
+
+def _xentop_cells(domain: dict, host: dict, cpu_percent: float, full_names: bool) -> dict[str, Cell]:
+    """A domain's row, column by column, before padding."""
+    total_kb = host["total_kb"] or 1
+    nets = domain.get("nets", [])
+    vbds = domain.get("vbds", [])
+    return {
+        "NAME": domain["name"] if full_names else domain["name"][:XENTOP_NAME_WIDTH],
+        "STATE": xentop_state(domain),
+        "CPU(sec)": int(domain["cpu_time"]),
+        "CPU(%)": float(cpu_percent),
+        "MEM(k)": domain["memory_kb"],
+        "MEM(%)": domain["memory_kb"] / total_kb * 100,
+        "MAXMEM(k)": domain["maxmem_kb"],
+        "MAXMEM(%)": domain["maxmem_kb"] / total_kb * 100,
+        "VCPUS": domain["vcpus"],
+        "NETS": len(nets),
+        "NETTX(k)": sum(net.get("tx_bytes", 0) for net in nets) // 1024,
+        "NETRX(k)": sum(net.get("rx_bytes", 0) for net in nets) // 1024,
+        "VBDS": len(vbds),
+        **{column: _vbd_total(vbds, counter) for column, counter in XENTOP_VBD_COUNTERS.items()},
+        "SSID": domain.get("ssid", 0),
+    }
+
+
+def _xentop_widths(rows: list[dict[str, Cell]]) -> dict[str, int]:
+    """Each column's width for this frame: its default, widened to fit names (-f) and big counters."""
+    widths = dict(XENTOP_COLUMNS)
+    for row in rows:
+        widths["NAME"] = max(widths["NAME"], len(str(row["NAME"])))
+        for header in XENTOP_GROWING:
+            # INT_FIELD_WIDTH(value + 1), as adjust_field_widths computes it
+            widths[header] = max(widths[header], len(str((row[header] or 0) + 1)))
+    return widths
+
+
+def _xentop_cell(value: Cell, width: int) -> str:
+    """A cell right-aligned in its column: %N.1f for percentages, "-" for a figure nobody reported."""
+    if value is None:
+        return f"{'-':>{width}}"
+    if isinstance(value, float):
+        return f"{value:{width}.1f}"
+    return f"{value:>{width}}"

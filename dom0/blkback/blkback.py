@@ -96,8 +96,14 @@ class BlkifRing:
     ring_refs: list[int]
     persistent: bool
     ring: BackRing = field(init=False)
-    stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "errors": 0, "read_sectors": 0,
-                                                           "write_sectors": 0, "maps": 0})
+    # Linux's st_rd_req, st_wr_req, st_f_req, st_ds_req, st_rd_sect, st_wr_sect, st_oo_req
+    # (xen-blkback/common.h), which xentop's VBD_* columns show. oo_requests stays 0:
+    # requests are served as they are taken off the ring, so there is no pool of
+    # pending requests to run out of.
+    stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "errors": 0, "read_requests": 0,
+                                                           "write_requests": 0, "flush_requests": 0,
+                                                           "discard_requests": 0, "read_sectors": 0,
+                                                           "write_sectors": 0, "oo_requests": 0, "maps": 0})
 
     def __post_init__(self) -> None:
         # Every mapped grant, by gref; the two indexes below answer "which of these
@@ -139,8 +145,10 @@ class BlkifRing:
                 elif request.operation == BLKIF_OP_INDIRECT:
                     self._read_write(*self._indirect(request))
                 elif request.operation == BLKIF_OP_FLUSH_DISKCACHE:
+                    self.stats["flush_requests"] += 1
                     os.fdatasync(self.vbd.fd)
                 elif request.operation == BLKIF_OP_DISCARD:
+                    self.stats["discard_requests"] += 1
                     self._discard(request)
                 else:
                     raise RequestError(f"unknown operation {request.operation}", BLKIF_RSP_EOPNOTSUPP)
@@ -198,6 +206,7 @@ class BlkifRing:
 
     def _read_write(self, op: int, sector: int, segments: SegmentArray) -> None:
         writing = op == BLKIF_OP_WRITE
+        self.stats["write_requests" if writing else "read_requests"] += 1  # counted before the checks, as Linux does
         if writing and self.vbd.readonly:
             raise RequestError("write to a read-only device")
         total = self._sectors_of(segments)

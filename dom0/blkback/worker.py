@@ -5,6 +5,12 @@ keeps only the fds that device needs (its own hypercall channel, the front end's
 memory, the image, the event channel, a control socket to dom0) and closes the
 rest, then serves the ring until dom0 says stop or the front end breaks the
 protocol. Python's GIL is per process, so devices are served in parallel.
+
+The control socket carries, from dom0, ``{"stop": true}`` and ``{"stats": true}``
+(answered with ``{"stats": {...}}``, the ring's live counters, for xentop's VBD_*
+columns, as Linux blkback's ``statistics/`` in sysfs); to dom0, ``{"connected":
+true}`` once, ``{"fatal": reason}`` when the front end broke the protocol, and
+``{"stopped": {...}}`` (the final counters) after a stop.
 """
 
 from __future__ import annotations
@@ -80,13 +86,13 @@ def _worker_main(params: dict[str, Any], fds: list[int], control: socket.socket)
     vbd = Vbd(image, params["path"], params["sectors"], params["readonly"])
     loop = EventLoop(params["label"])
     loop.bind(params["port"], recv_fd, send_fd)
-    stop: list[dict] = []
-    loop.add_reader(control.fileno(), lambda fd: stop.append(recv_message(control)[0]))
     try:
         ring = BlkifRing(params["label"], params["frontend"], vbd, hypercall, memory, params["ring_refs"], params["persistent"])
     except Exception as exc:
         send_message(control, {"fatal": f"cannot map the ring: {exc}"})
         return 2
+    stop: list[bool] = []
+    loop.add_reader(control.fileno(), lambda fd: _answer_control(control, ring, stop))
     send_message(control, {"connected": True})
     log.info("%s: connected (%d sectors%s)", params["label"], vbd.sectors, ", read-only" if vbd.readonly else "")
     code = 0
@@ -110,3 +116,15 @@ def _worker_main(params: dict[str, Any], fds: list[int], control: socket.socket)
         except OSError:
             pass  # dom0 did not wait for the figures
     return code
+
+
+def _answer_control(control: socket.socket, ring: BlkifRing, stop: list[bool]) -> None:
+    """One message from dom0: a stats request is answered at once; anything else (or dom0 gone) means stop."""
+    try:
+        message, _ = recv_message(control)
+        if message.get("stats"):
+            send_message(control, {"stats": ring.stats})
+            return
+    except OSError:
+        pass  # ChannelClosed included: dom0 closed its end, nobody is left to serve for
+    stop.append(True)

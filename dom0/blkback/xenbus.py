@@ -15,6 +15,10 @@ For each ``backend/vbd/<front>/<devid>`` directory the toolstack writes, blkback
 
 Watch events arrive on an in-process xenstore connection and are handled from
 dom0's main loop, after the request that caused them.
+
+A connected device's live counters (xentop's VBD_* columns) come from its worker:
+:meth:`Blkback.request_stats` asks every worker, the replies arrive on the
+control sockets like any other worker message and are kept on the device.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 from xenlike.blkif import SECTOR_SIZE, VDISK_CDROM, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE
 from xenlike.hypercall import recv_message, send_message
@@ -63,6 +67,9 @@ class BlkbackDevice:
     control: "socket.socket | None" = None
     channel: int | None = None  # the worker's hypercall channel (domctl open_channel)
     state: XenbusState = XenbusState.Initialising
+    stats: dict[str, int] = field(default_factory=dict)  # the worker's last counters (BlkifRing.stats)
+    stats_asked: int = 0  # stats requests sent to its workers
+    stats_answered: int = 0  # and answered (a worker answers in order; a stopped one's count as answered)
 
     @property
     def backend(self) -> str:
@@ -208,12 +215,15 @@ class Blkback:
         self._switch(device, XenbusState.Connected)
 
     def _on_worker(self, device: BlkbackDevice) -> None:
-        """The worker spoke (or died): a fatal protocol error disconnects the device."""
+        """The worker spoke (or died): counters are kept; a fatal protocol error or its death disconnects the device."""
         try:
             message, _ = recv_message(device.control)  # type: ignore[arg-type]
         except (ConnectionError, OSError):
             message = {"fatal": "the back-end worker died"}
-        if "fatal" in message:
+        if "stats" in message:
+            device.stats = message["stats"]
+            device.stats_answered += 1
+        elif "fatal" in message:
             log.error("%s: disconnected: %s", device.label, message["fatal"])
             self._disconnect(device)
             self._switch(device, XenbusState.Closing)
@@ -232,6 +242,7 @@ class Blkback:
                 pass
             device.control.close()
             device.control = None
+            device.stats_answered = device.stats_asked
         if device.worker is not None:
             _reap(device.worker, WORKER_STOP_TIMEOUT_S)
             device.worker = None
@@ -244,6 +255,32 @@ class Blkback:
             except OSError:
                 pass
             device.port = None
+
+    # -- statistics ----------------------------------------------------------------------
+
+    def request_stats(self) -> Callable[[], bool]:
+        """Ask every connected device's worker for its counters; returns "have all answered?".
+
+        Nothing waits here: the replies come through :meth:`_on_worker` from dom0's
+        loop. A device that disconnects meanwhile counts as answered (its last
+        counters stay on it); a worker found dead is left to :meth:`_on_worker`.
+        """
+        asked: list[tuple[BlkbackDevice, int]] = []
+        for device in self.devices.values():
+            if device.control is None:
+                continue
+            try:
+                send_message(device.control, {"stats": True})
+            except OSError:
+                continue
+            device.stats_asked += 1
+            asked.append((device, device.stats_asked))
+        return lambda: all(device.stats_answered >= number for device, number in asked)
+
+    def device_stats(self, frontend: int, devid: int) -> dict[str, int] | None:
+        """A device's last counters ({} before its worker first reported), None if blkback has no such device."""
+        device = self.devices.get((frontend, devid))
+        return None if device is None else dict(device.stats)
 
     # -- removal -------------------------------------------------------------------------
 

@@ -170,6 +170,7 @@ def test_a_killed_back_end_worker_closes_its_device_and_leaves_nothing_mapped(ho
     assert "not returned" not in host.log("victim")  # every grant came back to the guest
     assert "the back-end worker died" in (host.path / "logs" / "dom0.log").read_text()
     assert set(host.domains()) >= {"plain", "victim"}
+    assert "victim" in host.xl("top", "-b", "-i", "1").stdout  # asking the workers for counters finds no dead one
 
 
 def test_a_target_dom0_cannot_open_fails_the_create_and_leaves_nothing(host, tmp_path):

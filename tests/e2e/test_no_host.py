@@ -12,6 +12,7 @@ VERBS = [
     ["down"], ["list"], ["info"], ["destroy", "x"], ["shutdown", "x"], ["reboot", "x"], ["pause", "x"],
     ["unpause", "x"], ["console", "x"], ["rename", "x", "y"], ["uptime"], ["dmesg"], ["xenstore-ls"],
     ["xenstore-read", "/a"], ["xenstore-write", "/a", "b"], ["xenstore-rm", "/a"], ["xenstore-watch", "/a"],
+    ["top"],
 ]
 
 

@@ -30,6 +30,7 @@ from xenlike.blkif import (
     RESPONSE,
     Segment,
     pack_discard,
+    pack_flush,
     pack_indirect,
     pack_rw,
     pack_segments,
@@ -199,6 +200,20 @@ def test_closing_the_back_end_unmaps_every_grant(blk):
     blk.back.close()
     assert blk.mapper.mapping_count() == 0
     blk.back.close = lambda: None  # already closed for the fixture
+
+
+def test_the_counters_xentop_shows_count_requests_by_operation_and_sectors_moved(blk):
+    gref = next(iter(blk.rw))
+    assert blk.submit(pack_rw(BLKIF_OP_WRITE, 1, 0, [Segment(gref, 0, 7)]))[2] == BLKIF_RSP_OKAY
+    assert blk.submit(pack_rw(BLKIF_OP_READ, 2, 8, [Segment(gref, 2, 3)]))[2] == BLKIF_RSP_OKAY
+    assert blk.submit(pack_rw(BLKIF_OP_READ, 3, 0, [Segment(gref, 3, 2)]))[2] < 0  # refused, still counted
+    assert blk.submit(pack_flush(4))[2] == BLKIF_RSP_OKAY
+    assert blk.submit(pack_discard(5, 0, 8))[2] == BLKIF_RSP_OKAY
+    stats = blk.back.stats
+    assert (stats["write_requests"], stats["write_sectors"]) == (1, 8)
+    assert (stats["read_requests"], stats["read_sectors"]) == (2, 2)
+    assert (stats["flush_requests"], stats["discard_requests"], stats["oo_requests"]) == (1, 1, 0)
+    assert (stats["requests"], stats["errors"]) == (5, 1)
 
 
 def _indirect(blk, op, sector, segs, indirect_pfn=RO_PAGE - 2):
