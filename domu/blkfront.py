@@ -20,7 +20,10 @@ batches of one), and
 granted to the back end once and reused (persistent grants); requests of more
 than 11 pages use indirect descriptors. The pool hands out runs of contiguous
 pages, so a request's data is one slice copy and the back end moves it with one
-I/O vector.
+I/O vector. ``buffer()`` lends such a run to the workload (:class:`BlkBuffer`,
+io_uring's registered buffers): it fills or reads the pages in place and
+``submit_read_buffer``/``submit_write_buffer`` do I/O on them with no copy in
+the guest.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ from xenlike.xs_wire import XsError
 if TYPE_CHECKING:
     from .kernel import Kernel
 
-__all__ = ["Blkfront", "BlockDevice", "BlockIOError", "BlkBatch", "BlkFuture", "DiskFile"]
+__all__ = ["Blkfront", "BlockDevice", "BlockIOError", "BlkBatch", "BlkBuffer", "BlkFuture", "DiskFile"]
 
 log = logging.getLogger("domu.blkfront")
 
@@ -238,7 +241,7 @@ class _Inflight:
     op: int
     sector: int
     nbytes: int
-    run: _Run | None  # the pool pages of a READ or WRITE, until they are given back
+    run: _Run | None  # the pool pages of a READ or WRITE, until they are given back (None: a buffer's)
     future: BlkFuture
     data: bytes | None = None  # a READ's data, once copied out of the pool
 
@@ -247,7 +250,10 @@ class _Inflight:
 class _Request:
     """One ring request built but not yet placed: what it is, and how to fill its slot.
 
-    ``build(req_id, run)`` copies a WRITE's data into the run's pages and returns the slot.
+    ``build(req_id, run)`` copies a WRITE's data into the run's pages (unless they
+    are a buffer's, which hold it already) and returns the slot. ``run`` is the
+    pages a :class:`BlkBuffer` lends the request; without it the request takes
+    pool pages when it is placed and gives them back when it completes.
     """
 
     op: int
@@ -256,6 +262,7 @@ class _Request:
     nr_pages: int  # pool pages it needs (0 for FLUSH and DISCARD)
     build: Callable[[int, _Run | None], bytes]
     future: BlkFuture
+    run: _Run | None = None
 
 
 def _gathered(op: int, parts: list[BlkFuture]) -> BlkFuture:
@@ -271,6 +278,117 @@ def _gathered(op: int, parts: list[BlkFuture]) -> BlkFuture:
 
     threading.Thread(target=gather, daemon=True).start()
     return combined
+
+
+class BlkBuffer:
+    """Pool pages lent to the workload, for I/O with no copy in the guest (io_uring's registered buffers).
+
+    ``disk.buffer(nbytes)`` lends ``nbytes`` (a multiple of 512, at most one request)
+    of pages, contiguous in guest memory and granted to the back end; :attr:`view`
+    is a writable memoryview on them. ``disk.submit_write_buffer(sector, buf)`` has
+    the back end write the pages to the disk as they are, and
+    ``disk.submit_read_buffer(sector, buf)`` has it read into them (both also in a
+    batch, as ``write_buffer``/``read_buffer``); their futures give None::
+
+        with disk.buffer(1 << 20) as buf:
+            buf.view[:] = data
+            disk.submit_write_buffer(0, buf).result()
+
+    The contract:
+
+    - At most one request is in flight on a buffer, from when it is submitted (or
+      queued in a batch) until its future completes: another raises BlockIOError.
+      Meanwhile the back end reads the pages (WRITE: do not change them) or writes
+      them (READ: their contents are undefined until the future completes).
+    - The pages stay the buffer's until :meth:`release` (or the end of its ``with``
+      block); the pool does not reuse them, so buffers held leave less room to
+      other requests, which wait for it. Releasing a buffer with a request in
+      flight raises BlockIOError; releasing twice is harmless.
+    - Release, and the device's detach, release the view: using it then raises
+      ValueError (a released memoryview), and :attr:`view` and submitting raise
+      BlockIOError. Slices and ``memoryview()``s taken from the view share its pages
+      but are not tracked: do not keep them past release. While something still
+      exports the view (a numpy array on it, say) release raises BlockIOError and
+      the pages stay lent.
+
+    A buffer belongs to one thread at a time.
+    """
+
+    def __init__(self, device: "BlockDevice", run: _Run, nbytes: int) -> None:
+        self.device = device
+        self.nbytes = nbytes
+        self._run: _Run | None = run
+        base = run.pfn * PAGE_SIZE
+        self._view: memoryview | None = device.kernel.memory.view[base : base + nbytes]  # its own, to release
+        self._future: BlkFuture | None = None
+
+    @property
+    def view(self) -> memoryview:
+        """The pages, writable; BlockIOError once the buffer is released or its device detached."""
+        if self._view is None:
+            raise BlockIOError(f"{self.device.vdev}: the buffer was {self._gone_reason()}")
+        return self._view
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request on the buffer is queued or in flight."""
+        return self._future is not None and not self._future.done()
+
+    def release(self) -> None:
+        """Give the pages back to the pool (see the class); harmless once released."""
+        if self._run is None:
+            return
+        if self.busy:
+            raise BlockIOError(f"{self.device.vdev}: a buffer with a request in flight cannot be released")
+        self._drop_view()
+        run, self._run = self._run, None
+        self.device._take_back(self, run)
+
+    def _idle_run(self, device: "BlockDevice") -> _Run:
+        """The pages, for a request on ``device``; BlockIOError unless the buffer is usable and idle."""
+        if device is not self.device:
+            raise BlockIOError(f"{device.vdev}: the buffer belongs to {self.device.vdev}")
+        if self._run is None or self._view is None:
+            raise BlockIOError(f"{device.vdev}: the buffer was {self._gone_reason()}")
+        if self.busy:
+            raise BlockIOError(f"{device.vdev}: the buffer already has a request in flight")
+        return self._run
+
+    def _track(self, future: BlkFuture) -> None:
+        """``future`` is the buffer's request in flight until it completes."""
+        self._future = future
+
+    def _drop_view(self) -> None:
+        """Release the view handed out; BlockIOError (view kept) while something exports it."""
+        view = self._view  # once: release and the device's detach may race
+        if view is None:
+            return
+        try:
+            view.release()
+        except BufferError as exc:
+            raise BlockIOError(f"{self.device.vdev}: the buffer's view is still exported: {exc}") from None
+        self._view = None
+
+    def _revoke(self) -> None:
+        """The device is detached: drop the view, even one something still exports (logged)."""
+        try:
+            self._drop_view()
+        except BlockIOError as exc:
+            log.warning("d%d %s", self.device.kernel.domid, exc)
+            self._view = None
+
+    def _gone_reason(self) -> str:
+        return "released" if self._run is None else "detached with its device"
+
+    def __enter__(self) -> "BlkBuffer":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._run is None else "busy" if self.busy else "idle"
+        return f"<BlkBuffer {self.device.vdev} {self.nbytes} bytes {state}>"
 
 
 class BlockDevice:
@@ -296,6 +414,7 @@ class BlockDevice:
         self._pool: _GrantPool | None = None
         self._inflight: dict[int, _Inflight] = {}
         self._uncollected: dict[int, _Inflight] = {}  # completed READs whose data is still in the pool
+        self._buffers: set[BlkBuffer] = set()  # lent and not released
         self._ids = itertools.count(1)
         self.closing = False
 
@@ -374,6 +493,7 @@ class BlockDevice:
             for inflight in self._inflight.values():
                 inflight.future.set(error=BlockIOError(f"{self.vdev} was detached"))
             self._inflight.clear()
+            self._revoke_buffers()
             self._cond.notify_all()
         try:
             xs.unwatch(f"{self.backend_path}/state", self._otherend_token)
@@ -394,6 +514,11 @@ class BlockDevice:
             self.kernel.pages.free(self._ring_first)
         if self._pool is not None:
             self._pool.close()
+
+    def _revoke_buffers(self) -> None:
+        """Release every lent buffer's view (``_cond`` held); their pages go with the pool."""
+        for buffer in self._buffers:
+            buffer._revoke()
 
     def _end_access(self, gref: int) -> bool:
         """gnttab_end_foreign_access; False (logged) if the back end still maps the page.
@@ -435,6 +560,26 @@ class BlockDevice:
     def submit_discard(self, sector: int, nr_sectors: int) -> BlkFuture:
         return self._submit_now(*self._discard_requests(sector, nr_sectors))
 
+    def buffer(self, nbytes: int, timeout: float | None = 60.0) -> BlkBuffer:
+        """Borrow ``nbytes`` (a multiple of 512, at most one request) of pool pages (:class:`BlkBuffer`).
+
+        Waits, as a request does, until the pool has that many contiguous pages free:
+        TimeoutError after ``timeout`` seconds, BlockIOError if the device is detached.
+        """
+        nr_pages = self._buffer_pages(nbytes)
+        with self._cond:  # one hold, so a detach revokes every buffer it lent
+            buffer = BlkBuffer(self, self._wait_for_pages(nr_pages, timeout), nbytes)
+            self._buffers.add(buffer)
+        return buffer
+
+    def submit_read_buffer(self, sector: int, buffer: BlkBuffer) -> BlkFuture:
+        """Read ``buffer.nbytes`` from ``sector`` into the buffer's pages, with no copy; the future gives None."""
+        return self._submit_now(*self._buffer_requests(BLKIF_OP_READ, sector, buffer))
+
+    def submit_write_buffer(self, sector: int, buffer: BlkBuffer) -> BlkFuture:
+        """Write the buffer's pages as they are at ``sector``, with no copy; acknowledged once in the image."""
+        return self._submit_now(*self._buffer_requests(BLKIF_OP_WRITE, sector, buffer))
+
     def read(self, sector: int, nbytes: int) -> bytes:
         return self.submit_read(sector, nbytes).result()
 
@@ -457,9 +602,20 @@ class BlockDevice:
         return self._rw_requests(BLKIF_OP_READ, sector, nbytes, None)
 
     def _write_requests(self, sector: int, data: bytes | bytearray | memoryview) -> tuple[BlkFuture, list[_Request]]:
+        self._check_writable()
+        return self._rw_requests(BLKIF_OP_WRITE, sector, len(data), memoryview(data).cast("B"))
+
+    def _buffer_requests(self, op: int, sector: int, buffer: BlkBuffer) -> tuple[BlkFuture, list[_Request]]:
+        """A READ into or WRITE from ``buffer``'s pages: one request on them, nothing copied."""
+        if op == BLKIF_OP_WRITE:
+            self._check_writable()
+        request = self._rw_request(op, sector, buffer.nbytes, None, buffer._idle_run(self))
+        buffer._track(request.future)
+        return request.future, [request]
+
+    def _check_writable(self) -> None:
         if self.readonly:
             raise BlockIOError(f"{self.vdev} is read-only")
-        return self._rw_requests(BLKIF_OP_WRITE, sector, len(data), memoryview(data).cast("B"))
 
     def _flush_requests(self) -> tuple[BlkFuture, list[_Request]]:
         request = self._request(BLKIF_OP_FLUSH_DISKCACHE, 0, 0, 0, lambda req_id, run: pack_flush(req_id))
@@ -471,8 +627,8 @@ class BlockDevice:
         return request.future, [request]
 
     def _request(self, op: int, sector: int, nbytes: int, nr_pages: int,
-                 build: Callable[[int, _Run | None], bytes]) -> _Request:
-        return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(self._poll_responses))
+                 build: Callable[[int, _Run | None], bytes], run: _Run | None = None) -> _Request:
+        return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(self._poll_responses), run)
 
     def _rw_requests(self, op: int, sector: int, nbytes: int,
                      data: memoryview | None) -> tuple[BlkFuture, list[_Request]]:
@@ -491,7 +647,9 @@ class BlockDevice:
                  for off in range(0, nbytes, chunk)]
         return _gathered(op, [part.future for part in parts]), parts
 
-    def _rw_request(self, op: int, sector: int, nbytes: int, data: memoryview | None) -> _Request:
+    def _rw_request(self, op: int, sector: int, nbytes: int, data: memoryview | None,
+                    lent: _Run | None = None) -> _Request:
+        """One READ or WRITE; a WRITE's ``data`` is copied into its pages, unless ``lent`` holds it."""
         nr_data = -(-nbytes // PAGE_SIZE)
         last_sect = (nbytes - (nr_data - 1) * PAGE_SIZE) // SECTOR_SIZE - 1
         view = self.kernel.memory.view  # frames by offset: pfns come from our own allocator
@@ -509,7 +667,7 @@ class BlockDevice:
             nr_indirect = run.count - nr_data
             return pack_indirect(op, req_id, sector, nr_data, run.grefs(nr_data, nr_indirect))
 
-        return self._request(op, sector, nbytes, pages_per_request(nr_data), fill)
+        return self._request(op, sector, nbytes, pages_per_request(nr_data), fill, lent)
 
     def _submit_now(self, future: BlkFuture, requests: list[_Request]) -> BlkFuture:
         """A batch of one: place ``requests`` (one operation's) at once; returns its ``future``."""
@@ -550,12 +708,13 @@ class BlockDevice:
         room = self.ring.free_requests() if self.ring is not None else 0
         slots = []
         for request in requests[start : start + room]:
-            run = self._take_pages(request.nr_pages)
+            run = request.run if request.run is not None else self._take_pages(request.nr_pages)
             if run is None and request.nr_pages:
                 break
             req_id = next(self._ids)
             slots.append(request.build(req_id, run))
-            self._inflight[req_id] = _Inflight(request.op, request.sector, request.nbytes, run, request.future)
+            pooled = run if request.run is None else None  # a buffer's pages stay lent when it completes
+            self._inflight[req_id] = _Inflight(request.op, request.sector, request.nbytes, pooled, request.future)
         if slots:
             self.ring.put_requests(b"".join(slots))  # type: ignore[union-attr]
         return len(slots)
@@ -569,6 +728,35 @@ class BlockDevice:
             self._collect_all()  # the pool is held by reads nobody has asked for yet
             run = self._pool.take(nr_pages)  # type: ignore[union-attr]
         return run
+
+    def _buffer_pages(self, nbytes: int) -> int:
+        """Pool pages a buffer of ``nbytes`` takes: one request's data pages and its indirect pages."""
+        if nbytes <= 0 or nbytes % SECTOR_SIZE or nbytes > self.max_segments * PAGE_SIZE:
+            raise ValueError(f"{self.vdev}: a buffer is whole 512-byte sectors, at most "
+                             f"{self.max_segments * PAGE_SIZE} bytes (one request), not {nbytes}")
+        return pages_per_request(-(-nbytes // PAGE_SIZE))
+
+    def _wait_for_pages(self, nr_pages: int, timeout: float | None) -> _Run:
+        """``nr_pages`` contiguous pool pages, once they are free (``_cond`` held; see :meth:`buffer`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.closing:
+                raise BlockIOError(f"{self.vdev} is detached")
+            run = self._take_pages(nr_pages)
+            if run is not None:
+                return run
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"{self.vdev}: no {nr_pages} pool pages came free for a buffer in time")
+            self._cond.wait(remaining)
+
+    def _take_back(self, buffer: BlkBuffer, run: _Run) -> None:
+        """A released buffer's pages: back to the pool, unless the device is detached (the pool is gone)."""
+        with self._cond:
+            self._buffers.discard(buffer)
+            if not self.closing:
+                self._pool.give(run)  # type: ignore[union-attr]
+                self._cond.notify_all()
 
     def _push(self) -> None:
         """Publish the placed requests; kick the back end only if it asked (``_cond`` held)."""
@@ -614,9 +802,10 @@ class BlockDevice:
         if inflight is None:
             log.warning("d%d %s: response to unknown request %d", self.kernel.domid, self.vdev, req_id)
             return
-        if status == BLKIF_RSP_OKAY and inflight.op == BLKIF_OP_READ:
+        if status == BLKIF_RSP_OKAY and inflight.op == BLKIF_OP_READ and inflight.run is not None:
             # The data is copied out by the thread that asks for it: the event loop stays
             # short, and the buffer is allocated (and later freed) by its user's thread.
+            # (A BlkBuffer's READ has no pooled run: its data stays where it landed.)
             self._uncollected[req_id] = inflight
             inflight.future.set(collect=lambda: self._collect(req_id, inflight))
             return
@@ -684,6 +873,8 @@ class BlkBatch:
     put a :meth:`wait` between requests that depend on each other.
 
     A WRITE's buffer is copied when the batch is submitted: do not change it before.
+    ``read_buffer``/``write_buffer`` do I/O on a :class:`BlkBuffer`'s pages with no
+    copy; the buffer is busy from when it is queued, until its request completes.
     If the ``with`` block raises, nothing queued is submitted and those futures
     fail with BlockIOError. A batch belongs to one thread.
     """
@@ -700,6 +891,14 @@ class BlkBatch:
     def write(self, sector: int, data: bytes | bytearray | memoryview) -> BlkFuture:
         """Queue a WRITE of ``data`` (a multiple of 512 bytes) at ``sector``."""
         return self._queue(*self.device._write_requests(sector, data))
+
+    def read_buffer(self, sector: int, buffer: BlkBuffer) -> BlkFuture:
+        """Queue a READ of ``buffer.nbytes`` from ``sector`` into the buffer's pages; the future gives None."""
+        return self._queue(*self.device._buffer_requests(BLKIF_OP_READ, sector, buffer))
+
+    def write_buffer(self, sector: int, buffer: BlkBuffer) -> BlkFuture:
+        """Queue a WRITE of the buffer's pages as they are at ``sector`` (not copied: leave them be)."""
+        return self._queue(*self.device._buffer_requests(BLKIF_OP_WRITE, sector, buffer))
 
     def flush(self) -> BlkFuture:
         """Queue a FLUSH: everything acknowledged before is durable once it completes."""

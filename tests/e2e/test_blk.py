@@ -213,3 +213,23 @@ def test_batches_larger_than_the_ring_and_the_pool_match_a_model_byte_for_byte(h
     assert outcome["small"]["pushes"] == 1 and outcome["small"]["notifies"] <= 1  # one push for a batch that fits
     assert outcome["abandoned"] == "BlockIOError"
     assert hashlib.sha256(image.read_bytes()[: 16 << 20]).hexdigest() == outcome["sha256"]
+
+
+def test_zero_copy_buffers_write_and_read_in_place_and_refuse_misuse(host, tmp_path):
+    image = tmp_path / "buf.img"
+    host.up(str(write_cluster(tmp_path, [disk_domain("z", f"vdev=xvda, size=16M, target={image}",
+                                                     "buffers", "xvda", "5")])))
+    outcome = console_json(host, "z", "BUFFERS", timeout=60)
+    assert outcome["one_by_one"] == {"read": True, "read_buffer": True, "write_then_read_buffer": True}
+    assert outcome["batch"] == {"written": True, "queued_twice": "BlockIOError", "release_queued": "BlockIOError",
+                                "read_buffer": True, "read": True, "buffer_results": True}
+    assert outcome["misuse"] == {"busy": True, "second_submit": "BlockIOError", "release_in_flight": "BlockIOError",
+                                 "result": None, "view_after_release": "BlockIOError",
+                                 "old_view_after_release": "ValueError", "submit_after_release": "BlockIOError",
+                                 "too_big": "ValueError", "not_sectors": "ValueError"}
+    assert outcome["pool"] == {"timed_out": "TimeoutError", "waited": True, "all_returned": True}
+    rng = random.Random(5)  # the workload's first patterns, one per buffer size at 2 MiB apart
+    data = image.read_bytes()
+    for i, size in enumerate([512, 4096, 11 * 4096, 12 * 4096, 1 << 20]):
+        assert data[i << 21 : (i << 21) + size] == rng.randbytes(size)
+    assert hashlib.sha256(data[: 16 << 20]).hexdigest() == outcome["sha256"]

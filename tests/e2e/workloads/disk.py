@@ -10,12 +10,15 @@ Modes:
   io                 write and read back forever, counting rounds in data/rounds
   batch SEED MIB     mixed reads and writes through disk.batch(), more than the ring and the
                      pool hold, checked byte for byte against a model of the disk ("BATCH")
+  buffers SEED       zero-copy I/O through disk.buffer(): patterns written and read back through
+                     buffers and read(), alone and in batches; the misuse that must raise ("BUFFERS")
 """
 
 import hashlib
 import json
 import random
 import struct
+import threading
 import time
 import zlib
 
@@ -124,6 +127,121 @@ def batch_mode(ctx, disk, seed, mib):
     report("BATCH", outcome)
 
 
+# A sector, a page, the most pages without indirect descriptors, the fewest with, the most a request holds.
+BUFFER_SIZES = [512, 4096, 11 * 4096, 12 * 4096, 1 << 20]
+
+
+def raises(error, action):
+    """The name of what ``action()`` raised if it is ``error``; None if it raised nothing."""
+    try:
+        action()
+    except error as exc:
+        return type(exc).__name__
+    return None
+
+
+def read_through_buffer(disk, offset, size):
+    """``size`` bytes at ``offset``, read into a buffer first filled with junk (pages may hold old data)."""
+    with disk.buffer(size) as buf:
+        buf.view[:] = b"\xa5" * size
+        disk.submit_read_buffer(offset // 512, buf).result()
+        return bytes(buf.view)
+
+
+def buffers_one_by_one(disk, rng):
+    """Each size written through a buffer at its own 2 MiB offset, read back both ways."""
+    written = {}
+    for i, size in enumerate(BUFFER_SIZES):
+        offset, data = i << 21, rng.randbytes(size)
+        with disk.buffer(size) as buf:
+            buf.view[:] = data
+            disk.submit_write_buffer(offset // 512, buf).result()
+        written[offset] = data
+    plain = (len(BUFFER_SIZES) + 1) << 21  # the other direction: write(), then read into a buffer
+    disk.write(plain // 512, written[0] * 8)
+    return {"read": all(disk.read(o // 512, len(d)) == d for o, d in written.items()),
+            "read_buffer": all(read_through_buffer(disk, o, len(d)) == d for o, d in written.items()),
+            "write_then_read_buffer": read_through_buffer(disk, plain, 4096) == written[0] * 8}
+
+
+def buffers_in_a_batch(disk, rng):
+    """Six 64 KiB buffers written in one batch with a FLUSH, read back in one batch beside plain reads."""
+    base, size = 10 << 20, 64 << 10
+    data = [rng.randbytes(size) for _ in range(6)]
+    out = [disk.buffer(size) for _ in data]
+    for buf, block in zip(out, data):
+        buf.view[:] = block
+    with disk.batch() as batch:
+        for i, buf in enumerate(out):
+            batch.write_buffer((base + i * size) // 512, buf)
+        batch.flush()
+        queued_twice = raises(Exception, lambda: batch.write_buffer(base // 512, out[0]))
+        release_queued = raises(Exception, out[0].release)
+    written = batch.wait()
+    back = [disk.buffer(size) for _ in data]
+    with disk.batch() as batch:
+        for i, buf in enumerate(back):
+            buf.view[:] = bytes(size)
+            batch.read_buffer((base + i * size) // 512, buf)
+            batch.read((base + i * size) // 512, size)
+    results = batch.wait()
+    outcome = {"written": written == [None] * 7, "queued_twice": queued_twice, "release_queued": release_queued,
+               "read_buffer": [bytes(buf.view) for buf in back] == data, "read": results[1::2] == data,
+               "buffer_results": results[0::2] == [None] * 6}
+    for buf in out + back:
+        buf.release()
+    return outcome
+
+
+def buffers_misused(ctx, disk):
+    """A second request and a release on a buffer in flight, and every use after release, raise."""
+    buf = disk.buffer(1 << 20)
+    # No upcalls: the request stays in flight until its result() takes the response.
+    ctx.events.mask(disk.port)
+    time.sleep(0.1)  # an upcall already dispatched finishes first
+    try:
+        future = disk.submit_read_buffer(0, buf)
+        outcome = {"busy": buf.busy,
+                   "second_submit": raises(Exception, lambda: disk.submit_write_buffer(0, buf)),
+                   "release_in_flight": raises(Exception, buf.release)}
+    finally:
+        ctx.events.unmask(disk.port)
+    outcome["result"] = future.result()
+    view = buf.view
+    buf.release()
+    buf.release()  # harmless
+    outcome.update(view_after_release=raises(Exception, lambda: buf.view),
+                   old_view_after_release=raises(Exception, lambda: view[0]),
+                   submit_after_release=raises(Exception, lambda: disk.submit_read_buffer(0, buf)),
+                   too_big=raises(Exception, lambda: disk.buffer(disk.max_segments * 4096 + 512)),
+                   not_sectors=raises(Exception, lambda: disk.buffer(100)))
+    return outcome
+
+
+def buffers_fill_the_pool(disk):
+    """Buffers holding the whole pool: another borrow times out, or waits until one is released."""
+    pool = disk._pool
+    held = [disk.buffer(disk.max_segments * 4096) for _ in range(pool.max_chunks)]  # a whole chunk each
+    timed_out = raises(TimeoutError, lambda: disk.buffer(512, timeout=0.2))
+    threading.Timer(0.2, held[0].release).start()
+    with disk.buffer(512, timeout=30) as late:
+        waited = late.nbytes == 512
+    for buf in held:
+        buf.release()
+    free = sum(chunk.free.free_frames for chunk in pool._chunks)
+    return {"timed_out": timed_out, "waited": waited, "all_returned": free == pool.chunk_pages * len(pool._chunks)}
+
+
+def buffers_mode(ctx, disk, seed):
+    """The zero-copy buffer interface: see the module docstring ("buffers")."""
+    rng = random.Random(seed)
+    outcome = {"one_by_one": buffers_one_by_one(disk, rng), "batch": buffers_in_a_batch(disk, rng),
+               "misuse": buffers_misused(ctx, disk), "pool": buffers_fill_the_pool(disk)}
+    disk.flush()
+    outcome["sha256"] = hashlib.sha256(disk.read(0, 16 << 20)).hexdigest()
+    report("BUFFERS", outcome)
+
+
 def run(ctx):
     mode, vdev, *rest = ctx.args
     if mode == "hotplug":
@@ -180,6 +298,8 @@ def run(ctx):
         report("HOSTILE", {"sent": True})
     elif mode == "batch":
         batch_mode(ctx, disk, int(rest[0]), int(rest[1]))
+    elif mode == "buffers":
+        buffers_mode(ctx, disk, int(rest[0]))
     elif mode == "io":
         rounds = 0
         block = random.randbytes(64 << 10)
