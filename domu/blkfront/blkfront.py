@@ -1,14 +1,4 @@
-"""The guest's block front end (Linux ``drivers/block/xen-blkfront.c``).
-
-:class:`Blkfront` follows ``device/vbd`` in the guest's xenstore home: for each
-device the toolstack adds it runs the XenBus handshake (read the back end's
-features once it is in InitWait; allocate and grant a ring of up to 16 pages;
-allocate an event channel; publish ``ring-ref``/``ring-refN``,
-``ring-page-order``, ``event-channel``, ``protocol``, ``feature-persistent`` and
-move to Initialised; when the back end is Connected, read ``sectors`` and
-``info`` and move to Connected), and it follows the back end to Closing and
-Closed on detach. Handshakes run in a thread of their own, since they wait for
-the back end; the data path runs on the kernel's event loop.
+"""blkfront's data path (Linux ``drivers/block/xen-blkfront.c``, its request side).
 
 :class:`BlockDevice` is a disk as the workload sees it (``ctx.disks["xvda"]``):
 ``read``/``write``/``flush``/``discard``, an asynchronous ``submit_*`` interface
@@ -17,13 +7,18 @@ queue many requests and place them on the ring with one push and at most one
 notification (:class:`BlkBatch`; ``submit_*`` go through the same path, as
 batches of one), and
 ``open()`` for a standard ``io.RawIOBase`` file. I/O goes through a pool of pages
-granted to the back end once and reused (persistent grants); requests of more
-than 11 pages use indirect descriptors. The pool hands out runs of contiguous
-pages, so a request's data is one slice copy and the back end moves it with one
-I/O vector. ``buffer()`` lends such a run to the workload (:class:`BlkBuffer`,
-io_uring's registered buffers): it fills or reads the pages in place and
-``submit_read_buffer``/``submit_write_buffer`` do I/O on them with no copy in
-the guest.
+granted to the back end once and reused (persistent grants, :mod:`.pool`);
+requests of more than 11 pages use indirect descriptors. The pool hands out runs
+of contiguous pages, so a request's data is one slice copy and the back end moves
+it with one I/O vector. ``buffer()`` lends such a run to the workload
+(:class:`BlkBuffer`, io_uring's registered buffers): it fills or reads the pages
+in place and ``submit_read_buffer``/``submit_write_buffer`` do I/O on them with
+no copy in the guest.
+
+The XenBus handshake (:mod:`.xenbus`) sets a device up with :meth:`BlockDevice.setup_ring`
+and :meth:`BlockDevice.setup_pool` and takes it down with
+:meth:`BlockDevice.stop_io` and :meth:`BlockDevice.teardown_ring`; everything
+else here runs in the workload's threads and on the kernel's event loop.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -47,39 +41,25 @@ from xenlike.blkif import (
     BLKIF_RSP_EOPNOTSUPP,
     BLKIF_RSP_OKAY,
     SECTOR_SIZE,
-    SECTORS_PER_PAGE,
-    SEGMENT_SIZE,
-    SEGS_PER_INDIRECT_FRAME,
-    VDISK_READONLY,
-    XEN_IO_PROTO_ABI_NATIVE,
-    Segment,
     pack_discard,
     pack_flush,
     pack_indirect,
     pack_rw_packed,
-    pack_segments,
 )
-from xenlike.grant_table import GrantError
-from xenlike.memory import PAGE_SIZE, OutOfFrames, PageAllocator
+from xenlike.memory import PAGE_SIZE
 from xenlike.ring import FrontRing
-from xenlike.xenbus import XenbusState, frontend_path
-from xenlike.xs_wire import XsdSockmsgType as XS
-from xenlike.xs_wire import XsError
+from xenlike.xenbus import frontend_path
+
+from .pool import MAX_POOL_PAGES, MAX_SEGMENTS, MIN_POOL_PAGES, _GrantPool, _Run, end_foreign_access, pages_per_request
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
+    from ..kernel import Kernel
 
-__all__ = ["Blkfront", "BlockDevice", "BlockIOError", "BlkBatch", "BlkBuffer", "BlkFuture", "DiskFile"]
+__all__ = ["BlockDevice", "BlockIOError", "BlkBatch", "BlkBuffer", "BlkFuture", "DiskFile"]
 
 log = logging.getLogger("domu.blkfront")
 
 MAX_RING_PAGE_ORDER = 4
-MAX_SEGMENTS = 256  # per request, with indirect descriptors
-HANDSHAKE_TIMEOUT_S = 10.0
-# The pool of persistent pages: at most this many (eight of the largest requests with
-# their indirect page), and at most a quarter of the guest's free memory.
-MAX_POOL_PAGES = 8 * (MAX_SEGMENTS + 1)
-MIN_POOL_PAGES = 64
 
 
 class BlockIOError(IOError):
@@ -138,102 +118,6 @@ class BlkFuture:
             if not self._latch.acquire(timeout=-1 if timeout is None else timeout):
                 raise TimeoutError("the block request did not complete in time")
             self._latch.release()  # let other waiters through
-
-
-def pages_per_request(nr_segments: int) -> int:
-    """Pool pages a request of ``nr_segments`` data pages takes: the data, then its indirect pages."""
-    if nr_segments <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
-        return nr_segments
-    return nr_segments + -(-nr_segments // SEGS_PER_INDIRECT_FRAME)
-
-
-@dataclass(slots=True)
-class _Chunk:
-    """Contiguous guest pages, each granted to the back end once (persistent grants)."""
-
-    first_pfn: int
-    grefs: list[int]
-    segments: bytes  # one whole-page segment per page, laid out as an indirect page holds them
-    free: PageAllocator  # which of its pages no request holds
-
-
-@dataclass(slots=True)
-class _Run:
-    """Pages ``pfn``.. of a chunk, held by one request."""
-
-    chunk: _Chunk
-    pfn: int
-    count: int
-
-    @property
-    def index(self) -> int:
-        return self.pfn - self.chunk.first_pfn
-
-    def grefs(self, start: int, count: int) -> list[int]:
-        return self.chunk.grefs[self.index + start : self.index + start + count]
-
-    def segments(self, count: int, last_sect: int) -> bytes:
-        """Segments for the first ``count`` pages, the last one ending at ``last_sect``."""
-        packed = self.chunk.segments[self.index * SEGMENT_SIZE : (self.index + count) * SEGMENT_SIZE]
-        if last_sect == SECTORS_PER_PAGE - 1:
-            return packed
-        patched = bytearray(packed)
-        patched[(count - 1) * SEGMENT_SIZE + 5] = last_sect  # blkif_request_segment.last_sect
-        return bytes(patched)
-
-
-class _GrantPool:
-    """The pages a device does I/O through (xen-blkfront's persistent grants).
-
-    Pages are granted to the back end once, in chunks of ``chunk_pages`` contiguous
-    frames, and reused for ever; the back end keeps them mapped. A request takes one
-    contiguous run, so its data moves with one slice copy here and one I/O vector in
-    the back end. The pool grows a chunk at a time up to ``max_chunks``.
-    """
-
-    def __init__(self, device: "BlockDevice", chunk_pages: int, max_chunks: int) -> None:
-        self.device = device
-        self.chunk_pages = chunk_pages
-        self.max_chunks = max_chunks
-        self._chunks: list[_Chunk] = []
-
-    def take(self, count: int) -> _Run | None:
-        """A run of ``count`` free pages, or None until a request gives some back."""
-        if count > self.chunk_pages:
-            raise BlockIOError(f"{self.device.vdev}: a request of {count} pages exceeds the pool's {self.chunk_pages}")
-        for chunk in self._chunks:
-            if chunk.free.free_frames >= count:
-                try:
-                    return _Run(chunk, chunk.free.alloc(count), count)
-                except OutOfFrames:
-                    continue  # free, but not in one run
-        if len(self._chunks) < self.max_chunks:
-            chunk = self._grant_chunk()
-            return _Run(chunk, chunk.free.alloc(count), count)
-        return None
-
-    def give(self, run: _Run) -> None:
-        run.chunk.free.free(run.pfn)
-
-    def _grant_chunk(self) -> _Chunk:
-        kernel = self.device.kernel
-        first = kernel.pages.alloc(self.chunk_pages)
-        grefs = [kernel.grant_table.grant_access(self.device.backend_id, first + i) for i in range(self.chunk_pages)]
-        whole_pages = pack_segments([Segment(gref, 0, SECTORS_PER_PAGE - 1) for gref in grefs])
-        chunk = _Chunk(first, grefs, whole_pages, PageAllocator(first, first + self.chunk_pages))
-        self._chunks.append(chunk)
-        return chunk
-
-    def close(self) -> None:
-        """End access to every page and give the frames back (the back end has unmapped them).
-
-        A chunk with a page the back end still maps is kept out of use, never reused.
-        """
-        for chunk in self._chunks:
-            returned = [self.device._end_access(gref) for gref in chunk.grefs]
-            if all(returned):
-                self.device.kernel.pages.free(chunk.first_pfn)
-        self._chunks.clear()
 
 
 @dataclass(slots=True)
@@ -394,9 +278,8 @@ class BlkBuffer:
 class BlockDevice:
     """A connected virtual disk."""
 
-    def __init__(self, front: "Blkfront", devid: int, vdev: str) -> None:
-        self.front = front
-        self.kernel = front.kernel
+    def __init__(self, kernel: "Kernel", devid: int, vdev: str) -> None:
+        self.kernel = kernel
         self.devid = devid
         self.vdev = vdev
         self.path = frontend_path(self.kernel.domid, "vbd", devid)
@@ -428,22 +311,17 @@ class BlockDevice:
     def __repr__(self) -> str:
         return f"<BlockDevice {self.vdev} {self.size >> 20} MiB{' ro' if self.readonly else ''}>"
 
-    # -- the handshake (runs in the xenbus thread) ------------------------------------
+    # -- set up and taken down by the handshake (its thread: see .xenbus) ----------------
 
-    def connect(self) -> None:
-        xs = self.kernel.xenbus
-        self.backend_path = xs.read_str(f"{self.path}/backend") or ""
-        self.backend_id = int(xs.read_str(f"{self.path}/backend-id") or 0)
-        self.front.wait_backend(self, {XenbusState.InitWait, XenbusState.Connected})
-        features = {key: xs.read_str(f"{self.backend_path}/{key}") for key in
-                    ("max-ring-page-order", "feature-persistent", "feature-max-indirect-segments")}
-        order = min(int(features["max-ring-page-order"] or 0), MAX_RING_PAGE_ORDER)
-        self.persistent = features["feature-persistent"] == "1"
-        indirect = int(features["feature-max-indirect-segments"] or 0)
-        self.max_segments = max(BLKIF_MAX_SEGMENTS_PER_REQUEST, min(indirect, MAX_SEGMENTS))
+    def setup_ring(self, order: int) -> tuple[list[int], int]:
+        """Set up a ring of ``2**order`` pages granted to the back end and an event channel to it.
+
+        The channel is bound to the event loop, which completes requests from then on.
+        Returns the ring pages' grant references, in order, and the port: what the
+        front end publishes (``ring-ref``/``ring-refN``, ``event-channel``).
+        """
         nr_pages = 1 << order
-        pages = self.kernel.pages
-        self._ring_first = pages.alloc(nr_pages)
+        self._ring_first = self.kernel.pages.alloc(nr_pages)
         self.ring = FrontRing(self.kernel.memory.frames(self._ring_first, nr_pages), BLKIF_PROTOCOL)
         grants = self.kernel.grant_table
         self._ring_pages = [(self._ring_first + i, grants.grant_access(self.backend_id, self._ring_first + i))
@@ -451,27 +329,17 @@ class BlockDevice:
         result, fds = self.kernel.hypercall.call("evtchn_alloc_unbound", remote_dom=self.backend_id)
         self.port = result["port"]
         self.kernel.loop.bind(self.port, fds[0], handler=self._on_event)
-        self._pool = self._make_pool(max(MIN_POOL_PAGES, min(MAX_POOL_PAGES, pages.free_frames // 4)))
+        return [gref for _pfn, gref in self._ring_pages], self.port
 
-        def publish(t) -> None:
-            if order == 0:
-                t.write(f"{self.path}/ring-ref", str(self._ring_pages[0][1]))
-            else:
-                t.write(f"{self.path}/ring-page-order", str(order))
-                for i, (_, gref) in enumerate(self._ring_pages):
-                    t.write(f"{self.path}/ring-ref{i}", str(gref))
-            t.write(f"{self.path}/event-channel", str(self.port))
-            t.write(f"{self.path}/protocol", XEN_IO_PROTO_ABI_NATIVE)
-            t.write(f"{self.path}/feature-persistent", "1")
-            t.write(f"{self.path}/state", str(int(XenbusState.Initialised)))
+    def setup_pool(self, max_indirect_segments: int) -> None:
+        """Size the pool of persistent grants for the back end's ``feature-max-indirect-segments``.
 
-        self.front.transact(publish)
-        self.front.wait_backend(self, {XenbusState.Connected})
-        self.sectors = int(xs.read_str(f"{self.backend_path}/sectors") or 0)
-        self.readonly = bool(int(xs.read_str(f"{self.backend_path}/info") or 0) & VDISK_READONLY)
-        xs.write(f"{self.path}/state", str(int(XenbusState.Connected)))
-        # Follow the other end from now on (Linux's otherend watch): its Closing starts a detach.
-        xs.watch(f"{self.backend_path}/state", self._otherend_token, lambda path, token: self.front._notify())
+        A request takes at most that many pages (at least 11, at most ``MAX_SEGMENTS``,
+        fewer if the pool is small); the pool holds at most a quarter of the guest's
+        free memory. Its pages are granted as requests first need them.
+        """
+        self.max_segments = max(BLKIF_MAX_SEGMENTS_PER_REQUEST, min(max_indirect_segments, MAX_SEGMENTS))
+        self._pool = self._make_pool(max(MIN_POOL_PAGES, min(MAX_POOL_PAGES, self.kernel.pages.free_frames // 4)))
 
     def _make_pool(self, limit: int) -> _GrantPool:
         """A pool of at most ``limit`` pages, in chunks that each hold the largest request."""
@@ -480,13 +348,11 @@ class BlockDevice:
         chunk_pages = pages_per_request(self.max_segments)
         return _GrantPool(self, chunk_pages, limit // chunk_pages)
 
-    @property
-    def _otherend_token(self) -> str:
-        return f"blkfront-otherend-{self.devid}"
+    def stop_io(self) -> None:
+        """The back end is going away: refuse new requests, fail those in flight, revoke lent buffers.
 
-    def close(self) -> None:
-        """The back end is going away: fail what is in flight, go Closed, give the grants back."""
-        xs = self.kernel.xenbus
+        Completed READs are copied out first, so their futures still give the data.
+        """
         with self._cond:
             self.closing = True
             self._collect_all()
@@ -495,13 +361,13 @@ class BlockDevice:
             self._inflight.clear()
             self._revoke_buffers()
             self._cond.notify_all()
-        try:
-            xs.unwatch(f"{self.backend_path}/state", self._otherend_token)
-        except XsError:
-            pass
-        xs.write(f"{self.path}/state", str(int(XenbusState.Closing)))
-        xs.write(f"{self.path}/state", str(int(XenbusState.Closed)))
-        self.front.wait_backend(self, {XenbusState.Closed}, timeout=HANDSHAKE_TIMEOUT_S)
+
+    def teardown_ring(self) -> None:
+        """Tear the ring and its event channel down and give the grants back: the ring's and the pool's.
+
+        Call once the back end is Closed (it has unmapped them); a page it still
+        maps stays out of use.
+        """
         if self.port is not None:
             try:
                 self.kernel.hypercall.call("evtchn_close", port=self.port)
@@ -510,7 +376,7 @@ class BlockDevice:
             self.kernel.loop.unbind(self.port)
         if self.ring is not None:
             self.ring.release()
-        if all([self._end_access(gref) for _pfn, gref in self._ring_pages]):
+        if all([end_foreign_access(self.kernel, self.vdev, gref) for _pfn, gref in self._ring_pages]):
             self.kernel.pages.free(self._ring_first)
         if self._pool is not None:
             self._pool.close()
@@ -519,20 +385,6 @@ class BlockDevice:
         """Release every lent buffer's view (``_cond`` held); their pages go with the pool."""
         for buffer in self._buffers:
             buffer._revoke()
-
-    def _end_access(self, gref: int) -> bool:
-        """gnttab_end_foreign_access; False (logged) if the back end still maps the page.
-
-        Such a page is never given back to the allocator: the back end could still
-        write into it.
-        """
-        try:
-            self.kernel.grant_table.end_access(gref)
-        except GrantError as exc:
-            log.warning("d%d %s: grant %d not returned, its page stays out of use: %s",
-                        self.kernel.domid, self.vdev, gref, exc)
-            return False
-        return True
 
     # -- submission ----------------------------------------------------------------------
 
@@ -723,10 +575,13 @@ class BlockDevice:
         """``nr_pages`` pool pages (``_cond`` held); None if none are needed or none are free."""
         if not nr_pages:
             return None
-        run = self._pool.take(nr_pages)  # type: ignore[union-attr]
+        pool: _GrantPool = self._pool  # type: ignore[assignment]
+        if nr_pages > pool.chunk_pages:
+            raise BlockIOError(f"{self.vdev}: a request of {nr_pages} pages exceeds the pool's {pool.chunk_pages}")
+        run = pool.take(nr_pages)
         if run is None and self._uncollected:
             self._collect_all()  # the pool is held by reads nobody has asked for yet
-            run = self._pool.take(nr_pages)  # type: ignore[union-attr]
+            run = pool.take(nr_pages)
         return run
 
     def _buffer_pages(self, nbytes: int) -> int:
@@ -1009,137 +864,3 @@ class DiskFile(io.RawIOBase):
     def fsync(self) -> None:
         """Make everything written durable (BLKIF_OP_FLUSH_DISKCACHE)."""
         self.device.flush()
-
-
-class Blkfront:
-    """Every vbd of this guest, and the thread that runs their handshakes."""
-
-    def __init__(self, kernel: "Kernel") -> None:
-        self.kernel = kernel
-        self.disks: dict[str, BlockDevice] = {}
-        self._by_devid: dict[int, BlockDevice] = {}
-        self._work: queue.Queue[str] = queue.Queue()
-        self._backend_changed = threading.Condition()
-        self._generation = 0  # bumped by every back-end state watch event
-        self._thread: threading.Thread | None = None
-        kernel.xenbus.watch_async("device/vbd", "blkfront", self._on_devices_changed)
-
-    def _on_devices_changed(self, path: str, token: str) -> None:
-        """Watch on ``device/vbd`` (loop thread): scan, once there is anything to scan.
-
-        A guest without disks never starts the handshake thread.
-        """
-        def listed(msg_type: int, payload: bytes) -> None:
-            if payload.strip(b"\0") or self._by_devid:
-                self._scan_soon()
-
-        self.kernel.xenbus.request_async(XS.DIRECTORY, b"device/vbd\0", listed)
-
-    def _scan_soon(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="xenbus-blkfront", daemon=True)
-            self._thread.start()
-        self._work.put("scan")
-
-    def wait_for(self, vdevs: list[str], timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
-        """Block until these disks are connected (the kernel waits for its boot disks)."""
-        with self._backend_changed:
-            self._backend_changed.wait_for(lambda: all(v in self.disks for v in vdevs), timeout)
-
-    def transact(self, body) -> None:
-        while True:
-            try:
-                with self.kernel.xenbus.transaction() as t:
-                    body(t)
-                return
-            except XsError as exc:
-                if exc.errno_name != "EAGAIN":
-                    raise
-
-    def wait_backend(self, device: BlockDevice, states: set[XenbusState], timeout: float = HANDSHAKE_TIMEOUT_S) -> XenbusState:
-        """Wait until the back end of ``device`` is in one of ``states``."""
-        token = f"blkfront-be-{device.devid}"
-        path = f"{device.backend_path}/state"
-        deadline = time.monotonic() + timeout
-        self.kernel.xenbus.watch(path, token, lambda p, t: self._notify())
-        try:
-            while True:
-                with self._backend_changed:
-                    generation = self._generation
-                # Read with no lock held: the watch callback needs the lock, and it
-                # runs on the loop thread that delivers this read's reply.
-                state = self._backend_state(device)
-                if state in states:
-                    return state
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BlockIOError(f"{device.vdev}: the back end did not reach "
-                                       f"{', '.join(s.name for s in states)} (it is {state.name})")
-                with self._backend_changed:
-                    self._backend_changed.wait_for(lambda: self._generation != generation, remaining)
-        finally:
-            self.kernel.xenbus.unwatch(path, token)
-
-    def _backend_state(self, device: BlockDevice) -> XenbusState:
-        """The back end's state; Unknown once its directory is gone (or no longer readable)."""
-        try:
-            return XenbusState.parse(self.kernel.xenbus.read_str(f"{device.backend_path}/state"))
-        except XsError:
-            return XenbusState.Unknown
-
-    def _notify(self) -> None:
-        with self._backend_changed:
-            self._generation += 1
-            self._backend_changed.notify_all()
-        self._scan_soon()
-
-    def _run(self) -> None:
-        while True:
-            self._work.get()
-            while not self._work.empty():
-                self._work.get_nowait()
-            try:
-                self._scan()
-            except Exception:
-                log.exception("d%d: blkfront scan failed", self.kernel.domid)
-
-    def _scan(self) -> None:
-        xs = self.kernel.xenbus
-        try:
-            present = {int(d) for d in xs.directory("device/vbd")}
-        except XsError:
-            present = set()
-        for devid in sorted(present - set(self._by_devid)):
-            self._attach(devid)
-        for devid, device in list(self._by_devid.items()):
-            state = self._backend_state(device) if device.backend_path else XenbusState.Unknown
-            if devid not in present or state in (XenbusState.Closing, XenbusState.Closed, XenbusState.Unknown):
-                self._detach(device)
-
-    def _attach(self, devid: int) -> None:
-        xs = self.kernel.xenbus
-        base = f"device/vbd/{devid}"
-        backend = xs.read_str(f"{base}/backend")
-        if backend is None:
-            return
-        vdev = xs.read_str(f"{backend}/dev") or str(devid)
-        device = BlockDevice(self, devid, vdev)
-        self._by_devid[devid] = device
-        try:
-            device.connect()
-        except Exception as exc:
-            log.warning("d%d %s: cannot connect: %s", self.kernel.domid, vdev, exc)
-            return
-        with self._backend_changed:
-            self.disks[vdev] = device
-            self._backend_changed.notify_all()
-        print(f"[blkfront] {vdev}: {device.size >> 20} MiB{' read-only' if device.readonly else ''}", flush=True)
-
-    def _detach(self, device: BlockDevice) -> None:
-        self._by_devid.pop(device.devid, None)
-        self.disks.pop(device.vdev, None)
-        try:
-            device.close()
-        except Exception as exc:
-            log.warning("d%d %s: close: %s", self.kernel.domid, device.vdev, exc)
-        print(f"[blkfront] {device.vdev}: detached", flush=True)
