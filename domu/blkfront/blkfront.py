@@ -376,7 +376,8 @@ class BlockDevice:
             self.kernel.loop.unbind(self.port)
         if self.ring is not None:
             self.ring.release()
-        if all([end_foreign_access(self.kernel, self.vdev, gref) for _pfn, gref in self._ring_pages]):
+        # A connect that failed before granting the ring left no pages to give back.
+        if self._ring_pages and all([end_foreign_access(self.kernel, self.vdev, gref) for _pfn, gref in self._ring_pages]):
             self.kernel.pages.free(self._ring_first)
         if self._pool is not None:
             self._pool.close()
