@@ -346,4 +346,3 @@ def _reap(pid: int, timeout: float) -> None:
         time.sleep(0.005)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    os.waitpid(pid, 0)

@@ -173,6 +173,18 @@ def test_a_killed_back_end_worker_closes_its_device_and_leaves_nothing_mapped(ho
     assert "victim" in host.xl("top", "-b", "-i", "1").stdout  # asking the workers for counters finds no dead one
 
 
+def test_a_worker_that_does_not_stop_is_killed_and_dom0_goes_on(host, tmp_path):
+    """destroy while the device's worker is frozen: dom0 waits its grace period, kills it, and serves on."""
+    host.up(str(write_cluster(tmp_path, [])))
+    create_doing_io(host, tmp_path, "frozen")
+    [worker] = {p.pid for p in host.processes() if p.name().startswith("xl-blk")}
+    os.kill(worker, signal.SIGSTOP)
+    host.xl("destroy", "frozen")
+    assert not any(p.name().startswith("xl-blk") for p in host.processes())
+    assert host.call("info")["grant_mappings"] == 0  # what the frozen worker mapped went with its channel
+    create_doing_io(host, tmp_path, "next")  # dom0 still builds and serves disks
+
+
 def test_a_target_dom0_cannot_open_fails_the_create_and_leaves_nothing(host, tmp_path):
     host.up(str(write_cluster(tmp_path, [])))
     before = host.call("info")
