@@ -19,7 +19,7 @@ __all__ = [
     "BLKIF_OP_READ", "BLKIF_OP_WRITE", "BLKIF_OP_WRITE_BARRIER", "BLKIF_OP_FLUSH_DISKCACHE",
     "BLKIF_OP_DISCARD", "BLKIF_OP_INDIRECT", "BLKIF_RSP_OKAY", "BLKIF_RSP_ERROR", "BLKIF_RSP_EOPNOTSUPP",
     "BLKIF_MAX_SEGMENTS_PER_REQUEST", "BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST", "SEGS_PER_INDIRECT_FRAME",
-    "SECTOR_SIZE", "SECTORS_PER_PAGE", "SEGMENT_SIZE", "VDISK_CDROM", "VDISK_REMOVABLE", "VDISK_READONLY",
+    "SECTOR_SIZE", "SECTORS_PER_PAGE", "SEGMENT_SIZE", "SEGMENT_FIRST_SECT", "SEGMENT_LAST_SECT", "VDISK_CDROM", "VDISK_REMOVABLE", "VDISK_READONLY",
     "BLKIF_DISCARD_SECURE", "BLKIF_PROTOCOL", "XEN_IO_PROTO_ABI_NATIVE",
     "Segment", "SegmentArray", "BlkRequest", "decode_request", "pack_rw", "pack_rw_packed", "pack_indirect",
     "pack_discard", "pack_flush", "pack_segments", "unpack_segments", "unpack_segment_array", "REQUEST", "RESPONSE",
@@ -61,6 +61,8 @@ INDIRECT = struct.Struct("<BBH4xQQH2x8I4x")
 RESPONSE = struct.Struct("<QBxh4x")
 SEGMENT = struct.Struct("<" + _SEGMENT)
 SEGMENT_SIZE = SEGMENT.size  # sizeof(struct blkif_request_segment)
+# offsetof(struct blkif_request_segment, first_sect / last_sect); gref is the u32 at 0.
+SEGMENT_FIRST_SECT, SEGMENT_LAST_SECT = 4, 5
 HEADER = struct.Struct("<BB")  # op and the byte after it, common to every request
 
 BLKIF_PROTOCOL = RingProtocol("blkif", REQUEST, RESPONSE, entry_size=112)
@@ -191,4 +193,5 @@ def unpack_segment_array(data: bytes | memoryview, count: int) -> SegmentArray:
     raw = bytes(data[: count * SEGMENT_SIZE])
     if len(raw) != count * SEGMENT_SIZE:
         raise ValueError(f"{len(raw)} bytes hold fewer than {count} segments")
-    return SegmentArray(memoryview(raw).cast("I")[::2].tolist(), raw[4::SEGMENT_SIZE], raw[5::SEGMENT_SIZE])
+    grefs = memoryview(raw).cast("I")[:: SEGMENT_SIZE // 4].tolist()
+    return SegmentArray(grefs, raw[SEGMENT_FIRST_SECT::SEGMENT_SIZE], raw[SEGMENT_LAST_SECT::SEGMENT_SIZE])

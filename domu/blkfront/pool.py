@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from xenlike.blkif import (
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
     SECTORS_PER_PAGE,
+    SEGMENT_LAST_SECT,
     SEGMENT_SIZE,
     SEGS_PER_INDIRECT_FRAME,
     Segment,
@@ -88,7 +89,7 @@ class _Run:
         if last_sect == SECTORS_PER_PAGE - 1:
             return packed
         patched = bytearray(packed)
-        patched[(count - 1) * SEGMENT_SIZE + 5] = last_sect  # blkif_request_segment.last_sect
+        patched[(count - 1) * SEGMENT_SIZE + SEGMENT_LAST_SECT] = last_sect
         return bytes(patched)
 
 
