@@ -162,8 +162,6 @@ def _attach_consoles(run_dir: RunDir, client: ToolstackClient, domain: str | Non
 
 def _stream_consoles(run_dir: RunDir, sub, hypervisor_pid: int) -> int:
     """Print every console line prefixed with its domain, until Ctrl-C or the host stops."""
-    import psutil
-
     partial: dict[str, bytes] = {}
     width = 12
     stopping = False
@@ -175,7 +173,7 @@ def _stream_consoles(run_dir: RunDir, sub, hypervisor_pid: int) -> int:
     signal.signal(signal.SIGINT, on_interrupt)
     signal.signal(signal.SIGTERM, on_interrupt)
     print("xenlike: streaming consoles; Ctrl-C shuts the host down", flush=True)
-    while not stopping and psutil.pid_exists(hypervisor_pid) and RunDir(run_dir.path).running_pid() is not None:
+    while not stopping and run_dir.running_pid() == hypervisor_pid:
         for message in sub.receive(200):
             text = partial.pop(message.name, b"") + message.data
             *lines, rest = text.split(b"\n")
@@ -185,7 +183,7 @@ def _stream_consoles(run_dir: RunDir, sub, hypervisor_pid: int) -> int:
             for line in lines:
                 print(f"{message.name:<{width}} | {line.decode(errors='replace')}", flush=True)
     sub.close()
-    if stopping and RunDir(run_dir.path).running_pid() is not None:
+    if stopping and run_dir.running_pid() is not None:
         print("xenlike: shutting the host down", flush=True)
         with ToolstackClient(run_dir) as client:
             client.call("down", timeout=60)
