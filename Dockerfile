@@ -1,7 +1,7 @@
 # A xenlike host in a container: `docker compose up` runs `xenlike up` on the default cluster.
 FROM python:3.11-slim
 
-# libatomic gives the rings their fence and compare-and-swap (see xenlike/atomic.py).
+# libatomic gives the rings their fence and compare-and-swap (see xenlike/public/atomic.py).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libatomic1 \
     && rm -rf /var/lib/apt/lists/*

@@ -43,8 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.blk_workload import WARM_UP_MIB  # noqa: E402
 from bench.common import parser, report  # noqa: E402
-from xenlike.rundir import RunDir  # noqa: E402
-from xenlike.toolstack_client import ToolstackClient  # noqa: E402
+from xenlike.kernel.rundir import RunDir  # noqa: E402
+from xenlike.tools.toolstack_client import ToolstackClient  # noqa: E402
 
 MIB = 1 << 20
 WORKLOAD = f"{Path(__file__).parent / 'blk_workload.py'}:run"

@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import psutil  # noqa: E402
 
 from bench.common import parser, report  # noqa: E402
-from xenlike.rundir import RunDir  # noqa: E402
-from xenlike.toolstack_client import ToolstackClient  # noqa: E402
+from xenlike.kernel.rundir import RunDir  # noqa: E402
+from xenlike.tools.toolstack_client import ToolstackClient  # noqa: E402
 
 PROBE = f"{Path(__file__).parent / 'probe_workload.py'}:run"
 

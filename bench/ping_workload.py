@@ -15,7 +15,7 @@ import json
 import statistics
 import time
 
-from xenlike.evtchn import EventLoop
+from xenlike.kernel.events import EventLoop
 
 PACING_S = 0.001
 

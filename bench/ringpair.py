@@ -29,11 +29,11 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from xenlike.evtchn import EventChannelHost, EventLoop
-from xenlike.grant_table import GrantMapper, GrantTable
-from xenlike.hypercall import recv_message, send_message, socketpair
-from xenlike.memory import ForeignMapping, GuestMemory, PageAllocator
-from xenlike.ring import BackRing, FrontRing, RingProtocol
+from xenlike.kernel.events import EventChannelHost, EventLoop
+from xenlike.kernel.gnttab import GrantMapper, GrantTable
+from xenlike.kernel.hypercall import recv_message, send_message, socketpair
+from xenlike.kernel.memory import ForeignMapping, GuestMemory, PageAllocator
+from xenlike.public.ring import BackRing, FrontRing, RingProtocol
 
 FRONT_DOMID = 1
 BACK_DOMID = 0

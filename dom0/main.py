@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import zmq
 
-from xenlike.evtchn import VIRQ, EventLoop
-from xenlike.hypercall import HypercallClient, HypercallError
-from xenlike.memory import GuestMemory
-from xenlike.rundir import RunDir
+from xenlike.kernel.events import VIRQ, EventLoop
+from xenlike.kernel.hypercall import HypercallClient, HypercallError
+from xenlike.kernel.memory import GuestMemory
+from xenlike.kernel.rundir import RunDir
 
 from .blkback import Blkback
 from .builder import DomainBuilder

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import msgpack
 import zmq
 
-from xenlike.memory import PAGE_SIZE
-from xenlike.xenbus import XenbusState
-from xenlike.xl_format import state_letters
-from xenlike.xs_wire import XsdSockmsgType as XS
-from xenlike.xs_wire import XsError, join_strings, parse_error_payload
+from xenlike.kernel.memory import PAGE_SIZE
+from xenlike.public.xenbus import XenbusState
+from xenlike.tools.xl_format import state_letters
+from xenlike.public.xs_wire import XsdSockmsgType as XS
+from xenlike.public.xs_wire import XsError, join_strings, parse_error_payload
 
 from .builder import BuiltDomain, home
 from .xenstored import Delivery
@@ -396,7 +396,7 @@ class Toolstack:
 
     def _op_vcpu_pin(self, args: dict, identity: bytes, call_id: int) -> Any:
         """Hard affinity: ``vcpu`` a number or "all", ``cpus`` in xl's syntax ("all", "0-3,^1")."""
-        from xenlike.config import ConfigError, parse_cpus
+        from xenlike.tools.config import ConfigError, parse_cpus
 
         domid = self._domid_of(args["domain"])
         vcpu = args.get("vcpu", "all")
@@ -494,7 +494,7 @@ class Toolstack:
 
     def _op_block_attach(self, args: dict, identity: bytes, call_id: int) -> Any:
         """Hotplug a disk (``xl block-attach``): the guest sees it appear."""
-        from xenlike.config import parse_disk_spec
+        from xenlike.tools.config import parse_disk_spec
 
         built = self._find(args["domain"])
         disk = parse_disk_spec(args["spec"]).to_dict()

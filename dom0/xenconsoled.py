@@ -3,7 +3,7 @@
 For each domU it reads the ``out`` half of the guest's ``xencons_interface`` page
 whenever the console event channel fires, appends the bytes to
 ``logs/<name>.log`` in the run directory, and publishes them on a zmq PUB socket
-for ``xenlike console`` and ``xenlike up`` (the format: ``xenlike.console_stream``).
+for ``xenlike console`` and ``xenlike up`` (the format: ``xenlike.tools.console_stream``).
 Keyboard input from an attached client goes into the ``in`` half.
 """
 
@@ -16,9 +16,9 @@ from typing import BinaryIO
 
 import zmq
 
-from xenlike import console_stream
-from xenlike.evtchn import EventLoop
-from xenlike.ring import ConsoleInterface, RingError
+from xenlike.tools import console_stream
+from xenlike.kernel.events import EventLoop
+from xenlike.public.ring import ConsoleInterface, RingError
 
 __all__ = ["Xenconsoled", "ConsoleBackend"]
 
@@ -78,7 +78,7 @@ class Xenconsoled:
 
         ``domid`` None marks the stream of every console (``xenlike up``). The reply's
         ``history`` is the output that ends at byte ``end`` of the console, where
-        the live stream goes on (see ``xenlike.console_stream``).
+        the live stream goes on (see ``xenlike.tools.console_stream``).
         """
         if domid is None:
             self.publisher.send_multipart(console_stream.encode(console_stream.ALL_CONSOLES, 0, 0), zmq.NOBLOCK)

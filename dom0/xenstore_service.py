@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from xenlike.evtchn import EventLoop
-from xenlike.ring import RingError, XenstoreInterface
-from xenlike.xs_wire import MessageReader, XsWireError, pack_msg
+from xenlike.kernel.events import EventLoop
+from xenlike.public.ring import RingError, XenstoreInterface
+from xenlike.public.xs_wire import MessageReader, XsWireError, pack_msg
 
 from .xenstored import Connection, Delivery, Xenstored
 

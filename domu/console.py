@@ -15,8 +15,8 @@ from __future__ import annotations
 import io
 import threading
 
-from xenlike.evtchn import EventLoop
-from xenlike.ring import ConsoleInterface
+from xenlike.kernel.events import EventLoop
+from xenlike.public.ring import ConsoleInterface
 
 __all__ = ["ConsoleFront", "ConsoleStream"]
 

@@ -25,13 +25,13 @@ import threading
 import traceback
 from typing import Callable
 
-from xenlike.evtchn import EventLoop, new_port_fd
-from xenlike.grant_table import GrantTable
-from xenlike.hypercall import ChannelClosed, HypercallClient
-from xenlike.memory import GuestMemory, PageAllocator
-from xenlike.ring import ConsoleInterface, XenstoreInterface
-from xenlike.start_info import StartInfo, reserved_frames
-from xenlike.xs_wire import XsdSockmsgType as XS
+from xenlike.kernel.events import EventLoop, new_port_fd
+from xenlike.kernel.gnttab import GrantTable
+from xenlike.kernel.hypercall import ChannelClosed, HypercallClient
+from xenlike.kernel.memory import GuestMemory, PageAllocator
+from xenlike.public.ring import ConsoleInterface, XenstoreInterface
+from xenlike.public.start_info import StartInfo, reserved_frames
+from xenlike.public.xs_wire import XsdSockmsgType as XS
 
 from .blkfront import Blkfront
 from .console import ConsoleFront, ConsoleStream

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from xenlike.evtchn import EventLoop
-    from xenlike.grant_table import GrantTable
-    from xenlike.hypercall import HypercallClient
-    from xenlike.memory import GuestMemory, PageAllocator
+    from xenlike.kernel.events import EventLoop
+    from xenlike.kernel.gnttab import GrantTable
+    from xenlike.kernel.hypercall import HypercallClient
+    from xenlike.kernel.memory import GuestMemory, PageAllocator
 
     from .console import ConsoleFront
     from .xenbus import XenbusClient

@@ -17,9 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from xenlike.evtchn import EventLoop
-from xenlike.ring import XenstoreInterface
-from xenlike.xs_wire import (
+from xenlike.kernel.events import EventLoop
+from xenlike.public.ring import XenstoreInterface
+from xenlike.public.xs_wire import (
     Permission,
     MessageReader,
     XsdSockmsgType as XS,

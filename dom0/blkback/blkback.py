@@ -12,7 +12,7 @@ Grants are mapped through the hypervisor (``grant_map``), which checks that each
 was granted to dom0 and, for a read into it, writable. With ``feature-persistent``
 a mapping is kept and reused (Linux's persistent grants), up to
 :data:`MAX_PERSISTENT_GRANTS`; without it, every request maps and unmaps. Mapped
-pages live in one :class:`~xenlike.memory.ForeignArena`, placed in segment order
+pages live in one :class:`~xenlike.kernel.memory.ForeignArena`, placed in segment order
 when first mapped, so a run of pages the front end hands out together becomes one
 I/O vector; segments are decoded and checked column-wise (no Python step per
 segment on the common path).
@@ -28,7 +28,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from xenlike.blkif import (
+from xenlike.public.blkif import (
     BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE,
     BLKIF_OP_INDIRECT,
@@ -50,9 +50,9 @@ from xenlike.blkif import (
     decode_request,
     unpack_segment_array,
 )
-from xenlike.hypercall import HypercallClient, HypercallError
-from xenlike.memory import PAGE_SIZE, ForeignArena, ForeignMapping
-from xenlike.ring import BackRing
+from xenlike.kernel.hypercall import HypercallClient, HypercallError
+from xenlike.kernel.memory import PAGE_SIZE, ForeignArena, ForeignMapping
+from xenlike.public.ring import BackRing
 
 from .vbd import Vbd, punch_hole
 

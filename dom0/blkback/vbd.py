@@ -11,7 +11,7 @@ import ctypes
 import os
 from dataclasses import dataclass
 
-from xenlike.blkif import SECTOR_SIZE
+from xenlike.public.blkif import SECTOR_SIZE
 
 __all__ = ["Vbd", "open_image", "punch_hole"]
 

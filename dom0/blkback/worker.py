@@ -21,10 +21,10 @@ import signal
 import socket
 from typing import Any
 
-from xenlike.evtchn import EventLoop
-from xenlike.hypercall import HypercallClient, recv_message, send_message, socketpair
+from xenlike.kernel.events import EventLoop
+from xenlike.kernel.hypercall import HypercallClient, recv_message, send_message, socketpair
 from xenlike.hypervisor.zygote import die_with_parent, set_process_name
-from xenlike.ring import RingError
+from xenlike.public.ring import RingError
 
 from .blkback import BlkifRing
 from .vbd import Vbd

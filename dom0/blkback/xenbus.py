@@ -30,10 +30,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from xenlike.blkif import SECTOR_SIZE, VDISK_CDROM, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE
-from xenlike.hypercall import recv_message, send_message
-from xenlike.xenbus import XenbusState, backend_path, frontend_path
-from xenlike.xs_wire import XsError
+from xenlike.public.blkif import SECTOR_SIZE, VDISK_CDROM, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE
+from xenlike.kernel.hypercall import recv_message, send_message
+from xenlike.public.xenbus import XenbusState, backend_path, frontend_path
+from xenlike.public.xs_wire import XsError
 
 from ..xenstored import LocalXenstore
 from .blkback import MAX_INDIRECT_SEGMENTS, MAX_RING_PAGE_ORDER, ring_refs_of

@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from xenlike.xs_wire import home_path
+from xenlike.public.xs_wire import home_path
 
 if TYPE_CHECKING:
     from .transaction import Transaction

@@ -7,7 +7,7 @@ socket). Calls therefore get exactly the checks, errors and watch events of
 wire requests -- it is the moral equivalent of libxenstore's ``xs_*``
 functions (tools/libs/store/xs.c) on top of the dispatcher.
 
-Failures raise :class:`~xenlike.xs_wire.XsError` carrying the errno name.
+Failures raise :class:`~xenlike.public.xs_wire.XsError` carrying the errno name.
 Watch events for this client are queued on :attr:`LocalXenstore.events`;
 events it causes for other connections go to the daemon's sink or outbox.
 """
@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from xenlike.xs_wire import (
+from xenlike.public.xs_wire import (
     Permission,
     XsdSockmsgType,
     XsError,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xenlike.xs_wire import Permission
+from xenlike.public.xs_wire import Permission
 
 __all__ = [
     "Node",

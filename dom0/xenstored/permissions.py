@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from xenlike.xs_wire import Permission, XsPerm
+from xenlike.public.xs_wire import Permission, XsPerm
 
 __all__ = ["Caller", "ALL_ACCESS", "perm_for_conn", "may_read"]
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from xenlike.xs_wire import XENSTORE_REL_PATH_MAX
+from xenlike.public.xs_wire import XENSTORE_REL_PATH_MAX
 
 __all__ = ["Quotas", "QUOTA_NAMES", "QuotaTable"]
 

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from xenlike.xs_wire import (
+from xenlike.public.xs_wire import (
     OK_PAYLOAD,
     SPECIAL_INTRODUCE_DOMAIN,
     SPECIAL_RELEASE_DOMAIN,

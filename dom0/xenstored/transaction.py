@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from xenlike.xs_wire import Permission, XsError
+from xenlike.public.xs_wire import Permission, XsError
 
 from .node import NO_GENERATION, Node, parent_path
 from .store import Store

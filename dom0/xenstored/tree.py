@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Protocol
 
-from xenlike.xs_wire import XENSTORE_PAYLOAD_MAX, Permission, XsError, XsPerm
+from xenlike.public.xs_wire import XENSTORE_PAYLOAD_MAX, Permission, XsError, XsPerm
 
 from .connection import Connection
 from .node import Node, basename, child_path, parent_path

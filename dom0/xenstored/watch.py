@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from xenlike.xs_wire import Permission, is_special_path
+from xenlike.public.xs_wire import Permission, is_special_path
 
 from .node import is_child, levels_below
 

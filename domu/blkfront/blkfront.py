@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from xenlike.blkif import (
+from xenlike.public.blkif import (
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
     BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE,
@@ -46,9 +46,9 @@ from xenlike.blkif import (
     pack_indirect,
     pack_rw_packed,
 )
-from xenlike.memory import PAGE_SIZE
-from xenlike.ring import FrontRing
-from xenlike.xenbus import frontend_path
+from xenlike.kernel.memory import PAGE_SIZE
+from xenlike.public.ring import FrontRing
+from xenlike.public.xenbus import frontend_path
 
 from .pool import MAX_POOL_PAGES, MAX_SEGMENTS, MIN_POOL_PAGES, _GrantPool, _Run, end_foreign_access, pages_per_request
 

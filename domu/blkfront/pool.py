@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xenlike.blkif import (
+from xenlike.public.blkif import (
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
     SECTORS_PER_PAGE,
     SEGMENT_LAST_SECT,
@@ -20,8 +20,8 @@ from xenlike.blkif import (
     Segment,
     pack_segments,
 )
-from xenlike.grant_table import GrantError
-from xenlike.memory import OutOfFrames, PageAllocator
+from xenlike.kernel.gnttab import GrantError
+from xenlike.kernel.memory import OutOfFrames, PageAllocator
 
 if TYPE_CHECKING:
     from ..kernel import Kernel

@@ -29,10 +29,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
-from xenlike.blkif import VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE
-from xenlike.xenbus import XenbusState
-from xenlike.xs_wire import XsdSockmsgType as XS
-from xenlike.xs_wire import XsError
+from xenlike.public.blkif import VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE
+from xenlike.public.xenbus import XenbusState
+from xenlike.public.xs_wire import XsdSockmsgType as XS
+from xenlike.public.xs_wire import XsError
 
 from .blkfront import MAX_RING_PAGE_ORDER, BlockDevice, BlockIOError
 

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import psutil
 import pytest
 
-from xenlike.rundir import RunDir
-from xenlike.toolstack_client import ToolstackClient
+from xenlike.kernel.rundir import RunDir
+from xenlike.tools.toolstack_client import ToolstackClient
 
 WORKLOADS = Path(__file__).parent / "workloads"
 

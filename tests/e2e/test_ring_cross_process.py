@@ -10,8 +10,8 @@ import time
 import pytest
 
 from bench.ringpair import run_pair
-from xenlike.memory import GuestMemory
-from xenlike.ring import RING_IDX_MASK, BackRing, FrontRing, RingProtocol
+from xenlike.kernel.memory import GuestMemory
+from xenlike.public.ring import RING_IDX_MASK, BackRing, FrontRing, RingProtocol
 
 WRITES = 1_000_000
 STRIDE = 0x00010001  # both 16-bit halves change on every write, so a torn value shows

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dom0.blkback.blkback import BlkifRing
 from dom0.blkback.vbd import open_image
-from xenlike.blkif import (
+from xenlike.public.blkif import (
     BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE,
     BLKIF_OP_READ,
@@ -35,10 +35,10 @@ from xenlike.blkif import (
     pack_rw,
     pack_segments,
 )
-from xenlike.grant_table import GrantError, GrantMapper, GrantTable
-from xenlike.hypercall import HypercallError
-from xenlike.memory import GuestMemory
-from xenlike.ring import FrontRing, RingError
+from xenlike.kernel.gnttab import GrantError, GrantMapper, GrantTable
+from xenlike.kernel.hypercall import HypercallError
+from xenlike.kernel.memory import GuestMemory
+from xenlike.public.ring import FrontRing, RingError
 
 FRONT = 5
 SECTORS = 2048  # a 1 MiB image

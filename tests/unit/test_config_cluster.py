@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from xenlike.config import Cluster, ConfigError, default_cluster, load_cluster, parse_cluster
+from xenlike.tools.config import Cluster, ConfigError, default_cluster, load_cluster, parse_cluster
 
 
 def test_the_default_cluster_shows_the_system_working(tmp_path: Path):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenlike.config import ConfigError, DiskSpec, parse_disk_spec, vdev_to_devid
+from xenlike.tools.config import ConfigError, DiskSpec, parse_disk_spec, vdev_to_devid
 
 # -- the man page's examples ---------------------------------------------------------------------
 

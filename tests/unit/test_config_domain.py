@@ -8,7 +8,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from xenlike.config import (
+from xenlike.tools.config import (
     ConfigError,
     DomainConfig,
     VifSpec,

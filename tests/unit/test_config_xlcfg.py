@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenlike.config import ConfigError, Settings, apply_overrides, format_value, parse_override, parse_xlcfg
+from xenlike.tools.config import ConfigError, Settings, apply_overrides, format_value, parse_override, parse_xlcfg
 
 # -- every construct ---------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xenlike.console_stream import ConsoleMessage, Splice, decode, encode
+from xenlike.tools.console_stream import ConsoleMessage, Splice, decode, encode
 
 
 @given(st.text(min_size=1, max_size=40), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.binary(max_size=200))

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from xenlike.evtchn import VIRQ, ChannelState, EventChannelHost, EventLoop, EvtchnError
-from xenlike.hypercall import recv_message, send_message, socketpair
+from xenlike.kernel.events import VIRQ, ChannelState, EventChannelHost, EventLoop, EvtchnError
+from xenlike.kernel.hypercall import recv_message, send_message, socketpair
 
 
 @pytest.fixture

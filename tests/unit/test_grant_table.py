@@ -9,7 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from xenlike.grant_table import (
+from xenlike.kernel.gnttab import (
     GNTST,
     GNTTAB_NR_RESERVED_ENTRIES,
     GTF_permit_access,
@@ -20,7 +20,7 @@ from xenlike.grant_table import (
     GrantMapper,
     GrantTable,
 )
-from xenlike.memory import GuestMemory
+from xenlike.kernel.memory import GuestMemory
 
 GRANTER, DOM0, OTHER = 3, 0, 7
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenlike.memory import PAGE_SIZE, ForeignMapping, GuestMemory, OutOfFrames, PageAllocator
+from xenlike.kernel.memory import PAGE_SIZE, ForeignMapping, GuestMemory, OutOfFrames, PageAllocator
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenlike.memory import PAGE_SIZE, GuestMemory
-from xenlike.ring import (
+from xenlike.kernel.memory import PAGE_SIZE, GuestMemory
+from xenlike.public.ring import (
     BackRing,
     ByteRing,
     ConsoleInterface,

@@ -21,9 +21,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import xenlike.ring as ring_module
-from xenlike.memory import GuestMemory
-from xenlike.ring import BackRing, FrontRing, RingProtocol
+import xenlike.public.ring as ring_module
+from xenlike.kernel.memory import GuestMemory
+from xenlike.public.ring import BackRing, FrontRing, RingProtocol
 
 # 512-byte entries: (4096 - 64) / 512 = 7, rounded down to 4 slots.
 SMALL = RingProtocol("small", struct.Struct("<Q"), struct.Struct("<Q"), entry_size=512)

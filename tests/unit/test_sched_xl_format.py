@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xenlike.xl_format import cpu_bitmap, format_sched_credit, format_vcpu_list
+from xenlike.tools.xl_format import cpu_bitmap, format_sched_credit, format_vcpu_list
 
 
 def test_bitmaps_print_as_xl_prints_them():

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from dom0.xenstored import Connection, Delivery, Xenstored
-from xenlike.xs_wire import XsdSockmsgType, XsError, join_strings
+from xenlike.public.xs_wire import XsdSockmsgType, XsError, join_strings
 
 T = XsdSockmsgType
 

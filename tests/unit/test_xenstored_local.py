@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dom0.xenstored import Delivery, LocalXenstore, Permission, Quotas, Xenstored, XsError, XsPerm
-from xenlike.xs_wire import XsdSockmsgType, join_strings
+from xenlike.public.xs_wire import XsdSockmsgType, join_strings
 
 T = XsdSockmsgType
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from dom0.xenstored import Xenstored
-from xenlike.xs_wire import XsdSockmsgType
+from xenlike.public.xs_wire import XsdSockmsgType
 
 from .xenstored_support import err, fields, introduce_both, ok, two_guests
 

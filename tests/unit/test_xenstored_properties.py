@@ -8,7 +8,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from dom0.xenstored import Connection, Delivery, Xenstored
 from dom0.xenstored.node import child_path, parent_path
-from xenlike.xs_wire import (
+from xenlike.public.xs_wire import (
     XENSTORE_PAYLOAD_MAX,
     XSD_ERRORS,
     XsdSockmsgType,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from dom0.xenstored import DOMID_SELF, LIBRARY_FEATURES, Connection, Delivery, Xenstored
-from xenlike.xs_wire import (
+from xenlike.public.xs_wire import (
     XENSTORE_PAYLOAD_MAX,
     XENSTORE_SERVER_FEATURE_ERROR,
     XsdSockmsgType,

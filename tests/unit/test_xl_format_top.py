@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from xenlike.xl_format import format_xentop, state_letters, xentop_state
+from xenlike.tools.xl_format import format_xentop, state_letters, xentop_state
 
 HOST = {"total_kb": 1048576, "free_kb": 933888, "nr_cpus": 4, "cpu_mhz": 2596, "version": "4.19-xenlike"}
 HEADER = ("      NAME  STATE   CPU(sec) CPU(%)     MEM(k) MEM(%)  MAXMEM(k) MAXMEM(%) VCPUS NETS NETTX(k) NETRX(k) "

@@ -1,4 +1,4 @@
-"""xenlike.xs_wire: constants against xs_wire.h, framing, payloads, paths, permissions."""
+"""xenlike.public.xs_wire: constants against xs_wire.h, framing, payloads, paths, permissions."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenlike import xs_wire
-from xenlike.xs_wire import (
+from xenlike.public import xs_wire
+from xenlike.public.xs_wire import (
     XENSTORE_PAYLOAD_MAX,
     MessageReader,
     Permission,

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from typing import Callable
 
 from dom0.xenstored import Connection, Xenstored
-from xenlike.xs_wire import XsdSockmsgType, join_strings
+from xenlike.public.xs_wire import XsdSockmsgType, join_strings
 
 T = XsdSockmsgType
 

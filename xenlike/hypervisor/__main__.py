@@ -14,9 +14,9 @@ import resource
 import sys
 from pathlib import Path
 
-from ..atomic import check_platform
-from ..rundir import RunDir
-from .zygote import set_process_name, start_zygote
+from xenlike.public.atomic import check_platform
+from xenlike.kernel.rundir import RunDir
+from xenlike.hypervisor.zygote import set_process_name, start_zygote
 
 DOM0_MEMORY_MIB = 32
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_platform()
     raise_fd_limit()
-    from .sched import available_schedulers, load_scheduler
+    from xenlike.hypervisor.sched import available_schedulers, load_scheduler
 
     if args.sched not in available_schedulers():  # by name only: a plugin is imported after the zygote forks
         print(f"xenlike.hypervisor: no scheduler named {args.sched!r} (registered: "
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    from .core import Hypervisor
+    from xenlike.hypervisor.core import Hypervisor
 
     # pCPU n is Linux CPU n, among those this process may use (a cpuset may allow fewer).
     allowed = sorted(os.sched_getaffinity(0))

@@ -6,7 +6,7 @@ from the zygote and reaps them through it. Each domain talks to it over its own
 inherited ``SOCK_SEQPACKET`` socket, which *is* the domain's identity: a request
 on that socket is from that domain, whatever it claims.
 
-Hypercalls (``{"op": ..., "args": {...}}``, see ``xenlike.hypercall``):
+Hypercalls (``{"op": ..., "args": {...}}``, see ``xenlike.kernel.hypercall``):
 
 ==========================  =============================================  =========
 op                          does                                           who
@@ -65,14 +65,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..evtchn import VIRQ, EventChannelHost, EvtchnError, PeerUpdate
-from ..grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTST, GrantError, GrantMapper, _GrantTableFrames
-from ..hypercall import ChannelClosed, HypercallError, recv_message, send_message, socketpair
-from ..memory import PAGE_SIZE, GuestMemory
-from ..start_info import GNTTAB_PFN, reserved_frames
-from .domain import Domain, FramePool, OutOfMemory, ShutdownReason
-from .sched import SchedError, Scheduler
-from .zygote import Zygote
+from xenlike.kernel.events import VIRQ, EventChannelHost, EvtchnError, PeerUpdate
+from xenlike.kernel.gnttab import DEFAULT_MAX_GRANT_FRAMES, GNTST, GrantError, GrantMapper, _GrantTableFrames
+from xenlike.kernel.hypercall import ChannelClosed, HypercallError, recv_message, send_message, socketpair
+from xenlike.kernel.memory import PAGE_SIZE, GuestMemory
+from xenlike.public.start_info import GNTTAB_PFN, reserved_frames
+from xenlike.hypervisor.domain import Domain, FramePool, OutOfMemory, ShutdownReason
+from xenlike.hypervisor.sched import SchedError, Scheduler
+from xenlike.hypervisor.zygote import Zygote
 
 __all__ = ["Hypervisor", "VERSION"]
 
@@ -123,7 +123,7 @@ class Hypervisor:
         self.pcpus = pcpus
         self.zygote = zygote
         if scheduler is None:
-            from .sched.credit import CreditScheduler
+            from xenlike.hypervisor.sched.credit import CreditScheduler
 
             scheduler = CreditScheduler(pcpus)
         self.scheduler = scheduler

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Mapping
 
-from ..memory import PAGE_SIZE, GuestMemory
+from xenlike.kernel.memory import PAGE_SIZE, GuestMemory
 
 __all__ = ["ShutdownReason", "Domain", "FramePool", "OutOfMemory", "read_proc_stat", "CLOCK_TICKS"]
 

@@ -6,7 +6,7 @@ costs a few milliseconds and shares every imported page copy-on-write. The
 hypervisor forks the zygote first thing, before it creates any thread, epoll
 instance or zmq context, so nothing of the sort is ever inherited by a domain.
 
-Protocol on the zygote's control socket (``xenlike.hypercall`` messages):
+Protocol on the zygote's control socket (``xenlike.kernel.hypercall`` messages):
 
 * hypervisor → zygote ``{"op": "spawn", "boot": {...}}`` with fds
   ``[hypercall socket, memfd, ...port fds]``; reply ``{"pid": N}``.
@@ -36,7 +36,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from ..hypercall import ChannelClosed, recv_message, send_message, socketpair
+from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message, socketpair
 
 __all__ = ["Zygote", "start_zygote", "set_process_name", "die_with_parent"]
 

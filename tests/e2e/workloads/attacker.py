@@ -5,9 +5,9 @@ workload_args: the victim's domid. Prints ``ATTACKS {json}`` on its console.
 
 import json
 
-from xenlike.evtchn import EvtchnError
-from xenlike.hypercall import HypercallError
-from xenlike.xs_wire import XsError
+from xenlike.kernel.events import EvtchnError
+from xenlike.kernel.hypercall import HypercallError
+from xenlike.public.xs_wire import XsError
 
 
 def attempt(results, name, action):

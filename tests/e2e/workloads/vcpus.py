@@ -7,7 +7,7 @@ hypervisor took the bogus ``vcpu_op`` calls, then waits to be shut down.
 import json
 import os
 
-from xenlike.hypercall import HypercallError
+from xenlike.kernel.hypercall import HypercallError
 
 
 def square_sum(n):

@@ -57,7 +57,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from . import Sample, SchedDomain, Scheduler, VcpuProcess
+from xenlike.hypervisor.sched import Sample, SchedDomain, Scheduler, VcpuProcess
 
 __all__ = ["CreditCore", "CreditVcpu", "CreditScheduler", "BOOST", "UNDER", "OVER", "IDLE"]
 

@@ -12,7 +12,7 @@ smallest example of a :class:`~xenlike.hypervisor.sched.Scheduler`.
 
 from __future__ import annotations
 
-from . import SchedDomain, Scheduler, VcpuProcess
+from xenlike.hypervisor.sched import SchedDomain, Scheduler, VcpuProcess
 
 __all__ = ["NullScheduler"]
 

@@ -19,11 +19,11 @@ in the window of indices it has just published, and a consumer that runs out of
 work re-arms ``*_event`` and checks again after a full barrier
 (``RING_FINAL_CHECK_FOR_*``), so no wake-up is ever lost.
 
-Memory ordering (see :mod:`xenlike.atomic`): slot contents are written before the
+Memory ordering (see :mod:`xenlike.public.atomic`): slot contents are written before the
 index store that publishes them and read after the index load that reveals them;
 x86-64 keeps those orders. The two store→load sequences (publish an index, then
 read the peer's event; write our event, then re-read the peer's index) go through
-:func:`xenlike.atomic.mb`.
+:func:`xenlike.public.atomic.mb`.
 
 Requests are copied out of the shared slots once, before anything looks at them
 (``RING_COPY_REQUEST``): a front end can rewrite shared memory at any moment, so a
@@ -39,8 +39,8 @@ from __future__ import annotations
 import struct
 from typing import Iterable, Iterator, Sequence
 
-from .atomic import mb
-from .memory import PAGE_SIZE
+from xenlike.public.atomic import mb
+from xenlike.kernel.memory import PAGE_SIZE
 
 __all__ = [
     "RING_IDX_MASK",

@@ -33,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from .memory import PAGE_SIZE
+from xenlike.kernel.memory import PAGE_SIZE
 
 __all__ = [
     "START_INFO_MAGIC",

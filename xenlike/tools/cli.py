@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .rundir import RunDir
-from .toolstack_client import HostNotRunning, ToolstackClient, ToolstackError
-from .xl_format import (format_block_list, format_info, format_list, format_sched_credit, format_uptime,
+from xenlike.kernel.rundir import RunDir
+from xenlike.tools.toolstack_client import HostNotRunning, ToolstackClient, ToolstackError
+from xenlike.tools.xl_format import (format_block_list, format_info, format_list, format_sched_credit, format_uptime,
                         format_vcpu_list, format_xentop)
 
 DESCRIPTION = """\
@@ -72,7 +72,7 @@ def _default_memory_mib() -> int:
 
 
 def _load_config(path: str, overrides: list[str]) -> dict:
-    from .config import load_domain_config
+    from xenlike.tools.config import load_domain_config
 
     config = load_domain_config(Path(path), overrides=overrides)
     for warning in config.warnings:
@@ -85,7 +85,7 @@ def _load_config(path: str, overrides: list[str]) -> dict:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .config import default_cluster, load_cluster
+    from xenlike.tools.config import default_cluster, load_cluster
 
     run_dir = RunDir(args.run_dir).ensure()
     if run_dir.running_pid() is not None:
@@ -119,7 +119,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _check_scheduler(name: Any) -> str:
     """A scheduler registered in ``xenlike.schedulers``, or a one-line error naming the choices."""
-    from .hypervisor.sched import available_schedulers
+    from xenlike.hypervisor.sched import available_schedulers
 
     known = available_schedulers()
     if name not in known:
@@ -149,7 +149,7 @@ def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str = "cr
 
 def _attach_consoles(run_dir: RunDir, client: ToolstackClient, domain: str | None):
     """A live console subscription (one domain's, or every one's) and the toolstack's reply."""
-    from .console_stream import ConsoleSubscriber
+    from xenlike.tools.console_stream import ConsoleSubscriber
 
     name = None if domain is None else client.call("console_attach", domain=domain)["name"]
     sub = ConsoleSubscriber(run_dir, name)
@@ -648,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:
-        from .config import ConfigError
+        from xenlike.tools.config import ConfigError
 
         if isinstance(exc, ConfigError):
             print(f"xenlike {args.verb}: {exc}", file=sys.stderr)

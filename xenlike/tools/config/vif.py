@@ -24,7 +24,7 @@ import secrets
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .xlcfg import ConfigError, format_value
+from xenlike.tools.config.xlcfg import ConfigError, format_value
 
 __all__ = ["VifSpec", "XEN_OUI", "parse_rate", "parse_vif_spec", "random_mac"]
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import msgpack
 import zmq
 
-from .rundir import RunDir
+from xenlike.kernel.rundir import RunDir
 
 __all__ = ["ToolstackClient", "ToolstackError", "HostNotRunning"]
 

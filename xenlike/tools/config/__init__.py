@@ -9,17 +9,17 @@
 Every problem is a :class:`ConfigError` whose message is meant for the user.
 """
 
-from .cluster import Cluster, default_cluster, load_cluster, parse_cluster
-from .disk import DiskSpec, parse_disk_spec, vdev_to_devid
-from .domain import (
+from xenlike.tools.config.cluster import Cluster, default_cluster, load_cluster, parse_cluster
+from xenlike.tools.config.disk import DiskSpec, parse_disk_spec, vdev_to_devid
+from xenlike.tools.config.domain import (
     DomainConfig,
     domain_config_from_settings,
     domain_config_from_xlcfg,
     load_domain_config,
     parse_cpus,
 )
-from .vif import VifSpec, parse_vif_spec
-from .xlcfg import (
+from xenlike.tools.config.vif import VifSpec, parse_vif_spec
+from xenlike.tools.config.xlcfg import (
     ConfigError,
     Settings,
     apply_overrides,

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .disk import DiskSpec, parse_disk_spec
-from .vif import VifSpec, parse_vif_spec
-from .xlcfg import (
+from xenlike.tools.config.disk import DiskSpec, parse_disk_spec
+from xenlike.tools.config.vif import VifSpec, parse_vif_spec
+from xenlike.tools.config.xlcfg import (
     ConfigError,
     Settings,
     apply_overrides,
@@ -517,7 +517,7 @@ def read_xlcfg(path: Path | str) -> Settings:
 def load_domain_config(path: Path | str, overrides: Iterable[str] = ()) -> DomainConfig:
     """Read an xl.cfg file and apply command-line ``KEY=VALUE`` overrides (xl(1) ``create``).
 
-    Overrides are read after the file (see :func:`~xenlike.config.xlcfg.apply_overrides`).
+    Overrides are read after the file (see :func:`~xenlike.tools.config.xlcfg.apply_overrides`).
     Relative paths in the file are relative to the file's directory.
     """
     settings = apply_overrides(read_xlcfg(path), overrides)

@@ -35,7 +35,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .xlcfg import ConfigError, format_value
+from xenlike.tools.config.xlcfg import ConfigError, format_value
 
 __all__ = ["DiskSpec", "parse_disk_spec", "vdev_to_devid"]
 

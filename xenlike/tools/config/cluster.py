@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .domain import INT_MAX, DomainConfig, domain_config_from_sources, read_xlcfg
-from .xlcfg import ConfigError, Settings, format_value, read_config_text
+from xenlike.tools.config.domain import INT_MAX, DomainConfig, domain_config_from_sources, read_xlcfg
+from xenlike.tools.config.xlcfg import ConfigError, Settings, format_value, read_config_text
 
 __all__ = ["Cluster", "default_cluster", "load_cluster", "parse_cluster"]
 
@@ -159,5 +159,5 @@ def default_cluster(base_dir: Path | str | None = None) -> Cluster:
 
     Its relative disk images live in ``base_dir`` (default: the current directory).
     """
-    text = importlib.resources.files("xenlike.config").joinpath("default-cluster.toml").read_text(encoding="utf-8")
+    text = importlib.resources.files("xenlike.tools.config").joinpath("default-cluster.toml").read_text(encoding="utf-8")
     return parse_cluster(text, "the default cluster", base_dir)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from typing import Iterator, NamedTuple
 
-from .memory import PAGE_SIZE
-from .ring import RingProtocol
+from xenlike.kernel.memory import PAGE_SIZE
+from xenlike.public.ring import RingProtocol
 
 __all__ = [
     "BLKIF_OP_READ", "BLKIF_OP_WRITE", "BLKIF_OP_WRITE_BARRIER", "BLKIF_OP_FLUSH_DISKCACHE",

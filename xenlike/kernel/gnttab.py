@@ -21,8 +21,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .atomic import cmpxchg16, cmpxchg32
-from .memory import PAGE_SIZE, GuestMemory
+from xenlike.public.atomic import cmpxchg16, cmpxchg32
+from xenlike.kernel.memory import PAGE_SIZE, GuestMemory
 
 __all__ = [
     "GTF_invalid",

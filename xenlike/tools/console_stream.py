@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import zmq
 
-from .rundir import RunDir
+from xenlike.kernel.rundir import RunDir
 
 __all__ = ["HEADER", "ALL_CONSOLES", "ConsoleMessage", "encode", "decode", "Splice", "ConsoleSubscriber"]
 

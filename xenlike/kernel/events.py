@@ -45,7 +45,7 @@ __all__ = [
 EVTCHN_2L_NR_CHANNELS = 4096  # sizeof(xen_ulong_t) * sizeof(xen_ulong_t) * 64 on 64-bit
 DOMID_SELF = 0x7FF0
 
-log = logging.getLogger("xenlike.evtchn")
+log = logging.getLogger("xenlike.kernel.events")
 
 
 class ChannelState(IntEnum):
