@@ -13,6 +13,14 @@ absent); otherwise it fails with ``EAGAIN`` and the client retries the whole
 transaction. On success the private copies replace the committed nodes, each
 with a fresh generation, and the watches queued by the transaction fire --
 only then, never while it is open.
+
+Each queued node fires once, as in transaction.c, and who hears it is judged
+by the node's permissions when the transaction first read it and those it has
+once committed. A node that existed only inside the transaction (written,
+then removed) has neither, so it is judged by the permissions its private
+copy had and by its committed parent's, as the same requests outside a
+transaction would have been: its write may have created parents that outlive
+it, and watchers of those must learn of the change.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ class Accessed:
     modified: bool = False
     fire: bool = False
     fire_exact: bool = True
+    #: The permission lists the node has had in the private copy.
+    perms_inside: tuple[tuple[Permission, ...], ...] = ()
 
 
 class Transaction:
@@ -101,6 +111,13 @@ class Transaction:
             current = store.get(path)
             if current is not None:
                 readers.append(current.perms)
+                parent = store.get(parent_path(path))
+                if parent is not None:
+                    readers.append(parent.perms)
+            elif entry.old_perms is None:
+                # Created and removed inside the transaction: only its private
+                # copy had permissions; its parent may have been created with it.
+                readers.extend(entry.perms_inside)
                 parent = store.get(parent_path(path))
                 if parent is not None:
                     readers.append(parent.perms)
@@ -166,6 +183,8 @@ class TransactionView:
                 entry.node = None
             else:
                 entry.node = node.stamped(self.store.next_generation())
+                if node.perms not in entry.perms_inside:
+                    entry.perms_inside += (node.perms,)
                 tx.owner_delta[node.owner] += 1
                 if old is None:
                     tx.node_created = True

@@ -190,6 +190,33 @@ def test_watch_events_in_a_transaction_wait_for_commit(w: SimpleNamespace) -> No
     assert send(w.d, w.dom0, T.TRANSACTION_END, b"F\0", tx) == []
 
 
+def test_node_written_and_removed_in_a_transaction_fires_at_commit(w: SimpleNamespace) -> None:
+    # The write creates the missing parent .../b, which outlives the rm of a:
+    # the commit changes the store, so the watchers of b and above must hear it.
+    parent = "/local/domain/1/data/b"
+    watch(w.d, w.tools, "/", "root")
+    watch(w.d, w.tools, parent, "parent")
+    tx = int(w.d.handle(w.dom0, T.TRANSACTION_START, 1, 0, b"\0")[0].payload[:-1])
+    assert send(w.d, w.dom0, T.WRITE, fields(f"{parent}/a"), tx) == []
+    assert send(w.d, w.dom0, T.RM, fields(f"{parent}/a"), tx) == []
+    ev = send(w.d, w.dom0, T.TRANSACTION_END, b"T\0", tx)
+    assert w.d.store.get(parent) is not None and w.d.store.get(f"{parent}/a") is None
+    assert events_for(ev, w.tools) == [(f"{parent}/a", "root"), (f"{parent}/a", "parent")]
+
+
+def test_node_written_and_removed_in_a_transaction_reaches_only_its_readers(w: SimpleNamespace) -> None:
+    # Judged by the permissions the node had inside the transaction: domain 1
+    # owns it, domain 2 could never read it.
+    watch(w.d, w.d1, "/local/domain/1/data", "own")
+    watch(w.d, w.d2, "/local/domain/1/data", "other")
+    tx = int(w.d.handle(w.d1, T.TRANSACTION_START, 1, 0, b"\0")[0].payload[:-1])
+    send(w.d, w.d1, T.WRITE, fields("/local/domain/1/data/b/a") + b"v", tx)
+    send(w.d, w.d1, T.RM, fields("/local/domain/1/data/b/a"), tx)
+    ev = send(w.d, w.d1, T.TRANSACTION_END, b"T\0", tx)
+    assert events_for(ev, w.d1) == [("/local/domain/1/data/b/a", "own")]
+    assert events_for(ev, w.d2) == []
+
+
 def test_over_long_events_are_dropped(w: SimpleNamespace) -> None:
     token = "k" * 3000
     watch(w.d, w.tools, "/", token)
