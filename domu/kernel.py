@@ -29,9 +29,10 @@ from xenlike.kernel.events import EventLoop, new_port_fd
 from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.hypercall import ChannelClosed, HypercallClient
 from xenlike.kernel.memory import GuestMemory, PageAllocator
-from xenlike.public.ring import ConsoleInterface, XenstoreInterface
+from xenlike.public.console import ConsoleInterface
 from xenlike.public.start_info import StartInfo, reserved_frames
-from xenlike.public.xs_wire import XsdSockmsgType as XS
+from xenlike.public.xen import ShutdownReason
+from xenlike.public.xs_wire import XenstoreInterface, XsdSockmsgType as XS
 
 from .blkfront import Blkfront
 from .console import ConsoleFront, ConsoleStream
@@ -41,9 +42,7 @@ from .xenbus import XenbusClient
 
 __all__ = ["start", "Kernel", "SHUTDOWN_GRACE_S"]
 
-# SCHEDOP_shutdown reasons (xen/include/public/sched.h).
-SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, SHUTDOWN_SUSPEND, SHUTDOWN_CRASH = 0, 1, 2, 3
-_REQUESTS = {"poweroff": SHUTDOWN_POWEROFF, "halt": SHUTDOWN_POWEROFF, "reboot": SHUTDOWN_REBOOT}
+_REQUESTS = {"poweroff": ShutdownReason.POWEROFF, "halt": ShutdownReason.POWEROFF, "reboot": ShutdownReason.REBOOT}
 # How long a workload has to return after a shutdown request before the kernel goes down anyway.
 SHUTDOWN_GRACE_S = 10.0
 
@@ -156,7 +155,7 @@ class Kernel:
             workload = load_workload(image.get("workload", "idle"))
         except WorkloadError as exc:
             print(f"[{self.label}] cannot start the workload: {exc}", file=sys.stderr)
-            return self._shutdown(SHUTDOWN_CRASH)
+            return self._shutdown(ShutdownReason.CRASH)
         self.context = WorkloadContext(
             name=self.name,
             domid=self.domid,
@@ -174,7 +173,7 @@ class Kernel:
             vcpus=self.vcpus,
         )
         self._vcpus_up(workload)
-        reason = SHUTDOWN_POWEROFF
+        reason = ShutdownReason.POWEROFF
         try:
             result = workload(self.context)
             if result is not None:
@@ -182,12 +181,12 @@ class Kernel:
         except SystemExit as exc:
             if exc.code not in (None, 0):
                 print(f"[{self.label}] workload exited with status {exc.code}", file=sys.stderr)
-                reason = SHUTDOWN_CRASH
+                reason = ShutdownReason.CRASH
         except BaseException:
             traceback.print_exc()
             print(f"[{self.label}] workload crashed", file=sys.stderr)
-            reason = SHUTDOWN_CRASH
-        if self._shutdown_reason is not None and reason != SHUTDOWN_CRASH:
+            reason = ShutdownReason.CRASH
+        if self._shutdown_reason is not None and reason != ShutdownReason.CRASH:
             reason = self._shutdown_reason
         return self._shutdown(reason)
 
@@ -211,7 +210,7 @@ class Kernel:
             os._exit(0)  # the hypervisor is gone: so is this domain
         except BaseException:
             traceback.print_exc()
-            self._shutdown(SHUTDOWN_CRASH)
+            self._shutdown(ShutdownReason.CRASH)
 
     def _take_over_stdio(self) -> None:
         """Make the console the workload's stdout, stderr and stdin."""

@@ -51,8 +51,9 @@ from xenlike.public.blkif import (
     unpack_segment_array,
 )
 from xenlike.kernel.hypercall import HypercallClient, HypercallError
-from xenlike.kernel.memory import PAGE_SIZE, ForeignArena, ForeignMapping
+from xenlike.kernel.memory import ForeignArena, ForeignMapping
 from xenlike.public.ring import BackRing
+from xenlike.public.xen import PAGE_SIZE
 
 from .vbd import Vbd, punch_hole
 

@@ -15,7 +15,7 @@ messages with :class:`xenlike.public.xs_wire.MessageReader`, hands each to
 from xenlike.public.xs_wire import Permission, XsError, XsPerm
 
 from .connection import Connection
-from .domain import DOMID_FIRST_RESERVED, DOMID_SELF, Domain
+from .domain import Domain
 from .local import LocalXenstore
 from .node import NO_GENERATION, Node
 from .quota import QUOTA_NAMES, Quotas, QuotaTable
@@ -41,8 +41,6 @@ __all__ = [
     "Watch",
     "Change",
     "Domain",
-    "DOMID_FIRST_RESERVED",
-    "DOMID_SELF",
     "Permission",
     "XsPerm",
     "XsError",

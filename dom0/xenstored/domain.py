@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xenlike.public.xen import DOMID_FIRST_RESERVED
+
 from .connection import Connection
 
-__all__ = ["Domain", "DOMID_FIRST_RESERVED", "DOMID_SELF", "is_real_domid"]
-
-#: ``DOMID_FIRST_RESERVED`` (xen/include/public/xen.h): ids from here on are special.
-DOMID_FIRST_RESERVED = 0x7FF0
-#: ``DOMID_SELF`` (xen.h): "the calling domain", accepted by IS_DOMAIN_INTRODUCED.
-DOMID_SELF = 0x7FF0
+__all__ = ["Domain", "is_real_domid"]
 
 
 def is_real_domid(domid: int) -> bool:

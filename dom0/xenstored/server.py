@@ -62,9 +62,10 @@ from xenlike.public.xs_wire import (
     perms_payload,
     split_strings,
 )
+from xenlike.public.xen import DOMID_FIRST_RESERVED, DOMID_SELF
 
 from .connection import Connection
-from .domain import DOMID_FIRST_RESERVED, DOMID_SELF, Domain, is_real_domid
+from .domain import Domain, is_real_domid
 from .permissions import may_read
 from .quota import QUOTA_NAMES, Quotas, QuotaTable
 from .store import GlobalView, Store

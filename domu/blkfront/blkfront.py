@@ -46,7 +46,7 @@ from xenlike.public.blkif import (
     pack_indirect,
     pack_rw_packed,
 )
-from xenlike.kernel.memory import PAGE_SIZE
+from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.ring import FrontRing
 from xenlike.public.xenbus import frontend_path
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenlike.kernel.memory import PAGE_SIZE, ForeignMapping, GuestMemory, OutOfFrames, PageAllocator
+from xenlike.kernel.memory import ForeignMapping, GuestMemory, OutOfFrames, PageAllocator
+from xenlike.public.xen import PAGE_SIZE
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from dom0.xenstored import DOMID_SELF, LIBRARY_FEATURES, Connection, Delivery, Xenstored
+from dom0.xenstored import LIBRARY_FEATURES, Connection, Delivery, Xenstored
+from xenlike.public.xen import DOMID_SELF
 from xenlike.public.xs_wire import (
     XENSTORE_PAYLOAD_MAX,
     XENSTORE_SERVER_FEATURE_ERROR,

@@ -68,9 +68,10 @@ from typing import Any, Callable
 from xenlike.kernel.events import VIRQ, EventChannelHost, EvtchnError, PeerUpdate
 from xenlike.kernel.gnttab import DEFAULT_MAX_GRANT_FRAMES, GNTST, GrantError, GrantMapper, _GrantTableFrames
 from xenlike.kernel.hypercall import ChannelClosed, HypercallError, recv_message, send_message, socketpair
-from xenlike.kernel.memory import PAGE_SIZE, GuestMemory
+from xenlike.kernel.memory import GuestMemory
 from xenlike.public.start_info import GNTTAB_PFN, reserved_frames
-from xenlike.hypervisor.domain import Domain, FramePool, OutOfMemory, ShutdownReason
+from xenlike.public.xen import DOMID_MAX, PAGE_SIZE, ShutdownReason
+from xenlike.hypervisor.domain import Domain, FramePool, OutOfMemory
 from xenlike.hypervisor.sched import SchedError, Scheduler
 from xenlike.hypervisor.zygote import Zygote
 
@@ -745,9 +746,9 @@ class Hypervisor:
     def _allocate_domid(self) -> int:
         # Like Xen, ids grow and are not reused soon: a stale id never names a new domain.
         while self._next_domid in self.domains or self._next_domid == 0:
-            self._next_domid = self._next_domid % 0x7FEF + 1
+            self._next_domid = self._next_domid % DOMID_MAX + 1
         domid = self._next_domid
-        self._next_domid = self._next_domid % 0x7FEF + 1
+        self._next_domid = self._next_domid % DOMID_MAX + 1
         return domid
 
     def _startdomain(self, caller: Domain, args: dict, fds: list[int]) -> tuple[Any, list[int]]:

@@ -7,25 +7,14 @@ import socket
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Mapping
 
-from xenlike.kernel.memory import PAGE_SIZE, GuestMemory
+from xenlike.kernel.memory import GuestMemory
+from xenlike.public.xen import PAGE_SIZE, ShutdownReason
 
-__all__ = ["ShutdownReason", "Domain", "FramePool", "OutOfMemory", "read_proc_stat", "CLOCK_TICKS"]
+__all__ = ["Domain", "FramePool", "OutOfMemory", "read_proc_stat", "CLOCK_TICKS"]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class ShutdownReason(IntEnum):
-    """``SHUTDOWN_*`` of ``xen/include/public/sched.h``."""
-
-    POWEROFF = 0
-    REBOOT = 1
-    SUSPEND = 2
-    CRASH = 3
-    WATCHDOG = 4
-    SOFT_RESET = 5
 
 
 class OutOfMemory(MemoryError):

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
 
+from xenlike.public.xen import DOMID_SELF, NR_VIRQS
+
 __all__ = [
     "EVTCHN_2L_NR_CHANNELS",
-    "DOMID_SELF",
     "ChannelState",
     "VIRQ",
     "EvtchnError",
@@ -43,7 +44,6 @@ __all__ = [
 ]
 
 EVTCHN_2L_NR_CHANNELS = 4096  # sizeof(xen_ulong_t) * sizeof(xen_ulong_t) * 64 on 64-bit
-DOMID_SELF = 0x7FF0
 
 log = logging.getLogger("xenlike.kernel.events")
 
@@ -216,8 +216,8 @@ class EventChannelHost:
     def bind_virq(self, domid: int, virq: int) -> PortFds:
         """``EVTCHNOP_bind_virq``: a port raised by the hypervisor for ``virq``."""
         table = self._table(domid)
-        if not 0 <= virq < 24:
-            raise EvtchnError(errno.EINVAL, f"VIRQ {virq} does not exist (0..23)")
+        if not 0 <= virq < NR_VIRQS:
+            raise EvtchnError(errno.EINVAL, f"VIRQ {virq} does not exist (0..{NR_VIRQS - 1})")
         if virq in table.virqs:
             raise EvtchnError(errno.EEXIST, f"VIRQ {virq} is already bound to d{domid} port {table.virqs[virq]}")
         port = table.free_port()

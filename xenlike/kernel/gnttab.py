@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from xenlike.public.atomic import cmpxchg16, cmpxchg32
-from xenlike.kernel.memory import PAGE_SIZE, GuestMemory
+from xenlike.kernel.memory import GuestMemory
+from xenlike.public.xen import PAGE_SIZE
 
 __all__ = [
     "GTF_invalid",

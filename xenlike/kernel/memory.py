@@ -25,18 +25,15 @@ import mmap
 import os
 from typing import Iterable, Sequence
 
+from xenlike.public.xen import PAGE_SIZE
+
 __all__ = [
-    "PAGE_SIZE",
-    "PAGE_SHIFT",
     "GuestMemory",
     "ForeignMapping",
     "ForeignArena",
     "PageAllocator",
     "OutOfFrames",
 ]
-
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 
 
 class OutOfFrames(MemoryError):

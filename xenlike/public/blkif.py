@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Iterator, NamedTuple
 
-from xenlike.kernel.memory import PAGE_SIZE
+from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.ring import RingProtocol
 
 __all__ = [

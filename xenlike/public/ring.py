@@ -40,7 +40,7 @@ import struct
 from typing import Iterable, Iterator, Sequence
 
 from xenlike.public.atomic import mb
-from xenlike.kernel.memory import PAGE_SIZE
+from xenlike.public.xen import PAGE_SIZE
 
 __all__ = [
     "RING_IDX_MASK",

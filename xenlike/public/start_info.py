@@ -33,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from xenlike.kernel.memory import PAGE_SIZE
+from xenlike.public.xen import PAGE_SIZE
 
 __all__ = [
     "START_INFO_MAGIC",

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
+from xenlike.public.xen import ShutdownReason
+
 __all__ = ["state_letters", "xentop_state", "format_list", "format_uptime", "uptime_text", "format_info",
            "format_block_list", "cpu_bitmap", "format_vcpu_list", "format_sched_credit", "format_xentop"]
 
 # The shutdown-reason letter of xl list's fifth state column: poweroff, reboot,
 # suspend, crash, watchdog, soft_reset (tools/xl/xl_info.c "-rscwS").
 SHUTDOWN_LETTERS = "-rscwS"
-SHUTDOWN_CRASH = SHUTDOWN_LETTERS.index("c")
 
 # The domain states both tools show, from getdomaininfo's flags. xenstat splits
 # "shut down" in two: a crash is not counted as a shutdown (tools/libs/stat/xenstat.c).
@@ -46,7 +47,7 @@ def _shutdown_reason(info: dict) -> int | None:
 
 
 def _crashed(info: dict) -> bool:
-    return bool(info.get("shutdown")) and info.get("shutdown_reason") == SHUTDOWN_CRASH
+    return bool(info.get("shutdown")) and info.get("shutdown_reason") == ShutdownReason.CRASH
 
 
 def _shut_down_cleanly(info: dict) -> bool:

@@ -32,11 +32,12 @@ from typing import Any
 
 from xenlike.tools.config.domain import INT_MAX, DomainConfig, domain_config_from_sources, read_xlcfg
 from xenlike.tools.config.xlcfg import ConfigError, Settings, format_value, read_config_text
+from xenlike.public.xen import DOMID_MAX
 
 __all__ = ["Cluster", "default_cluster", "load_cluster", "parse_cluster"]
 
 HOST_KEYS = ("memory", "pcpus", "sched")
-MAX_COUNT = 0x7FEF  # the number of domain ids a host has (DOMID_FIRST_RESERVED - 1)
+MAX_COUNT = DOMID_MAX  # the number of domU ids a host has (1..DOMID_MAX)
 
 
 @dataclass
