@@ -2,6 +2,6 @@
 
 import sys
 
-from xenlike.tools.cli import main
+from xenlike.tools.xl import main
 
 sys.exit(main())

@@ -92,20 +92,28 @@ def format_list(rows: Iterable[dict]) -> str:
     return "\n".join(lines)
 
 
-def uptime_text(seconds: float) -> str:
-    """xl's uptime: ``H:MM:SS``, or ``N day(s), H:MM:SS``."""
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
+def uptime_text(seconds: float, short: bool = False) -> str:
+    """xl's ``uptime_to_string``: ``%2d:%02d:%02d``, after ``%d day, `` or ``%d days, ``; ``short`` drops the seconds."""
+    days, rest = divmod(int(seconds), 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    clock = f"{hours:2d}:{minutes:02d}:{secs:02d}"
+    clock = f"{hours:2d}:{minutes:02d}" if short else f"{hours:2d}:{minutes:02d}:{secs:02d}"
     if days == 0:
         return clock
-    return f"{days} day{'s' if days > 1 else ''}, {clock.strip()}"
+    return f"{days} day{'s' if days > 1 else ''}, {clock}"
 
 
-def format_uptime(rows: Iterable[dict]) -> str:
-    """``xl uptime``: ``Name ID Uptime``."""
+def format_uptime(rows: Iterable[dict], short: bool = False, now: float | None = None) -> str:
+    """``xl uptime`` (``print_uptime``): a ``Name ID Uptime`` table (``"%-33s %4d %s"``).
+
+    ``short`` (``-s``) prints no header and one ``uptime(1)``-like line per
+    domain instead, `` HH:MM:SS up <uptime>, <name> (<id>)``, the clock being
+    ``now`` (default: the current local time).
+    """
+    if short:
+        clock = time.strftime("%H:%M:%S", time.localtime(now))
+        return "\n".join(f" {clock} up {uptime_text(row['uptime'], short=True)}, {row['name']} ({row['domid']})"
+                         for row in rows)
     lines = [f"{'Name':<33} {'ID':>4} Uptime"]
     for row in rows:
         lines.append(f"{row['name']:<33} {row['domid']:4d} {uptime_text(row['uptime'])}")

@@ -1,0 +1,52 @@
+"""xl's uptime output (tools/xl/xl_info.c uptime_to_string, print_uptime)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from xenlike.tools.xl_format import format_uptime, uptime_text
+
+DAY = 86400
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (0, " 0:00:00"),
+        (3 * 3600 + 4 * 60 + 5, " 3:04:05"),  # "%2d:%02d:%02d": the hour padded to two columns
+        (13 * 3600 + 59, "13:00:59"),
+        (DAY + 3 * 3600 + 4 * 60 + 5, "1 day,  3:04:05"),  # "%d day, %2d:%02d:%02d"
+        (2 * DAY + 23 * 3600 + 59 * 60 + 59.9, "2 days, 23:59:59"),
+        (400 * DAY + 60, "400 days,  0:01:00"),
+    ],
+)
+def test_uptime_is_uptime_to_string(seconds, text):
+    assert uptime_text(seconds) == text
+
+
+def test_short_uptime_drops_the_seconds():
+    assert uptime_text(3 * 3600 + 4 * 60 + 5, short=True) == " 3:04"
+    assert uptime_text(DAY + 3 * 3600 + 4 * 60 + 5, short=True) == "1 day,  3:04"
+    assert uptime_text(3 * DAY + 12 * 3600, short=True) == "3 days, 12:00"
+
+
+def test_uptime_table_is_print_uptime():
+    rows = [{"name": "Domain-0", "domid": 0, "uptime": DAY + 3 * 3600 + 4 * 60 + 5},
+            {"name": "web", "domid": 12, "uptime": 65}]
+    assert format_uptime(rows).splitlines() == [
+        "Name                                ID Uptime",  # "%-33s %4s %s"
+        "Domain-0                             0 1 day,  3:04:05",
+        "web                                 12  0:01:05",
+    ]
+
+
+def test_short_uptime_is_one_line_per_domain_without_a_header():
+    now = time.mktime((2024, 5, 6, 7, 8, 9, 0, 0, -1))
+    rows = [{"name": "Domain-0", "domid": 0, "uptime": 2 * DAY + 3600}, {"name": "web", "domid": 3, "uptime": 300}]
+    assert format_uptime(rows, short=True, now=now).splitlines() == [
+        " 07:08:09 up 2 days,  1:00, Domain-0 (0)",  # " %s up %s, %s (%d)"
+        " 07:08:09 up  0:05, web (3)",
+    ]
+

@@ -1,0 +1,163 @@
+"""The command table (``tools/xl/xl_cmdtable.c``): one row per verb, and the parser it builds.
+
+A row (xl's ``struct cmd_spec``) names the verb, the function that runs it,
+its one-line help and its arguments, each an ``add_argument`` call. The table's
+order is ``--help``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from xenlike.tools.xl import block, console, host, info, sched, top, vcpu, vmcontrol, xenstore
+
+__all__ = ["Arg", "CmdSpec", "CMD_TABLE", "build_parser"]
+
+DESCRIPTION = """\
+xenlike: Xen's architecture in user space. A hypervisor process schedules guest
+domains as Linux processes; dom0 runs xenstored, xenconsoled, the toolstack and the
+device back-ends; domU front-ends talk to them through shared rings, grant tables
+and event channels, as Xen's split drivers do.
+
+Start a host with `xenlike up` (the default cluster, or a TOML cluster file), then
+use xl's verbs: list, create, console, shutdown, destroy, ..."""
+
+EPILOG = """\
+examples:
+  xenlike up -d                      start a host with the default cluster, in the background
+  xenlike list                       the domains, as `xl list` shows them
+  xenlike console ticker             attach to a console (Ctrl-] detaches)
+  xenlike create web.cfg memory=64   create a domain from an xl.cfg file
+  xenlike shutdown -w web            ask a domain to shut down, wait until it has
+  xenlike down                       stop every domain and the host"""
+
+
+class Arg:
+    """One argument of a verb: what ``ArgumentParser.add_argument`` is given."""
+
+    def __init__(self, *flags: str, **options: Any) -> None:
+        self.flags = flags
+        self.options = options
+
+
+@dataclass(frozen=True)
+class CmdSpec:
+    """A verb (xl's ``struct cmd_spec``): its name, the function running it, its help, its arguments."""
+
+    name: str
+    impl: Callable[[argparse.Namespace], int]
+    desc: str
+    args: tuple[Arg, ...] = ()
+
+
+DOMAIN = Arg("domain", metavar="DOMAIN", help="domain name or id")
+DOMAIN_OR_ALL = Arg("domain", metavar="DOMAIN", nargs="?", help="domain name or id (default: all)")
+
+GLOBAL_OPTIONS = (
+    Arg("--version", action="version", version="xenlike 0.1.0"),
+    Arg("--run-dir", default=None,
+        help="the host's run directory (default: $XENLIKE_RUN_DIR, else a per-user directory)"),
+)
+
+CMD_TABLE: tuple[CmdSpec, ...] = (
+    CmdSpec("up", host.main_up,
+            "start a host (hypervisor, dom0) and the domains of a cluster; stream their consoles", (
+                Arg("cluster", nargs="?", help="a TOML cluster file (default: the built-in cluster)"),
+                Arg("-d", "--detach", action="store_true", help="return once the cluster is up"),
+                Arg("--memory", type=int,
+                    help="host memory for domains, MiB (default: half the machine's, at most 8192)"),
+                Arg("--pcpus", type=int, help="physical CPUs to schedule on (default: all)"),
+                Arg("--sched", metavar="NAME",
+                    help="the scheduler: credit (default) or null, or any registered in xenlike.schedulers"),
+            )),
+    CmdSpec("down", host.main_down,
+            "shut every domain down (destroying those that do not stop), then the host", (
+                Arg("--timeout", type=float, default=10.0, help="seconds domains get to shut down (default 10)"),
+            )),
+    CmdSpec("create", vmcontrol.main_create, "create a domain from an xl.cfg file", (
+        Arg("config", metavar="CFG", help="domain config in xl.cfg syntax"),
+        Arg("overrides", metavar="KEY=VALUE", nargs="*", help="settings that override the file's"),
+        Arg("-p", dest="paused", action="store_true", help="leave the domain paused"),
+        Arg("-c", dest="console", action="store_true", help="attach to its console"),
+    )),
+    CmdSpec("list", info.main_list, "list domains (xl list's columns)", (
+        DOMAIN_OR_ALL,
+        Arg("-l", "--long", action="store_true", help="full information as JSON"),
+    )),
+    CmdSpec("info", info.main_info, "information about the host"),
+    CmdSpec("destroy", vmcontrol.main_destroy, "destroy a domain at once (pulling the plug)", (DOMAIN,)),
+    CmdSpec("shutdown", vmcontrol.main_shutdown, "ask a domain to shut down (control/shutdown = poweroff)", (
+        DOMAIN_OR_ALL,
+        Arg("-w", "--wait", action="store_true", help="wait until it has shut down"),
+        Arg("-a", "--all", action="store_true", help="all domains"),
+    )),
+    CmdSpec("reboot", vmcontrol.main_reboot, "ask a domain to reboot", (DOMAIN,)),
+    CmdSpec("pause", vmcontrol.main_pause, "pause a domain (it keeps its memory, gets no CPU)", (DOMAIN,)),
+    CmdSpec("unpause", vmcontrol.main_unpause, "unpause a paused domain", (DOMAIN,)),
+    CmdSpec("console", console.main_console, "attach to a domain's console (Ctrl-] detaches)", (DOMAIN,)),
+    CmdSpec("rename", vmcontrol.main_rename, "rename a domain", (DOMAIN, Arg("new_name", metavar="NEW_NAME"))),
+    CmdSpec("uptime", info.main_uptime, "domains' uptime", (
+        DOMAIN_OR_ALL,
+        Arg("-s", dest="short", action="store_true", help="short form: time, uptime, name and id on one line"),
+    )),
+    CmdSpec("dmesg", info.main_dmesg, "the hypervisor's log", (
+        Arg("-c", dest="clear", action="store_true", help="clear it after reading"),
+    )),
+    CmdSpec("xenstore-ls", xenstore.main_xenstore_ls, "list xenstore nodes below PATH", (
+        Arg("path", nargs="?", default="/"),
+        Arg("-p", dest="perms", action="store_true", help="show permissions"),
+    )),
+    CmdSpec("xenstore-read", xenstore.main_xenstore_read, "read a xenstore node", (Arg("path"),)),
+    CmdSpec("xenstore-write", xenstore.main_xenstore_write, "write a xenstore node", (Arg("path"), Arg("value"))),
+    CmdSpec("xenstore-rm", xenstore.main_xenstore_rm, "remove a xenstore node and its children", (Arg("path"),)),
+    CmdSpec("xenstore-watch", xenstore.main_xenstore_watch,
+            "print the path of every change at or below PATH (Ctrl-C stops)", (Arg("path"),)),
+    CmdSpec("block-attach", block.main_block_attach,
+            "hotplug a disk: SPEC in xl's disk syntax, e.g. 'vdev=xvdb, target=/x.img, size=64M'", (
+                DOMAIN, Arg("spec", metavar="SPEC"),
+            )),
+    CmdSpec("block-detach", block.main_block_detach, "unplug a disk (the guest sees it go)", (
+        DOMAIN, Arg("vdev", metavar="VDEV", help="xvdb, or the device number"),
+    )),
+    CmdSpec("block-list", block.main_block_list, "a domain's disks (xl block-list's columns)", (DOMAIN,)),
+    CmdSpec("workloads", info.main_workloads, "list the registered guest workloads"),
+    CmdSpec("sched-credit", sched.main_sched_credit, "show or set credit scheduler weights and caps", (
+        Arg("-d", "--domain", metavar="DOMAIN", help="the domain to show or set (default: all)"),
+        Arg("-w", "--weight", type=int, help="its weight, 1 to 65535 (default 256)"),
+        Arg("-c", "--cap", type=int, help="its cap, percent of one pCPU (0: none)"),
+    )),
+    CmdSpec("top", top.main_top, "domains' CPU, memory and disk figures, refreshed (xentop's columns; q quits)", (
+        Arg("-d", "--delay", type=float, default=3.0, metavar="SECONDS", help="seconds between updates (default 3)"),
+        Arg("-b", "--batch", action="store_true", help="plain text, frame after frame, no screen control"),
+        Arg("-i", "--iterations", type=int, metavar="N", help="frames to show before exiting (default: no limit)"),
+        Arg("-f", "--full-name", action="store_true", help="full domain names (not cut to 10 characters)"),
+    )),
+    CmdSpec("vcpu-list", vcpu.main_vcpu_list, "the vCPUs of domains: pCPU, state, CPU time, affinity", (
+        Arg("domains", metavar="DOMAIN", nargs="*", help="domain names or ids (default: all)"),
+    )),
+    CmdSpec("vcpu-pin", vcpu.main_vcpu_pin, "set the pCPUs a vCPU may run on (hard affinity)", (
+        DOMAIN,
+        Arg("vcpu", metavar="VCPU", help="a vCPU number, or all"),
+        Arg("cpus", metavar="CPUS", help="pCPUs in xl's syntax: 1, 0-3, 0-3,^2, all"),
+    )),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``xenlike`` parser: the global options, then a sub-parser per row of :data:`CMD_TABLE`.
+
+    A parsed verb's row is ``args.cmd``.
+    """
+    parser = argparse.ArgumentParser(prog="xenlike", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for arg in GLOBAL_OPTIONS:
+        parser.add_argument(*arg.flags, **arg.options)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    for spec in CMD_TABLE:
+        sub = verbs.add_parser(spec.name, help=spec.desc, description=spec.desc)
+        sub.set_defaults(cmd=spec)
+        for arg in spec.args:
+            sub.add_argument(*arg.flags, **arg.options)
+    return parser

@@ -1,0 +1,110 @@
+"""``xenlike console`` (``tools/xl/xl_console.c``): attach the terminal to a domain's console.
+
+The console's history is shown first, then its live output; keys go to the
+guest's console ring. Ctrl-] (xl console's escape character) or Ctrl-C
+detaches; the verb fails if the host stops meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable
+
+from xenlike.kernel.rundir import RunDir
+from xenlike.tools.console_stream import ConsoleSubscriber
+from xenlike.tools.toolstack_client import ToolstackClient
+from xenlike.tools.xl.utils import XlError, raw_terminal, restore_terminal, toolstack
+
+__all__ = ["CTRL_RIGHT_BRACKET", "attach_consoles", "main_console"]
+
+CTRL_RIGHT_BRACKET = b"\x1d"  # xl console's escape character
+
+
+def attach_consoles(run_dir: RunDir, client: ToolstackClient,
+                    domain: str | None) -> tuple[ConsoleSubscriber, dict[str, Any]]:
+    """A live console subscription (one domain's, or every one's) and the toolstack's ``console_attach`` reply."""
+    name = None if domain is None else client.call("console_attach", domain=domain)["name"]
+    sub = ConsoleSubscriber(run_dir, name)
+    try:
+        return sub, sub.attach(lambda: client.call("console_attach", domain=name))
+    except BaseException:
+        sub.close()
+        raise
+
+
+def main_console(args: argparse.Namespace) -> int:
+    """Attach to a domain's console: output streams, keys go to the guest, Ctrl-] detaches."""
+    run_dir = RunDir(args.run_dir)
+    with toolstack(args) as client:
+        sub, attached = attach_consoles(run_dir, client, args.domain)
+        try:
+            _attached(run_dir, client, sub, attached)
+        finally:
+            sub.close()
+    return 0
+
+
+def _writer(tty: bool) -> Callable[[bytes], None]:
+    """Console bytes to stdout; a raw terminal needs CR LF where the guest wrote LF."""
+    out = sys.stdout.buffer
+
+    def show(data: bytes) -> None:
+        out.write(data.replace(b"\n", b"\r\n") if tty else data)
+        out.flush()
+
+    return show
+
+
+def _attached(run_dir: RunDir, client: ToolstackClient, sub: ConsoleSubscriber, attached: dict[str, Any]) -> None:
+    """The history, then output and keys on a raw terminal until Ctrl-] or Ctrl-C; the terminal is restored."""
+    tty = sys.stdin.isatty()
+    show = _writer(tty)
+    show(attached["history"])
+    for message in sub.receive(0):
+        show(message.data)
+    saved = raw_terminal() if tty else None
+    try:
+        _relay(run_dir, client, sub, attached["name"], show)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if saved is not None:
+            restore_terminal(saved)
+            print()
+
+
+def _relay(run_dir: RunDir, client: ToolstackClient, sub: ConsoleSubscriber, name: str,
+           show: Callable[[bytes], None]) -> None:
+    """Move output to the terminal and keys to the guest until Ctrl-]; XlError if the host stops."""
+    import zmq
+
+    stdin_fd = sys.stdin.fileno()
+    poller = zmq.Poller()
+    poller.register(sub.sock, zmq.POLLIN)
+    poller.register(stdin_fd, zmq.POLLIN)
+    while True:
+        ready = dict(poller.poll(500))
+        if sub.sock in ready:
+            for message in sub.receive(0):
+                show(message.data)
+        if stdin_fd in ready and not _forward_keys(client, name, stdin_fd, poller):
+            return
+        if not ready and run_dir.running_pid() is None:
+            raise XlError("the host stopped")
+
+
+def _forward_keys(client: ToolstackClient, name: str, stdin_fd: int, poller: Any) -> bool:
+    """Send what was typed to the guest; False once Ctrl-] was typed (what came before it is sent).
+
+    At the end of stdin's input the console stays attached, output only.
+    """
+    keys = os.read(stdin_fd, 1024)
+    if not keys:
+        poller.unregister(stdin_fd)
+        return True
+    keys, escape, _ = keys.partition(CTRL_RIGHT_BRACKET)
+    if keys:
+        client.call("console_input", domain=name, data=keys)
+    return not escape

@@ -1,0 +1,170 @@
+"""``xenlike up`` and ``xenlike down``: a host's lifecycle, which xl leaves to the boot.
+
+``up`` starts the hypervisor (which builds dom0), creates the domains of a
+cluster file and, unless ``-d``, stays in the foreground printing every
+console line prefixed with its domain until Ctrl-C, which shuts the host down.
+``down`` shuts every domain down (destroying those that do not stop), then dom0
+and the hypervisor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from xenlike.kernel.rundir import RunDir
+from xenlike.tools.console_stream import ConsoleSubscriber
+from xenlike.tools.toolstack_client import ToolstackClient, ToolstackError
+from xenlike.tools.xl.console import attach_consoles
+from xenlike.tools.xl.utils import XlError, registered, toolstack
+
+__all__ = ["SCHEDULERS_GROUP", "main_up", "main_down"]
+
+SCHEDULERS_GROUP = "xenlike.schedulers"
+HOST_START_TIMEOUT_S = 20
+MAX_DEFAULT_MEMORY = 8 << 30
+
+
+def main_up(args: argparse.Namespace) -> int:
+    """Start a host and the domains of ``args.cluster`` (or the default cluster); stream their consoles."""
+    from xenlike.tools.config import default_cluster, load_cluster
+
+    run_dir = RunDir(args.run_dir).ensure()
+    if run_dir.running_pid() is not None:
+        raise XlError(f"a xenlike host already runs in {run_dir.path}; `xenlike down` stops it, --run-dir picks another")
+    cluster = load_cluster(Path(args.cluster)) if args.cluster else default_cluster(run_dir.path)
+    for warning in getattr(cluster, "warnings", []):
+        print(f"xenlike: warning: {warning}", file=sys.stderr)
+    host = getattr(cluster, "host", None) or {}
+    memory = args.memory or host.get("memory") or _default_memory_mib()
+    pcpus = args.pcpus or host.get("pcpus") or os.cpu_count()
+    sched = _check_scheduler(args.sched or host.get("sched") or "credit")
+    hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched)
+    with ToolstackClient(run_dir) as client:
+        console = None if args.detach else attach_consoles(run_dir, client, None)[0]
+        for domain in cluster.domains:
+            config = domain.to_dict()
+            try:
+                result = client.call("create", config=config)
+            except ToolstackError as exc:
+                print(f"xenlike up: creating {config['name']} failed: {exc}; stopping the host", file=sys.stderr)
+                client.call("down", timeout=30)
+                _wait_gone(hypervisor.pid, 15)
+                return 1
+            print(f"xenlike: created {result['name']} (domain {result['domid']})")
+    if args.detach:
+        print(f"xenlike: host running in {run_dir.path} (hypervisor pid {hypervisor.pid}); "
+              "`xenlike list` shows it, `xenlike down` stops it")
+        return 0
+    return _stream_consoles(run_dir, console, hypervisor.pid)
+
+
+def main_down(args: argparse.Namespace) -> int:
+    """Shut the host down, giving domains ``args.timeout`` seconds; the hypervisor is killed if it lingers."""
+    run_dir = RunDir(args.run_dir)
+    pid = run_dir.running_pid()
+    with toolstack(args) as client:
+        result = client.call("down", timeout=args.timeout + 30, timeout_s=args.timeout)
+    if pid is not None and not _wait_gone(pid, 20):
+        os.kill(pid, signal.SIGKILL)
+    run_dir.clean_sockets()
+    print("xenlike: host stopped" + (" (some domains had to be destroyed)" if result.get("forced") else ""))
+    return 0
+
+
+def _default_memory_mib() -> int:
+    """Half the machine's memory, at most 8 GiB: the host pool for domains."""
+    import psutil
+
+    return int(min(psutil.virtual_memory().total // 2, MAX_DEFAULT_MEMORY) >> 20)
+
+
+def _check_scheduler(name: Any) -> str:
+    """A scheduler registered in ``xenlike.schedulers``, or an XlError naming the choices."""
+    known = registered(SCHEDULERS_GROUP)
+    if name not in known:
+        raise XlError(f"no scheduler named {name!r}; registered: {', '.join(sorted(known)) or 'none'}")
+    return str(name)
+
+
+def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str) -> subprocess.Popen:
+    """Start ``python -m xenlike.hypervisor`` in its own session; return once dom0's toolstack answers."""
+    out = open(run_dir.log_path("hypervisor-stderr"), "ab")
+    command = [sys.executable, "-m", "xenlike.hypervisor", "--run-dir", str(run_dir.path),
+               "--memory", str(memory), "--pcpus", str(pcpus), "--sched", sched]
+    hypervisor = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    out.close()
+    deadline = time.monotonic() + HOST_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if hypervisor.poll() is not None:
+            raise XlError(f"the hypervisor exited with status {hypervisor.returncode}; see {run_dir.path / 'logs'}")
+        try:
+            with ToolstackClient(run_dir, timeout=2) as client:
+                client.call("ping")
+                return hypervisor
+        except ToolstackError:
+            time.sleep(0.02)
+    hypervisor.kill()
+    raise XlError(f"the host did not come up within {HOST_START_TIMEOUT_S}s; see {run_dir.path / 'logs'}")
+
+
+def _stream_consoles(run_dir: RunDir, sub: ConsoleSubscriber, hypervisor_pid: int) -> int:
+    """Print every console line prefixed with its domain, until Ctrl-C or the host stops."""
+    stopping = False
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_interrupt)
+    print("xenlike: streaming consoles; Ctrl-C shuts the host down", flush=True)
+    lines = _ConsoleLines()
+    while not stopping and run_dir.running_pid() == hypervisor_pid:
+        for message in sub.receive(200):
+            lines.show(message.name, message.data)
+    sub.close()
+    if stopping and run_dir.running_pid() is not None:
+        print("xenlike: shutting the host down", flush=True)
+        with ToolstackClient(run_dir) as client:
+            client.call("down", timeout=60)
+        _wait_gone(hypervisor_pid, 20)
+    return 0
+
+
+class _ConsoleLines:
+    """Whole console lines as ``name | text``, names in a column as wide as the longest seen (docker compose's)."""
+
+    def __init__(self) -> None:
+        self.partial: dict[str, bytes] = {}
+        self.width = 12
+
+    def show(self, name: str, data: bytes) -> None:
+        *lines, rest = (self.partial.pop(name, b"") + data).split(b"\n")
+        if rest:
+            self.partial[name] = rest
+        self.width = max(self.width, len(name))
+        for line in lines:
+            print(f"{name:<{self.width}} | {line.decode(errors='replace')}", flush=True)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until process ``pid`` has exited (reaping it if it is our child); False after ``timeout`` seconds."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(pid, os.WNOHANG)
+                return True
+        except (psutil.NoSuchProcess, ChildProcessError):
+            return True
+        time.sleep(0.05)
+    return False

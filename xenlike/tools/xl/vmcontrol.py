@@ -1,0 +1,76 @@
+"""A domain's life (``tools/xl/xl_vmcontrol.c``): create, destroy, shutdown, reboot, pause, unpause, rename."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from xenlike.tools.xl.console import main_console
+from xenlike.tools.xl.utils import XlError, call
+
+__all__ = ["main_create", "main_destroy", "main_shutdown", "main_reboot", "main_pause", "main_unpause",
+           "main_rename"]
+
+# What `shutdown`/`reboot` report: when waited for, and when only asked.
+_DONE = {"shutdown": "shut down", "reboot": "rebooted"}
+_ASKED = {"shutdown": "asked to shut down", "reboot": "asked to reboot"}
+FOREVER_S = 365 * 86400
+
+
+def main_create(args: argparse.Namespace) -> int:
+    """xl create: a domain from an xl.cfg file and ``KEY=VALUE`` overrides; ``-p`` paused, ``-c`` attached."""
+    from xenlike.tools.config import load_domain_config
+
+    config = load_domain_config(Path(args.config), overrides=args.overrides)
+    for warning in config.warnings:
+        print(f"xenlike: warning: {warning}", file=sys.stderr)
+    result = call(args, "create", config=config.to_dict(), paused=args.paused)
+    print(f"xenlike: created {result['name']} (domain {result['domid']})")
+    if args.console:
+        args.domain = result["name"]
+        return main_console(args)
+    return 0
+
+
+def main_destroy(args: argparse.Namespace) -> int:
+    """xl destroy: end the domain at once, as pulling the plug."""
+    call(args, "destroy", domain=args.domain)
+    return 0
+
+
+def main_shutdown(args: argparse.Namespace) -> int:
+    """xl shutdown [-w] [-a]: write ``control/shutdown = poweroff``; ``-w`` waits until the domains have shut down."""
+    if not args.all and args.domain is None:
+        raise XlError("shutdown needs a domain (or -a for all)")
+    return _request(args, "shutdown", every=args.all, wait=args.wait)
+
+
+def main_reboot(args: argparse.Namespace) -> int:
+    """xl reboot: write ``control/shutdown = reboot``; the domain's ``on_reboot`` decides what follows."""
+    return _request(args, "reboot", every=False, wait=False)
+
+
+def _request(args: argparse.Namespace, request: str, every: bool, wait: bool) -> int:
+    result = call(args, request, timeout=FOREVER_S if wait else None, domain=args.domain, all=every, wait=wait)
+    who = "domains " + ", ".join(map(str, result["domids"])) if every else args.domain
+    print(f"xenlike: {who} {_DONE[request] if wait else _ASKED[request]}")
+    return 0
+
+
+def main_pause(args: argparse.Namespace) -> int:
+    """xl pause: the domain keeps its memory and gets no CPU until unpaused."""
+    call(args, "pause", domain=args.domain)
+    return 0
+
+
+def main_unpause(args: argparse.Namespace) -> int:
+    """xl unpause."""
+    call(args, "unpause", domain=args.domain)
+    return 0
+
+
+def main_rename(args: argparse.Namespace) -> int:
+    """xl rename: the domain's new name, in the toolstack and in xenstore."""
+    call(args, "rename", domain=args.domain, name=args.new_name)
+    return 0
