@@ -106,14 +106,29 @@ def test_to_dict_round_trips():
         ("hdb", (3 << 8) | (1 << 6)),
         ("hdc2", (22 << 8) | 2),  # "IDE disk 2 partition 2"
         ("hdd63", (22 << 8) | (1 << 6) | 63),
+        # a number is the device number itself (libxl__device_disk_dev_number's strtoul)
+        ("51712", 202 << 8),
+        ("0xca00", 202 << 8),
+        ("0XCA10", (202 << 8) | (1 << 4)),
+        ("0145000", 202 << 8),
+        ("0", 0),
+        ("2147483647", (1 << 31) - 1),
     ],
 )
 def test_vbd_device_numbers(vdev, devid):
     assert vdev_to_devid(vdev) == devid
 
 
+def test_a_numeric_vdev_is_the_device_number_in_either_form():
+    keyword = parse_disk_spec("vdev=51712, target=/x.img")
+    positional = parse_disk_spec("/x.img,,0xca00")
+    assert (keyword.vdev, keyword.devid) == ("51712", 51712)
+    assert (positional.vdev, positional.devid) == ("0xca00", 51712)
+    assert positional.devid == parse_disk_spec("/x.img,,xvda").devid
+
+
 @pytest.mark.parametrize("vdev", ["xvd", "xvda0", "xvda256", "xvdA", "sdq", "sda16", "hde", "hda64", "floppy",
-                                  "d1048576", "xvda 1", ""])
+                                  "d1048576", "xvda 1", "", "2147483648", "0x", "08", "-1", "12a"])
 def test_bad_vdevs(vdev):
     with pytest.raises(ConfigError, match="vdev"):
         vdev_to_devid(vdev)

@@ -19,7 +19,8 @@ rest of the spec (commas included) and so must come last; the deprecated
 ``raw:``/``qcow:``/``qcow2:``/``vhd:`` prefixes set the format and
 ``phy:``, ``file:``, ``aio:``, ``tap:``, ``tap2:``, ``tapdisk:``, ``ioemu:``
 are ignored; ``<vdev>:cdrom`` is the deprecated form of the ``cdrom`` flag;
-``cdrom`` forces read-only access.
+``cdrom`` forces read-only access; a vdev may be a device number
+(``51712``, ``0xca00``).
 
 xenlike serves raw image files from dom0, so: formats other than ``raw``,
 block scripts (``script=``, ``iscsi:``...), the virtio specification, COLO and
@@ -115,6 +116,18 @@ def _letters_index(letters: str) -> int:
 
 
 _VDEV = re.compile(r"(xvd|hd|sd)([a-z]+)([1-9][0-9]*)?|d([0-9]+)(?:p([0-9]+))?")
+# A device number as strtoul(vdev, &end, 0) reads it whole: hex, octal or decimal.
+_VDEV_NUMBER = re.compile(r"0[xX]([0-9a-fA-F]+)|0([0-7]*)|([1-9][0-9]*)")
+INT_MAX = (1 << 31) - 1
+
+
+def _device_number(match: re.Match) -> int:
+    hex_digits, octal_digits, decimal_digits = match.groups()
+    if hex_digits is not None:
+        return int(hex_digits, 16)
+    if octal_digits is not None:
+        return int(octal_digits or "0", 8)
+    return int(decimal_digits)
 
 
 def vdev_to_devid(vdev: str) -> int:
@@ -125,12 +138,20 @@ def vdev_to_devid(vdev: str) -> int:
     ``d<disk>[p<N>]`` is the same number written with digits;
     ``sd<a-p>[N]``: ``8 << 8 | disk << 4 | N`` (N up to 15);
     ``hd<a-d>[N]``: ``3 << 8`` (hda, hdb) or ``22 << 8`` (hdc, hdd) ``| (disk & 1) << 6 | N``
-    (N up to 63). Raises ConfigError for any other name.
+    (N up to 63). A number (``51712``, ``0xca00``, at most INT_MAX) is the
+    device number itself, as ``libxl__device_disk_dev_number`` takes it.
+    Raises ConfigError for any other name.
     """
+    number = _VDEV_NUMBER.fullmatch(vdev) if isinstance(vdev, str) else None
+    if number is not None:
+        devid = _device_number(number)
+        if devid > INT_MAX:
+            raise ConfigError(f"vdev {format_value(vdev)}: a device number is at most {INT_MAX}")
+        return devid
     match = _VDEV.fullmatch(vdev) if isinstance(vdev, str) else None
     if match is None:
         raise ConfigError(f"vdev {format_value(vdev)} is not a virtual device name: expected xvda, xvdb, ... "
-                          "(or sda-sdp, hda-hdd, d0, d1p2; xen-vbd-interface(7))")
+                          "(or sda-sdp, hda-hdd, d0, d1p2, a device number; xen-vbd-interface(7))")
     kind, letters, part_text, disk_text, dpart_text = match.groups()
     if kind is None:
         kind, disk, partition = "xvd", int(disk_text), int(dpart_text or 0)
