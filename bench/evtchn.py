@@ -19,7 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import parser, report  # noqa: E402
-from xenlike.kernel.events import EventChannelHost, EventLoop  # noqa: E402
+from xenlike.hypervisor.event_channel import EventChannelHost  # noqa: E402
+from xenlike.kernel.events import EventLoop  # noqa: E402
 from xenlike.kernel.hypercall import recv_message, send_message, socketpair  # noqa: E402
 
 ROUNDS = 5  # the figure is the median of this many runs of each

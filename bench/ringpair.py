@@ -29,7 +29,8 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from xenlike.kernel.events import EventChannelHost, EventLoop
+from xenlike.hypervisor.event_channel import EventChannelHost
+from xenlike.kernel.events import EventLoop
 from xenlike.kernel.gnttab import GrantMapper, GrantTable
 from xenlike.kernel.hypercall import recv_message, send_message, socketpair
 from xenlike.kernel.memory import ForeignMapping, GuestMemory, PageAllocator

@@ -16,10 +16,11 @@ from typing import Any, Callable
 
 import zmq
 
-from xenlike.kernel.events import VIRQ, EventLoop
+from xenlike.kernel.events import EventLoop
 from xenlike.kernel.hypercall import HypercallClient, HypercallError
 from xenlike.kernel.memory import GuestMemory
 from xenlike.kernel.rundir import RunDir
+from xenlike.public.event_channel import VIRQ
 
 from .blkback import Blkback
 from .builder import DomainBuilder

@@ -8,8 +8,10 @@ import os
 
 import pytest
 
-from xenlike.kernel.events import VIRQ, ChannelState, EventChannelHost, EventLoop, EvtchnError
+from xenlike.hypervisor.event_channel import EventChannelHost
+from xenlike.kernel.events import EventLoop
 from xenlike.kernel.hypercall import recv_message, send_message, socketpair
+from xenlike.public.event_channel import VIRQ, ChannelState, EvtchnError
 
 
 @pytest.fixture
@@ -130,6 +132,8 @@ def test_send_on_an_unbound_port_is_dropped(host):
     loop = loop_with(unbound)
     loop.notify(unbound.port)  # no send fd yet: nothing happens, no error
     host.send(1, unbound.port)
+    assert not loop.is_pending(unbound.port)
+    assert host.port_fds(0) == []  # d0, whom the port waits for, has no port the send could have reached
     loop.close()
 
 

@@ -65,13 +65,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from xenlike.kernel.events import VIRQ, EventChannelHost, EvtchnError, PeerUpdate
 from xenlike.kernel.gnttab import DEFAULT_MAX_GRANT_FRAMES, GNTST, GrantError, GrantMapper, _GrantTableFrames
 from xenlike.kernel.hypercall import ChannelClosed, HypercallError, recv_message, send_message, socketpair
 from xenlike.kernel.memory import GuestMemory
+from xenlike.public.event_channel import VIRQ, EvtchnError
 from xenlike.public.start_info import GNTTAB_PFN, reserved_frames
 from xenlike.public.xen import DOMID_MAX, PAGE_SIZE, ShutdownReason
 from xenlike.hypervisor.domain import Domain, FramePool, OutOfMemory
+from xenlike.hypervisor.event_channel import EventChannelHost, PeerUpdate
 from xenlike.hypervisor.sched import SchedError, Scheduler
 from xenlike.hypervisor.zygote import Zygote
 

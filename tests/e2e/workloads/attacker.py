@@ -5,7 +5,7 @@ workload_args: the victim's domid. Prints ``ATTACKS {json}`` on its console.
 
 import json
 
-from xenlike.kernel.events import EvtchnError
+from xenlike.public.event_channel import EvtchnError
 from xenlike.kernel.hypercall import HypercallError
 from xenlike.public.xs_wire import XsError
 
