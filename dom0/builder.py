@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from xenlike.kernel.gnttab import DEFAULT_MAX_GRANT_FRAMES, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE, GrantTable
 from xenlike.kernel.memory import GuestMemory
-from xenlike.public.ring import ConsoleInterface, XenstoreInterface
+from xenlike.public.console import ConsoleInterface
 from xenlike.public.start_info import CONSOLE_PFN, GNTTAB_PFN, START_INFO_PFN, STORE_PFN, StartInfo
 from xenlike.public.xenbus import XenbusState, backend_path, frontend_path
-from xenlike.public.xs_wire import XsError
+from xenlike.public.xs_wire import XenstoreInterface, XsError
 
 from .blkback.vbd import open_image
 

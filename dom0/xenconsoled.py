@@ -18,7 +18,8 @@ import zmq
 
 from xenlike.tools import console_stream
 from xenlike.kernel.events import EventLoop
-from xenlike.public.ring import ConsoleInterface, RingError
+from xenlike.public.console import ConsoleInterface
+from xenlike.public.ring import RingError
 
 __all__ = ["Xenconsoled", "ConsoleBackend"]
 

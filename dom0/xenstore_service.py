@@ -18,8 +18,8 @@ import logging
 from typing import Callable
 
 from xenlike.kernel.events import EventLoop
-from xenlike.public.ring import RingError, XenstoreInterface
-from xenlike.public.xs_wire import MessageReader, XsWireError, pack_msg
+from xenlike.public.ring import RingError
+from xenlike.public.xs_wire import MessageReader, XenstoreInterface, XsWireError, pack_msg
 
 from .xenstored import Connection, Delivery, Xenstored
 

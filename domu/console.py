@@ -16,7 +16,7 @@ import io
 import threading
 
 from xenlike.kernel.events import EventLoop
-from xenlike.public.ring import ConsoleInterface
+from xenlike.public.console import ConsoleInterface
 
 __all__ = ["ConsoleFront", "ConsoleStream"]
 

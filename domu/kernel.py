@@ -29,10 +29,10 @@ from xenlike.kernel.events import EventLoop, new_port_fd
 from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.hypercall import ChannelClosed, HypercallClient
 from xenlike.kernel.memory import GuestMemory, PageAllocator
-from xenlike.public.ring import ConsoleInterface, XenstoreInterface
+from xenlike.public.console import ConsoleInterface
 from xenlike.public.start_info import StartInfo, reserved_frames
 from xenlike.public.xen import ShutdownReason
-from xenlike.public.xs_wire import XsdSockmsgType as XS
+from xenlike.public.xs_wire import XenstoreInterface, XsdSockmsgType as XS
 
 from .blkfront import Blkfront
 from .console import ConsoleFront, ConsoleStream

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from xenlike.kernel.events import EventLoop
-from xenlike.public.ring import XenstoreInterface
 from xenlike.public.xs_wire import (
     Permission,
     MessageReader,
+    XenstoreInterface,
     XsdSockmsgType as XS,
     XsError,
     format_perm,

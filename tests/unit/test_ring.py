@@ -10,17 +10,17 @@ from hypothesis import strategies as st
 
 from xenlike.kernel.memory import GuestMemory
 from xenlike.public.xen import PAGE_SIZE
+from xenlike.public.console import ConsoleInterface
 from xenlike.public.ring import (
     BackRing,
     ByteRing,
-    ConsoleInterface,
     FrontRing,
     RingError,
     RingFull,
     RingProtocol,
-    XenstoreInterface,
     ring_size,
 )
+from xenlike.public.xs_wire import XENSTORE_EVTCHN_PORT_OFFSET, XenstoreInterface
 
 PAIR = RingProtocol("pair", struct.Struct("<QQ"), struct.Struct("<QQ"))
 
@@ -162,8 +162,9 @@ def test_xenstore_interface_offsets(memory):
     assert xs.req.write(b"abc") == 3
     assert bytes(page[0:3]) == b"abc"
     assert struct.unpack_from("<4I", page, 2048) == (0, 3, 0, 0)
-    xs.set_word(XenstoreInterface.EVTCHN_PORT, 7)
+    struct.pack_into("<I", page, XENSTORE_EVTCHN_PORT_OFFSET, 7)
     assert struct.unpack_from("<I", page, 2076)[0] == 7
+    assert xs.evtchn_port == 7
     assert xs.req.read() == b"abc"
     assert struct.unpack_from("<I", page, 2048)[0] == 3
     xs.release()

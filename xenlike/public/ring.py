@@ -29,9 +29,13 @@ Requests are copied out of the shared slots once, before anything looks at them
 (``RING_COPY_REQUEST``): a front end can rewrite shared memory at any moment, so a
 back end only ever validates and uses its private copy.
 
-The byte rings of the xenstore page (``xenstore_domain_interface``,
-``io/xs_wire.h``) and the console page (``xencons_interface``, ``io/console.h``)
-are :class:`ByteRing` pairs at the end of this module.
+Byte rings (:class:`ByteRing`, at the end of this module) are the other shape:
+one producer, one consumer, a power-of-two buffer of bytes and two free-running
+indices somewhere in a shared page, laid out by :class:`PageLayout`. Each page
+sits beside its protocol: ``xenstore_domain_interface`` in
+:mod:`xenlike.public.xs_wire`, ``xencons_interface`` in
+:mod:`xenlike.public.console`. :mod:`xenlike.kernel.byte_channel` is the
+endpoint every byte-ring user builds on.
 """
 
 from __future__ import annotations
@@ -52,9 +56,8 @@ __all__ = [
     "init_shared_ring",
     "FrontRing",
     "BackRing",
+    "PageLayout",
     "ByteRing",
-    "XenstoreInterface",
-    "ConsoleInterface",
 ]
 
 RING_IDX_MASK = 0xFFFFFFFF
@@ -398,6 +401,39 @@ class BackRing(_RingEnd):
 # Byte rings: one producer, one consumer, free-running uint32 indices, byte x at x mod size.
 
 
+class PageLayout:
+    """A shared page's C struct, field by field: ``offsetof`` and ``sizeof``.
+
+    ``fields`` are ``(name, struct format)`` pairs in declaration order. They are
+    laid out packed (``=``): the byte-ring pages have no padding, each field
+    already sits at its natural alignment, so this is also the C compiler's layout.
+    """
+
+    def __init__(self, name: str, fields: Sequence[tuple[str, str]]) -> None:
+        self.name = name
+        self._offsets: dict[str, int] = {}
+        fmt = "="
+        for field, code in fields:
+            self._offsets[field] = struct.calcsize(fmt)
+            fmt += code
+        self.struct = struct.Struct(fmt)
+        self.size = self.struct.size
+
+    def offsetof(self, field: str) -> int:
+        """``offsetof(struct name, field)``."""
+        return self._offsets[field]
+
+    def word(self, field: str) -> int:
+        """The field's position as a uint32 word of the page (for :class:`ByteRing` indices)."""
+        offset = self._offsets[field]
+        if offset % 4:
+            raise ValueError(f"{self.name}.{field} at {offset} is not a 32-bit word")
+        return offset // 4
+
+    def __repr__(self) -> str:
+        return f"PageLayout({self.name!r}, size={self.size})"
+
+
 class ByteRing:
     """One direction of a byte-stream ring inside a shared page.
 
@@ -460,49 +496,3 @@ class ByteRing:
     def release(self) -> None:
         self._data.release()
         self._words.release()
-
-
-class XenstoreInterface:
-    """``struct xenstore_domain_interface`` (``io/xs_wire.h``), one 4 KiB page.
-
-    ``req`` carries guest→xenstored bytes, ``rsp`` xenstored→guest. Offsets:
-    req[1024] @0, rsp[1024] @1024, req_cons @2048, req_prod @2052, rsp_cons @2056,
-    rsp_prod @2060, server_features @2064, connection @2068, error @2072,
-    evtchn_port @2076.
-    """
-
-    RING_SIZE = 1024
-    SERVER_FEATURES, CONNECTION, ERROR, EVTCHN_PORT = 2064 // 4, 2068 // 4, 2072 // 4, 2076 // 4
-
-    def __init__(self, page: memoryview) -> None:
-        self.req = ByteRing(page, 0, self.RING_SIZE, 2048 // 4, 2052 // 4)
-        self.rsp = ByteRing(page, 1024, self.RING_SIZE, 2056 // 4, 2060 // 4)
-        self._words = page[:PAGE_SIZE].cast("I")
-
-    def word(self, index: int) -> int:
-        return self._words[index]
-
-    def set_word(self, index: int, value: int) -> None:
-        self._words[index] = value
-
-    def release(self) -> None:
-        self.req.release()
-        self.rsp.release()
-        self._words.release()
-
-
-class ConsoleInterface:
-    """``struct xencons_interface`` (``io/console.h``), one 4 KiB page.
-
-    ``input`` carries keyboard bytes xenconsoled→guest (``in[1024]`` @0, in_cons
-    @3072, in_prod @3076); ``output`` carries guest→xenconsoled bytes
-    (``out[2048]`` @1024, out_cons @3080, out_prod @3084).
-    """
-
-    def __init__(self, page: memoryview) -> None:
-        self.input = ByteRing(page, 0, 1024, 3072 // 4, 3076 // 4)
-        self.output = ByteRing(page, 1024, 2048, 3080 // 4, 3084 // 4)
-
-    def release(self) -> None:
-        self.input.release()
-        self.output.release()

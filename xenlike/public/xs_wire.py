@@ -15,9 +15,11 @@ This module mirrors ``xen/include/public/io/xs_wire.h`` and the payload rules of
 * node permissions travel as ``w<domid>``, ``r<domid>``, ``b<domid>`` and
   ``n<domid>`` strings.
 
-It also describes the ``xenstore_domain_interface`` page that carries the byte
-rings between a domain and xenstored (offsets only: the ring code lives with
-the transport). Nothing here performs I/O.
+The ``xenstore_domain_interface`` page that carries the byte rings between a
+domain and xenstored sits here too, next to the messages it carries, as in
+xs_wire.h: its layout and :class:`XenstoreInterface`, the page's two
+:class:`~xenlike.public.ring.ByteRing` halves. Nothing here performs I/O or
+signals an event channel.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from enum import IntEnum, IntFlag
 from typing import NamedTuple
+
+from xenlike.public.ring import ByteRing, PageLayout
 
 __all__ = [
     "XsdSockmsgType",
@@ -41,6 +45,7 @@ __all__ = [
     "XENSTORE_ABS_PATH_MAX",
     "XENSTORE_REL_PATH_MAX",
     "XENSTORE_RING_SIZE",
+    "XENSTORE_DOMAIN_INTERFACE",
     "XENSTORE_REQ_OFFSET",
     "XENSTORE_RSP_OFFSET",
     "XENSTORE_REQ_CONS_OFFSET",
@@ -63,6 +68,7 @@ __all__ = [
     "XENSTORE_ERROR_COMM",
     "XENSTORE_ERROR_RINGIDX",
     "XENSTORE_ERROR_PROTO",
+    "XenstoreInterface",
     "XSD_SOCKMSG",
     "XSD_SOCKMSG_SIZE",
     "XsMessage",
@@ -178,18 +184,37 @@ XENSTORE_REL_PATH_MAX = 2048
 # --- struct xenstore_domain_interface (xs_wire.h, xenstore-ring.txt) ---------
 
 XENSTORE_RING_SIZE = 1024
-XENSTORE_REQ_OFFSET = 0
-XENSTORE_RSP_OFFSET = XENSTORE_REQ_OFFSET + XENSTORE_RING_SIZE
-XENSTORE_REQ_CONS_OFFSET = XENSTORE_RSP_OFFSET + XENSTORE_RING_SIZE
-XENSTORE_REQ_PROD_OFFSET = XENSTORE_REQ_CONS_OFFSET + 4
-XENSTORE_RSP_CONS_OFFSET = XENSTORE_REQ_PROD_OFFSET + 4
-XENSTORE_RSP_PROD_OFFSET = XENSTORE_RSP_CONS_OFFSET + 4
-XENSTORE_SERVER_FEATURES_OFFSET = XENSTORE_RSP_PROD_OFFSET + 4
-XENSTORE_CONNECTION_OFFSET = XENSTORE_SERVER_FEATURES_OFFSET + 4
-XENSTORE_ERROR_OFFSET = XENSTORE_CONNECTION_OFFSET + 4
-XENSTORE_EVTCHN_PORT_OFFSET = XENSTORE_ERROR_OFFSET + 4
+
+#: ``struct xenstore_domain_interface``: one page shared by a domain and xenstored.
+#: ``req`` carries guest->xenstored bytes, ``rsp`` xenstored->guest; the fields after
+#: ``rsp_prod`` came with the reconnection and error extensions.
+XENSTORE_DOMAIN_INTERFACE = PageLayout(
+    "xenstore_domain_interface",
+    [
+        ("req", f"{XENSTORE_RING_SIZE}s"),
+        ("rsp", f"{XENSTORE_RING_SIZE}s"),
+        ("req_cons", "I"),
+        ("req_prod", "I"),
+        ("rsp_cons", "I"),
+        ("rsp_prod", "I"),
+        ("server_features", "I"),
+        ("connection", "I"),
+        ("error", "I"),
+        ("evtchn_port", "I"),
+    ],
+)
+XENSTORE_REQ_OFFSET = XENSTORE_DOMAIN_INTERFACE.offsetof("req")
+XENSTORE_RSP_OFFSET = XENSTORE_DOMAIN_INTERFACE.offsetof("rsp")
+XENSTORE_REQ_CONS_OFFSET = XENSTORE_DOMAIN_INTERFACE.offsetof("req_cons")
+XENSTORE_REQ_PROD_OFFSET = XENSTORE_DOMAIN_INTERFACE.offsetof("req_prod")
+XENSTORE_RSP_CONS_OFFSET = XENSTORE_DOMAIN_INTERFACE.offsetof("rsp_cons")
+XENSTORE_RSP_PROD_OFFSET = XENSTORE_DOMAIN_INTERFACE.offsetof("rsp_prod")
+XENSTORE_SERVER_FEATURES_OFFSET = XENSTORE_DOMAIN_INTERFACE.offsetof("server_features")
+XENSTORE_CONNECTION_OFFSET = XENSTORE_DOMAIN_INTERFACE.offsetof("connection")
+XENSTORE_ERROR_OFFSET = XENSTORE_DOMAIN_INTERFACE.offsetof("error")
+XENSTORE_EVTCHN_PORT_OFFSET = XENSTORE_DOMAIN_INTERFACE.offsetof("evtchn_port")
 #: Bytes of the page used by the interface (the page itself is 4 KiB).
-XENSTORE_DOMAIN_INTERFACE_SIZE = XENSTORE_EVTCHN_PORT_OFFSET + 4
+XENSTORE_DOMAIN_INTERFACE_SIZE = XENSTORE_DOMAIN_INTERFACE.size
 
 
 def mask_xenstore_idx(idx: int) -> int:
@@ -212,6 +237,48 @@ XENSTORE_ERROR_NONE = 0
 XENSTORE_ERROR_COMM = 1
 XENSTORE_ERROR_RINGIDX = 2
 XENSTORE_ERROR_PROTO = 3
+
+
+class XenstoreInterface:
+    """``struct xenstore_domain_interface`` over a mapped page: its two byte rings.
+
+    The guest produces into :attr:`req` and consumes :attr:`rsp`; xenstored does the
+    reverse. Whoever moves an index signals the event channel
+    (:class:`xenlike.kernel.byte_channel.ByteChannel` does both halves). The
+    fields after the rings are read with one aligned 32-bit load each.
+    """
+
+    def __init__(self, page: memoryview) -> None:
+        layout = XENSTORE_DOMAIN_INTERFACE
+        self.req = ByteRing(page, XENSTORE_REQ_OFFSET, XENSTORE_RING_SIZE, layout.word("req_cons"), layout.word("req_prod"))
+        self.rsp = ByteRing(page, XENSTORE_RSP_OFFSET, XENSTORE_RING_SIZE, layout.word("rsp_cons"), layout.word("rsp_prod"))
+        self._words = page[: layout.size].cast("I")
+
+    @property
+    def server_features(self) -> int:
+        """``XENSTORE_SERVER_FEATURE_*`` bits xenstored offers."""
+        return self._words[XENSTORE_DOMAIN_INTERFACE.word("server_features")]
+
+    @property
+    def connection(self) -> int:
+        """``XENSTORE_CONNECTED`` or ``XENSTORE_RECONNECT``."""
+        return self._words[XENSTORE_DOMAIN_INTERFACE.word("connection")]
+
+    @property
+    def error(self) -> int:
+        """``XENSTORE_ERROR_*``: why xenstored stopped serving the ring, if it did."""
+        return self._words[XENSTORE_DOMAIN_INTERFACE.word("error")]
+
+    @property
+    def evtchn_port(self) -> int:
+        """The guest's port of the xenstore event channel, when the builder publishes it here."""
+        return self._words[XENSTORE_DOMAIN_INTERFACE.word("evtchn_port")]
+
+    def release(self) -> None:
+        """Drop the views of the page (before unmapping it)."""
+        self.req.release()
+        self.rsp.release()
+        self._words.release()
 
 
 # --- Errors -------------------------------------------------------------------
