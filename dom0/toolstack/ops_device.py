@@ -1,0 +1,112 @@
+"""Device operations: ``xl block-attach``, ``block-detach``, ``block-list`` (``tools/xl/xl_block.c``,
+libxl's ``libxl_device_disk_add``/``_remove``), and the devices' counters in ``top``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from xenlike.public.xenbus import XenbusState, backend_path, frontend_path
+from xenlike.public.xs_wire import XsError
+
+from ..devices import DEVICE_TYPES, VBD, DeviceType
+from .request import Request, ToolstackError
+
+if TYPE_CHECKING:
+    from ..builder import BuiltDomain
+    from .server import Toolstack
+
+__all__ = ["block_attach", "block_detach", "block_list", "detach_device", "request_stats", "top_counters"]
+
+log = logging.getLogger("dom0.toolstack")
+
+DEVICE_CLOSE_TIMEOUT_S = 10.0  # libxl's LIBXL_DESTROY_TIMEOUT
+
+
+def block_attach(ts: Toolstack, request: Request) -> Any:
+    """Hotplug a disk (``xl block-attach``): the guest sees it appear."""
+    from xenlike.tools.config import parse_disk_spec
+
+    built = ts.lifecycle.find(request.args["domain"])
+    disk = parse_disk_spec(request.args["spec"]).to_dict()
+    ts.builder.attach_device(built, VBD, disk)
+    return {"vdev": disk["vdev"], "devid": disk["devid"]}
+
+
+def block_detach(ts: Toolstack, request: Request) -> None:
+    """Unplug a disk (``xl block-detach``): online=0, Closing, wait for Closed (10 s), remove."""
+    built = ts.lifecycle.find(request.args["domain"])
+    vdev = request.args["vdev"]
+    disk = next((d for d in built.config.get("disk", []) if vdev in (d["vdev"], str(d["devid"]))), None)
+    if disk is None:
+        raise ToolstackError(f"{built.label} has no disk {vdev!r}; `xenlike block-list {built.name}` shows its disks")
+    detach_device(ts, request, built, VBD, disk)
+
+
+def detach_device(ts: Toolstack, request: Request, built: BuiltDomain, row: DeviceType, spec: dict[str, Any]) -> None:
+    """Unplug any device (``libxl__device_destroy``): online=0 and Closing; once the back end is
+    Closed (or after :data:`DEVICE_CLOSE_TIMEOUT_S`), forget it and remove its nodes; then reply."""
+    backends = ts.backends
+    key = (row.kind, built.domid, spec["devid"])
+    backends.request_close(*key)
+
+    def closed() -> bool:
+        dev = backends.device(*key)
+        return dev is None or dev.state == XenbusState.Closed
+
+    def finish(ok: bool) -> None:
+        if not ok:
+            log.warning("%s: %s did not close within %.0fs; removing it anyway", built.label, row.name_of(spec),
+                        DEVICE_CLOSE_TIMEOUT_S)
+        backends.remove(*key)
+        ts.builder.remove_device_nodes(built, row, spec["devid"])
+        request.reply({"vdev": row.name_of(spec), "forced": not ok})
+
+    ts.poll(closed, DEVICE_CLOSE_TIMEOUT_S, finish)
+
+
+def block_list(ts: Toolstack, request: Request) -> Any:
+    """A domain's disks with their xenbus state, event channel and ring reference (``xl block-list``)."""
+    built = ts.lifecycle.find(request.args["domain"])
+    xs = ts.xs
+
+    def read(path: str) -> str:
+        try:
+            return xs.read(path).decode()
+        except XsError:
+            return "-1"
+
+    rows = []
+    for disk in built.config.get("disk", []):
+        front = frontend_path(built.domid, "vbd", disk["devid"])
+        back = backend_path(0, "vbd", built.domid, disk["devid"])
+        ring_ref = read(f"{front}/ring-ref")
+        rows.append({"vdev": disk["devid"], "name": disk["vdev"], "backend": 0, "frontend_id": built.domid,
+                     "handle": disk["devid"],
+                     "state": int(read(f"{back}/state")), "evtch": int(read(f"{front}/event-channel")),
+                     "ring_ref": int(ring_ref if ring_ref != "-1" else read(f"{front}/ring-ref0")),
+                     "be_path": back, "target": disk["target"], "access": disk["access"]})
+    return rows
+
+
+def request_stats(ts: Toolstack) -> Callable[[], bool]:
+    """Ask the back ends for their devices' live counters; returns "have all answered?"."""
+    return ts.backends.request_stats()
+
+
+def top_counters(ts: Toolstack, domid: int) -> dict[str, list]:
+    """A domain's device counters for its xentop row, one list per device type (``vbds``, ``nets``),
+    one entry per device (None for one no back end knows)."""
+    built = ts.domains.get(domid)
+    counters: dict[str, list] = {"nets": []}  # no network device type yet: xentop shows NETS 0
+    for row in DEVICE_TYPES:
+        specs = built.config.get(row.config_key, []) if built is not None else []
+        counters[row.top_field] = [_device_stats(ts, row.kind, domid, spec["devid"]) for spec in specs]
+    return counters
+
+
+def _device_stats(ts: Toolstack, devicetype: str, domid: int, devid: int) -> dict[str, int] | None:
+    """A device's last counters ({} before its worker first reported), None if no back end has it."""
+    dev = ts.backends.device(devicetype, domid, devid)
+    return None if dev is None else dict(dev.stats)

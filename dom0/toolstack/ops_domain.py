@@ -1,0 +1,218 @@
+"""Domain operations: create, list, destroy, shutdown, pause, rename, ... and the host's
+(``tools/xl/xl_vmcontrol.c``, ``xl_info.c``, ``xl_misc.c``; ``top`` is libxenstat's sample).
+
+Each handler takes the toolstack and the request; the table in :mod:`.server` says
+which answer the request themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from xenlike.public.xen import PAGE_SIZE
+from xenlike.public.xs_wire import XsError, home_path
+from xenlike.tools.xl_format import state_letters
+
+from . import ops_device
+from .request import Request, ToolstackError
+
+if TYPE_CHECKING:
+    from .server import Toolstack
+
+__all__ = ["ping", "info", "dmesg", "list_domains", "uptime", "top", "create", "destroy", "shutdown", "reboot",
+           "pause", "unpause", "rename", "down"]
+
+log = logging.getLogger("dom0.toolstack")
+
+HOST_SHUTDOWN_TIMEOUT_S = 10.0
+# How long `top` waits for the block workers' counters; a busy worker that has not
+# looked at its control socket by then is shown with the last figures it sent.
+TOP_STATS_TIMEOUT_S = 0.5
+
+
+# -- the host ------------------------------------------------------------------------
+
+def ping(ts: Toolstack, request: Request) -> Any:
+    return {"run_dir": str(ts.run_dir.path), "domains": len(ts.domains)}
+
+
+def info(ts: Toolstack, request: Request) -> Any:
+    return ts.hypercall("sysctl", cmd="physinfo")[0]
+
+
+def dmesg(ts: Toolstack, request: Request) -> Any:
+    return ts.hypercall("sysctl", cmd="readconsole", clear=bool(request.args.get("clear")))[0]["lines"]
+
+
+def down(ts: Toolstack, request: Request) -> None:
+    """Shut the host down: domUs cooperatively (then by force), dom0, the hypervisor."""
+    domids = set(ts.domains)
+    for built in ts.domains.values():
+        try:
+            ts.xs.write(f"{home_path(built.domid)}/control/shutdown", "poweroff")
+        except XsError:
+            pass
+
+    def finish(ok: bool) -> None:
+        for built in list(ts.domains.values()):
+            log.info("%s: still running at host shutdown; destroying it", built.label)
+            ts.lifecycle.destroy(built)
+        request.reply({"forced": not ok})
+        ts.dom0.running = False
+        ts.dom0.host_shutdown_requested = True
+
+    if not domids:
+        finish(True)
+        return
+    ts.wait_for_domains(domids, float(request.args.get("timeout", HOST_SHUTDOWN_TIMEOUT_S)), finish)
+
+
+# -- listing -------------------------------------------------------------------------
+
+def list_domains(ts: Toolstack, request: Request) -> Any:
+    args = request.args
+    rows = []
+    for info in ts.lifecycle.domain_infos():
+        if args.get("domain") is not None and str(args["domain"]) not in (info["name"], str(info["domid"])):
+            continue
+        built = ts.domains.get(info["domid"])
+        rows.append({
+            "name": info["name"],
+            "domid": info["domid"],
+            "mem": info["memory_kb"] // 1024,
+            "vcpus": info["vcpus"],
+            "state": state_letters(info),
+            "cpu_time": info["cpu_time"],
+            **({"info": info, "config": built.config if built else {}} if args.get("long") else {}),
+        })
+    if args.get("domain") is not None and not rows:
+        raise ToolstackError(f"no domain {args['domain']!r}; `xenlike list` shows the domains")
+    return rows
+
+
+def uptime(ts: Toolstack, request: Request) -> Any:
+    physinfo = ts.hypercall("sysctl", cmd="physinfo")[0]
+    rows = []
+    for info in ts.lifecycle.domain_infos():
+        uptime = time.time() - physinfo["started"] if info["domid"] == 0 else info["uptime"]
+        if request.args.get("domain") is None or str(request.args["domain"]) in (info["name"], str(info["domid"])):
+            rows.append({"name": info["name"], "domid": info["domid"], "uptime": uptime})
+    return rows
+
+
+def top(ts: Toolstack, request: Request) -> None:
+    """One xentop sample (libxenstat's ``xenstat_get_node``, for ``tools/xentop/xentop.c``) in one request.
+
+    ``{"time", "monotonic", "host": {total_kb, free_kb, nr_cpus, cpu_mhz, version},
+    "domains": [{domid, name, running, blocked, paused, shutdown, shutdown_reason, dying,
+    cpu_time, memory_kb, maxmem_kb, vcpus, nets, vbds, ssid}]}``: ``vbds`` holds each
+    disk's blkback counters (None for a disk blkback does not know), ``nets`` is
+    empty (there is no network device). The reply waits for the block workers'
+    live counters, at most TOP_STATS_TIMEOUT_S.
+    """
+    infos = ts.lifecycle.domain_infos()
+    physinfo = ts.hypercall("sysctl", cmd="physinfo")[0]
+    sampled = {"time": time.time(), "monotonic": time.monotonic()}
+    answered = ops_device.request_stats(ts)
+
+    def finish(ok: bool) -> None:
+        request.reply({**sampled, "host": _top_host(physinfo), "domains": [_top_domain(ts, info) for info in infos]})
+
+    ts.poll(answered, TOP_STATS_TIMEOUT_S, finish)
+
+
+def _top_domain(ts: Toolstack, info: dict) -> dict:
+    """A domain's xentop row data: getdomaininfo's fields and its devices' counters."""
+    keys = ("domid", "name", "running", "blocked", "paused", "shutdown", "shutdown_reason", "dying", "cpu_time",
+            "memory_kb", "maxmem_kb", "vcpus")
+    return {**{key: info[key] for key in keys}, **ops_device.top_counters(ts, info["domid"]), "ssid": 0}
+
+
+def _top_host(physinfo: dict) -> dict:
+    """The host's line of xentop: memory in KiB, CPUs, and the version as libxenstat spells it ("4.19-xenlike")."""
+    frame_kb = PAGE_SIZE // 1024
+    version = physinfo["version"]
+    return {"total_kb": physinfo["total_frames"] * frame_kb, "free_kb": physinfo["free_frames"] * frame_kb,
+            "nr_cpus": physinfo["nr_cpus"], "cpu_mhz": _cpu_mhz(),
+            "version": f"{version['major']}.{version['minor']}{version['extra']}"}
+
+
+@functools.cache
+def _cpu_mhz() -> int:
+    """The host CPU's clock in MHz from /proc/cpuinfo (0 if it says none), read once as Xen measures cpu_khz at boot."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return int(float(line.split(":", 1)[1]))
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# -- lifecycle -----------------------------------------------------------------------
+
+def create(ts: Toolstack, request: Request) -> Any:
+    built = ts.lifecycle.create(request.args["config"], paused=bool(request.args.get("paused")))
+    return {"domid": built.domid, "name": built.name}
+
+
+def destroy(ts: Toolstack, request: Request) -> Any:
+    built = ts.lifecycle.find(request.args["domain"])
+    ts.lifecycle.destroy(built)
+    return {"domid": built.domid}
+
+
+def shutdown(ts: Toolstack, request: Request) -> None:
+    _request_shutdown(ts, request, "poweroff")
+
+
+def reboot(ts: Toolstack, request: Request) -> None:
+    _request_shutdown(ts, request, "reboot")
+
+
+def _request_shutdown(ts: Toolstack, request: Request, action: str) -> None:
+    """Write ``control/shutdown`` (what ``libxl_domain_shutdown`` does for a PV guest); with ``wait``,
+    answer once the domains are gone or their on_* action ran, as ``xl shutdown -w``."""
+    args = request.args
+    targets = list(ts.domains.values()) if args.get("all") else [ts.lifecycle.find(args["domain"])]
+    for built in targets:
+        ts.xs.write(f"{home_path(built.domid)}/control/shutdown", action)
+        log.info("%s: %s requested", built.label, action)
+    result = {"domids": [b.domid for b in targets]}
+    if not (args.get("wait") and targets):
+        request.reply(result)
+        return
+    timeout = args.get("timeout")
+
+    def done(ok: bool) -> None:
+        if ok:
+            request.reply(result)
+        else:
+            request.fail(f"domains did not shut down within {timeout}s")
+
+    ts.wait_for_domains({b.domid for b in targets}, timeout or None, done)
+
+
+def pause(ts: Toolstack, request: Request) -> Any:
+    built = ts.lifecycle.find(request.args["domain"])
+    ts.hypercall("domctl", cmd="pausedomain", domid=built.domid)
+    return {}
+
+
+def unpause(ts: Toolstack, request: Request) -> Any:
+    built = ts.lifecycle.find(request.args["domain"])
+    ts.hypercall("domctl", cmd="unpausedomain", domid=built.domid)
+    return {}
+
+
+def rename(ts: Toolstack, request: Request) -> Any:
+    built = ts.lifecycle.find(request.args["domain"])
+    new = str(request.args["name"])
+    if any(d.name == new for d in ts.domains.values()) or new == "Domain-0":
+        raise ToolstackError(f"a domain named {new!r} already exists")
+    ts.builder.rename(built, new)
+    return {}

@@ -1,0 +1,65 @@
+"""Scheduling operations: ``xl sched-credit``, ``vcpu-list``, ``vcpu-pin`` (``tools/xl/xl_sched.c``, ``xl_vcpu.c``).
+
+They apply to any domain, dom0 included, as in Xen.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .request import Request, ToolstackError
+
+if TYPE_CHECKING:
+    from .server import Toolstack
+
+__all__ = ["sched_credit", "vcpu_list", "vcpu_pin"]
+
+
+def _domid_of(ts: Toolstack, spec: Any) -> int:
+    """Any domain, dom0 included, by name or id."""
+    text = str(spec)
+    for info in ts.lifecycle.domain_infos():
+        if text in (info["name"], str(info["domid"])):
+            return info["domid"]
+    raise ToolstackError(f"no domain {text!r}; `xenlike list` shows the domains")
+
+
+def sched_credit(ts: Toolstack, request: Request) -> Any:
+    """Set a domain's weight/cap (``weight``, ``cap``), or show them with the pool's parameters."""
+    args = request.args
+    domid = _domid_of(ts, args["domain"]) if args.get("domain") is not None else None
+    if args.get("weight") is not None or args.get("cap") is not None:
+        if domid is None:
+            raise ToolstackError("a weight or cap needs a domain (-d DOMAIN)")
+        return {"set": ts.hypercall("domctl", cmd="sched_credit_set", domid=domid, weight=args.get("weight"),
+                                    cap=args.get("cap"))[0]}
+    rows = ts.hypercall("domctl", cmd="sched_credit_get", **({} if domid is None else {"domid": domid}))[0]
+    pool = ts.hypercall("sysctl", cmd="sched_info")[0]
+    return {"pool": {"name": "Pool-0", **pool}, "domains": rows}
+
+
+def vcpu_list(ts: Toolstack, request: Request) -> Any:
+    domains = request.args.get("domains") or []
+    if not domains:
+        rows = ts.hypercall("domctl", cmd="vcpu_list")[0]
+    else:
+        rows = [row for spec in domains
+                for row in ts.hypercall("domctl", cmd="vcpu_list", domid=_domid_of(ts, spec))[0]]
+    return {"nr_cpus": ts.hypercall("sysctl", cmd="physinfo")[0]["nr_cpus"], "vcpus": rows}
+
+
+def vcpu_pin(ts: Toolstack, request: Request) -> Any:
+    """Hard affinity: ``vcpu`` a number or "all", ``cpus`` in xl's syntax ("all", "0-3,^1")."""
+    from xenlike.tools.config import ConfigError, parse_cpus
+
+    args = request.args
+    domid = _domid_of(ts, args["domain"])
+    vcpu = args.get("vcpu", "all")
+    if str(vcpu) != "all" and not str(vcpu).isdigit():
+        raise ToolstackError(f"vCPU {vcpu!r}: expected a vCPU number or 'all'")
+    try:
+        cpus = parse_cpus(str(args["cpus"]), key="CPUS")
+    except ConfigError as exc:
+        raise ToolstackError(str(exc)) from None
+    ts.hypercall("domctl", cmd="vcpu_pin", domid=domid, vcpu=None if str(vcpu) == "all" else int(vcpu), cpus=cpus)
+    return {}

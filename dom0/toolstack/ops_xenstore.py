@@ -1,0 +1,77 @@
+"""Xenstore operations: ``xenstore-read``, ``-write``, ``-rm``, ``-ls``, ``-watch`` (``tools/xenstore/``'s clients).
+
+They act with dom0's own connection, so dom0's permissions; a watch gets a
+connection of its own, whose events stream to the client until it unwatches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from xenlike.public.xs_wire import XsdSockmsgType as XS
+from xenlike.public.xs_wire import join_strings, parse_error_payload
+
+from ..xenstored import Delivery
+from .request import Request, ToolstackError
+
+if TYPE_CHECKING:
+    from .server import Toolstack
+
+__all__ = ["read", "write", "rm", "ls", "watch", "unwatch"]
+
+
+def read(ts: Toolstack, request: Request) -> Any:
+    return ts.xs.read(request.args["path"])
+
+
+def write(ts: Toolstack, request: Request) -> Any:
+    ts.xs.write(request.args["path"], request.args["value"])
+    return {}
+
+
+def rm(ts: Toolstack, request: Request) -> Any:
+    ts.xs.rm(request.args["path"])
+    return {}
+
+
+def ls(ts: Toolstack, request: Request) -> Any:
+    """Every node below ``path`` with value and permissions, depth first (xenstore-ls)."""
+    xs = ts.xs
+    out = []
+
+    def walk(path: str, depth: int) -> None:
+        for child in xs.directory(path):
+            full = f"{path.rstrip('/')}/{child}"
+            perms = " ".join(str(p) for p in xs.get_perms(full))
+            out.append({"path": full, "depth": depth, "name": child, "value": xs.read(full), "perms": perms})
+            walk(full, depth + 1)
+
+    walk(request.args.get("path") or "/", 0)
+    return out
+
+
+def watch(ts: Toolstack, request: Request) -> Any:
+    """Stream watch events on ``path`` to this client until it unwatches (the watch's id is this request's)."""
+    path = request.args["path"]
+    token = f"cli-{request.call_id}"
+
+    def receive(delivery: Delivery) -> None:
+        fields = delivery.payload.split(b"\0")
+        request.event({"path": fields[0].decode(errors="replace"), "token": token})
+
+    service = ts.xenstore_service
+    conn = service.local_client(receive)
+    reply = service.daemon.handle(conn, XS.WATCH, 1, 0, join_strings([path, token]))
+    if reply and reply[0].msg_type == XS.ERROR:
+        service.daemon.disconnect(conn)
+        raise ToolstackError(f"cannot watch {path}: {parse_error_payload(reply[0].payload)}")
+    ts.xenstore_watches[(request.identity, request.call_id)] = conn
+    service.route(reply[1:])
+    return {"token": token}
+
+
+def unwatch(ts: Toolstack, request: Request) -> Any:
+    conn = ts.xenstore_watches.pop((request.identity, request.args["watch_id"]), None)
+    if conn is not None:
+        ts.xenstore_service.daemon.disconnect(conn)
+    return {}

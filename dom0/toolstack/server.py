@@ -1,0 +1,239 @@
+"""The toolstack server: xl's operations behind dom0's zmq API (libxl's place in Xen).
+
+Clients (the ``xenlike`` CLI, benchmarks, tests) connect a DEALER socket to the
+run directory's ``toolstack.sock``; :mod:`.request` gives the messages. dom0's
+loop calls :meth:`Toolstack.serve_requests` when the ROUTER socket is readable,
+which looks each request's operation up in :data:`OPS` and answers it.
+
+Most operations answer at once. The others (the rows with ``defers=True``)
+answer when something they wait for has happened, as libxl's asynchronous
+operations do with its event machinery: a *waiter* until domains are gone
+(``shutdown -w``, ``down``), checked on every ``VIRQ_DOM_EXC``, or a *poll* of a
+condition dom0 checks on every turn of its loop (a device closed, the block
+workers' counters arrived); each has a deadline, checked by :meth:`Toolstack.tick`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+import msgpack
+import zmq
+
+from xenlike.kernel.rundir import RunDir
+from xenlike.public.xs_wire import XsError
+
+from ..builder import BuiltDomain, DomainBuilder
+from ..xenbus_backend import XenbusBackend
+from ..xenconsoled import Xenconsoled
+from ..xenstore_service import XenstoreService
+from ..xenstored import LocalXenstore
+from . import ops_console, ops_device, ops_domain, ops_sched, ops_xenstore
+from .lifecycle import Lifecycle
+from .request import Request, ToolstackError
+
+if TYPE_CHECKING:
+    from ..main import Dom0
+
+__all__ = ["Toolstack", "Op", "OPS"]
+
+log = logging.getLogger("dom0.toolstack")
+
+POLL_INTERVAL_MS = 10  # how often dom0's loop turns while a poll is pending
+
+
+class Op(NamedTuple):
+    """A row of the operation table.
+
+    ``handler(toolstack, request)`` returns the result to reply with, or, with
+    ``defers``, answers ``request`` itself, now or later.
+    """
+
+    handler: Callable[["Toolstack", Request], Any]
+    defers: bool = False
+
+
+# The toolstack API: every operation a client may name. Its names and message
+# shapes are what xenlike/tools/toolstack_client.py and the CLI speak.
+OPS: dict[str, Op] = {
+    # domains (xl create, list, destroy, shutdown, ...; xl info, dmesg, uptime, top)
+    "ping": Op(ops_domain.ping),
+    "info": Op(ops_domain.info),
+    "dmesg": Op(ops_domain.dmesg),
+    "list": Op(ops_domain.list_domains),
+    "uptime": Op(ops_domain.uptime),
+    "top": Op(ops_domain.top, defers=True),
+    "create": Op(ops_domain.create),
+    "destroy": Op(ops_domain.destroy),
+    "shutdown": Op(ops_domain.shutdown, defers=True),
+    "reboot": Op(ops_domain.reboot, defers=True),
+    "pause": Op(ops_domain.pause),
+    "unpause": Op(ops_domain.unpause),
+    "rename": Op(ops_domain.rename),
+    "down": Op(ops_domain.down, defers=True),
+    # scheduling (xl sched-credit, vcpu-list, vcpu-pin)
+    "sched_credit": Op(ops_sched.sched_credit),
+    "vcpu_list": Op(ops_sched.vcpu_list),
+    "vcpu_pin": Op(ops_sched.vcpu_pin),
+    # consoles (xl console)
+    "console_attach": Op(ops_console.console_attach),
+    "console_input": Op(ops_console.console_input),
+    # xenstore (xenstore-read, -write, -rm, -ls, -watch)
+    "xenstore_read": Op(ops_xenstore.read),
+    "xenstore_write": Op(ops_xenstore.write),
+    "xenstore_rm": Op(ops_xenstore.rm),
+    "xenstore_ls": Op(ops_xenstore.ls),
+    "xenstore_watch": Op(ops_xenstore.watch),
+    "xenstore_unwatch": Op(ops_xenstore.unwatch),
+    # devices (xl block-attach, block-detach, block-list)
+    "block_attach": Op(ops_device.block_attach),
+    "block_detach": Op(ops_device.block_detach, defers=True),
+    "block_list": Op(ops_device.block_list),
+}
+
+
+@dataclass
+class _Waiter:
+    """A request waiting for domains to be gone (``shutdown -w``, ``down``)."""
+
+    domids: set[int]
+    deadline: float | None
+    done: Callable[[bool], None]
+
+
+@dataclass
+class _Poll:
+    """A request waiting for a condition dom0 checks on every turn of its loop."""
+
+    ready: Callable[[], bool]
+    deadline: float
+    done: Callable[[bool], None]
+
+
+class Toolstack:
+    """dom0's toolstack: its API socket, its domU table, and the services its operations use.
+
+    ``api`` is the bound ROUTER socket; ``hypercall(op, **args)`` dom0's hypercall
+    channel; ``builder`` builds domains; ``xs`` is dom0's xenstore connection and
+    ``xenstore_service`` the daemon behind it (for watches streamed to clients);
+    ``xenconsoled`` holds the consoles; ``backends`` the back-end bus (hotplug, and
+    the devices' counters). ``dom0`` is only stopped: ``down`` ends its loop and asks for
+    the host's shutdown.
+    """
+
+    def __init__(self, dom0: "Dom0", *, api: zmq.Socket, hypercall: Callable[..., tuple[Any, list[int]]],
+                 builder: DomainBuilder, xs: LocalXenstore, xenstore_service: XenstoreService,
+                 xenconsoled: Xenconsoled, backends: XenbusBackend, run_dir: RunDir) -> None:
+        self.dom0 = dom0
+        self.api = api
+        self.hypercall = hypercall
+        self.builder = builder
+        self.xs = xs
+        self.xenstore_service = xenstore_service
+        self.xenconsoled = xenconsoled
+        self.backends = backends
+        self.run_dir = run_dir
+        self.lifecycle = Lifecycle(builder, hypercall)
+        # The xenstore connections of clients' watches, by (identity, call id).
+        self.xenstore_watches: dict[tuple[bytes, int], Any] = {}
+        self._waiters: list[_Waiter] = []
+        self._polls: list[_Poll] = []
+
+    @property
+    def domains(self) -> dict[int, BuiltDomain]:
+        """The domUs this toolstack built, by domid."""
+        return self.lifecycle.domains
+
+    # -- transport -----------------------------------------------------------------
+
+    def serve_requests(self) -> None:
+        """Answer every request queued on the API socket (dom0's loop calls this when it is readable)."""
+        while True:
+            try:
+                frames = self.api.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity, payload = frames[0], frames[-1]
+            try:
+                message = msgpack.unpackb(payload, raw=False)
+                request = Request(identity, message.get("id", 0), message["op"], message.get("args") or {}, self._send)
+            except Exception:
+                self._send(identity, {"id": 0, "ok": False,
+                                      "error": "malformed request: expected msgpack {id, op, args}"})
+                continue
+            self._dispatch(request)
+
+    def _dispatch(self, request: Request) -> None:
+        op = OPS.get(request.op)
+        try:
+            if op is None:
+                raise ToolstackError(f"unknown operation {request.op!r}")
+            result = op.handler(self, request)
+        except (ToolstackError, XsError) as exc:
+            request.fail(str(exc))
+        except OSError as exc:
+            request.fail(exc.strerror or str(exc))
+        except Exception as exc:
+            log.exception("request %s failed", request.op)
+            request.fail(f"{request.op} failed: {type(exc).__name__}: {exc}")
+        else:
+            if not op.defers:
+                request.reply(result)
+
+    def _send(self, identity: bytes, message: dict) -> None:
+        try:
+            self.api.send_multipart([identity, msgpack.packb(message, use_bin_type=True)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client went away
+
+    # -- waiters and polls -----------------------------------------------------------
+
+    def wait_for_domains(self, domids: set[int], timeout_s: float | None, done: Callable[[bool], None]) -> None:
+        """Call ``done(True)`` once every domain of ``domids`` is settled (:meth:`Lifecycle.settled`),
+        ``done(False)`` after ``timeout_s`` (None: no deadline)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._waiters.append(_Waiter(domids, deadline, done))
+
+    def poll(self, ready: Callable[[], bool], timeout_s: float, done: Callable[[bool], None]) -> None:
+        """Call ``done(ready())`` on the first turn of dom0's loop where ``ready()`` holds or ``timeout_s``
+        has passed."""
+        self._polls.append(_Poll(ready, time.monotonic() + timeout_s, done))
+
+    def on_domain_exception(self) -> None:
+        """VIRQ_DOM_EXC: apply the on_* actions of the domains that changed, then answer the waiters they settle."""
+        self.lifecycle.on_domain_exception()
+        if self._waiters:
+            self._check_waiters()
+
+    def _check_waiters(self) -> None:
+        infos = {info["domid"]: info for info in self.lifecycle.domain_infos()}
+        for waiter in list(self._waiters):
+            if all(self.lifecycle.settled(domid, infos.get(domid)) for domid in waiter.domids):
+                self._waiters.remove(waiter)
+                waiter.done(True)
+
+    # -- timers --------------------------------------------------------------------
+
+    def next_timeout_ms(self) -> int:
+        """How long dom0's loop may sleep before :meth:`tick` has work."""
+        if self._polls:
+            return POLL_INTERVAL_MS
+        deadlines = [w.deadline for w in self._waiters if w.deadline is not None]
+        if not deadlines:
+            return 1000
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000))
+
+    def tick(self) -> None:
+        """Finish the polls that are ready or due, and fail the waiters that are due (every turn of dom0's loop)."""
+        now = time.monotonic()
+        for poll in list(self._polls):
+            if poll.ready() or now >= poll.deadline:
+                self._polls.remove(poll)
+                poll.done(poll.ready())
+        for waiter in list(self._waiters):
+            if waiter.deadline is not None and now >= waiter.deadline:
+                self._waiters.remove(waiter)
+                waiter.done(False)
