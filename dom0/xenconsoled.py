@@ -4,19 +4,22 @@ For each domU it reads the ``out`` half of the guest's ``xencons_interface`` pag
 whenever the console event channel fires, appends the bytes to
 ``logs/<name>.log`` in the run directory, and publishes them on a zmq PUB socket
 for ``xenlike console`` and ``xenlike up`` (the format: ``xenlike.tools.console_stream``).
-Keyboard input from an attached client goes into the ``in`` half.
+Keyboard input from an attached client goes into the ``in`` half. A
+:class:`~xenlike.kernel.byte_channel.ByteChannel` per console moves the bytes
+and signals the event channel; everything here runs in dom0's loop thread.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import zmq
 
 from xenlike.tools import console_stream
+from xenlike.kernel.byte_channel import ByteChannel
 from xenlike.kernel.events import EventLoop
 from xenlike.public.console import ConsoleInterface
 from xenlike.public.ring import RingError
@@ -27,6 +30,10 @@ log = logging.getLogger("dom0.xenconsoled")
 
 # How much output of a domain is kept in memory for a client that attaches late.
 HISTORY_BYTES = 16 * 1024
+# Keyboard input kept for a guest whose ``in`` ring is full; more is refused
+# (``send_input`` says how much was taken), so a guest that never reads costs
+# dom0 no more than this.
+INPUT_QUEUE_BYTES = 4 * 1024
 
 
 @dataclass
@@ -40,7 +47,7 @@ class ConsoleBackend:
     logfile: BinaryIO
     history: bytearray
     published: int = 0  # bytes published so far: the offset of the next message
-    broken: bool = False
+    channel: ByteChannel = field(init=False)  # dom0 produces ``in``, consumes ``out``
 
 
 class Xenconsoled:
@@ -55,8 +62,15 @@ class Xenconsoled:
     def add(self, domid: int, name: str, interface: ConsoleInterface, port: int) -> ConsoleBackend:
         logfile = open(self.log_dir / f"{name}.log", "ab", buffering=0)
         console = ConsoleBackend(domid, name, interface, port, logfile, bytearray())
+        console.channel = ByteChannel(
+            interface.input,
+            interface.output,
+            lambda: self.loop.notify(port),
+            lambda data: self._on_output(console, data),
+            max_queued=INPUT_QUEUE_BYTES,
+        )
         self._consoles[domid] = console
-        self.loop.set_handler(port, lambda _port: self._on_output(console))
+        self.loop.set_handler(port, lambda _port: self._on_event(console))
         return console
 
     def remove(self, domid: int) -> None:
@@ -64,8 +78,8 @@ class Xenconsoled:
         console = self._consoles.pop(domid, None)
         if console is None:
             return
-        self._on_output(console)
-        console.broken = True
+        self._on_event(console)
+        console.channel.close()
         console.logfile.close()
         console.interface.release()
 
@@ -91,27 +105,29 @@ class Xenconsoled:
         return {"history": bytes(console.history), "end": console.published}
 
     def send_input(self, domid: int, data: bytes) -> int:
-        """Keyboard bytes for the guest; returns how many fitted in its ring."""
+        """Keyboard bytes for the guest; returns how many were taken (ring and queue)."""
         console = self._consoles.get(domid)
-        if console is None or console.broken:
+        if console is None:
             return 0
-        written = console.interface.input.write(data)
-        if written:
-            self.loop.notify(console.port)
-        return written
-
-    def _on_output(self, console: ConsoleBackend) -> None:
-        if console.broken:
-            return
         try:
-            data = console.interface.output.read()
+            return console.channel.write(data)
         except RingError as exc:
-            console.broken = True
-            log.warning("d%d (%s): console ring dropped: %s", console.domid, console.name, exc)
-            return
-        if not data:
-            return
-        self.loop.notify(console.port)  # room in ``out`` again
+            self._dropped(console, exc)
+            return 0
+
+    def _on_event(self, console: ConsoleBackend) -> None:
+        """Upcall: the guest produced output or consumed keys."""
+        try:
+            console.channel.on_event()
+        except RingError as exc:
+            self._dropped(console, exc)
+
+    def _dropped(self, console: ConsoleBackend, exc: RingError) -> None:
+        # The channel closed itself: the guest's indices cannot be trusted any more.
+        log.warning("d%d (%s): console ring dropped: %s", console.domid, console.name, exc)
+
+    def _on_output(self, console: ConsoleBackend, data: bytes) -> None:
+        """Bytes off ``out``: the log, the history, the PUB stream."""
         data = data.replace(b"\r\n", b"\n")
         console.logfile.write(data)
         console.history += data

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from xenlike.kernel.byte_channel import ByteChannel
 from xenlike.kernel.events import EventLoop
 from xenlike.public.ring import RingError
 from xenlike.public.xs_wire import MessageReader, XenstoreInterface, XsWireError, pack_msg
@@ -29,7 +30,14 @@ log = logging.getLogger("dom0.xenstored")
 
 
 class RingConnection:
-    """One domU's xenstore ring, served by dom0."""
+    """One domU's xenstore ring, served by dom0.
+
+    A :class:`~xenlike.kernel.byte_channel.ByteChannel` over the page (dom0
+    consumes ``req`` and produces ``rsp``) moves the bytes; this class frames
+    them. Everything runs in dom0's loop thread: requests are handled as they
+    come off the ring, and the replies and watch events they cause go out with
+    one notification when the upcall ends.
+    """
 
     def __init__(self, service: "XenstoreService", conn: Connection, interface: XenstoreInterface, port: int, label: str) -> None:
         self.service = service
@@ -38,38 +46,38 @@ class RingConnection:
         self.port = port
         self.label = label
         self._reader = MessageReader()
-        self._out = bytearray()
-        self.broken = False
+        self.channel = ByteChannel(interface.rsp, interface.req, lambda: service.loop.notify(port), self._on_requests)
+
+    @property
+    def broken(self) -> bool:
+        """The connection was dropped (a framing or ring error) or closed."""
+        return self.channel.closed
 
     def on_event(self, port: int) -> None:
         """The guest produced requests or consumed replies."""
-        if self.broken:
-            return
         try:
-            data = self.interface.req.read()
-            if data:
-                self.service.loop.notify(self.port)  # room in req for more
-            for message in self._reader.feed(data):
-                deliveries = self.service.daemon.handle(self.conn, message.type, message.req_id, message.tx_id, message.payload)
-                self.service.route(deliveries)
-            self.flush()
+            self.channel.on_event()
         except (XsWireError, RingError) as exc:
-            self.broken = True
-            log.warning("%s: xenstore connection dropped: %s", self.label, exc)
+            self._drop(exc)
+
+    def _on_requests(self, data: bytes) -> None:
+        for message in self._reader.feed(data):
+            deliveries = self.service.daemon.handle(self.conn, message.type, message.req_id, message.tx_id, message.payload)
+            self.service.route(deliveries)
 
     def send(self, delivery: Delivery) -> None:
-        self._out += pack_msg(delivery.msg_type, delivery.req_id, delivery.tx_id, delivery.payload)
-        self.flush()
+        """A reply or watch event for the guest; what does not fit waits for room."""
+        try:
+            self.channel.write(pack_msg(delivery.msg_type, delivery.req_id, delivery.tx_id, delivery.payload))
+        except RingError as exc:
+            self._drop(exc)
 
-    def flush(self) -> None:
-        if self._out and not self.broken:
-            written = self.interface.rsp.write(self._out)
-            if written:
-                del self._out[:written]
-                self.service.loop.notify(self.port)
+    def _drop(self, exc: Exception) -> None:
+        self.channel.close()
+        log.warning("%s: xenstore connection dropped: %s", self.label, exc)
 
     def close(self) -> None:
-        self.broken = True
+        self.channel.close()
         self.interface.release()
 
 

@@ -1,7 +1,8 @@
 """The guest's console front end over its ``xencons_interface`` page (Linux ``hvc_xen.c``).
 
-The guest writes ``out`` and reads ``in``; xenconsoled does the reverse and
-notifies the console event channel when it has consumed output or produced input.
+The guest writes ``out`` and reads ``in``; xenconsoled does the reverse. A
+:class:`~xenlike.kernel.byte_channel.ByteChannel` moves the bytes and signals
+the console event channel; this module adds the tty on top.
 :class:`ConsoleStream` turns the console into ``sys.stdout``/``sys.stderr`` and
 ``sys.stdin`` for the workload.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import threading
 
+from xenlike.kernel.byte_channel import ByteChannel
 from xenlike.kernel.events import EventLoop
 from xenlike.public.console import ConsoleInterface
 
@@ -25,30 +27,34 @@ MAX_QUEUED_OUTPUT = 64 * 1024
 
 
 class ConsoleFront:
-    """Console output and input of one domain."""
+    """Console output and input of one domain.
+
+    Output never blocks the event-loop thread (echo, a handler's print); any
+    other writer waits while more than :data:`MAX_QUEUED_OUTPUT` bytes are
+    queued, until xenconsoled makes room or the console closes.
+    """
 
     def __init__(self, interface: ConsoleInterface, loop: EventLoop, port: int) -> None:
         self.interface = interface
         self.loop = loop
         self.port = port
         self.loop_thread: int | None = None
-        self._cond = threading.Condition()
-        self._queued = bytearray()
+        self._cond = threading.Condition()  # input lines, and writers waiting for room
         self._line = bytearray()  # input being edited
         self._ready = bytearray()  # completed input lines
         self._closed = False
         self._hung_up = False
+        self._channel = ByteChannel(interface.output, interface.input, lambda: loop.notify(port), self._on_keys)
         loop.set_handler(port, self._on_event)
 
     def write(self, data: bytes) -> int:
         """Queue ``data`` for xenconsoled; waits (outside the loop thread) while much is queued."""
-        with self._cond:
-            self._queued += data
-            self._flush_locked()
-            if threading.get_ident() != self.loop_thread:
-                while len(self._queued) > MAX_QUEUED_OUTPUT and not self._closed:
+        self._channel.write(data)
+        if threading.get_ident() != self.loop_thread:
+            with self._cond:
+                while self._channel.pending_out() > MAX_QUEUED_OUTPUT and not self._closed:
                     self._cond.wait(0.5)
-                    self._flush_locked()
+                    self._channel.flush()
         return len(data)
 
     def read(self, max_count: int, block: bool = True) -> bytes:
@@ -64,9 +70,9 @@ class ConsoleFront:
 
     def drain(self, timeout: float = 2.0) -> None:
         """Wait until queued output is in the ring (before the domain shuts down)."""
+        self._channel.flush()
         with self._cond:
-            self._flush_locked()
-            self._cond.wait_for(lambda: not self._queued, timeout)
+            self._cond.wait_for(lambda: not self._channel.pending_out(), timeout)
 
     def hangup(self) -> None:
         """End of input for readers (the domain is shutting down), as a tty hangup."""
@@ -79,21 +85,17 @@ class ConsoleFront:
             self._closed = True
             self._cond.notify_all()
 
-    def _flush_locked(self) -> None:
-        if self._queued:
-            written = self.interface.output.write(self._queued)
-            if written:
-                del self._queued[:written]
-                self.loop.notify(self.port)
-
     def _on_event(self, port: int) -> None:
+        """Upcall: xenconsoled consumed output or produced keys."""
+        self._channel.on_event()
         with self._cond:
-            keys = self.interface.input.read()
-            if keys:
-                self.loop.notify(self.port)  # room in ``in`` for more keys
-                self._queued += self._discipline(keys)
-            self._flush_locked()
-            self._cond.notify_all()
+            self._cond.notify_all()  # room for writers, lines for readers
+
+    def _on_keys(self, keys: bytes) -> None:
+        with self._cond:
+            echo = self._discipline(keys)
+        if echo:
+            self._channel.write(echo)
 
     def _discipline(self, keys: bytes) -> bytes:
         """Apply the line discipline to ``keys``; returns the echo."""

@@ -2,12 +2,15 @@
 
 Requests are ``xsd_sockmsg`` messages written into the ``req`` half of the
 ``xenstore_domain_interface`` page; replies and watch events come back on ``rsp``.
-Whoever moves an index notifies the event channel.
+A :class:`~xenlike.kernel.byte_channel.ByteChannel` moves the bytes and signals
+the event channel; this module frames them (``xs_wire.MessageReader``) and
+matches replies to requests by ``req_id``.
 
 Threads: the kernel's event-loop thread is the only reader of the ring. Blocking
 calls (:meth:`read`, :meth:`write`, ...) are for other threads (the workload); code
 running in the loop thread uses :meth:`request_async`, since it cannot wait for a
-reply only it could read.
+reply only it could read. A request is registered under the client's lock before
+its bytes are written, so its reply always finds it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from xenlike.kernel.byte_channel import ByteChannel
 from xenlike.kernel.events import EventLoop
 from xenlike.public.xs_wire import (
     Permission,
@@ -61,13 +65,13 @@ class XenbusClient:
         self.port = port
         self.label = label
         self.loop_thread: int | None = None  # set by the kernel when its loop starts
-        self._lock = threading.Lock()
-        self._out = bytearray()
+        self._lock = threading.Lock()  # request ids and the pending table
         self._reader = MessageReader()
         self._pending: dict[int, _Pending] = {}
         self._next_req = 0
         self._watches: dict[str, WatchCallback] = {}
-        loop.set_handler(port, self._on_event)
+        self._channel = ByteChannel(interface.req, interface.rsp, lambda: loop.notify(port), self._on_data)
+        loop.set_handler(port, lambda _port: self._channel.on_event())
 
     # -- transport ---------------------------------------------------------------------
 
@@ -75,24 +79,12 @@ class XenbusClient:
         with self._lock:
             self._next_req = (self._next_req + 1) & 0xFFFFFFFF
             req_id = self._next_req
+            message = pack_msg(msg_type, req_id, tx_id, payload)
             self._pending[req_id] = pending
-            self._out += pack_msg(msg_type, req_id, tx_id, payload)
-            self._flush_locked()
+            self._channel.write(message)  # under our lock: requests reach the ring in req_id order
 
-    def _flush_locked(self) -> None:
-        if self._out:
-            written = self.interface.req.write(self._out)
-            if written:
-                del self._out[:written]
-                self.loop.notify(self.port)
-
-    def _on_event(self, port: int) -> None:
-        """Upcall: xenstored consumed requests or produced replies."""
-        with self._lock:
-            self._flush_locked()
-            data = self.interface.rsp.read()
-        if data:
-            self.loop.notify(self.port)  # we made room in rsp
+    def _on_data(self, data: bytes) -> None:
+        """Bytes off ``rsp`` (in the loop thread): replies and watch events."""
         for message in self._reader.feed(data):
             self._dispatch(message.type, message.req_id, message.payload)
 
