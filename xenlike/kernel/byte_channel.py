@@ -87,6 +87,7 @@ class ByteChannel:
 
     @property
     def closed(self) -> bool:
+        """True after :meth:`close`, or once a ring's indices were found corrupt."""
         return self._closed
 
     def pending_out(self) -> int:
