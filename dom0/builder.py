@@ -26,14 +26,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from xenlike.kernel.gnttab import DEFAULT_MAX_GRANT_FRAMES, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE, GrantTable
+from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.memory import GuestMemory
 from xenlike.public.console import ConsoleInterface
+from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE
 from xenlike.public.start_info import CONSOLE_PFN, GNTTAB_PFN, START_INFO_PFN, STORE_PFN, StartInfo
-from xenlike.public.xenbus import XenbusState, backend_path, frontend_path
+from xenlike.public.xenbus import BACKEND, FRONTEND, backend_path, frontend_path
 from xenlike.public.xs_wire import XenstoreInterface, XsError
 
-from .blkback.vbd import open_image
+from .devices import DEVICE_TYPES, DeviceType
 
 if TYPE_CHECKING:
     from .main import Dom0
@@ -49,11 +50,6 @@ GUEST_WRITABLE = ("control/shutdown", "control/feature-poweroff", "control/featu
 
 def home(domid: int) -> str:
     return f"/local/domain/{domid}"
-
-
-def prepare_image(disk: dict[str, Any]) -> None:
-    """Check that dom0 can open a disk's image (creating a sparse one for ``size=``)."""
-    open_image(disk["target"], disk["access"] == "ro", disk.get("size")).close()
 
 
 @dataclass
@@ -93,8 +89,9 @@ class DomainBuilder:
         loop, the guest's first request is answered after the nodes exist.
         """
         dom0 = self.dom0
-        for disk in config.get("disk", []):
-            prepare_image(disk)  # a target dom0 cannot open fails here, before any domain exists
+        for row in DEVICE_TYPES:
+            for spec in config.get(row.config_key, []):
+                row.prepare(spec)  # a target dom0 cannot open fails here, before any domain exists
         gnttab_frames = int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES))
         domid_of = {"$result": [0, "domid"]}
         created, store, console, store_bind, console_bind = dom0.multicall([
@@ -132,9 +129,7 @@ class DomainBuilder:
             console_pfn, store_pfn = mapped[0]["frames"]
             dom0.xenstore_service.connect_domain(domid, XenstoreInterface(memory.frame(store_pfn)), store_port, built.label)
             dom0.xenconsoled.add(domid, built.name, ConsoleInterface(memory.frame(console_pfn)), console_port)
-            self._write_nodes(built, *ports)
-            for disk in config.get("disk", []):
-                dom0.blkback.probe(domid, disk["devid"])
+            self._write_nodes(built, *ports)  # the back-end bus probes each device it finds there
         except BaseException:
             log.exception("%s: build failed; destroying it", built.label)
             self.destroy(built)
@@ -215,51 +210,46 @@ class DomainBuilder:
                 xs.write(f"{vm}/{key}", value, tx=tx)
             for action in ("on_poweroff", "on_reboot", "on_crash"):
                 xs.write(f"/libxl/{domid}/{action}", str(config.get(action, "")), tx=tx)
-            for disk in config.get("disk", []):
-                self._write_disk_nodes(domid, disk, tx)
+            for row in DEVICE_TYPES:
+                for spec in config.get(row.config_key, []):
+                    self._write_device_nodes(row, domid, spec, tx)
 
         self.dom0.xs.transact(write_all)
 
-    def _write_disk_nodes(self, domid: int, disk: dict[str, Any], tx: int) -> None:
-        """A vbd's front-end and back-end directories (libxl_disk.c, libxl__device_generic_add)."""
+    def _write_device_nodes(self, row: DeviceType, domid: int, spec: dict[str, Any], tx: int) -> None:
+        """A device's front-end and back-end directories, linked (``libxl__device_generic_add``)."""
         xs = self.dom0.xs
-        devid = disk["devid"]
-        front = frontend_path(domid, "vbd", devid)
-        back = backend_path(0, "vbd", domid, devid)
+        front = frontend_path(domid, row.kind, spec["devid"])
+        back = backend_path(0, row.kind, domid, spec["devid"])
         xs.write(front, "", perms=[f"n{domid}", "r0"], tx=tx)
         xs.write(back, "", perms=["n0", f"r{domid}"], tx=tx)
-        for key, value in {"backend": back, "backend-id": "0", "state": str(int(XenbusState.Initialising)),
-                           "virtual-device": str(devid), "device-type": disk["devtype"]}.items():
+        for key, value in {BACKEND: back, **row.frontend_nodes(domid, spec)}.items():
             xs.write(f"{front}/{key}", value, tx=tx)
-        for key, value in {"frontend": front, "frontend-id": str(domid), "online": "1", "removable": "0",
-                           "bootable": "1", "state": str(int(XenbusState.Initialising)), "dev": disk["vdev"],
-                           "type": "phy", "mode": "r" if disk["access"] == "ro" else "w",
-                           "device-type": disk["devtype"], "params": disk["target"],
-                           "discard-enable": "1" if disk.get("discard", True) else "0"}.items():
+        for key, value in {FRONTEND: front, **row.backend_nodes(domid, spec)}.items():
             xs.write(f"{back}/{key}", value, tx=tx)
 
-    def attach_disk(self, built: BuiltDomain, disk: dict[str, Any]) -> None:
-        """Hotplug: write the device's nodes and probe its back end; the guest sees it appear."""
-        if any(d["vdev"] == disk["vdev"] for d in built.config.get("disk", [])):
-            raise ValueError(f"{built.label} already has a disk {disk['vdev']}")
-        prepare_image(disk)
-        self.dom0.xs.transact(lambda tx: self._write_disk_nodes(built.domid, disk, tx))
-        self.dom0.blkback.probe(built.domid, disk["devid"])
-        built.config.setdefault("disk", []).append(disk)
+    def attach_device(self, built: BuiltDomain, row: DeviceType, spec: dict[str, Any]) -> None:
+        """Hotplug: write the device's nodes; the back-end bus probes it and the guest sees it appear."""
+        present = built.config.get(row.config_key, [])
+        if any(row.name_of(d) == row.name_of(spec) or d["devid"] == spec["devid"] for d in present):
+            raise ValueError(f"{built.label} already has a {row.config_key} {row.name_of(spec)}")
+        row.prepare(spec)
+        self.dom0.xs.transact(lambda tx: self._write_device_nodes(row, built.domid, spec, tx))
+        built.config.setdefault(row.config_key, []).append(spec)
 
-    def remove_disk_nodes(self, built: BuiltDomain, devid: int) -> None:
+    def remove_device_nodes(self, built: BuiltDomain, row: DeviceType, devid: int) -> None:
         """After a detach completed: the device's directories go, and it leaves the config."""
-        for path in (frontend_path(built.domid, "vbd", devid), backend_path(0, "vbd", built.domid, devid)):
+        for path in (frontend_path(built.domid, row.kind, devid), backend_path(0, row.kind, built.domid, devid)):
             try:
                 self.dom0.xs.rm(path)
             except XsError:
                 pass
-        built.config["disk"] = [d for d in built.config.get("disk", []) if d["devid"] != devid]
+        built.config[row.config_key] = [d for d in built.config.get(row.config_key, []) if d["devid"] != devid]
 
     def destroy(self, built: BuiltDomain) -> None:
         """Tear a domain down: its process, its rings, its nodes, its memory."""
         dom0 = self.dom0
-        dom0.blkback.remove_domain(built.domid)
+        dom0.backends.remove_domain(built.domid)
         dom0.xenconsoled.remove(built.domid)
         dom0.xenstore_service.release_domain(built.domid)
         for port in (built.store_port, built.console_port):
@@ -274,8 +264,8 @@ class DomainBuilder:
         except OSError as exc:
             log.warning("%s: destroydomain: %s", built.label, exc)
         built.memory.close()
-        backends = f"/local/domain/0/backend/vbd/{built.domid}"
-        for path in (home(built.domid), f"/vm/{built.uuid}", f"/libxl/{built.domid}", backends):
+        backends = [backend_path(0, row.kind, built.domid, 0).rsplit("/", 1)[0] for row in DEVICE_TYPES]
+        for path in (home(built.domid), f"/vm/{built.uuid}", f"/libxl/{built.domid}", *backends):
             try:
                 dom0.xs.rm(path)
             except XsError:

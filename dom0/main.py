@@ -22,9 +22,11 @@ from xenlike.kernel.memory import GuestMemory
 from xenlike.kernel.rundir import RunDir
 from xenlike.public.event_channel import VIRQ
 
-from .blkback import Blkback
+from .blkback import BlkbackDriver
 from .builder import DomainBuilder
+from .context import BackendContext
 from .toolstack import Toolstack
+from .xenbus_backend import BackendError, XenbusBackend
 from .xenconsoled import Xenconsoled
 from .xenstore_service import XenstoreService
 from .xenstored import LocalXenstore
@@ -80,8 +82,19 @@ class Dom0:
         self.xs.write("/tool/xenstored/domid", "0")
         self.xenconsoled = Xenconsoled(self.loop, self.publisher, run_dir.path / "logs")
         self.builder = DomainBuilder(self)
-        self.toolstack = Toolstack(self)
-        self.blkback = Blkback(self)
+        self.backends = XenbusBackend(BackendContext(
+            hypercall=self.hypercall,
+            loop=self.loop,
+            xs=self.xs,
+            watcher=LocalXenstore(self.xenstore_service.daemon),
+            foreign_memory_fd=self._foreign_memory_fd,
+            domain_name=self._domain_name,
+            log_path=run_dir.log_path("dom0"),
+        ))
+        self.backends.register(BlkbackDriver())
+        self.toolstack = Toolstack(self, api=self.api, hypercall=self.hypercall, builder=self.builder, xs=self.xs,
+                                   xenstore_service=self.xenstore_service, xenconsoled=self.xenconsoled,
+                                   backends=self.backends, run_dir=run_dir)
         virq, virq_fds = self.hypercall("evtchn_bind_virq", virq=int(VIRQ.DOM_EXC))
         self.loop.bind(virq["port"], virq_fds[0], handler=lambda port: self.toolstack.on_domain_exception())
         self.running = True
@@ -115,6 +128,17 @@ class Dom0:
             pass
         self.loop.unbind(port)
 
+    def _foreign_memory_fd(self, domid: int) -> int:
+        """A running domU's memfd, which dom0 keeps (and a back end maps through its grants)."""
+        built = self.toolstack.domains.get(domid)
+        if built is None:
+            raise BackendError(f"domain {domid} is not running")
+        return built.memory.fd
+
+    def _domain_name(self, domid: int) -> str:
+        built = self.toolstack.domains.get(domid)
+        return built.name if built is not None else "?"
+
     def _on_hypervisor_event(self, event: dict, fds: list[int]) -> None:
         kind = event.get("event")
         if kind == "evtchn_peer" and event["port"] in self.loop.ports():
@@ -136,7 +160,7 @@ class Dom0:
                 self.loop.poll(0)
             if self.api in ready:
                 self.toolstack.serve_requests()
-            self.blkback.process_events()
+            self.backends.process_events()
             self.toolstack.tick()
         log.info("d0 (Domain-0): stopping")
 

@@ -34,11 +34,12 @@ from xenlike.public.start_info import StartInfo, reserved_frames
 from xenlike.public.xen import ShutdownReason
 from xenlike.public.xs_wire import XenstoreInterface, XsdSockmsgType as XS
 
-from .blkfront import Blkfront
+from .blkfront import BlkfrontDriver
 from .console import ConsoleFront, ConsoleStream
 from .vcpu import WorkloadGlobals, fork_vcpus
 from .workload import WorkloadContext, WorkloadError, load_workload
 from .xenbus import XenbusClient
+from .xenbus_frontend import XenbusFrontend
 
 __all__ = ["start", "Kernel", "SHUTDOWN_GRACE_S"]
 
@@ -129,6 +130,10 @@ class Kernel:
         self.pages = PageAllocator(si.first_free_pfn, si.nr_pages)
         self.console = ConsoleFront(ConsoleInterface(self.memory.frame(si.console_pfn)), self.loop, si.console_evtchn)
         self.xenbus = XenbusClient(XenstoreInterface(self.memory.frame(si.store_pfn)), self.loop, si.store_evtchn, self.label)
+        # The front-end bus and its drivers, registered at boot as a PV kernel's are.
+        self.frontends = XenbusFrontend(self)
+        self.blkfront = BlkfrontDriver()
+        self.frontends.register(self.blkfront)
         self.context: WorkloadContext | None = None
         self._shutdown_reason: int | None = None
         self._running = True
@@ -148,7 +153,7 @@ class Kernel:
         for feature in ("feature-poweroff", "feature-reboot"):
             self.xenbus.write_async(f"control/{feature}", "1")
         image = self.start_info.image
-        self.blkfront = Blkfront(self)
+        self.frontends.start()
         if image.get("disks"):
             self.blkfront.wait_for(image["disks"])  # as a kernel waits for its root device
         try:

@@ -1,10 +1,10 @@
 """blkback: dom0's virtual block devices (Linux ``drivers/block/xen-blkback``).
 
-``xenbus.py`` runs the XenBus handshake in dom0's main process; ``blkback.py`` is
-the data path, run by ``worker.py`` in one process per connected device;
-``vbd.py`` opens the image behind a device.
+``xenbus.py`` is the driver on dom0's back-end bus (probe, connect, remove);
+``blkback.py`` is the data path, run in one worker process per connected device
+(``dom0/backend_worker.py``); ``vbd.py`` opens the image behind a device.
 """
 
-from .xenbus import BackendError, Blkback, BlkbackDevice
+from .xenbus import BlkbackDriver
 
-__all__ = ["Blkback", "BlkbackDevice", "BackendError"]
+__all__ = ["BlkbackDriver"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from xenlike.public.blkif import (
     BLKIF_OP_DISCARD,
@@ -50,14 +51,18 @@ from xenlike.public.blkif import (
     decode_request,
     unpack_segment_array,
 )
-from xenlike.kernel.hypercall import HypercallClient, HypercallError
+from xenlike.kernel.hypercall import HypercallClient
 from xenlike.kernel.memory import ForeignArena, ForeignMapping
 from xenlike.public.ring import BackRing
 from xenlike.public.xen import PAGE_SIZE
 
+from ..grant_cache import GrantRefused, PersistentGrants
 from .vbd import Vbd, punch_hole
 
-__all__ = ["BlkifRing", "RequestError", "MAX_INDIRECT_SEGMENTS", "MAX_PERSISTENT_GRANTS", "MAX_RING_PAGE_ORDER"]
+if TYPE_CHECKING:
+    from ..backend_worker import WorkerContext
+
+__all__ = ["BlkifRing", "blkif_data_path", "RequestError", "MAX_INDIRECT_SEGMENTS", "MAX_PERSISTENT_GRANTS", "MAX_RING_PAGE_ORDER"]
 
 MAX_INDIRECT_SEGMENTS = 256  # feature-max-indirect-segments, as Linux blkback
 MAX_RING_PAGE_ORDER = 4  # max-ring-page-order: up to 16 ring pages
@@ -76,13 +81,6 @@ class RequestError(Exception):
     def __init__(self, message: str, status: int = BLKIF_RSP_ERROR) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass
-class _Grant:
-    slot: int  # where the page is in the arena
-    handle: int
-    writable: bool
 
 
 @dataclass
@@ -107,16 +105,11 @@ class BlkifRing:
                                                            "write_sectors": 0, "oo_requests": 0, "maps": 0})
 
     def __post_init__(self) -> None:
-        # Every mapped grant, by gref; the two indexes below answer "which of these
-        # grefs are not mapped (writable)?" with one set operation per request.
-        self._grants: dict[int, _Grant] = {}
-        self._slot_of: dict[int, int] = {}
-        self._writable: set[int] = set()
-        self._arena = ForeignArena(self.memory_fd, MAX_PERSISTENT_GRANTS)
-        self._free_slots = list(reversed(range(MAX_PERSISTENT_GRANTS)))  # lowest first, so runs stay adjacent
-        mapped = self._map([*self.ring_refs], writable=True)
-        self._ring_handles = [handle for _, handle in mapped]
-        self._ring_mapping = ForeignMapping(self.memory_fd, [frame for frame, _ in mapped])
+        self.grants = PersistentGrants(self.hypercall, self.frontend, self.memory_fd, MAX_PERSISTENT_GRANTS,
+                                       self.persistent)
+        result, _ = self.hypercall.call("grant_map", granter=self.frontend, refs=[*self.ring_refs], readonly=False)
+        self._ring_handles = result["handles"]
+        self._ring_mapping = ForeignMapping(self.memory_fd, result["frames"])
         self.ring = BackRing(self._ring_mapping.view, BLKIF_PROTOCOL)
 
     # -- serving -------------------------------------------------------------------
@@ -155,7 +148,7 @@ class BlkifRing:
                     raise RequestError(f"unknown operation {request.operation}", BLKIF_RSP_EOPNOTSUPP)
             finally:
                 if not self.persistent:
-                    self._unmap_all()
+                    self.grants.unmap_all()
             return BLKIF_RSP_OKAY
         except RequestError as exc:
             self.stats["errors"] += 1
@@ -183,11 +176,11 @@ class BlkifRing:
             raise RequestError(f"{pages} indirect pages exceed {BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST}")
         grefs = list(request.indirect_grefs[:pages])
         self._ensure_mapped(grefs, writable=False)
-        view = self._arena.view
+        view = self.grants.view
         parts = []
         for page, gref in enumerate(grefs):
             wanted = min(SEGS_PER_INDIRECT_FRAME, request.nr_segments - page * SEGS_PER_INDIRECT_FRAME)
-            start = self._slot_of[gref] * PAGE_SIZE
+            start = self.grants.slot_of[gref] * PAGE_SIZE
             parts.append(view[start : start + wanted * SEGMENT_SIZE])
         # Copied once out of the front end's pages, then checked (no double fetch).
         segments = unpack_segment_array(b"".join(parts), request.nr_segments)
@@ -228,8 +221,8 @@ class BlkifRing:
 
     def _io_vectors(self, segments: SegmentArray) -> list[memoryview]:
         """The segments' sectors in the arena, segments adjacent there merged into one vector."""
-        view = self._arena.view
-        slots = list(map(self._slot_of.__getitem__, segments.grefs))
+        view = self.grants.view
+        slots = list(map(self.grants.slot_of.__getitem__, segments.grefs))
         firsts, lasts = segments.first_sects, segments.last_sects
         count = len(slots)
         if (slots == list(range(slots[0], slots[0] + count))
@@ -258,91 +251,31 @@ class BlkifRing:
     # -- grants ---------------------------------------------------------------------
 
     def _ensure_mapped(self, grefs: list[int], writable: bool) -> None:
-        """Map every gref not mapped yet (or only read-only, when ``writable``), in one hypercall.
+        """Map the request's grants (writable ones for a READ into them); a refused gref fails the request."""
+        try:
+            self.grants.ensure_mapped(grefs, writable)
+        except GrantRefused as exc:
+            raise RequestError(str(exc)) from None
+        finally:
+            self.stats["maps"] = self.grants.maps
 
-        Each grant is checked by the hypervisor when it is mapped (granted to dom0;
-        writable, when we need to write into it), and kept (persistent) until
-        :meth:`_unmap_all`. The missing ones go into free arena slots in segment
-        order, so pages the front end hands out as a run become one I/O vector.
-        """
-        needed = set(grefs).difference(self._writable if writable else self._slot_of)
-        if not needed:
-            return
-        if len(self._grants) + len(needed) > MAX_PERSISTENT_GRANTS:
-            self._unmap_all()  # make room; every gref of this request is then missing
-            needed = set(grefs)
-        missing = list(dict.fromkeys(g for g in grefs if g in needed))
-        for gref in missing:
-            if gref in self._grants:
-                self._unmap(gref)  # read-only, and now needed writable
-        # Persistent grants are mapped writable when the front end allows it, so a
-        # page first used for a write serves later reads without a second map.
-        modes = (True,) if writable else (True, False) if self.persistent else (False,)
-        for mode in modes:
-            try:
-                self._install(missing, self._map(missing, mode), mode)
-                return
-            except HypercallError:
-                continue
-        # Refused in every mode: map one by one, so the bad gref is named and the good ones kept.
-        for gref in missing:
-            self._map_one(gref, modes)
-
-    def _map_one(self, gref: int, modes: tuple[bool, ...]) -> None:
-        error: HypercallError | None = None
-        for mode in modes:
-            try:
-                self._install([gref], self._map([gref], mode), mode)
-                return
-            except HypercallError as exc:
-                error = exc
-        assert error is not None
-        raise RequestError(f"grant {gref}: {error.strerror}") from None
-
-    def _install(self, grefs: list[int], mapped: list[tuple[int, int]], writable: bool) -> None:
-        for gref, (frame, handle) in zip(grefs, mapped):
-            slot = self._free_slots.pop()
-            self._arena.map(slot, frame, writable=writable)
-            self._grants[gref] = _Grant(slot, handle, writable)
-            self._slot_of[gref] = slot
-            if writable:
-                self._writable.add(gref)
-        self.stats["maps"] += len(grefs)
-
-    def _map(self, refs: list[int], writable: bool) -> list[tuple[int, int]]:
-        result, _ = self.hypercall.call("grant_map", granter=self.frontend, refs=refs, readonly=not writable)
-        return list(zip(result["frames"], result["handles"]))
-
-    def _forget(self, gref: int) -> _Grant:
-        grant = self._grants.pop(gref)
-        del self._slot_of[gref]
-        self._writable.discard(gref)
-        self._arena.unmap(grant.slot)
-        self._free_slots.append(grant.slot)
-        return grant
-
-    def _unmap(self, gref: int) -> None:
-        self.hypercall.call("grant_unmap", handles=[self._forget(gref).handle])
-
-    def _unmap_all(self) -> None:
-        if not self._grants:
-            return
-        handles = [self._forget(gref).handle for gref in list(self._grants)]
-        self._free_slots = list(reversed(range(MAX_PERSISTENT_GRANTS)))
-        self.hypercall.call("grant_unmap", handles=handles)
+    def final_check(self) -> bool:
+        """Re-arm ``req_event``; True if requests arrived meanwhile (``RING_FINAL_CHECK_FOR_REQUESTS``)."""
+        return self.ring.final_check_for_requests()
 
     def close(self) -> None:
         """Unmap every grant (ring included): after this the front end may revoke them."""
-        self._unmap_all()
-        self._arena.close()
+        self.grants.close()
         self.ring.release()
         self._ring_mapping.close()
         self.hypercall.call("grant_unmap", handles=self._ring_handles)
 
 
-def ring_refs_of(order: int, refs: dict[str, str]) -> list[int]:
-    """The ring references a front end published, for a ring of 2**order pages."""
-    if order == 0 and "ring-ref" in refs:
-        return [int(refs["ring-ref"])]
-    return [int(refs[f"ring-ref{i}"]) for i in range(1 << order)]
-
+def blkif_data_path(ctx: "WorkerContext") -> BlkifRing:
+    """Build a device's data path in its worker (what ``xen_blkif_map`` and ``xen_vbd_create`` do)."""
+    params = ctx.params
+    vbd = Vbd(ctx.fds["image"], params["path"], params["sectors"], params["readonly"])
+    ring = BlkifRing(ctx.label, ctx.frontend_id, vbd, ctx.hypercall, ctx.memory_fd, params["ring_refs"],
+                     params["persistent"])
+    log.info("%s: connected (%d sectors%s)", ctx.label, vbd.sectors, ", read-only" if vbd.readonly else "")
+    return ring

@@ -48,12 +48,12 @@ from xenlike.public.blkif import (
 )
 from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.ring import FrontRing
-from xenlike.public.xenbus import frontend_path
 
-from .pool import MAX_POOL_PAGES, MAX_SEGMENTS, MIN_POOL_PAGES, _GrantPool, _Run, end_foreign_access, pages_per_request
+from ..xenbus_frontend import SharedRing
+from .pool import MAX_POOL_PAGES, MAX_SEGMENTS, MIN_POOL_PAGES, _GrantPool, _Run, pages_per_request
 
 if TYPE_CHECKING:
-    from ..kernel import Kernel
+    from ..xenbus_frontend import FrontDevice, XenbusFrontend
 
 __all__ = ["BlockDevice", "BlockIOError", "BlkBatch", "BlkBuffer", "BlkFuture", "DiskFile"]
 
@@ -278,21 +278,19 @@ class BlkBuffer:
 class BlockDevice:
     """A connected virtual disk."""
 
-    def __init__(self, kernel: "Kernel", devid: int, vdev: str) -> None:
-        self.kernel = kernel
-        self.devid = devid
+    def __init__(self, bus: "XenbusFrontend", xdev: "FrontDevice", vdev: str) -> None:
+        self.bus = bus
+        self.xdev = xdev
+        self.kernel = bus.kernel
+        self.devid = xdev.devid
         self.vdev = vdev
-        self.path = frontend_path(self.kernel.domid, "vbd", devid)
-        self.backend_path = ""
-        self.backend_id = 0
         self.sectors = 0
         self.readonly = False
         self.max_segments = BLKIF_MAX_SEGMENTS_PER_REQUEST
         self.persistent = False
         self.port: int | None = None
         self.ring: FrontRing | None = None
-        self._ring_pages: list[tuple[int, int]] = []
-        self._ring_first = 0
+        self._shared: SharedRing | None = None
         self._cond = threading.Condition(threading.Lock())
         self._pool: _GrantPool | None = None
         self._inflight: dict[int, _Inflight] = {}
@@ -313,6 +311,10 @@ class BlockDevice:
 
     # -- set up and taken down by the handshake (its thread: see .xenbus) ----------------
 
+    @property
+    def backend_id(self) -> int:
+        return self.xdev.otherend_id
+
     def setup_ring(self, order: int) -> tuple[list[int], int]:
         """Set up a ring of ``2**order`` pages granted to the back end and an event channel to it.
 
@@ -320,16 +322,10 @@ class BlockDevice:
         Returns the ring pages' grant references, in order, and the port: what the
         front end publishes (``ring-ref``/``ring-refN``, ``event-channel``).
         """
-        nr_pages = 1 << order
-        self._ring_first = self.kernel.pages.alloc(nr_pages)
-        self.ring = FrontRing(self.kernel.memory.frames(self._ring_first, nr_pages), BLKIF_PROTOCOL)
-        grants = self.kernel.grant_table
-        self._ring_pages = [(self._ring_first + i, grants.grant_access(self.backend_id, self._ring_first + i))
-                            for i in range(nr_pages)]
-        result, fds = self.kernel.hypercall.call("evtchn_alloc_unbound", remote_dom=self.backend_id)
-        self.port = result["port"]
-        self.kernel.loop.bind(self.port, fds[0], handler=self._on_event)
-        return [gref for _pfn, gref in self._ring_pages], self.port
+        self._shared = self.bus.setup_ring(self.xdev, 1 << order)
+        self.ring = FrontRing(self._shared.view, BLKIF_PROTOCOL)
+        self.port = self.bus.alloc_evtchn(self.xdev, self._on_event)
+        return self._shared.grefs, self.port
 
     def setup_pool(self, max_indirect_segments: int) -> None:
         """Size the pool of persistent grants for the back end's ``feature-max-indirect-segments``.
@@ -369,16 +365,11 @@ class BlockDevice:
         maps stays out of use.
         """
         if self.port is not None:
-            try:
-                self.kernel.hypercall.call("evtchn_close", port=self.port)
-            except OSError:
-                pass
-            self.kernel.loop.unbind(self.port)
+            self.bus.free_evtchn(self.xdev, self.port)
         if self.ring is not None:
             self.ring.release()
-        # A connect that failed before granting the ring left no pages to give back.
-        if self._ring_pages and all([end_foreign_access(self.kernel, self.vdev, gref) for _pfn, gref in self._ring_pages]):
-            self.kernel.pages.free(self._ring_first)
+        if self._shared is not None:  # a connect that failed before granting the ring has none
+            self.bus.teardown_ring(self.xdev, self._shared)
         if self._pool is not None:
             self._pool.close()
 

@@ -20,11 +20,9 @@ from xenlike.public.blkif import (
     Segment,
     pack_segments,
 )
-from xenlike.kernel.gnttab import GrantError
 from xenlike.kernel.memory import OutOfFrames, PageAllocator
 
 if TYPE_CHECKING:
-    from ..kernel import Kernel
     from .blkfront import BlockDevice
 
 log = logging.getLogger("domu.blkfront")
@@ -41,21 +39,6 @@ def pages_per_request(nr_segments: int) -> int:
     if nr_segments <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
         return nr_segments
     return nr_segments + -(-nr_segments // SEGS_PER_INDIRECT_FRAME)
-
-
-def end_foreign_access(kernel: "Kernel", vdev: str, gref: int) -> bool:
-    """gnttab_end_foreign_access; False (logged) if the back end still maps the page.
-
-    Such a page is never given back to the allocator: the back end could still
-    write into it.
-    """
-    try:
-        kernel.grant_table.end_access(gref)
-    except GrantError as exc:
-        log.warning("d%d %s: grant %d not returned, its page stays out of use: %s",
-                    kernel.domid, vdev, gref, exc)
-        return False
-    return True
 
 
 @dataclass(slots=True)
@@ -138,9 +121,9 @@ class _GrantPool:
 
         A chunk with a page the back end still maps is kept out of use, never reused.
         """
-        kernel, vdev = self.device.kernel, self.device.vdev
+        device = self.device
         for chunk in self._chunks:
-            returned = [end_foreign_access(kernel, vdev, gref) for gref in chunk.grefs]
+            returned = [device.bus.end_access(device.xdev, gref) for gref in chunk.grefs]
             if all(returned):
-                kernel.pages.free(chunk.first_pfn)
+                device.kernel.pages.free(chunk.first_pfn)
         self._chunks.clear()

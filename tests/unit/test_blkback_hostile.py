@@ -35,9 +35,11 @@ from xenlike.public.blkif import (
     pack_rw,
     pack_segments,
 )
-from xenlike.kernel.gnttab import GrantError, GrantMapper, GrantTable
+from xenlike.hypervisor.grant_table import GrantMapper
+from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.hypercall import HypercallError
 from xenlike.kernel.memory import GuestMemory
+from xenlike.public.grant_table import GrantError
 from xenlike.public.ring import FrontRing, RingError
 
 FRONT = 5
@@ -223,7 +225,7 @@ def _indirect(blk, op, sector, segs, indirect_pfn=RO_PAGE - 2):
     try:
         return blk.submit(pack_indirect(op, blk.next_id, sector, len(segs), [gref]))[2]
     finally:
-        blk.back._unmap_all()
+        blk.back.grants.unmap_all()
         blk.grants.end_access(gref)
 
 

@@ -21,6 +21,11 @@ __all__ = [
     "BLKIF_MAX_SEGMENTS_PER_REQUEST", "BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST", "SEGS_PER_INDIRECT_FRAME",
     "SECTOR_SIZE", "SECTORS_PER_PAGE", "SEGMENT_SIZE", "SEGMENT_FIRST_SECT", "SEGMENT_LAST_SECT", "VDISK_CDROM", "VDISK_REMOVABLE", "VDISK_READONLY",
     "BLKIF_DISCARD_SECURE", "BLKIF_PROTOCOL", "XEN_IO_PROTO_ABI_NATIVE",
+    "DEVICE_TYPE", "PARAMS", "MODE", "DEV", "DEVICE_TYPE_KEY", "DISCARD_ENABLE", "VIRTUAL_DEVICE", "SECTORS",
+    "SECTOR_SIZE_KEY", "PHYSICAL_SECTOR_SIZE", "INFO", "FEATURE_FLUSH_CACHE", "FEATURE_BARRIER", "FEATURE_DISCARD",
+    "DISCARD_GRANULARITY", "DISCARD_ALIGNMENT", "DISCARD_SECURE", "FEATURE_PERSISTENT",
+    "FEATURE_MAX_INDIRECT_SEGMENTS", "MAX_RING_PAGE_ORDER_KEY", "RING_REF", "RING_PAGE_ORDER", "EVENT_CHANNEL",
+    "PROTOCOL",
     "Segment", "SegmentArray", "BlkRequest", "decode_request", "pack_rw", "pack_rw_packed", "pack_indirect",
     "pack_discard", "pack_flush", "pack_segments", "unpack_segments", "unpack_segment_array", "REQUEST", "RESPONSE",
 ]
@@ -48,6 +53,56 @@ VDISK_READONLY = 0x4
 BLKIF_DISCARD_SECURE = 1 << 0
 
 XEN_IO_PROTO_ABI_NATIVE = "x86_64-abi"  # io/protocols.h, the only ABI xenlike speaks
+
+# ---------------------------------------------------------------------------------------
+# Feature and parameter negotiation (blkif.h's section of the same name)
+#
+# Each end publishes nodes in its own device directory (see xenlike.public.xenbus
+# for the paths and the state diagram). A missing node means its default.
+#
+# Written by the toolstack in the back end's directory (libxl_disk.c), read by blkback:
+#   params         the image's path                                  (required)
+#   mode           "r" or "w"                                        default "w"
+#   dev            the virtual device name, e.g. "xvda"              default: the devid
+#   device-type    "disk" or "cdrom"                                 default "disk"
+#   discard-enable "0" hides feature-discard                         default "1"
+# Written by the toolstack in the front end's directory: virtual-device, device-type.
+#
+# Back end (blkback, at probe, before InitWait):
+#   sectors, sector-size, physical-sector-size, info (VDISK_* bits)
+#   feature-flush-cache      0/1  default 0   BLKIF_OP_FLUSH_DISKCACHE is served
+#   feature-barrier          0/1  default 0   BLKIF_OP_WRITE_BARRIER (never here)
+#   feature-discard          0/1  default 0   BLKIF_OP_DISCARD; with discard-granularity,
+#                                             discard-alignment, discard-secure
+#   feature-persistent       0/1  default 0   the back end keeps grants mapped
+#   feature-max-indirect-segments  N  default 0 (no BLKIF_OP_INDIRECT)
+#   max-ring-page-order      N    default 0   the front end may use 2**N ring pages
+#
+# Front end (blkfront, before Initialised):
+#   ring-ref                 the grant of a one-page ring         (order 0)
+#   ring-page-order, ring-ref0..ring-ref<2**order-1>              (order > 0; note 6)
+#   event-channel            the front end's port, unbound, for the back end to bind
+#   protocol                 XEN_IO_PROTO_ABI_NATIVE              default: native
+#   feature-persistent       0/1  default 0   the front end reuses its granted pages
+#
+# The back end reads the front end's nodes when the front end is Initialised, maps
+# the ring, binds the event channel and goes Connected; the front end then reads
+# sectors and info and goes Connected.
+# ---------------------------------------------------------------------------------------
+DEVICE_TYPE = "vbd"  # the xenbus device type: backend/vbd, device/vbd
+
+# Toolstack → back end
+PARAMS, MODE, DEV, DEVICE_TYPE_KEY, DISCARD_ENABLE = "params", "mode", "dev", "device-type", "discard-enable"
+VIRTUAL_DEVICE = "virtual-device"
+# Back end → front end
+SECTORS, SECTOR_SIZE_KEY, PHYSICAL_SECTOR_SIZE, INFO = "sectors", "sector-size", "physical-sector-size", "info"
+FEATURE_FLUSH_CACHE, FEATURE_BARRIER, FEATURE_DISCARD = "feature-flush-cache", "feature-barrier", "feature-discard"
+DISCARD_GRANULARITY, DISCARD_ALIGNMENT, DISCARD_SECURE = "discard-granularity", "discard-alignment", "discard-secure"
+FEATURE_PERSISTENT = "feature-persistent"  # both ends publish it
+FEATURE_MAX_INDIRECT_SEGMENTS = "feature-max-indirect-segments"
+MAX_RING_PAGE_ORDER_KEY = "max-ring-page-order"
+# Front end → back end
+RING_REF, RING_PAGE_ORDER, EVENT_CHANNEL, PROTOCOL = "ring-ref", "ring-page-order", "event-channel", "protocol"
 
 _SEGMENT = "IBB2x"
 # struct blkif_request (read/write): op, nr_segments, handle, id, sector_number, seg[11]

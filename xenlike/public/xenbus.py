@@ -1,16 +1,52 @@
 """XenBus device states (``xen/include/public/io/xenbus.h``) and the device paths of xenstore.
 
-Every split device walks both ends through these states: the back end publishes
-its features and goes to InitWait; the front end publishes its ring and event
-channel and goes to Initialised; the back end connects (Connected), then the
-front end does. Closing/Closed tear it down.
+Every split device walks both ends through these states; each protocol module
+(``blkif.py``, ...) says what its two ends publish at each step::
+
+      front end (domU)                         back end (dom0)
+      ----------------                         ---------------
+      Initialising                             Initialising
+                                               probe: publish features
+                                               InitWait
+      read the back end's features
+      grant the ring(s), alloc the event
+      channel(s), publish them
+      Initialised
+                                               read ring refs and ports,
+                                               map, bind, start the worker
+                                               Connected
+      read what the back end published
+      Connected
+      ...
+      Closing (unplug, or an error)  ------->  Closing: stop the worker
+      Closed                                   Closed: unbind, unmap
+      (wait for the back end's Closed)
+      end access to the ring pages
+
+Either end that cannot go on reports it once (``xenbus_dev_fatal``): it writes
+``"<errno> <message>"`` to :func:`error_path` of the device and moves to Closing,
+and the other end follows it down.
+
+Paths, as Linux's ``dev->nodename``: a front end's device directory is
+``/local/domain/<fe>/device/<type>/<devid>``, its back end's
+``/local/domain/<be>/backend/<type>/<fe>/<devid>``; the front end's ``backend``
+and ``backend-id`` nodes and the back end's ``frontend`` and ``frontend-id``
+point at each other.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["XenbusState", "frontend_path", "backend_path"]
+__all__ = ["XenbusState", "frontend_path", "backend_path", "error_path", "ERROR_MESSAGE_MAX",
+           "BACKEND", "BACKEND_ID", "FRONTEND", "FRONTEND_ID", "STATE", "ONLINE"]
+
+# Keys every split device has (xenbus.h, libxl__device_generic_add).
+STATE = "state"  # both ends: a XenbusState, as a decimal string
+BACKEND, BACKEND_ID = "backend", "backend-id"  # front end: where its back end is
+FRONTEND, FRONTEND_ID = "frontend", "frontend-id"  # back end: where its front end is
+ONLINE = "online"  # back end: "0" when the toolstack unplugs the device
+ERROR_MESSAGE_MAX = 200  # what an error node keeps of a message
 
 
 class XenbusState(IntEnum):
@@ -41,3 +77,12 @@ def frontend_path(domid: int, kind: str, devid: int) -> str:
 def backend_path(backend_domid: int, kind: str, frontend_domid: int, devid: int) -> str:
     """``/local/domain/<backend>/backend/<kind>/<frontend>/<devid>``."""
     return f"/local/domain/{backend_domid}/backend/{kind}/{frontend_domid}/{devid}"
+
+
+def error_path(domid: int, nodename: str) -> str:
+    """Where ``xenbus_dev_fatal`` reports a device's error: ``/local/domain/<domid>/error/<nodename>/error``.
+
+    ``nodename`` is the device's path relative to its domain's home
+    (``device/vbd/51712``, ``backend/vbd/3/51712``), as Linux's ``xenbus_va_dev_error``.
+    """
+    return f"/local/domain/{domid}/error/{nodename}/error"

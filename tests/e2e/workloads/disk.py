@@ -291,7 +291,7 @@ def run(ctx):
     elif mode == "hostile":
         ring = disk.ring
         shared = ring.shared_indices()
-        header = ctx.memory.frames(disk._ring_first, 1)
+        header = ctx.memory.frames(disk._shared.first_pfn, 1)
         struct.pack_into("<I", header, 0, shared["req_prod"] + 5 * ring.nr_ents)  # far past what the ring holds
         ctx.events.notify(disk.port)
         time.sleep(1.0)

@@ -1,0 +1,268 @@
+"""A back end's worker process: one device, its own fds, any pCPU of the host.
+
+The bus forks one per connected device (as crosvm jails each device and Linux
+runs a kthread per blkback ring): the worker keeps only the fds that device needs
+(its own hypercall channel, the front end's memory, the device's event channels,
+what the driver adds, such as an image, and a control socket to dom0) and closes
+the rest, then serves the device's data path until dom0 says stop or the front
+end breaks the protocol. Python's GIL is per process, so devices run in parallel.
+
+A data path is what :attr:`WorkerSpec.data_path` builds in the worker from a
+:class:`WorkerContext`; it has the shape of a ring served by a kthread:
+
+- ``process() -> bool``: serve what is waiting; True if the front end must be kicked;
+- ``final_check() -> bool``: re-arm the event index; True if more work came meanwhile;
+- ``stats``: its live counters (a dict of ints);
+- ``close()``: unmap everything; afterwards the front end may end access.
+
+The control socket carries, from dom0, ``{"stop": true}`` and ``{"stats": true}``
+(answered with ``{"stats": {...}}``, for xentop); to dom0, ``{"connected": true}``
+once, ``{"fatal": reason}`` when the front end broke the protocol, and
+``{"stopped": {...}}`` (the final counters) after a stop. A worker that does not
+stop within :data:`WORKER_STOP_TIMEOUT_S` is killed; either way its hypercall
+channel is closed afterwards, so the hypervisor unmaps what it left mapped
+(``gnttab_release_mappings``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from xenlike.kernel.events import EventLoop
+from xenlike.kernel.hypercall import HypercallClient, recv_message, send_message, socketpair
+from xenlike.hypervisor.zygote import die_with_parent, set_process_name
+from xenlike.public.ring import RingError
+
+if TYPE_CHECKING:
+    from .context import BackendContext
+
+__all__ = ["DataPath", "WorkerContext", "WorkerError", "WorkerHandle", "WorkerSpec", "spawn_worker",
+           "WORKER_START_TIMEOUT_S", "WORKER_STOP_TIMEOUT_S"]
+
+WORKER_START_TIMEOUT_S = 10.0
+WORKER_STOP_TIMEOUT_S = 5.0
+WAIT_BOUND_S = 1.0  # a lost wake-up costs at most this (ARCHITECTURE.md, "Rings and memory ordering")
+
+log = logging.getLogger("dom0.backend")
+
+
+class WorkerError(Exception):
+    """The worker could not start serving the device."""
+
+
+class DataPath(Protocol):
+    """One device's data path in its worker (blkback's ``xen_blkif_ring``, netback's queue)."""
+
+    stats: dict[str, int]
+
+    def process(self) -> bool: ...
+
+    def final_check(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class WorkerContext:
+    """What a data path is built from, in the worker."""
+
+    label: str
+    frontend_id: int
+    hypercall: HypercallClient
+    loop: EventLoop
+    memory_fd: int  # the front end's memory, which dom0 may map
+    ports: list[int]  # the device's event channels (dom0's ends), bound on ``loop``
+    fds: dict[str, int]  # the driver's own fds, by name
+    params: dict[str, Any]
+
+
+@dataclass
+class WorkerSpec:
+    """What a driver asks the bus to run: the data path's factory and what it is given."""
+
+    label: str  # "d3 (web) vbd/51712", for logs
+    process_name: str  # what `ps` shows, e.g. "xl-blk-3-xvda"
+    frontend_id: int
+    data_path: Callable[[WorkerContext], DataPath]
+    ports: list[tuple[int, list[int]]]  # (dom0's port, its recv and send fds) from bus.bind_evtchn
+    fds: dict[str, int] = field(default_factory=dict)  # handed over: the worker's from then on
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerHandle:
+    """dom0's side of a running worker: its pid, its control socket, its hypercall channel."""
+
+    def __init__(self, label: str, pid: int, control: socket.socket, channel: int) -> None:
+        self.label = label
+        self.pid = pid
+        self.control = control
+        self.channel = channel
+        self.asked = 0  # stats requests sent
+        self.answered = 0  # and answered (a worker answers in order)
+
+    def receive(self) -> dict[str, Any]:
+        """The worker's next message; a dead worker reads as ``{"fatal": ...}``."""
+        try:
+            message, _ = recv_message(self.control)
+        except (ConnectionError, OSError):
+            return {"fatal": "the back-end worker died"}
+        if "stats" in message:
+            self.answered += 1
+        return message
+
+    def ask_stats(self) -> int:
+        """Ask for the counters; returns the number of this request (see :attr:`answered`)."""
+        try:
+            send_message(self.control, {"stats": True})
+        except OSError:
+            return self.answered  # nothing will answer: count it as done
+        self.asked += 1
+        return self.asked
+
+    def stop(self, hypercall: Callable[..., tuple[Any, list[int]]]) -> None:
+        """Stop the worker (it unmaps every grant), reap it, then close its hypercall channel.
+
+        Closing the channel unmaps whatever a worker that died left mapped, before
+        the front end is told the device closed.
+        """
+        try:
+            send_message(self.control, {"stop": True})
+        except OSError:
+            pass
+        self.control.close()
+        self.answered = self.asked
+        _reap(self.pid, WORKER_STOP_TIMEOUT_S, self.label)
+        hypercall("domctl", cmd="close_channel", channel=self.channel)
+
+
+def spawn_worker(spec: WorkerSpec, ctx: "BackendContext") -> WorkerHandle:
+    """Fork a worker for one device and wait until it serves; raises WorkerError if it cannot.
+
+    Every fd in ``spec`` becomes the worker's: dom0 closes its copies.
+    """
+    opened, channel_fds = ctx.hypercall("domctl", cmd="open_channel")
+    pcpus = ctx.hypercall("sysctl", cmd="physinfo")[0]["pcpus"]
+    names = ["channel", "memory", *spec.fds]
+    fds = [channel_fds[0], os.dup(ctx.foreign_memory_fd(spec.frontend_id)), *spec.fds.values()]
+    for _port, port_fds in spec.ports:
+        fds.extend(port_fds)
+    ours, theirs = socketpair()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _close_all_but([theirs.fileno(), *fds])
+            code = _worker_main(spec, dict(zip(names, fds)), fds[len(names):], pcpus, str(ctx.log_path), theirs)
+        except BaseException:
+            log.exception("%s: back-end worker failed", spec.label)
+        finally:
+            os._exit(code)
+    theirs.close()
+    for fd in fds:
+        os.close(fd)
+    handle = WorkerHandle(spec.label, pid, ours, opened["channel"])
+    ours.settimeout(WORKER_START_TIMEOUT_S)
+    try:
+        reply = handle.receive()
+    finally:
+        ours.settimeout(None)
+    if "fatal" in reply:
+        handle.stop(ctx.hypercall)
+        raise WorkerError(reply["fatal"])
+    return handle
+
+
+def _close_all_but(keep: list[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the directory's own fd, already gone
+
+
+def _worker_main(spec: WorkerSpec, named: dict[str, int], port_fds: list[int], pcpus: list[int],
+                 log_file: str, control: socket.socket) -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    die_with_parent()
+    set_process_name(spec.process_name)
+    # The fork inherited the pCPU the scheduler had put dom0's vCPU on; a back end
+    # serves every pCPU of the host, and Linux places it, as dom0's kernel threads.
+    os.sched_setaffinity(0, pcpus)
+    logging.root.handlers.clear()  # dom0's handlers: their files were closed with the other fds
+    logging.basicConfig(filename=log_file, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hypercall = HypercallClient(socket.socket(fileno=named.pop("channel")),
+                                lambda event, extra: [os.close(f) for f in extra])
+    loop = EventLoop(spec.label)
+    ports = [port for port, _ in spec.ports]
+    for index, port in enumerate(ports):
+        loop.bind(port, port_fds[2 * index], port_fds[2 * index + 1])
+    ctx = WorkerContext(spec.label, spec.frontend_id, hypercall, loop, named.pop("memory"), ports, named, spec.params)
+    try:
+        data_path = spec.data_path(ctx)
+    except Exception as exc:
+        send_message(control, {"fatal": f"cannot map the ring: {exc}"})
+        return 2
+    stop: list[bool] = []
+    loop.add_reader(control.fileno(), lambda fd: _answer_control(control, data_path, stop))
+    send_message(control, {"connected": True})
+    try:
+        code = _serve(spec.label, data_path, loop, ports[0], control, stop)
+    finally:
+        data_path.close()
+        loop.close()
+    if code == 0:
+        try:
+            send_message(control, {"stopped": data_path.stats})
+        except OSError:
+            pass  # dom0 did not wait for the figures
+    return code
+
+
+def _serve(label: str, data_path: DataPath, loop: EventLoop, port: int, control: socket.socket,
+           stop: list[bool]) -> int:
+    """The kthread's loop (``xen_blkif_schedule``): serve, kick, re-check, sleep."""
+    try:
+        while not stop:
+            if data_path.process():
+                loop.notify(port)
+            elif not data_path.final_check():
+                loop.poll(WAIT_BOUND_S)
+    except RingError as exc:
+        log.error("%s: front end broke the ring protocol, disconnecting: %s", label, exc)
+        send_message(control, {"fatal": str(exc)})
+        return 2
+    return 0
+
+
+def _answer_control(control: socket.socket, data_path: DataPath, stop: list[bool]) -> None:
+    """One message from dom0: a stats request is answered at once; anything else (or dom0 gone) means stop."""
+    try:
+        message, _ = recv_message(control)
+        if message.get("stats"):
+            send_message(control, {"stats": data_path.stats})
+            return
+    except OSError:
+        pass  # ChannelClosed included: dom0 closed its end, nobody is left to serve for
+    stop.append(True)
+
+
+def _reap(pid: int, timeout: float, label: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.005)
+    log.warning("%s: back-end worker %d did not stop within %.0fs; killed", label, pid, timeout)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)

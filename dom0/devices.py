@@ -1,0 +1,80 @@
+"""The toolstack's device types (libxl's ``libxl__device_type``, ``DEFINE_DEVICE_TYPE_STRUCT``).
+
+One record per kind of split device says what the toolstack needs to know of it:
+its xl.cfg key, how to check its back-end resource before a domain exists, the
+nodes of its front-end and back-end directories, its hotplug verbs and the
+xentop field its counters go to. Create, destroy, ``list -l``, ``top`` and the
+attach/detach verbs loop over :data:`DEVICE_TYPES`; a new device adds a row.
+
+Device specs are the dicts ``xenlike.tools.config`` produces (``DiskSpec.to_dict``);
+every spec has a ``devid``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from xenlike.public import blkif
+from xenlike.public.xenbus import BACKEND_ID, FRONTEND_ID, ONLINE, STATE, XenbusState
+
+from .blkback.vbd import open_image
+
+__all__ = ["DeviceType", "DEVICE_TYPES", "VBD", "device_type"]
+
+Spec = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeviceType:
+    """What the toolstack knows of one kind of split device."""
+
+    kind: str  # the xenbus device type: backend/<kind>, device/<kind>
+    config_key: str  # the xl.cfg list that holds its specs ("disk")
+    verbs: tuple[str, str, str]  # xl's attach, detach and list verbs
+    top_field: str  # where `top` puts its counters ("vbds", as libxenstat)
+    prepare: Callable[[Spec], None]  # check (or create) the back end's resource; raises OSError
+    frontend_nodes: Callable[[int, Spec], dict[str, str]]
+    backend_nodes: Callable[[int, Spec], dict[str, str]]
+    name_of: Callable[[Spec], str]  # how a user names one ("xvda")
+
+
+def _vbd_prepare(disk: Spec) -> None:
+    """Check that dom0 can open a disk's image (creating a sparse one for ``size=``)."""
+    open_image(disk["target"], disk["access"] == "ro", disk.get("size")).close()
+
+
+def _vbd_frontend_nodes(domid: int, disk: Spec) -> dict[str, str]:
+    """libxl_disk.c's front-end nodes (libxl__device_disk_add)."""
+    return {BACKEND_ID: "0", STATE: str(int(XenbusState.Initialising)),
+            blkif.VIRTUAL_DEVICE: str(disk["devid"]), blkif.DEVICE_TYPE_KEY: disk["devtype"]}
+
+
+def _vbd_backend_nodes(domid: int, disk: Spec) -> dict[str, str]:
+    """libxl_disk.c's back-end nodes: what blkback's probe reads (see ``xenlike.public.blkif``)."""
+    return {FRONTEND_ID: str(domid), ONLINE: "1", "removable": "0", "bootable": "1",
+            STATE: str(int(XenbusState.Initialising)), blkif.DEV: disk["vdev"], "type": "phy",
+            blkif.MODE: "r" if disk["access"] == "ro" else "w", blkif.DEVICE_TYPE_KEY: disk["devtype"],
+            blkif.PARAMS: disk["target"], blkif.DISCARD_ENABLE: "1" if disk.get("discard", True) else "0"}
+
+
+VBD = DeviceType(
+    kind=blkif.DEVICE_TYPE,
+    config_key="disk",
+    verbs=("block-attach", "block-detach", "block-list"),
+    top_field="vbds",
+    prepare=_vbd_prepare,
+    frontend_nodes=_vbd_frontend_nodes,
+    backend_nodes=_vbd_backend_nodes,
+    name_of=lambda disk: disk["vdev"],
+)
+
+DEVICE_TYPES: tuple[DeviceType, ...] = (VBD,)
+
+
+def device_type(kind: str) -> DeviceType:
+    """The row of a xenbus device type; KeyError names the types there are."""
+    for row in DEVICE_TYPES:
+        if row.kind == kind:
+            return row
+    raise KeyError(f"no device type {kind!r} (there are {', '.join(r.kind for r in DEVICE_TYPES)})")
