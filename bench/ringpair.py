@@ -30,8 +30,9 @@ import zlib
 from dataclasses import dataclass
 
 from xenlike.hypervisor.event_channel import EventChannelHost
+from xenlike.hypervisor.grant_table import GrantMapper
 from xenlike.kernel.events import EventLoop
-from xenlike.kernel.gnttab import GrantMapper, GrantTable
+from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.hypercall import recv_message, send_message, socketpair
 from xenlike.kernel.memory import ForeignMapping, GuestMemory, PageAllocator
 from xenlike.public.ring import BackRing, FrontRing, RingProtocol

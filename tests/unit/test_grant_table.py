@@ -9,7 +9,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from xenlike.kernel.gnttab import (
+from xenlike.hypervisor.grant_table import GrantMapper
+from xenlike.kernel.gnttab import GrantTable
+from xenlike.kernel.memory import GuestMemory
+from xenlike.public.grant_table import (
     GNTST,
     GNTTAB_NR_RESERVED_ENTRIES,
     GTF_permit_access,
@@ -17,10 +20,7 @@ from xenlike.kernel.gnttab import (
     GTF_readonly,
     GTF_writing,
     GrantError,
-    GrantMapper,
-    GrantTable,
 )
-from xenlike.kernel.memory import GuestMemory
 
 GRANTER, DOM0, OTHER = 3, 0, 7
 

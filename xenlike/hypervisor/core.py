@@ -65,14 +65,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from xenlike.kernel.gnttab import DEFAULT_MAX_GRANT_FRAMES, GNTST, GrantError, GrantMapper, _GrantTableFrames
+from xenlike.kernel.gnttab import GrantTableFrames
 from xenlike.kernel.hypercall import ChannelClosed, HypercallError, recv_message, send_message, socketpair
 from xenlike.kernel.memory import GuestMemory
 from xenlike.public.event_channel import VIRQ, EvtchnError
+from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTST, GrantError
 from xenlike.public.start_info import GNTTAB_PFN, reserved_frames
 from xenlike.public.xen import DOMID_MAX, PAGE_SIZE, ShutdownReason
 from xenlike.hypervisor.domain import Domain, FramePool, OutOfMemory
 from xenlike.hypervisor.event_channel import EventChannelHost, PeerUpdate
+from xenlike.hypervisor.grant_table import GrantMapper
 from xenlike.hypervisor.sched import SchedError, Scheduler
 from xenlike.hypervisor.zygote import Zygote
 
@@ -134,7 +136,7 @@ class Hypervisor:
         self.domains: dict[int, Domain] = {}
         self.evtchn = EventChannelHost()
         self.grants = GrantMapper(self._grant_table)
-        self._gnttabs: dict[int, _GrantTableFrames] = {}
+        self._gnttabs: dict[int, GrantTableFrames] = {}
         self._by_pid: dict[int, Domain] = {}
         self._by_sock: dict[int, Domain] = {}
         self._waiting_destroy: dict[int, list[tuple[socket.socket, int]]] = {}
@@ -383,7 +385,7 @@ class Hypervisor:
             memory=memory,
         )
         self.domains[domid] = domain
-        self._gnttabs[domid] = _GrantTableFrames(memory, GNTTAB_PFN, gnttab)
+        self._gnttabs[domid] = GrantTableFrames(memory, GNTTAB_PFN, gnttab)
         self.evtchn.add_domain(domid)
         return domain
 
@@ -490,7 +492,7 @@ class Hypervisor:
         self._changed_domains.add(domid)
         self.evtchn.raise_virq(0, VIRQ.DOM_EXC)
 
-    def _grant_table(self, domid: int) -> _GrantTableFrames:
+    def _grant_table(self, domid: int) -> GrantTableFrames:
         return self._gnttabs[domid]
 
     def _domain(self, domid: Any) -> Domain:

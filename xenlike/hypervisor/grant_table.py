@@ -1,0 +1,183 @@
+"""The hypervisor's side of grant tables (``xen/common/grant_table.c``): checks, pins, maptrack.
+
+When a domain asks to map a grant (``GNTTABOP_map_grant_ref``), :class:`GrantMapper`
+checks the granter's entry, marks it in use with ``GTF_reading``/``GTF_writing``
+by an atomic compare-and-swap on the flags and domid word, exactly as Xen's
+``_set_status_v1`` does, and keeps the maptrack handle that
+``GNTTABOP_unmap_grant_ref`` takes back. Because the mark and the granter's revoke
+are both compare-and-swaps on the same word, a grant can never be revoked while
+it is mapped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from xenlike.kernel.gnttab import GrantTableFrames
+from xenlike.public.atomic import cmpxchg16, cmpxchg32
+from xenlike.public.grant_table import (
+    GNTST,
+    GRANT_COMBO_DOMID_SHIFT,
+    GRANT_COMBO_FLAGS_MASK,
+    GTF_permit_access,
+    GTF_reading,
+    GTF_readonly,
+    GTF_type_mask,
+    GTF_writing,
+    GrantError,
+)
+
+__all__ = ["GrantMapping", "GrantMapper"]
+
+# How often marking an entry in use is tried while the granter keeps changing it
+# (``_set_status_v1`` gives up on its fifth try: "Shared grant entry is unstable").
+SET_STATUS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class GrantMapping:
+    """What a successful ``GNTTABOP_map_grant_ref`` returns: a handle and the frame."""
+
+    handle: int
+    granter: int
+    ref: int
+    frame: int
+    readonly: bool
+
+
+@dataclass
+class _ActiveGrant:
+    """Xen's ``active_grant_entry``: how often a grant is pinned, and its frame."""
+
+    frame: int
+    readers: int = 0
+    writers: int = 0
+
+
+class GrantMapper:
+    """The hypervisor's side of grant mapping: checks, pins and maptrack.
+
+    ``tables(domid)`` returns the granter's table (or raises KeyError for an unknown
+    domain). One GrantMapper serves every domain of a host, so a mapping is keyed by
+    the mapper's domid and a handle, as Xen's per-domain maptrack is.
+    """
+
+    def __init__(self, tables: Callable[[int], GrantTableFrames]) -> None:
+        self._tables = tables
+        self._active: dict[tuple[int, int], _ActiveGrant] = {}
+        self._maptrack: dict[tuple[int, int], GrantMapping] = {}
+        self._next_handle = 0
+
+    def map_grant_ref(self, mapper: int, granter: int, ref: int, readonly: bool = False) -> GrantMapping:
+        """Check grant ``ref`` of domain ``granter`` for ``mapper`` and pin it.
+
+        The entry must permit access, name ``mapper`` as its grantee, not be
+        read-only if a writable mapping is asked for, and name a frame inside the
+        granter's memory. Each refusal is a GrantError with Xen's status.
+        """
+        table = self._table(granter)
+        if not 0 <= ref < table.nr_entries:
+            raise GrantError(GNTST.bad_gntref, f"bad grant ref {ref} for d{granter} (table has {table.nr_entries})")
+        key = (granter, ref)
+        active = self._active.get(key)
+        self._set_status(table, ref, mapper, readonly)
+        if active is None:
+            frame = table.read(ref).frame  # read once; later changes by the granter are not seen
+            if frame >= table.memory.nr_frames:
+                self._clear_status(table, ref, readers=0, writers=0)
+                raise GrantError(
+                    GNTST.bad_page, f"grant ref {ref} of d{granter} names frame {frame}, outside its memory"
+                )
+            active = self._active[key] = _ActiveGrant(frame)
+        if readonly:
+            active.readers += 1
+        else:
+            active.writers += 1
+        self._next_handle += 1
+        mapping = GrantMapping(self._next_handle, granter, ref, active.frame, readonly)
+        self._maptrack[(mapper, mapping.handle)] = mapping
+        return mapping
+
+    def unmap_grant_ref(self, mapper: int, handle: int) -> GrantMapping:
+        """Drop mapping ``handle`` of ``mapper``; the last unmap clears reading/writing."""
+        mapping = self._maptrack.pop((mapper, handle), None)
+        if mapping is None:
+            raise GrantError(GNTST.bad_handle, f"d{mapper} has no grant mapping with handle {handle}")
+        key = (mapping.granter, mapping.ref)
+        active = self._active[key]
+        if mapping.readonly:
+            active.readers -= 1
+        else:
+            active.writers -= 1
+        try:
+            table = self._tables(mapping.granter)
+        except KeyError:
+            table = None  # the granter is gone; its memory and table with it
+        if active.readers == 0 and active.writers == 0:
+            del self._active[key]
+        if table is not None:
+            self._clear_status(table, mapping.ref, active.readers, active.writers)
+        return mapping
+
+    def mappings_of(self, mapper: int) -> Iterator[GrantMapping]:
+        """Every mapping ``mapper`` holds (for teardown of a dying domain)."""
+        return (m for (dom, _), m in list(self._maptrack.items()) if dom == mapper)
+
+    def mappings_of_granter(self, granter: int) -> Iterator[tuple[int, GrantMapping]]:
+        """(mapper, mapping) for every mapping of ``granter``'s frames."""
+        return ((dom, m) for (dom, _), m in list(self._maptrack.items()) if m.granter == granter)
+
+    def mapping_count(self) -> int:
+        """How many grant mappings exist, all mappers together."""
+        return len(self._maptrack)
+
+    def is_mapped(self, granter: int, ref: int) -> bool:
+        return (granter, ref) in self._active
+
+    def _table(self, granter: int) -> GrantTableFrames:
+        try:
+            return self._tables(granter)
+        except KeyError:
+            raise GrantError(GNTST.bad_domain, f"no domain d{granter}") from None
+
+    @staticmethod
+    def _set_status(table: GrantTableFrames, ref: int, mapper: int, readonly: bool) -> None:
+        """Mark the entry in use, as ``_set_status_v1``: one CAS on the flags+domid word.
+
+        Unlike Xen, the type and grantee are checked on every map, not only the
+        first pin: a granter that rewrites a pinned entry gets no second mapping.
+        """
+        address = table.flags_address(ref)
+        entry = table.read(ref)
+        word = entry.flags | (entry.domid << GRANT_COMBO_DOMID_SHIFT)
+        for _ in range(SET_STATUS_ATTEMPTS):
+            flags, domid = word & GRANT_COMBO_FLAGS_MASK, word >> GRANT_COMBO_DOMID_SHIFT
+            if flags & GTF_type_mask != GTF_permit_access:
+                raise GrantError(GNTST.general_error, f"grant ref {ref} does not permit access (flags {flags:#x})")
+            if domid != mapper:
+                raise GrantError(GNTST.general_error, f"grant ref {ref} is granted to d{domid}, not to d{mapper}")
+            new_flags = flags | GTF_reading
+            if not readonly:
+                if flags & GTF_readonly:
+                    raise GrantError(GNTST.general_error, f"grant ref {ref} is read-only; a writable mapping is refused")
+                new_flags |= GTF_writing
+            found = cmpxchg32(address, word, new_flags | (domid << GRANT_COMBO_DOMID_SHIFT))
+            if found == word:
+                return
+            word = found
+        raise GrantError(GNTST.general_error, f"grant ref {ref} is unstable (its entry keeps changing)")
+
+    @staticmethod
+    def _clear_status(table: GrantTableFrames, ref: int, readers: int, writers: int) -> None:
+        """Clear GTF_writing when no writer is left and GTF_reading when nobody is."""
+        clear = (GTF_writing if writers == 0 else 0) | (GTF_reading if readers + writers == 0 else 0)
+        if not clear:
+            return
+        address = table.flags_address(ref)
+        flags = table.read(ref).flags
+        while True:
+            found = cmpxchg16(address, flags, flags & ~clear)
+            if found == flags:
+                return
+            flags = found
