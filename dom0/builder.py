@@ -37,7 +37,7 @@ from xenlike.public.xs_wire import XenstoreInterface, XsError
 from .devices import DEVICE_TYPES, DeviceType
 
 if TYPE_CHECKING:
-    from .main import Dom0
+    from .context import BuilderContext
 
 __all__ = ["BuiltDomain", "DomainBuilder", "home"]
 
@@ -75,8 +75,8 @@ class BuiltDomain:
 class DomainBuilder:
     """Creates and tears down domUs on behalf of the toolstack."""
 
-    def __init__(self, dom0: "Dom0") -> None:
-        self.dom0 = dom0
+    def __init__(self, ctx: "BuilderContext") -> None:
+        self.ctx = ctx
 
     def create(self, config: dict[str, Any], *, paused: bool = False, uuid: str | None = None) -> BuiltDomain:
         """Build and start a domain from a validated config dict; returns it running.
@@ -88,13 +88,13 @@ class DomainBuilder:
         it needs none to boot, and as dom0 serves xenstore only from its main
         loop, the guest's first request is answered after the nodes exist.
         """
-        dom0 = self.dom0
+        ctx = self.ctx
         for row in DEVICE_TYPES:
             for spec in config.get(row.config_key, []):
                 row.prepare(spec)  # a target dom0 cannot open fails here, before any domain exists
         gnttab_frames = int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES))
         domid_of = {"$result": [0, "domid"]}
-        created, store, console, store_bind, console_bind = dom0.multicall([
+        created, store, console, store_bind, console_bind = ctx.multicall([
             {"op": "domctl", "args": {
                 "cmd": "createdomain",
                 "name": config["name"],
@@ -115,20 +115,20 @@ class DomainBuilder:
         ], undo=self._undo_create)
         domid = created[0]["domid"]
         memory = GuestMemory.from_fd(created[1][0], created[0]["nr_frames"])
-        store_port = dom0.adopt_port(*store_bind)
-        console_port = dom0.adopt_port(*console_bind)
+        store_port = ctx.adopt_port(*store_bind)
+        console_port = ctx.adopt_port(*console_bind)
         ports = (store[0]["port"], console[0]["port"])
         built = BuiltDomain(domid, config["name"], created[0]["uuid"], dict(config), memory, store_port, console_port, [])
         try:
             self._write_start_info(built, gnttab_frames, *ports)
-            mapped, _started = dom0.multicall([
+            mapped, _started = ctx.multicall([
                 {"op": "grant_map", "args": {"granter": domid, "refs": [GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE]}},
                 {"op": "domctl", "args": {"cmd": "startdomain", "domid": domid, "paused": paused}},
             ])
             built.grant_handles = mapped[0]["handles"]
             console_pfn, store_pfn = mapped[0]["frames"]
-            dom0.xenstore_service.connect_domain(domid, XenstoreInterface(memory.frame(store_pfn)), store_port, built.label)
-            dom0.xenconsoled.add(domid, built.name, ConsoleInterface(memory.frame(console_pfn)), console_port)
+            ctx.xenstore_service.connect_domain(domid, XenstoreInterface(memory.frame(store_pfn)), store_port, built.label)
+            ctx.xenconsoled.add(domid, built.name, ConsoleInterface(memory.frame(console_pfn)), console_port)
             self._write_nodes(built, *ports)  # the back-end bus probes each device it finds there
         except BaseException:
             log.exception("%s: build failed; destroying it", built.label)
@@ -140,7 +140,7 @@ class DomainBuilder:
     def _undo_create(self, results: list[dict]) -> None:
         """A failed first multicall: destroy the domain if it was created."""
         if results:
-            self.dom0.hypercall("domctl", cmd="destroydomain", domid=results[0]["domid"])
+            self.ctx.hypercall("domctl", cmd="destroydomain", domid=results[0]["domid"])
 
     def _write_start_info(self, built: BuiltDomain, gnttab_frames: int, store_evtchn: int, console_evtchn: int) -> None:
         """Frame 0's start info and grant entries 0 and 1 for dom0 (``xc_dom_gnttab_init``)."""
@@ -198,7 +198,7 @@ class DomainBuilder:
             nodes[f"cpu/{vcpu}/availability"] = "online"
 
         def write_all(tx: int) -> None:
-            xs = self.dom0.xs
+            xs = self.ctx.xs
             xs.write(base, "", perms=ro, tx=tx)
             xs.write(vm, "", perms=ro, tx=tx)
             xs.write(f"/libxl/{domid}", "", perms=["n0"], tx=tx)
@@ -214,11 +214,11 @@ class DomainBuilder:
                 for spec in config.get(row.config_key, []):
                     self._write_device_nodes(row, domid, spec, tx)
 
-        self.dom0.xs.transact(write_all)
+        self.ctx.xs.transact(write_all)
 
     def _write_device_nodes(self, row: DeviceType, domid: int, spec: dict[str, Any], tx: int) -> None:
         """A device's front-end and back-end directories, linked (``libxl__device_generic_add``)."""
-        xs = self.dom0.xs
+        xs = self.ctx.xs
         front = frontend_path(domid, row.kind, spec["devid"])
         back = backend_path(0, row.kind, domid, spec["devid"])
         xs.write(front, "", perms=[f"n{domid}", "r0"], tx=tx)
@@ -234,50 +234,50 @@ class DomainBuilder:
         if any(row.name_of(d) == row.name_of(spec) or d["devid"] == spec["devid"] for d in present):
             raise ValueError(f"{built.label} already has a {row.config_key} {row.name_of(spec)}")
         row.prepare(spec)
-        self.dom0.xs.transact(lambda tx: self._write_device_nodes(row, built.domid, spec, tx))
+        self.ctx.xs.transact(lambda tx: self._write_device_nodes(row, built.domid, spec, tx))
         built.config.setdefault(row.config_key, []).append(spec)
 
     def remove_device_nodes(self, built: BuiltDomain, row: DeviceType, devid: int) -> None:
         """After a detach completed: the device's directories go, and it leaves the config."""
         for path in (frontend_path(built.domid, row.kind, devid), backend_path(0, row.kind, built.domid, devid)):
             try:
-                self.dom0.xs.rm(path)
+                self.ctx.xs.rm(path)
             except XsError:
                 pass
         built.config[row.config_key] = [d for d in built.config.get(row.config_key, []) if d["devid"] != devid]
 
     def destroy(self, built: BuiltDomain) -> None:
         """Tear a domain down: its process, its rings, its nodes, its memory."""
-        dom0 = self.dom0
-        dom0.backends.remove_domain(built.domid)
-        dom0.xenconsoled.remove(built.domid)
-        dom0.xenstore_service.release_domain(built.domid)
+        ctx = self.ctx
+        ctx.backends.remove_domain(built.domid)
+        ctx.xenconsoled.remove(built.domid)
+        ctx.xenstore_service.release_domain(built.domid)
         for port in (built.store_port, built.console_port):
-            dom0.close_port(port)
+            ctx.close_port(port)
         if built.grant_handles:
             try:
-                dom0.hypercall("grant_unmap", handles=built.grant_handles)
+                ctx.hypercall("grant_unmap", handles=built.grant_handles)
             except OSError:
                 pass  # the domain's grants went with it
         try:
-            dom0.hypercall("domctl", cmd="destroydomain", domid=built.domid)
+            ctx.hypercall("domctl", cmd="destroydomain", domid=built.domid)
         except OSError as exc:
             log.warning("%s: destroydomain: %s", built.label, exc)
         built.memory.close()
         backends = [backend_path(0, row.kind, built.domid, 0).rsplit("/", 1)[0] for row in DEVICE_TYPES]
         for path in (home(built.domid), f"/vm/{built.uuid}", f"/libxl/{built.domid}", *backends):
             try:
-                dom0.xs.rm(path)
+                ctx.xs.rm(path)
             except XsError:
                 pass
         log.info("%s: destroyed", built.label)
 
     def rename(self, built: BuiltDomain, name: str) -> None:
-        dom0 = self.dom0
-        dom0.hypercall("domctl", cmd="rename", domid=built.domid, name=name)
-        dom0.xs.write(f"{home(built.domid)}/name", name)
-        dom0.xs.write(f"/vm/{built.uuid}/name", name)
-        dom0.xenconsoled.rename(built.domid, name)
+        ctx = self.ctx
+        ctx.hypercall("domctl", cmd="rename", domid=built.domid, name=name)
+        ctx.xs.write(f"{home(built.domid)}/name", name)
+        ctx.xs.write(f"/vm/{built.uuid}/name", name)
+        ctx.xenconsoled.rename(built.domid, name)
         built.name = name
         built.config["name"] = name
 

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from xenlike.kernel.events import EventLoop
 
 from .xenstored import LocalXenstore
 
-__all__ = ["BackendContext"]
+if TYPE_CHECKING:
+    from .xenbus_backend import XenbusBackend
+    from .xenconsoled import Xenconsoled
+    from .xenstore_service import XenstoreService
+
+__all__ = ["BackendContext", "BuilderContext"]
 
 
 @dataclass(frozen=True)
@@ -29,3 +34,17 @@ class BackendContext:
     foreign_memory_fd: Callable[[int], int]  # a domain's memfd (dom0 keeps it; dup it to hand it on)
     domain_name: Callable[[int], str]  # a domain's name, for logs ("?" if unknown)
     log_path: Path  # where a worker logs (dom0's log)
+
+
+@dataclass(frozen=True)
+class BuilderContext:
+    """The services the domain builder uses (libxl's ``libxl__gc`` and its ctx, in spirit)."""
+
+    hypercall: Callable[..., tuple[Any, list[int]]]
+    multicall: Callable[..., list[tuple[Any, list[int]]]]  # (calls, undo=None) -> results
+    adopt_port: Callable[[dict, list[int]], int]  # install a port dom0 bound on its loop
+    close_port: Callable[[int], None]
+    xs: LocalXenstore
+    xenstore_service: "XenstoreService"  # introduces a domain's xenstore ring
+    xenconsoled: "Xenconsoled"
+    backends: "XenbusBackend"  # the back-end bus: a domain's devices go with it

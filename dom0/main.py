@@ -24,7 +24,7 @@ from xenlike.public.event_channel import VIRQ
 
 from .blkback import BlkbackDriver
 from .builder import DomainBuilder
-from .context import BackendContext
+from .context import BackendContext, BuilderContext
 from .toolstack import Toolstack
 from .xenbus_backend import BackendError, XenbusBackend
 from .xenconsoled import Xenconsoled
@@ -81,7 +81,6 @@ class Dom0:
         self.xs.write("/local/domain/0/domid", "0")
         self.xs.write("/tool/xenstored/domid", "0")
         self.xenconsoled = Xenconsoled(self.loop, self.publisher, run_dir.path / "logs")
-        self.builder = DomainBuilder(self)
         self.backends = XenbusBackend(BackendContext(
             hypercall=self.hypercall,
             loop=self.loop,
@@ -92,6 +91,16 @@ class Dom0:
             log_path=run_dir.log_path("dom0"),
         ))
         self.backends.register(BlkbackDriver())
+        self.builder = DomainBuilder(BuilderContext(
+            hypercall=self.hypercall,
+            multicall=self.multicall,
+            adopt_port=self.adopt_port,
+            close_port=self.close_port,
+            xs=self.xs,
+            xenstore_service=self.xenstore_service,
+            xenconsoled=self.xenconsoled,
+            backends=self.backends,
+        ))
         self.toolstack = Toolstack(self, api=self.api, hypercall=self.hypercall, builder=self.builder, xs=self.xs,
                                    xenstore_service=self.xenstore_service, xenconsoled=self.xenconsoled,
                                    backends=self.backends, run_dir=run_dir)
