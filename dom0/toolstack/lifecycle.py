@@ -131,6 +131,9 @@ class Lifecycle:
             self.destroy(built)
         elif action in ("restart", "coredump-restart"):
             self._restart(built)
+        elif action == "soft-reset":
+            log.info("%s: soft-reset acts as restart in xenlike (no guest is reset in place)", built.label)
+            self._restart(built)
         elif action == "rename-restart":
             old_name = built.name
             self.builder.rename(built, f"{old_name}-{built.domid}")

@@ -29,7 +29,7 @@ def test_defaults_are_libxls():
     assert (config.cpus, config.weight, config.cap, config.max_grant_frames) == (None, 256, 0, 64)
     assert (config.on_poweroff, config.on_reboot, config.on_crash, config.on_watchdog) == (
         "destroy", "restart", "destroy", "destroy")
-    assert config.on_soft_reset == "restart"
+    assert config.on_soft_reset == "soft-reset"
     assert (config.workload, config.workload_args, config.disk, config.vif) == ("idle", [], [], [])
     assert (config.uuid, config.extra, config.cmdline, config.warnings) == (None, "", "", [])
 
@@ -77,6 +77,11 @@ workload_args = "--interval '2 s'"
 def test_numbers_may_be_strings_as_xl_reads_them_with_strtol():
     config = domain_config_from_xlcfg({"name": "a", "memory": "0x40", "vcpus": " 2", "cap": "010"})
     assert (config.memory, config.vcpus, config.cap) == (64, 2, 8)
+
+
+@pytest.mark.parametrize("key", ["on_poweroff", "on_reboot", "on_crash", "on_watchdog", "on_soft_reset"])
+def test_soft_reset_is_an_action_of_every_on_key_as_in_xl_cfg(key):
+    assert getattr(domain_config_from_xlcfg({"name": "a", key: "soft-reset"}), key) == "soft-reset"
 
 
 def test_weight_is_an_alias_of_cpu_weight():
@@ -147,8 +152,7 @@ def test_cpu_lists(value, cpus):
         ({"vcpus": 2, "cap": 300}, "cap = 300 in a.cfg line 3: expected a cap in percent of one pCPU (0 = none, "
                                    "100 per vCPU), at most 200"),
         ({"on_crash": "explode"}, 'on_crash = "explode" in a.cfg line 2: expected one of destroy, restart, '
-                                  'rename-restart, preserve, coredump-destroy, coredump-restart'),
-        ({"on_soft_reset": "soft-reset"}, "Xen soft-resets only Xen-aware HVM guests"),
+                                  'rename-restart, preserve, coredump-destroy, coredump-restart, soft-reset'),
         ({"name": "bad name!"}, 'name = "bad name!" in a.cfg line 2: expected a name of letters, digits'),
         ({"name": "42"}, "not all digits"),
         ({"name": "x" * 65}, "at most 64 characters"),
@@ -302,6 +306,7 @@ def test_the_man_page_vif_examples():
         ("1GB/s@500us", 500_000, 500),
         ("100B/s@2s", 200, 2_000_000),
         ("100B/s@2", 200, 2_000_000),
+        ("4295MB/s@4294s", 4_295_000_000 * 4294, 4_294_000_000),  # just below libxlu's 64-bit limit
     ],
 )
 def test_vif_rates_as_libxlu_reads_them(rate, per_interval, interval_us):
@@ -334,6 +339,11 @@ def test_vif_keys():
         ("rate=1MB/s@", "is not an interval"),
         ("rate=1MB/s@0ms", "the interval must be from 1 us"),
         ("rate=1MB/s@5000s", "the interval must be from 1 us"),
+        # libxlu: bytes/s times the interval in us must fit in 64 bits
+        ("rate=4294967295GB/s@5us", "rate=4294967295GB/s@5us overflows: 4294967295000000000 bytes/s times 5 us is "
+                                    "more than 2^64-1 = 18446744073709551615"),
+        ("rate=4296MB/s@4294s", "rate=4296MB/s@4294s overflows: 4296000000 bytes/s times 4294000000 us is more "
+                                "than 2^64-1 = 18446744073709551615"),
         ("ip=10.0.0.300", "is not an IP address"),
         ("bridge=a/b", "is not an interface name"),
         ("vifname=averyveryverylongname", "is not an interface name"),

@@ -13,7 +13,6 @@ from xenlike.tools.config.cluster import Cluster, default_cluster, load_cluster,
 from xenlike.tools.config.disk import DiskSpec, parse_disk_spec, vdev_to_devid
 from xenlike.tools.config.domain import (
     DomainConfig,
-    domain_config_from_settings,
     domain_config_from_xlcfg,
     load_domain_config,
     parse_cpus,
@@ -37,7 +36,6 @@ __all__ = [
     "VifSpec",
     "apply_overrides",
     "default_cluster",
-    "domain_config_from_settings",
     "domain_config_from_xlcfg",
     "format_value",
     "load_cluster",

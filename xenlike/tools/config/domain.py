@@ -4,8 +4,14 @@ Defaults (xl.cfg(5), ``parse_config_data`` in ``tools/xl/xl_parse.c``,
 ``libxl__domain_build_info_setdefault``): 32 MiB, ``maxmem`` = ``memory``, 1 vCPU,
 ``maxvcpus`` = ``vcpus``, no pinning, ``cpu_weight`` 256, ``cap`` 0,
 ``on_poweroff``/``on_crash``/``on_watchdog`` destroy, ``on_reboot`` restart,
-``max_grant_frames`` 64 (xl.conf(5)). Numbers may also be given as strings
-(``memory = "64"``), as xl reads every value with ``strtol``.
+``on_soft_reset`` soft-reset, ``max_grant_frames`` 64 (xl.conf(5)). Numbers may
+also be given as strings (``memory = "64"``), as xl reads every value with
+``strtol``.
+
+Every ``on_*`` key takes xl's seven actions (``action_on_shutdown_names`` in
+``xl_parse.c``). Two act differently here: the coredump ones write no dump,
+and ``soft-reset``, which in Xen resets a Xen-aware HVM guest in place
+keeping its memory, acts as ``restart`` (the toolstack logs so when it does).
 
 xenlike adds ``workload`` (what the guest runs: a name registered in the
 entry-point group ``xenlike.workloads``, ``module:function`` or
@@ -42,15 +48,13 @@ from xenlike.tools.config.xlcfg import (
 __all__ = [
     "ACTIONS",
     "DomainConfig",
-    "domain_config_from_settings",
     "domain_config_from_xlcfg",
     "load_domain_config",
     "parse_cpus",
 ]
 
-# xl's shutdown actions (xl_parse.c action_on_shutdown_names) but soft-reset, which
-# Xen offers only to Xen-aware HVM guests. The coredump ones write no dump here.
-ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy", "coredump-restart")
+# xl's shutdown actions, in xl_parse.c's action_on_shutdown_names order.
+ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy", "coredump-restart", "soft-reset")
 INT_MAX = (1 << 31) - 1
 DEFAULT_MEMORY_MIB = 32
 DEFAULT_WEIGHT = 256
@@ -119,7 +123,7 @@ class DomainConfig:
     on_reboot: str = "restart"
     on_crash: str = "destroy"
     on_watchdog: str = "destroy"
-    on_soft_reset: str = "restart"
+    on_soft_reset: str = "soft-reset"
     disk: list[DiskSpec] = field(default_factory=list)
     vif: list[VifSpec] = field(default_factory=list)
     extra: str = ""
@@ -324,9 +328,6 @@ def _uuid(reader: _Reader) -> str | None:
 
 def _action(reader: _Reader, key: str, default: str) -> str:
     value = reader.string(key, default, "an action")
-    if value == "soft-reset":
-        raise reader.error(key, f"one of {', '.join(ACTIONS)}: Xen soft-resets only Xen-aware HVM guests, "
-                                "which xenlike does not have")
     if value not in ACTIONS:
         raise reader.error(key, f"one of {', '.join(ACTIONS)}")
     return value
@@ -465,7 +466,7 @@ def _build(reader: _Reader) -> DomainConfig:
         on_reboot=_action(reader, "on_reboot", "restart"),
         on_crash=_action(reader, "on_crash", "destroy"),
         on_watchdog=_action(reader, "on_watchdog", "destroy"),
-        on_soft_reset=_action(reader, "on_soft_reset", "restart"),
+        on_soft_reset=_action(reader, "on_soft_reset", "soft-reset"),
         disk=_disk(reader),
         vif=vifs,
         extra=extra,
@@ -493,10 +494,6 @@ def domain_config_from_xlcfg(settings: Mapping[str, Any], source: str = "<config
     directory = Path(base_dir) if base_dir is not None else Path.cwd()
     reader = _Reader(settings, source, lambda key: locations.get(key, source), lambda key: directory)
     return _build(reader)
-
-
-# An older name of domain_config_from_xlcfg, kept for callers written against it.
-domain_config_from_settings = domain_config_from_xlcfg
 
 
 def domain_config_from_sources(settings: Mapping[str, Any], source: str, where: Callable[[str], str],

@@ -39,6 +39,7 @@ _MAC = re.compile(r"([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2}):"
 _RATE = re.compile(r"([0-9]+)([GMK]?)([Bb])/s")
 _INTERVAL = re.compile(r"([0-9]+)([mu]?)s?")
 _UINT32_MAX = (1 << 32) - 1
+_UINT64_MAX = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,9 @@ def parse_rate(spec: str, value: str) -> tuple[int, int]:
 
     RATE is ``N[GMK](B|b)/s`` (``b`` is bits, units are powers of 1000, N is
     at most 2^32-1 before the unit), optionally ``@INTERVAL`` with ``N[m|u][s]``
-    (seconds by default); the interval defaults to 50 ms.
+    (seconds by default, at most 2^32-1 µs); the interval defaults to 50 ms.
+    As libxlu, a rate whose bytes per second times the interval in µs does not
+    fit in 64 bits is refused, although its bytes per interval would.
     """
     amount, at, interval = value.partition("@")
     match = _RATE.fullmatch(amount)
@@ -156,6 +159,9 @@ def parse_rate(spec: str, value: str) -> tuple[int, int]:
         interval_us = count * {"": 10**6, "m": 10**3, "u": 1}[imatch.group(2)]
         if count == 0 or count > _UINT32_MAX or interval_us > _UINT32_MAX:
             raise _spec_error(spec, f"rate={value}: the interval must be from 1 us to {_UINT32_MAX} us")
+    if bytes_per_sec > _UINT64_MAX // interval_us:
+        raise _spec_error(spec, f"rate={value} overflows: {bytes_per_sec} bytes/s times {interval_us} us is more "
+                                f"than 2^64-1 = {_UINT64_MAX}")
     return bytes_per_sec * interval_us // 1_000_000, interval_us
 
 
