@@ -83,7 +83,6 @@ def block_list(ts: Toolstack, request: Request) -> Any:
         back = backend_path(0, "vbd", built.domid, disk["devid"])
         ring_ref = read(f"{front}/ring-ref")
         rows.append({"vdev": disk["devid"], "name": disk["vdev"], "backend": 0, "frontend_id": built.domid,
-                     "handle": disk["devid"],
                      "state": int(read(f"{back}/state")), "evtch": int(read(f"{front}/event-channel")),
                      "ring_ref": int(ring_ref if ring_ref != "-1" else read(f"{front}/ring-ref0")),
                      "be_path": back, "target": disk["target"], "access": disk["access"]})

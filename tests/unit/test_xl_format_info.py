@@ -1,4 +1,4 @@
-"""xl's uptime output (tools/xl/xl_info.c uptime_to_string, print_uptime)."""
+"""xl's uptime and block-list output (tools/xl/xl_info.c uptime_to_string, print_uptime; xl_block.c)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from xenlike.tools.xl_format import format_uptime, uptime_text
+from xenlike.tools.xl_format import format_block_list, format_uptime, uptime_text
 
 DAY = 86400
 
@@ -50,3 +50,11 @@ def test_short_uptime_is_one_line_per_domain_without_a_header():
         " 07:08:09 up  0:05, web (3)",
     ]
 
+
+def test_block_list_handle_is_the_front_ends_domid():
+    rows = [{"vdev": 51728, "backend": 0, "frontend_id": 7, "state": 4, "evtch": 12, "ring_ref": 8,
+             "be_path": "/local/domain/0/backend/vbd/7/51728"}]
+    header, row = format_block_list(rows).splitlines()
+    assert header.split() == ["Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"]
+    # "%-5d %-3d %-6d %-5d %-6d %-8d %-30s": devid, backend_id, frontend_id, state, evtch, rref, backend
+    assert row == "51728 0   7      4     12     8        /local/domain/0/backend/vbd/7/51728"

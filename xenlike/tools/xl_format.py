@@ -93,7 +93,7 @@ def format_list(rows: Iterable[dict]) -> str:
 
 
 def uptime_text(seconds: float, short: bool = False) -> str:
-    """xl's ``uptime_to_string``: ``%2d:%02d:%02d``, after ``%d day, `` or ``%d days, ``; ``short`` drops the seconds."""
+    """xl's ``uptime_to_string``: ``%2d:%02d:%02d``, after ``%d day, `` or ``%d days, `` (``short``: no seconds)."""
     days, rest = divmod(int(seconds), 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
@@ -141,11 +141,15 @@ def format_info(physinfo: dict, extra: dict[str, str]) -> str:
 
 
 def format_block_list(rows: Iterable[dict]) -> str:
-    """``xl block-list``: ``Vdev BE handle state evt-ch ring-ref BE-path``."""
+    """``xl block-list`` (``tools/xl/xl_block.c``): ``Vdev BE handle state evt-ch ring-ref BE-path``.
+
+    As ``main_blocklist`` prints a ``libxl_diskinfo``: Vdev is the device number,
+    BE the back end's domid and handle the front end's.
+    """
     lines = [f"{'Vdev':<5} {'BE':<3} {'handle':<6} {'state':<5} {'evt-ch':<6} {'ring-ref':<8} {'BE-path':<30}"]
     for row in rows:
-        lines.append(f"{row['vdev']:<5} {row['backend']:<3} {row['handle']:<6} {row['state']:<5} {row['evtch']:<6} "
-                     f"{row['ring_ref']:<8} {row['be_path']:<30}")
+        lines.append(f"{row['vdev']:<5} {row['backend']:<3} {row['frontend_id']:<6} {row['state']:<5} "
+                     f"{row['evtch']:<6} {row['ring_ref']:<8} {row['be_path']:<30}")
     return "\n".join(lines)
 
 
