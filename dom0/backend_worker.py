@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from xenlike.kernel.events import EventLoop
 from xenlike.kernel.hypercall import HypercallClient, recv_message, send_message, socketpair
-from xenlike.hypervisor.zygote import die_with_parent, set_process_name
+from xenlike.kernel.proc import die_with_parent, log_to_file, set_process_name
 from xenlike.public.ring import RingError
 
 if TYPE_CHECKING:
@@ -197,9 +197,7 @@ def _worker_main(spec: WorkerSpec, named: dict[str, int], port_fds: list[int], p
     # The fork inherited the pCPU the scheduler had put dom0's vCPU on; a back end
     # serves every pCPU of the host, and Linux places it, as dom0's kernel threads.
     os.sched_setaffinity(0, pcpus)
-    logging.root.handlers.clear()  # dom0's handlers: their files were closed with the other fds
-    logging.basicConfig(filename=log_file, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_file(log_file)  # dom0's handlers go: their files were closed with the other fds
     hypercall = HypercallClient(socket.socket(fileno=named.pop("channel")),
                                 lambda event, extra: [os.close(f) for f in extra])
     loop = EventLoop(spec.label)

@@ -19,6 +19,7 @@ import zmq
 from xenlike.kernel.events import EventLoop
 from xenlike.kernel.hypercall import HypercallClient, HypercallError
 from xenlike.kernel.memory import GuestMemory
+from xenlike.kernel.proc import log_to_file
 from xenlike.kernel.rundir import RunDir
 from xenlike.public.event_channel import VIRQ
 
@@ -39,12 +40,7 @@ log = logging.getLogger("dom0")
 def start(boot: dict, fds: list[int]) -> int:
     """Entry point in the forked dom0 process."""
     run_dir = RunDir(boot["run_dir"])
-    logging.basicConfig(
-        filename=run_dir.log_path("dom0"),
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+    log_to_file(run_dir.log_path("dom0"))
     dom0 = Dom0(boot, fds, run_dir)
     try:
         dom0.run()

@@ -8,7 +8,6 @@ Started by ``xenlike up``; not meant to be run by hand, but it can be:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import resource
 import sys
@@ -16,7 +15,8 @@ from pathlib import Path
 
 from xenlike.public.atomic import check_platform
 from xenlike.kernel.rundir import RunDir
-from xenlike.hypervisor.zygote import set_process_name, start_zygote
+from xenlike.kernel.proc import log_to_file, set_process_name
+from xenlike.hypervisor.zygote import start_zygote
 
 DOM0_MEMORY_MIB = 32
 
@@ -51,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     # The zygote comes first: nothing below (threads, epoll, zmq) may be inherited by domains.
     zygote = start_zygote()
     set_process_name("xl-hypervisor")
-    logging.basicConfig(
-        filename=run_dir.log_path("hypervisor"),
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
+    log_to_file(run_dir.log_path("hypervisor"), "%(asctime)s %(levelname)s %(message)s")
     from xenlike.hypervisor.core import Hypervisor
 
     # pCPU n is Linux CPU n, among those this process may use (a cpuset may allow fewer).

@@ -23,7 +23,6 @@ create does not wait for fork.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import importlib
 import logging
@@ -37,13 +36,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message, socketpair
+from xenlike.kernel.proc import become_subreaper, die_with_parent, set_process_name
 
-__all__ = ["Zygote", "start_zygote", "set_process_name", "die_with_parent"]
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_NAME = 15
-_PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(None, use_errno=True)
+__all__ = ["Zygote", "start_zygote"]
 
 # What a domain runs, by role: module and function called with (boot, fds).
 ENTRY_POINTS = {"domu": ("domu.kernel", "start"), "dom0": ("dom0.main", "start")}
@@ -57,16 +52,6 @@ POOL_SIZE = 2
 # preparing a shell take a few milliseconds of CPU, which on a small host would be taken from
 # that domain's boot. A pool left empty is refilled at once instead.
 BOOT_WINDOW_S = 0.005
-
-
-def set_process_name(name: str) -> None:
-    """Set the kernel's name for this process (``/proc/PID/comm``, 15 bytes)."""
-    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Have the kernel send ``sig`` to this process when its parent dies."""
-    _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 @dataclass
@@ -165,7 +150,7 @@ class _Shell:
 def _zygote_main(sock: socket.socket) -> None:
     die_with_parent()
     # A guest's secondary vCPUs are its vCPU 0's children: orphaned, they come here to be reaped.
-    _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    become_subreaper()
     set_process_name("xl-zygote")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the hypervisor's to handle
     for module in PRELOAD:

@@ -31,7 +31,7 @@ import ctypes
 import ctypes.util
 import platform
 
-__all__ = ["mb", "cmpxchg16", "cmpxchg32", "buffer_address", "check_platform"]
+__all__ = ["mb", "cmpxchg16", "cmpxchg32", "check_platform"]
 
 _SEQ_CST = 5  # __ATOMIC_SEQ_CST
 
@@ -81,11 +81,6 @@ _fence_addr = ctypes.addressof(_fence_word)
 def mb() -> None:
     """Full memory barrier (Xen's ``xen_mb()``): no load passes an earlier store."""
     _fetch_add_4(_fence_addr, 0, _SEQ_CST)
-
-
-def buffer_address(buf: object, offset: int = 0) -> int:
-    """Address of byte ``offset`` of a writable buffer (an mmap, a bytearray)."""
-    return ctypes.addressof(ctypes.c_char.from_buffer(buf)) + offset  # type: ignore[arg-type]
 
 
 def cmpxchg16(address: int, old: int, new: int) -> int:
