@@ -8,7 +8,7 @@ Each function takes the plain data the toolstack returns and renders it the way
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from xenlike.public.xen import ShutdownReason
 
@@ -86,9 +86,8 @@ def format_list(rows: Iterable[dict]) -> str:
     """``xl list``: ``Name ID Mem VCPUs State Time(s)``."""
     lines = ["Name                                        ID   Mem VCPUs\tState\tTime(s)"]
     for row in rows:
-        lines.append(
-            f"{row['name']:<40} {row['domid']:5d} {row['mem']:5d} {row['vcpus']:5d}     {row['state']}  {row['cpu_time']:8.1f}"
-        )
+        lines.append(f"{row['name']:<40} {row['domid']:5d} {row['mem']:5d} {row['vcpus']:5d}     {row['state']}  "
+                     f"{row['cpu_time']:8.1f}")
     return "\n".join(lines)
 
 
@@ -160,16 +159,15 @@ def cpu_bitmap(cpus: Iterable[int], nr_cpus: int) -> str:
         return "none"
     if chosen == list(range(nr_cpus)):
         return "all"
-    parts = []
+    runs = []
     start = prev = chosen[0]
-    for cpu in chosen[1:] + [None]:  # type: ignore[list-item]
-        if cpu is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if cpu is not None:
-            start = prev = cpu
-    return ",".join(parts)
+    for cpu in chosen[1:]:
+        if cpu != prev + 1:
+            runs.append((start, prev))
+            start = cpu
+        prev = cpu
+    runs.append((start, prev))
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
 
 
 def format_vcpu_list(rows: Iterable[dict], nr_cpus: int) -> str:
@@ -303,7 +301,7 @@ def _xentop_widths(rows: list[dict[str, Cell]]) -> dict[str, int]:
         widths["NAME"] = max(widths["NAME"], len(str(row["NAME"])))
         for header in XENTOP_GROWING:
             # INT_FIELD_WIDTH(value + 1), as adjust_field_widths computes it
-            widths[header] = max(widths[header], len(str((row[header] or 0) + 1)))
+            widths[header] = max(widths[header], len(str(int(row[header] or 0) + 1)))
     return widths
 
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xenlike.public.xen import DOMID_MAX
 from xenlike.tools.config.domain import INT_MAX, DomainConfig, domain_config_from_sources, read_xlcfg
 from xenlike.tools.config.xlcfg import ConfigError, Settings, format_value, read_config_text
-from xenlike.public.xen import DOMID_MAX
 
 __all__ = ["Cluster", "default_cluster", "load_cluster", "parse_cluster"]
 
@@ -160,5 +160,6 @@ def default_cluster(base_dir: Path | str | None = None) -> Cluster:
 
     Its relative disk images live in ``base_dir`` (default: the current directory).
     """
-    text = importlib.resources.files("xenlike.tools.config").joinpath("default-cluster.toml").read_text(encoding="utf-8")
+    resource = importlib.resources.files("xenlike.tools.config").joinpath("default-cluster.toml")
+    text = resource.read_text(encoding="utf-8")
     return parse_cluster(text, "the default cluster", base_dir)

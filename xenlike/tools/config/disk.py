@@ -97,7 +97,7 @@ class DiskSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DiskSpec":
+    def from_dict(cls, data: dict[str, Any]) -> DiskSpec:
         """The inverse of :meth:`to_dict`; ConfigError for missing or unknown fields."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)

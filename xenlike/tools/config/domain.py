@@ -30,9 +30,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from xenlike.tools.config.disk import DiskSpec, parse_disk_spec
 from xenlike.tools.config.vif import VifSpec, parse_vif_spec
@@ -155,7 +156,7 @@ class DomainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DomainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> DomainConfig:
         """The inverse of :meth:`to_dict`; ConfigError for a missing name or unknown fields."""
         names = {item.name for item in fields(cls)}
         unknown = sorted(set(data) - names)

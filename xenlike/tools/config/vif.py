@@ -73,7 +73,7 @@ class VifSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VifSpec":
+    def from_dict(cls, data: dict[str, Any]) -> VifSpec:
         """The inverse of :meth:`to_dict`; ConfigError for missing or unknown fields."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)

@@ -29,9 +29,10 @@ semantics: each argument is more config text read after the file.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 __all__ = [
     "ConfigError",
@@ -68,7 +69,7 @@ class Settings(dict):
         """Where ``key`` was set: ``"<file> line <n>"``, or the source."""
         return self.locations.get(key, self.source)
 
-    def copy(self) -> "Settings":
+    def copy(self) -> Settings:
         """A shallow copy that keeps the source and the locations."""
         return Settings(self.source, self, self.locations)
 
@@ -225,11 +226,11 @@ class _Lexer:
                 chars.append(chr(int(digits.group(), 16)))
                 i += 2 + 2
             elif "0" <= nxt <= "7":
-                digits = _OCTAL.match(text, i + 1).group()  # type: ignore[union-attr]
-                if int(digits, 8) > 0o377:
-                    raise self.error(line, esc_column, f"octal escape \\{digits} is above \\377")
-                chars.append(chr(int(digits, 8)))
-                i += 1 + len(digits)
+                octal = _OCTAL.match(text, i + 1).group()  # type: ignore[union-attr]  # nxt is an octal digit
+                if int(octal, 8) > 0o377:
+                    raise self.error(line, esc_column, f"octal escape \\{octal} is above \\377")
+                chars.append(chr(int(octal, 8)))
+                i += 1 + len(octal)
             elif nxt == "\n":
                 raise self.error(line, column, f"unterminated string: expected the closing {quote} on the same line")
             else:
@@ -397,7 +398,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, result[key]
 
 
-def read_config_text(path: "Path | str", what: str) -> str:
+def read_config_text(path: Path | str, what: str) -> str:
     """A config file's text; ConfigError naming the file if it cannot be read as UTF-8."""
     try:
         return Path(path).read_text(encoding="utf-8")

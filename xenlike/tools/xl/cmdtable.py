@@ -8,8 +8,9 @@ order is ``--help``'s.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from xenlike.tools.xl import block, console, host, info, sched, top, vcpu, vmcontrol, xenstore
 

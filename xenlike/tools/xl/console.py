@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from xenlike.kernel.rundir import RunDir
 from xenlike.tools.console_stream import ConsoleSubscriber

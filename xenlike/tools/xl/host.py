@@ -37,14 +37,14 @@ def main_up(args: argparse.Namespace) -> int:
 
     run_dir = RunDir(args.run_dir).ensure()
     if run_dir.running_pid() is not None:
-        raise XlError(f"a xenlike host already runs in {run_dir.path}; `xenlike down` stops it, --run-dir picks another")
+        raise XlError(f"a xenlike host already runs in {run_dir.path}; `xenlike down` stops it, "
+                      "--run-dir picks another")
     cluster = load_cluster(Path(args.cluster)) if args.cluster else default_cluster(run_dir.path)
-    for warning in getattr(cluster, "warnings", []):
+    for warning in cluster.warnings:
         print(f"xenlike: warning: {warning}", file=sys.stderr)
-    host = getattr(cluster, "host", None) or {}
-    memory = args.memory or host.get("memory") or _default_memory_mib()
-    pcpus = args.pcpus or host.get("pcpus") or os.cpu_count()
-    sched = _check_scheduler(args.sched or host.get("sched") or "credit")
+    memory = args.memory or cluster.host.get("memory") or _default_memory_mib()
+    pcpus = args.pcpus or cluster.host.get("pcpus") or os.cpu_count() or 1
+    sched = _check_scheduler(args.sched or cluster.host.get("sched") or "credit")
     hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched)
     with ToolstackClient(run_dir) as client:
         console = None if args.detach else attach_consoles(run_dir, client, None)[0]
@@ -58,7 +58,7 @@ def main_up(args: argparse.Namespace) -> int:
                 _wait_gone(hypervisor.pid, 15)
                 return 1
             print(f"xenlike: created {result['name']} (domain {result['domid']})")
-    if args.detach:
+    if console is None:  # -d
         print(f"xenlike: host running in {run_dir.path} (hypervisor pid {hypervisor.pid}); "
               "`xenlike list` shows it, `xenlike down` stops it")
         return 0

@@ -15,7 +15,7 @@ import select
 import shutil
 import sys
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from xenlike.tools.toolstack_client import ToolstackClient
 from xenlike.tools.xl.utils import XlError, raw_terminal, restore_terminal, toolstack

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from xenlike.kernel.rundir import RunDir
 from xenlike.tools.toolstack_client import ToolstackClient
