@@ -131,7 +131,7 @@ class ConsoleSubscriber:
         deadline = time.monotonic() + timeout
         while True:
             reply = request_mark()
-            if self._wait_for_any(MARK_WAIT_S):
+            if self._wait_for_live(reply, MARK_WAIT_S):
                 break
             if time.monotonic() >= deadline:
                 raise TimeoutError("the console stream never answered; is the host overloaded?")
@@ -148,12 +148,21 @@ class ConsoleSubscriber:
             messages.append(decode(self.sock.recv_multipart()))
         return [fresh for fresh in map(self._splice.unseen, messages) if fresh is not None]
 
-    def _wait_for_any(self, timeout_s: float) -> bool:
-        """Queue what arrives within ``timeout_s``; True once anything for us came."""
+    def _wait_for_live(self, reply: dict[str, Any], timeout_s: float) -> bool:
+        """Queue what arrives within ``timeout_s``; True once a message proves the subscription was live at ``reply``.
+
+        For one console, only a message that starts at or before the reply's ``end``
+        proves it (its mark, or output published before the mark): a later one
+        may have come after bytes that were published while the subscription was
+        not yet live, which neither the history nor the stream would then hold.
+        For every console (``name`` None), any message does.
+        """
         deadline = time.monotonic() + timeout_s
         while self.sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
             message = decode(self.sock.recv_multipart())
             self._pending.append(message)
-            if self.name is None or message.name == self.name:
+            if self.name is None:
+                return True
+            if message.name == self.name and message.domid == reply.get("domid") and message.offset <= reply.get("end", 0):
                 return True
         return False
