@@ -1,0 +1,1 @@
+"""Fixtures and fakes that more than one test module uses."""
