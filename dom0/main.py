@@ -97,7 +97,7 @@ class Dom0:
             xenconsoled=self.xenconsoled,
             backends=self.backends,
         ))
-        self.toolstack = Toolstack(self, api=self.api, hypercall=self.hypercall, builder=self.builder, xs=self.xs,
+        self.toolstack = Toolstack(shut_host_down=self.shut_host_down, api=self.api, hypercall=self.hypercall, builder=self.builder, xs=self.xs,
                                    xenstore_service=self.xenstore_service, xenconsoled=self.xenconsoled,
                                    backends=self.backends, run_dir=run_dir)
         virq, virq_fds = self.hypercall("evtchn_bind_virq", virq=int(VIRQ.DOM_EXC))
@@ -168,6 +168,11 @@ class Dom0:
             self.backends.process_events()
             self.toolstack.tick()
         log.info("d0 (Domain-0): stopping")
+
+    def shut_host_down(self) -> None:
+        """End the main loop; once dom0 has stopped, the hypervisor shuts the host down."""
+        self.running = False
+        self.host_shutdown_requested = True
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.running = False

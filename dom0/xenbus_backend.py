@@ -190,6 +190,8 @@ class XenbusBackend:
         dev = XenbusDevice(devicetype, frontend_id, devid, self.ctx.domain_name(frontend_id))
         dev.otherend = self.read(dev.nodename, FRONTEND) or ""
         self.devices[dev.key] = dev
+        if dev.otherend:  # followed from the start, so a failed probe still goes down with its front end
+            self.ctx.watcher.watch(f"{dev.otherend}/{STATE}", _device_token(dev))
         try:
             nodes = driver.probe(self, dev)
             self.ctx.xs.transact(lambda tx: [self.ctx.xs.write(f"{dev.nodename}/{k}", v, tx=tx)
@@ -198,8 +200,6 @@ class XenbusBackend:
             self.dev_fatal(dev, exc, "probing")
             return None
         self.switch_state(dev, XenbusState.InitWait)
-        if dev.otherend:
-            self.ctx.watcher.watch(f"{dev.otherend}/{STATE}", _device_token(dev))
         log.info("%s: probed", dev.label)
         return dev
 

@@ -61,8 +61,7 @@ def down(ts: Toolstack, request: Request) -> None:
             log.info("%s: still running at host shutdown; destroying it", built.label)
             ts.lifecycle.destroy(built)
         request.reply({"forced": not ok})
-        ts.dom0.running = False
-        ts.dom0.host_shutdown_requested = True
+        ts.shut_host_down()
 
     if not domids:
         finish(True)

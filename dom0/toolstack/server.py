@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import msgpack
 import zmq
@@ -34,9 +34,6 @@ from ..xenstored import LocalXenstore
 from . import ops_console, ops_device, ops_domain, ops_sched, ops_xenstore
 from .lifecycle import Lifecycle
 from .request import Request, ToolstackError
-
-if TYPE_CHECKING:
-    from ..main import Dom0
 
 __all__ = ["Toolstack", "Op", "OPS"]
 
@@ -120,14 +117,14 @@ class Toolstack:
     channel; ``builder`` builds domains; ``xs`` is dom0's xenstore connection and
     ``xenstore_service`` the daemon behind it (for watches streamed to clients);
     ``xenconsoled`` holds the consoles; ``backends`` the back-end bus (hotplug, and
-    the devices' counters). ``dom0`` is only stopped: ``down`` ends its loop and asks for
-    the host's shutdown.
+    the devices' counters); ``shut_host_down()`` ends dom0's loop and has the host
+    shut down after it (``down``).
     """
 
-    def __init__(self, dom0: "Dom0", *, api: zmq.Socket, hypercall: Callable[..., tuple[Any, list[int]]],
+    def __init__(self, *, shut_host_down: Callable[[], None], api: zmq.Socket, hypercall: Callable[..., tuple[Any, list[int]]],
                  builder: DomainBuilder, xs: LocalXenstore, xenstore_service: XenstoreService,
                  xenconsoled: Xenconsoled, backends: XenbusBackend, run_dir: RunDir) -> None:
-        self.dom0 = dom0
+        self.shut_host_down = shut_host_down
         self.api = api
         self.hypercall = hypercall
         self.builder = builder

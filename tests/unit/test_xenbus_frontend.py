@@ -186,19 +186,17 @@ def test_back_end_probe_fails_both_ends_close(rig: Rig) -> None:
     assert rig.toolstack.value(BACK_ERROR) == back_report
     assert rig.toolstack.value(FRONT_ERROR) == front_report
 
-    # Then the front end is Closed and waits; the back end stays Closing (a failed device is the
-    # toolstack's to remove, as libxl does on the error): once its directory goes, the rings go.
+    # Then both are Closed (the back end follows its front end down, as after any failure) and the
+    # rings go; the failed device stays the toolstack's to remove, as libxl does on the error.
     driver.release("closing")
-    rig.settle(lambda: rig.front_state() == S.Closed, "the front end Closed")
-    assert rig.back_state() == S.Closing
+    rig.settle(lambda: driver.calls[-1:] == ["remove"], "the front end's remove")
+    assert rig.back_state() == S.Closed and rig.front_state() == S.Closed
     quiet()
-    assert driver.calls == ["probe", "closing"]
     rig.back.remove(VBD, GUEST, DEVID)
     rig.toolstack.rm(rig.back_path)
-    rig.settle(lambda: driver.calls[-1:] == ["remove"], "the front end's remove")
     assert rig.ctx.xs.written(BACK_ERROR) == [back_report]
     assert rig.guest.written(FRONT_ERROR) == [front_report]
-    assert rig.bus_writes(STATE) == states(S.Closing)
+    assert rig.bus_writes(STATE) == states(S.Closing, S.Closed)
     assert rig.guest_writes(STATE) == states(S.Closing, S.Closed)
     assert back_driver.calls == ["probe", "remove"]
     assert driver.calls == ["probe", "closing", "remove"]  # never connect
