@@ -110,6 +110,22 @@ class _Poll:
     done: Callable[[bool], None]
 
 
+def _subject(request: Request) -> str:
+    """The domain a request names, for dom0's log: `` for 'web'``, or nothing."""
+    args = request.args
+    name = args.get("domain")
+    if name is None and isinstance(args.get("config"), dict):
+        name = args["config"].get("name")
+    return "" if name is None else f" for {str(name)!r}"
+
+
+def _os_error_text(exc: OSError) -> str:
+    """An OSError as one line for the client: its reason, after the file it concerns if it names one."""
+    if not exc.strerror:
+        return str(exc)
+    return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+
+
 class Toolstack:
     """dom0's toolstack: its API socket, its domU table, and the services its operations use.
 
@@ -172,7 +188,10 @@ class Toolstack:
         except (ToolstackError, XsError) as exc:
             request.fail(str(exc))
         except OSError as exc:
-            request.fail(exc.strerror or str(exc))
+            # The user gets the sentence (a hypercall's refusal without its place in a multicall);
+            # dom0's log keeps all of it.
+            log.warning("%s%s refused: %s", request.op, _subject(request), exc)
+            request.fail(_os_error_text(exc))
         except Exception as exc:
             log.exception("request %s failed", request.op)
             request.fail(f"{request.op} failed: {type(exc).__name__}: {exc}")

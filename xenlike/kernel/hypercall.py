@@ -81,10 +81,24 @@ def recv_message(sock: socket.socket, flags: int = 0) -> tuple[Any, list[int]]:
 
 
 class HypercallError(OSError):
-    """A hypercall the hypervisor refused: the errno and the hypervisor's reason."""
+    """A hypercall the hypervisor refused: the errno and the hypervisor's reason.
 
-    def __init__(self, err: int, message: str) -> None:
+    ``strerror`` is the hypervisor's own sentence, fit to show a user. For a
+    refusal inside a multicall, ``call_index`` and ``call_op`` say which call
+    it was (Xen's ``multicall_entry`` whose ``result`` is an error); ``str()``
+    adds them, for logs.
+    """
+
+    def __init__(self, err: int, message: str, call_index: int | None = None, call_op: str | None = None) -> None:
         super().__init__(err, message)
+        self.call_index = call_index
+        self.call_op = call_op
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.call_index is None:
+            return text
+        return f"{text} (call {self.call_index} of a multicall, {self.call_op})"
 
     @classmethod
     def from_reply(cls, reply: dict) -> "HypercallError":
@@ -141,7 +155,8 @@ class HypercallClient:
         ``{"$result": [i, "key"]}`` takes ``key`` from the ``i``-th result. Returns
         (result, fds) per call. If one fails, HypercallError is raised after the
         fds of the calls before it were closed; its ``results`` attribute holds
-        those calls' results, so the caller can undo them.
+        those calls' results, so the caller can undo them; its ``strerror`` is
+        the hypervisor's sentence and ``call_index``/``call_op`` say which call failed.
         """
         reply, fds = self.call("multicall", calls=calls)
         results = [(r["result"], [fds[i] for i in r["fds"]]) for r in reply["results"]]
@@ -149,8 +164,10 @@ class HypercallClient:
         if error:
             for fd in fds:
                 os.close(fd)
-            exc = HypercallError.from_reply({"errno": error["errno"],
-                                             "error": f"call {error['index']} ({error['op']}): {error['message']}"})
+            index = error["index"]
+            cmd = (calls[index].get("args") or {}).get("cmd") if 0 <= index < len(calls) else None
+            exc = HypercallError(getattr(errno, error["errno"], errno.EINVAL), error["message"],
+                                 call_index=index, call_op=f"{error['op']} {cmd}" if cmd else error["op"])
             exc.results = [r for r, _ in results]  # type: ignore[attr-defined]
             raise exc
         return results
