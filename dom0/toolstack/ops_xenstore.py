@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from xenlike.public.xs_wire import XsdSockmsgType as XS
-from xenlike.public.xs_wire import join_strings, parse_error_payload
+from xenlike.public.xs_wire import XsError, join_strings, parse_error_payload
 
 from ..xenstored import Delivery
 from .request import Request, ToolstackError
@@ -20,22 +20,59 @@ if TYPE_CHECKING:
 __all__ = ["read", "write", "rm", "ls", "watch", "unwatch"]
 
 
+# What xenstored's error names mean to someone who typed a path.
+_MEANING = {
+    "ENOENT": "no such node",
+    "EACCES": "permission denied",
+    "EINVAL": "not a valid path (letters, digits and -/_@ between single slashes, no trailing slash)",
+    "E2BIG": "too long",
+    "ENOSPC": "a quota is exhausted",
+    "EISDIR": "it is a directory",
+}
+
+
+def _refused(action: str, path: str, err: XsError) -> ToolstackError:
+    """xenstore_client.c's ``couldn't read path %s``, with xenstored's error and what it means."""
+    meaning = _MEANING.get(err.errno_name)
+    return ToolstackError(f"cannot {action} {path}: {err.errno_name}" + (f" ({meaning})" if meaning else ""))
+
+
 def read(ts: Toolstack, request: Request) -> Any:
-    return ts.xs.read(request.args["path"])
+    path = request.args["path"]
+    try:
+        return ts.xs.read(path)
+    except XsError as err:
+        raise _refused("read", path, err) from None
 
 
 def write(ts: Toolstack, request: Request) -> Any:
-    ts.xs.write(request.args["path"], request.args["value"])
+    path = request.args["path"]
+    try:
+        ts.xs.write(path, request.args["value"])
+    except XsError as err:
+        raise _refused("write", path, err) from None
     return {}
 
 
 def rm(ts: Toolstack, request: Request) -> Any:
-    ts.xs.rm(request.args["path"])
+    path = request.args["path"]
+    try:
+        ts.xs.rm(path)
+    except XsError as err:
+        raise _refused("remove", path, err) from None
     return {}
 
 
 def ls(ts: Toolstack, request: Request) -> Any:
     """Every node below ``path`` with value and permissions, depth first (xenstore-ls)."""
+    path = request.args.get("path") or "/"
+    try:
+        return _walk(ts, path)
+    except XsError as err:
+        raise _refused("list", path, err) from None
+
+
+def _walk(ts: Toolstack, top: str) -> list[dict[str, Any]]:
     xs = ts.xs
     out = []
 
@@ -46,7 +83,7 @@ def ls(ts: Toolstack, request: Request) -> Any:
             out.append({"path": full, "depth": depth, "name": child, "value": xs.read(full), "perms": perms})
             walk(full, depth + 1)
 
-    walk(request.args.get("path") or "/", 0)
+    walk(top, 0)
     return out
 
 
@@ -64,7 +101,7 @@ def watch(ts: Toolstack, request: Request) -> Any:
     reply = service.daemon.handle(conn, XS.WATCH, 1, 0, join_strings([path, token]))
     if reply and reply[0].msg_type == XS.ERROR:
         service.daemon.disconnect(conn)
-        raise ToolstackError(f"cannot watch {path}: {parse_error_payload(reply[0].payload)}")
+        raise _refused("watch", path, XsError(parse_error_payload(reply[0].payload)))
     ts.xenstore_watches[(request.identity, request.call_id)] = conn
     service.route(reply[1:])
     return {"token": token}
