@@ -20,7 +20,8 @@ entry-point group ``xenlike.workloads``, ``module:function`` or
 
 Keys xl knows that mean nothing to xenlike (``type``, ``kernel``,
 ``bootloader``, ``pool``, ...) and unknown keys are reported in
-``DomainConfig.warnings``, never as errors. Every bad value raises
+``DomainConfig.warnings``, never as errors; an unknown key's warning offers
+the known key most like it. Every bad value raises
 :class:`ConfigError` naming the key, the value, where it was set and what was
 expected.
 """
@@ -45,6 +46,7 @@ from xenlike.tools.config.xlcfg import (
     parse_xlcfg,
     read_config_text,
 )
+from xenlike.tools.suggest import did_you_mean
 
 __all__ = [
     "ACTIONS",
@@ -420,7 +422,8 @@ def _build(reader: _Reader) -> DomainConfig:
         if key in XL_KEYS_IGNORED:
             warnings.append(f"key {key!r} in {reader.where(key)} is an xl setting xenlike does not use, ignored")
         elif key not in USED_KEYS:
-            warnings.append(f"unknown key {key!r} in {reader.where(key)}, ignored")
+            warnings.append(f"unknown key {key!r} in {reader.where(key)}, ignored"
+                            + did_you_mean(key, USED_KEYS | XL_KEYS_IGNORED))
     name = _name(reader)
     memory = reader.integer("memory", DEFAULT_MEMORY_MIB, 1, INT_MAX, "a whole number of MiB")
     maxmem = reader.integer("maxmem", memory, 1, INT_MAX, "a whole number of MiB")
