@@ -5,6 +5,12 @@ Each shows one part of the system at work: ``hello`` the console and xenstore,
 disk that keeps its contents across reboots, ``burn`` a CPU-bound guest for the
 scheduler, ``crash`` the ``on_crash`` action, ``idle`` a guest that only waits to
 be shut down.
+
+Each workload's docstring is what ``xenlike workloads`` shows, read from this
+source without importing it: the first line is the summary, and an ``Args:``
+section lists the ``workload_args`` the workload takes (``--flag VALUE: what it
+means``). A workload of your own that follows the convention is listed the same
+way (``docs/guest-api.md``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ from ..workload import WorkloadContext
 
 
 def hello(ctx: WorkloadContext) -> None:
-    """Greet, show what xenstore says about this domain, then idle until shut down."""
+    """Greet, show what xenstore says about this domain, then idle until shut down.
+
+    Prints its home path, ``memory/target`` and ``vm`` and writes ``data/greeting``.
+    Takes no arguments.
+    """
     print(f"Hello from {ctx.name}, domain {ctx.domid}!")
     print(f"  my xenstore home: {ctx.xenstore.get_domain_path(ctx.domid)}")
     print(f"  memory/target: {ctx.xenstore.read_str('memory/target')} KiB, vm: {ctx.xenstore.read_str('vm')}")
@@ -27,7 +37,11 @@ def hello(ctx: WorkloadContext) -> None:
 
 
 def ticker(ctx: WorkloadContext) -> None:
-    """Print a counter every ``--interval`` seconds (default 1) until shut down."""
+    """Count until shut down: each tick printed on the console and written to ``data/ticks``.
+
+    Args:
+        --interval SECONDS: seconds between ticks (default 1).
+    """
     interval = 1.0
     if "--interval" in ctx.args:
         interval = float(ctx.args[ctx.args.index("--interval") + 1])
@@ -40,7 +54,10 @@ def ticker(ctx: WorkloadContext) -> None:
 
 
 def echo(ctx: WorkloadContext) -> None:
-    """Echo each console input line back; ``xenlike console echo`` to type to it."""
+    """Echo each line typed on the console back to it (``xenlike console echo`` to type).
+
+    The last line is also written to ``data/last-line``. Takes no arguments.
+    """
     print("echo: type a line (Ctrl-] detaches)")
     while not ctx.shutdown.is_set():
         line = sys.stdin.readline()
@@ -52,12 +69,20 @@ def echo(ctx: WorkloadContext) -> None:
 
 
 def idle(ctx: WorkloadContext) -> None:
-    """Do nothing until shut down."""
+    """Do nothing until shut down (the workload of a config that names none).
+
+    Takes no arguments.
+    """
     ctx.shutdown.wait()
 
 
 def burn(ctx: WorkloadContext) -> None:
-    """Spin on every vCPU until shut down (a CPU-bound guest for the scheduler)."""
+    """Spin on every vCPU until shut down: a CPU-bound guest for the scheduler.
+
+    vCPU 0 counts in a loop and keeps :func:`spin` running on each of
+    ``ctx.vcpus`` (``vcpus = N`` in the config); prints the total when shut
+    down. Takes no arguments.
+    """
     spins = 0
     calls = [vcpu.submit(spin, 0.05) for vcpu in ctx.vcpus]
     while not ctx.shutdown.is_set():
@@ -81,7 +106,13 @@ def spin(seconds: float) -> int:
 
 
 def crash(ctx: WorkloadContext) -> None:
-    """Crash after ``--after`` seconds (default 1): shows ``on_crash`` at work."""
+    """Crash on purpose after a delay, to show ``on_crash`` at work.
+
+    Raises RuntimeError, unless a shutdown request comes first.
+
+    Args:
+        --after SECONDS: seconds before the crash (default 1).
+    """
     after = float(ctx.args[ctx.args.index("--after") + 1]) if "--after" in ctx.args else 1.0
     print(f"{ctx.name} will crash in {after:g}s")
     if not ctx.sleep(after):
@@ -92,10 +123,16 @@ JOURNAL_MAGIC = b"XLJOURNAL1\0\0"
 
 
 def journal(ctx: WorkloadContext) -> None:
-    """A log on disk xvda that survives reboots: one entry per boot, then a heartbeat.
+    """Keep a log on disk xvda that survives reboots: one entry per boot, then heartbeats.
 
-    The disk holds a header sector (magic, bytes used) and the text after it.
-    ``--interval`` seconds between heartbeats (default 10).
+    The disk holds a header sector (magic, bytes used) and the text after it;
+    each entry is flushed before the next. At boot it prints how many entries
+    and earlier boots it found, and the last three entries. Needs a disk
+    ``xvda`` (``disk = ["vdev=xvda, size=16M, target=journal.img"]``); when it is
+    full, the log starts over.
+
+    Args:
+        --interval SECONDS: seconds between heartbeats (default 10).
     """
     interval = float(ctx.args[ctx.args.index("--interval") + 1]) if "--interval" in ctx.args else 10.0
     disk = ctx.disks.get("xvda")
