@@ -13,10 +13,10 @@ import resource
 import sys
 from pathlib import Path
 
-from xenlike.public.atomic import check_platform
-from xenlike.kernel.rundir import RunDir
-from xenlike.kernel.proc import log_to_file, set_process_name
 from xenlike.hypervisor.zygote import start_zygote
+from xenlike.kernel.proc import log_to_file, set_process_name
+from xenlike.kernel.rundir import RunDir
+from xenlike.public.atomic import check_platform
 
 DOM0_MEMORY_MIB = 32
 
@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-dir", required=True, type=Path)
     p.add_argument("--memory", type=int, required=True, help="host memory for domains, MiB")
     p.add_argument("--pcpus", type=int, default=os.cpu_count(), help="physical CPUs to schedule on")
-    p.add_argument("--sched", default="credit", help="the scheduler (entry-point group xenlike.schedulers; default credit)")
+    p.add_argument(
+        "--sched", default="credit", help="the scheduler (entry-point group xenlike.schedulers; default credit)"
+    )
     return p.parse_args(argv)
 
 
@@ -44,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     from xenlike.hypervisor.sched import available_schedulers, load_scheduler
 
     if args.sched not in available_schedulers():  # by name only: a plugin is imported after the zygote forks
-        print(f"xenlike.hypervisor: no scheduler named {args.sched!r} (registered: "
-              f"{', '.join(sorted(available_schedulers())) or 'none'})", file=sys.stderr)
+        print(
+            f"xenlike.hypervisor: no scheduler named {args.sched!r} (registered: "
+            f"{', '.join(sorted(available_schedulers())) or 'none'})",
+            file=sys.stderr,
+        )
         return 2
     run_dir = RunDir(args.run_dir)
     # The zygote comes first: nothing below (threads, epoll, zmq) may be inherited by domains.

@@ -6,15 +6,21 @@ import os
 import socket
 import time
 import uuid as uuidlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from xenlike.kernel.memory import GuestMemory
 from xenlike.public.xen import PAGE_SIZE, ShutdownReason
 
-__all__ = ["Domain", "FramePool", "OutOfMemory", "read_proc_stat", "CLOCK_TICKS"]
+__all__ = ["Domain", "FramePool", "OutOfMemory", "mib_to_frames", "read_proc_stat", "CLOCK_TICKS"]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def mib_to_frames(mib: int) -> int:
+    """How many frames ``mib`` MiB of memory is (``xenlike up --memory``, ``memory`` in xl.cfg)."""
+    return mib * (1 << 20) // PAGE_SIZE
 
 
 class OutOfMemory(MemoryError):

@@ -6,6 +6,9 @@ domain binds to a peer's port, each end also receives the *peer's* eventfd as
 its send side, so a ``send`` is one ``write()`` into the peer's eventfd: no hop
 through the hypervisor on the data path, and a domain can only signal ports it
 was bound to. The domain's side is :class:`xenlike.kernel.events.EventLoop`.
+
+:class:`EventChannelHost` is the tables; the functions at the end are the
+``EVTCHNOP_*`` hypercalls (``do_event_channel_op``) that reach them.
 """
 
 from __future__ import annotations
@@ -13,12 +16,28 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from xenlike.hypervisor.domain import Domain
+from xenlike.hypervisor.hypercall import Refused, Result
 from xenlike.kernel.events import new_port_fd
-from xenlike.public.event_channel import EVTCHN_2L_NR_CHANNELS, ChannelState, EvtchnError
+from xenlike.public.event_channel import EVTCHN_2L_NR_CHANNELS, VIRQ, ChannelState, EvtchnError
 from xenlike.public.xen import DOMID_SELF, NR_VIRQS
 
-__all__ = ["PortFds", "PeerUpdate", "EventChannelHost"]
+if TYPE_CHECKING:
+    from xenlike.hypervisor.core import Hypervisor
+
+__all__ = [
+    "PortFds",
+    "PeerUpdate",
+    "EventChannelHost",
+    "DOM0_VIRQS",
+    "evtchn_alloc_unbound",
+    "evtchn_bind_interdomain",
+    "evtchn_bind_virq",
+    "evtchn_close",
+    "evtchn_status",
+]
 
 
 @dataclass
@@ -127,7 +146,8 @@ class EventChannelHost:
             raise EvtchnError(errno.EINVAL, f"d{remote_dom} port {remote_port} is not an unbound port")
         if remote.remote_dom != domid:
             raise EvtchnError(
-                errno.EINVAL, f"d{remote_dom} port {remote_port} accepts a binding from d{remote.remote_dom}, not d{domid}"
+                errno.EINVAL,
+                f"d{remote_dom} port {remote_port} accepts a binding from d{remote.remote_dom}, not d{domid}",
             )
         port = table.free_port()
         local = _Port(ChannelState.INTERDOMAIN, new_port_fd(), remote_dom=remote_dom, remote_port=remote_port)
@@ -236,3 +256,50 @@ class EventChannelHost:
         if entry is None:
             raise EvtchnError(errno.EINVAL, f"d{domid} has no open port {port}")
         return entry
+
+
+# --------------------------------------------------------------------------------
+# The hypercalls (do_event_channel_op). ``dom``, where a call takes it, has been
+# checked by the dispatcher: the caller's own unless the caller is dom0.
+
+# The global VIRQs xenlike raises; dom0 is their handler (Xen's get_global_virq_handler).
+DOM0_VIRQS = frozenset({VIRQ.DOM_EXC})
+
+
+def evtchn_alloc_unbound(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """EVTCHNOP_alloc_unbound: a port of ``dom`` that ``remote_dom`` may bind; its fd goes to ``dom``."""
+    dom = args.get("dom", caller.domid)
+    remote = args["remote_dom"]
+    hv.domain(remote)
+    port = hv.evtchn.alloc_unbound(dom, remote)
+    if dom == caller.domid:
+        return {"port": port.port}, [port.recv_fd]
+    hv.send_event(dom, {"event": "evtchn_new", "port": port.port}, [port.recv_fd])
+    return {"port": port.port}, []
+
+
+def evtchn_bind_interdomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """EVTCHNOP_bind_interdomain: a new port of the caller's, bound to an unbound port of ``remote_dom``."""
+    local, update = hv.evtchn.bind_interdomain(caller.domid, args["remote_dom"], args["remote_port"])
+    hv.send_peer_updates([update])
+    return {"port": local.port}, [local.recv_fd, local.send_fd]  # type: ignore[list-item]
+
+
+def evtchn_bind_virq(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """EVTCHNOP_bind_virq: a port the hypervisor raises for ``virq``; the global ones are dom0's."""
+    virq = args["virq"]
+    if virq in DOM0_VIRQS and not caller.privileged:
+        raise Refused(errno.EPERM, f"{caller.label} may not bind VIRQ_{VIRQ(virq).name}: it is dom0's")
+    port = hv.evtchn.bind_virq(caller.domid, virq)
+    return {"port": port.port}, [port.recv_fd]
+
+
+def evtchn_close(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """EVTCHNOP_close: free a port of ``dom``; an interdomain peer goes back to unbound."""
+    hv.send_peer_updates(hv.evtchn.close(args.get("dom", caller.domid), args["port"]))
+    return {}, []
+
+
+def evtchn_status(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """EVTCHNOP_status: state, peer and virq of a port of ``dom``."""
+    return hv.evtchn.status(args.get("dom", caller.domid), args["port"]), []

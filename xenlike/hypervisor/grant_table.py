@@ -7,28 +7,43 @@ by an atomic compare-and-swap on the flags and domid word, exactly as Xen's
 ``GNTTABOP_unmap_grant_ref`` takes back. Because the mark and the granter's revoke
 are both compare-and-swaps on the same word, a grant can never be revoked while
 it is mapped.
+
+The functions at the end are the ``GNTTABOP_*`` hypercalls (``do_grant_table_op``).
+Every domain's maps are checked, but only dom0 is given the frames: it holds every
+domU's memfd, as a privileged domain may map foreign memory. Other domains copy
+(``grant_copy``).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
+from xenlike.hypervisor.domain import Domain
+from xenlike.hypervisor.hypercall import Result
 from xenlike.kernel.gnttab import GrantTableFrames
 from xenlike.public.atomic import cmpxchg16, cmpxchg32
 from xenlike.public.grant_table import (
     GNTST,
     GRANT_COMBO_DOMID_SHIFT,
     GRANT_COMBO_FLAGS_MASK,
+    GrantError,
     GTF_permit_access,
     GTF_reading,
     GTF_readonly,
     GTF_type_mask,
     GTF_writing,
-    GrantError,
 )
+from xenlike.public.xen import PAGE_SIZE
 
-__all__ = ["GrantMapping", "GrantMapper"]
+if TYPE_CHECKING:
+    from xenlike.hypervisor.core import Hypervisor
+
+__all__ = ["GrantMapping", "GrantMapper", "grant_map", "grant_unmap", "grant_copy"]
+
+log = logging.getLogger("xenlike.hypervisor")
 
 # How often marking an entry in use is tried while the granter keeps changing it
 # (``_set_status_v1`` gives up on its fifth try: "Shared grant entry is unstable").
@@ -160,7 +175,9 @@ class GrantMapper:
             new_flags = flags | GTF_reading
             if not readonly:
                 if flags & GTF_readonly:
-                    raise GrantError(GNTST.general_error, f"grant ref {ref} is read-only; a writable mapping is refused")
+                    raise GrantError(
+                        GNTST.general_error, f"grant ref {ref} is read-only; a writable mapping is refused"
+                    )
                 new_flags |= GTF_writing
             found = cmpxchg32(address, word, new_flags | (domid << GRANT_COMBO_DOMID_SHIFT))
             if found == word:
@@ -181,3 +198,80 @@ class GrantMapper:
             if found == flags:
                 return
             flags = found
+
+
+# --------------------------------------------------------------------------------
+# The hypercalls (do_grant_table_op).
+
+
+def grant_map(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """GNTTABOP_map_grant_ref, batched: every ref of ``granter`` checked and pinned, all or none.
+
+    The checks run for every domain, so a guest learns what is wrong with a
+    grant; the frames are then given to dom0 alone, which runs the back ends.
+    """
+    granter, readonly = args["granter"], bool(args.get("readonly", False))
+    done = []
+    try:
+        for ref in args["refs"]:
+            done.append(hv.grants.map_grant_ref(caller.domid, granter, ref, readonly))
+        if not caller.privileged:
+            raise GrantError(
+                GNTST.permission_denied,
+                f"{caller.label} may not map foreign frames: only dom0 runs back ends; use grant_copy",
+            )
+    except GrantError:
+        for mapping in done:
+            hv.grants.unmap_grant_ref(caller.domid, mapping.handle)
+        raise
+    handles = [m.handle for m in done]
+    channel = hv.calling_channel()
+    if channel is not None:
+        channel.grant_handles.update(handles)
+    return {"frames": [m.frame for m in done], "handles": handles}, []
+
+
+def grant_unmap(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """GNTTABOP_unmap_grant_ref, batched: give back mappings by handle."""
+    channel = hv.calling_channel()
+    for handle in args["handles"]:
+        hv.grants.unmap_grant_ref(caller.domid, handle)
+        if channel is not None:
+            channel.grant_handles.discard(handle)
+    return {}, []
+
+
+def grant_copy(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """GNTTABOP_copy: each op copies within one page, checked against the grants."""
+    statuses = []
+    for op in args["ops"]:
+        try:
+            length = op["len"]
+            source = _copy_side(hv, caller, op["source"], length, write=False)
+            dest = _copy_side(hv, caller, op["dest"], length, write=True)
+            dest[:] = source
+            statuses.append(GNTST.okay)
+        except GrantError as exc:
+            log.info("%s: grant copy refused: %s", caller.label, exc)
+            statuses.append(exc.status)
+    return {"status": statuses}, []
+
+
+def _copy_side(hv: Hypervisor, caller: Domain, side: dict, length: int, write: bool) -> memoryview:
+    offset = side.get("offset", 0)
+    if not (0 <= offset and 0 < length and offset + length <= PAGE_SIZE):
+        raise GrantError(GNTST.bad_copy_arg, f"a copy of {length} bytes at offset {offset} crosses a page")
+    domid = side.get("domid", caller.domid)
+    if "ref" in side:
+        mapping = hv.grants.map_grant_ref(caller.domid, domid, side["ref"], readonly=not write)
+        hv.grants.unmap_grant_ref(caller.domid, mapping.handle)
+        frame = mapping.frame
+    else:
+        if domid != caller.domid:
+            raise GrantError(GNTST.permission_denied, f"{caller.label} names d{domid}'s frame without a grant")
+        frame = side["gmfn"]
+    memory = hv.domains[domid].memory
+    try:
+        return memory.frame(frame)[offset : offset + length]
+    except IndexError as exc:
+        raise GrantError(GNTST.bad_page, str(exc)) from None

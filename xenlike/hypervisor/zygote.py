@@ -165,7 +165,7 @@ def _zygote_main(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     pool = _ShellPool(sock, (wake_r, wake_w))
     while True:
-        ready, _, _ = select.select([sock, wake_r], [], [], pool.seconds_to_refill())
+        ready, _, _ = select.select([sock.fileno(), wake_r], [], [], pool.seconds_to_refill())
         if wake_r in ready:
             while True:
                 try:
@@ -174,7 +174,7 @@ def _zygote_main(sock: socket.socket) -> None:
                 except BlockingIOError:
                     break
             _reap(sock)
-        if sock in ready:
+        if sock.fileno() in ready:
             try:
                 message, fds = recv_message(sock)
             except (ChannelClosed, ConnectionError, OSError):

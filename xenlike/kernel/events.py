@@ -16,8 +16,8 @@ from __future__ import annotations
 import errno
 import os
 import select
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from xenlike.public.event_channel import EvtchnError
 
@@ -63,7 +63,13 @@ class EventLoop:
     # -- ports ---------------------------------------------------------------------
 
     def bind(
-        self, port: int, recv_fd: int, send_fd: int | None = None, handler: Handler | None = None, *, masked: bool = False
+        self,
+        port: int,
+        recv_fd: int,
+        send_fd: int | None = None,
+        handler: Handler | None = None,
+        *,
+        masked: bool = False,
     ) -> EventChannel:
         """Install a port whose fds arrived from the hypervisor; the loop owns them now."""
         if port in self._ports:

@@ -17,12 +17,12 @@ from xenlike.public.grant_table import (
     GNTTAB_NR_RESERVED_ENTRIES,
     GRANT_ENTRIES_PER_FRAME,
     GRANT_ENTRY_SIZE,
+    GrantEntry,
+    GrantError,
     GTF_permit_access,
     GTF_reading,
     GTF_readonly,
     GTF_writing,
-    GrantEntry,
-    GrantError,
 )
 
 __all__ = ["GrantTableFrames", "GrantTable"]

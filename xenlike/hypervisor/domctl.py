@@ -1,0 +1,264 @@
+"""Domain management, dom0's alone (``xen/common/domctl.c``): create, start, destroy, pause, info, scheduling.
+
+Every function here is a ``domctl`` command; the table marks them all
+privileged, so they run for dom0 only. The scheduling commands are
+``XEN_DOMCTL_scheduler_op`` (weight, cap), ``getvcpuinfo`` (``vcpu_list``) and
+``setvcpuaffinity`` (``vcpu_pin``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from xenlike.hypervisor.domain import Domain
+from xenlike.hypervisor.hypercall import Deferred, Refused, Result
+from xenlike.hypervisor.sched import DEFAULT_WEIGHT, SchedError
+from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES
+from xenlike.public.xen import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from xenlike.hypervisor.core import Hypervisor
+
+__all__ = [
+    "createdomain",
+    "startdomain",
+    "destroydomain",
+    "pausedomain",
+    "unpausedomain",
+    "getdomaininfo",
+    "get_changed_domains",
+    "rename",
+    "getmemory",
+    "open_channel",
+    "close_channel",
+    "host_shutdown",
+    "sched_credit_get",
+    "sched_credit_set",
+    "vcpu_list",
+    "vcpu_pin",
+]
+
+log = logging.getLogger("xenlike.hypervisor")
+
+
+def createdomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XEN_DOMCTL_createdomain: reserve a domain's memory and scheduler entry; it runs once started."""
+    name = args["name"]
+    if any(d.name == name for d in hv.domains.values()):
+        raise Refused(errno.EEXIST, f"a domain named {name!r} already exists")
+    vcpus = int(args.get("vcpus", 1))
+    weight, cap, cpus = args.get("weight", DEFAULT_WEIGHT), args.get("cap", 0), args.get("cpus")
+    try:  # refused before anything is reserved
+        hv.scheduler.check_weight(weight)
+        hv.scheduler.check_cap(f"domain {name!r}", vcpus, cap)
+        if cpus is not None:
+            hv.scheduler.check_cpus(cpus)
+    except SchedError as exc:
+        raise Refused(exc.errno, str(exc)) from None
+    domid = hv.allocate_domid()
+    domain = hv.new_domain(
+        domid,
+        name,
+        int(args["memory_mib"]),
+        int(args.get("maxmem_mib") or args["memory_mib"]),
+        vcpus,
+        int(args.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES)),
+    )
+    if args.get("uuid"):
+        domain.uuid = args["uuid"]
+    hv.scheduler.add_domain(domid, domain.label, vcpus, weight, cap, cpus)
+    log.info("%s: created, %d MiB, %d vCPU(s)", domain.label, domain.nr_frames * PAGE_SIZE >> 20, domain.vcpus)
+    return {"domid": domid, "uuid": domain.uuid, "nr_frames": domain.nr_frames}, [domain.memory.fd]
+
+
+def startdomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """Fork the domain's vCPU 0 with its boot message (``paused``: stopped before it runs)."""
+    domain = hv.domain(args["domid"])
+    if domain.pid is not None or domain.shutdown_reason is not None:
+        raise Refused(errno.EINVAL, f"{domain.label} has already run")
+    pid = hv.spawn(domain, {"role": "domu", **args.get("boot", {})})
+    if args.get("paused"):
+        domain.paused = True
+        os.killpg(pid, signal.SIGSTOP)
+        hv.scheduler.pause(domain.domid)
+    hv.scheduler.vcpu_up(domain.domid, 0, pid)
+    log.info("%s: started, pid %d%s", domain.label, pid, " (paused)" if domain.paused else "")
+    return {"pid": pid}, []
+
+
+def destroydomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XEN_DOMCTL_destroydomain: kill a domU; answered once its process is reaped and it is freed."""
+    domain = hv.domain(args["domid"])
+    if domain.domid == 0:
+        raise Refused(errno.EINVAL, "dom0 cannot be destroyed; shut the host down instead")
+    domain.dying = True
+    if domain.pid is None:
+        hv.finalize(domain)
+        return {"domid": domain.domid}, []
+    hv.reply_when_destroyed(domain)
+    hv.kill(domain)
+    raise Deferred()
+
+
+def pausedomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XEN_DOMCTL_pausedomain: stop every process of a running domU until unpaused."""
+    domain, pid = _running_domu(hv, args["domid"])
+    if not domain.paused:
+        domain.paused = True
+        os.killpg(pid, signal.SIGSTOP)
+        hv.scheduler.pause(domain.domid)  # it stays stopped whatever the scheduler decides
+        log.info("%s: paused", domain.label)
+    return {}, []
+
+
+def unpausedomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XEN_DOMCTL_unpausedomain: hand a paused domU back to the scheduler."""
+    domain, pid = _running_domu(hv, args["domid"])
+    if domain.paused:
+        domain.paused = False
+        os.killpg(pid, signal.SIGCONT)
+        hv.scheduler.unpause(domain.domid)  # back to the scheduler, which may stop it again
+        log.info("%s: unpaused", domain.label)
+    return {}, []
+
+
+def _running_domu(hv: Hypervisor, domid: Any) -> tuple[Domain, int]:
+    """The domU ``domid`` names and its process group, if it runs."""
+    domain = hv.domain(domid)
+    if domain.domid == 0:
+        raise Refused(errno.EINVAL, "dom0 cannot be paused")
+    if domain.pid is None or domain.shutdown_reason is not None:
+        raise Refused(errno.EINVAL, f"{domain.label} is not running")
+    return domain, domain.pid
+
+
+def getdomaininfo(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XEN_DOMCTL_getdomaininfo of one domain (``domid``) or of every domain."""
+    if "domid" in args:
+        return [domain_info(hv, hv.domain(args["domid"]))], []
+    return [domain_info(hv, d) for d in sorted(hv.domains.values(), key=lambda d: d.domid)], []
+
+
+def get_changed_domains(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """The domains whose state changed since the last call, each with its info (None: destroyed).
+
+    What libxenmanage's ``xenmanage_poll_changed_domain`` asks Xen
+    (``XEN_DOMCTL_get_domain_state``): what ``VIRQ_DOM_EXC`` is about, so its
+    handler need not fetch every domain's info to find out.
+    """
+    rows = []
+    for domid in hv.take_changed_domains():
+        domain = hv.domains.get(domid)
+        rows.append({"domid": domid, "info": domain_info(hv, domain) if domain is not None else None})
+    return rows, []
+
+
+def domain_info(hv: Hypervisor, domain: Domain) -> dict:
+    """``getdomaininfo`` of one domain; CPU time and run state as the scheduler accounted them."""
+    scheduled = domain.pid is not None and domain.shutdown_reason is None and domain.domid in hv.scheduler.domains
+    return domain.info(hv.scheduler.domain_info(domain.domid) if scheduled else None)
+
+
+def rename(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """Give a domain a new name, unique on the host."""
+    domain = hv.domain(args["domid"])
+    new = args["name"]
+    if any(d.name == new and d is not domain for d in hv.domains.values()):
+        raise Refused(errno.EEXIST, f"a domain named {new!r} already exists")
+    log.info("%s: renamed to %s", domain.label, new)
+    domain.name = new
+    if domain.domid in hv.scheduler.domains:
+        hv.scheduler.domains[domain.domid].label = domain.label
+    return {}, []
+
+
+def getmemory(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """A domain's memfd, for dom0 to map (a privileged domain may map foreign memory)."""
+    domain = hv.domain(args["domid"])
+    return {"nr_frames": domain.nr_frames}, [domain.memory.fd]
+
+
+def open_channel(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """Another hypercall socket for dom0, for a back-end worker process; returns its id."""
+    channel, fd = hv.open_channel(caller)
+    return {"channel": channel}, [fd]
+
+
+def close_channel(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """dom0 is done with a worker's channel: close it now, unmapping what it left mapped."""
+    hv.close_channel(args["channel"])
+    return {}, []
+
+
+def host_shutdown(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """Stop the host: every domain is killed and, once reaped, freed."""
+    hv.stop("requested by dom0")
+    return {}, []
+
+
+# --------------------------------------------------------------------------------
+# Scheduling (XEN_DOMCTL_scheduler_op, getvcpuinfo, setvcpuaffinity).
+
+
+def _scheduled(hv: Hypervisor, domid: Any) -> Domain:
+    domain = hv.domain(domid)
+    if domain.domid not in hv.scheduler.domains:
+        raise Refused(errno.EINVAL, f"{domain.label} is not running: it has no vCPUs to schedule")
+    return domain
+
+
+def _scheduled_domains(hv: Hypervisor, args: dict) -> list[Domain]:
+    """The domain ``args["domid"]`` names, or every scheduled domain."""
+    if "domid" in args:
+        return [_scheduled(hv, args["domid"])]
+    return [d for d in sorted(hv.domains.values(), key=lambda d: d.domid) if d.domid in hv.scheduler.domains]
+
+
+def sched_credit_get(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """Weight and cap of one domain (``domid``) or of every scheduled domain."""
+    return [
+        {"domid": d.domid, "name": d.name, **hv.scheduler.params(d.domid)} for d in _scheduled_domains(hv, args)
+    ], []
+
+
+def sched_credit_set(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """Set a domain's weight and/or cap; either may be left out."""
+    domain = _scheduled(hv, args["domid"])
+    try:
+        params = hv.scheduler.adjust(domain.domid, args.get("weight"), args.get("cap"))
+    except SchedError as exc:
+        raise Refused(exc.errno, str(exc)) from None
+    log.info("%s: weight %d, cap %d", domain.label, params["weight"], params["cap"])
+    return params, []
+
+
+def vcpu_list(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """Every vCPU of one domain (``domid``) or of every scheduled domain."""
+    rows = []
+    for domain in _scheduled_domains(hv, args):
+        for row in hv.scheduler.vcpu_list(domain.domid):
+            rows.append({"domid": domain.domid, "name": domain.name, **row})
+    return rows, []
+
+
+def vcpu_pin(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """A vCPU's hard affinity (``vcpu`` None: every vCPU of the domain; ``cpus`` None: every pCPU)."""
+    domain = _scheduled(hv, args["domid"])
+    vcpu, cpus = args.get("vcpu"), args["cpus"]
+    if cpus is None:
+        cpus = list(hv.pcpus)
+    try:
+        hv.scheduler.pin(domain.domid, vcpu, cpus)
+    except SchedError as exc:
+        raise Refused(exc.errno, str(exc)) from None
+    log.info(
+        "%s: vCPU %s pinned to pCPUs %s",
+        domain.label,
+        "all" if vcpu is None else vcpu,
+        ",".join(map(str, sorted(cpus))),
+    )
+    return {}, []

@@ -1,0 +1,94 @@
+"""Every hypercall a domain can make, and who may make it (Xen's ``xen/include/hypercall-defs.c``).
+
+This table is the list: the dispatcher (``core.py``) finds each call's row here,
+refuses a ``privileged`` call to every domain but dom0 and a ``target`` call
+that names another domain's ``dom`` unless the caller is dom0, and lets a
+multicall hold only calls marked ``in_multicall``. Rules that depend on more than
+the caller stay with their call and are said in its line: the VIRQs that are
+dom0's, a guest's own vCPU processes, grant maps whose frames go to dom0 alone.
+
+A new hypercall is a handler in the module of its family and a row here.
+"""
+
+from __future__ import annotations
+
+from xenlike.hypervisor import console, domctl, event_channel, grant_table, multicall, sched_op, sysctl, version
+from xenlike.hypervisor.hypercall import Hypercall
+
+__all__ = ["HYPERCALLS"]
+
+# One row a call, its description under it: kept as a table, not as the formatter would lay it out.
+# fmt: off
+HYPERCALLS: tuple[Hypercall, ...] = (
+    # Event channels (event_channel.py)
+    Hypercall("evtchn_alloc_unbound", event_channel.evtchn_alloc_unbound, target=True,
+              doc="EVTCHNOP_alloc_unbound: a port of dom that remote_dom may bind"),
+    Hypercall("evtchn_bind_interdomain", event_channel.evtchn_bind_interdomain,
+              doc="EVTCHNOP_bind_interdomain: a new port bound to remote_dom's unbound remote_port"),
+    Hypercall("evtchn_bind_virq", event_channel.evtchn_bind_virq,
+              doc="EVTCHNOP_bind_virq: a port raised for a VIRQ (VIRQ_DOM_EXC is dom0's)"),
+    Hypercall("evtchn_close", event_channel.evtchn_close, target=True,
+              doc="EVTCHNOP_close: free a port; its interdomain peer goes back to unbound"),
+    Hypercall("evtchn_status", event_channel.evtchn_status, target=True,
+              doc="EVTCHNOP_status: a port's state, peer and VIRQ"),
+    # Grant tables (grant_table.py)
+    Hypercall("grant_map", grant_table.grant_map,
+              doc="GNTTABOP_map_grant_ref, batched: checked for every domain, the frames given to dom0 alone"),
+    Hypercall("grant_unmap", grant_table.grant_unmap,
+              doc="GNTTABOP_unmap_grant_ref, batched"),
+    Hypercall("grant_copy", grant_table.grant_copy,
+              doc="GNTTABOP_copy: copies within one page each, checked against the grants"),
+    # A guest's own vCPUs, its console, the version (sched_op.py, console.py, version.py)
+    Hypercall("sched_shutdown", sched_op.sched_shutdown, in_multicall=False,
+              doc="SCHEDOP_shutdown: the guest is done, for a reason; answered before it is killed"),
+    Hypercall("vcpu_op", sched_op.vcpu_op,
+              doc="VCPUOP_up: a child process of the guest's vCPU 0 becomes a secondary vCPU"),
+    Hypercall("console_io", console.console_io,
+              doc="HYPERVISOR_console_io write: text for the hypervisor's log (xl dmesg)"),
+    Hypercall("xen_version", version.xen_version,
+              doc="version and capabilities"),
+    # Domain management (domctl.py)
+    Hypercall("domctl", domctl.createdomain, cmd="createdomain", privileged=True,
+              doc="reserve a domain's memory and scheduler entry; returns its domid and memfd"),
+    Hypercall("domctl", domctl.startdomain, cmd="startdomain", privileged=True,
+              doc="fork the domain's vCPU 0 with its boot message, paused if asked"),
+    Hypercall("domctl", domctl.destroydomain, cmd="destroydomain", privileged=True,
+              doc="kill a domU; answered once it is reaped and freed"),
+    Hypercall("domctl", domctl.pausedomain, cmd="pausedomain", privileged=True,
+              doc="stop a running domU's processes"),
+    Hypercall("domctl", domctl.unpausedomain, cmd="unpausedomain", privileged=True,
+              doc="hand a paused domU back to the scheduler"),
+    Hypercall("domctl", domctl.getdomaininfo, cmd="getdomaininfo", privileged=True,
+              doc="one domain's info, or every domain's"),
+    Hypercall("domctl", domctl.get_changed_domains, cmd="get_changed_domains", privileged=True,
+              doc="the domains whose state changed since VIRQ_DOM_EXC was last raised"),
+    Hypercall("domctl", domctl.rename, cmd="rename", privileged=True,
+              doc="a domain's new name"),
+    Hypercall("domctl", domctl.getmemory, cmd="getmemory", privileged=True,
+              doc="a domain's memfd, for dom0 to map"),
+    Hypercall("domctl", domctl.open_channel, cmd="open_channel", privileged=True,
+              doc="a hypercall socket for a back-end worker; what it leaves mapped is unmapped when it closes"),
+    Hypercall("domctl", domctl.close_channel, cmd="close_channel", privileged=True,
+              doc="close a back-end worker's socket now"),
+    Hypercall("domctl", domctl.host_shutdown, cmd="host_shutdown", privileged=True,
+              doc="stop the host"),
+    Hypercall("domctl", domctl.sched_credit_get, cmd="sched_credit_get", privileged=True,
+              doc="XEN_DOMCTL_scheduler_op get: weight and cap"),
+    Hypercall("domctl", domctl.sched_credit_set, cmd="sched_credit_set", privileged=True,
+              doc="XEN_DOMCTL_scheduler_op put: weight and/or cap"),
+    Hypercall("domctl", domctl.vcpu_list, cmd="vcpu_list", privileged=True,
+              doc="XEN_DOMCTL_getvcpuinfo of one domain's vCPUs, or every domain's"),
+    Hypercall("domctl", domctl.vcpu_pin, cmd="vcpu_pin", privileged=True,
+              doc="XEN_DOMCTL_setvcpuaffinity: a vCPU's hard affinity"),
+    # The host (sysctl.py)
+    Hypercall("sysctl", sysctl.physinfo, cmd="physinfo", privileged=True,
+              doc="the host's frames, pCPUs, version, grant mappings and ports"),
+    Hypercall("sysctl", sysctl.readconsole, cmd="readconsole", privileged=True,
+              doc="the hypervisor's console ring (xl dmesg), cleared if asked"),
+    Hypercall("sysctl", sysctl.sched_info, cmd="sched_info", privileged=True,
+              doc="the pool's scheduler and its parameters"),
+    # Batches (multicall.py)
+    Hypercall("multicall", multicall.multicall, in_multicall=False,
+              doc="several of the above in one round trip; {'$result': [i, key]} takes an earlier result's field"),
+)
+# fmt: on

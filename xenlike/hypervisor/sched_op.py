@@ -1,0 +1,61 @@
+"""What a guest asks about its own vCPUs: ``SCHEDOP_shutdown`` (``do_sched_op``) and ``VCPUOP_up`` (``do_vcpu_op``)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import TYPE_CHECKING
+
+from xenlike.hypervisor.domain import Domain
+from xenlike.hypervisor.hypercall import Deferred, Refused, Result
+from xenlike.hypervisor.sched import SchedError
+from xenlike.public.xen import ShutdownReason
+
+if TYPE_CHECKING:
+    from xenlike.hypervisor.core import Hypervisor
+
+__all__ = ["sched_shutdown", "vcpu_op"]
+
+log = logging.getLogger("xenlike.hypervisor")
+
+
+def sched_shutdown(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """SCHEDOP_shutdown: the guest is done, for ``reason``; answered, then its vCPUs never run again."""
+    reason = ShutdownReason(args["reason"])
+    if caller.shutdown_reason is None:
+        caller.shutdown_reason = reason
+        log.info("%s: shutdown requested by the guest (%s)", caller.label, reason.name.lower())
+    hv.reply_now({})
+    hv.kill(caller)
+    raise Deferred()
+
+
+def vcpu_op(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """VCPUOP_up: the guest's process ``pid`` is its vCPU ``vcpu`` from now on.
+
+    The process must be a child of the caller's vCPU 0 in the caller's process
+    group, so a guest can only hand the scheduler its own processes.
+    """
+    cmd, vcpu, pid = args.get("cmd"), args["vcpu"], args["pid"]
+    if cmd != "up":
+        raise Refused(errno.ENOSYS, f"no vcpu_op {cmd!r}")
+    if not isinstance(vcpu, int) or not 1 <= vcpu < caller.vcpus:
+        raise Refused(errno.EINVAL, f"{caller.label} has no secondary vCPU {vcpu!r} (vcpus = {caller.vcpus})")
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        parent, group = int(fields[1]), int(fields[2])
+    except (OSError, ValueError, IndexError):
+        raise Refused(errno.ESRCH, f"{caller.label}: no process {pid!r} to bring up as vCPU {vcpu}") from None
+    if parent != caller.pid or group != caller.pid:
+        log.warning("%s: refused vCPU %d as pid %s: not its own child", caller.label, vcpu, pid)
+        raise Refused(errno.EPERM, f"{caller.label}: pid {pid} is not a child of its vCPU 0")
+    if any(row["vcpu"] == vcpu and row["online"] for row in hv.scheduler.vcpu_list(caller.domid)):
+        raise Refused(errno.EEXIST, f"{caller.label}: vCPU {vcpu} is already up")
+    try:
+        hv.scheduler.vcpu_up(caller.domid, vcpu, int(pid))
+    except (SchedError, OSError) as exc:
+        raise Refused(getattr(exc, "errno", None) or errno.EINVAL, str(exc)) from None
+    log.info("%s: vCPU %d up, pid %d", caller.label, vcpu, pid)
+    return {}, []

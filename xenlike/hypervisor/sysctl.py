@@ -1,0 +1,40 @@
+"""The host's privileged queries (``xen/common/sysctl.c``): physinfo, the scheduler's settings, the console ring."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from xenlike.hypervisor.domain import Domain
+from xenlike.hypervisor.hypercall import Result
+from xenlike.hypervisor.version import VERSION
+
+if TYPE_CHECKING:
+    from xenlike.hypervisor.core import Hypervisor
+
+__all__ = ["physinfo", "sched_info", "readconsole"]
+
+
+def physinfo(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XEN_SYSCTL_physinfo: the host's frames, pCPUs and version, and what it holds for its domains."""
+    return {
+        "total_frames": hv.pool.total,
+        "free_frames": hv.pool.free,
+        "nr_cpus": os.cpu_count(),
+        "pcpus": hv.pcpus,
+        "version": VERSION,
+        "started": hv.started,
+        "grant_mappings": hv.grants.mapping_count(),
+        "evtchn_ports": hv.evtchn.open_fds(),
+        "sched": hv.scheduler.name,
+    }, []
+
+
+def sched_info(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XEN_SYSCTL_scheduler_op: the pool's scheduler and its parameters."""
+    return hv.scheduler.settings(), []
+
+
+def readconsole(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XEN_SYSCTL_readconsole: the console ring (``xl dmesg``), emptied when ``clear``."""
+    return {"lines": hv.console.read(bool(args.get("clear")))}, []

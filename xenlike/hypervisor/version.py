@@ -1,0 +1,20 @@
+"""What the hypervisor says it is (``xen/common/version.c``, ``do_xen_version``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from xenlike.hypervisor.domain import Domain
+from xenlike.hypervisor.hypercall import Result
+
+if TYPE_CHECKING:
+    from xenlike.hypervisor.core import Hypervisor
+
+__all__ = ["VERSION", "xen_version"]
+
+VERSION = {"major": 4, "minor": 19, "extra": "-xenlike", "caps": "xenlike-1-x86_64"}
+
+
+def xen_version(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XENVER_version, XENVER_extraversion and XENVER_capabilities in one answer."""
+    return VERSION, []
