@@ -8,7 +8,9 @@ workloads), :mod:`.top`, :mod:`.block`, :mod:`.sched`, :mod:`.vcpu`,
 
 Every verb but ``up`` talks to the toolstack of a running host (found through
 the run directory). A failure prints one line, ``xenlike VERB: what went
-wrong``, and exits 1 (3 when no host runs).
+wrong``, and exits 1 (3 when no host runs). A verb xenlike lacks prints
+``xenlike: xl has 'VERB'; xenlike does not (yet)``, or the verb most like it,
+and exits 2, as a command line the parser cannot read does.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import sys
 
 from xenlike.tools.config import ConfigError
 from xenlike.tools.toolstack_client import HostNotRunning, ToolstackError
-from xenlike.tools.xl.cmdtable import build_parser
+from xenlike.tools.xl.cmdtable import build_parser, unknown_verb, verb_of, verbs
 from xenlike.tools.xl.utils import XlError
 
 __all__ = ["main"]
 
 EXIT_FAILURE = 1
+EXIT_USAGE = 2  # argparse's, for a command line it cannot read
 EXIT_NO_HOST = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
@@ -32,6 +35,10 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: the command line) and run its verb; returns the exit status."""
     parser = build_parser()
+    verb = verb_of(sys.argv[1:] if argv is None else argv)
+    if verb is not None and verb not in verbs():
+        print(f"xenlike: {unknown_verb(verb)}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     if getattr(args, "cmd", None) is None:
         parser.print_help()

@@ -2,19 +2,23 @@
 
 A row (xl's ``struct cmd_spec``) names the verb, the function that runs it,
 its one-line help and its arguments, each an ``add_argument`` call. The table's
-order is ``--help``'s.
+order is ``--help``'s. :data:`XL_VERBS` lists xl's own verbs, so that a verb
+xenlike lacks is refused as xl's (:func:`unknown_verb`), and any other is
+answered with the verb most like it.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from xenlike.tools.suggest import did_you_mean
 from xenlike.tools.xl import block, console, host, info, sched, top, vcpu, vmcontrol, xenstore
+from xenlike.tools.xl.utils import XlError
 
-__all__ = ["Arg", "CmdSpec", "CMD_TABLE", "build_parser"]
+__all__ = ["Arg", "CmdSpec", "CMD_TABLE", "XL_VERBS", "build_parser", "unknown_verb", "verb_of", "verbs"]
 
 DESCRIPTION = """\
 xenlike: Xen's architecture in user space. A hypervisor process schedules guest
@@ -56,11 +60,27 @@ class CmdSpec:
 DOMAIN = Arg("domain", metavar="DOMAIN", help="domain name or id")
 DOMAIN_OR_ALL = Arg("domain", metavar="DOMAIN", nargs="?", help="domain name or id (default: all)")
 
+# xl's -F (xl_vmcontrol.c): for an HVM guest without PV drivers, an ACPI event in place of control/shutdown.
+FALLBACK_TRIGGER = Arg("-F", dest="fallback", action="store_true",
+                       help="xl's fallback to an ACPI event for HVM guests without PV drivers; accepted and never "
+                            "needed: xenlike guests are PV and always read control/shutdown")
+
 GLOBAL_OPTIONS = (
     Arg("--version", action="version", version="xenlike 0.1.0"),
     Arg("--run-dir", default=None,
         help="the host's run directory (default: $XENLIKE_RUN_DIR, else a per-user directory)"),
 )
+
+def main_help(args: argparse.Namespace) -> int:
+    """xl help [VERB] (xl.c's ``help()``): the parser's help, or one verb's."""
+    if args.topic is None:
+        build_parser().print_help()
+        return 0
+    if args.topic not in verbs():
+        raise XlError(unknown_verb(args.topic))
+    build_parser().parse_args([args.topic, "--help"])  # prints the verb's help and exits 0
+    return 0
+
 
 CMD_TABLE: tuple[CmdSpec, ...] = (
     CmdSpec("up", host.main_up,
@@ -88,16 +108,34 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
         Arg("-l", "--long", action="store_true", help="full information as JSON"),
     )),
     CmdSpec("info", info.main_info, "information about the host"),
-    CmdSpec("destroy", vmcontrol.main_destroy, "destroy a domain at once (pulling the plug)", (DOMAIN,)),
+    CmdSpec("destroy", vmcontrol.main_destroy, "destroy a domain at once (pulling the plug)", (
+        DOMAIN,
+        Arg("-f", dest="force", action="store_true",
+            help="xl's leave to destroy domain 0; accepted, but Domain-0 runs xenlike's toolstack and is "
+                 "never destroyed (`xenlike down` stops the host)"),
+    )),
     CmdSpec("shutdown", vmcontrol.main_shutdown, "ask a domain to shut down (control/shutdown = poweroff)", (
         DOMAIN_OR_ALL,
         Arg("-w", "--wait", action="store_true", help="wait until it has shut down"),
         Arg("-a", "--all", action="store_true", help="all domains"),
+        FALLBACK_TRIGGER,
     )),
-    CmdSpec("reboot", vmcontrol.main_reboot, "ask a domain to reboot", (DOMAIN,)),
+    CmdSpec("reboot", vmcontrol.main_reboot, "ask a domain to reboot (control/shutdown = reboot)", (
+        DOMAIN_OR_ALL,
+        Arg("-w", "--wait", action="store_true", help="wait until it has shut down to reboot (and on_reboot ran)"),
+        Arg("-a", "--all", action="store_true", help="all domains"),
+        FALLBACK_TRIGGER,
+    )),
     CmdSpec("pause", vmcontrol.main_pause, "pause a domain (it keeps its memory, gets no CPU)", (DOMAIN,)),
     CmdSpec("unpause", vmcontrol.main_unpause, "unpause a paused domain", (DOMAIN,)),
-    CmdSpec("console", console.main_console, "attach to a domain's console (Ctrl-] detaches)", (DOMAIN,)),
+    CmdSpec("console", console.main_console, "attach to a domain's console (Ctrl-] detaches)", (
+        DOMAIN,
+        Arg("-t", dest="type", metavar="TYPE",
+            help="console type: pv, the one console a xenlike guest has (xl's serial and vuart are refused)"),
+        Arg("-n", dest="num", metavar="NUM", type=int, help="console number: 0, the pv console's"),
+        Arg("-e", dest="escape", metavar="CHAR", help="the escape character that detaches: a character or ^X "
+                                                      "(default ^])"),
+    )),
     CmdSpec("rename", vmcontrol.main_rename, "rename a domain", (DOMAIN, Arg("new_name", metavar="NEW_NAME"))),
     CmdSpec("uptime", info.main_uptime, "domains' uptime", (
         DOMAIN_OR_ALL,
@@ -143,7 +181,61 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
         Arg("vcpu", metavar="VCPU", help="a vCPU number, or all"),
         Arg("cpus", metavar="CPUS", help="pCPUs in xl's syntax: 1, 0-3, 0-3,^2, all"),
     )),
+    CmdSpec("help", main_help, "every verb, or one verb's options", (
+        Arg("topic", metavar="VERB", nargs="?", help="the verb to explain"),
+    )),
 )
+
+
+# Every verb of xl, in xl_cmdtable.c's order, so that one xenlike lacks is
+# named as xl's rather than taken for a typo.
+XL_VERBS: tuple[str, ...] = (
+    "create", "config-update", "list", "destroy", "shutdown", "reboot", "pci-attach", "pci-detach", "pci-list",
+    "pci-assignable-add", "pci-assignable-remove", "pci-assignable-list", "pause", "unpause", "console",
+    "vncviewer", "save", "migrate", "restore", "migrate-receive", "suspend", "resume", "dump-core", "cd-insert",
+    "cd-eject", "mem-max", "mem-set", "button-press", "vcpu-list", "vcpu-pin", "vcpu-set", "vm-list", "info",
+    "sharing", "sched-credit", "sched-credit2", "sched-rtds", "domid", "domname", "rename", "trigger", "sysrq",
+    "debug-keys", "set-parameters", "dmesg", "top", "network-attach", "network-list", "network-detach",
+    "channel-list", "block-attach", "block-list", "block-detach", "vtpm-attach", "vtpm-list", "vtpm-detach",
+    "vkb-attach", "vkb-list", "vkb-detach", "vdispl-attach", "vdispl-list", "vdispl-detach", "vsnd-attach",
+    "vsnd-list", "vsnd-detach", "uptime", "claims", "cpupool-create", "cpupool-list", "cpupool-destroy",
+    "cpupool-rename", "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate", "cpupool-numa-split",
+    "getenforce", "setenforce", "loadpolicy", "remus", "devd", "psr-hwinfo", "psr-cmt-attach", "psr-cmt-detach",
+    "psr-cmt-show", "psr-cat-set", "psr-cat-show", "psr-mba-set", "psr-mba-show", "usbctrl-attach",
+    "usbctrl-detach", "usbdev-attach", "usbdev-detach", "usb-list", "qemu-monitor-command", "dt-overlay",
+    "xenstore-quota-get", "xenstore-quota-set",
+)
+
+
+def verbs() -> tuple[str, ...]:
+    """The verbs xenlike has, in :data:`CMD_TABLE`'s order."""
+    return tuple(spec.name for spec in CMD_TABLE)
+
+
+def verb_of(argv: Sequence[str]) -> str | None:
+    """The verb of a command line: its first word after the global options (None when it has none).
+
+    The global options are read as :func:`build_parser` reads them; a command
+    line they make no sense of gives None, and the parser then says what is wrong.
+    """
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    for arg in GLOBAL_OPTIONS:
+        if arg.options.get("action") != "version":
+            parser.add_argument(*arg.flags, **arg.options)
+    parser.add_argument("verb", nargs="?")
+    try:
+        known, _ = parser.parse_known_args(list(argv))
+    except argparse.ArgumentError:
+        return None
+    return known.verb
+
+
+def unknown_verb(verb: str) -> str:
+    """Why ``verb`` is refused, in one line: a verb of xl xenlike lacks, or the xenlike verb meant
+    (xl.c's ``command not implemented``)."""
+    if verb in XL_VERBS:
+        return f"xl has {verb!r}; xenlike does not (yet)"
+    return f"unknown verb {verb!r}" + (did_you_mean(verb, verbs()) or "; `xenlike --help` lists the verbs")
 
 
 def build_parser() -> argparse.ArgumentParser:
