@@ -34,24 +34,34 @@ def main_create(args: argparse.Namespace) -> int:
 
 
 def main_destroy(args: argparse.Namespace) -> int:
-    """xl destroy: end the domain at once, as pulling the plug."""
+    """xl destroy [-f]: end the domain at once, as pulling the plug.
+
+    ``-f`` is xl's leave to destroy domain 0, which only a toolstack running
+    apart from domain 0 could use; xenlike's runs in it, so dom0 refuses
+    Domain-0 whatever the flag.
+    """
     call(args, "destroy", domain=args.domain)
     return 0
 
 
 def main_shutdown(args: argparse.Namespace) -> int:
-    """xl shutdown [-w] [-a]: write ``control/shutdown = poweroff``; ``-w`` waits until the domains have shut down."""
-    if not args.all and args.domain is None:
-        raise XlError("shutdown needs a domain (or -a for all)")
-    return _request(args, "shutdown", every=args.all, wait=args.wait)
+    """xl shutdown [-a] [-w] [-F]: write ``control/shutdown = poweroff``; ``-w`` waits until the domains have
+    shut down. ``-F`` (an ACPI power event for an HVM guest without PV drivers) is never needed: every xenlike
+    guest is PV, which ``libxl_domain_shutdown`` always asks through the control node."""
+    return _request(args, "shutdown")
 
 
 def main_reboot(args: argparse.Namespace) -> int:
-    """xl reboot: write ``control/shutdown = reboot``; the domain's ``on_reboot`` decides what follows."""
-    return _request(args, "reboot", every=False, wait=False)
+    """xl reboot [-a] [-w] [-F]: write ``control/shutdown = reboot``; the domain's ``on_reboot`` decides what
+    follows. ``-w`` waits until the domains have shut down to reboot; ``-F`` as for shutdown."""
+    return _request(args, "reboot")
 
 
-def _request(args: argparse.Namespace, request: str, every: bool, wait: bool) -> int:
+def _request(args: argparse.Namespace, request: str) -> int:
+    """main_shutdown_or_reboot (xl_vmcontrol.c): one domain, or every one with ``-a``."""
+    if not args.all and args.domain is None:
+        raise XlError(f"{request} needs a domain (or -a for all)")
+    every, wait = args.all, args.wait
     result = call(args, request, timeout=FOREVER_S if wait else None, domain=args.domain, all=every, wait=wait)
     who = "domains " + ", ".join(map(str, result["domids"])) if every else args.domain
     print(f"xenlike: {who} {_DONE[request] if wait else _ASKED[request]}")
