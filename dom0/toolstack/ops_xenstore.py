@@ -24,7 +24,7 @@ __all__ = ["read", "write", "rm", "ls", "watch", "unwatch"]
 _MEANING = {
     "ENOENT": "no such node",
     "EACCES": "permission denied",
-    "EINVAL": "not a valid path (letters, digits and -/_@ between single slashes, no trailing slash)",
+    "EINVAL": "not a valid path: letters, digits and -/_@, single slashes, none at the end",
     "E2BIG": "too long",
     "ENOSPC": "a quota is exhausted",
     "EISDIR": "it is a directory",
