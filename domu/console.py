@@ -27,7 +27,7 @@ MAX_QUEUED_OUTPUT = 64 * 1024
 
 
 class ConsoleFront:
-    """Console output and input of one domain.
+    """Console output and input of one domain (``ctx.console``; ``sys.stdout``, ``sys.stderr`` and ``sys.stdin`` too).
 
     Output never blocks the event-loop thread (echo, a handler's print); any
     other writer waits while more than :data:`MAX_QUEUED_OUTPUT` bytes are
@@ -58,7 +58,11 @@ class ConsoleFront:
         return len(data)
 
     def read(self, max_count: int, block: bool = True) -> bytes:
-        """Keyboard input; waits for some unless ``block`` is False."""
+        """Up to ``max_count`` bytes of completed input lines; waits for a line unless ``block`` is False.
+
+        ``b""`` when nothing is there and ``block`` is False, or once the console
+        is hung up (a shutdown request) or closed.
+        """
         with self._cond:
             while not self._ready:
                 if not block or self._closed or self._hung_up:
@@ -81,6 +85,7 @@ class ConsoleFront:
             self._cond.notify_all()
 
     def close(self) -> None:
+        """Stop: readers get ``b""`` and writers stop waiting for room (output still queued may be lost)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -124,18 +129,23 @@ class ConsoleStream(io.RawIOBase):
         self.mode = mode
 
     def readable(self) -> bool:
+        """Whether this is the input side (``mode == "r"``)."""
         return self.mode == "r"
 
     def writable(self) -> bool:
+        """Whether this is the output side (``mode == "w"``)."""
         return self.mode == "w"
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        """Wait for input (:meth:`ConsoleFront.read`) and copy it into ``buffer``; 0 at end of input."""
         data = self.console.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        """:meth:`ConsoleFront.write`."""
         return self.console.write(bytes(data))
 
     def isatty(self) -> bool:
+        """True: the console is a terminal, as hvc0 is."""
         return True

@@ -30,7 +30,8 @@ import struct
 import sys
 import threading
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Vcpu", "VcpuCall", "VcpuError", "WorkloadGlobals", "fork_vcpus"]
 
@@ -89,7 +90,7 @@ def _recv(sock: socket.socket) -> Any:
 class VcpuCall:
     """A function sent to a secondary vCPU; :meth:`result` waits for what it returned."""
 
-    def __init__(self, vcpu: "Vcpu") -> None:
+    def __init__(self, vcpu: Vcpu) -> None:
         self._vcpu = vcpu
         self._done = False
         self._value: Any = None
@@ -102,7 +103,10 @@ class VcpuCall:
         return self._done
 
     def result(self) -> Any:
-        """Wait for the function's return value; raises VcpuError if it raised."""
+        """Wait for the function's return value; raises VcpuError if it raised.
+
+        EOFError if the vCPU's process died before answering.
+        """
         while not self._done:
             self._vcpu._collect(block=True)
         if self._error is not None:
@@ -118,7 +122,12 @@ class VcpuCall:
 
 
 class Vcpu:
-    """vCPU 1..N-1 as the workload sees it (``ctx.vcpus``)."""
+    """vCPU 1..N-1 as the workload sees it (``ctx.vcpus``): ``index`` is its number, ``pid`` its process.
+
+    Calls run one at a time, in the order they were sent; any thread may send
+    them. A function travels by name (see the module), its arguments and result
+    pickled.
+    """
 
     def __init__(self, index: int, pid: int, sock: socket.socket, workload_globals: WorkloadGlobals | None) -> None:
         self.index = index
@@ -129,7 +138,11 @@ class Vcpu:
         self._lock = threading.Lock()
 
     def submit(self, function: Callable, *args: Any, **kwargs: Any) -> VcpuCall:
-        """Run ``function(*args, **kwargs)`` on this vCPU after the calls already sent."""
+        """Run ``function(*args, **kwargs)`` on this vCPU after the calls already sent.
+
+        Returns at once. ValueError for a function that is not module-level (a
+        lambda, a nested function); pickle's error for arguments it cannot pickle.
+        """
         call = VcpuCall(self)
         with self._lock:
             _send(self._sock, (_name_of(function, self._globals), args, kwargs))
@@ -154,6 +167,7 @@ class Vcpu:
             self._pending.popleft()._finish(ok, value)
 
     def close(self) -> None:
+        """Close the channel: the vCPU's process exits; calls still pending can no longer be answered."""
         self._sock.close()
 
 
@@ -168,6 +182,7 @@ def _name_of(function: Callable, workload_globals: WorkloadGlobals | None) -> tu
 
 def _resolve(name: tuple[str, str], workload_globals: WorkloadGlobals | None) -> Callable:
     module, qualname = name
+    target: Any
     if module == "workload":
         target = workload_globals.get(qualname) if workload_globals is not None else None
         if target is None:

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from xenlike.kernel.byte_channel import ByteChannel
 from xenlike.kernel.events import EventLoop
 from xenlike.public.xs_wire import (
-    Permission,
     MessageReader,
+    Permission,
     XenstoreInterface,
-    XsdSockmsgType as XS,
     XsError,
     format_perm,
     join_strings,
@@ -35,6 +34,7 @@ from xenlike.public.xs_wire import (
     parse_perms,
     split_strings,
 )
+from xenlike.public.xs_wire import XsdSockmsgType as XS
 
 __all__ = ["XenbusClient", "XsError", "Transaction"]
 
@@ -53,10 +53,25 @@ class _Pending:
 
 
 class XenbusClient:
-    """A domain's connection to xenstored.
+    """A domain's connection to xenstored (``ctx.xenstore``).
 
     Paths without a leading ``/`` are relative to the domain's home,
-    ``/local/domain/<domid>``, as xenstored resolves them.
+    ``/local/domain/<domid>``, as xenstored resolves them; the empty path and
+    ``.``/``..`` components are EINVAL.
+
+    Types follow libxenstore and Linux's ``xenbus_read``: a node's value is
+    bytes (:meth:`read`; xenstore stores bytes, and a value may be binary), and
+    :meth:`read_str` is the text form most callers want. Names are text:
+    :meth:`directory` gives ``list[str]``, watch callbacks get ``str`` path and
+    token, :meth:`get_domain_path` a ``str``. :meth:`write` takes either.
+
+    Every refusal is :class:`~xenlike.public.xs_wire.XsError`, whose
+    ``errno_name`` is xenstored's: ENOENT for a missing node (EACCES instead if
+    the domain could not read its nearest existing parent), EACCES for a node the
+    domain may not read or write, EINVAL for a bad path, EEXIST for a watch token
+    in use, EAGAIN for a transaction that must be retried, ENOSPC or E2BIG over a
+    quota. A request over 4096 bytes is refused before it is sent
+    (``XsWireError``).
     """
 
     def __init__(self, interface: XenstoreInterface, loop: EventLoop, port: int, label: str) -> None:
@@ -110,7 +125,12 @@ class XenbusClient:
     # -- requests ----------------------------------------------------------------------
 
     def request(self, msg_type: int, payload: bytes, tx_id: int = 0, timeout: float = 30.0) -> bytes:
-        """Send one request and wait for its reply payload; XsError on an ERROR reply."""
+        """Send one request and wait for its reply payload; XsError on an ERROR reply.
+
+        TimeoutError if xenstored does not answer in ``timeout`` seconds;
+        RuntimeError from the event-loop thread (a watch callback), which must use
+        :meth:`request_async`.
+        """
         if threading.get_ident() == self.loop_thread:
             raise RuntimeError("a blocking xenstore call from the event-loop thread would deadlock; use request_async")
         pending = _Pending()
@@ -122,17 +142,23 @@ class XenbusClient:
             raise XsError(name, f"{XS(msg_type).name}: {name}")
         return pending.payload
 
-    def request_async(self, msg_type: int, payload: bytes, callback: ReplyCallback | None = None, tx_id: int = 0) -> None:
+    def request_async(self, msg_type: int, payload: bytes, callback: ReplyCallback | None = None,
+                      tx_id: int = 0) -> None:
         """Send one request; ``callback(type, payload)`` runs in the loop thread on reply."""
         self._send(msg_type, payload, tx_id, _Pending(callback=callback))
 
     # -- the xenstore API --------------------------------------------------------------
 
     def read(self, path: str, tx: int = 0) -> bytes:
+        """A node's value, the bytes stored (``b""`` for a directory); XsError ENOENT if there is no such node."""
         return self.request(XS.READ, _path(path), tx)
 
     def read_str(self, path: str, default: str | None = None, tx: int = 0) -> str | None:
-        """A node's value as text, or ``default`` if it does not exist."""
+        """A node's value decoded as UTF-8, or ``default`` if it does not exist.
+
+        Other refusals (EACCES, ...) raise XsError; a value that is not UTF-8
+        raises UnicodeDecodeError.
+        """
         try:
             return self.read(path, tx).decode()
         except XsError as exc:
@@ -141,49 +167,71 @@ class XenbusClient:
             raise
 
     def write(self, path: str, value: bytes | str, tx: int = 0) -> None:
+        """Set a node's value (a str is UTF-8 encoded), creating it and missing parents.
+
+        A guest may write only where it was given write permission: its
+        ``data``, ``control``, ``device`` front ends and the other nodes the
+        toolstack makes writable (EACCES elsewhere).
+        """
         data = value.encode() if isinstance(value, str) else value
         self.request(XS.WRITE, _path(path) + data, tx)
 
     def write_async(self, path: str, value: bytes | str) -> None:
+        """:meth:`write` without waiting, for the event-loop thread; a refusal is only logged."""
         data = value.encode() if isinstance(value, str) else value
         self.request_async(XS.WRITE, _path(path) + data, self._log_error(f"write {path}"))
 
     def mkdir(self, path: str, tx: int = 0) -> None:
+        """Create an empty node and missing parents; nothing happens if it exists."""
         self.request(XS.MKDIR, _path(path), tx)
 
     def rm(self, path: str, tx: int = 0) -> None:
+        """Remove a node and everything below it; a missing node whose parent exists is no error (ENOENT if not)."""
         self.request(XS.RM, _path(path), tx)
 
     def directory(self, path: str, tx: int = 0) -> list[str]:
+        """The names of a node's children, in the order they were created; XsError ENOENT if there is no such node."""
         return [c.decode() for c in split_strings(self.request(XS.DIRECTORY, _path(path), tx))]
 
     def get_perms(self, path: str, tx: int = 0) -> tuple[Permission, ...]:
+        """A node's permission list: entry 0 is the owner and everyone's default access."""
         return parse_perms(split_strings(self.request(XS.GET_PERMS, _path(path), tx)))
 
     def set_perms(self, path: str, perms: Iterable[Permission], tx: int = 0) -> None:
+        """Replace a node's permission list (:class:`~xenlike.public.xs_wire.Permission` entries); its owner only."""
         self.request(XS.SET_PERMS, join_strings([path, *(format_perm(p) for p in perms)]), tx)
 
     def get_domain_path(self, domid: int) -> str:
+        """The home of domain ``domid``: ``/local/domain/<domid>``."""
         return self.request(XS.GET_DOMAIN_PATH, _path(str(domid))).rstrip(b"\0").decode()
 
     def watch(self, path: str, token: str, callback: WatchCallback) -> None:
-        """Register a watch; ``callback(path, token)`` runs in the loop thread.
+        """Register a watch on ``path`` and everything below it; ``callback(path, token)`` runs in the loop thread.
 
-        As in xenstored, a new watch fires once at once.
+        As in xenstored, a new watch fires once at once (with ``path`` itself),
+        then once per change with the path that changed. ``token`` tells watches
+        apart: a token already in use is XsError EEXIST. The callback must not
+        make blocking xenstore calls (RuntimeError); it should hand work to
+        another thread or use the ``*_async`` calls. An exception in it is logged.
         """
         self._watches[token] = callback
         self.request(XS.WATCH, join_strings([path, token]))
 
     def watch_async(self, path: str, token: str, callback: WatchCallback) -> None:
+        """:meth:`watch` without waiting, for the event-loop thread; a refusal is only logged."""
         self._watches[token] = callback
         self.request_async(XS.WATCH, join_strings([path, token]), self._log_error(f"watch {path}"))
 
     def unwatch(self, path: str, token: str) -> None:
+        """Remove the watch ``(path, token)``; XsError ENOENT if there is none."""
         self.request(XS.UNWATCH, join_strings([path, token]))
         self._watches.pop(token, None)
 
-    def transaction(self) -> "Transaction":
-        """``with client.transaction() as t:`` ... commit on exit; XsError EAGAIN means retry."""
+    def transaction(self) -> Transaction:
+        """``with client.transaction() as t:`` ... commits on exit; XsError EAGAIN from the exit means retry.
+
+        Leaving the block by an exception aborts the transaction instead.
+        """
         return Transaction(self)
 
     def _log_error(self, what: str) -> ReplyCallback:
@@ -195,13 +243,18 @@ class XenbusClient:
 
 
 class Transaction:
-    """A xenstore transaction: reads and writes inside it see one consistent store."""
+    """A xenstore transaction: reads and writes inside it see one consistent store.
+
+    Its calls are the client's, with the same types and errors. The end commits,
+    unless the ``with`` block raised; a commit that conflicts with a change made
+    meanwhile raises XsError EAGAIN and changes nothing: run the block again.
+    """
 
     def __init__(self, client: XenbusClient) -> None:
         self.client = client
         self.id = 0
 
-    def __enter__(self) -> "Transaction":
+    def __enter__(self) -> Transaction:
         self.id = int(self.client.request(XS.TRANSACTION_START, b"\0").rstrip(b"\0"))
         return self
 
@@ -210,15 +263,23 @@ class Transaction:
         self.client.request(XS.TRANSACTION_END, b"T\0" if commit else b"F\0", self.id)
 
     def read(self, path: str) -> bytes:
+        """:meth:`XenbusClient.read` inside the transaction."""
         return self.client.read(path, self.id)
 
+    def read_str(self, path: str, default: str | None = None) -> str | None:
+        """:meth:`XenbusClient.read_str` inside the transaction."""
+        return self.client.read_str(path, default, self.id)
+
     def write(self, path: str, value: bytes | str) -> None:
+        """:meth:`XenbusClient.write` inside the transaction."""
         self.client.write(path, value, self.id)
 
     def rm(self, path: str) -> None:
+        """:meth:`XenbusClient.rm` inside the transaction."""
         self.client.rm(path, self.id)
 
     def directory(self, path: str) -> list[str]:
+        """:meth:`XenbusClient.directory` inside the transaction."""
         return self.client.directory(path, self.id)
 
 

@@ -28,8 +28,9 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from xenlike.public.blkif import (
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
@@ -46,8 +47,8 @@ from xenlike.public.blkif import (
     pack_indirect,
     pack_rw_packed,
 )
-from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.ring import FrontRing
+from xenlike.public.xen import PAGE_SIZE
 
 from ..xenbus_frontend import SharedRing
 from .pool import MAX_POOL_PAGES, MAX_SEGMENTS, MIN_POOL_PAGES, _GrantPool, _Run, pages_per_request
@@ -63,7 +64,9 @@ MAX_RING_PAGE_ORDER = 4
 
 
 class BlockIOError(IOError):
-    """A request the back end refused or failed."""
+    """A request refused or failed: a write to a read-only disk, I/O on a detached
+    disk, a misused buffer, or an error the back end answered (``BLKIF_RSP_ERROR``,
+    e.g. a sector beyond the end; ``not supported``)."""
 
 
 class BlkFuture:
@@ -99,9 +102,16 @@ class BlkFuture:
         self._latch.release()
 
     def done(self) -> bool:
+        """Whether the request has completed, successfully or not (never waits)."""
         return not self._latch.locked()
 
     def result(self, timeout: float | None = 60.0) -> Any:
+        """Wait for the request: a READ's bytes, None for the others.
+
+        Raises the request's BlockIOError if it failed, TimeoutError if it has not
+        completed in ``timeout`` seconds (None: wait for ever). Asking again gives
+        the same outcome.
+        """
         self._wait(timeout)
         if self._error is not None:
             raise self._error
@@ -198,7 +208,7 @@ class BlkBuffer:
     A buffer belongs to one thread at a time.
     """
 
-    def __init__(self, device: "BlockDevice", run: _Run, nbytes: int) -> None:
+    def __init__(self, device: BlockDevice, run: _Run, nbytes: int) -> None:
         self.device = device
         self.nbytes = nbytes
         self._run: _Run | None = run
@@ -228,7 +238,7 @@ class BlkBuffer:
         run, self._run = self._run, None
         self.device._take_back(self, run)
 
-    def _idle_run(self, device: "BlockDevice") -> _Run:
+    def _idle_run(self, device: BlockDevice) -> _Run:
         """The pages, for a request on ``device``; BlockIOError unless the buffer is usable and idle."""
         if device is not self.device:
             raise BlockIOError(f"{device.vdev}: the buffer belongs to {self.device.vdev}")
@@ -264,7 +274,7 @@ class BlkBuffer:
     def _gone_reason(self) -> str:
         return "released" if self._run is None else "detached with its device"
 
-    def __enter__(self) -> "BlkBuffer":
+    def __enter__(self) -> BlkBuffer:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
@@ -276,9 +286,23 @@ class BlkBuffer:
 
 
 class BlockDevice:
-    """A connected virtual disk."""
+    """A connected virtual disk (``ctx.disks[vdev]``).
 
-    def __init__(self, bus: "XenbusFrontend", xdev: "FrontDevice", vdev: str) -> None:
+    ``vdev`` is its name (``xvda``), ``sectors`` its length in 512-byte sectors
+    (``size`` in bytes), ``readonly`` whether it was attached ``access=ro``.
+    I/O counts in whole sectors: ``sector`` is where it starts and ``nbytes`` or
+    ``len(data)`` is a positive multiple of 512 (ValueError otherwise; use
+    :meth:`open` for byte offsets). A write to a read-only disk raises
+    BlockIOError before anything is sent; a request beyond the end fails in the
+    back end, BlockIOError from its result. Once the disk is detached
+    (``block-detach``) every call raises BlockIOError. Any thread may submit.
+
+    ``bus``, ``xdev``, ``kernel``, ``devid``, ``backend_id``, ``port``, ``ring``,
+    ``max_segments``, ``persistent``, ``closing`` and the ``setup_*``/``stop_io``/
+    ``teardown_ring`` calls are the XenBus handshake's (:mod:`.xenbus`).
+    """
+
+    def __init__(self, bus: XenbusFrontend, xdev: FrontDevice, vdev: str) -> None:
         self.bus = bus
         self.xdev = xdev
         self.kernel = bus.kernel
@@ -303,7 +327,7 @@ class BlockDevice:
 
     @property
     def size(self) -> int:
-        """Bytes."""
+        """The disk's length in bytes (``sectors * 512``)."""
         return self.sectors * SECTOR_SIZE
 
     def __repr__(self) -> str:
@@ -313,6 +337,7 @@ class BlockDevice:
 
     @property
     def backend_id(self) -> int:
+        """The domain serving the disk (dom0)."""
         return self.xdev.otherend_id
 
     def setup_ring(self, order: int) -> tuple[list[int], int]:
@@ -380,7 +405,7 @@ class BlockDevice:
 
     # -- submission ----------------------------------------------------------------------
 
-    def batch(self) -> "BlkBatch":
+    def batch(self) -> BlkBatch:
         """A batch of requests placed on the ring together (blk-mq plugging).
 
         Queue requests with its ``read``/``write``/``flush``/``discard``; leaving the
@@ -402,6 +427,7 @@ class BlockDevice:
         return self._submit_now(*self._flush_requests())
 
     def submit_discard(self, sector: int, nr_sectors: int) -> BlkFuture:
+        """Tell the back end ``nr_sectors`` from ``sector`` are unused (they read back as zeros)."""
         return self._submit_now(*self._discard_requests(sector, nr_sectors))
 
     def buffer(self, nbytes: int, timeout: float | None = 60.0) -> BlkBuffer:
@@ -425,18 +451,22 @@ class BlockDevice:
         return self._submit_now(*self._buffer_requests(BLKIF_OP_WRITE, sector, buffer))
 
     def read(self, sector: int, nbytes: int) -> bytes:
+        """Read ``nbytes`` (a multiple of 512) from ``sector`` and wait: :meth:`submit_read`'s result."""
         return self.submit_read(sector, nbytes).result()
 
     def write(self, sector: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` (a multiple of 512 bytes) at ``sector`` and wait until it is in the image."""
         self.submit_write(sector, data).result()
 
     def flush(self) -> None:
+        """Make everything written before durable, and wait (``BLKIF_OP_FLUSH_DISKCACHE``)."""
         self.submit_flush().result()
 
     def discard(self, sector: int, nr_sectors: int) -> None:
+        """Discard ``nr_sectors`` from ``sector`` and wait; refused (BlockIOError) on a read-only disk."""
         self.submit_discard(sector, nr_sectors).result()
 
-    def open(self) -> "DiskFile":
+    def open(self) -> DiskFile:
         """A standard raw file over the disk (seekable; writable unless read-only)."""
         return DiskFile(self)
 
@@ -498,7 +528,8 @@ class BlockDevice:
         last_sect = (nbytes - (nr_data - 1) * PAGE_SIZE) // SECTOR_SIZE - 1
         view = self.kernel.memory.view  # frames by offset: pfns come from our own allocator
 
-        def fill(req_id: int, run: _Run) -> bytes:
+        def fill(req_id: int, run: _Run | None) -> bytes:
+            assert run is not None  # a READ or WRITE is always placed on pages
             base = run.pfn * PAGE_SIZE
             if data is not None:
                 view[base : base + nbytes] = data
@@ -788,7 +819,7 @@ class BlkBatch:
         self.device._collect_completed()  # every READ's data under one lock, not one each
         return [future.result() for future in self.futures]
 
-    def __enter__(self) -> "BlkBatch":
+    def __enter__(self) -> BlkBatch:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
@@ -799,7 +830,14 @@ class BlkBatch:
 
 
 class DiskFile(io.RawIOBase):
-    """``io.RawIOBase`` over a :class:`BlockDevice`: byte offsets, any alignment."""
+    """``io.RawIOBase`` over a :class:`BlockDevice`: byte offsets, any alignment.
+
+    Reads and writes stop at the end of the disk (a read there gives ``b""``, a
+    write 0). A write that does not cover whole sectors reads them first and
+    writes them back. Nothing is durable before :meth:`fsync`. Writing a
+    read-only disk raises BlockIOError. Wrap it in ``io.BufferedRandom`` or
+    ``io.TextIOWrapper`` as any raw file; one thread at a time.
+    """
 
     def __init__(self, device: BlockDevice) -> None:
         super().__init__()
@@ -807,15 +845,19 @@ class DiskFile(io.RawIOBase):
         self._pos = 0
 
     def readable(self) -> bool:
+        """Always True."""
         return True
 
     def writable(self) -> bool:
+        """Whether the disk is writable."""
         return not self.device.readonly
 
     def seekable(self) -> bool:
+        """Always True."""
         return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move to a byte offset (past the end is allowed); ValueError for a negative one. Returns it."""
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.device.size}[whence]
         if base + offset < 0:
             raise ValueError("negative seek position")
@@ -823,9 +865,11 @@ class DiskFile(io.RawIOBase):
         return self._pos
 
     def tell(self) -> int:
+        """The current byte offset."""
         return self._pos
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        """Read up to ``len(buffer)`` bytes at the offset into ``buffer``; how many (0 at the end)."""
         count = max(0, min(len(buffer), self.device.size - self._pos))
         if count == 0:
             return 0
@@ -838,6 +882,7 @@ class DiskFile(io.RawIOBase):
         return count
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        """Write ``data`` at the offset, as far as the end of the disk; how many bytes were written."""
         data = memoryview(data).cast("B")
         count = min(len(data), self.device.size - self._pos)
         if count <= 0:
