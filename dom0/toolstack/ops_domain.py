@@ -160,6 +160,11 @@ def create(ts: Toolstack, request: Request) -> Any:
 
 
 def destroy(ts: Toolstack, request: Request) -> Any:
+    """xl destroy. Domain 0 is refused, as xl's ``destroy_domain`` refuses it without ``-f``; with it
+    only a toolstack in a domain of its own could go on, and xenlike's runs in domain 0."""
+    if str(request.args["domain"]) in ("0", "Domain-0"):
+        raise ToolstackError("Domain-0 runs the toolstack and cannot be destroyed, even with -f (xl's -f needs a "
+                             "hardware domain apart from domain 0); `xenlike down` stops the host")
     built = ts.lifecycle.find(request.args["domain"])
     ts.lifecycle.destroy(built)
     return {"domid": built.domid}
