@@ -31,6 +31,7 @@ from xenlike.kernel.memory import GuestMemory
 from xenlike.public.console import ConsoleInterface
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE
 from xenlike.public.start_info import CONSOLE_PFN, GNTTAB_PFN, START_INFO_PFN, STORE_PFN, StartInfo
+from xenlike.public.workload_state import WORKLOAD_DIR
 from xenlike.public.xenbus import BACKEND, FRONTEND, backend_path, frontend_path
 from xenlike.public.xs_wire import XenstoreInterface, XsError
 
@@ -43,9 +44,11 @@ __all__ = ["BuiltDomain", "DomainBuilder", "home"]
 
 log = logging.getLogger("dom0.builder")
 
-# Nodes under a domain's home that the guest owns and may write (libxl_create.c rwperm).
+# Nodes under a domain's home that the guest owns and may write (libxl_create.c rwperm),
+# and xenlike's ~/workload, where the guest reports its workload starting.
 GUEST_WRITABLE = ("control/shutdown", "control/feature-poweroff", "control/feature-reboot",
-                  "control/feature-suspend", "control/sysrq", "data", "drivers", "feature", "attr", "error")
+                  "control/feature-suspend", "control/sysrq", "data", "drivers", "feature", "attr", "error",
+                  WORKLOAD_DIR)
 
 
 def home(domid: int) -> str:

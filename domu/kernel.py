@@ -23,16 +23,18 @@ import socket
 import sys
 import threading
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from xenlike.kernel.events import EventLoop, new_port_fd
 from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.hypercall import ChannelClosed, HypercallClient
 from xenlike.kernel.memory import GuestMemory, PageAllocator
+from xenlike.public import workload_state
 from xenlike.public.console import ConsoleInterface
 from xenlike.public.start_info import StartInfo, reserved_frames
 from xenlike.public.xen import ShutdownReason
-from xenlike.public.xs_wire import XenstoreInterface, XsdSockmsgType as XS
+from xenlike.public.xs_wire import XenstoreInterface, XsError
+from xenlike.public.xs_wire import XsdSockmsgType as XS
 
 from .blkfront import BlkfrontDriver
 from .console import ConsoleFront, ConsoleStream
@@ -46,6 +48,8 @@ __all__ = ["start", "Kernel", "SHUTDOWN_GRACE_S"]
 _REQUESTS = {"poweroff": ShutdownReason.POWEROFF, "halt": ShutdownReason.POWEROFF, "reboot": ShutdownReason.REBOOT}
 # How long a workload has to return after a shutdown request before the kernel goes down anyway.
 SHUTDOWN_GRACE_S = 10.0
+# How long the kernel waits, going down, for xenstored to have handled what it sent.
+XENSTORE_SETTLE_S = 2.0
 
 log = logging.getLogger("domu.kernel")
 
@@ -58,7 +62,7 @@ class PreparedShell:
     """
 
     def __init__(self) -> None:
-        self._kernel: "Kernel | None" = None
+        self._kernel: Kernel | None = None
         self._attached = threading.Event()
         threading.Thread(target=self._run, name="evtchn", daemon=True).start()
         _rehearse_boot()
@@ -67,7 +71,7 @@ class PreparedShell:
         self._attached.wait()
         self._kernel._event_loop()  # type: ignore[union-attr]
 
-    def attach(self, kernel: "Kernel") -> None:
+    def attach(self, kernel: Kernel) -> None:
         self._kernel = kernel
         self._attached.set()
 
@@ -129,7 +133,8 @@ class Kernel:
         self.grant_table = GrantTable(self.memory, si.gnttab_pfn, si.gnttab_frames)
         self.pages = PageAllocator(si.first_free_pfn, si.nr_pages)
         self.console = ConsoleFront(ConsoleInterface(self.memory.frame(si.console_pfn)), self.loop, si.console_evtchn)
-        self.xenbus = XenbusClient(XenstoreInterface(self.memory.frame(si.store_pfn)), self.loop, si.store_evtchn, self.label)
+        self.xenbus = XenbusClient(XenstoreInterface(self.memory.frame(si.store_pfn)), self.loop, si.store_evtchn,
+                                   self.label)
         # The front-end bus and its drivers, registered at boot as a PV kernel's are.
         self.frontends = XenbusFrontend(self)
         self.blkfront = BlkfrontDriver()
@@ -159,8 +164,7 @@ class Kernel:
         try:
             workload = load_workload(image.get("workload", "idle"))
         except WorkloadError as exc:
-            print(f"[{self.label}] cannot start the workload: {exc}", file=sys.stderr)
-            return self._shutdown(ShutdownReason.CRASH)
+            return self._not_started(str(exc))
         self.context = WorkloadContext(
             name=self.name,
             domid=self.domid,
@@ -178,7 +182,8 @@ class Kernel:
             vcpus=self.vcpus,
         )
         self._vcpus_up(workload)
-        reason = ShutdownReason.POWEROFF
+        self.xenbus.write_async(workload_state.STATE, workload_state.STARTED)  # what `create` waits for
+        reason: int = ShutdownReason.POWEROFF
         try:
             result = workload(self.context)
             if result is not None:
@@ -193,7 +198,28 @@ class Kernel:
             reason = ShutdownReason.CRASH
         if self._shutdown_reason is not None and reason != ShutdownReason.CRASH:
             reason = self._shutdown_reason
+        self._settle_xenstore()
         return self._shutdown(reason)
+
+    def _not_started(self, reason: str) -> int:
+        """The workload cannot be loaded: report why (``~/workload``, workload_state) and crash."""
+        line = workload_state.one_line(reason)
+        print(f"[{self.label}] cannot start the workload: {line}", file=sys.stderr)
+        self.xenbus.write_async(workload_state.ERROR, line)
+        try:
+            # Its reply says xenstored holds both nodes before the domain dies.
+            self.xenbus.write(workload_state.STATE, workload_state.FAILED)
+        except (XsError, TimeoutError) as exc:
+            print(f"[{self.label}] cannot report it to xenstore: {exc}", file=sys.stderr)
+        return self._shutdown(ShutdownReason.CRASH)
+
+    def _settle_xenstore(self) -> None:
+        """Wait until xenstored has handled every request sent so far, as Linux's ``xs_suspend`` waits
+        for the requests in flight: a workload that returns at once must not lose its ``started``."""
+        try:
+            self.xenbus.request(XS.READ, b"domid\0", timeout=XENSTORE_SETTLE_S)
+        except (XsError, TimeoutError):
+            pass
 
     def _vcpus_up(self, workload: Callable) -> None:
         """VCPUOP_up for each secondary vCPU, once the workload (whose functions they run) is loaded."""
@@ -222,7 +248,8 @@ class Kernel:
         out = io.TextIOWrapper(io.BufferedWriter(ConsoleStream(self.console, "w")), line_buffering=True)
         sys.stdout = sys.stderr = out
         sys.stdin = io.TextIOWrapper(io.BufferedReader(ConsoleStream(self.console, "r")))
-        logging.basicConfig(stream=out, level=logging.INFO, format=f"%(levelname)s {self.label} %(name)s: %(message)s", force=True)
+        logging.basicConfig(stream=out, level=logging.INFO, format=f"%(levelname)s {self.label} %(name)s: %(message)s",
+                            force=True)
 
     # -- shutdown ------------------------------------------------------------------
 

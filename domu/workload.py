@@ -13,15 +13,18 @@ poweroff; an exception is a crash (``on_crash`` applies).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from xenlike.kernel.events import EventLoop
@@ -64,13 +67,13 @@ class WorkloadContext:
     domid: int
     args: list[str]
     config: dict[str, Any]
-    xenstore: "XenbusClient"
-    memory: "GuestMemory"
-    pages: "PageAllocator"
-    grant_table: "GrantTable"
-    console: "ConsoleFront"
-    hypercall: "HypercallClient"
-    events: "EventLoop"
+    xenstore: XenbusClient
+    memory: GuestMemory
+    pages: PageAllocator
+    grant_table: GrantTable
+    console: ConsoleFront
+    hypercall: HypercallClient
+    events: EventLoop
     shutdown: threading.Event = field(default_factory=threading.Event)
     shutdown_reason: str | None = None
     disks: dict[str, Any] = field(default_factory=dict)
@@ -96,44 +99,84 @@ def available_workloads() -> dict[str, str]:
 
 
 def load_workload(spec: str) -> Workload:
-    """Resolve a workload spec to its function (see the module docstring)."""
+    """Resolve a workload spec to its function (see the module docstring).
+
+    WorkloadError says in one line why it cannot be: ``workload 'SPEC': ...``,
+    with the name meant when the spec is close to one.
+    """
     if not spec:
         raise WorkloadError("no workload given")
     if ":" not in spec:
-        ep = _registered().get(spec)
-        if ep is not None:
-            return _callable(ep.load(), spec)
-        known = ", ".join(sorted(available_workloads())) or "none"
-        raise WorkloadError(
-            f"no workload named {spec!r} (registered: {known}); "
-            "use a registered name, module:function or path/to/file.py:function"
-        )
+        return _load_registered(spec)
     target, _, function = spec.rpartition(":")
     if target.endswith(".py"):
-        module = _load_file(Path(target))
+        module = _load_file(Path(target), spec)
+        where = Path(target).name
     else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise WorkloadError(f"cannot import {target!r} for workload {spec!r}: {exc}") from exc
+        module = _import(target, spec)
+        where = f"module {target}"
+    obj = getattr(module, function, None)
+    if obj is None:
+        functions = [name for name, value in vars(module).items()
+                     if inspect.isfunction(value) and not name.startswith("_")]
+        raise WorkloadError(f"workload {spec!r}: {where} has no function {function!r}"
+                            f"{_did_you_mean(function, functions)}")
+    return _callable(obj, spec)
+
+
+def _load_registered(name: str) -> Workload:
+    """A name of the ``xenlike.workloads`` group; a mistyped one is told the name it is like."""
+    ep = _registered().get(name)
+    if ep is None:
+        known = sorted(available_workloads())
+        listed = f"registered: {', '.join(known) or 'none'}"
+        meant = _did_you_mean(name, known)
+        if meant:
+            raise WorkloadError(f"workload {name!r} is not registered{meant} ({listed})")
+        raise WorkloadError(f"workload {name!r} is not registered ({listed}); name one of them, "
+                            "or give module:function or path/to/file.py:function")
     try:
-        return _callable(getattr(module, function), spec)
-    except AttributeError:
-        raise WorkloadError(f"{target} has no function {function!r} (workload {spec!r})") from None
+        obj = ep.load()
+    except (Exception, SystemExit) as exc:
+        raise WorkloadError(f"workload {name!r} (registered as {ep.value}): loading it raised "
+                            f"{_exception_line(exc)}") from exc
+    return _callable(obj, name)
 
 
-def _load_file(path: Path) -> Any:
+def _import(target: str, spec: str) -> Any:
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
+            raise WorkloadError(f"workload {spec!r}: no module named {target!r} on the guest's sys.path") from exc
+        raise WorkloadError(f"workload {spec!r}: importing {target} raised {_exception_line(exc)}") from exc
+    except (Exception, SystemExit) as exc:
+        raise WorkloadError(f"workload {spec!r}: importing {target} raised {_exception_line(exc)}") from exc
+
+
+def _load_file(path: Path, spec: str) -> Any:
     if not path.is_file():
-        raise WorkloadError(f"workload file {path} does not exist")
+        raise WorkloadError(f"workload {spec!r}: no such file")
     module_spec = importlib.util.spec_from_file_location(f"workload_{path.stem}", path)
     if module_spec is None or module_spec.loader is None:
-        raise WorkloadError(f"cannot load {path} as Python")
+        raise WorkloadError(f"workload {spec!r}: {path} cannot be loaded as Python")
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise WorkloadError(f"loading {path} failed: {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise WorkloadError(f"workload {spec!r}: loading {path.name} raised {_exception_line(exc)}") from exc
     return module
+
+
+def _exception_line(exc: BaseException) -> str:
+    """``Type: message`` on one line, as the last line of a traceback names an exception."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _did_you_mean(word: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(word, names, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _callable(obj: Any, spec: str) -> Workload:

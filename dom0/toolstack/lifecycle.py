@@ -6,20 +6,31 @@ the toolstack asks which domains changed and applies the domain's
 action from its xl.cfg: destroy, restart, rename-restart or preserve. This is
 libxl's domain death handling (``libxl_evenable_domain_death``) with xl's policy
 on top (``handle_domain_death`` in ``tools/xl/xl_vmcontrol.c``).
+
+A create waits for its guest's report (:class:`StartReport`,
+``xenlike.public.workload_state``), which this table reads before an on_* action
+destroys the domain and its nodes, and follows through on_crash restarts.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from xenlike.public import workload_state
 from xenlike.public.xen import ShutdownReason
+from xenlike.public.xs_wire import XsError, home_path
 
 from ..builder import BuiltDomain, DomainBuilder
 from .request import ToolstackError
 
-__all__ = ["Lifecycle"]
+if TYPE_CHECKING:
+    from ..xenstored import LocalXenstore
+
+__all__ = ["Lifecycle", "StartReport"]
 
 log = logging.getLogger("dom0.toolstack")
 
@@ -31,6 +42,61 @@ ACTION_DEFAULTS = {"on_poweroff": "destroy", "on_reboot": "restart", "on_crash":
 # A domain restarted this often within RESTART_WINDOW_S is not restarted again.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 10.0
+
+
+# StartReport.state besides workload_state's STARTED and FAILED: nothing reported yet.
+PENDING = "pending"
+
+
+@dataclass
+class StartReport:
+    """Whether a create's guest started its workload: what ``create`` answers.
+
+    ``domid`` is the domain whose report is awaited, or that started; each domain
+    of this create that did not start adds ``(domid, reason)`` to ``failures``
+    (the guest's own line from ``~/workload/error``, or how it ended). ``state``
+    is STARTED, FAILED (no domain of this create runs its workload; ``end`` says
+    what became of the last one) or PENDING. On_crash restarts move ``domid`` on
+    to the new domain (``restarted`` says how many times).
+    """
+
+    name: str
+    domid: int
+    state: str = PENDING
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    restarted: int = 0
+    end: str = ""
+
+    def message(self, timeout_s: float) -> str:
+        """The one line a user is told, naming the domain and the cause ("" for a plain start)."""
+        if not self.failures:
+            if self.state == PENDING:
+                return (f"{self.name} (domain {self.domid}) has not reported its workload started within "
+                        f"{timeout_s:g}s; it runs on (`xenlike console {self.name}` shows its boot)")
+            return ""
+        first, reason = self.failures[0]
+        line = f"{self.name} (domain {first}) did not start: {reason}"
+        if self.restarted:
+            later = [r for _, r in self.failures[1:]]
+            line += f"; on_crash restarted it {_times(self.restarted)}"
+            if self.state == workload_state.STARTED:
+                line += f", and domain {self.domid} started"
+            elif self.state == PENDING:
+                line += f"; domain {self.domid} has not reported its workload started within {timeout_s:g}s"
+            elif later:
+                same = all(r == reason for r in later)
+                line += " and it failed again each time" if same else f"; it failed again, last: {later[-1]}"
+        if self.end:
+            line += f"; {self.end}"
+        return line
+
+    def to_dict(self, timeout_s: float) -> dict[str, Any]:
+        return {"state": self.state, "domid": self.domid, "failures": [list(f) for f in self.failures],
+                "restarted": self.restarted, "message": self.message(timeout_s)}
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
 
 
 def _shutdown_reason_name(reason: Any) -> str:
@@ -45,15 +111,20 @@ class Lifecycle:
     """The domU table: create, find, destroy, and the on_* actions when a domain shuts down.
 
     ``hypercall(op, **args)`` is dom0's hypercall channel; ``builder`` builds and
-    tears down the domains.
+    tears down the domains; ``xs`` is dom0's xenstore connection, where guests report
+    their workloads starting.
     """
 
-    def __init__(self, builder: DomainBuilder, hypercall: Callable[..., tuple[Any, list[int]]]) -> None:
+    def __init__(self, builder: DomainBuilder, hypercall: Callable[..., tuple[Any, list[int]]],
+                 xs: LocalXenstore) -> None:
         self.builder = builder
         self.hypercall = hypercall
+        self.xs = xs
         self.domains: dict[int, BuiltDomain] = {}
         # Domains whose on_* action ran; a later VIRQ_DOM_EXC for them changes nothing.
         self._handled_shutdown: set[int] = set()
+        # The creates waiting for their guest's report, by the domid awaited.
+        self._starting: dict[int, StartReport] = {}
 
     # -- the table -------------------------------------------------------------------
 
@@ -96,9 +167,67 @@ class Lifecycle:
     def _forget(self, built: BuiltDomain, destroyed_elsewhere: bool = False) -> None:
         self.domains.pop(built.domid, None)
         self._handled_shutdown.discard(built.domid)
+        report = self._starting.pop(built.domid, None)
+        if report is not None:
+            how = "vanished (destroyed outside the toolstack)" if destroyed_elsewhere else "was destroyed"
+            report.failures.append((built.domid, f"it {how} before its workload reported starting"))
+            report.state = workload_state.FAILED
         if destroyed_elsewhere:
             log.warning("%s: vanished; cleaning up after it", built.label)
             self.builder.destroy(built)
+
+    # -- the guest's report of its workload starting --------------------------------
+
+    def await_start(self, built: BuiltDomain) -> StartReport:
+        """Begin waiting for ``built``'s report (``~/workload/state``); :meth:`start_settled` says when it came."""
+        report = StartReport(built.name, built.domid)
+        self._starting[built.domid] = report
+        return report
+
+    def start_settled(self, report: StartReport) -> bool:
+        """Whether ``report`` has its answer: the workload started, or no domain of its create runs.
+
+        A guest that reports ``failed`` is about to shut down; the answer waits for
+        that, so it can say what ``on_crash`` did.
+        """
+        if report.state == PENDING and self._read_state(report.domid) == workload_state.STARTED:
+            self._starting.pop(report.domid, None)
+            report.state = workload_state.STARTED
+        return report.state != PENDING
+
+    def stop_awaiting(self, report: StartReport) -> None:
+        """The create answers without its report (timed out): forget it, with the guest's failure if it wrote one."""
+        if self._starting.get(report.domid) is report:
+            del self._starting[report.domid]
+        if report.state == PENDING and self._read_state(report.domid) == workload_state.FAILED:
+            report.failures.append((report.domid, self._read_error(report.domid)))
+            report.state = workload_state.FAILED
+            report.end = "it has not shut down yet"
+
+    def _read_state(self, domid: int) -> str | None:
+        try:
+            return self.xs.read(f"{home_path(domid)}/{workload_state.STATE}").decode(errors="replace")
+        except XsError:
+            return None
+
+    def _read_error(self, domid: int) -> str:
+        try:
+            text = self.xs.read(f"{home_path(domid)}/{workload_state.ERROR}").decode(errors="replace")
+        except XsError:
+            text = ""
+        return text or "its guest gave no reason"
+
+    def _note_shutdown(self, report: StartReport, built: BuiltDomain, info: dict) -> None:
+        """A domain whose create awaits its report shut down: read the report while its nodes exist."""
+        state = self._read_state(built.domid)
+        if state == workload_state.STARTED:  # it started, then shut down
+            report.state = workload_state.STARTED
+        elif state == workload_state.FAILED:
+            report.failures.append((built.domid, self._read_error(built.domid)))
+        else:
+            how = info.get("exit") or "shut down"
+            report.failures.append((built.domid, f"it ended before its workload started ({how}); "
+                                                 f"its console is in logs/{built.name}.log"))
 
     # -- domain exceptions and on_* actions ----------------------------------------
 
@@ -125,22 +254,41 @@ class Lifecycle:
         key = ACTION_KEYS.get(reason)
         if key is None:  # suspend: nothing to do until resumed
             return
+        report = self._starting.pop(built.domid, None)
+        if report is not None:
+            self._note_shutdown(report, built, info)
         action = built.config.get(key) or ACTION_DEFAULTS[key]
         log.info("%s: shut down (%s: %s); %s is %s", built.label, reason, info.get("exit", ""), key, action)
+        restarted: BuiltDomain | None = None
+        why_not = ""
         if action in ("destroy", "coredump-destroy"):
             self.destroy(built)
         elif action in ("restart", "coredump-restart"):
-            self._restart(built)
+            restarted, why_not = self._restart(built)
         elif action == "soft-reset":
             log.info("%s: soft-reset acts as restart in xenlike (no guest is reset in place)", built.label)
-            self._restart(built)
+            restarted, why_not = self._restart(built)
         elif action == "rename-restart":
             old_name = built.name
             self.builder.rename(built, f"{old_name}-{built.domid}")
-            self._restart(built, name=old_name)
+            restarted, why_not = self._restart(built, name=old_name)
         # preserve: leave it shut down for inspection (`xenlike destroy` removes it)
+        if report is None or report.state == workload_state.STARTED:
+            return
+        if restarted is not None:  # the create goes on waiting, for the new domain
+            report.domid = restarted.domid
+            report.restarted += 1
+            self._starting[restarted.domid] = report
+            return
+        report.state = workload_state.FAILED
+        if action == "preserve" or action == "rename-restart":
+            name = built.name
+            report.end = f"it is kept shut down ({key} = \"{action}\"); `xenlike destroy {name}` removes it"
+        if why_not:
+            report.end = "; ".join(filter(None, [why_not, report.end]))
 
-    def _restart(self, built: BuiltDomain, name: str | None = None) -> None:
+    def _restart(self, built: BuiltDomain, name: str | None = None) -> tuple[BuiltDomain | None, str]:
+        """Build ``built`` again (under ``name`` for rename-restart): the new domain, or None and why not."""
         now = time.monotonic()
         recent = [t for t in built.restarts if now - t < RESTART_WINDOW_S]
         config = dict(built.config, name=name or built.name)
@@ -150,11 +298,13 @@ class Lifecycle:
         if len(recent) >= MAX_RESTARTS:
             log.warning("%s: restarted %d times in %.0fs; not restarting again", built.label, len(recent),
                         RESTART_WINDOW_S)
-            return
+            return None, (f"the toolstack stopped restarting it: {MAX_RESTARTS} restarts within "
+                          f"{RESTART_WINDOW_S:g}s is the most it allows")
         try:
             new = self.create(config, uuid=None if keep_preserved else built.uuid)
         except Exception as exc:
             log.warning("%s: restart failed: %s", built.label, exc)
-            return
+            return None, f"restarting it failed: {exc}"
         new.restarts = recent + [now]
         log.info("%s: restarted as d%d", built.label, new.domid)
+        return new, ""

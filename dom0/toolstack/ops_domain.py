@@ -28,6 +28,9 @@ __all__ = ["ping", "info", "dmesg", "list_domains", "uptime", "top", "create", "
 log = logging.getLogger("dom0.toolstack")
 
 HOST_SHUTDOWN_TIMEOUT_S = 10.0
+# How long `create` waits for its guest to report its workload started (or failed) before it
+# answers that it has not yet: a guest waits for its disks and imports its workload first.
+CREATE_REPORT_TIMEOUT_S = 10.0
 # How long `top` waits for the block workers' counters; a busy worker that has not
 # looked at its control socket by then is shown with the last figures it sent.
 TOP_STATS_TIMEOUT_S = 0.5
@@ -154,9 +157,34 @@ def _cpu_mhz() -> int:
 
 # -- lifecycle -----------------------------------------------------------------------
 
-def create(ts: Toolstack, request: Request) -> Any:
-    built = ts.lifecycle.create(request.args["config"], paused=bool(request.args.get("paused")))
-    return {"domid": built.domid, "name": built.name}
+def create(ts: Toolstack, request: Request) -> None:
+    """xl create: build the domain, then answer once its guest reported its workload started or failed
+    (``xenlike.public.workload_state``), it ended first, or CREATE_REPORT_TIMEOUT_S passed.
+
+    The reply is ``{domid, name, start}``: ``start`` is :meth:`StartReport.to_dict`
+    (``state`` started, failed or pending, the domains that did not start and why,
+    on_crash restarts, and ``message``, the line to show when it is not a plain
+    start). A paused domain runs nothing yet: its reply has no ``start`` and comes
+    at once, as ``xl create -p`` returns.
+    """
+    paused = bool(request.args.get("paused"))
+    built = ts.lifecycle.create(request.args["config"], paused=paused)
+    result: dict[str, Any] = {"domid": built.domid, "name": built.name}
+    if paused:
+        request.reply(result)
+        return
+    report = ts.lifecycle.await_start(built)
+
+    def finish(ok: bool) -> None:
+        if not ok:
+            ts.lifecycle.stop_awaiting(report)
+            log.warning("%s: no report of its workload starting within %gs; it runs on", built.label,
+                        CREATE_REPORT_TIMEOUT_S)
+        elif report.failures:
+            log.warning("%s", report.message(CREATE_REPORT_TIMEOUT_S))
+        request.reply({**result, "start": report.to_dict(CREATE_REPORT_TIMEOUT_S)})
+
+    ts.poll(lambda: ts.lifecycle.start_settled(report), CREATE_REPORT_TIMEOUT_S, finish)
 
 
 def destroy(ts: Toolstack, request: Request) -> Any:

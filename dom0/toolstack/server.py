@@ -63,7 +63,7 @@ OPS: dict[str, Op] = {
     "list": Op(ops_domain.list_domains),
     "uptime": Op(ops_domain.uptime),
     "top": Op(ops_domain.top, defers=True),
-    "create": Op(ops_domain.create),
+    "create": Op(ops_domain.create, defers=True),
     "destroy": Op(ops_domain.destroy),
     "shutdown": Op(ops_domain.shutdown, defers=True),
     "reboot": Op(ops_domain.reboot, defers=True),
@@ -149,7 +149,7 @@ class Toolstack:
         self.xenconsoled = xenconsoled
         self.backends = backends
         self.run_dir = run_dir
-        self.lifecycle = Lifecycle(builder, hypercall)
+        self.lifecycle = Lifecycle(builder, hypercall, xs)
         # The xenstore connections of clients' watches, by (identity, call id).
         self.xenstore_watches: dict[tuple[bytes, int], Any] = {}
         self._waiters: list[_Waiter] = []
