@@ -3,6 +3,8 @@
 ``up`` starts the hypervisor (which builds dom0), creates the domains of a
 cluster file and, unless ``-d``, stays in the foreground printing every
 console line prefixed with its domain until Ctrl-C, which shuts the host down.
+A domain that cannot be created, or whose guest does not start its workload,
+stops the host again: ``up`` says why and fails, leaving no host behind.
 ``down`` shuts every domain down (destroying those that do not stop), then dom0
 and the hypervisor.
 """
@@ -23,6 +25,7 @@ from xenlike.tools.console_stream import ConsoleSubscriber
 from xenlike.tools.toolstack_client import ToolstackClient, ToolstackError
 from xenlike.tools.xl.console import attach_consoles
 from xenlike.tools.xl.utils import XlError, registered, toolstack
+from xenlike.tools.xl.vmcontrol import running_domain
 
 __all__ = ["SCHEDULERS_GROUP", "main_up", "main_down"]
 
@@ -52,17 +55,25 @@ def main_up(args: argparse.Namespace) -> int:
             config = domain.to_dict()
             try:
                 result = client.call("create", config=config)
+                domid = running_domain(result)
             except ToolstackError as exc:
-                print(f"xenlike up: creating {config['name']} failed: {exc}; stopping the host", file=sys.stderr)
-                client.call("down", timeout=30)
-                _wait_gone(hypervisor.pid, 15)
-                return 1
-            print(f"xenlike: created {result['name']} (domain {result['domid']})")
+                return _refuse(client, hypervisor, f"creating {config['name']} failed: {exc}")
+            except XlError as exc:  # its guest did not start
+                return _refuse(client, hypervisor, str(exc))
+            print(f"xenlike: created {result['name']} (domain {domid})")
     if console is None:  # -d
         print(f"xenlike: host running in {run_dir.path} (hypervisor pid {hypervisor.pid}); "
               "`xenlike list` shows it, `xenlike down` stops it")
         return 0
     return _stream_consoles(run_dir, console, hypervisor.pid)
+
+
+def _refuse(client: ToolstackClient, hypervisor: subprocess.Popen, why: str) -> int:
+    """A domain of the cluster does not run: say why and stop the host, so that none is left half up."""
+    print(f"xenlike up: {why}; stopping the host", file=sys.stderr)
+    client.call("down", timeout=30)
+    _wait_gone(hypervisor.pid, 15)
+    return 1
 
 
 def main_down(args: argparse.Namespace) -> int:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from xenlike.tools.xl.console import main_console
 from xenlike.tools.xl.utils import XlError, call
 
-__all__ = ["main_create", "main_destroy", "main_shutdown", "main_reboot", "main_pause", "main_unpause",
-           "main_rename"]
+__all__ = ["main_create", "running_domain", "main_destroy", "main_shutdown", "main_reboot", "main_pause",
+           "main_unpause", "main_rename"]
 
 # What `shutdown`/`reboot` report: when waited for, and when only asked.
 _DONE = {"shutdown": "shut down", "reboot": "rebooted"}
@@ -19,18 +20,39 @@ FOREVER_S = 365 * 86400
 
 
 def main_create(args: argparse.Namespace) -> int:
-    """xl create: a domain from an xl.cfg file and ``KEY=VALUE`` overrides; ``-p`` paused, ``-c`` attached."""
+    """xl create: a domain from an xl.cfg file and ``KEY=VALUE`` overrides; ``-p`` paused, ``-c`` attached.
+
+    The toolstack answers once the guest reported its workload started: a guest
+    that did not start is an error naming the domain and the guest's reason, and
+    ``-c`` then attaches to nothing.
+    """
     from xenlike.tools.config import load_domain_config
 
     config = load_domain_config(Path(args.config), overrides=args.overrides)
     for warning in config.warnings:
         print(f"xenlike: warning: {warning}", file=sys.stderr)
     result = call(args, "create", config=config.to_dict(), paused=args.paused)
-    print(f"xenlike: created {result['name']} (domain {result['domid']})")
+    print(f"xenlike: created {result['name']} (domain {running_domain(result)})")
     if args.console:
         args.domain = result["name"]
         return main_console(args)
     return 0
+
+
+def running_domain(result: dict[str, Any]) -> int:
+    """The domain a ``create`` reply leaves running; XlError with the guest's reason when none is.
+
+    A start that was not plain (on_crash restarted the guest, or it has not
+    reported yet) is told on stderr as a warning.
+    """
+    start = result.get("start")
+    if start is None:  # created paused: nothing runs yet to report
+        return int(result["domid"])
+    if start["state"] == "failed":
+        raise XlError(start["message"])
+    if start["message"]:
+        print(f"xenlike: warning: {start['message']}", file=sys.stderr)
+    return int(start["domid"])
 
 
 def main_destroy(args: argparse.Namespace) -> int:
