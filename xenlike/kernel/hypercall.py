@@ -14,7 +14,8 @@ import errno
 import os
 import socket
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgpack
 
@@ -101,7 +102,7 @@ class HypercallError(OSError):
         return f"{text} (call {self.call_index} of a multicall, {self.call_op})"
 
     @classmethod
-    def from_reply(cls, reply: dict) -> "HypercallError":
+    def from_reply(cls, reply: dict) -> HypercallError:
         return cls(getattr(errno, reply.get("errno", "EINVAL"), errno.EINVAL), reply.get("error", "refused"))
 
 
