@@ -8,7 +8,8 @@ A workload is named in the domain config by ``workload =``:
 * ``path/to/file.py:function``, loaded from that file.
 
 The function is called with one :class:`WorkloadContext`. Returning is a
-poweroff; an exception is a crash (``on_crash`` applies).
+poweroff; an exception is a crash (``on_crash`` applies). ``docs/guest-api.md``
+documents the context and everything it hands out.
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ class WorkloadContext:
     ``vcpus`` are the domain's vCPUs 1..N-1 (``vcpus = N`` in the config; the
     workload itself runs on vCPU 0): ``ctx.vcpus[0].submit(f, *args)`` runs a
     module-level function there and returns a call whose ``result()`` waits.
+
+    ``args`` are the config's ``workload_args``; ``config`` is what the builder
+    handed the guest (``name``, ``uuid``, ``workload``, ``workload_args``,
+    ``extra``, ``vcpus``, ``disks``), not the whole xl.cfg. ``disks`` maps each
+    connected disk's vdev to its ``domu.blkfront.BlockDevice``, live: hotplugged
+    disks appear, detached ones go. ``net`` is None (no network device yet);
+    ``log`` is the logger ``workload.<name>``, on the console.
     """
 
     name: str
