@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,7 @@ REGISTERED = ", ".join(sorted(ep.name for ep in importlib.metadata.entry_points(
 TIKCER = f"workload 'tikcer' is not registered; did you mean 'ticker'? (registered: {REGISTERED})"
 
 
-def up(host: Host, tmp_path) -> None:
+def up(host: Host, tmp_path: Path) -> None:
     """A host with one idle domain, for a create to add to."""
     host.up(str(write_cluster(tmp_path, [{"name": "idle", "workload": "idle"}])))
 
@@ -30,7 +31,7 @@ def did_not_start(verb: str, name: str, reason: str) -> str:
     return rf"xenlike {verb}: {re.escape(name)} \(domain \d+\) did not start: {re.escape(reason)}"
 
 
-def create_fails(host: Host, cfg, *args: str) -> str:
+def create_fails(host: Host, cfg: Path, *args: str) -> str:
     result = host.xl("create", str(cfg), *args, check=False, input="")
     assert result.returncode == 1, result
     assert "created" not in result.stdout
@@ -48,7 +49,8 @@ def create_fails(host: Host, cfg, *args: str) -> str:
      f"workload '{WORKLOADS}/raises_at_import.py:run': loading raises_at_import.py raised "
      "RuntimeError: raises_at_import fails on purpose"),
 ])
-def test_create_says_why_the_guest_did_not_start(host, tmp_path, name, workload, reason):
+def test_create_says_why_the_guest_did_not_start(host: Host, tmp_path: Path, name: str, workload: str,
+                                                 reason: str) -> None:
     up(host, tmp_path)
     cfg = write_cfg(tmp_path, name, f'name = "{name}"\nmemory = 16\nworkload = "{workload}"\n')
     line = create_fails(host, cfg)
@@ -56,7 +58,7 @@ def test_create_says_why_the_guest_did_not_start(host, tmp_path, name, workload,
     assert name not in host.domains()  # on_crash = destroy, xl's default
 
 
-def test_create_c_does_not_attach_to_a_guest_that_did_not_start(host, tmp_path):
+def test_create_c_does_not_attach_to_a_guest_that_did_not_start(host: Host, tmp_path: Path) -> None:
     up(host, tmp_path)
     cfg = write_cfg(tmp_path, "attach", 'name = "attach"\nmemory = 16\nworkload = "nosuch.py:run"\n')
     line = create_fails(host, cfg, "-c")
@@ -65,7 +67,7 @@ def test_create_c_does_not_attach_to_a_guest_that_did_not_start(host, tmp_path):
     assert "no domain" not in line
 
 
-def test_an_on_crash_restart_loop_is_told_by_create(host, tmp_path):
+def test_an_on_crash_restart_loop_is_told_by_create(host: Host, tmp_path: Path) -> None:
     up(host, tmp_path)
     cfg = write_cfg(tmp_path, "loop", 'name = "loop"\nmemory = 16\nworkload = "tikcer"\non_crash = "restart"\n')
     line = create_fails(host, cfg)
@@ -75,7 +77,7 @@ def test_an_on_crash_restart_loop_is_told_by_create(host, tmp_path):
     assert "loop" not in host.domains()
 
 
-def test_a_good_guest_still_creates_and_prints_its_domain(host, tmp_path):
+def test_a_good_guest_still_creates_and_prints_its_domain(host: Host, tmp_path: Path) -> None:
     up(host, tmp_path)
     cfg = write_cfg(tmp_path, "fine", f'name = "fine"\nmemory = 16\nworkload = "{WORKLOADS}/greeter.py:run"\n')
     result = host.xl("create", str(cfg))
@@ -84,7 +86,7 @@ def test_a_good_guest_still_creates_and_prints_its_domain(host, tmp_path):
     wait_for(lambda: "greetings from fine" in host.log("fine"), what="the guest's greeting")
 
 
-def test_up_refuses_a_cluster_with_a_guest_that_does_not_start_and_leaves_no_host(host, tmp_path):
+def test_up_refuses_a_cluster_with_a_guest_that_does_not_start_and_leaves_no_host(host: Host, tmp_path: Path) -> None:
     cluster = write_cluster(tmp_path, [{"name": "good", "workload": "idle"}, {"name": "bad", "workload": "tikcer"}])
     result = host.xl("up", "-d", "--memory", "1024", str(cluster), check=False)
     assert result.returncode == 1, result
