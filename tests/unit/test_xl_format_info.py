@@ -1,4 +1,4 @@
-"""xl's uptime and block-list output (tools/xl/xl_info.c uptime_to_string, print_uptime; xl_block.c)."""
+"""xl's info, uptime and block-list output (xl_info.c print_info, uptime_to_string, print_uptime; xl_block.c)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from xenlike.tools.xl_format import format_block_list, format_uptime, uptime_text
+from xenlike.tools.xl_format import format_block_list, format_info, format_uptime, uptime_text
 
 DAY = 86400
 
@@ -58,3 +58,46 @@ def test_block_list_handle_is_the_front_ends_domid():
     assert header.split() == ["Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"]
     # "%-5d %-3d %-6d %-5d %-6d %-8d %-30s": devid, backend_id, frontend_id, state, evtch, rref, backend
     assert row == "51728 0   7      4     12     8        /local/domain/0/backend/vbd/7/51728"
+
+
+PHYSINFO = {"nr_cpus": 16, "nr_nodes": 2, "cores_per_socket": 4, "threads_per_core": 2, "cpu_khz": 2596120,
+            "total_frames": 262144, "free_frames": 233472, "pcpus": [0, 1, 2, 3], "sched": "credit",
+            "version": {"major": 4, "minor": 19, "extra": "-xenlike", "caps": "xenlike-1-x86_64",
+                        "commandline": "--run-dir /tmp/xl --memory 1024 --pcpus 4 --sched credit"}}
+NODE = {"host": "vm", "release": "6.8.0", "version": "#1 SMP PREEMPT_DYNAMIC", "machine": "x86_64"}
+
+
+def test_info_is_print_info_s_lines_in_xl_s_order_and_format():
+    assert format_info(PHYSINFO, NODE, {"run_dir": "/tmp/xl"}).splitlines() == [
+        # output_nodeinfo
+        "host                   : vm",  # "%-23s: %s", as maybe_printf's format strings are padded
+        "release                : 6.8.0",
+        "version                : #1 SMP PREEMPT_DYNAMIC",
+        "machine                : x86_64",
+        # output_physinfo
+        "nr_cpus                : 16",
+        "nr_nodes               : 2",
+        "cores_per_socket       : 4",
+        "threads_per_core       : 2",
+        "cpu_mhz                : 2596.120",  # "%d.%03d" of cpu_khz
+        "total_memory           : 1024",
+        "free_memory            : 912",
+        # output_xeninfo
+        "xen_major              : 4",
+        "xen_minor              : 19",
+        "xen_extra              : -xenlike",
+        "xen_version            : 4.19-xenlike",  # "%d.%d%s"
+        "xen_caps               : xenlike-1-x86_64",
+        "xen_scheduler          : credit",
+        "xen_pagesize           : 4096",
+        "xen_commandline        : --run-dir /tmp/xl --memory 1024 --pcpus 4 --sched credit",
+        # xenlike's own, after xl's
+        "nr_pcpus_scheduled     : 4",
+        "run_dir                : /tmp/xl",
+    ]
+
+
+@pytest.mark.parametrize("khz, text", [(2596120, "2596.120"), (3000000, "3000.000"), (800005, "800.005"), (0, "0.000")])
+def test_cpu_mhz_keeps_three_decimals_of_the_khz(khz, text):
+    lines = format_info({**PHYSINFO, "cpu_khz": khz}, NODE).splitlines()
+    assert f"cpu_mhz                : {text}" in lines

@@ -2,7 +2,12 @@
 
 Started by ``xenlike up``; not meant to be run by hand, but it can be:
 
-    python -m xenlike.hypervisor --run-dir DIR [--memory MiB] [--pcpus N] [--sched NAME]
+    python -m xenlike.hypervisor --run-dir DIR --memory MiB [--overcommit] [--pcpus N] [--sched NAME]
+
+Before it starts anything it locks the run directory (``RunDir.take_lock``: one
+host per run directory) and checks the host memory against the machine's. A
+refusal is one line on stderr, and on ``--status-fd`` if given: a pipe the
+starter (``xenlike up``) reads, closed without a word once those checks pass.
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import sys
 from pathlib import Path
 
 from xenlike.hypervisor.zygote import start_zygote
+from xenlike.kernel.machine import Machine, host_memory_refusal
 from xenlike.kernel.proc import log_to_file, set_process_name
-from xenlike.kernel.rundir import RunDir
+from xenlike.kernel.rundir import HostRunning, RunDir
 from xenlike.public.atomic import check_platform
 
 DOM0_MEMORY_MIB = 32
@@ -25,11 +32,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m xenlike.hypervisor", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", required=True, type=Path)
     p.add_argument("--memory", type=int, required=True, help="host memory for domains, MiB")
+    p.add_argument("--overcommit", action="store_true", help="allow --memory above the machine's MemTotal")
     p.add_argument("--pcpus", type=int, default=os.cpu_count(), help="physical CPUs to schedule on")
     p.add_argument(
         "--sched", default="credit", help="the scheduler (entry-point group xenlike.schedulers; default credit)"
     )
+    p.add_argument("--status-fd", type=int, help="a pipe for the one line of a refusal, closed once started")
     return p.parse_args(argv)
+
+
+def commandline(args: argparse.Namespace) -> str:
+    """The hypervisor's command line as ``xl info`` shows it (``xen_commandline``): its settings, in one form."""
+    words = ["--run-dir", str(args.run_dir), "--memory", str(args.memory), "--pcpus", str(args.pcpus),
+             "--sched", args.sched] + (["--overcommit"] if args.overcommit else [])
+    return shlex.join(words)
+
+
+def refuse(status_fd: int | None, line: str, code: int = 1) -> int:
+    """Say why the host does not start, in one line on stderr and on the starter's status pipe."""
+    print(f"xenlike.hypervisor: {line}", file=sys.stderr)
+    if status_fd is not None:
+        try:
+            os.write(status_fd, (line + "\n").encode())
+        except OSError:
+            pass  # the starter is gone
+    return code
 
 
 def raise_fd_limit() -> None:
@@ -41,18 +68,28 @@ def raise_fd_limit() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    status_fd = args.status_fd
+    if status_fd is not None:
+        os.set_inheritable(status_fd, False)
     check_platform()
     raise_fd_limit()
     from xenlike.hypervisor.sched import available_schedulers, load_scheduler
 
     if args.sched not in available_schedulers():  # by name only: a plugin is imported after the zygote forks
-        print(
-            f"xenlike.hypervisor: no scheduler named {args.sched!r} (registered: "
-            f"{', '.join(sorted(available_schedulers())) or 'none'})",
-            file=sys.stderr,
-        )
-        return 2
+        return refuse(status_fd, f"no scheduler named {args.sched!r} (registered: "
+                                 f"{', '.join(sorted(available_schedulers())) or 'none'})", 2)
     run_dir = RunDir(args.run_dir)
+    # The run directory's lock comes before anything starts, and is held until the process ends.
+    try:
+        lock = run_dir.take_lock()
+    except HostRunning as exc:
+        return refuse(status_fd, str(exc))
+    machine = Machine.read()
+    refusal = host_memory_refusal(f"--memory {args.memory} MiB", args.memory, machine.memory_mib)
+    if refusal is not None and not args.overcommit:
+        return refuse(status_fd, refusal)
+    if status_fd is not None:
+        os.close(status_fd)  # started: the starter reads end of file
     # The zygote comes first: nothing below (threads, epoll, zmq) may be inherited by domains.
     zygote = start_zygote()
     set_process_name("xl-hypervisor")
@@ -62,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     # pCPU n is Linux CPU n, among those this process may use (a cpuset may allow fewer).
     allowed = sorted(os.sched_getaffinity(0))
     pcpus = allowed[: max(1, min(args.pcpus, len(allowed)))]
-    hypervisor = Hypervisor(run_dir.path, args.memory, pcpus, zygote, load_scheduler(args.sched)(pcpus))
+    hypervisor = Hypervisor(run_dir.path, args.memory, pcpus, zygote, load_scheduler(args.sched)(pcpus),
+                            machine=machine, commandline=commandline(args))
     try:
         hypervisor.boot(DOM0_MEMORY_MIB, {"run_dir": str(run_dir.path)})
         run_dir.write_pid(os.getpid())
@@ -71,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         hypervisor.close()
         run_dir.clean_sockets()
         run_dir.remove_pid()
+        lock.release()  # last: the next host may start once this one's files are cleaned up
     return 0
 
 

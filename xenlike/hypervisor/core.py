@@ -42,6 +42,7 @@ from xenlike.hypervisor.sched import Scheduler
 from xenlike.hypervisor.zygote import Zygote
 from xenlike.kernel.gnttab import GrantTableFrames
 from xenlike.kernel.hypercall import ChannelClosed, HypercallError, recv_message, send_message, socketpair
+from xenlike.kernel.machine import Machine
 from xenlike.kernel.memory import GuestMemory
 from xenlike.public.event_channel import VIRQ, EvtchnError
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTST, GrantError
@@ -78,9 +79,12 @@ class Hypervisor:
     """The host: call :meth:`boot` to start dom0, then :meth:`run` until it stops."""
 
     def __init__(
-        self, run_dir: Path, memory_mib: int, pcpus: list[int], zygote: Zygote, scheduler: Scheduler | None = None
+        self, run_dir: Path, memory_mib: int, pcpus: list[int], zygote: Zygote, scheduler: Scheduler | None = None,
+        *, machine: Machine | None = None, commandline: str = "",
     ) -> None:
         self.run_dir = run_dir
+        self.machine = machine or Machine.read()  # measured once, as Xen measures its machine at boot
+        self.commandline = commandline  # XENVER_commandline
         self.pcpus = pcpus
         self.zygote = zygote
         if scheduler is None:
@@ -89,7 +93,7 @@ class Hypervisor:
             scheduler = CreditScheduler(pcpus)
         self.scheduler = scheduler
         self._sched_failures = 0
-        self.pool = FramePool(mib_to_frames(memory_mib))
+        self.pool = FramePool(mib_to_frames(memory_mib), machine_mib=self.machine.memory_mib)
         self.domains: dict[int, Domain] = {}
         self.evtchn = EventChannelHost()
         self.grants = GrantMapper(self._grant_table)
@@ -101,6 +105,7 @@ class Hypervisor:
         self._next_domid = 1
         self._stopping = False
         self._stop_deadline = 0.0
+        self._ends_itself: int | None = None  # the domain that asked for the host shutdown and exits on its own
         self._current_call: _Call | None = None
         self.started = time.time()
         self.console = ConsoleRing()
@@ -159,23 +164,34 @@ class Hypervisor:
             if self._sched_failures <= 3:
                 log.exception("scheduler %s: tick failed", self.scheduler.name)
 
-    def stop(self, reason: str) -> None:
-        """Shut the host down: every domain is killed and, once reaped, freed."""
+    def stop(self, reason: str, ends_itself: Domain | None = None) -> None:
+        """Shut the host down: every domain is killed and, once reaped, freed.
+
+        ``ends_itself`` is the domain that asked for the shutdown and exits on its
+        own once answered (dom0, through ``host_shutdown``, as Xen's hardware
+        domain shutting down halts the machine): it is not killed, and its exit is
+        logged as a stop, not a death. Should it still run when STOP_TIMEOUT_S
+        runs out, :meth:`close` kills it.
+        """
         if self._stopping:
             return
         self._stopping = True
         self._stop_deadline = time.monotonic() + STOP_TIMEOUT_S
+        self._ends_itself = ends_itself.domid if ends_itself is not None else None
         log.info("host shutting down: %s", reason)
         for domain in sorted(self.domains.values(), key=lambda d: -d.domid):
             domain.dying = True
             if domain.pid is None:
                 self.finalize(domain)
-            else:
+            elif domain is not ends_itself:
                 self.kill(domain)
 
     def close(self) -> None:
         """Release what is left (after :meth:`run` returned) and stop the zygote."""
         for domain in list(self.domains.values()):
+            if domain.pid is not None:
+                log.warning("%s: still running %gs after the host began to stop; killed", domain.label,
+                            STOP_TIMEOUT_S)
             self.kill(domain)
             self.finalize(domain)
         self.scheduler.close()
@@ -521,17 +537,28 @@ class Hypervisor:
             how = f"killed by signal {os.WTERMSIG(status)} ({signal.Signals(os.WTERMSIG(status)).name})"
         else:
             how = f"exited with status {os.WEXITSTATUS(status)}"
-        if domain.shutdown_reason is None:
+        if domain.domid == self._ends_itself:
+            # It asked for the host shutdown and then ended: a stop, if it ended well.
+            if domain.shutdown_reason is None:
+                domain.shutdown_reason = ShutdownReason.POWEROFF
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                domain.exit_note = "stopped (host shutdown)"
+                log.info("%s: %s", domain.label, domain.exit_note)
+            else:
+                domain.exit_note = f"{how} after asking for the host shutdown"
+                log.warning("%s: %s", domain.label, domain.exit_note)
+        elif domain.shutdown_reason is None:
             # It ended without SCHEDOP_shutdown: to the toolstack that is a crash.
             domain.shutdown_reason = ShutdownReason.CRASH if not domain.dying else ShutdownReason.POWEROFF
             domain.exit_note = f"{how} without shutting down"
             if not domain.dying:
                 log.warning("%s: crashed: %s", domain.label, domain.exit_note)
+            elif domain.domid == 0:  # killed by a host stop it did not ask for (a signal to the hypervisor)
+                log.info("%s: %s", domain.label, domain.exit_note)
         else:
             domain.exit_note = f"shut down ({ShutdownReason(domain.shutdown_reason).name.lower()})"
             log.info("%s: %s", domain.label, domain.exit_note)
         if domain.domid == 0:
-            log.info("d0 (%s): %s", DOM0_NAME, domain.exit_note)
             self.finalize(domain)
             self.stop("dom0 ended")
             return

@@ -28,18 +28,28 @@ class OutOfMemory(MemoryError):
 
 
 class FramePool:
-    """The host's 4 KiB frames (``xenlike up --memory``): reservations, never overcommit."""
+    """The host's 4 KiB frames (``xenlike up --memory``): reservations, never overcommit.
 
-    def __init__(self, total_frames: int) -> None:
+    ``machine_mib`` is the machine's memory (0: unknown), for the advice a refusal gives.
+    """
+
+    def __init__(self, total_frames: int, machine_mib: int = 0) -> None:
         self.total = total_frames
         self.free = total_frames
+        self.machine_mib = machine_mib
 
     def reserve(self, frames: int, who: str) -> None:
+        """Take ``frames`` for ``who``, or OutOfMemory naming what it needs, what is free and what would help."""
         if frames > self.free:
+            needed = frames * PAGE_SIZE >> 20
+            if self.machine_mib and needed > self.machine_mib:
+                advice = (f"that is more than this machine's {self.machine_mib} MiB: only a host started with "
+                          "--overcommit and a larger --memory can hold it")
+            else:
+                advice = "start the host with a larger --memory, or destroy a domain"
             raise OutOfMemory(
-                f"{who} needs {frames * PAGE_SIZE >> 20} MiB but only {self.free * PAGE_SIZE >> 20} MiB "
-                f"of the host's {self.total * PAGE_SIZE >> 20} MiB are free "
-                "(start the host with a larger --memory, or destroy a domain)"
+                f"{who} needs {needed} MiB but only {self.free * PAGE_SIZE >> 20} MiB "
+                f"of the host's {self.total * PAGE_SIZE >> 20} MiB are free ({advice})"
             )
         self.free -= frames
 

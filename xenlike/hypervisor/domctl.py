@@ -195,8 +195,12 @@ def close_channel(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) ->
 
 
 def host_shutdown(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
-    """Stop the host: every domain is killed and, once reaped, freed."""
-    hv.stop("requested by dom0")
+    """Stop the host (dom0's last call, as Xen's hardware domain shutting down halts the machine).
+
+    Every other domain is killed and, once reaped, freed; dom0 is answered and
+    exits on its own, which the hypervisor logs as ``stopped (host shutdown)``.
+    """
+    hv.stop("requested by dom0", ends_itself=caller)
     return {}, []
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from xenlike.hypervisor.domain import Domain
 from xenlike.hypervisor.hypercall import Result
-from xenlike.hypervisor.version import VERSION
+from xenlike.hypervisor.version import version_info
 
 if TYPE_CHECKING:
     from xenlike.hypervisor.core import Hypervisor
@@ -16,13 +16,25 @@ __all__ = ["physinfo", "sched_info", "readconsole"]
 
 
 def physinfo(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
-    """XEN_SYSCTL_physinfo: the host's frames, pCPUs and version, and what it holds for its domains."""
+    """XEN_SYSCTL_physinfo: the host's frames, pCPUs and version, and what it holds for its domains.
+
+    The machine's figures are as Xen's ``arch_do_physinfo`` gives them, from what
+    the hypervisor read at start (``xenlike.kernel.machine``): ``cpu_khz``,
+    ``threads_per_core`` and ``cores_per_socket`` (of the first CPU),
+    ``nr_nodes``, and ``machine_kb``, the machine's memory, beside the pool's frames.
+    """
+    machine = hv.machine
     return {
         "total_frames": hv.pool.total,
         "free_frames": hv.pool.free,
         "nr_cpus": os.cpu_count(),
+        "nr_nodes": machine.nr_nodes,
+        "cores_per_socket": machine.cores_per_socket,
+        "threads_per_core": machine.threads_per_core,
+        "cpu_khz": machine.cpu_khz,
+        "machine_kb": machine.memory_kib,
         "pcpus": hv.pcpus,
-        "version": VERSION,
+        "version": version_info(hv),
         "started": hv.started,
         "grant_mappings": hv.grants.mapping_count(),
         "evtchn_ports": hv.evtchn.open_fds(),

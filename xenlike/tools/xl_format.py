@@ -119,24 +119,53 @@ def format_uptime(rows: Iterable[dict], short: bool = False, now: float | None =
     return "\n".join(lines)
 
 
-def format_info(physinfo: dict, extra: dict[str, str]) -> str:
-    """``xl info``: ``key : value`` lines, memory in MB."""
-    frames_mb = 4096 / (1 << 20)
+# xl's `key : value` lines: "%-23s: %s" (maybe_printf in tools/xl/xl_info.c).
+INFO_KEY_WIDTH = 23
+
+
+def format_info(physinfo: dict, node: dict[str, str], extra: dict[str, object] | None = None) -> str:
+    """``xl info`` (``print_info``): ``output_nodeinfo``'s, ``output_physinfo``'s and ``output_xeninfo``'s
+    lines, in xl's order and format, then xenlike's own (``extra``).
+
+    ``node`` is uname's ``host``, ``release``, ``version`` and ``machine``;
+    ``physinfo`` is the toolstack's ``info`` (the ``physinfo`` sysctl, its
+    ``version`` the ``xen_version`` answer, ``sched`` the scheduler). Memory is
+    in MiB, ``cpu_mhz`` is ``cpu_khz`` as ``%d.%03d``, ``xen_version`` is
+    ``%d.%d%s`` of major, minor and extra. Fields xl prints that xenlike has no
+    figure for (``hw_caps``, ``virt_caps``, ``platform_params``, the compiler's)
+    are left out rather than made up.
+    """
+    frames_mib = 4096 / (1 << 20)
     version = physinfo["version"]
-    pairs = {
-        **extra,
+    khz = int(physinfo["cpu_khz"])
+    pairs: dict[str, object] = {
+        # output_nodeinfo
+        "host": node["host"],
+        "release": node["release"],
+        "version": node["version"],
+        "machine": node["machine"],
+        # output_physinfo
         "nr_cpus": physinfo["nr_cpus"],
-        "nr_pcpus_scheduled": len(physinfo["pcpus"]),
-        "total_memory": int(physinfo["total_frames"] * frames_mb),
-        "free_memory": int(physinfo["free_frames"] * frames_mb),
+        "nr_nodes": physinfo["nr_nodes"],
+        "cores_per_socket": physinfo["cores_per_socket"],
+        "threads_per_core": physinfo["threads_per_core"],
+        "cpu_mhz": f"{khz // 1000}.{khz % 1000:03d}",
+        "total_memory": int(physinfo["total_frames"] * frames_mib),
+        "free_memory": int(physinfo["free_frames"] * frames_mib),
+        # output_xeninfo
         "xen_major": version["major"],
         "xen_minor": version["minor"],
         "xen_extra": version["extra"],
+        "xen_version": f"{version['major']}.{version['minor']}{version['extra']}",
         "xen_caps": version["caps"],
+        "xen_scheduler": physinfo.get("sched", "credit"),
         "xen_pagesize": 4096,
+        "xen_commandline": version.get("commandline", ""),
+        # xenlike's own
+        "nr_pcpus_scheduled": len(physinfo["pcpus"]),
+        **(extra or {}),
     }
-    width = max(len(k) for k in pairs)
-    return "\n".join(f"{k:<{width}} : {v}" for k, v in pairs.items())
+    return "\n".join(f"{key:<{INFO_KEY_WIDTH}}: {value}" for key, value in pairs.items())
 
 
 def format_block_list(rows: Iterable[dict]) -> str:

@@ -6,7 +6,7 @@ import argparse
 import ast
 import importlib.metadata
 import json
-import platform
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,11 +35,11 @@ def main_list(args: argparse.Namespace) -> int:
 
 
 def main_info(args: argparse.Namespace) -> int:
-    """xl info: the host's node information, physinfo and version, as ``key : value`` lines."""
+    """xl info: the host's node information, physinfo and version, as ``key : value`` lines (``print_info``)."""
     physinfo = call(args, "info")
-    print(format_info(physinfo, {"host": platform.node(), "release": platform.release(), "machine": platform.machine(),
-                                 "xen_scheduler": physinfo.get("sched", "credit"),
-                                 "run_dir": str(RunDir(args.run_dir).path)}))
+    uname = os.uname()
+    node = {"host": uname.nodename, "release": uname.release, "version": uname.version, "machine": uname.machine}
+    print(format_info(physinfo, node, {"run_dir": str(RunDir(args.run_dir).path)}))
     return 0
 
 
