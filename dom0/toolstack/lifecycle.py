@@ -107,6 +107,21 @@ def _shutdown_reason_name(reason: Any) -> str:
         return "crash"
 
 
+def _how_it_ended(reason: str, exit_note: str) -> str:
+    """How a domain ended, for the log line of its on_* action (xl's ``handle_domain_death``).
+
+    ``exit_note`` is the hypervisor's (``getdomaininfo``'s ``exit``). For a guest
+    that shut down it already reads ``shut down (poweroff)``, so that is said
+    once; a crash says what the process did, and any other note is kept after
+    the reason.
+    """
+    if reason == "crash":
+        return f"crashed ({exit_note})" if exit_note else "crashed"
+    if not exit_note or exit_note == f"shut down ({reason})":
+        return f"shut down ({reason})"
+    return f"shut down ({reason}: {exit_note})"
+
+
 class Lifecycle:
     """The domU table: create, find, destroy, and the on_* actions when a domain shuts down.
 
@@ -258,7 +273,7 @@ class Lifecycle:
         if report is not None:
             self._note_shutdown(report, built, info)
         action = built.config.get(key) or ACTION_DEFAULTS[key]
-        log.info("%s: shut down (%s: %s); %s is %s", built.label, reason, info.get("exit", ""), key, action)
+        log.info("%s: %s; %s is %s", built.label, _how_it_ended(reason, info.get("exit") or ""), key, action)
         restarted: BuiltDomain | None = None
         why_not = ""
         if action in ("destroy", "coredump-destroy"):
