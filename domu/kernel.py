@@ -64,11 +64,20 @@ class PreparedShell:
     def __init__(self) -> None:
         self._kernel: Kernel | None = None
         self._attached = threading.Event()
+        # Set by the shell's jail before attach: what confines this thread too (Landlock binds one thread).
+        self.confine: Callable[[], None] | None = None
         threading.Thread(target=self._run, name="evtchn", daemon=True).start()
         _rehearse_boot()
 
     def _run(self) -> None:
         self._attached.wait()
+        if self.confine is not None:
+            try:
+                self.confine()
+            except OSError as exc:
+                label = self._kernel.label if self._kernel is not None else "guest"
+                print(f"[{label}] cannot confine the event loop: {exc}", file=sys.__stderr__, flush=True)
+                os._exit(70)  # never serve the guest unconfined
         self._kernel._event_loop()  # type: ignore[union-attr]
 
     def attach(self, kernel: Kernel) -> None:

@@ -85,6 +85,7 @@ class Hypervisor:
         self.run_dir = run_dir
         self.machine = machine or Machine.read()  # measured once, as Xen measures its machine at boot
         self.commandline = commandline  # XENVER_commandline
+        self.jail: dict[str, Any] = {"enabled": False, "mechanisms": []}  # how domUs are jailed (jail_report)
         self.pcpus = pcpus
         self.zygote = zygote
         if scheduler is None:

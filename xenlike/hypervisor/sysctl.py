@@ -39,6 +39,7 @@ def physinfo(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Resu
         "grant_mappings": hv.grants.mapping_count(),
         "evtchn_ports": hv.evtchn.open_fds(),
         "sched": hv.scheduler.name,
+        "jail": hv.jail,
     }, []
 
 

@@ -35,6 +35,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from xenlike.hypervisor.jail import JailPolicy, ShellJail, warm_up
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message, socketpair
 from xenlike.kernel.proc import become_subreaper, die_with_parent, set_process_name
 
@@ -100,16 +101,23 @@ class Zygote:
         return events
 
 
-def start_zygote() -> Zygote:
-    """Fork the zygote. Call before creating threads, epoll instances or zmq contexts."""
+def start_zygote(jail: JailPolicy | None = None) -> Zygote:
+    """Fork the zygote. Call before creating threads, epoll instances or zmq contexts.
+
+    With ``jail`` (enabled), every domU is jailed (``xenlike.hypervisor.jail``); dom0 never is.
+    """
     ours, theirs = socketpair()
     pid = os.fork()
     if pid == 0:
         ours.close()
+        code = 0
         try:
-            _zygote_main(theirs)
+            _zygote_main(theirs, jail if jail is not None and jail.enabled else None)
+        except BaseException:
+            logging.getLogger("xenlike.zygote").exception("the zygote failed")
+            code = 70
         finally:
-            os._exit(0)
+            os._exit(code)
     theirs.close()
     return Zygote(pid, ours)
 
@@ -124,12 +132,13 @@ class _Shell:
     gives it its role.
     """
 
-    def __init__(self, zygote_sock: socket.socket, wake: tuple[int, int]) -> None:
+    def __init__(self, zygote_sock: socket.socket, wake: tuple[int, int], jail: _JailSetup | None,
+                 jailed: bool) -> None:
         ours, theirs = socketpair()
         pid = os.fork()
         if pid == 0:
             ours.close()
-            _become_shell(theirs, zygote_sock, wake)  # never returns
+            _become_shell(theirs, zygote_sock, wake, jail, jailed)  # never returns
         theirs.close()
         self.pid = pid
         self.sock = ours
@@ -147,7 +156,38 @@ class _Shell:
         os.waitpid(self.pid, 0)
 
 
-def _zygote_main(sock: socket.socket) -> None:
+@dataclass
+class _JailSetup:
+    """The zygote's side of the jail: the policy every domU shell applies, and the guests' stderr pipe.
+
+    A jailed guest may extend no file (``RLIMIT_FSIZE`` 0), so its fds 1 and 2 are
+    the write end of a pipe whose read end the zygote copies to its own stderr
+    (the hypervisor's stderr log: tracebacks, ``SIGUSR1`` thread dumps). The pipe
+    is non-blocking: a guest that floods it loses its own output and stalls nobody.
+    """
+
+    policy: JailPolicy
+    stderr_r: int
+    stderr_w: int
+
+    def forward_stderr(self) -> None:
+        try:
+            data = os.read(self.stderr_r, 65536)
+        except BlockingIOError:
+            return
+        try:
+            os.write(2, data)
+        except OSError:
+            pass  # the log is gone: nothing to keep it for
+
+
+def _jail_setup(policy: JailPolicy) -> _JailSetup:
+    warm_up()  # what every shell's jail reads, computed once before the forks
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    return _JailSetup(policy, read_end, write_end)
+
+
+def _zygote_main(sock: socket.socket, jail: JailPolicy | None) -> None:
     die_with_parent()
     # A guest's secondary vCPUs are its vCPU 0's children: orphaned, they come here to be reaped.
     become_subreaper()
@@ -156,6 +196,7 @@ def _zygote_main(sock: socket.socket) -> None:
     for module in PRELOAD:
         importlib.import_module(module)  # the point of a zygote: import once, fork many
     importlib.import_module("domu.workload").available_workloads()  # scan entry points once, not per domain
+    setup = _jail_setup(jail) if jail is not None else None
     # Objects imported so far stay shared with every domain: keep the cyclic GC
     # from touching (and so copying) their pages in each child.
     gc.collect()
@@ -163,9 +204,12 @@ def _zygote_main(sock: socket.socket) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    pool = _ShellPool(sock, (wake_r, wake_w))
+    pool = _ShellPool(sock, (wake_r, wake_w), setup)
+    watched = [sock.fileno(), wake_r] + ([setup.stderr_r] if setup is not None else [])
     while True:
-        ready, _, _ = select.select([sock.fileno(), wake_r], [], [], pool.seconds_to_refill())
+        ready, _, _ = select.select(watched, [], [], pool.seconds_to_refill())
+        if setup is not None and setup.stderr_r in ready:
+            setup.forward_stderr()
         if wake_r in ready:
             while True:
                 try:
@@ -181,7 +225,7 @@ def _zygote_main(sock: socket.socket) -> None:
                 pool.discard()
                 return
             if message.get("op") == "spawn":
-                pid = pool.take().boot(message["boot"], fds)
+                pid = pool.take(message["boot"]["role"]).boot(message["boot"], fds)
                 send_message(sock, {"pid": pid})
             for fd in fds:
                 os.close(fd)
@@ -196,14 +240,20 @@ class _ShellPool:
     boot only when creates come faster than that.
     """
 
-    def __init__(self, zygote_sock: socket.socket, wake: tuple[int, int]) -> None:
+    def __init__(self, zygote_sock: socket.socket, wake: tuple[int, int], jail: _JailSetup | None) -> None:
         self._zygote_sock = zygote_sock
         self._wake = wake
+        self._jail = jail
         self._ready: deque[_Shell] = deque()
         self._refill_at = time.monotonic()
 
-    def take(self) -> _Shell:
-        """A ready shell (one forked now if none is); schedules its replacement."""
+    def take(self, role: str) -> _Shell:
+        """A ready shell for ``role`` (one forked now if none is); schedules its replacement.
+
+        dom0 is privileged, as in Xen: it gets a shell of its own, never a jailed one.
+        """
+        if role == "dom0":
+            return _Shell(self._zygote_sock, self._wake, self._jail, jailed=False)
         shell = self._ready.popleft() if self._ready else self._fork()
         now = time.monotonic()
         self._refill_at = now if not self._ready else now + BOOT_WINDOW_S
@@ -228,7 +278,18 @@ class _ShellPool:
             self._ready.popleft().discard()
 
     def _fork(self) -> _Shell:
-        return _Shell(self._zygote_sock, self._wake)
+        return _Shell(self._zygote_sock, self._wake, self._jail, jailed=self._jail is not None)
+
+
+def _jail_shell(jail: _JailSetup) -> ShellJail:
+    """Jail a fresh shell as far as it can be before it knows its domain (it is still one thread)."""
+    os.close(jail.stderr_r)
+    for fd in (1, 2):
+        os.dup2(jail.stderr_w, fd)
+    os.close(jail.stderr_w)
+    confinement = ShellJail(jail.policy)
+    confinement.prepare()
+    return confinement
 
 
 def _reap(sock: socket.socket) -> None:
@@ -243,7 +304,8 @@ def _reap(sock: socket.socket) -> None:
         send_message(sock, {"event": "exited", "pid": pid, "status": status, "cpu_time": cpu})
 
 
-def _become_shell(boot_sock: socket.socket, zygote_sock: socket.socket, wake: tuple[int, int]) -> None:
+def _become_shell(boot_sock: socket.socket, zygote_sock: socket.socket, wake: tuple[int, int],
+                  jail: _JailSetup | None, jailed: bool) -> None:
     code = 0
     try:
         signal.set_wakeup_fd(-1)
@@ -253,6 +315,10 @@ def _become_shell(boot_sock: socket.socket, zygote_sock: socket.socket, wake: tu
         zygote_sock.close()
         os.setpgid(0, 0)
         die_with_parent()
+        confinement = _jail_shell(jail) if jail is not None and jailed else None
+        if jail is not None and not jailed:
+            os.close(jail.stderr_r)
+            os.close(jail.stderr_w)
         # Work every guest needs, done while the shell waits rather than once it is asked for.
         prepared = importlib.import_module(ENTRY_POINTS["domu"][0]).prepare()
         try:
@@ -261,6 +327,11 @@ def _become_shell(boot_sock: socket.socket, zygote_sock: socket.socket, wake: tu
             os._exit(0)  # the zygote went away before this shell was needed
         boot_sock.close()
         set_process_name(f"xl-d{boot['domid']}-{boot['name']}")
+        if confinement is not None:
+            if boot["role"] != "domu":
+                raise RuntimeError(f"a jailed shell was handed a {boot['role']}")
+            confinement.enter(boot, fds)  # before any of the domain's code runs
+            prepared.confine = confinement.confine_thread
         module, function = ENTRY_POINTS[boot["role"]]
         entry = getattr(importlib.import_module(module), function)
         code = (entry(boot, fds, prepared) if boot["role"] == "domu" else entry(boot, fds)) or 0

@@ -53,6 +53,7 @@ __all__ = [
     "errata",
     "restrict_self",
     "python_allowance",
+    "workload_allowance",
     "NETDB_FILES",
     "probe",
     "fs_rights",
@@ -335,6 +336,15 @@ class Ruleset:
             raise
         return fd
 
+    def add_rules(self, ruleset_fd: int, allowance: Iterable[tuple[str | os.PathLike[str], int]]) -> None:
+        """Add (path, access) rules to a ruleset fd this ruleset made, before it restricts anything.
+
+        Every process holding ``ruleset_fd`` sees the new rules: add only to an fd
+        of the calling process's own (one made after its last ``fork``).
+        """
+        for path, access in allowance:
+            self._add_path_rule(ruleset_fd, os.fspath(path), access)
+
     def restrict_self(self, flags: int = 0) -> None:
         """Set ``no_new_privs``, then confine the calling thread (and its future children) to this ruleset.
 
@@ -483,6 +493,11 @@ def _interpreter_libraries() -> list[str]:
             continue
         found.extend(e.path for e in entries if e.name.startswith("lib") and ".so" in e.name and e.is_file())
     return found
+
+
+def workload_allowance(workload: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """Read rights on a workload's file or package, given as a path or an importable module name ([] if not found)."""
+    return [(os.path.realpath(p), READ) for p in _workload_paths(workload) if os.path.exists(p)]
 
 
 def _workload_paths(workload: str | os.PathLike[str]) -> list[str]:

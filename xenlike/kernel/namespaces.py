@@ -69,6 +69,8 @@ __all__ = [
     "bring_up_loopback",
     "mount_private_proc",
     "hide_directory",
+    "mount_tmpfs",
+    "bind_mount",
     "drop_identity",
     "drop_capabilities",
     "capabilities",
@@ -106,6 +108,8 @@ _MS_RDONLY = 0x1
 _MS_NOSUID = 0x2
 _MS_NODEV = 0x4
 _MS_NOEXEC = 0x8
+_MS_REMOUNT = 0x20
+_MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_PRIVATE = 0x40000
 
@@ -327,6 +331,31 @@ def hide_directory(path: str) -> None:
     flags = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
     if _libc.mount(b"xenlike-hidden", path.encode(), b"tmpfs", flags, b"mode=000,size=4k,nr_inodes=2") != 0:
         raise NamespaceError(_errno(), f"mounting an empty tmpfs over {path!r}")
+
+
+def mount_tmpfs(path: str, mode: int = 0o755) -> None:
+    """Mount an empty tmpfs over ``path`` (nosuid, nodev, noexec) in the caller's mount namespace.
+
+    Its root directory has ``mode``; what ``path`` held is out of this
+    namespace's reach until bind mounts put parts of it back. Raises :class:`NamespaceError`.
+    """
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    options = f"mode={mode:o},size=64k".encode()
+    if _libc.mount(b"xenlike-view", path.encode(), b"tmpfs", flags, options) != 0:
+        raise NamespaceError(_errno(), f"mounting a tmpfs over {path!r}")
+
+
+def bind_mount(source: str, target: str) -> None:
+    """Bind ``source`` (a path, or ``/proc/self/fd/N`` of an ``O_PATH`` fd) on ``target``, read-only.
+
+    ``target`` must exist and be of the same kind (a directory for a directory,
+    a file for a file). Raises :class:`NamespaceError`.
+    """
+    if _libc.mount(source.encode(), target.encode(), None, _MS_BIND | _MS_REC, None) != 0:
+        raise NamespaceError(_errno(), f"binding {source!r} on {target!r}")
+    flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+    if _libc.mount(None, target.encode(), None, flags, None) != 0:
+        raise NamespaceError(_errno(), f"making the binding on {target!r} read-only")
 
 
 class _CapHeader(ctypes.Structure):

@@ -89,9 +89,17 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
                 Arg("-d", "--detach", action="store_true", help="return once the cluster is up"),
                 Arg("--memory", type=int,
                     help="host memory for domains, MiB (default: half the machine's, at most 8192)"),
+                Arg("--overcommit", action="store_true",
+                    help="allow --memory above the machine's (MemTotal): guests' memory costs only what they "
+                         "touch, but a guest that touches more than the machine has meets the OOM killer"),
                 Arg("--pcpus", type=int, help="physical CPUs to schedule on (default: all)"),
                 Arg("--sched", metavar="NAME",
                     help="the scheduler: credit (default) or null, or any registered in xenlike.schedulers"),
+                Arg("--no-jail", action="store_true",
+                    help="run guests without the jail (namespaces, Landlock, seccomp, rlimits, a uid each): "
+                         "for experiments only; logged, and shown by `info` and `list -l`"),
+                Arg("--jail-uid-base", type=int, metavar="UID",
+                    help="as root, each domain runs as UID plus its domid (default 200000000)"),
             )),
     CmdSpec("down", host.main_down,
             "shut every domain down (destroying those that do not stop), then the host", (

@@ -1,0 +1,305 @@
+"""The jail around every domU process (after Firecracker's jailer and crosvm's minijail).
+
+In Xen the hardware keeps a guest to what it was given; here the kernel must.
+All code in a domU is hostile: it may use its hypercall socket, its memory, its
+event-channel fds and the fds of devices assigned to it, and nothing else. The
+zygote applies the jail to each shell in two steps, so a create waits for none
+of the slow parts:
+
+* :meth:`ShellJail.prepare`, ahead of need, while the shell is still one thread
+  and does not know which domain it will be: new network (only ``lo``), mount,
+  IPC and UTS namespaces (inside a user namespace of the host's own uid when
+  xenlike does not run as root), a private ``/proc`` that hides every other
+  process (``hidepid=invisible``; an empty one in a user namespace), the run
+  directory hidden under an empty tmpfs, and the Landlock ruleset of what every
+  Python guest must read (the interpreter, the standard library, site-packages,
+  xenlike's guest packages);
+* :meth:`ShellJail.enter`, once the boot message names the domain, before any of
+  its code runs: the hostname is the domain's name; the workload's own file or
+  package is added to the ruleset; rlimits (open files, processes, file size 0,
+  no core dumps, address space); as root, a uid and gid of the domain's own
+  (``uid_base + domid``) with no supplementary group and no capability, else no
+  capability; ``no_new_privs`` and the seccomp filter
+  (:func:`xenlike.kernel.seccomp.guest_policy`) on every thread; then Landlock
+  (no file written anywhere, only the allowance read, TCP denied, signals and
+  abstract UNIX sockets scoped to the domain) on the calling thread. It returns
+  the same confinement for the shell's other thread, which the guest kernel
+  applies on its event-loop thread before it serves anything
+  (Landlock binds one thread at a time on this kernel).
+
+What the kernel lacks is left out and said once, at ``up``
+(:func:`missing`); :func:`mechanisms` lists every mechanism as on or off for
+``xenlike info``. ``up --no-jail`` runs guests without any of this, for
+experiments, and says so loudly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import mmap
+import os
+import signal
+from dataclasses import dataclass
+from importlib import metadata
+
+from xenlike.kernel import landlock, namespaces, seccomp
+from xenlike.kernel.namespaces import Mechanism
+from xenlike.public.start_info import START_INFO_PFN, StartInfo
+from xenlike.public.xen import PAGE_SIZE
+
+__all__ = ["JailPolicy", "ShellJail", "mechanisms", "missing", "jail_report", "log_jail", "DEFAULT_UID_BASE"]
+
+log = logging.getLogger("xenlike.jail")
+
+# A domain's uid and gid when xenlike runs as root: this plus its domid. Above the
+# ranges distributions hand out (and below 2**31), so no host account shares it.
+DEFAULT_UID_BASE = 200_000_000
+# The limits of one guest. Threads count as processes for RLIMIT_NPROC.
+NOFILE = 256
+NPROC_BASE, NPROC_PER_VCPU = 32, 16
+# Address space beyond the guest's memory: the interpreter, its libraries and heap,
+# thread stacks and glibc's per-thread malloc arenas (64 MiB of address space each).
+ADDRESS_SPACE_SLACK = 1024 << 20
+WORKLOAD_GROUP = "xenlike.workloads"
+
+
+@dataclass(frozen=True)
+class JailPolicy:
+    """How the host jails its guests (``xenlike up``'s ``--no-jail`` and ``--jail-uid-base``)."""
+
+    enabled: bool = True
+    uid_base: int = DEFAULT_UID_BASE  # used when the host runs as root
+    run_dir: str = ""  # hidden from every guest
+    available: frozenset[str] = frozenset()  # the mechanisms this kernel gives (:func:`mechanisms`)
+
+    @classmethod
+    def probe(cls, *, enabled: bool, uid_base: int, run_dir: str) -> tuple[JailPolicy, list[Mechanism]]:
+        """The policy for this host, with what the kernel gives; and the mechanisms, for ``info`` and ``up``."""
+        found = mechanisms() if enabled else []
+        return cls(enabled, uid_base, run_dir, frozenset(m.name for m in found if m.available)), found
+
+    def has(self, mechanism: str) -> bool:
+        return mechanism in self.available
+
+    @property
+    def as_root(self) -> bool:
+        """Root with the capabilities to give each domain its own uid."""
+        return self.has("uid-per-domain")
+
+    def uid_of(self, domid: int) -> int:
+        return self.uid_base + domid
+
+
+def mechanisms() -> list[Mechanism]:
+    """Every mechanism of the jail as this kernel and this user give it (``xenlike info``). Never raises."""
+    return [
+        *namespaces.probe(),
+        landlock.probe(),
+        Mechanism("seccomp", seccomp.supported(), "a seccomp filter on every guest thread" if seccomp.supported()
+                  else "seccomp unavailable: guests can make any system call"),
+    ]
+
+
+def missing(found: list[Mechanism] | None = None) -> list[str]:
+    """One line per mechanism the jail cannot use here (what ``up`` prints once)."""
+    return [m.detail for m in (found if found is not None else mechanisms()) if not m.available]
+
+
+def jail_report(policy: JailPolicy, found: list[Mechanism]) -> dict:
+    """What ``xenlike info`` and ``up`` show of the jail: on or off, and each mechanism."""
+    return {"enabled": policy.enabled, "uid_base": policy.uid_base if policy.as_root else None,
+            "mechanisms": [[m.name, m.available, m.detail] for m in found]}
+
+
+def log_jail(policy: JailPolicy, found: list[Mechanism]) -> None:
+    """Say once, in the hypervisor's log, how guests are jailed and what the kernel lacks."""
+    if not policy.enabled:
+        log.warning("THE JAIL IS OFF (--no-jail): every guest can reach what this host's user can")
+        return
+    log.info("guests are jailed: %s", ", ".join(m.name for m in found if m.available))
+    for line in missing(found):
+        log.warning("jail: %s", line)
+
+
+@functools.cache
+def _base_allowance() -> tuple[tuple[str, int], ...]:
+    """What every Python guest must read, computed once in the zygote (it costs a millisecond or two)."""
+    return tuple(landlock.python_allowance())
+
+
+@functools.cache
+def _registered_workloads() -> dict[str, str]:
+    """Registered workload name -> its module, read once in the zygote."""
+    return {ep.name: ep.value.partition(":")[0] for ep in metadata.entry_points(group=WORKLOAD_GROUP)}
+
+
+def warm_up() -> None:
+    """Compute in the zygote, before it forks, what every shell's jail reads."""
+    _base_allowance()
+    _registered_workloads()
+
+
+def workload_target(workload: str) -> str | None:
+    """The file, package or module name a workload spec reads from (None: nothing beyond the base).
+
+    ``path/to/file.py:function`` is the file, ``module:function`` the module,
+    a registered name its entry point's module.
+    """
+    target = workload.rpartition(":")[0] if ":" in workload else _registered_workloads().get(workload)
+    return target or None
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    kept: list[str] = []
+    for path in sorted(set(paths)):
+        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(path)
+    return kept
+
+
+def _unsearchable_ancestor(path: str, uid: int) -> str | None:
+    """The outermost directory above ``path`` that ``uid`` (owner of nothing there, in no group) cannot enter."""
+    current = "/"
+    for part in path.strip("/").split("/")[:-1]:
+        current = os.path.join(current, part)
+        try:
+            st = os.stat(current)
+        except OSError:
+            return None
+        if st.st_uid != uid and not st.st_mode & 0o001:
+            return current
+    return None
+
+
+class _View:
+    """The guest's view of directories its uid may not enter (``/root``, say, 0700), where its allowance lies.
+
+    Each such directory is covered with a tmpfs that holds only bind mounts of
+    the allowed paths beneath it, so the interpreter and the workload are
+    reachable by the guest's uid and nothing else there is. Root only, in the
+    guest's mount namespace.
+    """
+
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+        self.covered: set[str] = set()
+
+    def expose(self, paths: list[str]) -> None:
+        by_root: dict[str, list[str]] = {}
+        for path in _outermost(paths):
+            root = next((c for c in self.covered if path.startswith(c + "/")), None) or \
+                _unsearchable_ancestor(path, self.uid)
+            if root is not None:
+                by_root.setdefault(root, []).append(path)
+        for root, beneath in by_root.items():
+            fds = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in beneath]
+            try:
+                if root not in self.covered:
+                    namespaces.mount_tmpfs(root)
+                    self.covered.add(root)
+                for path, fd in fds:
+                    self._bind(root, path, fd)
+            finally:
+                for _path, fd in fds:
+                    os.close(fd)
+
+    def stand_in(self, directory: str) -> None:
+        """An empty directory at ``directory`` in the view, if the guest's uid could not reach the real one."""
+        root = next((c for c in self.covered if directory.startswith(c + "/")), None) or \
+            _unsearchable_ancestor(os.path.join(directory, "-"), self.uid)
+        if root is None:
+            return
+        if root not in self.covered:
+            namespaces.mount_tmpfs(root)
+            self.covered.add(root)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+
+    @staticmethod
+    def _bind(root: str, path: str, fd: int) -> None:
+        target = path
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(target, mode=0o755, exist_ok=True)
+        elif not os.path.exists(target):
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+        namespaces.bind_mount(f"/proc/self/fd/{fd}", target)
+
+
+class ShellJail:
+    """One shell's jail: :meth:`prepare` before it starts a thread, :meth:`enter` once it knows its domain."""
+
+    def __init__(self, policy: JailPolicy) -> None:
+        self.policy = policy
+        self._ruleset_fd = -1
+        self._ruleset: landlock.Ruleset | None = None
+        # Any guest uid sees the same: the view does not depend on which domain the shell becomes.
+        self._view = _View(policy.uid_of(1)) if policy.as_root else None
+
+    def prepare(self) -> None:
+        """The domain-independent part; the shell must be single-threaded (a user namespace requires it)."""
+        policy = self.policy
+        if policy.has("namespaces"):
+            namespaces.enter_guest_namespaces("xenlike-guest", user_namespace=not policy.as_root)
+            if self._view is not None:
+                self._view.expose([path for path, _access in _base_allowance()])
+            if policy.has("private-proc"):
+                namespaces.mount_private_proc()
+            else:
+                namespaces.hide_directory("/proc")  # a user namespace cannot mount the host PID namespace's procfs
+            if policy.run_dir:
+                namespaces.hide_directory(policy.run_dir)
+        os.chdir("/")  # a working directory inside a hidden one would still reach it
+        if policy.has("landlock"):
+            self._ruleset = landlock.Ruleset()
+            self._ruleset_fd = self._ruleset.allow_all(_base_allowance()).create()
+
+    def enter(self, boot: dict, fds: list[int]) -> None:
+        """Confine the calling thread (and every thread as far as the kernel allows) to domain ``boot``.
+
+        ``fds`` are the domain's (``fds[1]`` its memory, whose start info names
+        the workload). Afterwards :meth:`confine_thread` must run on each other
+        thread before it does anything for the guest. Raises OSError (a
+        :class:`~xenlike.kernel.namespaces.JailError` naming the step) if a step fails:
+        the shell must then exit rather than run the guest unconfined.
+        """
+        domid, name = boot["domid"], boot["name"]
+        if self.policy.has("namespaces"):
+            namespaces.set_hostname(name)
+        if self._ruleset is not None:
+            target = workload_target(str(_start_info(fds[1]).image.get("workload", "idle")))
+            if target is not None:
+                allowance = landlock.workload_allowance(target)
+                if self._view is not None:
+                    self._view.expose([path for path, _access in allowance])
+                    if not allowance and os.sep in target:
+                        # A workload file that does not exist: the guest must find it missing (ENOENT), as
+                        # it is, rather than out of reach (EACCES) in a directory its uid may not enter.
+                        self._view.stand_in(os.path.dirname(os.path.abspath(target)))
+                self._ruleset.add_rules(self._ruleset_fd, allowance)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails with EFBIG instead
+        vcpus = int(boot.get("vcpus", 1))
+        memory = int(boot["nr_frames"]) * PAGE_SIZE
+        namespaces.set_rlimits(nofile=NOFILE, nproc=NPROC_BASE + NPROC_PER_VCPU * vcpus,
+                               address_space=memory + ADDRESS_SPACE_SLACK, fsize=0, core=0)
+        if self.policy.as_root:
+            uid = self.policy.uid_of(domid)
+            namespaces.drop_identity(uid, uid)
+        else:
+            namespaces.drop_capabilities()
+        if self.policy.has("seccomp"):
+            seccomp.install(seccomp.guest_policy().build(), tsync=True)  # sets no_new_privs on every thread
+        else:
+            namespaces.no_new_privs()
+        self.confine_thread()
+
+    def confine_thread(self) -> None:
+        """Landlock on the calling thread (the kernel binds one thread at a time); a no-op without Landlock."""
+        if self._ruleset_fd >= 0:
+            landlock.restrict_self(self._ruleset_fd)
+
+
+def _start_info(memory_fd: int) -> StartInfo:
+    """The start info the builder wrote in the domain's first frame."""
+    with mmap.mmap(memory_fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ, offset=START_INFO_PFN * PAGE_SIZE) as page:
+        return StartInfo.read(memoryview(page).toreadonly())
