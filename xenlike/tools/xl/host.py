@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xenlike.kernel.rundir import RunDir
+from xenlike.kernel.machine import host_memory_refusal, memory_kib
+from xenlike.kernel.rundir import HostRunning, RunDir
 from xenlike.tools.console_stream import ConsoleSubscriber
 from xenlike.tools.toolstack_client import ToolstackClient, ToolstackError
 from xenlike.tools.xl.console import attach_consoles
@@ -39,16 +40,20 @@ def main_up(args: argparse.Namespace) -> int:
     from xenlike.tools.config import default_cluster, load_cluster
 
     run_dir = RunDir(args.run_dir).ensure()
-    if run_dir.running_pid() is not None:
-        raise XlError(f"a xenlike host already runs in {run_dir.path}; `xenlike down` stops it, "
-                      "--run-dir picks another")
+    try:
+        run_dir.check_unlocked()  # at once; the hypervisor takes the lock for real, first thing
+    except HostRunning as exc:
+        raise XlError(str(exc)) from None
     cluster = load_cluster(Path(args.cluster)) if args.cluster else default_cluster(run_dir.path)
     for warning in cluster.warnings:
         print(f"xenlike: warning: {warning}", file=sys.stderr)
     memory = args.memory or cluster.host.get("memory") or _default_memory_mib()
+    if not args.overcommit:
+        _check_memory(f"--memory {memory} MiB" if args.memory else f"the cluster's host memory of {memory} MiB",
+                      memory)
     pcpus = args.pcpus or cluster.host.get("pcpus") or os.cpu_count() or 1
     sched = _check_scheduler(args.sched or cluster.host.get("sched") or "credit")
-    hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched)
+    hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched, overcommit=args.overcommit)
     with ToolstackClient(run_dir) as client:
         console = None if args.detach else attach_consoles(run_dir, client, None)[0]
         for domain in cluster.domains:
@@ -96,6 +101,13 @@ def _default_memory_mib() -> int:
     return int(min(psutil.virtual_memory().total // 2, MAX_DEFAULT_MEMORY) >> 20)
 
 
+def _check_memory(what: str, memory: int) -> None:
+    """Refuse a host pool above the machine's memory (MemTotal), naming both figures and ``--overcommit``."""
+    refusal = host_memory_refusal(what, memory, memory_kib() // 1024)
+    if refusal is not None:
+        raise XlError(refusal)
+
+
 def _check_scheduler(name: Any) -> str:
     """A scheduler registered in ``xenlike.schedulers``, or an XlError naming the choices."""
     known = registered(SCHEDULERS_GROUP)
@@ -104,14 +116,34 @@ def _check_scheduler(name: Any) -> str:
     return str(name)
 
 
-def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str) -> subprocess.Popen:
-    """Start ``python -m xenlike.hypervisor`` in its own session; return once dom0's toolstack answers."""
+def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str,
+                      overcommit: bool = False) -> subprocess.Popen:
+    """Start ``python -m xenlike.hypervisor`` in its own session; return once dom0's toolstack answers.
+
+    The hypervisor's refusal to start (another host holds the run directory, the
+    memory is more than the machine's) comes back in one line on a status pipe
+    and is raised as the XlError; end of file without a word means it holds the
+    run directory and is starting, so the toolstack that answers is its own.
+    """
     out = open(run_dir.log_path("hypervisor-stderr"), "ab")
     command = [sys.executable, "-m", "xenlike.hypervisor", "--run-dir", str(run_dir.path),
                "--memory", str(memory), "--pcpus", str(pcpus), "--sched", sched]
-    hypervisor = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-    out.close()
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    command += ["--status-fd", str(status_w)] + (["--overcommit"] if overcommit else [])
+    try:
+        hypervisor = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                      start_new_session=True, pass_fds=(status_w,))
+    finally:
+        os.close(status_w)
+        out.close()
     deadline = time.monotonic() + HOST_START_TIMEOUT_S
+    try:
+        refusal = _read_status(status_r, deadline)
+    finally:
+        os.close(status_r)
+    if refusal:
+        hypervisor.wait()  # it exits as soon as it has said why
+        raise XlError(refusal)
     while time.monotonic() < deadline:
         if hypervisor.poll() is not None:
             raise XlError(f"the hypervisor exited with status {hypervisor.returncode}; see {run_dir.path / 'logs'}")
@@ -123,6 +155,21 @@ def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str) -> s
             time.sleep(0.02)
     hypervisor.kill()
     raise XlError(f"the host did not come up within {HOST_START_TIMEOUT_S}s; see {run_dir.path / 'logs'}")
+
+
+def _read_status(fd: int, deadline: float) -> str:
+    """What the hypervisor wrote on its status pipe before closing it (its refusal, or nothing); "" at ``deadline``."""
+    import select
+
+    data = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return ""
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data.decode(errors="replace").strip()
+        data += chunk
 
 
 def _stream_consoles(run_dir: RunDir, sub: ConsoleSubscriber, hypervisor_pid: int) -> int:
