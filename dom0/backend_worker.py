@@ -26,6 +26,7 @@ channel is closed afterwards, so the hypervisor unmaps what it left mapped
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from xenlike.kernel import landlock, namespaces, seccomp
 from xenlike.kernel.events import EventLoop
 from xenlike.kernel.hypercall import HypercallClient, recv_message, send_message, socketpair
 from xenlike.kernel.proc import die_with_parent, log_to_file, set_process_name
@@ -152,6 +154,8 @@ def spawn_worker(spec: WorkerSpec, ctx: "BackendContext") -> WorkerHandle:
     fds = [channel_fds[0], os.dup(ctx.foreign_memory_fd(spec.frontend_id)), *spec.fds.values()]
     for _port, port_fds in spec.ports:
         fds.extend(port_fds)
+    if landlock.abi_version() > 0:
+        _import_allowance()  # computed once, in dom0, for every worker it forks
     ours, theirs = socketpair()
     pid = os.fork()
     if pid == 0:
@@ -198,6 +202,7 @@ def _worker_main(spec: WorkerSpec, named: dict[str, int], port_fds: list[int], p
     # serves every pCPU of the host, and Linux places it, as dom0's kernel threads.
     os.sched_setaffinity(0, pcpus)
     log_to_file(log_file)  # dom0's handlers go: their files were closed with the other fds
+    confine_worker(spec.label)
     hypercall = HypercallClient(socket.socket(fileno=named.pop("channel")),
                                 lambda event, extra: [os.close(f) for f in extra])
     loop = EventLoop(spec.label)
@@ -224,6 +229,44 @@ def _worker_main(spec: WorkerSpec, named: dict[str, int], port_fds: list[int], p
         except OSError:
             pass  # dom0 did not wait for the figures
     return code
+
+
+def confine_worker(label: str) -> None:
+    """Keep a worker to what its device needs: the fds it holds, and no file, network or process beyond them.
+
+    dom0 is privileged, as in Xen, but a back end serves a front end it must not
+    trust: if that front end finds a bug in the data path, the worker it reaches
+    opens no file (Landlock: read-only on what Python imports, written nowhere),
+    has no network (a network namespace of its own holding only a down ``lo``),
+    and makes none of the system calls a domU may not (the guests' seccomp
+    filter). Its image, memory and channels are fds it already holds. What the
+    kernel lacks is logged and left out.
+    """
+    try:
+        if os.geteuid() == 0:
+            namespaces.unshare(namespaces.CLONE_NEWNET)
+        else:
+            namespaces.enter_user_namespace(namespaces.CLONE_NEWNET)
+    except OSError as exc:
+        log.warning("%s: the worker keeps dom0's network: %s", label, exc)
+    if seccomp.supported():
+        seccomp.install(seccomp.guest_policy().build(), tsync=True)
+    else:
+        namespaces.no_new_privs()
+    if landlock.abi_version() > 0:
+        ruleset = landlock.Ruleset()
+        fd = ruleset.allow_all(_import_allowance()).create()
+        try:
+            landlock.restrict_self(fd)
+        finally:
+            os.close(fd)
+
+
+@functools.cache
+def _import_allowance() -> tuple[tuple[str, int], ...]:
+    """What Python must read to import, computed once in dom0 (workers inherit it)."""
+    return tuple((path, landlock.READ) for path, _access in landlock.python_allowance(netdb=False)
+                 if path != os.devnull)
 
 
 def _serve(label: str, data_path: DataPath, loop: EventLoop, port: int, control: socket.socket,
