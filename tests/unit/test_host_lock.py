@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from xenlike.kernel import rundir
 from xenlike.kernel.rundir import HostLock, HostRunning, RunDir
 
 
-def _holds(pid: int, path) -> bool:
+def _holds(pid: int, path: Path) -> bool:
     """Whether process ``pid`` has ``path`` open."""
     target = os.stat(path)
     for name in os.listdir(f"/proc/{pid}/fd"):
@@ -24,7 +25,7 @@ def _holds(pid: int, path) -> bool:
     return False
 
 
-def test_a_second_lock_is_refused_in_one_line_naming_the_holder(tmp_path):
+def test_a_second_lock_is_refused_in_one_line_naming_the_holder(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path)
     lock = run_dir.take_lock()
     try:
@@ -40,14 +41,14 @@ def test_a_second_lock_is_refused_in_one_line_naming_the_holder(tmp_path):
     HostLock.take(run_dir, grace_s=0).release()
 
 
-def test_the_check_does_not_keep_the_lock(tmp_path):
+def test_the_check_does_not_keep_the_lock(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path)
     run_dir.check_unlocked()
     run_dir.check_unlocked()
     HostLock.take(run_dir, grace_s=0).release()
 
 
-def test_a_stale_pid_is_not_taken_for_a_holder(tmp_path, monkeypatch):
+def test_a_stale_pid_is_not_taken_for_a_holder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = RunDir(tmp_path)
     run_dir.ensure()
     run_dir.lock_path.write_text("1\n")  # a previous host's pid, left in the file; pid 1 does not hold it
@@ -65,7 +66,7 @@ def test_a_stale_pid_is_not_taken_for_a_holder(tmp_path, monkeypatch):
         lock.release()
 
 
-def test_forked_children_do_not_hold_the_lock_and_their_exit_releases_nothing(tmp_path):
+def test_forked_children_do_not_hold_the_lock_and_their_exit_releases_nothing(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path)
     lock = run_dir.take_lock()
     try:
@@ -91,7 +92,7 @@ def test_forked_children_do_not_hold_the_lock_and_their_exit_releases_nothing(tm
         lock.release()
 
 
-def test_the_lock_goes_with_its_holder_however_it_dies(tmp_path):
+def test_the_lock_goes_with_its_holder_however_it_dies(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path)
     read_end, write_end = os.pipe()
     holder = os.fork()

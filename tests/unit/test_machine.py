@@ -30,11 +30,11 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 @pytest.mark.parametrize("text, cpus", [
     ("0", {0}), ("0-3", {0, 1, 2, 3}), ("0-1,4,6-7\n", {0, 1, 4, 6, 7}), ("", set()), ("\n", set()),
 ])
-def test_cpu_lists_are_read_as_sysfs_writes_them(text, cpus):
+def test_cpu_lists_are_read_as_sysfs_writes_them(text: str, cpus: set[int]) -> None:
     assert parse_cpu_list(text) == cpus
 
 
-def test_a_two_socket_hyperthreaded_machine(tmp_path):
+def test_a_two_socket_hyperthreaded_machine(tmp_path: Path) -> None:
     cpu0 = "sys/devices/system/cpu/cpu0/topology"
     root = _tree(tmp_path, {
         "proc/meminfo": "MemTotal:       24684092 kB\nMemFree:        23988184 kB\nMemAvailable:   24215392 kB\n",
@@ -50,7 +50,7 @@ def test_a_two_socket_hyperthreaded_machine(tmp_path):
     assert machine.memory_mib == 24105  # MemTotal, not MemAvailable
 
 
-def test_the_first_online_cpu_stands_for_the_machine_when_cpu0_is_offline(tmp_path):
+def test_the_first_online_cpu_stands_for_the_machine_when_cpu0_is_offline(tmp_path: Path) -> None:
     root = _tree(tmp_path, {
         "sys/devices/system/cpu/online": "2-3\n",
         "sys/devices/system/cpu/cpu2/topology/thread_siblings_list": "2\n",
@@ -60,19 +60,19 @@ def test_the_first_online_cpu_stands_for_the_machine_when_cpu0_is_offline(tmp_pa
     assert (machine.threads_per_core, machine.cores_per_socket) == (1, 2)
 
 
-def test_without_cpu_mhz_the_clock_is_cpufreq_s_else_zero(tmp_path):
+def test_without_cpu_mhz_the_clock_is_cpufreq_s_else_zero(tmp_path: Path) -> None:
     root = _tree(tmp_path, {"proc/cpuinfo": "processor\t: 0\n",
                             "sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq": "1800000\n"})
     assert Machine.read(root).cpu_khz == 1800000
     assert Machine.read(tmp_path / "nothing").cpu_khz == 0
 
 
-def test_what_linux_does_not_say_reads_as_xen_s_neutral_values(tmp_path):
+def test_what_linux_does_not_say_reads_as_xen_s_neutral_values(tmp_path: Path) -> None:
     assert Machine.read(tmp_path) == Machine(memory_kib=0, cpu_khz=0, threads_per_core=1, cores_per_socket=1,
                                              nr_nodes=1)
 
 
-def test_host_memory_above_the_machine_s_is_refused_naming_both_and_the_way_out():
+def test_host_memory_above_the_machine_s_is_refused_naming_both_and_the_way_out() -> None:
     assert host_memory_refusal("--memory 65536 MiB", 65536, 24105) == (
         "--memory 65536 MiB is more than this machine's 24105 MiB (MemTotal); ask for at most 24105 MiB, "
         "or add --overcommit to allow it")
@@ -80,7 +80,7 @@ def test_host_memory_above_the_machine_s_is_refused_naming_both_and_the_way_out(
     assert host_memory_refusal("--memory 65536 MiB", 65536, 0) is None  # a machine that could not be read
 
 
-def test_a_domain_larger_than_the_machine_is_told_about_overcommit():
+def test_a_domain_larger_than_the_machine_is_told_about_overcommit() -> None:
     pool = FramePool(mib_to_frames(8192), machine_mib=24105)
     with pytest.raises(OutOfMemory) as refused:
         pool.reserve(mib_to_frames(30000), "domain 'big'")

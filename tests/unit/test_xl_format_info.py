@@ -22,17 +22,17 @@ DAY = 86400
         (400 * DAY + 60, "400 days,  0:01:00"),
     ],
 )
-def test_uptime_is_uptime_to_string(seconds, text):
+def test_uptime_is_uptime_to_string(seconds: float, text: str) -> None:
     assert uptime_text(seconds) == text
 
 
-def test_short_uptime_drops_the_seconds():
+def test_short_uptime_drops_the_seconds() -> None:
     assert uptime_text(3 * 3600 + 4 * 60 + 5, short=True) == " 3:04"
     assert uptime_text(DAY + 3 * 3600 + 4 * 60 + 5, short=True) == "1 day,  3:04"
     assert uptime_text(3 * DAY + 12 * 3600, short=True) == "3 days, 12:00"
 
 
-def test_uptime_table_is_print_uptime():
+def test_uptime_table_is_print_uptime() -> None:
     rows = [{"name": "Domain-0", "domid": 0, "uptime": DAY + 3 * 3600 + 4 * 60 + 5},
             {"name": "web", "domid": 12, "uptime": 65}]
     assert format_uptime(rows).splitlines() == [
@@ -42,7 +42,7 @@ def test_uptime_table_is_print_uptime():
     ]
 
 
-def test_short_uptime_is_one_line_per_domain_without_a_header():
+def test_short_uptime_is_one_line_per_domain_without_a_header() -> None:
     now = time.mktime((2024, 5, 6, 7, 8, 9, 0, 0, -1))
     rows = [{"name": "Domain-0", "domid": 0, "uptime": 2 * DAY + 3600}, {"name": "web", "domid": 3, "uptime": 300}]
     assert format_uptime(rows, short=True, now=now).splitlines() == [
@@ -51,7 +51,7 @@ def test_short_uptime_is_one_line_per_domain_without_a_header():
     ]
 
 
-def test_block_list_handle_is_the_front_ends_domid():
+def test_block_list_handle_is_the_front_ends_domid() -> None:
     rows = [{"vdev": 51728, "backend": 0, "frontend_id": 7, "state": 4, "evtch": 12, "ring_ref": 8,
              "be_path": "/local/domain/0/backend/vbd/7/51728"}]
     header, row = format_block_list(rows).splitlines()
@@ -67,7 +67,7 @@ PHYSINFO = {"nr_cpus": 16, "nr_nodes": 2, "cores_per_socket": 4, "threads_per_co
 NODE = {"host": "vm", "release": "6.8.0", "version": "#1 SMP PREEMPT_DYNAMIC", "machine": "x86_64"}
 
 
-def test_info_is_print_info_s_lines_in_xl_s_order_and_format():
+def test_info_is_print_info_s_lines_in_xl_s_order_and_format() -> None:
     assert format_info(PHYSINFO, NODE, {"run_dir": "/tmp/xl"}).splitlines() == [
         # output_nodeinfo
         "host                   : vm",  # "%-23s: %s", as maybe_printf's format strings are padded
@@ -98,6 +98,6 @@ def test_info_is_print_info_s_lines_in_xl_s_order_and_format():
 
 
 @pytest.mark.parametrize("khz, text", [(2596120, "2596.120"), (3000000, "3000.000"), (800005, "800.005"), (0, "0.000")])
-def test_cpu_mhz_keeps_three_decimals_of_the_khz(khz, text):
+def test_cpu_mhz_keeps_three_decimals_of_the_khz(khz: int, text: str) -> None:
     lines = format_info({**PHYSINFO, "cpu_khz": khz}, NODE).splitlines()
     assert f"cpu_mhz                : {text}" in lines
