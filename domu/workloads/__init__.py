@@ -127,7 +127,8 @@ def journal(ctx: WorkloadContext) -> None:
 
     The disk holds a header sector (magic, bytes used) and the text after it;
     each entry is flushed before the next. At boot it prints how many entries
-    and earlier boots it found, and the last three entries. Needs a disk
+    and earlier boots it found, and the last three boots, each with the
+    number of heartbeats that followed it. Needs a disk
     ``xvda`` (``disk = ["vdev=xvda, size=16M, target=journal.img"]``); when it is
     full, the log starts over.
 
@@ -145,8 +146,8 @@ def journal(ctx: WorkloadContext) -> None:
     entries = log.read(used).decode(errors="replace").splitlines() if used else []
     boots = sum(1 for line in entries if line.startswith("boot "))
     print(f"journal: {len(entries)} entries on {disk.vdev} from {boots} earlier boot(s)")
-    for line in entries[-3:]:
-        print(f"  {line}")
+    for boot, beats in _journal_boots(entries)[-3:]:
+        print(f"  {boot}, then {beats} heartbeat(s)")
 
     def append(line: str) -> None:
         nonlocal used
@@ -167,3 +168,14 @@ def journal(ctx: WorkloadContext) -> None:
         beats += 1
         append(f"  heartbeat {beats} of boot {boots + 1}")
     print(f"journal: stopping after {beats} heartbeat(s)")
+
+
+def _journal_boots(entries: list[str]) -> list[tuple[str, int]]:
+    """The journal's ``boot N at ...`` entries in order, each with how many heartbeats followed it."""
+    boots: list[tuple[str, int]] = []
+    for line in entries:
+        if line.startswith("boot "):
+            boots.append((line, 0))
+        elif boots and line.lstrip().startswith("heartbeat "):
+            boots[-1] = (boots[-1][0], boots[-1][1] + 1)
+    return boots
