@@ -101,3 +101,15 @@ def test_info_is_print_info_s_lines_in_xl_s_order_and_format() -> None:
 def test_cpu_mhz_keeps_three_decimals_of_the_khz(khz: int, text: str) -> None:
     lines = format_info({**PHYSINFO, "cpu_khz": khz}, NODE).splitlines()
     assert f"cpu_mhz                : {text}" in lines
+
+
+def test_info_lists_the_jail_and_each_mechanism_on_or_off() -> None:
+    jail = {"enabled": True, "mechanisms": [["landlock", True, "ABI 7"], ["seccomp", False, "seccomp unavailable"]]}
+    lines = format_info({**PHYSINFO, "jail": jail}, NODE).splitlines()
+    assert lines[-3:] == [
+        "jail                   : on",
+        "jail_landlock          : on  (ABI 7)",
+        "jail_seccomp           : off (seccomp unavailable)",
+    ]
+    off = format_info({**PHYSINFO, "jail": {"enabled": False, "mechanisms": []}}, NODE).splitlines()
+    assert off[-1] == "jail                   : OFF (--no-jail): guests can reach what the host's user can"

@@ -28,7 +28,7 @@ def pool(monkeypatch: pytest.MonkeyPatch) -> tuple[_ShellPool, list[object], Fak
         return shell
 
     monkeypatch.setattr(_ShellPool, "_fork", fork)
-    return _ShellPool(None, (-1, -1)), forked, clock  # type: ignore[arg-type]
+    return _ShellPool(None, (-1, -1), None), forked, clock  # type: ignore[arg-type]
 
 
 def fill(pool: _ShellPool, clock: FakeClock) -> None:
@@ -51,13 +51,13 @@ def test_the_pool_fills_one_shell_per_boot_window(pool) -> None:
 def test_a_replacement_waits_for_the_new_domains_boot_unless_the_pool_ran_dry(pool) -> None:
     shells, forked, clock = pool
     fill(shells, clock)
-    first = shells.take()
+    first = shells.take("domu")
     assert first is forked[0]
     shells.refill_if_due()
     assert len(forked) == POOL_SIZE  # another shell is still ready: the fork waits a window
     assert shells.seconds_to_refill() == pytest.approx(zygote.BOOT_WINDOW_S)
     for _ in range(POOL_SIZE - 1):
-        shells.take()
+        shells.take("domu")
     assert shells.seconds_to_refill() == 0.0  # none left ready: refilled at once
-    shells.take()
+    shells.take("domu")
     assert len(forked) == POOL_SIZE + 1  # forked on demand

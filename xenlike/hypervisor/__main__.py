@@ -19,6 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from xenlike.hypervisor.jail import DEFAULT_UID_BASE, JailPolicy, jail_report, log_jail
 from xenlike.hypervisor.zygote import start_zygote
 from xenlike.kernel.machine import Machine, host_memory_refusal
 from xenlike.kernel.proc import log_to_file, set_process_name
@@ -37,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--sched", default="credit", help="the scheduler (entry-point group xenlike.schedulers; default credit)"
     )
+    p.add_argument("--no-jail", action="store_true", help="run guests without the jail (experiments only)")
+    p.add_argument("--jail-uid-base", type=int, default=DEFAULT_UID_BASE,
+                   help=f"as root, each domain runs as this uid plus its domid (default {DEFAULT_UID_BASE})")
     p.add_argument("--status-fd", type=int, help="a pipe for the one line of a refusal, closed once started")
     return p.parse_args(argv)
 
@@ -44,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def commandline(args: argparse.Namespace) -> str:
     """The hypervisor's command line as ``xl info`` shows it (``xen_commandline``): its settings, in one form."""
     words = ["--run-dir", str(args.run_dir), "--memory", str(args.memory), "--pcpus", str(args.pcpus),
-             "--sched", args.sched] + (["--overcommit"] if args.overcommit else [])
+             "--sched", args.sched] + (["--overcommit"] if args.overcommit else []) + \
+        (["--no-jail"] if args.no_jail else ["--jail-uid-base", str(args.jail_uid_base)])
     return shlex.join(words)
 
 
@@ -90,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(status_fd, refusal)
     if status_fd is not None:
         os.close(status_fd)  # started: the starter reads end of file
+    jail, jail_mechanisms = JailPolicy.probe(enabled=not args.no_jail, uid_base=args.jail_uid_base,
+                                             run_dir=str(run_dir.path))
     # The zygote comes first: nothing below (threads, epoll, zmq) may be inherited by domains.
-    zygote = start_zygote()
+    zygote = start_zygote(jail)
     set_process_name("xl-hypervisor")
     log_to_file(run_dir.log_path("hypervisor"), "%(asctime)s %(levelname)s %(message)s")
+    log_jail(jail, jail_mechanisms)
     from xenlike.hypervisor.core import Hypervisor
 
     # pCPU n is Linux CPU n, among those this process may use (a cpuset may allow fewer).
@@ -101,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     pcpus = allowed[: max(1, min(args.pcpus, len(allowed)))]
     hypervisor = Hypervisor(run_dir.path, args.memory, pcpus, zygote, load_scheduler(args.sched)(pcpus),
                             machine=machine, commandline=commandline(args))
+    hypervisor.jail = jail_report(jail, jail_mechanisms)
     try:
         hypervisor.boot(DOM0_MEMORY_MIB, {"run_dir": str(run_dir.path)})
         run_dir.write_pid(os.getpid())

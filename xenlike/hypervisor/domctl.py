@@ -160,7 +160,10 @@ def get_changed_domains(hv: Hypervisor, caller: Domain, args: dict, fds: list[in
 def domain_info(hv: Hypervisor, domain: Domain) -> dict:
     """``getdomaininfo`` of one domain; CPU time and run state as the scheduler accounted them."""
     scheduled = domain.pid is not None and domain.shutdown_reason is None and domain.domid in hv.scheduler.domains
-    return domain.info(hv.scheduler.domain_info(domain.domid) if scheduled else None)
+    info = domain.info(hv.scheduler.domain_info(domain.domid) if scheduled else None)
+    # dom0 is privileged, as in Xen; a domU is jailed unless the host runs with --no-jail.
+    info["jailed"] = domain.domid != 0 and bool(hv.jail.get("enabled"))
+    return info
 
 
 def rename(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:

@@ -163,9 +163,20 @@ def format_info(physinfo: dict, node: dict[str, str], extra: dict[str, object] |
         "xen_commandline": version.get("commandline", ""),
         # xenlike's own
         "nr_pcpus_scheduled": len(physinfo["pcpus"]),
+        **(_jail_lines(physinfo["jail"]) if "jail" in physinfo else {}),
         **(extra or {}),
     }
     return "\n".join(f"{key:<{INFO_KEY_WIDTH}}: {value}" for key, value in pairs.items())
+
+
+def _jail_lines(jail: dict) -> dict[str, object]:
+    """``jail`` on or OFF, then each of its mechanisms on or off, with what it gives or what is missing."""
+    if not jail.get("enabled"):
+        return {"jail": "OFF (--no-jail): guests can reach what the host's user can"}
+    lines: dict[str, object] = {"jail": "on"}
+    for name, available, detail in jail.get("mechanisms", []):
+        lines[f"jail_{name.replace('-', '_')}"] = f"{'on ' if available else 'off'} ({detail})"
+    return lines
 
 
 def format_block_list(rows: Iterable[dict]) -> str:

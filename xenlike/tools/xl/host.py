@@ -53,8 +53,12 @@ def main_up(args: argparse.Namespace) -> int:
                       memory)
     pcpus = args.pcpus or cluster.host.get("pcpus") or os.cpu_count() or 1
     sched = _check_scheduler(args.sched or cluster.host.get("sched") or "credit")
-    hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched, overcommit=args.overcommit)
+    jail = ["--no-jail"] if args.no_jail else []
+    if args.jail_uid_base is not None:
+        jail += ["--jail-uid-base", str(args.jail_uid_base)]
+    hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched, jail, overcommit=args.overcommit)
     with ToolstackClient(run_dir) as client:
+        _say_how_guests_are_jailed(client.call("info").get("jail", {}))
         console = None if args.detach else attach_consoles(run_dir, client, None)[0]
         for domain in cluster.domains:
             config = domain.to_dict()
@@ -116,7 +120,18 @@ def _check_scheduler(name: Any) -> str:
     return str(name)
 
 
-def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str,
+def _say_how_guests_are_jailed(jail: dict) -> None:
+    """One line per mechanism the kernel lacks (once, at ``up``); a loud one when the jail is off."""
+    if not jail.get("enabled"):
+        print("xenlike: warning: the jail is OFF (--no-jail): every guest can reach what this host's user can; "
+              "for experiments only", file=sys.stderr)
+        return
+    for _name, available, detail in jail.get("mechanisms", []):
+        if not available:
+            print(f"xenlike: warning: {detail}", file=sys.stderr)
+
+
+def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str, extra: list[str],
                       overcommit: bool = False) -> subprocess.Popen:
     """Start ``python -m xenlike.hypervisor`` in its own session; return once dom0's toolstack answers.
 
@@ -127,7 +142,7 @@ def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str,
     """
     out = open(run_dir.log_path("hypervisor-stderr"), "ab")
     command = [sys.executable, "-m", "xenlike.hypervisor", "--run-dir", str(run_dir.path),
-               "--memory", str(memory), "--pcpus", str(pcpus), "--sched", sched]
+               "--memory", str(memory), "--pcpus", str(pcpus), "--sched", sched, *extra]
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     command += ["--status-fd", str(status_w)] + (["--overcommit"] if overcommit else [])
     try:
