@@ -32,8 +32,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from xenlike.kernel import landlock, namespaces, seccomp
 from xenlike.kernel.events import EventLoop
@@ -44,8 +45,16 @@ from xenlike.public.ring import RingError
 if TYPE_CHECKING:
     from .context import BackendContext
 
-__all__ = ["DataPath", "WorkerContext", "WorkerError", "WorkerHandle", "WorkerSpec", "spawn_worker",
-           "WORKER_START_TIMEOUT_S", "WORKER_STOP_TIMEOUT_S"]
+__all__ = [
+    "DataPath",
+    "WorkerContext",
+    "WorkerError",
+    "WorkerHandle",
+    "WorkerSpec",
+    "spawn_worker",
+    "WORKER_START_TIMEOUT_S",
+    "WORKER_STOP_TIMEOUT_S",
+]
 
 WORKER_START_TIMEOUT_S = 10.0
 WORKER_STOP_TIMEOUT_S = 5.0
@@ -143,7 +152,7 @@ class WorkerHandle:
         hypercall("domctl", cmd="close_channel", channel=self.channel)
 
 
-def spawn_worker(spec: WorkerSpec, ctx: "BackendContext") -> WorkerHandle:
+def spawn_worker(spec: WorkerSpec, ctx: BackendContext) -> WorkerHandle:
     """Fork a worker for one device and wait until it serves; raises WorkerError if it cannot.
 
     Every fd in ``spec`` becomes the worker's: dom0 closes its copies.
@@ -162,7 +171,7 @@ def spawn_worker(spec: WorkerSpec, ctx: "BackendContext") -> WorkerHandle:
         code = 1
         try:
             _close_all_but([theirs.fileno(), *fds])
-            code = _worker_main(spec, dict(zip(names, fds)), fds[len(names):], pcpus, str(ctx.log_path), theirs)
+            code = _worker_main(spec, dict(zip(names, fds)), fds[len(names) :], pcpus, str(ctx.log_path), theirs)
         except BaseException:
             log.exception("%s: back-end worker failed", spec.label)
         finally:
@@ -192,8 +201,14 @@ def _close_all_but(keep: list[int]) -> None:
                 pass  # the directory's own fd, already gone
 
 
-def _worker_main(spec: WorkerSpec, named: dict[str, int], port_fds: list[int], pcpus: list[int],
-                 log_file: str, control: socket.socket) -> int:
+def _worker_main(
+    spec: WorkerSpec,
+    named: dict[str, int],
+    port_fds: list[int],
+    pcpus: list[int],
+    log_file: str,
+    control: socket.socket,
+) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     die_with_parent()
@@ -203,8 +218,9 @@ def _worker_main(spec: WorkerSpec, named: dict[str, int], port_fds: list[int], p
     os.sched_setaffinity(0, pcpus)
     log_to_file(log_file)  # dom0's handlers go: their files were closed with the other fds
     confine_worker(spec.label)
-    hypercall = HypercallClient(socket.socket(fileno=named.pop("channel")),
-                                lambda event, extra: [os.close(f) for f in extra])
+    hypercall = HypercallClient(
+        socket.socket(fileno=named.pop("channel")), lambda event, extra: [os.close(f) for f in extra]
+    )
     loop = EventLoop(spec.label)
     ports = [port for port, _ in spec.ports]
     for index, port in enumerate(ports):
@@ -265,12 +281,14 @@ def confine_worker(label: str) -> None:
 @functools.cache
 def _import_allowance() -> tuple[tuple[str, int], ...]:
     """What Python must read to import, computed once in dom0 (workers inherit it)."""
-    return tuple((path, landlock.READ) for path, _access in landlock.python_allowance(netdb=False)
-                 if path != os.devnull)
+    return tuple(
+        (path, landlock.READ) for path, _access in landlock.python_allowance(netdb=False) if path != os.devnull
+    )
 
 
-def _serve(label: str, data_path: DataPath, loop: EventLoop, port: int, control: socket.socket,
-           stop: list[bool]) -> int:
+def _serve(
+    label: str, data_path: DataPath, loop: EventLoop, port: int, control: socket.socket, stop: list[bool]
+) -> int:
     """The kthread's loop (``xen_blkif_schedule``): serve, kick, re-check, sleep."""
     try:
         while not stop:

@@ -46,9 +46,19 @@ log = logging.getLogger("dom0.builder")
 
 # Nodes under a domain's home that the guest owns and may write (libxl_create.c rwperm),
 # and xenlike's ~/workload, where the guest reports its workload starting.
-GUEST_WRITABLE = ("control/shutdown", "control/feature-poweroff", "control/feature-reboot",
-                  "control/feature-suspend", "control/sysrq", "data", "drivers", "feature", "attr", "error",
-                  WORKLOAD_DIR)
+GUEST_WRITABLE = (
+    "control/shutdown",
+    "control/feature-poweroff",
+    "control/feature-reboot",
+    "control/feature-suspend",
+    "control/sysrq",
+    "data",
+    "drivers",
+    "feature",
+    "attr",
+    "error",
+    WORKLOAD_DIR,
+)
 
 
 def home(domid: int) -> str:
@@ -78,7 +88,7 @@ class BuiltDomain:
 class DomainBuilder:
     """Creates and tears down domUs on behalf of the toolstack."""
 
-    def __init__(self, ctx: "BuilderContext") -> None:
+    def __init__(self, ctx: BuilderContext) -> None:
         self.ctx = ctx
 
     def create(self, config: dict[str, Any], *, paused: bool = False, uuid: str | None = None) -> BuiltDomain:
@@ -97,40 +107,61 @@ class DomainBuilder:
                 row.prepare(spec)  # a target dom0 cannot open fails here, before any domain exists
         gnttab_frames = int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES))
         domid_of = {"$result": [0, "domid"]}
-        created, store, console, store_bind, console_bind = ctx.multicall([
-            {"op": "domctl", "args": {
-                "cmd": "createdomain",
-                "name": config["name"],
-                "memory_mib": config["memory"],
-                "maxmem_mib": config.get("maxmem") or config["memory"],
-                "vcpus": config.get("vcpus", 1),
-                "max_grant_frames": gnttab_frames,
-                "uuid": uuid or config.get("uuid"),
-                # libxl's sched_params and cpumap, applied at creation (libxl__build_pre)
-                "weight": config.get("weight", 256),
-                "cap": config.get("cap", 0),
-                "cpus": config.get("cpus"),
-            }},
-            {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
-            {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
-            {"op": "evtchn_bind_interdomain", "args": {"remote_dom": domid_of, "remote_port": {"$result": [1, "port"]}}},
-            {"op": "evtchn_bind_interdomain", "args": {"remote_dom": domid_of, "remote_port": {"$result": [2, "port"]}}},
-        ], undo=self._undo_create)
+        created, store, console, store_bind, console_bind = ctx.multicall(
+            [
+                {
+                    "op": "domctl",
+                    "args": {
+                        "cmd": "createdomain",
+                        "name": config["name"],
+                        "memory_mib": config["memory"],
+                        "maxmem_mib": config.get("maxmem") or config["memory"],
+                        "vcpus": config.get("vcpus", 1),
+                        "max_grant_frames": gnttab_frames,
+                        "uuid": uuid or config.get("uuid"),
+                        # libxl's sched_params and cpumap, applied at creation (libxl__build_pre)
+                        "weight": config.get("weight", 256),
+                        "cap": config.get("cap", 0),
+                        "cpus": config.get("cpus"),
+                    },
+                },
+                {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
+                {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
+                {
+                    "op": "evtchn_bind_interdomain",
+                    "args": {"remote_dom": domid_of, "remote_port": {"$result": [1, "port"]}},
+                },
+                {
+                    "op": "evtchn_bind_interdomain",
+                    "args": {"remote_dom": domid_of, "remote_port": {"$result": [2, "port"]}},
+                },
+            ],
+            undo=self._undo_create,
+        )
         domid = created[0]["domid"]
         memory = GuestMemory.from_fd(created[1][0], created[0]["nr_frames"])
         store_port = ctx.adopt_port(*store_bind)
         console_port = ctx.adopt_port(*console_bind)
         ports = (store[0]["port"], console[0]["port"])
-        built = BuiltDomain(domid, config["name"], created[0]["uuid"], dict(config), memory, store_port, console_port, [])
+        built = BuiltDomain(
+            domid, config["name"], created[0]["uuid"], dict(config), memory, store_port, console_port, []
+        )
         try:
             self._write_start_info(built, gnttab_frames, *ports)
-            mapped, _started = ctx.multicall([
-                {"op": "grant_map", "args": {"granter": domid, "refs": [GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE]}},
-                {"op": "domctl", "args": {"cmd": "startdomain", "domid": domid, "paused": paused}},
-            ])
+            mapped, _started = ctx.multicall(
+                [
+                    {
+                        "op": "grant_map",
+                        "args": {"granter": domid, "refs": [GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE]},
+                    },
+                    {"op": "domctl", "args": {"cmd": "startdomain", "domid": domid, "paused": paused}},
+                ]
+            )
             built.grant_handles = mapped[0]["handles"]
             console_pfn, store_pfn = mapped[0]["frames"]
-            ctx.xenstore_service.connect_domain(domid, XenstoreInterface(memory.frame(store_pfn)), store_port, built.label)
+            ctx.xenstore_service.connect_domain(
+                domid, XenstoreInterface(memory.frame(store_pfn)), store_port, built.label
+            )
             ctx.xenconsoled.add(domid, built.name, ConsoleInterface(memory.frame(console_pfn)), console_port)
             self._write_nodes(built, *ports)  # the back-end bus probes each device it finds there
         except BaseException:
@@ -283,4 +314,3 @@ class DomainBuilder:
         ctx.xenconsoled.rename(built.domid, name)
         built.name = name
         built.config["name"] = name
-

@@ -7,9 +7,10 @@ back end may reach, its memory (``xenforeignmemory``), and its name for logs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from xenlike.kernel.events import EventLoop
 
@@ -45,6 +46,6 @@ class BuilderContext:
     adopt_port: Callable[[dict, list[int]], int]  # install a port dom0 bound on its loop
     close_port: Callable[[int], None]
     xs: LocalXenstore
-    xenstore_service: "XenstoreService"  # introduces a domain's xenstore ring
-    xenconsoled: "Xenconsoled"
-    backends: "XenbusBackend"  # the back-end bus: a domain's devices go with it
+    xenstore_service: XenstoreService  # introduces a domain's xenstore ring
+    xenconsoled: Xenconsoled
+    backends: XenbusBackend  # the back-end bus: a domain's devices go with it

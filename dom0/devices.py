@@ -12,8 +12,9 @@ every spec has a ``devid``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from xenlike.public import blkif
 from xenlike.public.xenbus import BACKEND_ID, FRONTEND_ID, ONLINE, STATE, XenbusState
@@ -46,16 +47,29 @@ def _vbd_prepare(disk: Spec) -> None:
 
 def _vbd_frontend_nodes(domid: int, disk: Spec) -> dict[str, str]:
     """libxl_disk.c's front-end nodes (libxl__device_disk_add)."""
-    return {BACKEND_ID: "0", STATE: str(int(XenbusState.Initialising)),
-            blkif.VIRTUAL_DEVICE: str(disk["devid"]), blkif.DEVICE_TYPE_KEY: disk["devtype"]}
+    return {
+        BACKEND_ID: "0",
+        STATE: str(int(XenbusState.Initialising)),
+        blkif.VIRTUAL_DEVICE: str(disk["devid"]),
+        blkif.DEVICE_TYPE_KEY: disk["devtype"],
+    }
 
 
 def _vbd_backend_nodes(domid: int, disk: Spec) -> dict[str, str]:
     """libxl_disk.c's back-end nodes: what blkback's probe reads (see ``xenlike.public.blkif``)."""
-    return {FRONTEND_ID: str(domid), ONLINE: "1", "removable": "0", "bootable": "1",
-            STATE: str(int(XenbusState.Initialising)), blkif.DEV: disk["vdev"], "type": "phy",
-            blkif.MODE: "r" if disk["access"] == "ro" else "w", blkif.DEVICE_TYPE_KEY: disk["devtype"],
-            blkif.PARAMS: disk["target"], blkif.DISCARD_ENABLE: "1" if disk.get("discard", True) else "0"}
+    return {
+        FRONTEND_ID: str(domid),
+        ONLINE: "1",
+        "removable": "0",
+        "bootable": "1",
+        STATE: str(int(XenbusState.Initialising)),
+        blkif.DEV: disk["vdev"],
+        "type": "phy",
+        blkif.MODE: "r" if disk["access"] == "ro" else "w",
+        blkif.DEVICE_TYPE_KEY: disk["devtype"],
+        blkif.PARAMS: disk["target"],
+        blkif.DISCARD_ENABLE: "1" if disk.get("discard", True) else "0",
+    }
 
 
 VBD = DeviceType(

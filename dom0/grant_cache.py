@@ -45,8 +45,9 @@ class _Grant:
 class PersistentGrants:
     """Up to ``capacity`` of one front end's grants, mapped into one arena and kept until :meth:`unmap_all`."""
 
-    def __init__(self, hypercall: _Hypercall, granter: int, memory_fd: int, capacity: int,
-                 persistent: bool = True) -> None:
+    def __init__(
+        self, hypercall: _Hypercall, granter: int, memory_fd: int, capacity: int, persistent: bool = True
+    ) -> None:
         self.hypercall = hypercall
         self.granter = granter
         self.capacity = capacity

@@ -12,7 +12,8 @@ import logging
 import os
 import signal
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -77,29 +78,41 @@ class Dom0:
         self.xs.write("/local/domain/0/domid", "0")
         self.xs.write("/tool/xenstored/domid", "0")
         self.xenconsoled = Xenconsoled(self.loop, self.publisher, run_dir.path / "logs")
-        self.backends = XenbusBackend(BackendContext(
-            hypercall=self.hypercall,
-            loop=self.loop,
-            xs=self.xs,
-            watcher=LocalXenstore(self.xenstore_service.daemon),
-            foreign_memory_fd=self._foreign_memory_fd,
-            domain_name=self._domain_name,
-            log_path=run_dir.log_path("dom0"),
-        ))
+        self.backends = XenbusBackend(
+            BackendContext(
+                hypercall=self.hypercall,
+                loop=self.loop,
+                xs=self.xs,
+                watcher=LocalXenstore(self.xenstore_service.daemon),
+                foreign_memory_fd=self._foreign_memory_fd,
+                domain_name=self._domain_name,
+                log_path=run_dir.log_path("dom0"),
+            )
+        )
         self.backends.register(BlkbackDriver())
-        self.builder = DomainBuilder(BuilderContext(
+        self.builder = DomainBuilder(
+            BuilderContext(
+                hypercall=self.hypercall,
+                multicall=self.multicall,
+                adopt_port=self.adopt_port,
+                close_port=self.close_port,
+                xs=self.xs,
+                xenstore_service=self.xenstore_service,
+                xenconsoled=self.xenconsoled,
+                backends=self.backends,
+            )
+        )
+        self.toolstack = Toolstack(
+            shut_host_down=self.shut_host_down,
+            api=self.api,
             hypercall=self.hypercall,
-            multicall=self.multicall,
-            adopt_port=self.adopt_port,
-            close_port=self.close_port,
+            builder=self.builder,
             xs=self.xs,
             xenstore_service=self.xenstore_service,
             xenconsoled=self.xenconsoled,
             backends=self.backends,
-        ))
-        self.toolstack = Toolstack(shut_host_down=self.shut_host_down, api=self.api, hypercall=self.hypercall, builder=self.builder, xs=self.xs,
-                                   xenstore_service=self.xenstore_service, xenconsoled=self.xenconsoled,
-                                   backends=self.backends, run_dir=run_dir)
+            run_dir=run_dir,
+        )
         virq, virq_fds = self.hypercall("evtchn_bind_virq", virq=int(VIRQ.DOM_EXC))
         self.loop.bind(virq["port"], virq_fds[0], handler=lambda port: self.toolstack.on_domain_exception())
         self.running = True

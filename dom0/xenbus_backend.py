@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from xenlike.public.xenbus import (
     ERROR_MESSAGE_MAX,
@@ -101,19 +102,19 @@ class BackendDriver(Protocol):
 
     devicetype: str
 
-    def probe(self, bus: "XenbusBackend", dev: XenbusDevice) -> dict[str, str]:
+    def probe(self, bus: XenbusBackend, dev: XenbusDevice) -> dict[str, str]:
         """A new device: open its resources; return the nodes to publish before InitWait."""
         ...
 
-    def connect(self, bus: "XenbusBackend", dev: XenbusDevice) -> None:
+    def connect(self, bus: XenbusBackend, dev: XenbusDevice) -> None:
         """The front end published its half: read it and start the worker (``bus.start_worker``)."""
         ...
 
-    def disconnect(self, bus: "XenbusBackend", dev: XenbusDevice) -> None:
+    def disconnect(self, bus: XenbusBackend, dev: XenbusDevice) -> None:
         """The worker was stopped and the event channels closed."""
         ...
 
-    def remove(self, bus: "XenbusBackend", dev: XenbusDevice) -> None:
+    def remove(self, bus: XenbusBackend, dev: XenbusDevice) -> None:
         """The device is forgotten: release what probe opened."""
         ...
 
@@ -194,8 +195,9 @@ class XenbusBackend:
             self.ctx.watcher.watch(f"{dev.otherend}/{STATE}", _device_token(dev))
         try:
             nodes = driver.probe(self, dev)
-            self.ctx.xs.transact(lambda tx: [self.ctx.xs.write(f"{dev.nodename}/{k}", v, tx=tx)
-                                             for k, v in nodes.items()])
+            self.ctx.xs.transact(
+                lambda tx: [self.ctx.xs.write(f"{dev.nodename}/{k}", v, tx=tx) for k, v in nodes.items()]
+            )
         except _DEVICE_ERRORS as exc:
             self.dev_fatal(dev, exc, "probing")
             return None
@@ -392,4 +394,3 @@ def _parse_device_key(text: str) -> tuple[str, int, int] | None:
         return parts[0], int(parts[1]), int(parts[2])
     except (IndexError, ValueError):
         return None
-

@@ -18,11 +18,11 @@ from typing import BinaryIO
 
 import zmq
 
-from xenlike.tools import console_stream
 from xenlike.kernel.byte_channel import ByteChannel
 from xenlike.kernel.events import EventLoop
 from xenlike.public.console import ConsoleInterface
 from xenlike.public.ring import RingError
+from xenlike.tools import console_stream
 
 __all__ = ["Xenconsoled", "ConsoleBackend"]
 

@@ -15,7 +15,7 @@ nobody else is affected.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from xenlike.kernel.byte_channel import ByteChannel
 from xenlike.kernel.events import EventLoop
@@ -39,7 +39,9 @@ class RingConnection:
     one notification when the upcall ends.
     """
 
-    def __init__(self, service: "XenstoreService", conn: Connection, interface: XenstoreInterface, port: int, label: str) -> None:
+    def __init__(
+        self, service: XenstoreService, conn: Connection, interface: XenstoreInterface, port: int, label: str
+    ) -> None:
         self.service = service
         self.conn = conn
         self.interface = interface
@@ -62,7 +64,9 @@ class RingConnection:
 
     def _on_requests(self, data: bytes) -> None:
         for message in self._reader.feed(data):
-            deliveries = self.service.daemon.handle(self.conn, message.type, message.req_id, message.tx_id, message.payload)
+            deliveries = self.service.daemon.handle(
+                self.conn, message.type, message.req_id, message.tx_id, message.payload
+            )
             self.service.route(deliveries)
 
     def send(self, delivery: Delivery) -> None:

@@ -7,8 +7,9 @@ and tests can drive it with something smaller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from xenlike.kernel.events import EventLoop
 from xenlike.kernel.gnttab import GrantTable

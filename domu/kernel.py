@@ -93,8 +93,14 @@ def _rehearse_boot() -> None:
     them here, before the domain is asked for, keeps them off its boot.
     """
     memory = GuestMemory.create(reserved_frames(1) + 4, "xenlike-rehearsal")
-    StartInfo(nr_pages=memory.nr_frames, domid=0, store_evtchn=1, console_evtchn=2, gnttab_frames=1,
-              image={"workload": "idle"}).write(memory.frame(0))
+    StartInfo(
+        nr_pages=memory.nr_frames,
+        domid=0,
+        store_evtchn=1,
+        console_evtchn=2,
+        gnttab_frames=1,
+        image={"workload": "idle"},
+    ).write(memory.frame(0))
     info = StartInfo.read(memory.frame(0))
     loop = EventLoop("rehearsal")
     for port in (info.store_evtchn, info.console_evtchn):
@@ -142,8 +148,9 @@ class Kernel:
         self.grant_table = GrantTable(self.memory, si.gnttab_pfn, si.gnttab_frames)
         self.pages = PageAllocator(si.first_free_pfn, si.nr_pages)
         self.console = ConsoleFront(ConsoleInterface(self.memory.frame(si.console_pfn)), self.loop, si.console_evtchn)
-        self.xenbus = XenbusClient(XenstoreInterface(self.memory.frame(si.store_pfn)), self.loop, si.store_evtchn,
-                                   self.label)
+        self.xenbus = XenbusClient(
+            XenstoreInterface(self.memory.frame(si.store_pfn)), self.loop, si.store_evtchn, self.label
+        )
         # The front-end bus and its drivers, registered at boot as a PV kernel's are.
         self.frontends = XenbusFrontend(self)
         self.blkfront = BlkfrontDriver()
@@ -153,8 +160,9 @@ class Kernel:
         self._running = True
         # Secondary vCPUs are forked now, before the event-loop thread does anything.
         self.vcpus_globals = WorkloadGlobals(self.start_info.image.get("workload", "idle"))
-        self.vcpus = fork_vcpus(int(boot.get("vcpus", 1)), lambda i: f"xl-d{self.domid}v{i}-{self.name}",
-                                self.vcpus_globals)
+        self.vcpus = fork_vcpus(
+            int(boot.get("vcpus", 1)), lambda i: f"xl-d{self.domid}v{i}-{self.name}", self.vcpus_globals
+        )
 
     # -- boot and run --------------------------------------------------------------
 
@@ -257,8 +265,9 @@ class Kernel:
         out = io.TextIOWrapper(io.BufferedWriter(ConsoleStream(self.console, "w")), line_buffering=True)
         sys.stdout = sys.stderr = out
         sys.stdin = io.TextIOWrapper(io.BufferedReader(ConsoleStream(self.console, "r")))
-        logging.basicConfig(stream=out, level=logging.INFO, format=f"%(levelname)s {self.label} %(name)s: %(message)s",
-                            force=True)
+        logging.basicConfig(
+            stream=out, level=logging.INFO, format=f"%(levelname)s {self.label} %(name)s: %(message)s", force=True
+        )
 
     # -- shutdown ------------------------------------------------------------------
 

@@ -125,10 +125,12 @@ def load_workload(spec: str) -> Workload:
         where = f"module {target}"
     obj = getattr(module, function, None)
     if obj is None:
-        functions = [name for name, value in vars(module).items()
-                     if inspect.isfunction(value) and not name.startswith("_")]
-        raise WorkloadError(f"workload {spec!r}: {where} has no function {function!r}"
-                            f"{_did_you_mean(function, functions)}")
+        functions = [
+            name for name, value in vars(module).items() if inspect.isfunction(value) and not name.startswith("_")
+        ]
+        raise WorkloadError(
+            f"workload {spec!r}: {where} has no function {function!r}{_did_you_mean(function, functions)}"
+        )
     return _callable(obj, spec)
 
 
@@ -141,13 +143,16 @@ def _load_registered(name: str) -> Workload:
         meant = _did_you_mean(name, known)
         if meant:
             raise WorkloadError(f"workload {name!r} is not registered{meant} ({listed})")
-        raise WorkloadError(f"workload {name!r} is not registered ({listed}); name one of them, "
-                            "or give module:function or path/to/file.py:function")
+        raise WorkloadError(
+            f"workload {name!r} is not registered ({listed}); name one of them, "
+            "or give module:function or path/to/file.py:function"
+        )
     try:
         obj = ep.load()
     except (Exception, SystemExit) as exc:
-        raise WorkloadError(f"workload {name!r} (registered as {ep.value}): loading it raised "
-                            f"{_exception_line(exc)}") from exc
+        raise WorkloadError(
+            f"workload {name!r} (registered as {ep.value}): loading it raised {_exception_line(exc)}"
+        ) from exc
     return _callable(obj, name)
 
 

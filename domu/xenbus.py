@@ -142,8 +142,9 @@ class XenbusClient:
             raise XsError(name, f"{XS(msg_type).name}: {name}")
         return pending.payload
 
-    def request_async(self, msg_type: int, payload: bytes, callback: ReplyCallback | None = None,
-                      tx_id: int = 0) -> None:
+    def request_async(
+        self, msg_type: int, payload: bytes, callback: ReplyCallback | None = None, tx_id: int = 0
+    ) -> None:
         """Send one request; ``callback(type, payload)`` runs in the loop thread on reply."""
         self._send(msg_type, payload, tx_id, _Pending(callback=callback))
 

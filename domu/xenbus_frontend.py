@@ -29,8 +29,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from xenlike.public.xenbus import BACKEND, BACKEND_ID, ERROR_MESSAGE_MAX, STATE, XenbusState, error_path
 from xenlike.public.xs_wire import XsdSockmsgType as XS
@@ -83,15 +84,15 @@ class FrontendDriver(Protocol):
 
     devicetype: str
 
-    def probe(self, bus: "XenbusFrontend", dev: FrontDevice) -> None: ...
+    def probe(self, bus: XenbusFrontend, dev: FrontDevice) -> None: ...
 
-    def connect(self, bus: "XenbusFrontend", dev: FrontDevice) -> dict[str, str]: ...
+    def connect(self, bus: XenbusFrontend, dev: FrontDevice) -> dict[str, str]: ...
 
-    def connected(self, bus: "XenbusFrontend", dev: FrontDevice) -> None: ...
+    def connected(self, bus: XenbusFrontend, dev: FrontDevice) -> None: ...
 
-    def closing(self, bus: "XenbusFrontend", dev: FrontDevice) -> None: ...
+    def closing(self, bus: XenbusFrontend, dev: FrontDevice) -> None: ...
 
-    def remove(self, bus: "XenbusFrontend", dev: FrontDevice) -> None: ...
+    def remove(self, bus: XenbusFrontend, dev: FrontDevice) -> None: ...
 
 
 class XenbusFrontend:
@@ -120,6 +121,7 @@ class XenbusFrontend:
 
     def _on_devices_changed(self, path: str, token: str) -> None:
         """Watch on ``device``: scan, once there is anything to scan (a guest without devices starts no thread)."""
+
         def listed(msg_type: int, payload: bytes) -> None:
             if payload.strip(b"\0") or self.devices:
                 self.scan_soon()
@@ -160,7 +162,10 @@ class XenbusFrontend:
                 self._detach(dev)
                 del self.devices[key]
             elif dev.state == XenbusState.Connected and self.otherend_state(dev) in (
-                    XenbusState.Closing, XenbusState.Closed, XenbusState.Unknown):
+                XenbusState.Closing,
+                XenbusState.Closed,
+                XenbusState.Unknown,
+            ):
                 self._detach(dev)
 
     def _listed(self, kind: str) -> list[int]:
@@ -271,10 +276,11 @@ class XenbusFrontend:
                     raise FrontendError(f"the back end is {state.name}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise FrontendError(f"the back end did not reach {', '.join(s.name for s in states)} "
-                                        f"(it is {state.name})")
+                    raise FrontendError(
+                        f"the back end did not reach {', '.join(s.name for s in states)} (it is {state.name})"
+                    )
                 with self._changed:
-                    self._changed.wait_for(lambda: self._generation != generation, remaining)
+                    self._changed.wait_for(lambda seen=generation: self._generation != seen, remaining)
         finally:
             self.xs.unwatch(path, token)
 

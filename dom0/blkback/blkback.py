@@ -29,30 +29,30 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from xenlike.kernel.hypercall import HypercallClient
+from xenlike.kernel.memory import ForeignMapping
 from xenlike.public.blkif import (
+    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
+    BLKIF_MAX_SEGMENTS_PER_REQUEST,
     BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE,
     BLKIF_OP_INDIRECT,
     BLKIF_OP_READ,
     BLKIF_OP_WRITE,
     BLKIF_PROTOCOL,
-    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
-    BLKIF_MAX_SEGMENTS_PER_REQUEST,
     BLKIF_RSP_EOPNOTSUPP,
     BLKIF_RSP_ERROR,
     BLKIF_RSP_OKAY,
     RESPONSE,
     SECTOR_SIZE,
     SECTORS_PER_PAGE,
-    SEGS_PER_INDIRECT_FRAME,
     SEGMENT_SIZE,
+    SEGS_PER_INDIRECT_FRAME,
     BlkRequest,
     SegmentArray,
     decode_request,
     unpack_segment_array,
 )
-from xenlike.kernel.hypercall import HypercallClient
-from xenlike.kernel.memory import ForeignArena, ForeignMapping
 from xenlike.public.ring import BackRing
 from xenlike.public.xen import PAGE_SIZE
 
@@ -62,7 +62,14 @@ from .vbd import Vbd, punch_hole
 if TYPE_CHECKING:
     from ..backend_worker import WorkerContext
 
-__all__ = ["BlkifRing", "blkif_data_path", "RequestError", "MAX_INDIRECT_SEGMENTS", "MAX_PERSISTENT_GRANTS", "MAX_RING_PAGE_ORDER"]
+__all__ = [
+    "BlkifRing",
+    "blkif_data_path",
+    "RequestError",
+    "MAX_INDIRECT_SEGMENTS",
+    "MAX_PERSISTENT_GRANTS",
+    "MAX_RING_PAGE_ORDER",
+]
 
 MAX_INDIRECT_SEGMENTS = 256  # feature-max-indirect-segments, as Linux blkback
 MAX_RING_PAGE_ORDER = 4  # max-ring-page-order: up to 16 ring pages
@@ -99,14 +106,25 @@ class BlkifRing:
     # (xen-blkback/common.h), which xentop's VBD_* columns show. oo_requests stays 0:
     # requests are served as they are taken off the ring, so there is no pool of
     # pending requests to run out of.
-    stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "errors": 0, "read_requests": 0,
-                                                           "write_requests": 0, "flush_requests": 0,
-                                                           "discard_requests": 0, "read_sectors": 0,
-                                                           "write_sectors": 0, "oo_requests": 0, "maps": 0})
+    stats: dict[str, int] = field(
+        default_factory=lambda: {
+            "requests": 0,
+            "errors": 0,
+            "read_requests": 0,
+            "write_requests": 0,
+            "flush_requests": 0,
+            "discard_requests": 0,
+            "read_sectors": 0,
+            "write_sectors": 0,
+            "oo_requests": 0,
+            "maps": 0,
+        }
+    )
 
     def __post_init__(self) -> None:
-        self.grants = PersistentGrants(self.hypercall, self.frontend, self.memory_fd, MAX_PERSISTENT_GRANTS,
-                                       self.persistent)
+        self.grants = PersistentGrants(
+            self.hypercall, self.frontend, self.memory_fd, MAX_PERSISTENT_GRANTS, self.persistent
+        )
         result, _ = self.hypercall.call("grant_map", granter=self.frontend, refs=[*self.ring_refs], readonly=False)
         self._ring_handles = result["handles"]
         self._ring_mapping = ForeignMapping(self.memory_fd, result["frames"])
@@ -225,10 +243,18 @@ class BlkifRing:
         slots = list(map(self.grants.slot_of.__getitem__, segments.grefs))
         firsts, lasts = segments.first_sects, segments.last_sects
         count = len(slots)
-        if (slots == list(range(slots[0], slots[0] + count))
-                and lasts[:-1] == _LAST_OF_WHOLE_PAGES[: count - 1] and firsts[1:] == _FIRST_OF_WHOLE_PAGES[: count - 1]):
+        if (
+            slots == list(range(slots[0], slots[0] + count))
+            and lasts[:-1] == _LAST_OF_WHOLE_PAGES[: count - 1]
+            and firsts[1:] == _FIRST_OF_WHOLE_PAGES[: count - 1]
+        ):
             # Whole pages in adjacent slots (a run from the front end's pool): one vector.
-            return [view[slots[0] * PAGE_SIZE + firsts[0] * SECTOR_SIZE : slots[-1] * PAGE_SIZE + (lasts[-1] + 1) * SECTOR_SIZE]]
+            return [
+                view[
+                    slots[0] * PAGE_SIZE + firsts[0] * SECTOR_SIZE : slots[-1] * PAGE_SIZE
+                    + (lasts[-1] + 1) * SECTOR_SIZE
+                ]
+            ]
         vectors: list[memoryview] = []
         run_start = run_end = -1
         for slot, first, last in zip(slots, firsts, lasts):
@@ -271,11 +297,12 @@ class BlkifRing:
         self.hypercall.call("grant_unmap", handles=self._ring_handles)
 
 
-def blkif_data_path(ctx: "WorkerContext") -> BlkifRing:
+def blkif_data_path(ctx: WorkerContext) -> BlkifRing:
     """Build a device's data path in its worker (what ``xen_blkif_map`` and ``xen_vbd_create`` do)."""
     params = ctx.params
     vbd = Vbd(ctx.fds["image"], params["path"], params["sectors"], params["readonly"])
-    ring = BlkifRing(ctx.label, ctx.frontend_id, vbd, ctx.hypercall, ctx.memory_fd, params["ring_refs"],
-                     params["persistent"])
+    ring = BlkifRing(
+        ctx.label, ctx.frontend_id, vbd, ctx.hypercall, ctx.memory_fd, params["ring_refs"], params["persistent"]
+    )
     log.info("%s: connected (%d sectors%s)", ctx.label, vbd.sectors, ", read-only" if vbd.readonly else "")
     return ring

@@ -67,16 +67,24 @@ class BlkbackDriver:
         vbd: Vbd = dev.drvdata
         port, port_fds = bus.bind_evtchn(dev, remote_port)
         vdev = bus.read(dev.nodename, blkif.DEV) or str(dev.devid)
-        bus.start_worker(dev, WorkerSpec(
-            label=f"d{dev.frontend_id} ({dev.name}) {vdev}",
-            process_name=f"xl-blk-{dev.frontend_id}-{vdev}",
-            frontend_id=dev.frontend_id,
-            data_path=blkif_data_path,
-            ports=[(port, port_fds)],
-            fds={"image": os.dup(vbd.fd)},
-            params={"ring_refs": ring_refs, "persistent": bus.read_otherend(dev, blkif.FEATURE_PERSISTENT) == "1",
-                    "path": vbd.path, "sectors": vbd.sectors, "readonly": vbd.readonly},
-        ))
+        bus.start_worker(
+            dev,
+            WorkerSpec(
+                label=f"d{dev.frontend_id} ({dev.name}) {vdev}",
+                process_name=f"xl-blk-{dev.frontend_id}-{vdev}",
+                frontend_id=dev.frontend_id,
+                data_path=blkif_data_path,
+                ports=[(port, port_fds)],
+                fds={"image": os.dup(vbd.fd)},
+                params={
+                    "ring_refs": ring_refs,
+                    "persistent": bus.read_otherend(dev, blkif.FEATURE_PERSISTENT) == "1",
+                    "path": vbd.path,
+                    "sectors": vbd.sectors,
+                    "readonly": vbd.readonly,
+                },
+            ),
+        )
 
     def disconnect(self, bus: XenbusBackend, dev: XenbusDevice) -> None:
         """Nothing of the image goes with the ring: a front end may connect again."""

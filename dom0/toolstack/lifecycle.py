@@ -35,10 +35,20 @@ __all__ = ["Lifecycle", "StartReport"]
 log = logging.getLogger("dom0.toolstack")
 
 # The xl.cfg key that says what to do for each shutdown reason, and xl's default.
-ACTION_KEYS = {"poweroff": "on_poweroff", "reboot": "on_reboot", "crash": "on_crash", "watchdog": "on_watchdog",
-               "soft_reset": "on_soft_reset"}
-ACTION_DEFAULTS = {"on_poweroff": "destroy", "on_reboot": "restart", "on_crash": "destroy", "on_watchdog": "destroy",
-                   "on_soft_reset": "restart"}
+ACTION_KEYS = {
+    "poweroff": "on_poweroff",
+    "reboot": "on_reboot",
+    "crash": "on_crash",
+    "watchdog": "on_watchdog",
+    "soft_reset": "on_soft_reset",
+}
+ACTION_DEFAULTS = {
+    "on_poweroff": "destroy",
+    "on_reboot": "restart",
+    "on_crash": "destroy",
+    "on_watchdog": "destroy",
+    "on_soft_reset": "restart",
+}
 # A domain restarted this often within RESTART_WINDOW_S is not restarted again.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 10.0
@@ -71,8 +81,10 @@ class StartReport:
         """The one line a user is told, naming the domain and the cause ("" for a plain start)."""
         if not self.failures:
             if self.state == PENDING:
-                return (f"{self.name} (domain {self.domid}) has not reported its workload started within "
-                        f"{timeout_s:g}s; it runs on (`xenlike console {self.name}` shows its boot)")
+                return (
+                    f"{self.name} (domain {self.domid}) has not reported its workload started within "
+                    f"{timeout_s:g}s; it runs on (`xenlike console {self.name}` shows its boot)"
+                )
             return ""
         first, reason = self.failures[0]
         line = f"{self.name} (domain {first}) did not start: {reason}"
@@ -91,8 +103,13 @@ class StartReport:
         return line
 
     def to_dict(self, timeout_s: float) -> dict[str, Any]:
-        return {"state": self.state, "domid": self.domid, "failures": [list(f) for f in self.failures],
-                "restarted": self.restarted, "message": self.message(timeout_s)}
+        return {
+            "state": self.state,
+            "domid": self.domid,
+            "failures": [list(f) for f in self.failures],
+            "restarted": self.restarted,
+            "message": self.message(timeout_s),
+        }
 
 
 def _times(count: int) -> str:
@@ -130,8 +147,9 @@ class Lifecycle:
     their workloads starting.
     """
 
-    def __init__(self, builder: DomainBuilder, hypercall: Callable[..., tuple[Any, list[int]]],
-                 xs: LocalXenstore) -> None:
+    def __init__(
+        self, builder: DomainBuilder, hypercall: Callable[..., tuple[Any, list[int]]], xs: LocalXenstore
+    ) -> None:
         self.builder = builder
         self.hypercall = hypercall
         self.xs = xs
@@ -241,8 +259,9 @@ class Lifecycle:
             report.failures.append((built.domid, self._read_error(built.domid)))
         else:
             how = info.get("exit") or "shut down"
-            report.failures.append((built.domid, f"it ended before its workload started ({how}); "
-                                                 f"its console is in logs/{built.name}.log"))
+            report.failures.append(
+                (built.domid, f"it ended before its workload started ({how}); its console is in logs/{built.name}.log")
+            )
 
     # -- domain exceptions and on_* actions ----------------------------------------
 
@@ -298,7 +317,7 @@ class Lifecycle:
         report.state = workload_state.FAILED
         if action == "preserve" or action == "rename-restart":
             name = built.name
-            report.end = f"it is kept shut down ({key} = \"{action}\"); `xenlike destroy {name}` removes it"
+            report.end = f'it is kept shut down ({key} = "{action}"); `xenlike destroy {name}` removes it'
         if why_not:
             report.end = "; ".join(filter(None, [why_not, report.end]))
 
@@ -311,10 +330,13 @@ class Lifecycle:
         if not keep_preserved:
             self.destroy(built)
         if len(recent) >= MAX_RESTARTS:
-            log.warning("%s: restarted %d times in %.0fs; not restarting again", built.label, len(recent),
-                        RESTART_WINDOW_S)
-            return None, (f"the toolstack stopped restarting it: {MAX_RESTARTS} restarts within "
-                          f"{RESTART_WINDOW_S:g}s is the most it allows")
+            log.warning(
+                "%s: restarted %d times in %.0fs; not restarting again", built.label, len(recent), RESTART_WINDOW_S
+            )
+            return None, (
+                f"the toolstack stopped restarting it: {MAX_RESTARTS} restarts within "
+                f"{RESTART_WINDOW_S:g}s is the most it allows"
+            )
         try:
             new = self.create(config, uuid=None if keep_preserved else built.uuid)
         except Exception as exc:

@@ -5,7 +5,8 @@ libxl's ``libxl_device_disk_add``/``_remove``), and the devices' counters in ``t
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from xenlike.public.xenbus import XenbusState, backend_path, frontend_path
 from xenlike.public.xs_wire import XsError
@@ -57,8 +58,12 @@ def detach_device(ts: Toolstack, request: Request, built: BuiltDomain, row: Devi
 
     def finish(ok: bool) -> None:
         if not ok:
-            log.warning("%s: %s did not close within %.0fs; removing it anyway", built.label, row.name_of(spec),
-                        DEVICE_CLOSE_TIMEOUT_S)
+            log.warning(
+                "%s: %s did not close within %.0fs; removing it anyway",
+                built.label,
+                row.name_of(spec),
+                DEVICE_CLOSE_TIMEOUT_S,
+            )
         backends.remove(*key)
         ts.builder.remove_device_nodes(built, row, spec["devid"])
         request.reply({"vdev": row.name_of(spec), "forced": not ok})
@@ -82,10 +87,20 @@ def block_list(ts: Toolstack, request: Request) -> Any:
         front = frontend_path(built.domid, "vbd", disk["devid"])
         back = backend_path(0, "vbd", built.domid, disk["devid"])
         ring_ref = read(f"{front}/ring-ref")
-        rows.append({"vdev": disk["devid"], "name": disk["vdev"], "backend": 0, "frontend_id": built.domid,
-                     "state": int(read(f"{back}/state")), "evtch": int(read(f"{front}/event-channel")),
-                     "ring_ref": int(ring_ref if ring_ref != "-1" else read(f"{front}/ring-ref0")),
-                     "be_path": back, "target": disk["target"], "access": disk["access"]})
+        rows.append(
+            {
+                "vdev": disk["devid"],
+                "name": disk["vdev"],
+                "backend": 0,
+                "frontend_id": built.domid,
+                "state": int(read(f"{back}/state")),
+                "evtch": int(read(f"{front}/event-channel")),
+                "ring_ref": int(ring_ref if ring_ref != "-1" else read(f"{front}/ring-ref0")),
+                "be_path": back,
+                "target": disk["target"],
+                "access": disk["access"],
+            }
+        )
     return rows
 
 

@@ -22,8 +22,22 @@ from .request import Request, ToolstackError
 if TYPE_CHECKING:
     from .server import Toolstack
 
-__all__ = ["ping", "info", "dmesg", "list_domains", "uptime", "top", "create", "destroy", "shutdown", "reboot",
-           "pause", "unpause", "rename", "down"]
+__all__ = [
+    "ping",
+    "info",
+    "dmesg",
+    "list_domains",
+    "uptime",
+    "top",
+    "create",
+    "destroy",
+    "shutdown",
+    "reboot",
+    "pause",
+    "unpause",
+    "rename",
+    "down",
+]
 
 log = logging.getLogger("dom0.toolstack")
 
@@ -37,6 +51,7 @@ TOP_STATS_TIMEOUT_S = 0.5
 
 
 # -- the host ------------------------------------------------------------------------
+
 
 def ping(ts: Toolstack, request: Request) -> Any:
     return {"run_dir": str(ts.run_dir.path), "domains": len(ts.domains)}
@@ -74,6 +89,7 @@ def down(ts: Toolstack, request: Request) -> None:
 
 # -- listing -------------------------------------------------------------------------
 
+
 def list_domains(ts: Toolstack, request: Request) -> Any:
     args = request.args
     rows = []
@@ -81,15 +97,17 @@ def list_domains(ts: Toolstack, request: Request) -> Any:
         if args.get("domain") is not None and str(args["domain"]) not in (info["name"], str(info["domid"])):
             continue
         built = ts.domains.get(info["domid"])
-        rows.append({
-            "name": info["name"],
-            "domid": info["domid"],
-            "mem": info["memory_kb"] // 1024,
-            "vcpus": info["vcpus"],
-            "state": state_letters(info),
-            "cpu_time": info["cpu_time"],
-            **({"info": info, "config": built.config if built else {}} if args.get("long") else {}),
-        })
+        rows.append(
+            {
+                "name": info["name"],
+                "domid": info["domid"],
+                "mem": info["memory_kb"] // 1024,
+                "vcpus": info["vcpus"],
+                "state": state_letters(info),
+                "cpu_time": info["cpu_time"],
+                **({"info": info, "config": built.config if built else {}} if args.get("long") else {}),
+            }
+        )
     if args.get("domain") is not None and not rows:
         raise ToolstackError(f"no domain {args['domain']!r}; `xenlike list` shows the domains")
     return rows
@@ -128,8 +146,20 @@ def top(ts: Toolstack, request: Request) -> None:
 
 def _top_domain(ts: Toolstack, info: dict) -> dict:
     """A domain's xentop row data: getdomaininfo's fields and its devices' counters."""
-    keys = ("domid", "name", "running", "blocked", "paused", "shutdown", "shutdown_reason", "dying", "cpu_time",
-            "memory_kb", "maxmem_kb", "vcpus")
+    keys = (
+        "domid",
+        "name",
+        "running",
+        "blocked",
+        "paused",
+        "shutdown",
+        "shutdown_reason",
+        "dying",
+        "cpu_time",
+        "memory_kb",
+        "maxmem_kb",
+        "vcpus",
+    )
     return {**{key: info[key] for key in keys}, **ops_device.top_counters(ts, info["domid"]), "ssid": 0}
 
 
@@ -137,9 +167,13 @@ def _top_host(physinfo: dict) -> dict:
     """The host's line of xentop: memory in KiB, CPUs, and the version as libxenstat spells it ("4.19-xenlike")."""
     frame_kb = PAGE_SIZE // 1024
     version = physinfo["version"]
-    return {"total_kb": physinfo["total_frames"] * frame_kb, "free_kb": physinfo["free_frames"] * frame_kb,
-            "nr_cpus": physinfo["nr_cpus"], "cpu_mhz": _cpu_mhz(),
-            "version": f"{version['major']}.{version['minor']}{version['extra']}"}
+    return {
+        "total_kb": physinfo["total_frames"] * frame_kb,
+        "free_kb": physinfo["free_frames"] * frame_kb,
+        "nr_cpus": physinfo["nr_cpus"],
+        "cpu_mhz": _cpu_mhz(),
+        "version": f"{version['major']}.{version['minor']}{version['extra']}",
+    }
 
 
 @functools.cache
@@ -156,6 +190,7 @@ def _cpu_mhz() -> int:
 
 
 # -- lifecycle -----------------------------------------------------------------------
+
 
 def create(ts: Toolstack, request: Request) -> None:
     """xl create: build the domain, then answer once its guest reported its workload started or failed
@@ -178,8 +213,9 @@ def create(ts: Toolstack, request: Request) -> None:
     def finish(ok: bool) -> None:
         if not ok:
             ts.lifecycle.stop_awaiting(report)
-            log.warning("%s: no report of its workload starting within %gs; it runs on", built.label,
-                        CREATE_REPORT_TIMEOUT_S)
+            log.warning(
+                "%s: no report of its workload starting within %gs; it runs on", built.label, CREATE_REPORT_TIMEOUT_S
+            )
         elif report.failures:
             log.warning("%s", report.message(CREATE_REPORT_TIMEOUT_S))
         request.reply({**result, "start": report.to_dict(CREATE_REPORT_TIMEOUT_S)})
@@ -191,8 +227,10 @@ def destroy(ts: Toolstack, request: Request) -> Any:
     """xl destroy. Domain 0 is refused, as xl's ``destroy_domain`` refuses it without ``-f``; with it
     only a toolstack in a domain of its own could go on, and xenlike's runs in domain 0."""
     if str(request.args["domain"]) in ("0", "Domain-0"):
-        raise ToolstackError("Domain-0 runs the toolstack and cannot be destroyed, even with -f (xl's -f needs a "
-                             "hardware domain apart from domain 0); `xenlike down` stops the host")
+        raise ToolstackError(
+            "Domain-0 runs the toolstack and cannot be destroyed, even with -f (xl's -f needs a "
+            "hardware domain apart from domain 0); `xenlike down` stops the host"
+        )
     built = ts.lifecycle.find(request.args["domain"])
     ts.lifecycle.destroy(built)
     return {"domid": built.domid}

@@ -31,8 +31,11 @@ def sched_credit(ts: Toolstack, request: Request) -> Any:
     if args.get("weight") is not None or args.get("cap") is not None:
         if domid is None:
             raise ToolstackError("a weight or cap needs a domain (-d DOMAIN)")
-        return {"set": ts.hypercall("domctl", cmd="sched_credit_set", domid=domid, weight=args.get("weight"),
-                                    cap=args.get("cap"))[0]}
+        return {
+            "set": ts.hypercall(
+                "domctl", cmd="sched_credit_set", domid=domid, weight=args.get("weight"), cap=args.get("cap")
+            )[0]
+        }
     rows = ts.hypercall("domctl", cmd="sched_credit_get", **({} if domid is None else {"domid": domid}))[0]
     pool = ts.hypercall("sysctl", cmd="sched_info")[0]
     return {"pool": {"name": "Pool-0", **pool}, "domains": rows}
@@ -43,8 +46,9 @@ def vcpu_list(ts: Toolstack, request: Request) -> Any:
     if not domains:
         rows = ts.hypercall("domctl", cmd="vcpu_list")[0]
     else:
-        rows = [row for spec in domains
-                for row in ts.hypercall("domctl", cmd="vcpu_list", domid=_domid_of(ts, spec))[0]]
+        rows = [
+            row for spec in domains for row in ts.hypercall("domctl", cmd="vcpu_list", domid=_domid_of(ts, spec))[0]
+        ]
     return {"nr_cpus": ts.hypercall("sysctl", cmd="physinfo")[0]["nr_cpus"], "vcpus": rows}
 
 

@@ -9,8 +9,9 @@ The API's messages are msgpack maps on the ROUTER socket:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Request", "ToolstackError"]
 

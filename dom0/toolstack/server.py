@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 import zmq
@@ -49,7 +50,7 @@ class Op(NamedTuple):
     ``defers``, answers ``request`` itself, now or later.
     """
 
-    handler: Callable[["Toolstack", Request], Any]
+    handler: Callable[[Toolstack, Request], Any]
     defers: bool = False
 
 
@@ -137,9 +138,19 @@ class Toolstack:
     shut down after it (``down``).
     """
 
-    def __init__(self, *, shut_host_down: Callable[[], None], api: zmq.Socket, hypercall: Callable[..., tuple[Any, list[int]]],
-                 builder: DomainBuilder, xs: LocalXenstore, xenstore_service: XenstoreService,
-                 xenconsoled: Xenconsoled, backends: XenbusBackend, run_dir: RunDir) -> None:
+    def __init__(
+        self,
+        *,
+        shut_host_down: Callable[[], None],
+        api: zmq.Socket,
+        hypercall: Callable[..., tuple[Any, list[int]]],
+        builder: DomainBuilder,
+        xs: LocalXenstore,
+        xenstore_service: XenstoreService,
+        xenconsoled: Xenconsoled,
+        backends: XenbusBackend,
+        run_dir: RunDir,
+    ) -> None:
         self.shut_host_down = shut_host_down
         self.api = api
         self.hypercall = hypercall
@@ -174,8 +185,9 @@ class Toolstack:
                 message = msgpack.unpackb(payload, raw=False)
                 request = Request(identity, message.get("id", 0), message["op"], message.get("args") or {}, self._send)
             except Exception:
-                self._send(identity, {"id": 0, "ok": False,
-                                      "error": "malformed request: expected msgpack {id, op, args}"})
+                self._send(
+                    identity, {"id": 0, "ok": False, "error": "malformed request: expected msgpack {id, op, args}"}
+                )
                 continue
             self._dispatch(request)
 

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from xenlike.public.xen import DOMID_FIRST_RESERVED, DOMID_SELF
 from xenlike.public.xs_wire import (
     OK_PAYLOAD,
     SPECIAL_INTRODUCE_DOMAIN,
@@ -62,7 +63,6 @@ from xenlike.public.xs_wire import (
     perms_payload,
     split_strings,
 )
-from xenlike.public.xen import DOMID_FIRST_RESERVED, DOMID_SELF
 
 from .connection import Connection
 from .domain import Domain, is_real_domid

@@ -90,8 +90,9 @@ class BlkFuture:
         self._collect: Callable[[], Any] | None = None
         self._poll = poll
 
-    def set(self, result: Any = None, error: BaseException | None = None,
-            collect: Callable[[], Any] | None = None) -> None:
+    def set(
+        self, result: Any = None, error: BaseException | None = None, collect: Callable[[], Any] | None = None
+    ) -> None:
         """Complete the request (once; later calls are ignored) and wake every waiter.
 
         ``collect``, if given, returns the result when it is first asked for.
@@ -496,16 +497,25 @@ class BlockDevice:
         return request.future, [request]
 
     def _discard_requests(self, sector: int, nr_sectors: int) -> tuple[BlkFuture, list[_Request]]:
-        request = self._request(BLKIF_OP_DISCARD, sector, 0, 0,
-                                lambda req_id, run: pack_discard(req_id, sector, nr_sectors))
+        request = self._request(
+            BLKIF_OP_DISCARD, sector, 0, 0, lambda req_id, run: pack_discard(req_id, sector, nr_sectors)
+        )
         return request.future, [request]
 
-    def _request(self, op: int, sector: int, nbytes: int, nr_pages: int,
-                 build: Callable[[int, _Run | None], bytes], run: _Run | None = None) -> _Request:
+    def _request(
+        self,
+        op: int,
+        sector: int,
+        nbytes: int,
+        nr_pages: int,
+        build: Callable[[int, _Run | None], bytes],
+        run: _Run | None = None,
+    ) -> _Request:
         return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(self._poll_responses), run)
 
-    def _rw_requests(self, op: int, sector: int, nbytes: int,
-                     data: memoryview | None) -> tuple[BlkFuture, list[_Request]]:
+    def _rw_requests(
+        self, op: int, sector: int, nbytes: int, data: memoryview | None
+    ) -> tuple[BlkFuture, list[_Request]]:
         """A READ or WRITE as ring requests: one, or several if it is larger than one request may be.
 
         The future of several is their gathered outcome (a READ's data joined in order).
@@ -516,13 +526,20 @@ class BlockDevice:
         if nbytes <= chunk:
             request = self._rw_request(op, sector, nbytes, data)
             return request.future, [request]
-        parts = [self._rw_request(op, sector + off // SECTOR_SIZE, min(chunk, nbytes - off),
-                                  data[off : off + chunk] if data is not None else None)
-                 for off in range(0, nbytes, chunk)]
+        parts = [
+            self._rw_request(
+                op,
+                sector + off // SECTOR_SIZE,
+                min(chunk, nbytes - off),
+                data[off : off + chunk] if data is not None else None,
+            )
+            for off in range(0, nbytes, chunk)
+        ]
         return _gathered(op, [part.future for part in parts]), parts
 
-    def _rw_request(self, op: int, sector: int, nbytes: int, data: memoryview | None,
-                    lent: _Run | None = None) -> _Request:
+    def _rw_request(
+        self, op: int, sector: int, nbytes: int, data: memoryview | None, lent: _Run | None = None
+    ) -> _Request:
         """One READ or WRITE; a WRITE's ``data`` is copied into its pages, unless ``lent`` holds it."""
         nr_data = -(-nbytes // PAGE_SIZE)
         last_sect = (nbytes - (nr_data - 1) * PAGE_SIZE) // SECTOR_SIZE - 1
@@ -610,8 +627,10 @@ class BlockDevice:
     def _buffer_pages(self, nbytes: int) -> int:
         """Pool pages a buffer of ``nbytes`` takes: one request's data pages and its indirect pages."""
         if nbytes <= 0 or nbytes % SECTOR_SIZE or nbytes > self.max_segments * PAGE_SIZE:
-            raise ValueError(f"{self.vdev}: a buffer is whole 512-byte sectors, at most "
-                             f"{self.max_segments * PAGE_SIZE} bytes (one request), not {nbytes}")
+            raise ValueError(
+                f"{self.vdev}: a buffer is whole 512-byte sectors, at most "
+                f"{self.max_segments * PAGE_SIZE} bytes (one request), not {nbytes}"
+            )
         return pages_per_request(-(-nbytes // PAGE_SIZE))
 
     def _wait_for_pages(self, nr_pages: int, timeout: float | None) -> _Run:
@@ -692,11 +711,14 @@ class BlockDevice:
         if status == BLKIF_RSP_OKAY:
             inflight.future.set()
         else:
-            what = {BLKIF_OP_READ: "read", BLKIF_OP_WRITE: "write", BLKIF_OP_FLUSH_DISKCACHE: "flush",
-                    BLKIF_OP_DISCARD: "discard"}.get(inflight.op, f"op {inflight.op}")
+            what = {
+                BLKIF_OP_READ: "read",
+                BLKIF_OP_WRITE: "write",
+                BLKIF_OP_FLUSH_DISKCACHE: "flush",
+                BLKIF_OP_DISCARD: "discard",
+            }.get(inflight.op, f"op {inflight.op}")
             reason = "not supported" if status == BLKIF_RSP_EOPNOTSUPP else "BLKIF_RSP_ERROR"
-            inflight.future.set(error=BlockIOError(
-                f"{self.vdev}: {what} at sector {inflight.sector} failed: {reason}"))
+            inflight.future.set(error=BlockIOError(f"{self.vdev}: {what} at sector {inflight.sector} failed: {reason}"))
 
     def _collect(self, req_id: int, inflight: _Inflight) -> bytes:
         """A completed READ's data: copied out of its pool pages, which go back to the pool."""

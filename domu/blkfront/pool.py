@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from xenlike.kernel.memory import OutOfFrames, PageAllocator
 from xenlike.public.blkif import (
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
     SECTORS_PER_PAGE,
@@ -20,7 +21,6 @@ from xenlike.public.blkif import (
     Segment,
     pack_segments,
 )
-from xenlike.kernel.memory import OutOfFrames, PageAllocator
 
 if TYPE_CHECKING:
     from .blkfront import BlockDevice
@@ -85,7 +85,7 @@ class _GrantPool:
     the back end. The pool grows a chunk at a time up to ``max_chunks``.
     """
 
-    def __init__(self, device: "BlockDevice", chunk_pages: int, max_chunks: int) -> None:
+    def __init__(self, device: BlockDevice, chunk_pages: int, max_chunks: int) -> None:
         self.device = device
         self.chunk_pages = chunk_pages
         self.max_chunks = max_chunks

@@ -58,10 +58,16 @@ class BlkfrontDriver:
         if order == 0:
             nodes = {blkif.RING_REF: str(ring_refs[0])}
         else:
-            nodes = {blkif.RING_PAGE_ORDER: str(order),
-                     **{f"{blkif.RING_REF}{i}": str(gref) for i, gref in enumerate(ring_refs)}}
-        return {**nodes, blkif.EVENT_CHANNEL: str(port), blkif.PROTOCOL: XEN_IO_PROTO_ABI_NATIVE,
-                blkif.FEATURE_PERSISTENT: "1"}
+            nodes = {
+                blkif.RING_PAGE_ORDER: str(order),
+                **{f"{blkif.RING_REF}{i}": str(gref) for i, gref in enumerate(ring_refs)},
+            }
+        return {
+            **nodes,
+            blkif.EVENT_CHANNEL: str(port),
+            blkif.PROTOCOL: XEN_IO_PROTO_ABI_NATIVE,
+            blkif.FEATURE_PERSISTENT: "1",
+        }
 
     def connected(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
         device: BlockDevice = dev.drvdata
@@ -70,8 +76,13 @@ class BlkfrontDriver:
         with self._connected:
             self.disks[device.vdev] = device
             self._connected.notify_all()
-        log.info("%s: %s: %d MiB%s", bus.kernel.label, device.vdev, device.size >> 20,
-                 " read-only" if device.readonly else "")
+        log.info(
+            "%s: %s: %d MiB%s",
+            bus.kernel.label,
+            device.vdev,
+            device.size >> 20,
+            " read-only" if device.readonly else "",
+        )
 
     def closing(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
         device: BlockDevice = dev.drvdata

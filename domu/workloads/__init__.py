@@ -138,7 +138,7 @@ def journal(ctx: WorkloadContext) -> None:
     interval = float(ctx.args[ctx.args.index("--interval") + 1]) if "--interval" in ctx.args else 10.0
     disk = ctx.disks.get("xvda")
     if disk is None:
-        raise RuntimeError("the journal workload needs a disk xvda (disk = [\"vdev=xvda, size=16M, target=...\"])")
+        raise RuntimeError('the journal workload needs a disk xvda (disk = ["vdev=xvda, size=16M, target=..."])')
     log = disk.open()
     header = log.read(512)
     used = int.from_bytes(header[12:20], "little") if header.startswith(JOURNAL_MAGIC) else 0

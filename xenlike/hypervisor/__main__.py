@@ -39,17 +39,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sched", default="credit", help="the scheduler (entry-point group xenlike.schedulers; default credit)"
     )
     p.add_argument("--no-jail", action="store_true", help="run guests without the jail (experiments only)")
-    p.add_argument("--jail-uid-base", type=int, default=DEFAULT_UID_BASE,
-                   help=f"as root, each domain runs as this uid plus its domid (default {DEFAULT_UID_BASE})")
+    p.add_argument(
+        "--jail-uid-base",
+        type=int,
+        default=DEFAULT_UID_BASE,
+        help=f"as root, each domain runs as this uid plus its domid (default {DEFAULT_UID_BASE})",
+    )
     p.add_argument("--status-fd", type=int, help="a pipe for the one line of a refusal, closed once started")
     return p.parse_args(argv)
 
 
 def commandline(args: argparse.Namespace) -> str:
     """The hypervisor's command line as ``xl info`` shows it (``xen_commandline``): its settings, in one form."""
-    words = ["--run-dir", str(args.run_dir), "--memory", str(args.memory), "--pcpus", str(args.pcpus),
-             "--sched", args.sched] + (["--overcommit"] if args.overcommit else []) + \
-        (["--no-jail"] if args.no_jail else ["--jail-uid-base", str(args.jail_uid_base)])
+    words = (
+        [
+            "--run-dir",
+            str(args.run_dir),
+            "--memory",
+            str(args.memory),
+            "--pcpus",
+            str(args.pcpus),
+            "--sched",
+            args.sched,
+        ]
+        + (["--overcommit"] if args.overcommit else [])
+        + (["--no-jail"] if args.no_jail else ["--jail-uid-base", str(args.jail_uid_base)])
+    )
     return shlex.join(words)
 
 
@@ -81,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     from xenlike.hypervisor.sched import available_schedulers, load_scheduler
 
     if args.sched not in available_schedulers():  # by name only: a plugin is imported after the zygote forks
-        return refuse(status_fd, f"no scheduler named {args.sched!r} (registered: "
-                                 f"{', '.join(sorted(available_schedulers())) or 'none'})", 2)
+        return refuse(
+            status_fd,
+            f"no scheduler named {args.sched!r} (registered: {', '.join(sorted(available_schedulers())) or 'none'})",
+            2,
+        )
     run_dir = RunDir(args.run_dir)
     # The run directory's lock comes before anything starts, and is held until the process ends.
     try:
@@ -95,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(status_fd, refusal)
     if status_fd is not None:
         os.close(status_fd)  # started: the starter reads end of file
-    jail, jail_mechanisms = JailPolicy.probe(enabled=not args.no_jail, uid_base=args.jail_uid_base,
-                                             run_dir=str(run_dir.path))
+    jail, jail_mechanisms = JailPolicy.probe(
+        enabled=not args.no_jail, uid_base=args.jail_uid_base, run_dir=str(run_dir.path)
+    )
     # The zygote comes first: nothing below (threads, epoll, zmq) may be inherited by domains.
     zygote = start_zygote(jail)
     set_process_name("xl-hypervisor")
@@ -107,8 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     # pCPU n is Linux CPU n, among those this process may use (a cpuset may allow fewer).
     allowed = sorted(os.sched_getaffinity(0))
     pcpus = allowed[: max(1, min(args.pcpus, len(allowed)))]
-    hypervisor = Hypervisor(run_dir.path, args.memory, pcpus, zygote, load_scheduler(args.sched)(pcpus),
-                            machine=machine, commandline=commandline(args))
+    hypervisor = Hypervisor(
+        run_dir.path,
+        args.memory,
+        pcpus,
+        zygote,
+        load_scheduler(args.sched)(pcpus),
+        machine=machine,
+        commandline=commandline(args),
+    )
     hypervisor.jail = jail_report(jail, jail_mechanisms)
     try:
         hypervisor.boot(DOM0_MEMORY_MIB, {"run_dir": str(run_dir.path)})

@@ -79,8 +79,15 @@ class Hypervisor:
     """The host: call :meth:`boot` to start dom0, then :meth:`run` until it stops."""
 
     def __init__(
-        self, run_dir: Path, memory_mib: int, pcpus: list[int], zygote: Zygote, scheduler: Scheduler | None = None,
-        *, machine: Machine | None = None, commandline: str = "",
+        self,
+        run_dir: Path,
+        memory_mib: int,
+        pcpus: list[int],
+        zygote: Zygote,
+        scheduler: Scheduler | None = None,
+        *,
+        machine: Machine | None = None,
+        commandline: str = "",
     ) -> None:
         self.run_dir = run_dir
         self.machine = machine or Machine.read()  # measured once, as Xen measures its machine at boot
@@ -191,8 +198,7 @@ class Hypervisor:
         """Release what is left (after :meth:`run` returned) and stop the zygote."""
         for domain in list(self.domains.values()):
             if domain.pid is not None:
-                log.warning("%s: still running %gs after the host began to stop; killed", domain.label,
-                            STOP_TIMEOUT_S)
+                log.warning("%s: still running %gs after the host began to stop; killed", domain.label, STOP_TIMEOUT_S)
             self.kill(domain)
             self.finalize(domain)
         self.scheduler.close()

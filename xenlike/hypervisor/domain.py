@@ -43,8 +43,10 @@ class FramePool:
         if frames > self.free:
             needed = frames * PAGE_SIZE >> 20
             if self.machine_mib and needed > self.machine_mib:
-                advice = (f"that is more than this machine's {self.machine_mib} MiB: only a host started with "
-                          "--overcommit and a larger --memory can hold it")
+                advice = (
+                    f"that is more than this machine's {self.machine_mib} MiB: only a host started with "
+                    "--overcommit and a larger --memory can hold it"
+                )
             else:
                 advice = "start the host with a larger --memory, or destroy a domain"
             raise OutOfMemory(

@@ -96,8 +96,13 @@ def mechanisms() -> list[Mechanism]:
     return [
         *namespaces.probe(),
         landlock.probe(),
-        Mechanism("seccomp", seccomp.supported(), "a seccomp filter on every guest thread" if seccomp.supported()
-                  else "seccomp unavailable: guests can make any system call"),
+        Mechanism(
+            "seccomp",
+            seccomp.supported(),
+            "a seccomp filter on every guest thread"
+            if seccomp.supported()
+            else "seccomp unavailable: guests can make any system call",
+        ),
     ]
 
 
@@ -108,8 +113,11 @@ def missing(found: list[Mechanism] | None = None) -> list[str]:
 
 def jail_report(policy: JailPolicy, found: list[Mechanism]) -> dict:
     """What ``xenlike info`` and ``up`` show of the jail: on or off, and each mechanism."""
-    return {"enabled": policy.enabled, "uid_base": policy.uid_base if policy.as_root else None,
-            "mechanisms": [[m.name, m.available, m.detail] for m in found]}
+    return {
+        "enabled": policy.enabled,
+        "uid_base": policy.uid_base if policy.as_root else None,
+        "mechanisms": [[m.name, m.available, m.detail] for m in found],
+    }
 
 
 def log_jail(policy: JailPolicy, found: list[Mechanism]) -> None:
@@ -196,8 +204,9 @@ class _View:
     def expose(self, paths: list[str]) -> None:
         by_root: dict[str, list[str]] = {}
         for path in _outermost(paths):
-            root = next((c for c in self.covered if path.startswith(c + "/")), None) or \
-                _unsearchable_ancestor(path, self.uid)
+            root = next((c for c in self.covered if path.startswith(c + "/")), None) or _unsearchable_ancestor(
+                path, self.uid
+            )
             if root is not None:
                 by_root.setdefault(root, []).append(path)
         for root, beneath in by_root.items():
@@ -214,8 +223,9 @@ class _View:
 
     def stand_in(self, directory: str) -> None:
         """An empty directory at ``directory`` in the view, if the guest's uid could not reach the real one."""
-        root = next((c for c in self.covered if directory.startswith(c + "/")), None) or \
-            _unsearchable_ancestor(os.path.join(directory, "-"), self.uid)
+        root = next((c for c in self.covered if directory.startswith(c + "/")), None) or _unsearchable_ancestor(
+            os.path.join(directory, "-"), self.uid
+        )
         if root is None:
             return
         if root not in self.covered:
@@ -288,8 +298,13 @@ class ShellJail:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails with EFBIG instead
         vcpus = int(boot.get("vcpus", 1))
         memory = int(boot["nr_frames"]) * PAGE_SIZE
-        namespaces.set_rlimits(nofile=NOFILE, nproc=NPROC_BASE + NPROC_PER_VCPU * vcpus,
-                               address_space=memory + ADDRESS_SPACE_SLACK, fsize=0, core=0)
+        namespaces.set_rlimits(
+            nofile=NOFILE,
+            nproc=NPROC_BASE + NPROC_PER_VCPU * vcpus,
+            address_space=memory + ADDRESS_SPACE_SLACK,
+            fsize=0,
+            core=0,
+        )
         if self.policy.as_root:
             uid = self.policy.uid_of(domid)
             namespaces.drop_identity(uid, uid)

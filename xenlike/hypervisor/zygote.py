@@ -132,8 +132,9 @@ class _Shell:
     gives it its role.
     """
 
-    def __init__(self, zygote_sock: socket.socket, wake: tuple[int, int], jail: _JailSetup | None,
-                 jailed: bool) -> None:
+    def __init__(
+        self, zygote_sock: socket.socket, wake: tuple[int, int], jail: _JailSetup | None, jailed: bool
+    ) -> None:
         ours, theirs = socketpair()
         pid = os.fork()
         if pid == 0:
@@ -304,8 +305,9 @@ def _reap(sock: socket.socket) -> None:
         send_message(sock, {"event": "exited", "pid": pid, "status": status, "cpu_time": cpu})
 
 
-def _become_shell(boot_sock: socket.socket, zygote_sock: socket.socket, wake: tuple[int, int],
-                  jail: _JailSetup | None, jailed: bool) -> None:
+def _become_shell(
+    boot_sock: socket.socket, zygote_sock: socket.socket, wake: tuple[int, int], jail: _JailSetup | None, jailed: bool
+) -> None:
     code = 0
     try:
         signal.set_wakeup_fd(-1)

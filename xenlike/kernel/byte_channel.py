@@ -12,7 +12,7 @@ end produces into, a ring it consumes from, one event channel, and the rule
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from xenlike.public.ring import ByteRing, RingError
 

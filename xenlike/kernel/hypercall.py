@@ -167,8 +167,12 @@ class HypercallClient:
                 os.close(fd)
             index = error["index"]
             cmd = (calls[index].get("args") or {}).get("cmd") if 0 <= index < len(calls) else None
-            exc = HypercallError(getattr(errno, error["errno"], errno.EINVAL), error["message"],
-                                 call_index=index, call_op=f"{error['op']} {cmd}" if cmd else error["op"])
+            exc = HypercallError(
+                getattr(errno, error["errno"], errno.EINVAL),
+                error["message"],
+                call_index=index,
+                call_op=f"{error['op']} {cmd}" if cmd else error["op"],
+            )
             exc.results = [r for r, _ in results]  # type: ignore[attr-defined]
             raise exc
         return results

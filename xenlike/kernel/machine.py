@@ -130,5 +130,7 @@ def host_memory_refusal(what: str, memory_mib: int, machine_mib: int) -> str | N
     """
     if machine_mib <= 0 or memory_mib <= machine_mib:
         return None
-    return (f"{what} is more than this machine's {machine_mib} MiB (MemTotal); ask for at most "
-            f"{machine_mib} MiB, or add --overcommit to allow it")
+    return (
+        f"{what} is more than this machine's {machine_mib} MiB (MemTotal); ask for at most "
+        f"{machine_mib} MiB, or add --overcommit to allow it"
+    )

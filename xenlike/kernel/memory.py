@@ -23,7 +23,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from xenlike.public.xen import PAGE_SIZE
 
@@ -59,7 +59,7 @@ class GuestMemory:
         self._base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
 
     @classmethod
-    def create(cls, nr_frames: int, name: str = "xenlike-guest") -> "GuestMemory":
+    def create(cls, nr_frames: int, name: str = "xenlike-guest") -> GuestMemory:
         """Allocate a new, zero-filled, sparse memfd of ``nr_frames`` frames."""
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
@@ -70,7 +70,7 @@ class GuestMemory:
             raise
 
     @classmethod
-    def from_fd(cls, fd: int, nr_frames: int | None = None) -> "GuestMemory":
+    def from_fd(cls, fd: int, nr_frames: int | None = None) -> GuestMemory:
         """Map memory whose fd came from elsewhere (the size is read from the fd)."""
         size = os.fstat(fd).st_size
         if nr_frames is None:
@@ -120,7 +120,7 @@ class GuestMemory:
         if close_fd:
             os.close(self.fd)
 
-    def __enter__(self) -> "GuestMemory":
+    def __enter__(self) -> GuestMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -166,7 +166,9 @@ class ForeignMapping:
         self._addr = _checked_mmap(None, self.size, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
         try:
             for i, pfn in enumerate(self.pfns):
-                _checked_mmap(self._addr + i * PAGE_SIZE, PAGE_SIZE, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, pfn * PAGE_SIZE)
+                _checked_mmap(
+                    self._addr + i * PAGE_SIZE, PAGE_SIZE, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, pfn * PAGE_SIZE
+                )
         except BaseException:
             _libc.munmap(self._addr, self.size)
             raise
@@ -193,7 +195,7 @@ class ForeignMapping:
         _libc.munmap(self._addr, self.size)
         self._addr = None  # type: ignore[assignment]
 
-    def __enter__(self) -> "ForeignMapping":
+    def __enter__(self) -> ForeignMapping:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -229,13 +231,21 @@ class ForeignArena:
         """Place frame ``pfn`` of the arena's memfd in ``slot`` (replacing what was there)."""
         self._check_slot(slot)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        _checked_mmap(self._addr + slot * PAGE_SIZE, PAGE_SIZE, prot, mmap.MAP_SHARED | _MAP_FIXED, self.fd, pfn * PAGE_SIZE)
+        _checked_mmap(
+            self._addr + slot * PAGE_SIZE, PAGE_SIZE, prot, mmap.MAP_SHARED | _MAP_FIXED, self.fd, pfn * PAGE_SIZE
+        )
 
     def unmap(self, slot: int) -> None:
         """Empty ``slot``: the frame is no longer reachable from this process."""
         self._check_slot(slot)
-        _checked_mmap(self._addr + slot * PAGE_SIZE, PAGE_SIZE, _PROT_NONE,
-                      mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED, -1, 0)
+        _checked_mmap(
+            self._addr + slot * PAGE_SIZE,
+            PAGE_SIZE,
+            _PROT_NONE,
+            mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED,
+            -1,
+            0,
+        )
 
     def close(self) -> None:
         """Unmap every slot. Views taken from :attr:`view` must not be used after this."""

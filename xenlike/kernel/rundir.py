@@ -114,8 +114,7 @@ class HostRunning(Exception):
         self.path = path
         self.pid = pid
         holder = f" (pid {pid})" if pid is not None else ""
-        super().__init__(f"a host already runs in {path}{holder}; `xenlike down` stops it, "
-                         "or --run-dir picks another")
+        super().__init__(f"a host already runs in {path}{holder}; `xenlike down` stops it, or --run-dir picks another")
 
 
 class HostLock:

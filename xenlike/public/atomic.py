@@ -42,9 +42,7 @@ def check_platform() -> None:
     """Raise RuntimeError unless this CPU has the memory ordering the rings assume."""
     machine = platform.machine()
     if machine not in SUPPORTED_MACHINES:
-        raise RuntimeError(
-            f"xenlike's shared rings assume x86-64 (TSO) memory ordering; this machine is {machine!r}"
-        )
+        raise RuntimeError(f"xenlike's shared rings assume x86-64 (TSO) memory ordering; this machine is {machine!r}")
 
 
 def _load_libatomic() -> ctypes.CDLL:

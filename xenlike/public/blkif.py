@@ -10,24 +10,74 @@ instead (512 a page). ``sector_number`` is always in 512-byte units.
 from __future__ import annotations
 
 import struct
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
-from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.ring import RingProtocol
+from xenlike.public.xen import PAGE_SIZE
 
 __all__ = [
-    "BLKIF_OP_READ", "BLKIF_OP_WRITE", "BLKIF_OP_WRITE_BARRIER", "BLKIF_OP_FLUSH_DISKCACHE",
-    "BLKIF_OP_DISCARD", "BLKIF_OP_INDIRECT", "BLKIF_RSP_OKAY", "BLKIF_RSP_ERROR", "BLKIF_RSP_EOPNOTSUPP",
-    "BLKIF_MAX_SEGMENTS_PER_REQUEST", "BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST", "SEGS_PER_INDIRECT_FRAME",
-    "SECTOR_SIZE", "SECTORS_PER_PAGE", "SEGMENT_SIZE", "SEGMENT_FIRST_SECT", "SEGMENT_LAST_SECT", "VDISK_CDROM", "VDISK_REMOVABLE", "VDISK_READONLY",
-    "BLKIF_DISCARD_SECURE", "BLKIF_PROTOCOL", "XEN_IO_PROTO_ABI_NATIVE",
-    "DEVICE_TYPE", "PARAMS", "MODE", "DEV", "DEVICE_TYPE_KEY", "DISCARD_ENABLE", "VIRTUAL_DEVICE", "SECTORS",
-    "SECTOR_SIZE_KEY", "PHYSICAL_SECTOR_SIZE", "INFO", "FEATURE_FLUSH_CACHE", "FEATURE_BARRIER", "FEATURE_DISCARD",
-    "DISCARD_GRANULARITY", "DISCARD_ALIGNMENT", "DISCARD_SECURE", "FEATURE_PERSISTENT",
-    "FEATURE_MAX_INDIRECT_SEGMENTS", "MAX_RING_PAGE_ORDER_KEY", "RING_REF", "RING_PAGE_ORDER", "EVENT_CHANNEL",
+    "BLKIF_OP_READ",
+    "BLKIF_OP_WRITE",
+    "BLKIF_OP_WRITE_BARRIER",
+    "BLKIF_OP_FLUSH_DISKCACHE",
+    "BLKIF_OP_DISCARD",
+    "BLKIF_OP_INDIRECT",
+    "BLKIF_RSP_OKAY",
+    "BLKIF_RSP_ERROR",
+    "BLKIF_RSP_EOPNOTSUPP",
+    "BLKIF_MAX_SEGMENTS_PER_REQUEST",
+    "BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST",
+    "SEGS_PER_INDIRECT_FRAME",
+    "SECTOR_SIZE",
+    "SECTORS_PER_PAGE",
+    "SEGMENT_SIZE",
+    "SEGMENT_FIRST_SECT",
+    "SEGMENT_LAST_SECT",
+    "VDISK_CDROM",
+    "VDISK_REMOVABLE",
+    "VDISK_READONLY",
+    "BLKIF_DISCARD_SECURE",
+    "BLKIF_PROTOCOL",
+    "XEN_IO_PROTO_ABI_NATIVE",
+    "DEVICE_TYPE",
+    "PARAMS",
+    "MODE",
+    "DEV",
+    "DEVICE_TYPE_KEY",
+    "DISCARD_ENABLE",
+    "VIRTUAL_DEVICE",
+    "SECTORS",
+    "SECTOR_SIZE_KEY",
+    "PHYSICAL_SECTOR_SIZE",
+    "INFO",
+    "FEATURE_FLUSH_CACHE",
+    "FEATURE_BARRIER",
+    "FEATURE_DISCARD",
+    "DISCARD_GRANULARITY",
+    "DISCARD_ALIGNMENT",
+    "DISCARD_SECURE",
+    "FEATURE_PERSISTENT",
+    "FEATURE_MAX_INDIRECT_SEGMENTS",
+    "MAX_RING_PAGE_ORDER_KEY",
+    "RING_REF",
+    "RING_PAGE_ORDER",
+    "EVENT_CHANNEL",
     "PROTOCOL",
-    "Segment", "SegmentArray", "BlkRequest", "decode_request", "pack_rw", "pack_rw_packed", "pack_indirect",
-    "pack_discard", "pack_flush", "pack_segments", "unpack_segments", "unpack_segment_array", "REQUEST", "RESPONSE",
+    "Segment",
+    "SegmentArray",
+    "BlkRequest",
+    "decode_request",
+    "pack_rw",
+    "pack_rw_packed",
+    "pack_indirect",
+    "pack_discard",
+    "pack_flush",
+    "pack_segments",
+    "unpack_segments",
+    "unpack_segment_array",
+    "REQUEST",
+    "RESPONSE",
 ]
 
 BLKIF_OP_READ = 0
@@ -187,8 +237,9 @@ def decode_request(slot: bytes) -> BlkRequest:
     op, second = HEADER.unpack_from(slot)
     if op == BLKIF_OP_INDIRECT:
         _, indirect_op, nr_segments, req_id, sector, handle, *grefs = INDIRECT.unpack_from(slot)
-        return BlkRequest(op, req_id, sector, handle, nr_segments=nr_segments, indirect_op=indirect_op,
-                          indirect_grefs=tuple(grefs))
+        return BlkRequest(
+            op, req_id, sector, handle, nr_segments=nr_segments, indirect_op=indirect_op, indirect_grefs=tuple(grefs)
+        )
     if op == BLKIF_OP_DISCARD:
         _, flags, handle, req_id, sector, nr_sectors = DISCARD.unpack_from(slot)
         return BlkRequest(op, req_id, sector, handle, nr_sectors=nr_sectors, discard_flags=flags)
@@ -211,15 +262,20 @@ def pack_rw(op: int, req_id: int, sector: int, segments: list[Segment], handle: 
     return REQUEST.pack(op, len(segments), handle, req_id, sector, *_segment_fields(segments))
 
 
-def pack_rw_packed(op: int, req_id: int, sector: int, nr_segments: int, segments: bytes | memoryview,
-                   handle: int = 0) -> bytes:
-    """A READ or WRITE slot from ``nr_segments`` (at most 11) segments already laid out as :func:`pack_segments` does."""
+def pack_rw_packed(
+    op: int, req_id: int, sector: int, nr_segments: int, segments: bytes | memoryview, handle: int = 0
+) -> bytes:
+    """A READ or WRITE slot from ``nr_segments`` (at most 11) segments laid out as :func:`pack_segments` does."""
     if nr_segments > BLKIF_MAX_SEGMENTS_PER_REQUEST or len(segments) != nr_segments * SEGMENT_SIZE:
         raise ValueError(f"{nr_segments} direct segments in {len(segments)} bytes")
-    return RW_HEADER.pack(op, nr_segments, handle, req_id, sector) + bytes(segments).ljust(REQUEST.size - RW_HEADER.size, b"\0")
+    return RW_HEADER.pack(op, nr_segments, handle, req_id, sector) + bytes(segments).ljust(
+        REQUEST.size - RW_HEADER.size, b"\0"
+    )
 
 
-def pack_indirect(indirect_op: int, req_id: int, sector: int, nr_segments: int, grefs: list[int], handle: int = 0) -> bytes:
+def pack_indirect(
+    indirect_op: int, req_id: int, sector: int, nr_segments: int, grefs: list[int], handle: int = 0
+) -> bytes:
     """An INDIRECT slot: the segments live in the granted pages ``grefs``."""
     padded = list(grefs) + [0] * (BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST - len(grefs))
     return INDIRECT.pack(BLKIF_OP_INDIRECT, indirect_op, nr_segments, req_id, sector, handle, *padded).ljust(112, b"\0")

@@ -62,7 +62,9 @@ class ConsoleInterface:
 
     def __init__(self, page: memoryview) -> None:
         layout = XENCONS_INTERFACE
-        self.input = ByteRing(page, layout.offsetof("in"), XENCONS_IN_SIZE, layout.word("in_cons"), layout.word("in_prod"))
+        self.input = ByteRing(
+            page, layout.offsetof("in"), XENCONS_IN_SIZE, layout.word("in_cons"), layout.word("in_prod")
+        )
         self.output = ByteRing(
             page, layout.offsetof("out"), XENCONS_OUT_SIZE, layout.word("out_cons"), layout.word("out_prod")
         )

@@ -41,7 +41,7 @@ endpoint every byte-ring user builds on.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from xenlike.public.atomic import mb
 from xenlike.public.xen import PAGE_SIZE

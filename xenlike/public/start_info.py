@@ -100,10 +100,21 @@ class StartInfo:
         page[_IMAGE_OFFSET : _IMAGE_OFFSET + len(image)] = image
 
     @classmethod
-    def read(cls, page: memoryview) -> "StartInfo":
+    def read(cls, page: memoryview) -> StartInfo:
         """Decode a start-info page (the guest's side); ValueError if it is not one."""
-        (magic, nr_pages, domid, store_pfn, store_evtchn, console_pfn, console_evtchn, gnttab_pfn, gnttab_frames,
-         _first_free, image_len) = _HEADER.unpack_from(page)
+        (
+            magic,
+            nr_pages,
+            domid,
+            store_pfn,
+            store_evtchn,
+            console_pfn,
+            console_evtchn,
+            gnttab_pfn,
+            gnttab_frames,
+            _first_free,
+            image_len,
+        ) = _HEADER.unpack_from(page)
         if magic != START_INFO_MAGIC:
             raise ValueError(f"frame 0 holds no start info (magic {magic!r})")
         if image_len > MAX_IMAGE:

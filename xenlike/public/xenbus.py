@@ -38,8 +38,19 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["XenbusState", "frontend_path", "backend_path", "error_path", "ERROR_MESSAGE_MAX",
-           "BACKEND", "BACKEND_ID", "FRONTEND", "FRONTEND_ID", "STATE", "ONLINE"]
+__all__ = [
+    "XenbusState",
+    "frontend_path",
+    "backend_path",
+    "error_path",
+    "ERROR_MESSAGE_MAX",
+    "BACKEND",
+    "BACKEND_ID",
+    "FRONTEND",
+    "FRONTEND_ID",
+    "STATE",
+    "ONLINE",
+]
 
 # Keys every split device has (xenbus.h, libxl__device_generic_add).
 STATE = "state"  # both ends: a XenbusState, as a decimal string
@@ -61,7 +72,7 @@ class XenbusState(IntEnum):
     Reconfigured = 8
 
     @classmethod
-    def parse(cls, text: str | bytes | None) -> "XenbusState":
+    def parse(cls, text: str | bytes | None) -> XenbusState:
         """A state node's value; anything unreadable is Unknown."""
         try:
             return cls(int(text or 0))

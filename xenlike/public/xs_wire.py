@@ -250,8 +250,12 @@ class XenstoreInterface:
 
     def __init__(self, page: memoryview) -> None:
         layout = XENSTORE_DOMAIN_INTERFACE
-        self.req = ByteRing(page, XENSTORE_REQ_OFFSET, XENSTORE_RING_SIZE, layout.word("req_cons"), layout.word("req_prod"))
-        self.rsp = ByteRing(page, XENSTORE_RSP_OFFSET, XENSTORE_RING_SIZE, layout.word("rsp_cons"), layout.word("rsp_prod"))
+        self.req = ByteRing(
+            page, XENSTORE_REQ_OFFSET, XENSTORE_RING_SIZE, layout.word("req_cons"), layout.word("req_prod")
+        )
+        self.rsp = ByteRing(
+            page, XENSTORE_RSP_OFFSET, XENSTORE_RING_SIZE, layout.word("rsp_cons"), layout.word("rsp_prod")
+        )
         self._words = page[: layout.size].cast("I")
 
     @property

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -163,6 +164,10 @@ class ConsoleSubscriber:
             self._pending.append(message)
             if self.name is None:
                 return True
-            if message.name == self.name and message.domid == reply.get("domid") and message.offset <= reply.get("end", 0):
+            if (
+                message.name == self.name
+                and message.domid == reply.get("domid")
+                and message.offset <= reply.get("end", 0)
+            ):
                 return True
         return False

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 import zmq
@@ -47,7 +48,7 @@ class ToolstackClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "ToolstackClient":
+    def __enter__(self) -> ToolstackClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -80,7 +81,9 @@ class ToolstackClient:
             if message is None:
                 if self.run_dir.running_pid() is None:
                     raise HostNotRunning(f"the xenlike host in {self.run_dir.path} stopped")
-                raise ToolstackError(f"the toolstack did not answer {op} within {self.timeout if timeout is None else timeout:g}s")
+                raise ToolstackError(
+                    f"the toolstack did not answer {op} within {self.timeout if timeout is None else timeout:g}s"
+                )
             if message.get("id") != call_id or "event" in message:
                 continue
             if not message.get("ok"):

@@ -12,8 +12,19 @@ from collections.abc import Callable, Iterable
 
 from xenlike.public.xen import ShutdownReason
 
-__all__ = ["state_letters", "xentop_state", "format_list", "format_uptime", "uptime_text", "format_info",
-           "format_block_list", "cpu_bitmap", "format_vcpu_list", "format_sched_credit", "format_xentop"]
+__all__ = [
+    "state_letters",
+    "xentop_state",
+    "format_list",
+    "format_uptime",
+    "uptime_text",
+    "format_info",
+    "format_block_list",
+    "cpu_bitmap",
+    "format_vcpu_list",
+    "format_sched_credit",
+    "format_xentop",
+]
 
 # The shutdown-reason letter of xl list's fifth state column: poweroff, reboot,
 # suspend, crash, watchdog, soft_reset (tools/xl/xl_info.c "-rscwS").
@@ -58,23 +69,36 @@ def _shut_down_cleanly(info: dict) -> bool:
 def state_letters(info: dict) -> str:
     """xl list's six state columns: r b p s <reason> d."""
     reason = _shutdown_reason(info)
-    return "".join((
-        "r" if _running(info) else "-",
-        "b" if _blocked(info) else "-",
-        "p" if _paused(info) else "-",
-        "s" if info.get("shutdown") else "-",
-        "-" if reason is None else SHUTDOWN_LETTERS[reason],
-        "d" if _dying(info) else "-",
-    ))
+    return "".join(
+        (
+            "r" if _running(info) else "-",
+            "b" if _blocked(info) else "-",
+            "p" if _paused(info) else "-",
+            "s" if info.get("shutdown") else "-",
+            "-" if reason is None else SHUTDOWN_LETTERS[reason],
+            "d" if _dying(info) else "-",
+        )
+    )
 
 
 # xentop's STATE column, in its order (xentop.c's state_funcs[]).
 XENTOP_STATES: tuple[tuple[str, Predicate], ...] = (
-    ("d", _dying), ("s", _shut_down_cleanly), ("b", _blocked), ("c", _crashed), ("p", _paused), ("r", _running))
+    ("d", _dying),
+    ("s", _shut_down_cleanly),
+    ("b", _blocked),
+    ("c", _crashed),
+    ("p", _paused),
+    ("r", _running),
+)
 # xentop's summary counts each domain once, in this order of precedence (do_summary).
 XENTOP_SUMMARY: tuple[tuple[str, Predicate], ...] = (
-    ("running", _running), ("blocked", _blocked), ("paused", _paused), ("shutdown", _shut_down_cleanly),
-    ("crashed", _crashed), ("dying", _dying))
+    ("running", _running),
+    ("blocked", _blocked),
+    ("paused", _paused),
+    ("shutdown", _shut_down_cleanly),
+    ("crashed", _crashed),
+    ("dying", _dying),
+)
 
 
 def xentop_state(info: dict) -> str:
@@ -86,8 +110,10 @@ def format_list(rows: Iterable[dict]) -> str:
     """``xl list``: ``Name ID Mem VCPUs State Time(s)``."""
     lines = ["Name                                        ID   Mem VCPUs\tState\tTime(s)"]
     for row in rows:
-        lines.append(f"{row['name']:<40} {row['domid']:5d} {row['mem']:5d} {row['vcpus']:5d}     {row['state']}  "
-                     f"{row['cpu_time']:8.1f}")
+        lines.append(
+            f"{row['name']:<40} {row['domid']:5d} {row['mem']:5d} {row['vcpus']:5d}     {row['state']}  "
+            f"{row['cpu_time']:8.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -111,8 +137,9 @@ def format_uptime(rows: Iterable[dict], short: bool = False, now: float | None =
     """
     if short:
         clock = time.strftime("%H:%M:%S", time.localtime(now))
-        return "\n".join(f" {clock} up {uptime_text(row['uptime'], short=True)}, {row['name']} ({row['domid']})"
-                         for row in rows)
+        return "\n".join(
+            f" {clock} up {uptime_text(row['uptime'], short=True)}, {row['name']} ({row['domid']})" for row in rows
+        )
     lines = [f"{'Name':<33} {'ID':>4} Uptime"]
     for row in rows:
         lines.append(f"{row['name']:<33} {row['domid']:4d} {uptime_text(row['uptime'])}")
@@ -187,8 +214,10 @@ def format_block_list(rows: Iterable[dict]) -> str:
     """
     lines = [f"{'Vdev':<5} {'BE':<3} {'handle':<6} {'state':<5} {'evt-ch':<6} {'ring-ref':<8} {'BE-path':<30}"]
     for row in rows:
-        lines.append(f"{row['vdev']:<5} {row['backend']:<3} {row['frontend_id']:<6} {row['state']:<5} "
-                     f"{row['evtch']:<6} {row['ring_ref']:<8} {row['be_path']:<30}")
+        lines.append(
+            f"{row['vdev']:<5} {row['backend']:<3} {row['frontend_id']:<6} {row['state']:<5} "
+            f"{row['evtch']:<6} {row['ring_ref']:<8} {row['be_path']:<30}"
+        )
     return "\n".join(lines)
 
 
@@ -228,8 +257,10 @@ def format_sched_credit(pool: dict | None, rows: Iterable[dict]) -> str:
     """``xl sched-credit``: the pool line (when given), then ``Name ID Weight Cap`` (``tools/xl/xl_sched.c``)."""
     lines = []
     if pool is not None:
-        lines.append(f"Cpupool {pool.get('name', 'Pool-0')}: tslice={pool['tslice_ms']}ms "
-                     f"ratelimit={pool['ratelimit_us']}us migration-delay={pool['migration_delay_us']}us")
+        lines.append(
+            f"Cpupool {pool.get('name', 'Pool-0')}: tslice={pool['tslice_ms']}ms "
+            f"ratelimit={pool['ratelimit_us']}us migration-delay={pool['migration_delay_us']}us"
+        )
     lines.append(f"{'Name':<33} {'ID':>4} {'Weight':>6} {'Cap':>4}")
     for row in rows:
         lines.append(f"{row['name']:<33} {row['domid']:4d} {row['weight']:6d} {row['cap']:4d}")
@@ -240,15 +271,37 @@ def format_sched_credit(pool: dict | None, rows: Iterable[dict]) -> str:
 # xentop (tools/xentop/xentop.c).
 
 # Its fields[] table: header and default width, in print order.
-XENTOP_COLUMNS = (("NAME", 10), ("STATE", 6), ("CPU(sec)", 10), ("CPU(%)", 6), ("MEM(k)", 10), ("MEM(%)", 6),
-                  ("MAXMEM(k)", 10), ("MAXMEM(%)", 9), ("VCPUS", 5), ("NETS", 4), ("NETTX(k)", 8), ("NETRX(k)", 8),
-                  ("VBDS", 4), ("VBD_OO", 8), ("VBD_RD", 8), ("VBD_WR", 8), ("VBD_RSECT", 10), ("VBD_WSECT", 10),
-                  ("SSID", 4))
+XENTOP_COLUMNS = (
+    ("NAME", 10),
+    ("STATE", 6),
+    ("CPU(sec)", 10),
+    ("CPU(%)", 6),
+    ("MEM(k)", 10),
+    ("MEM(%)", 6),
+    ("MAXMEM(k)", 10),
+    ("MAXMEM(%)", 9),
+    ("VCPUS", 5),
+    ("NETS", 4),
+    ("NETTX(k)", 8),
+    ("NETRX(k)", 8),
+    ("VBDS", 4),
+    ("VBD_OO", 8),
+    ("VBD_RD", 8),
+    ("VBD_WR", 8),
+    ("VBD_RSECT", 10),
+    ("VBD_WSECT", 10),
+    ("SSID", 4),
+)
 # The columns adjust_field_widths widens to fit every value of the frame.
 XENTOP_GROWING = ("NETTX(k)", "NETRX(k)", "VBD_RD", "VBD_WR", "VBD_RSECT", "VBD_WSECT")
 # A VBD_* column and the blkback counter it sums (Linux blkback's statistics/ in sysfs).
-XENTOP_VBD_COUNTERS = {"VBD_OO": "oo_requests", "VBD_RD": "read_requests", "VBD_WR": "write_requests",
-                       "VBD_RSECT": "read_sectors", "VBD_WSECT": "write_sectors"}
+XENTOP_VBD_COUNTERS = {
+    "VBD_OO": "oo_requests",
+    "VBD_RD": "read_requests",
+    "VBD_WR": "write_requests",
+    "VBD_RSECT": "read_sectors",
+    "VBD_WSECT": "write_sectors",
+}
 XENTOP_NAME_WIDTH = 10
 
 Cell = str | int | float | None  # None prints as "-"

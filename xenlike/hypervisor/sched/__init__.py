@@ -40,8 +40,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Sequence
+from typing import ClassVar
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -244,8 +245,15 @@ class Scheduler(abc.ABC):
 
     # -- domains --------------------------------------------------------------------
 
-    def add_domain(self, domid: int, label: str, nr_vcpus: int, weight: int = DEFAULT_WEIGHT, cap: int = 0,
-                   cpus: Iterable[int] | None = None) -> None:
+    def add_domain(
+        self,
+        domid: int,
+        label: str,
+        nr_vcpus: int,
+        weight: int = DEFAULT_WEIGHT,
+        cap: int = 0,
+        cpus: Iterable[int] | None = None,
+    ) -> None:
         """A new domain (``sched_init_domain``); checks weight, cap and cpus first."""
         self.check_weight(weight)
         self.check_cap(label, nr_vcpus, cap)
@@ -306,7 +314,9 @@ class Scheduler(abc.ABC):
         domain = self._domain(domid)
         chosen = self.check_cpus(cpus)
         if vcpu is not None and not 0 <= vcpu < domain.nr_vcpus:
-            raise SchedError(errno.EINVAL, f"vCPU {vcpu} does not exist: {domain.label} has vCPUs 0-{domain.nr_vcpus - 1}")
+            raise SchedError(
+                errno.EINVAL, f"vCPU {vcpu} does not exist: {domain.label} has vCPUs 0-{domain.nr_vcpus - 1}"
+            )
         targets = range(domain.nr_vcpus) if vcpu is None else [vcpu]
         for index in targets:
             domain.pins[index] = chosen
@@ -345,16 +355,20 @@ class Scheduler(abc.ABC):
     def check_cap(label: str, nr_vcpus: int, cap: object) -> int:
         most = 100 * nr_vcpus
         if isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= most:
-            raise SchedError(errno.EINVAL, f"cap {cap!r} is out of range for {label}: expected 0 (no cap) to {most} "
-                                           f"(100 per vCPU, {nr_vcpus} vCPU{'s' if nr_vcpus > 1 else ''})")
+            raise SchedError(
+                errno.EINVAL,
+                f"cap {cap!r} is out of range for {label}: expected 0 (no cap) to {most} "
+                f"(100 per vCPU, {nr_vcpus} vCPU{'s' if nr_vcpus > 1 else ''})",
+            )
         return cap
 
     def check_cpus(self, cpus: Iterable[int]) -> frozenset[int]:
         chosen = frozenset(cpus)
         for cpu in sorted(chosen):
             if isinstance(cpu, bool) or not isinstance(cpu, int) or cpu not in self.pcpus:
-                raise SchedError(errno.EINVAL, f"pCPU {cpu!r} does not exist: this host schedules pCPUs "
-                                               f"{cpu_ranges(self.pcpus)}")
+                raise SchedError(
+                    errno.EINVAL, f"pCPU {cpu!r} does not exist: this host schedules pCPUs {cpu_ranges(self.pcpus)}"
+                )
         if not chosen:
             raise SchedError(errno.EINVAL, "an affinity needs at least one pCPU")
         return chosen
@@ -372,8 +386,13 @@ class Scheduler(abc.ABC):
         try:
             return VcpuProcess(pid, f"{domain.label} vCPU {vcpu}")
         except OSError as exc:
-            log.warning("%s: vCPU %d (pid %d) is gone before it could be scheduled: %s", domain.label, vcpu, pid,
-                        exc.strerror or exc)
+            log.warning(
+                "%s: vCPU %d (pid %d) is gone before it could be scheduled: %s",
+                domain.label,
+                vcpu,
+                pid,
+                exc.strerror or exc,
+            )
             return None
 
     def _hard_affinity(self, domain: SchedDomain, vcpu: int) -> frozenset[int]:

@@ -54,8 +54,8 @@ Known differences from Xen:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from xenlike.hypervisor.sched import Sample, SchedDomain, Scheduler, VcpuProcess
 
@@ -77,7 +77,7 @@ IDLE_SAMPLE_MAX_TICKS = 32  # an idle vCPU is sampled at least every 32 ticks
 class CreditVcpu:
     """``struct csched_unit``: one vCPU's credit, priority and place."""
 
-    domain: "CreditDomain"
+    domain: CreditDomain
     vcpu: int
     hard: frozenset[int]  # hard affinity
     processor: int  # the pCPU whose runqueue it belongs to (``sched_unit_master``)
@@ -101,9 +101,11 @@ class CreditVcpu:
         return (self.domain.domid, self.vcpu)
 
     def __repr__(self) -> str:
-        return (f"<d{self.domain.domid}v{self.vcpu} {PRIORITY_NAMES.get(self.pri, self.pri)} credit={self.credit}"
-                f"{' running' if self.running_on is not None else ''}{' runq' if self.on_runq else ''}"
-                f"{' blocked' if self.blocked else ''}{' parked' if self.parked else ''}{' paused' if self.paused else ''}>")
+        return (
+            f"<d{self.domain.domid}v{self.vcpu} {PRIORITY_NAMES.get(self.pri, self.pri)} credit={self.credit}"
+            f"{' running' if self.running_on is not None else ''}{' runq' if self.on_runq else ''}"
+            f"{' blocked' if self.blocked else ''}{' parked' if self.parked else ''}{' paused' if self.paused else ''}>"
+        )
 
 
 @dataclass(eq=False)
@@ -136,8 +138,13 @@ class CreditCore:
     :meth:`take_changed` returns.
     """
 
-    def __init__(self, pcpus: Sequence[int], now: int = 0, tslice_ms: int = DEFAULT_TSLICE_MS,
-                 ratelimit_us: int = DEFAULT_RATELIMIT_US) -> None:
+    def __init__(
+        self,
+        pcpus: Sequence[int],
+        now: int = 0,
+        tslice_ms: int = DEFAULT_TSLICE_MS,
+        ratelimit_us: int = DEFAULT_RATELIMIT_US,
+    ) -> None:
         self.pcpus: dict[int, Pcpu] = {cpu: Pcpu(cpu) for cpu in sorted(pcpus)}
         # __csched_set_tslice
         self.tslice_ms = tslice_ms
@@ -343,8 +350,7 @@ class CreditCore:
         """
         balances: dict[frozenset[int], int] = {}
         for cpus, domains in self._affinity_groups():
-            balances[cpus] = self._acct_group(domains, len(cpus) * self.credits_per_tslice,
-                                              self._balances.get(cpus, 0))
+            balances[cpus] = self._acct_group(domains, len(cpus) * self.credits_per_tslice, self._balances.get(cpus, 0))
         self._balances = balances
         self.credit_balance = sum(balances.values())
         for pcpu in self.pcpus.values():
@@ -507,7 +513,7 @@ class CreditCore:
         if not peers:
             return None
         self.balance_bias = (self.balance_bias + 1) % len(peers)
-        for peer in peers[self.balance_bias:] + peers[: self.balance_bias]:
+        for peer in peers[self.balance_bias :] + peers[: self.balance_bias]:
             for candidate in peer.runq:
                 if candidate.pri <= pri:
                     break  # nothing better further down this runqueue
@@ -658,7 +664,9 @@ class CreditScheduler(Scheduler):
                 # An idle vCPU that stays idle is sampled every 1, 2, 4... ticks (at most 320 ms):
                 # it uses no CPU, and if it wakes Linux runs it at once anyway.
                 previous = self._idle_due.get(v)
-                interval = 1 if previous is None or sample.cpu_ns > before[v] else min(2 * previous[1], IDLE_SAMPLE_MAX_TICKS)
+                interval = (
+                    1 if previous is None or sample.cpu_ns > before[v] else min(2 * previous[1], IDLE_SAMPLE_MAX_TICKS)
+                )
                 self._idle_due[v] = (self._ticks + interval, interval)
                 if interval > 1 and v in self._watch:
                     self._doze(v, self._ticks + interval)
@@ -739,8 +747,12 @@ class CreditScheduler(Scheduler):
             self._apply()
 
     def settings(self) -> dict:
-        return {"sched": self.name, "tslice_ms": self.core.tslice_ms, "ratelimit_us": self.core.ratelimit_us,
-                "migration_delay_us": 0}
+        return {
+            "sched": self.name,
+            "tslice_ms": self.core.tslice_ms,
+            "ratelimit_us": self.core.ratelimit_us,
+            "migration_delay_us": 0,
+        }
 
     # -- reports -----------------------------------------------------------------------
 
@@ -750,19 +762,21 @@ class CreditScheduler(Scheduler):
         for index in range(domain.nr_vcpus):
             v = self._vcpus.get((domid, index))
             online = v is not None and not v.dead
-            rows.append({
-                "vcpu": index,
-                "online": online,
-                "cpu": self._shown_cpu(v) if online else None,
-                "running": online and v.running_on is not None,
-                "blocked": online and v.blocked and not v.paused,
-                "time": (v.time_ns / 1e9) if v is not None else 0.0,
-                "hard": sorted(v.hard if v is not None else self._hard_affinity(domain, index)),
-                "soft": list(range(self.host_cpus)),
-                "credit": v.credit if v is not None else 0,
-                "priority": PRIORITY_NAMES.get(v.pri, str(v.pri)) if v is not None else "",
-                "parked": bool(v and v.parked),
-            })
+            rows.append(
+                {
+                    "vcpu": index,
+                    "online": online,
+                    "cpu": self._shown_cpu(v) if online else None,
+                    "running": online and v.running_on is not None,
+                    "blocked": online and v.blocked and not v.paused,
+                    "time": (v.time_ns / 1e9) if v is not None else 0.0,
+                    "hard": sorted(v.hard if v is not None else self._hard_affinity(domain, index)),
+                    "soft": list(range(self.host_cpus)),
+                    "credit": v.credit if v is not None else 0,
+                    "priority": PRIORITY_NAMES.get(v.pri, str(v.pri)) if v is not None else "",
+                    "parked": bool(v and v.parked),
+                }
+            )
         return rows
 
     @staticmethod

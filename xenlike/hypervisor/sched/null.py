@@ -80,16 +80,18 @@ class NullScheduler(Scheduler):
             if entry is not None:
                 entry.refresh()
             online = entry is not None and not entry.proc.gone
-            rows.append({
-                "vcpu": index,
-                "online": online,
-                "cpu": entry.cpu if online else None,
-                "running": online and entry.runnable and not domain.paused,
-                "blocked": online and not entry.runnable and not domain.paused,
-                "time": entry.time_ns / 1e9 if entry is not None else 0.0,
-                "hard": sorted(entry.hard if entry is not None else self._hard_affinity(domain, index)),
-                "soft": list(range(self.host_cpus)),
-            })
+            rows.append(
+                {
+                    "vcpu": index,
+                    "online": online,
+                    "cpu": entry.cpu if online else None,
+                    "running": online and entry.runnable and not domain.paused,
+                    "blocked": online and not entry.runnable and not domain.paused,
+                    "time": entry.time_ns / 1e9 if entry is not None else 0.0,
+                    "hard": sorted(entry.hard if entry is not None else self._hard_affinity(domain, index)),
+                    "soft": list(range(self.host_cpus)),
+                }
+            )
         return rows
 
     def domain_time(self, domid: int) -> float:

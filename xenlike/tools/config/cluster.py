@@ -68,11 +68,13 @@ def _host(data: Any, source: str) -> dict[str, Any]:
         value = data.get(key)
         if key in data and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT_MAX):
             unit = " of MiB" if key == "memory" else ""
-            raise ConfigError(f"[host] {key} = {format_value(value)} in {source}: expected a positive whole "
-                              f"number{unit}")
+            raise ConfigError(
+                f"[host] {key} = {format_value(value)} in {source}: expected a positive whole number{unit}"
+            )
     if "sched" in data and (not isinstance(data["sched"], str) or not data["sched"]):
-        raise ConfigError(f"[host] sched = {format_value(data['sched'])} in {source}: expected a scheduler name "
-                          "such as \"credit\"")
+        raise ConfigError(
+            f'[host] sched = {format_value(data["sched"])} in {source}: expected a scheduler name such as "credit"'
+        )
     return dict(data)
 
 
@@ -107,11 +109,15 @@ def _domains_of(table: Any, where: str, base_dir: Path) -> list[DomainConfig]:
     if count == 1:
         return [domain_config_from_sources(merged, where, where_set, directory)]
     if "uuid" in merged:
-        raise ConfigError(f"uuid = {format_value(merged['uuid'])} in {where_set('uuid')}: expected no uuid with "
-                          f"count = {count} (each copy needs its own)")
+        raise ConfigError(
+            f"uuid = {format_value(merged['uuid'])} in {where_set('uuid')}: expected no uuid with "
+            f"count = {count} (each copy needs its own)"
+        )
     first = domain_config_from_sources(merged, where, where_set, directory)
-    return [domain_config_from_sources({**merged, "name": f"{first.name}-{i}"}, where, where_set, directory)
-            for i in range(1, count + 1)]
+    return [
+        domain_config_from_sources({**merged, "name": f"{first.name}-{i}"}, where, where_set, directory)
+        for i in range(1, count + 1)
+    ]
 
 
 def parse_cluster(text: str, source: str = "<cluster>", base_dir: Path | str | None = None) -> Cluster:
@@ -140,8 +146,9 @@ def parse_cluster(text: str, source: str = "<cluster>", base_dir: Path | str | N
     uuids: dict[str, str] = {}
     for domain in domains:
         if domain.name in names:
-            raise ConfigError(f"domain name {format_value(domain.name)} is used twice: by {names[domain.name]} "
-                              f"and by {domain.source}")
+            raise ConfigError(
+                f"domain name {format_value(domain.name)} is used twice: by {names[domain.name]} and by {domain.source}"
+            )
         names[domain.name] = domain.source
         if domain.uuid is not None:
             if domain.uuid in uuids:

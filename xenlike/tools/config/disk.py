@@ -52,8 +52,23 @@ _FLAGS: dict[str, tuple[str, Any]] = {
     "no-colo": ("colo", False),
     "colo": ("colo", True),
 }
-_KEYS = ("format", "vdev", "access", "devtype", "backend", "backendtype", "specification", "script",
-         "grant_usage", "size", "colo-host", "colo-port", "colo-export", "active-disk", "hidden-disk")
+_KEYS = (
+    "format",
+    "vdev",
+    "access",
+    "devtype",
+    "backend",
+    "backendtype",
+    "specification",
+    "script",
+    "grant_usage",
+    "size",
+    "colo-host",
+    "colo-port",
+    "colo-export",
+    "active-disk",
+    "hidden-disk",
+)
 _COLO_KEYS = ("colo-host", "colo-port", "colo-export", "active-disk", "hidden-disk")
 _FORMAT_PREFIXES = ("raw", "qcow", "qcow2", "vhd")
 _SCRIPT_PREFIXES = ("iscsi", "nbd", "enbd", "drbd")
@@ -150,8 +165,10 @@ def vdev_to_devid(vdev: str) -> int:
         return devid
     match = _VDEV.fullmatch(vdev) if isinstance(vdev, str) else None
     if match is None:
-        raise ConfigError(f"vdev {format_value(vdev)} is not a virtual device name: expected xvda, xvdb, ... "
-                          "(or sda-sdp, hda-hdd, d0, d1p2, a device number; xen-vbd-interface(7))")
+        raise ConfigError(
+            f"vdev {format_value(vdev)} is not a virtual device name: expected xvda, xvdb, ... "
+            "(or sda-sdp, hda-hdd, d0, d1p2, a device number; xen-vbd-interface(7))"
+        )
     kind, letters, part_text, disk_text, dpart_text = match.groups()
     if kind is None:
         kind, disk, partition = "xvd", int(disk_text), int(dpart_text or 0)
@@ -165,12 +182,15 @@ def vdev_to_devid(vdev: str) -> int:
         return (1 << 28) | (disk << 8) | partition
     if kind == "sd":
         if disk > 15 or partition > 15:
-            raise ConfigError(f"vdev {format_value(vdev)}: SCSI disks go from sda to sdp, partitions up to 15 "
-                              "(higher numbers are deprecated); use xvd names")
+            raise ConfigError(
+                f"vdev {format_value(vdev)}: SCSI disks go from sda to sdp, partitions up to 15 "
+                "(higher numbers are deprecated); use xvd names"
+            )
         return (8 << 8) | (disk << 4) | partition
     if disk > 3 or partition > 63:
-        raise ConfigError(f"vdev {format_value(vdev)}: IDE disks go from hda to hdd, partitions up to 63; "
-                          "use xvd names")
+        raise ConfigError(
+            f"vdev {format_value(vdev)}: IDE disks go from hda to hdd, partitions up to 63; use xvd names"
+        )
     return ((3 if disk < 2 else 22) << 8) | ((disk & 1) << 6) | partition
 
 
@@ -205,8 +225,10 @@ class _Fields:
     def put(self, name: str, value: Any) -> None:
         old = self.values.get(name)
         if old not in (None, "") and value != old:
-            raise _spec_error(self.spec, f"{name} respecified ({format_value(old)}, then {format_value(value)}): "
-                                         "give each parameter once")
+            raise _spec_error(
+                self.spec,
+                f"{name} respecified ({format_value(old)}, then {format_value(value)}): give each parameter once",
+            )
         if old in (None, "") or value != "":
             self.values[name] = value
 
@@ -229,10 +251,12 @@ def parse_disk_spec(spec: str) -> DiskSpec:
     Raises :class:`ConfigError` naming the spec and the problem.
     """
     if not isinstance(spec, str):
-        raise ConfigError(f"disk spec {format_value(spec)} is not a string: expected \"target,format,vdev,access\" "
-                          "or \"vdev=xvda, target=/path/disk.img\"")
+        raise ConfigError(
+            f'disk spec {format_value(spec)} is not a string: expected "target,format,vdev,access" '
+            'or "vdev=xvda, target=/path/disk.img"'
+        )
     if not spec.strip():
-        raise _spec_error(spec, "empty: expected e.g. \"format=raw, vdev=xvda, access=rw, target=/path/disk.img\"")
+        raise _spec_error(spec, 'empty: expected e.g. "format=raw, vdev=xvda, access=rw, target=/path/disk.img"')
     found = _Fields(spec)
     deprecated_prefix = False
     access_positional = False
@@ -243,18 +267,23 @@ def parse_disk_spec(spec: str) -> DiskSpec:
         if pos >= len(spec):
             break
         if spec.startswith("target=", pos):
-            target = spec[pos + len("target="):]
+            target = spec[pos + len("target=") :]
             found.put("target", target[:-1] if target.endswith(",") else target)
             break
         prefix = _PREFIX.match(spec, pos)
-        if prefix and (prefix.group(1) in _FORMAT_PREFIXES + _SCRIPT_PREFIXES + _IGNORED_PREFIXES
-                       or not re.match(r"[a-z0-9]", spec[prefix.end():prefix.end() + 1])):
+        if prefix and (
+            prefix.group(1) in _FORMAT_PREFIXES + _SCRIPT_PREFIXES + _IGNORED_PREFIXES
+            or not re.match(r"[a-z0-9]", spec[prefix.end() : prefix.end() + 1])
+        ):
             word = prefix.group(1)
             if word in _FORMAT_PREFIXES:
                 found.put("format", word)
             elif word in _SCRIPT_PREFIXES:
-                raise _spec_error(spec, f"the {word}: prefix names a block script (block-{word}); xenlike serves "
-                                        "image files itself and runs no block scripts")
+                raise _spec_error(
+                    spec,
+                    f"the {word}: prefix names a block script (block-{word}); xenlike serves "
+                    "image files itself and runs no block scripts",
+                )
             elif word not in _IGNORED_PREFIXES:
                 raise _spec_error(spec, f"unknown deprecated disk prefix {word}:")
             deprecated_prefix = True
@@ -273,11 +302,17 @@ def parse_disk_spec(spec: str) -> DiskSpec:
             key, _, value = token.partition("=")
             key, value = key.strip(), value.strip()
             if not _KEY.fullmatch(key):
-                raise _spec_error(spec, f"{token!r} is neither key=value nor a positional parameter (a positional "
-                                        "parameter cannot contain '='; write target=... last for such a path)")
+                raise _spec_error(
+                    spec,
+                    f"{token!r} is neither key=value nor a positional parameter (a positional "
+                    "parameter cannot contain '='; write target=... last for such a path)",
+                )
             if key not in _KEYS:
-                raise _spec_error(spec, f"unknown key {key!r}: expected format, vdev, access, devtype, backend, "
-                                        "backendtype, specification, grant_usage, target (last) or size")
+                raise _spec_error(
+                    spec,
+                    f"unknown key {key!r}: expected format, vdev, access, devtype, backend, "
+                    "backendtype, specification, grant_usage, target (last) or size",
+                )
             if key == "devtype":
                 if value not in ("disk", "cdrom"):
                     raise _spec_error(spec, f"devtype={value} is unknown: expected disk or cdrom")
@@ -288,8 +323,9 @@ def parse_disk_spec(spec: str) -> DiskSpec:
             found.put("target", token)
         elif not deprecated_prefix and not found.given("format"):
             if found.get("target") is None and ":" in token:
-                raise _spec_error(spec, "an empty CD-ROM drive: xenlike has no removable media; give the "
-                                        "drive a target")
+                raise _spec_error(
+                    spec, "an empty CD-ROM drive: xenlike has no removable media; give the drive a target"
+                )
             found.put("format", token)
         elif not found.given("vdev"):
             _vdev_and_devtype(token, found)
@@ -297,8 +333,9 @@ def parse_disk_spec(spec: str) -> DiskSpec:
             access_positional = True
             found.put("access", token)
         else:
-            raise _spec_error(spec, f"too many positional parameters at {token!r}: the order is target, format, "
-                                    "vdev, access")
+            raise _spec_error(
+                spec, f"too many positional parameters at {token!r}: the order is target, format, vdev, access"
+            )
     return _resolve(found)
 
 

@@ -62,35 +62,181 @@ INT_MAX = (1 << 31) - 1
 DEFAULT_MEMORY_MIB = 32
 DEFAULT_WEIGHT = 256
 DEFAULT_MAX_GRANT_FRAMES = 64
-USED_KEYS = frozenset({
-    "name", "uuid", "memory", "maxmem", "vcpus", "maxvcpus", "cpus", "cpu_weight", "weight", "cap",
-    "on_poweroff", "on_reboot", "on_crash", "on_watchdog", "on_soft_reset", "disk", "vif", "extra", "root",
-    "cmdline", "max_grant_frames", "workload", "workload_args",
-})
+USED_KEYS = frozenset(
+    {
+        "name",
+        "uuid",
+        "memory",
+        "maxmem",
+        "vcpus",
+        "maxvcpus",
+        "cpus",
+        "cpu_weight",
+        "weight",
+        "cap",
+        "on_poweroff",
+        "on_reboot",
+        "on_crash",
+        "on_watchdog",
+        "on_soft_reset",
+        "disk",
+        "vif",
+        "extra",
+        "root",
+        "cmdline",
+        "max_grant_frames",
+        "workload",
+        "workload_args",
+    }
+)
 # Documented in xl.cfg(5) but about real kernels, firmware, emulated hardware,
 # passthrough or NUMA: accepted and ignored, with a warning.
-XL_KEYS_IGNORED = frozenset({
-    "type", "builder", "pool", "cpus_soft", "vnuma", "kernel", "ramdisk", "firmware", "pvshim", "pvshim_path",
-    "pvshim_cmdline", "pvshim_extra", "seclabel", "init_seclabel", "max_maptrack_frames", "max_grant_version",
-    "nomigrate", "driver_domain", "device_tree", "passthrough", "xend_suspend_evtchn_compat", "vmtrace_buf_kb",
-    "vpmu", "vtpm", "p9", "pvcalls", "vfb", "channel", "rdm", "usbctrl", "usbdev", "pci", "pci_permissive",
-    "pci_msitranslate", "pci_seize", "pci_power_mgmt", "gfx_passthru", "rdm_mem_boundary", "dtdev", "ioports",
-    "iomem", "irqs", "max_event_channels", "vdispl", "dm_restrict", "device_model_user", "vsnd", "vkb",
-    "virtio", "tee", "bootloader", "bootloader_args", "bootloader_restrict", "bootloader_user", "e820_host",
-    "boot", "hdtype", "hap", "oos", "shadow_memory", "bios", "bios_path_override", "pae", "acpi", "acpi_s3",
-    "acpi_s4", "acpi_laptop_slate", "apic", "nx", "hpet", "altp2m", "altp2mhvm", "nestedhvm", "cpuid",
-    "acpi_firmware", "smbios_firmware", "smbios", "ms_vm_genid", "tsc_mode", "localtime", "rtc_timeoffset",
-    "vpt_align", "timer_mode", "mmio_hole", "xen_platform_pci", "viridian", "hvm_pirq", "videoram", "stdvga",
-    "vga", "vnc", "vnclisten", "vncdisplay", "vncunused", "vncpasswd", "keymap", "sdl", "opengl", "nographic",
-    "spice", "spicehost", "spiceport", "spicetls_port", "spicedisable_ticketing", "spicepasswd",
-    "spiceagent_mouse", "spicevdagent", "spice_clipboard_sharing", "spiceusbredirection",
-    "spice_image_compression", "spice_streaming_video", "serial", "soundhw", "vkb_device", "usb",
-    "usbversion", "usbdevice", "vendor_device", "device_model_version", "device_model_override",
-    "stubdomain_kernel", "stubdomain_cmdline", "stubdomain_ramdisk", "stubdomain_memory",
-    "device_model_stubdomain_override", "device_model_stubdomain_seclabel", "device_model_args",
-    "device_model_args_pv", "device_model_args_hvm", "gic_version", "vuart", "sve", "mca_caps", "msr_relaxed",
-    "period", "slice", "latency", "extratime", "xenstore_quota", "vncviewer", "display", "xauthority",
-})
+XL_KEYS_IGNORED = frozenset(
+    {
+        "type",
+        "builder",
+        "pool",
+        "cpus_soft",
+        "vnuma",
+        "kernel",
+        "ramdisk",
+        "firmware",
+        "pvshim",
+        "pvshim_path",
+        "pvshim_cmdline",
+        "pvshim_extra",
+        "seclabel",
+        "init_seclabel",
+        "max_maptrack_frames",
+        "max_grant_version",
+        "nomigrate",
+        "driver_domain",
+        "device_tree",
+        "passthrough",
+        "xend_suspend_evtchn_compat",
+        "vmtrace_buf_kb",
+        "vpmu",
+        "vtpm",
+        "p9",
+        "pvcalls",
+        "vfb",
+        "channel",
+        "rdm",
+        "usbctrl",
+        "usbdev",
+        "pci",
+        "pci_permissive",
+        "pci_msitranslate",
+        "pci_seize",
+        "pci_power_mgmt",
+        "gfx_passthru",
+        "rdm_mem_boundary",
+        "dtdev",
+        "ioports",
+        "iomem",
+        "irqs",
+        "max_event_channels",
+        "vdispl",
+        "dm_restrict",
+        "device_model_user",
+        "vsnd",
+        "vkb",
+        "virtio",
+        "tee",
+        "bootloader",
+        "bootloader_args",
+        "bootloader_restrict",
+        "bootloader_user",
+        "e820_host",
+        "boot",
+        "hdtype",
+        "hap",
+        "oos",
+        "shadow_memory",
+        "bios",
+        "bios_path_override",
+        "pae",
+        "acpi",
+        "acpi_s3",
+        "acpi_s4",
+        "acpi_laptop_slate",
+        "apic",
+        "nx",
+        "hpet",
+        "altp2m",
+        "altp2mhvm",
+        "nestedhvm",
+        "cpuid",
+        "acpi_firmware",
+        "smbios_firmware",
+        "smbios",
+        "ms_vm_genid",
+        "tsc_mode",
+        "localtime",
+        "rtc_timeoffset",
+        "vpt_align",
+        "timer_mode",
+        "mmio_hole",
+        "xen_platform_pci",
+        "viridian",
+        "hvm_pirq",
+        "videoram",
+        "stdvga",
+        "vga",
+        "vnc",
+        "vnclisten",
+        "vncdisplay",
+        "vncunused",
+        "vncpasswd",
+        "keymap",
+        "sdl",
+        "opengl",
+        "nographic",
+        "spice",
+        "spicehost",
+        "spiceport",
+        "spicetls_port",
+        "spicedisable_ticketing",
+        "spicepasswd",
+        "spiceagent_mouse",
+        "spicevdagent",
+        "spice_clipboard_sharing",
+        "spiceusbredirection",
+        "spice_image_compression",
+        "spice_streaming_video",
+        "serial",
+        "soundhw",
+        "vkb_device",
+        "usb",
+        "usbversion",
+        "usbdevice",
+        "vendor_device",
+        "device_model_version",
+        "device_model_override",
+        "stubdomain_kernel",
+        "stubdomain_cmdline",
+        "stubdomain_ramdisk",
+        "stubdomain_memory",
+        "device_model_stubdomain_override",
+        "device_model_stubdomain_seclabel",
+        "device_model_args",
+        "device_model_args_pv",
+        "device_model_args_hvm",
+        "gic_version",
+        "vuart",
+        "sve",
+        "mca_caps",
+        "msr_relaxed",
+        "period",
+        "slice",
+        "latency",
+        "extratime",
+        "xenstore_quota",
+        "vncviewer",
+        "display",
+        "xauthority",
+    }
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -163,8 +309,9 @@ class DomainConfig:
         names = {item.name for item in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown or "name" not in data:
-            raise ConfigError(f"not a domain config: unknown fields {unknown}" + ("" if "name" in data else
-                                                                                   ", and no name"))
+            raise ConfigError(
+                f"not a domain config: unknown fields {unknown}" + ("" if "name" in data else ", and no name")
+            )
         values = dict(data)
         values["disk"] = [DiskSpec.from_dict(disk) for disk in values.get("disk") or []]
         values["vif"] = [VifSpec.from_dict(vif) for vif in values.get("vif") or []]
@@ -184,7 +331,7 @@ def _cpu_item(text: str, everything: bool, chosen: set[int]) -> bool:
     nodes = False
     for prefix in ("node:", "nodes:"):
         if item.startswith(prefix):
-            item, nodes = item[len(prefix):], True
+            item, nodes = item[len(prefix) :], True
     if item == "all":
         if negate:
             raise ValueError('"^" and "all" cannot be combined')
@@ -205,8 +352,9 @@ def _cpu_item(text: str, everything: bool, chosen: set[int]) -> bool:
         return True
     if negate:
         if everything:
-            raise ValueError(f"{text.strip()!r} after \"all\": the host's pCPUs are not known yet, so list the "
-                             "pCPUs to use instead")
+            raise ValueError(
+                f'{text.strip()!r} after "all": the host\'s pCPUs are not known yet, so list the pCPUs to use instead'
+            )
         chosen.difference_update(range(low, high + 1))
     elif not everything:
         chosen.update(range(low, high + 1))
@@ -259,8 +407,9 @@ def parse_cpus(value: Any, key: str = "cpus") -> list[int] | None:
 class _Reader:
     """The settings of one domain, with the place each key was set, for messages."""
 
-    def __init__(self, settings: Mapping[str, Any], source: str, where: Callable[[str], str],
-                 base_dir: Callable[[str], Path]) -> None:
+    def __init__(
+        self, settings: Mapping[str, Any], source: str, where: Callable[[str], str], base_dir: Callable[[str], Path]
+    ) -> None:
         self.settings = settings
         self.source = source
         self.where = where
@@ -281,8 +430,9 @@ class _Reader:
         if number is None:
             raise self.error(key, what)
         if not low <= number <= high:
-            bounds = (f"at least {low}" if high >= INT_MAX else f"at most {high}" if low == 0
-                      else f"from {low} to {high}")
+            bounds = (
+                f"at least {low}" if high >= INT_MAX else f"at most {high}" if low == 0 else f"from {low} to {high}"
+            )
             raise self.error(key, f"{what}, {bounds}")
         return number
 
@@ -310,11 +460,14 @@ def _strtol(text: str) -> int | None:
 
 def _name(reader: _Reader) -> str:
     if "name" not in reader.settings:
-        raise ConfigError(f"{reader.source} has no name: add name = \"...\" (xl.cfg(5): every domain needs one)")
+        raise ConfigError(f'{reader.source} has no name: add name = "..." (xl.cfg(5): every domain needs one)')
     name = reader.string("name", "", "a name")
     if not _NAME.fullmatch(name) or name.isdigit():
-        raise reader.error("name", "a name of letters, digits, '.', '_' and '-', at most 64 characters, starting "
-                                   "with a letter or digit and not all digits")
+        raise reader.error(
+            "name",
+            "a name of letters, digits, '.', '_' and '-', at most 64 characters, starting "
+            "with a letter or digit and not all digits",
+        )
     if name == "Domain-0":
         raise reader.error("name", "another name: Domain-0 is dom0's")
     return name
@@ -325,7 +478,7 @@ def _uuid(reader: _Reader) -> str | None:
         return None
     value = reader.string("uuid", "", "a UUID")
     if not _UUID.fullmatch(value):
-        raise reader.error("uuid", "a UUID like \"3f2b9c1e-5d4a-4e7b-9c0d-1a2b3c4d5e6f\"")
+        raise reader.error("uuid", 'a UUID like "3f2b9c1e-5d4a-4e7b-9c0d-1a2b3c4d5e6f"')
     return value.lower()
 
 
@@ -390,8 +543,9 @@ def _disk(reader: _Reader) -> list[DiskSpec]:
     resolved = []
     for disk in disks:
         if disk.devid in seen:
-            raise reader.error("disk", f"one disk per device: {seen[disk.devid].vdev} and {disk.vdev} are both "
-                                       f"device {disk.devid}")
+            raise reader.error(
+                "disk", f"one disk per device: {seen[disk.devid].vdev} and {disk.vdev} are both device {disk.devid}"
+            )
         seen[disk.devid] = disk
         target = Path(disk.target).expanduser()
         if not target.is_absolute():  # an image file named relative to the config that names it
@@ -406,8 +560,9 @@ def _vif(reader: _Reader) -> list[VifSpec]:
     macs: dict[str, int] = {}
     for index, vif in enumerate(vifs):
         if vif.devid in devids:
-            raise reader.error("vif", f"one interface per devid: entries {devids[vif.devid]} and {index} are both "
-                                      f"devid {vif.devid}")
+            raise reader.error(
+                "vif", f"one interface per devid: entries {devids[vif.devid]} and {index} are both devid {vif.devid}"
+            )
         if vif.mac in macs:
             raise reader.error("vif", f"distinct MACs: entries {macs[vif.mac]} and {index} are both {vif.mac}")
         devids[vif.devid] = index
@@ -422,8 +577,9 @@ def _build(reader: _Reader) -> DomainConfig:
         if key in XL_KEYS_IGNORED:
             warnings.append(f"key {key!r} in {reader.where(key)} is an xl setting xenlike does not use, ignored")
         elif key not in USED_KEYS:
-            warnings.append(f"unknown key {key!r} in {reader.where(key)}, ignored"
-                            + did_you_mean(key, USED_KEYS | XL_KEYS_IGNORED))
+            warnings.append(
+                f"unknown key {key!r} in {reader.where(key)}, ignored" + did_you_mean(key, USED_KEYS | XL_KEYS_IGNORED)
+            )
     name = _name(reader)
     memory = reader.integer("memory", DEFAULT_MEMORY_MIB, 1, INT_MAX, "a whole number of MiB")
     maxmem = reader.integer("maxmem", memory, 1, INT_MAX, "a whole number of MiB")
@@ -454,8 +610,10 @@ def _build(reader: _Reader) -> DomainConfig:
         cmdline = f"root={root} {extra}" if root and extra else f"root={root}" if root else extra
     vifs = _vif(reader)
     if vifs:
-        warnings.append(f"vif in {reader.where('vif')} is checked, but xenlike has no network device yet "
-                        "(no netfront/netback): the domain gets no interface")
+        warnings.append(
+            f"vif in {reader.where('vif')} is checked, but xenlike has no network device yet "
+            "(no netfront/netback): the domain gets no interface"
+        )
     return DomainConfig(
         name=name,
         uuid=_uuid(reader),
@@ -475,8 +633,9 @@ def _build(reader: _Reader) -> DomainConfig:
         vif=vifs,
         extra=extra,
         cmdline=cmdline,
-        max_grant_frames=reader.integer("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES, 1, INT_MAX,
-                                        "a whole number of grant-table frames"),
+        max_grant_frames=reader.integer(
+            "max_grant_frames", DEFAULT_MAX_GRANT_FRAMES, 1, INT_MAX, "a whole number of grant-table frames"
+        ),
         workload=_workload(reader),
         workload_args=_workload_args(reader),
         source=reader.source,
@@ -484,8 +643,9 @@ def _build(reader: _Reader) -> DomainConfig:
     )
 
 
-def domain_config_from_xlcfg(settings: Mapping[str, Any], source: str = "<config>", *,
-                             base_dir: Path | str | None = None) -> DomainConfig:
+def domain_config_from_xlcfg(
+    settings: Mapping[str, Any], source: str = "<config>", *, base_dir: Path | str | None = None
+) -> DomainConfig:
     """Check parsed xl.cfg settings (xl.cfg(5)) and build a :class:`DomainConfig`.
 
     ``source`` names the config in messages; when ``settings`` is a
@@ -500,8 +660,9 @@ def domain_config_from_xlcfg(settings: Mapping[str, Any], source: str = "<config
     return _build(reader)
 
 
-def domain_config_from_sources(settings: Mapping[str, Any], source: str, where: Callable[[str], str],
-                               base_dir: Callable[[str], Path]) -> DomainConfig:
+def domain_config_from_sources(
+    settings: Mapping[str, Any], source: str, where: Callable[[str], str], base_dir: Callable[[str], Path]
+) -> DomainConfig:
     """:func:`domain_config_from_xlcfg` for settings merged from several files.
 
     ``where(key)`` names the place a key was set and ``base_dir(key)`` the

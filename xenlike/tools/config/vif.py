@@ -32,10 +32,26 @@ XEN_OUI = (0x00, 0x16, 0x3E)
 DEFAULT_BRIDGE = "xenbr0"
 DEFAULT_MTU = 1500
 DEFAULT_RATE_INTERVAL_US = 50_000
-_KEYS = ("mac", "bridge", "ip", "rate", "mtu", "devid", "backend", "vifname", "type", "model", "script",
-         "gatewaydev", "netdev", "vlan")
-_MAC = re.compile(r"([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2}):"
-                  r"([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})")
+_KEYS = (
+    "mac",
+    "bridge",
+    "ip",
+    "rate",
+    "mtu",
+    "devid",
+    "backend",
+    "vifname",
+    "type",
+    "model",
+    "script",
+    "gatewaydev",
+    "netdev",
+    "vlan",
+)
+_MAC = re.compile(
+    r"([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2}):"
+    r"([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})"
+)
 _RATE = re.compile(r"([0-9]+)([GMK]?)([Bb])/s")
 _INTERVAL = re.compile(r"([0-9]+)([mu]?)s?")
 _UINT32_MAX = (1 << 32) - 1
@@ -100,10 +116,10 @@ def _spec_error(spec: str, problem: str) -> ConfigError:
 
 def _ifname(spec: str, key: str, value: str) -> str:
     # Linux's dev_valid_name(): 1..15 bytes, not "." or "..", no '/', ':' or whitespace.
-    if (not value or len(value.encode()) > 15 or value in (".", "..")
-            or any(ch in "/:" or ch.isspace() for ch in value)):
-        raise _spec_error(spec, f"{key}={value} is not an interface name: expected 1 to 15 characters "
-                                "without '/', ':' or spaces")
+    if not value or len(value.encode()) > 15 or value in (".", "..") or any(ch in "/:" or ch.isspace() for ch in value):
+        raise _spec_error(
+            spec, f"{key}={value} is not an interface name: expected 1 to 15 characters without '/', ':' or spaces"
+        )
     return value
 
 
@@ -115,8 +131,10 @@ def _mac(spec: str, value: str) -> str | None:
     if not any(octets):
         return None  # libxl treats 00:00:00:00:00:00 as "not given"
     if octets[0] & 1:
-        raise _spec_error(spec, f"mac={value} is a multicast address: a NIC needs a unicast MAC "
-                                "(the lowest bit of the first byte clear)")
+        raise _spec_error(
+            spec,
+            f"mac={value} is a multicast address: a NIC needs a unicast MAC (the lowest bit of the first byte clear)",
+        )
     return ":".join(f"{b:02x}" for b in octets)
 
 
@@ -160,8 +178,11 @@ def parse_rate(spec: str, value: str) -> tuple[int, int]:
         if count == 0 or count > _UINT32_MAX or interval_us > _UINT32_MAX:
             raise _spec_error(spec, f"rate={value}: the interval must be from 1 us to {_UINT32_MAX} us")
     if bytes_per_sec > _UINT64_MAX // interval_us:
-        raise _spec_error(spec, f"rate={value} overflows: {bytes_per_sec} bytes/s times {interval_us} us is more "
-                                f"than 2^64-1 = {_UINT64_MAX}")
+        raise _spec_error(
+            spec,
+            f"rate={value} overflows: {bytes_per_sec} bytes/s times {interval_us} us is more "
+            f"than 2^64-1 = {_UINT64_MAX}",
+        )
     return bytes_per_sec * interval_us // 1_000_000, interval_us
 
 
@@ -183,8 +204,9 @@ def parse_vif_spec(spec: str, devid: int) -> VifSpec:
     Raises :class:`ConfigError` naming the spec and the problem.
     """
     if not isinstance(spec, str):
-        raise ConfigError(f"vif spec {format_value(spec)} is not a string: expected \"key=value, ...\", or \"\" "
-                          "for every default")
+        raise ConfigError(
+            f'vif spec {format_value(spec)} is not a string: expected "key=value, ...", or "" for every default'
+        )
     values: dict[str, str] = {}
     trusted = True
     for token in spec.split(","):

@@ -59,8 +59,12 @@ class Settings(dict):
     ``"the command line"``; :meth:`where` falls back to ``source``.
     """
 
-    def __init__(self, source: str = "<config>", items: Mapping[str, Any] | None = None,
-                 locations: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        source: str = "<config>",
+        items: Mapping[str, Any] | None = None,
+        locations: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(items or {})
         self.source = source
         self.locations: dict[str, str] = dict(locations or {})
@@ -76,8 +80,17 @@ class Settings(dict):
 
 # -- rendering values in messages ------------------------------------------------------------
 
-_RENDER_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\a": "\\a",
-                   "\b": "\\b", "\f": "\\f", "\v": "\\v"}
+_RENDER_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\n": "\\n",
+    "\t": "\\t",
+    "\r": "\\r",
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\v": "\\v",
+}
 
 
 def format_value(value: Any) -> str:
@@ -112,8 +125,18 @@ def format_value(value: Any) -> str:
 _IDENT = re.compile(r"[a-z][a-z0-9_]*")
 # Wider than a valid number on purpose: "64M" or "1.5" is then one token, reported whole.
 _NUMBER_WORD = re.compile(r"[0-9][0-9A-Za-z_.]*")
-_SIMPLE_ESCAPES = {'"': '"', "'": "'", "\\": "\\", "a": "\a", "b": "\b", "f": "\f", "n": "\n",
-                   "r": "\r", "t": "\t", "v": "\v"}
+_SIMPLE_ESCAPES = {
+    '"': '"',
+    "'": "'",
+    "\\": "\\",
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+}
 _HEX2 = re.compile(r"[0-9a-fA-F]{2}")
 _OCTAL = re.compile(r"[0-7]{1,3}")
 _MAX_DEPTH = 64
@@ -186,8 +209,12 @@ class _Lexer:
                 word = _NUMBER_WORD.match(text, i).group()  # type: ignore[union-attr]
                 number = _parse_number(word)
                 if number is None:
-                    raise self.error(line, column, f"expected a number (decimal, 0 then octal digits, or 0x then "
-                                                   f"hex digits), found '{word}'; write \"{word}\" if it is a string")
+                    raise self.error(
+                        line,
+                        column,
+                        f"expected a number (decimal, 0 then octal digits, or 0x then "
+                        f"hex digits), found '{word}'; write \"{word}\" if it is a string",
+                    )
                 out.append(_Token("number", word, number, line, column))
                 i += len(word)
             elif "a" <= ch <= "z":
@@ -195,8 +222,12 @@ class _Lexer:
                 out.append(_Token("key", word, word, line, column))
                 i += len(word)
             else:
-                raise self.error(line, column, f"unexpected character {ch!r}: expected a setting name (lowercase "
-                                               "letters, digits and '_'), a value, '=', ';', ',', '[', ']' or '#'")
+                raise self.error(
+                    line,
+                    column,
+                    f"unexpected character {ch!r}: expected a setting name (lowercase "
+                    "letters, digits and '_'), a value, '=', ';', ',', '[', ']' or '#'",
+                )
         out.append(_Token("eof", "", None, line, len(text) - line_start + 1))
         return out
 
@@ -234,9 +265,13 @@ class _Lexer:
             elif nxt == "\n":
                 raise self.error(line, column, f"unterminated string: expected the closing {quote} on the same line")
             else:
-                raise self.error(line, esc_column, f"unknown escape \\{nxt} in a string: expected one of "
-                                                   "\\\" \\' \\\\ \\a \\b \\f \\n \\r \\t \\v \\xHH \\ooo")
-        out.append(_Token("string", text[start:i + 1], "".join(chars), line, column))
+                raise self.error(
+                    line,
+                    esc_column,
+                    f"unknown escape \\{nxt} in a string: expected one of "
+                    "\\\" \\' \\\\ \\a \\b \\f \\n \\r \\t \\v \\xHH \\ooo",
+                )
+        out.append(_Token("string", text[start : i + 1], "".join(chars), line, column))
         return i + 1
 
 
@@ -304,8 +339,9 @@ class _Parser:
                 raise self.lexer.error(token.line, token.column, f"lists nested more than {_MAX_DEPTH} deep")
             return self.list_items(token, depth + 1)
         if token.kind == "key":
-            raise self.fail(token, 'a value: a "string", a number or a [list]',
-                            f' (strings are quoted: "{token.text}")')
+            raise self.fail(
+                token, 'a value: a "string", a number or a [list]', f' (strings are quoted: "{token.text}")'
+            )
         raise self.fail(token, 'a value: a "string", a number or a [list]')
 
     def list_items(self, opening: _Token, depth: int) -> list[Any]:
@@ -334,8 +370,9 @@ class _Parser:
             return old + new
         if isinstance(old, int) or isinstance(new, int):
             raise self.lexer.error(at.line, at.column, f"can't use += with numbers ({key} = {format_value(old)})")
-        raise self.lexer.error(at.line, at.column,
-                               f"can't add [list] to \"string\" or vice versa ({key} = {format_value(old)})")
+        raise self.lexer.error(
+            at.line, at.column, f'can\'t add [list] to "string" or vice versa ({key} = {format_value(old)})'
+        )
 
 
 def parse_xlcfg(text: str, source: str = "<config>") -> Settings:
@@ -351,8 +388,9 @@ def parse_xlcfg(text: str, source: str = "<config>") -> Settings:
 _BARE = re.compile(r"\s*([a-z][a-z0-9_]*)\s*(\+?=)(.*)", re.DOTALL)
 
 
-def apply_overrides(settings: Mapping[str, Any], overrides: Iterable[str],
-                    source: str = "the command line") -> Settings:
+def apply_overrides(
+    settings: Mapping[str, Any], overrides: Iterable[str], source: str = "the command line"
+) -> Settings:
     """``settings`` with the ``KEY=VALUE`` arguments of ``xl create CFG KEY=VALUE...`` applied.
 
     As in xl(1) ``create``, each argument is config text read after the file:
@@ -376,7 +414,7 @@ def apply_overrides(settings: Mapping[str, Any], overrides: Iterable[str],
         if op == "+=" and key in result:
             old = result[key]
             if not isinstance(old, str):
-                raise ConfigError(f"{source}: can't add \"string\" to {key} = {format_value(old)}")
+                raise ConfigError(f'{source}: can\'t add "string" to {key} = {format_value(old)}')
             value = old + raw
         result[key] = value
         result.locations[key] = source

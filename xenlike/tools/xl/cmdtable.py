@@ -61,15 +61,23 @@ DOMAIN = Arg("domain", metavar="DOMAIN", help="domain name or id")
 DOMAIN_OR_ALL = Arg("domain", metavar="DOMAIN", nargs="?", help="domain name or id (default: all)")
 
 # xl's -F (xl_vmcontrol.c): for an HVM guest without PV drivers, an ACPI event in place of control/shutdown.
-FALLBACK_TRIGGER = Arg("-F", dest="fallback", action="store_true",
-                       help="xl's fallback to an ACPI event for HVM guests without PV drivers; accepted and never "
-                            "needed: xenlike guests are PV and always read control/shutdown")
+FALLBACK_TRIGGER = Arg(
+    "-F",
+    dest="fallback",
+    action="store_true",
+    help="xl's fallback to an ACPI event for HVM guests without PV drivers; accepted and never "
+    "needed: xenlike guests are PV and always read control/shutdown",
+)
 
 GLOBAL_OPTIONS = (
     Arg("--version", action="version", version="xenlike 0.1.0"),
-    Arg("--run-dir", default=None,
-        help="the host's run directory (default: $XENLIKE_RUN_DIR, else a per-user directory)"),
+    Arg(
+        "--run-dir",
+        default=None,
+        help="the host's run directory (default: $XENLIKE_RUN_DIR, else a per-user directory)",
+    ),
 )
+
 
 def main_help(args: argparse.Namespace) -> int:
     """xl help [VERB] (xl.c's ``help()``): the parser's help, or one verb's."""
@@ -83,135 +91,329 @@ def main_help(args: argparse.Namespace) -> int:
 
 
 CMD_TABLE: tuple[CmdSpec, ...] = (
-    CmdSpec("up", host.main_up,
-            "start a host (hypervisor, dom0) and the domains of a cluster; stream their consoles", (
-                Arg("cluster", nargs="?", help="a TOML cluster file (default: the built-in cluster)"),
-                Arg("-d", "--detach", action="store_true", help="return once the cluster is up"),
-                Arg("--memory", type=int,
-                    help="host memory for domains, MiB (default: half the machine's, at most 8192)"),
-                Arg("--overcommit", action="store_true",
-                    help="allow --memory above the machine's (MemTotal): guests' memory costs only what they "
-                         "touch, but a guest that touches more than the machine has meets the OOM killer"),
-                Arg("--pcpus", type=int, help="physical CPUs to schedule on (default: all)"),
-                Arg("--sched", metavar="NAME",
-                    help="the scheduler: credit (default) or null, or any registered in xenlike.schedulers"),
-                Arg("--no-jail", action="store_true",
-                    help="run guests without the jail (namespaces, Landlock, seccomp, rlimits, a uid each): "
-                         "for experiments only; logged, and shown by `info` and `list -l`"),
-                Arg("--jail-uid-base", type=int, metavar="UID",
-                    help="as root, each domain runs as UID plus its domid (default 200000000)"),
-            )),
-    CmdSpec("down", host.main_down,
-            "shut every domain down (destroying those that do not stop), then the host", (
-                Arg("--timeout", type=float, default=10.0, help="seconds domains get to shut down (default 10)"),
-            )),
-    CmdSpec("create", vmcontrol.main_create, "create a domain from an xl.cfg file", (
-        Arg("config", metavar="CFG", help="domain config in xl.cfg syntax"),
-        Arg("overrides", metavar="KEY=VALUE", nargs="*", help="settings that override the file's"),
-        Arg("-p", dest="paused", action="store_true", help="leave the domain paused"),
-        Arg("-c", dest="console", action="store_true", help="attach to its console"),
-    )),
-    CmdSpec("list", info.main_list, "list domains (xl list's columns)", (
-        DOMAIN_OR_ALL,
-        Arg("-l", "--long", action="store_true", help="full information as JSON"),
-    )),
+    CmdSpec(
+        "up",
+        host.main_up,
+        "start a host (hypervisor, dom0) and the domains of a cluster; stream their consoles",
+        (
+            Arg("cluster", nargs="?", help="a TOML cluster file (default: the built-in cluster)"),
+            Arg("-d", "--detach", action="store_true", help="return once the cluster is up"),
+            Arg("--memory", type=int, help="host memory for domains, MiB (default: half the machine's, at most 8192)"),
+            Arg(
+                "--overcommit",
+                action="store_true",
+                help="allow --memory above the machine's (MemTotal): guests' memory costs only what they "
+                "touch, but a guest that touches more than the machine has meets the OOM killer",
+            ),
+            Arg("--pcpus", type=int, help="physical CPUs to schedule on (default: all)"),
+            Arg(
+                "--sched",
+                metavar="NAME",
+                help="the scheduler: credit (default) or null, or any registered in xenlike.schedulers",
+            ),
+            Arg(
+                "--no-jail",
+                action="store_true",
+                help="run guests without the jail (namespaces, Landlock, seccomp, rlimits, a uid each): "
+                "for experiments only; logged, and shown by `info` and `list -l`",
+            ),
+            Arg(
+                "--jail-uid-base",
+                type=int,
+                metavar="UID",
+                help="as root, each domain runs as UID plus its domid (default 200000000)",
+            ),
+        ),
+    ),
+    CmdSpec(
+        "down",
+        host.main_down,
+        "shut every domain down (destroying those that do not stop), then the host",
+        (Arg("--timeout", type=float, default=10.0, help="seconds domains get to shut down (default 10)"),),
+    ),
+    CmdSpec(
+        "create",
+        vmcontrol.main_create,
+        "create a domain from an xl.cfg file",
+        (
+            Arg("config", metavar="CFG", help="domain config in xl.cfg syntax"),
+            Arg("overrides", metavar="KEY=VALUE", nargs="*", help="settings that override the file's"),
+            Arg("-p", dest="paused", action="store_true", help="leave the domain paused"),
+            Arg("-c", dest="console", action="store_true", help="attach to its console"),
+        ),
+    ),
+    CmdSpec(
+        "list",
+        info.main_list,
+        "list domains (xl list's columns)",
+        (
+            DOMAIN_OR_ALL,
+            Arg("-l", "--long", action="store_true", help="full information as JSON"),
+        ),
+    ),
     CmdSpec("info", info.main_info, "information about the host"),
-    CmdSpec("destroy", vmcontrol.main_destroy, "destroy a domain at once (pulling the plug)", (
-        DOMAIN,
-        Arg("-f", dest="force", action="store_true",
-            help="xl's leave to destroy domain 0; accepted, but Domain-0 runs xenlike's toolstack and is "
-                 "never destroyed (`xenlike down` stops the host)"),
-    )),
-    CmdSpec("shutdown", vmcontrol.main_shutdown, "ask a domain to shut down (control/shutdown = poweroff)", (
-        DOMAIN_OR_ALL,
-        Arg("-w", "--wait", action="store_true", help="wait until it has shut down"),
-        Arg("-a", "--all", action="store_true", help="all domains"),
-        FALLBACK_TRIGGER,
-    )),
-    CmdSpec("reboot", vmcontrol.main_reboot, "ask a domain to reboot (control/shutdown = reboot)", (
-        DOMAIN_OR_ALL,
-        Arg("-w", "--wait", action="store_true", help="wait until it has shut down to reboot (and on_reboot ran)"),
-        Arg("-a", "--all", action="store_true", help="all domains"),
-        FALLBACK_TRIGGER,
-    )),
+    CmdSpec(
+        "destroy",
+        vmcontrol.main_destroy,
+        "destroy a domain at once (pulling the plug)",
+        (
+            DOMAIN,
+            Arg(
+                "-f",
+                dest="force",
+                action="store_true",
+                help="xl's leave to destroy domain 0; accepted, but Domain-0 runs xenlike's toolstack and is "
+                "never destroyed (`xenlike down` stops the host)",
+            ),
+        ),
+    ),
+    CmdSpec(
+        "shutdown",
+        vmcontrol.main_shutdown,
+        "ask a domain to shut down (control/shutdown = poweroff)",
+        (
+            DOMAIN_OR_ALL,
+            Arg("-w", "--wait", action="store_true", help="wait until it has shut down"),
+            Arg("-a", "--all", action="store_true", help="all domains"),
+            FALLBACK_TRIGGER,
+        ),
+    ),
+    CmdSpec(
+        "reboot",
+        vmcontrol.main_reboot,
+        "ask a domain to reboot (control/shutdown = reboot)",
+        (
+            DOMAIN_OR_ALL,
+            Arg("-w", "--wait", action="store_true", help="wait until it has shut down to reboot (and on_reboot ran)"),
+            Arg("-a", "--all", action="store_true", help="all domains"),
+            FALLBACK_TRIGGER,
+        ),
+    ),
     CmdSpec("pause", vmcontrol.main_pause, "pause a domain (it keeps its memory, gets no CPU)", (DOMAIN,)),
     CmdSpec("unpause", vmcontrol.main_unpause, "unpause a paused domain", (DOMAIN,)),
-    CmdSpec("console", console.main_console, "attach to a domain's console (Ctrl-] detaches)", (
-        DOMAIN,
-        Arg("-t", dest="type", metavar="TYPE",
-            help="console type: pv, the one console a xenlike guest has (xl's serial and vuart are refused)"),
-        Arg("-n", dest="num", metavar="NUM", type=int, help="console number: 0, the pv console's"),
-        Arg("-e", dest="escape", metavar="CHAR", help="the escape character that detaches: a character or ^X "
-                                                      "(default ^])"),
-    )),
+    CmdSpec(
+        "console",
+        console.main_console,
+        "attach to a domain's console (Ctrl-] detaches)",
+        (
+            DOMAIN,
+            Arg(
+                "-t",
+                dest="type",
+                metavar="TYPE",
+                help="console type: pv, the one console a xenlike guest has (xl's serial and vuart are refused)",
+            ),
+            Arg("-n", dest="num", metavar="NUM", type=int, help="console number: 0, the pv console's"),
+            Arg(
+                "-e",
+                dest="escape",
+                metavar="CHAR",
+                help="the escape character that detaches: a character or ^X (default ^])",
+            ),
+        ),
+    ),
     CmdSpec("rename", vmcontrol.main_rename, "rename a domain", (DOMAIN, Arg("new_name", metavar="NEW_NAME"))),
-    CmdSpec("uptime", info.main_uptime, "domains' uptime", (
-        DOMAIN_OR_ALL,
-        Arg("-s", dest="short", action="store_true", help="short form: time, uptime, name and id on one line"),
-    )),
-    CmdSpec("dmesg", info.main_dmesg, "the hypervisor's log", (
-        Arg("-c", dest="clear", action="store_true", help="clear it after reading"),
-    )),
-    CmdSpec("xenstore-ls", xenstore.main_xenstore_ls, "list xenstore nodes below PATH", (
-        Arg("path", nargs="?", default="/"),
-        Arg("-p", dest="perms", action="store_true", help="show permissions"),
-    )),
+    CmdSpec(
+        "uptime",
+        info.main_uptime,
+        "domains' uptime",
+        (
+            DOMAIN_OR_ALL,
+            Arg("-s", dest="short", action="store_true", help="short form: time, uptime, name and id on one line"),
+        ),
+    ),
+    CmdSpec(
+        "dmesg",
+        info.main_dmesg,
+        "the hypervisor's log",
+        (Arg("-c", dest="clear", action="store_true", help="clear it after reading"),),
+    ),
+    CmdSpec(
+        "xenstore-ls",
+        xenstore.main_xenstore_ls,
+        "list xenstore nodes below PATH",
+        (
+            Arg("path", nargs="?", default="/"),
+            Arg("-p", dest="perms", action="store_true", help="show permissions"),
+        ),
+    ),
     CmdSpec("xenstore-read", xenstore.main_xenstore_read, "read a xenstore node", (Arg("path"),)),
     CmdSpec("xenstore-write", xenstore.main_xenstore_write, "write a xenstore node", (Arg("path"), Arg("value"))),
     CmdSpec("xenstore-rm", xenstore.main_xenstore_rm, "remove a xenstore node and its children", (Arg("path"),)),
-    CmdSpec("xenstore-watch", xenstore.main_xenstore_watch,
-            "print the path of every change at or below PATH (Ctrl-C stops)", (Arg("path"),)),
-    CmdSpec("block-attach", block.main_block_attach,
-            "hotplug a disk: SPEC in xl's disk syntax, e.g. 'vdev=xvdb, target=/x.img, size=64M'", (
-                DOMAIN, Arg("spec", metavar="SPEC"),
-            )),
-    CmdSpec("block-detach", block.main_block_detach, "unplug a disk (the guest sees it go)", (
-        DOMAIN, Arg("vdev", metavar="VDEV", help="xvdb, or the device number"),
-    )),
+    CmdSpec(
+        "xenstore-watch",
+        xenstore.main_xenstore_watch,
+        "print the path of every change at or below PATH (Ctrl-C stops)",
+        (Arg("path"),),
+    ),
+    CmdSpec(
+        "block-attach",
+        block.main_block_attach,
+        "hotplug a disk: SPEC in xl's disk syntax, e.g. 'vdev=xvdb, target=/x.img, size=64M'",
+        (
+            DOMAIN,
+            Arg("spec", metavar="SPEC"),
+        ),
+    ),
+    CmdSpec(
+        "block-detach",
+        block.main_block_detach,
+        "unplug a disk (the guest sees it go)",
+        (
+            DOMAIN,
+            Arg("vdev", metavar="VDEV", help="xvdb, or the device number"),
+        ),
+    ),
     CmdSpec("block-list", block.main_block_list, "a domain's disks (xl block-list's columns)", (DOMAIN,)),
     CmdSpec("workloads", info.main_workloads, "list the registered guest workloads"),
-    CmdSpec("sched-credit", sched.main_sched_credit, "show or set credit scheduler weights and caps", (
-        Arg("-d", "--domain", metavar="DOMAIN", help="the domain to show or set (default: all)"),
-        Arg("-w", "--weight", type=int, help="its weight, 1 to 65535 (default 256)"),
-        Arg("-c", "--cap", type=int, help="its cap, percent of one pCPU (0: none)"),
-    )),
-    CmdSpec("top", top.main_top, "domains' CPU, memory and disk figures, refreshed (xentop's columns; q quits)", (
-        Arg("-d", "--delay", type=float, default=3.0, metavar="SECONDS", help="seconds between updates (default 3)"),
-        Arg("-b", "--batch", action="store_true", help="plain text, frame after frame, no screen control"),
-        Arg("-i", "--iterations", type=int, metavar="N", help="frames to show before exiting (default: no limit)"),
-        Arg("-f", "--full-name", action="store_true", help="full domain names (not cut to 10 characters)"),
-    )),
-    CmdSpec("vcpu-list", vcpu.main_vcpu_list, "the vCPUs of domains: pCPU, state, CPU time, affinity", (
-        Arg("domains", metavar="DOMAIN", nargs="*", help="domain names or ids (default: all)"),
-    )),
-    CmdSpec("vcpu-pin", vcpu.main_vcpu_pin, "set the pCPUs a vCPU may run on (hard affinity)", (
-        DOMAIN,
-        Arg("vcpu", metavar="VCPU", help="a vCPU number, or all"),
-        Arg("cpus", metavar="CPUS", help="pCPUs in xl's syntax: 1, 0-3, 0-3,^2, all"),
-    )),
-    CmdSpec("help", main_help, "every verb, or one verb's options", (
-        Arg("topic", metavar="VERB", nargs="?", help="the verb to explain"),
-    )),
+    CmdSpec(
+        "sched-credit",
+        sched.main_sched_credit,
+        "show or set credit scheduler weights and caps",
+        (
+            Arg("-d", "--domain", metavar="DOMAIN", help="the domain to show or set (default: all)"),
+            Arg("-w", "--weight", type=int, help="its weight, 1 to 65535 (default 256)"),
+            Arg("-c", "--cap", type=int, help="its cap, percent of one pCPU (0: none)"),
+        ),
+    ),
+    CmdSpec(
+        "top",
+        top.main_top,
+        "domains' CPU, memory and disk figures, refreshed (xentop's columns; q quits)",
+        (
+            Arg(
+                "-d", "--delay", type=float, default=3.0, metavar="SECONDS", help="seconds between updates (default 3)"
+            ),
+            Arg("-b", "--batch", action="store_true", help="plain text, frame after frame, no screen control"),
+            Arg("-i", "--iterations", type=int, metavar="N", help="frames to show before exiting (default: no limit)"),
+            Arg("-f", "--full-name", action="store_true", help="full domain names (not cut to 10 characters)"),
+        ),
+    ),
+    CmdSpec(
+        "vcpu-list",
+        vcpu.main_vcpu_list,
+        "the vCPUs of domains: pCPU, state, CPU time, affinity",
+        (Arg("domains", metavar="DOMAIN", nargs="*", help="domain names or ids (default: all)"),),
+    ),
+    CmdSpec(
+        "vcpu-pin",
+        vcpu.main_vcpu_pin,
+        "set the pCPUs a vCPU may run on (hard affinity)",
+        (
+            DOMAIN,
+            Arg("vcpu", metavar="VCPU", help="a vCPU number, or all"),
+            Arg("cpus", metavar="CPUS", help="pCPUs in xl's syntax: 1, 0-3, 0-3,^2, all"),
+        ),
+    ),
+    CmdSpec(
+        "help",
+        main_help,
+        "every verb, or one verb's options",
+        (Arg("topic", metavar="VERB", nargs="?", help="the verb to explain"),),
+    ),
 )
 
 
 # Every verb of xl, in xl_cmdtable.c's order, so that one xenlike lacks is
 # named as xl's rather than taken for a typo.
 XL_VERBS: tuple[str, ...] = (
-    "create", "config-update", "list", "destroy", "shutdown", "reboot", "pci-attach", "pci-detach", "pci-list",
-    "pci-assignable-add", "pci-assignable-remove", "pci-assignable-list", "pause", "unpause", "console",
-    "vncviewer", "save", "migrate", "restore", "migrate-receive", "suspend", "resume", "dump-core", "cd-insert",
-    "cd-eject", "mem-max", "mem-set", "button-press", "vcpu-list", "vcpu-pin", "vcpu-set", "vm-list", "info",
-    "sharing", "sched-credit", "sched-credit2", "sched-rtds", "domid", "domname", "rename", "trigger", "sysrq",
-    "debug-keys", "set-parameters", "dmesg", "top", "network-attach", "network-list", "network-detach",
-    "channel-list", "block-attach", "block-list", "block-detach", "vtpm-attach", "vtpm-list", "vtpm-detach",
-    "vkb-attach", "vkb-list", "vkb-detach", "vdispl-attach", "vdispl-list", "vdispl-detach", "vsnd-attach",
-    "vsnd-list", "vsnd-detach", "uptime", "claims", "cpupool-create", "cpupool-list", "cpupool-destroy",
-    "cpupool-rename", "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate", "cpupool-numa-split",
-    "getenforce", "setenforce", "loadpolicy", "remus", "devd", "psr-hwinfo", "psr-cmt-attach", "psr-cmt-detach",
-    "psr-cmt-show", "psr-cat-set", "psr-cat-show", "psr-mba-set", "psr-mba-show", "usbctrl-attach",
-    "usbctrl-detach", "usbdev-attach", "usbdev-detach", "usb-list", "qemu-monitor-command", "dt-overlay",
-    "xenstore-quota-get", "xenstore-quota-set",
+    "create",
+    "config-update",
+    "list",
+    "destroy",
+    "shutdown",
+    "reboot",
+    "pci-attach",
+    "pci-detach",
+    "pci-list",
+    "pci-assignable-add",
+    "pci-assignable-remove",
+    "pci-assignable-list",
+    "pause",
+    "unpause",
+    "console",
+    "vncviewer",
+    "save",
+    "migrate",
+    "restore",
+    "migrate-receive",
+    "suspend",
+    "resume",
+    "dump-core",
+    "cd-insert",
+    "cd-eject",
+    "mem-max",
+    "mem-set",
+    "button-press",
+    "vcpu-list",
+    "vcpu-pin",
+    "vcpu-set",
+    "vm-list",
+    "info",
+    "sharing",
+    "sched-credit",
+    "sched-credit2",
+    "sched-rtds",
+    "domid",
+    "domname",
+    "rename",
+    "trigger",
+    "sysrq",
+    "debug-keys",
+    "set-parameters",
+    "dmesg",
+    "top",
+    "network-attach",
+    "network-list",
+    "network-detach",
+    "channel-list",
+    "block-attach",
+    "block-list",
+    "block-detach",
+    "vtpm-attach",
+    "vtpm-list",
+    "vtpm-detach",
+    "vkb-attach",
+    "vkb-list",
+    "vkb-detach",
+    "vdispl-attach",
+    "vdispl-list",
+    "vdispl-detach",
+    "vsnd-attach",
+    "vsnd-list",
+    "vsnd-detach",
+    "uptime",
+    "claims",
+    "cpupool-create",
+    "cpupool-list",
+    "cpupool-destroy",
+    "cpupool-rename",
+    "cpupool-cpu-add",
+    "cpupool-cpu-remove",
+    "cpupool-migrate",
+    "cpupool-numa-split",
+    "getenforce",
+    "setenforce",
+    "loadpolicy",
+    "remus",
+    "devd",
+    "psr-hwinfo",
+    "psr-cmt-attach",
+    "psr-cmt-detach",
+    "psr-cmt-show",
+    "psr-cat-set",
+    "psr-cat-show",
+    "psr-mba-set",
+    "psr-mba-show",
+    "usbctrl-attach",
+    "usbctrl-detach",
+    "usbdev-attach",
+    "usbdev-detach",
+    "usb-list",
+    "qemu-monitor-command",
+    "dt-overlay",
+    "xenstore-quota-get",
+    "xenstore-quota-set",
 )
 
 
@@ -251,8 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     A parsed verb's row is ``args.cmd``.
     """
-    parser = argparse.ArgumentParser(prog="xenlike", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="xenlike", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for arg in GLOBAL_OPTIONS:
         parser.add_argument(*arg.flags, **arg.options)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")

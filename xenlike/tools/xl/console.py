@@ -24,8 +24,9 @@ CTRL_RIGHT_BRACKET = b"\x1d"  # xl console's escape character
 CONSOLE_TYPES = ("pv", "serial", "vuart")  # xl_console.c's -t
 
 
-def attach_consoles(run_dir: RunDir, client: ToolstackClient,
-                    domain: str | None) -> tuple[ConsoleSubscriber, dict[str, Any]]:
+def attach_consoles(
+    run_dir: RunDir, client: ToolstackClient, domain: str | None
+) -> tuple[ConsoleSubscriber, dict[str, Any]]:
     """A live console subscription (one domain's, or every one's) and the toolstack's ``console_attach`` reply."""
     name = None if domain is None else client.call("console_attach", domain=domain)["name"]
     sub = ConsoleSubscriber(run_dir, name)
@@ -88,8 +89,9 @@ def _writer(tty: bool) -> Callable[[bytes], None]:
     return show
 
 
-def _attached(run_dir: RunDir, client: ToolstackClient, sub: ConsoleSubscriber, attached: dict[str, Any],
-              escape: bytes) -> None:
+def _attached(
+    run_dir: RunDir, client: ToolstackClient, sub: ConsoleSubscriber, attached: dict[str, Any], escape: bytes
+) -> None:
     """The history, then output and keys on a raw terminal until the escape or Ctrl-C; the terminal is restored."""
     tty = sys.stdin.isatty()
     show = _writer(tty)
@@ -107,8 +109,14 @@ def _attached(run_dir: RunDir, client: ToolstackClient, sub: ConsoleSubscriber, 
             print()
 
 
-def _relay(run_dir: RunDir, client: ToolstackClient, sub: ConsoleSubscriber, name: str,
-           show: Callable[[bytes], None], escape: bytes) -> None:
+def _relay(
+    run_dir: RunDir,
+    client: ToolstackClient,
+    sub: ConsoleSubscriber,
+    name: str,
+    show: Callable[[bytes], None],
+    escape: bytes,
+) -> None:
     """Move output to the terminal and keys to the guest until the escape character; XlError if the host stops."""
     import zmq
 
@@ -127,8 +135,9 @@ def _relay(run_dir: RunDir, client: ToolstackClient, sub: ConsoleSubscriber, nam
             raise XlError("the host stopped")
 
 
-def _forward_keys(client: ToolstackClient, name: str, stdin_fd: int, poller: Any,
-                  escape: bytes = CTRL_RIGHT_BRACKET) -> bool:
+def _forward_keys(
+    client: ToolstackClient, name: str, stdin_fd: int, poller: Any, escape: bytes = CTRL_RIGHT_BRACKET
+) -> bool:
     """Send what was typed to the guest; False once the escape character was typed (what came before it is sent).
 
     At the end of stdin's input the console stays attached, output only.

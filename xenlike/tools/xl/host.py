@@ -49,8 +49,7 @@ def main_up(args: argparse.Namespace) -> int:
         print(f"xenlike: warning: {warning}", file=sys.stderr)
     memory = args.memory or cluster.host.get("memory") or _default_memory_mib()
     if not args.overcommit:
-        _check_memory(f"--memory {memory} MiB" if args.memory else f"the cluster's host memory of {memory} MiB",
-                      memory)
+        _check_memory(f"--memory {memory} MiB" if args.memory else f"the cluster's host memory of {memory} MiB", memory)
     pcpus = args.pcpus or cluster.host.get("pcpus") or os.cpu_count() or 1
     sched = _check_scheduler(args.sched or cluster.host.get("sched") or "credit")
     jail = ["--no-jail"] if args.no_jail else []
@@ -71,8 +70,10 @@ def main_up(args: argparse.Namespace) -> int:
                 return _refuse(client, hypervisor, str(exc))
             print(f"xenlike: created {result['name']} (domain {domid})")
     if console is None:  # -d
-        print(f"xenlike: host running in {run_dir.path} (hypervisor pid {hypervisor.pid}); "
-              "`xenlike list` shows it, `xenlike down` stops it")
+        print(
+            f"xenlike: host running in {run_dir.path} (hypervisor pid {hypervisor.pid}); "
+            "`xenlike list` shows it, `xenlike down` stops it"
+        )
         return 0
     return _stream_consoles(run_dir, console, hypervisor.pid)
 
@@ -123,16 +124,20 @@ def _check_scheduler(name: Any) -> str:
 def _say_how_guests_are_jailed(jail: dict) -> None:
     """One line per mechanism the kernel lacks (once, at ``up``); a loud one when the jail is off."""
     if not jail.get("enabled"):
-        print("xenlike: warning: the jail is OFF (--no-jail): every guest can reach what this host's user can; "
-              "for experiments only", file=sys.stderr)
+        print(
+            "xenlike: warning: the jail is OFF (--no-jail): every guest can reach what this host's user can; "
+            "for experiments only",
+            file=sys.stderr,
+        )
         return
     for _name, available, detail in jail.get("mechanisms", []):
         if not available:
             print(f"xenlike: warning: {detail}", file=sys.stderr)
 
 
-def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str, extra: list[str],
-                      overcommit: bool = False) -> subprocess.Popen:
+def _start_hypervisor(
+    run_dir: RunDir, memory: int, pcpus: int, sched: str, extra: list[str], overcommit: bool = False
+) -> subprocess.Popen:
     """Start ``python -m xenlike.hypervisor`` in its own session; return once dom0's toolstack answers.
 
     The hypervisor's refusal to start (another host holds the run directory, the
@@ -141,13 +146,26 @@ def _start_hypervisor(run_dir: RunDir, memory: int, pcpus: int, sched: str, extr
     run directory and is starting, so the toolstack that answers is its own.
     """
     out = open(run_dir.log_path("hypervisor-stderr"), "ab")
-    command = [sys.executable, "-m", "xenlike.hypervisor", "--run-dir", str(run_dir.path),
-               "--memory", str(memory), "--pcpus", str(pcpus), "--sched", sched, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "xenlike.hypervisor",
+        "--run-dir",
+        str(run_dir.path),
+        "--memory",
+        str(memory),
+        "--pcpus",
+        str(pcpus),
+        "--sched",
+        sched,
+        *extra,
+    ]
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     command += ["--status-fd", str(status_w)] + (["--overcommit"] if overcommit else [])
     try:
-        hypervisor = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                      start_new_session=True, pass_fds=(status_w,))
+        hypervisor = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, pass_fds=(status_w,)
+        )
     finally:
         os.close(status_w)
         out.close()

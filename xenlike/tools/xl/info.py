@@ -16,8 +16,18 @@ from xenlike.kernel.rundir import RunDir
 from xenlike.tools.xl.utils import call, registered
 from xenlike.tools.xl_format import format_info, format_list, format_uptime
 
-__all__ = ["WORKLOADS_GROUP", "WorkloadDoc", "main_list", "main_info", "main_uptime", "main_dmesg", "main_workloads",
-           "parse_workload_doc", "workload_doc", "format_workloads"]
+__all__ = [
+    "WORKLOADS_GROUP",
+    "WorkloadDoc",
+    "main_list",
+    "main_info",
+    "main_uptime",
+    "main_dmesg",
+    "main_workloads",
+    "parse_workload_doc",
+    "workload_doc",
+    "format_workloads",
+]
 
 WORKLOADS_GROUP = "xenlike.workloads"
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
@@ -27,8 +37,13 @@ def main_list(args: argparse.Namespace) -> int:
     """xl list [-l] [DOMAIN]: xl's columns, or with ``-l`` each domain's information and config as JSON."""
     rows = call(args, "list", domain=args.domain, long=args.long)
     if args.long:
-        print(json.dumps([{"domid": r["domid"], "name": r["name"], "info": r["info"], "config": r["config"]}
-                          for r in rows], indent=4, default=str))
+        print(
+            json.dumps(
+                [{"domid": r["domid"], "name": r["name"], "info": r["info"], "config": r["config"]} for r in rows],
+                indent=4,
+                default=str,
+            )
+        )
     else:
         print(format_list(rows))
     return 0

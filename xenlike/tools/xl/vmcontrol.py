@@ -10,8 +10,16 @@ from typing import Any
 from xenlike.tools.xl.console import main_console
 from xenlike.tools.xl.utils import XlError, call
 
-__all__ = ["main_create", "running_domain", "main_destroy", "main_shutdown", "main_reboot", "main_pause",
-           "main_unpause", "main_rename"]
+__all__ = [
+    "main_create",
+    "running_domain",
+    "main_destroy",
+    "main_shutdown",
+    "main_reboot",
+    "main_pause",
+    "main_unpause",
+    "main_rename",
+]
 
 # What `shutdown`/`reboot` report: when waited for, and when only asked.
 _DONE = {"shutdown": "shut down", "reboot": "rebooted"}

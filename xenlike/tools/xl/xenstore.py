@@ -18,7 +18,7 @@ def main_xenstore_ls(args: argparse.Namespace) -> int:
     """xenstore-ls [-p] [PATH]: the tree below PATH, one ``name = "value"`` per node, indented by depth."""
     for node in call(args, "xenstore_ls", path=args.path):
         perms = f"  . . . . ({node['perms']})" if args.perms else ""
-        print(f"{' ' * node['depth']}{node['name']} = \"{_text(node['value'])}\"{perms}")
+        print(f'{" " * node["depth"]}{node["name"]} = "{_text(node["value"])}"{perms}')
     return 0
 
 
