@@ -218,9 +218,7 @@ def _worker_main(
     os.sched_setaffinity(0, pcpus)
     log_to_file(log_file)  # dom0's handlers go: their files were closed with the other fds
     confine_worker(spec.label)
-    hypercall = HypercallClient(
-        socket.socket(fileno=named.pop("channel")), lambda event, extra: [os.close(f) for f in extra]
-    )
+    hypercall = HypercallClient(socket.socket(fileno=named.pop("channel")), _close_event_fds)
     loop = EventLoop(spec.label)
     ports = [port for port, _ in spec.ports]
     for index, port in enumerate(ports):
@@ -245,6 +243,12 @@ def _worker_main(
         except OSError:
             pass  # dom0 did not wait for the figures
     return code
+
+
+def _close_event_fds(event: dict, fds: list[int]) -> None:
+    """A worker waits for no hypervisor event: the fds one carries are closed."""
+    for fd in fds:
+        os.close(fd)
 
 
 def confine_worker(label: str) -> None:

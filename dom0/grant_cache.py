@@ -15,9 +15,8 @@ second map. Any back end may use it (netback's tx path maps grants the same way)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-from xenlike.kernel.hypercall import HypercallError
+from xenlike.kernel.hypercall import HypercallClient, HypercallError
 from xenlike.kernel.memory import ForeignArena
 
 __all__ = ["GrantRefused", "PersistentGrants"]
@@ -31,10 +30,6 @@ class GrantRefused(Exception):
         self.gref = gref
 
 
-class _Hypercall(Protocol):
-    def call(self, op: str, **args: object) -> tuple[dict, list[int]]: ...
-
-
 @dataclass
 class _Grant:
     slot: int  # where the page is in the arena
@@ -46,7 +41,7 @@ class PersistentGrants:
     """Up to ``capacity`` of one front end's grants, mapped into one arena and kept until :meth:`unmap_all`."""
 
     def __init__(
-        self, hypercall: _Hypercall, granter: int, memory_fd: int, capacity: int, persistent: bool = True
+        self, hypercall: HypercallClient, granter: int, memory_fd: int, capacity: int, persistent: bool = True
     ) -> None:
         self.hypercall = hypercall
         self.granter = granter
@@ -117,7 +112,7 @@ class PersistentGrants:
                 return
             except HypercallError as exc:
                 error = exc
-        raise GrantRefused(gref, error.strerror if error else "refused")
+        raise GrantRefused(gref, (error.strerror if error else None) or "refused")
 
     def _install(self, grefs: list[int], mapped: list[tuple[int, int]], writable: bool) -> None:
         for gref, (frame, handle) in zip(grefs, mapped):

@@ -155,8 +155,8 @@ class XenbusBackend:
             kind, _, rest = token.decode(errors="replace").partition(":")
             if kind == "backend":
                 self._backend_changed(rest, path)
-            elif kind == "otherend":
-                device = self.devices.get(_parse_device_key(rest))
+            elif kind == "otherend" and (key := _parse_device_key(rest)) is not None:
+                device = self.devices.get(key)
                 if device is not None:
                     self._otherend_changed(device)
 
@@ -195,9 +195,12 @@ class XenbusBackend:
             self.ctx.watcher.watch(f"{dev.otherend}/{STATE}", _device_token(dev))
         try:
             nodes = driver.probe(self, dev)
-            self.ctx.xs.transact(
-                lambda tx: [self.ctx.xs.write(f"{dev.nodename}/{k}", v, tx=tx) for k, v in nodes.items()]
-            )
+
+            def publish(tx: int) -> None:
+                for key, value in nodes.items():
+                    self.ctx.xs.write(f"{dev.nodename}/{key}", value, tx=tx)
+
+            self.ctx.xs.transact(publish)
         except _DEVICE_ERRORS as exc:
             self.dev_fatal(dev, exc, "probing")
             return None

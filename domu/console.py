@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import io
 import threading
+from typing import TYPE_CHECKING
 
 from xenlike.kernel.byte_channel import ByteChannel
 from xenlike.kernel.events import EventLoop
 from xenlike.public.console import ConsoleInterface
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 __all__ = ["ConsoleFront", "ConsoleStream"]
 
@@ -136,13 +140,14 @@ class ConsoleStream(io.RawIOBase):
         """Whether this is the output side (``mode == "w"``)."""
         return self.mode == "w"
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         """Wait for input (:meth:`ConsoleFront.read`) and copy it into ``buffer``; 0 at end of input."""
-        data = self.console.read(len(buffer))
-        buffer[: len(data)] = data
+        view = memoryview(buffer).cast("B")
+        data = self.console.read(len(view))
+        view[: len(data)] = data
         return len(data)
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: ReadableBuffer) -> int:
         """:meth:`ConsoleFront.write`."""
         return self.console.write(bytes(data))
 

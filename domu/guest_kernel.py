@@ -56,11 +56,27 @@ class GuestXenstore(Protocol):
 class GuestKernel(Protocol):
     """The members of a domU kernel that its front ends use."""
 
-    domid: int
-    label: str  # "d3 (web)", for every log line
-    memory: GuestMemory
-    pages: PageAllocator
-    grant_table: GrantTable
-    loop: EventLoop
-    hypercall: HypercallClient
-    xenbus: GuestXenstore
+    # Read-only (properties), so a kernel's own, more specific types satisfy them.
+    @property
+    def domid(self) -> int: ...
+
+    @property
+    def label(self) -> str: ...  # "d3 (web)", for every log line
+
+    @property
+    def memory(self) -> GuestMemory: ...
+
+    @property
+    def pages(self) -> PageAllocator: ...
+
+    @property
+    def grant_table(self) -> GrantTable: ...
+
+    @property
+    def loop(self) -> EventLoop: ...
+
+    @property
+    def hypercall(self) -> HypercallClient: ...
+
+    @property
+    def xenbus(self) -> GuestXenstore: ...

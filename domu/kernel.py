@@ -168,7 +168,7 @@ class Kernel:
 
     def run(self, prepared: PreparedShell) -> int:
         # `kill -USR1 <pid>` dumps every thread of the guest to the host's stderr log.
-        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__ or 2, all_threads=True)
         prepared.attach(self)  # its event-loop thread starts serving this kernel
         self._take_over_stdio()
         self.xenbus.watch_async("control/shutdown", "control-shutdown", self._on_shutdown_request)

@@ -280,9 +280,13 @@ class XenbusFrontend:
                         f"the back end did not reach {', '.join(s.name for s in states)} (it is {state.name})"
                     )
                 with self._changed:
-                    self._changed.wait_for(lambda seen=generation: self._generation != seen, remaining)
+                    self._changed.wait_for(self._moved_since(generation), remaining)
         finally:
             self.xs.unwatch(path, token)
+
+    def _moved_since(self, generation: int) -> Callable[[], bool]:
+        """Whether a back end's state watch fired since ``generation`` (call with ``_changed`` held)."""
+        return lambda: self._generation != generation
 
     def transact(self, body: Callable[[Any], None]) -> None:
         """Run ``body(transaction)`` in a xenstore transaction, again until it commits without EAGAIN."""

@@ -202,7 +202,7 @@ class BlkifRing:
             parts.append(view[start : start + wanted * SEGMENT_SIZE])
         # Copied once out of the front end's pages, then checked (no double fetch).
         segments = unpack_segment_array(b"".join(parts), request.nr_segments)
-        return request.indirect_op, request.sector_number, segments  # type: ignore[return-value]
+        return request.indirect_op, request.sector_number, segments
 
     @staticmethod
     def _sectors_of(segments: SegmentArray) -> int:

@@ -20,11 +20,14 @@ to hear about one domain only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from xenlike.public.xs_wire import Permission, is_special_path
 
 from .node import is_child, levels_below
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 __all__ = ["Watch", "Change", "WatchIndex", "match_change", "match_special"]
 
@@ -99,9 +102,9 @@ class WatchIndex:
     """
 
     def __init__(self) -> None:
-        self._by_path: dict[str, dict[int, object]] = {}
+        self._by_path: dict[str, dict[int, Connection]] = {}
 
-    def add(self, conn_id: int, conn: object, path: str) -> None:
+    def add(self, conn_id: int, conn: Connection, path: str) -> None:
         self._by_path.setdefault(path, {})[conn_id] = conn
 
     def discard(self, conn_id: int, path: str) -> None:
@@ -111,13 +114,13 @@ class WatchIndex:
             if not watchers:
                 del self._by_path[path]
 
-    def candidates(self, path: str, exact: bool) -> list[object]:
+    def candidates(self, path: str, exact: bool) -> list[Connection]:
         """Connections with a watch on ``path`` or (unless ``exact``) an ancestor, by id."""
         return self.watchers(*((path,) if exact else _ancestors(path)))
 
-    def watchers(self, *paths: str) -> list[object]:
+    def watchers(self, *paths: str) -> list[Connection]:
         """Connections with a watch set exactly on one of ``paths``, by id."""
-        found: dict[int, object] = {}
+        found: dict[int, Connection] = {}
         for path in paths:
             found.update(self._by_path.get(path, {}))
         return [found[key] for key in sorted(found)]

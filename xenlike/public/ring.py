@@ -91,7 +91,7 @@ def _wrapping_copy_out(slots: memoryview, start: int, length: int) -> bytes:
     return slots[start:].tobytes() + slots[: end - len(slots)].tobytes()
 
 
-def _wrapping_copy_in(slots: memoryview, start: int, data: bytes | memoryview) -> None:
+def _wrapping_copy_in(slots: memoryview, start: int, data: bytes | bytearray | memoryview) -> None:
     """Copy ``data`` into a circular area from ``start`` (already masked)."""
     first = len(slots) - start
     if len(data) <= first:
@@ -382,7 +382,7 @@ class BackRing(_RingEnd):
         self.protocol.response.pack_into(self._slots, self._slot_offset(self.rsp_prod_pvt), *fields)
         self.rsp_prod_pvt = (self.rsp_prod_pvt + 1) & RING_IDX_MASK
 
-    def put_responses(self, slots: bytes | memoryview) -> int:
+    def put_responses(self, slots: bytes | bytearray | memoryview) -> int:
         """Copy a batch of whole response slots in; returns the count."""
         count = len(slots) // self.entry_size
         if count * self.entry_size != len(slots):
@@ -467,7 +467,7 @@ class ByteRing:
         """Bytes that can be written now."""
         return self.size - self.available()
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         """Producer: copy in as much of ``data`` as fits; returns the bytes written."""
         cons, prod = self._indices()
         count = min(len(data), self.size - ((prod - cons) & RING_IDX_MASK))

@@ -110,7 +110,7 @@ class ConsoleSubscriber:
 
     def __init__(self, run_dir: RunDir, name: str | None = None) -> None:
         self.name = name
-        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         # A prefix filter: "e" would also pass "echo"; Splice keeps to the name exactly.
         self.sock.setsockopt(zmq.SUBSCRIBE, name.encode() if name is not None else b"")

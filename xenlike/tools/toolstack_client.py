@@ -39,8 +39,8 @@ class ToolstackClient:
                 f"no xenlike host is running in {run_dir.path}; start one with `xenlike up` "
                 "(or pick another with --run-dir / XENLIKE_RUN_DIR)"
             )
-        self.context = zmq.Context.instance()
-        self.sock = self.context.socket(zmq.DEALER)
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(run_dir.endpoint("toolstack"))
         self._ids = itertools.count(1)

@@ -264,7 +264,7 @@ class CreditCore:
         A sample of None means the process is gone.
         """
         for v, sample in samples.items():
-            if not self.charge(v, sample):
+            if not self.charge(v, sample) or sample is None:  # charge() is False for a vCPU with no sample
                 continue
             if v.paused or v.parked:
                 continue
@@ -761,14 +761,14 @@ class CreditScheduler(Scheduler):
         rows = []
         for index in range(domain.nr_vcpus):
             v = self._vcpus.get((domid, index))
-            online = v is not None and not v.dead
+            live = v if v is not None and not v.dead else None
             rows.append(
                 {
                     "vcpu": index,
-                    "online": online,
-                    "cpu": self._shown_cpu(v) if online else None,
-                    "running": online and v.running_on is not None,
-                    "blocked": online and v.blocked and not v.paused,
+                    "online": live is not None,
+                    "cpu": self._shown_cpu(live) if live is not None else None,
+                    "running": live is not None and live.running_on is not None,
+                    "blocked": live is not None and live.blocked and not live.paused,
                     "time": (v.time_ns / 1e9) if v is not None else 0.0,
                     "hard": sorted(v.hard if v is not None else self._hard_affinity(domain, index)),
                     "soft": list(range(self.host_cpus)),
@@ -784,8 +784,8 @@ class CreditScheduler(Scheduler):
         """The pCPU it runs on, or waits for; for an idle vCPU, the one it last ran on."""
         if v.running_on is not None:
             return v.running_on
-        if v.blocked and v.last_cpu in v.hard:
-            return v.last_cpu  # type: ignore[return-value]
+        if v.blocked and v.last_cpu is not None and v.last_cpu in v.hard:
+            return v.last_cpu
         return v.processor
 
     def domain_time(self, domid: int) -> float:

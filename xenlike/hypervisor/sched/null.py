@@ -79,14 +79,14 @@ class NullScheduler(Scheduler):
             entry = self._vcpus.get((domid, index))
             if entry is not None:
                 entry.refresh()
-            online = entry is not None and not entry.proc.gone
+            live = entry if entry is not None and not entry.proc.gone else None
             rows.append(
                 {
                     "vcpu": index,
-                    "online": online,
-                    "cpu": entry.cpu if online else None,
-                    "running": online and entry.runnable and not domain.paused,
-                    "blocked": online and not entry.runnable and not domain.paused,
+                    "online": live is not None,
+                    "cpu": live.cpu if live is not None else None,
+                    "running": live is not None and live.runnable and not domain.paused,
+                    "blocked": live is not None and not live.runnable and not domain.paused,
                     "time": entry.time_ns / 1e9 if entry is not None else 0.0,
                     "hard": sorted(entry.hard if entry is not None else self._hard_affinity(domain, index)),
                     "soft": list(range(self.host_cpus)),
