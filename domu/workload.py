@@ -85,7 +85,6 @@ class WorkloadContext:
     shutdown: threading.Event = field(default_factory=threading.Event)
     shutdown_reason: str | None = None
     disks: dict[str, Any] = field(default_factory=dict)
-    net: Any = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("workload"))
     vcpus: list[Any] = field(default_factory=list)
 

@@ -148,12 +148,27 @@ def _seccomp_program() -> bytes:
     return seccomp.guest_policy().build()
 
 
-def warm_up() -> None:
-    """Compute in the zygote, before it forks, what every shell's jail reads."""
+@functools.cache
+def _base_view_plan(uid: int) -> dict[str, list[str]]:
+    """Where the base allowance needs a covered directory for a guest uid like ``uid`` (computed once)."""
+    return _View(uid).plan([path for path, _access in _base_allowance()])
+
+
+def warm_up(policy: JailPolicy | None = None) -> None:
+    """Compute in the zygote, before it forks, what every shell's jail reads.
+
+    Each shell then runs only system calls and code the zygote has already run:
+    code first run after the fork would be specialised there, in pages the
+    shell then owns alone (CPython 3.11 writes into the bytecode it quickens).
+    """
     _base_allowance()
     _registered_workloads()
     if seccomp.supported():
         _seccomp_program()
+    if policy is not None and policy.as_root:
+        _base_view_plan(policy.uid_of(1))
+    if policy is not None and policy.has("landlock"):
+        os.close(landlock.Ruleset().allow_all(_base_allowance()).create())
 
 
 def workload_target(workload: str) -> str | None:
@@ -201,7 +216,8 @@ class _View:
         self.uid = uid
         self.covered: set[str] = set()
 
-    def expose(self, paths: list[str]) -> None:
+    def plan(self, paths: list[str]) -> dict[str, list[str]]:
+        """Which paths need a covered directory, by that directory (what :meth:`expose` mounts)."""
         by_root: dict[str, list[str]] = {}
         for path in _outermost(paths):
             root = next((c for c in self.covered if path.startswith(c + "/")), None) or _unsearchable_ancestor(
@@ -209,7 +225,11 @@ class _View:
             )
             if root is not None:
                 by_root.setdefault(root, []).append(path)
-        for root, beneath in by_root.items():
+        return by_root
+
+    def expose(self, paths: list[str], plan: dict[str, list[str]] | None = None) -> None:
+        """Make ``paths`` reachable by the guest's uid (``plan``: computed earlier by :meth:`plan`)."""
+        for root, beneath in (plan if plan is not None else self.plan(paths)).items():
             fds = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in beneath]
             try:
                 if root not in self.covered:
@@ -260,7 +280,7 @@ class ShellJail:
         if policy.has("namespaces"):
             namespaces.enter_guest_namespaces("xenlike-guest", user_namespace=not policy.as_root)
             if self._view is not None:
-                self._view.expose([path for path, _access in _base_allowance()])
+                self._view.expose([], _base_view_plan(self._view.uid))
             if policy.has("private-proc"):
                 namespaces.mount_private_proc()
             else:

@@ -183,7 +183,7 @@ class _JailSetup:
 
 
 def _jail_setup(policy: JailPolicy) -> _JailSetup:
-    warm_up()  # what every shell's jail reads, computed once before the forks
+    warm_up(policy)  # what every shell's jail reads, computed once before the forks
     read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     return _JailSetup(policy, read_end, write_end)
 

@@ -47,7 +47,11 @@ class RunDir:
         self.path = self.path.absolute()
 
     def ensure(self) -> RunDir:
-        (self.path / "logs").mkdir(parents=True, exist_ok=True)
+        """Create the directory if need be (mode 0700: its sockets are the host's controls) and its ``logs``."""
+        if not self.path.exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)  # not the umask's: nobody but its owner may reach the toolstack
+        (self.path / "logs").mkdir(exist_ok=True)
         return self
 
     @property

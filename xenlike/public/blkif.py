@@ -74,7 +74,6 @@ __all__ = [
     "pack_discard",
     "pack_flush",
     "pack_segments",
-    "unpack_segments",
     "unpack_segment_array",
     "REQUEST",
     "RESPONSE",
@@ -292,11 +291,6 @@ def pack_flush(req_id: int, handle: int = 0) -> bytes:
 def pack_segments(segments: list[Segment]) -> bytes:
     """The contents of indirect pages: 8-byte segments back to back."""
     return b"".join(SEGMENT.pack(s.gref, s.first_sect, s.last_sect) for s in segments)
-
-
-def unpack_segments(data: bytes | memoryview, count: int) -> list[Segment]:
-    """``count`` segments from an indirect page (copied out of it first)."""
-    return list(unpack_segment_array(data, count))
 
 
 def unpack_segment_array(data: bytes | memoryview, count: int) -> SegmentArray:

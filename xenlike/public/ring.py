@@ -127,10 +127,6 @@ class RingProtocol:
         self.request_slot = struct.Struct(request.format + f"{self.entry_size - request.size}x")
         self.response_slot = struct.Struct(response.format + f"{self.entry_size - response.size}x")
 
-    def slots_in(self, nr_pages: int) -> int:
-        """Slots of a ring of ``nr_pages`` pages (``__CONST_RING_SIZE``)."""
-        return ring_size(nr_pages * PAGE_SIZE, self.entry_size)
-
     def pack_requests(self, requests: Iterable[Sequence]) -> bytes:
         """Lay out a batch of request tuples slot by slot."""
         pack = self.request_slot.pack
@@ -282,14 +278,6 @@ class FrontRing(_RingEnd):
         data = _wrapping_copy_out(self._slots, self._slot_offset(self.rsp_cons), count * self.entry_size)
         self.rsp_cons = (self.rsp_cons + count) & RING_IDX_MASK
         return data, count
-
-    def get_response(self) -> tuple | None:
-        """The next response as a tuple, or None if there is none."""
-        if not self.unconsumed_responses():
-            return None
-        fields = self.protocol.response.unpack_from(self._slots, self._slot_offset(self.rsp_cons))
-        self.rsp_cons = (self.rsp_cons + 1) & RING_IDX_MASK
-        return fields
 
     def final_check_for_responses(self) -> bool:
         """``RING_FINAL_CHECK_FOR_RESPONSES``: re-arm rsp_event, then look once more.
