@@ -130,7 +130,7 @@ class Dom0:
             return self._hypercall.multicall(calls)
         except HypercallError as exc:
             if undo is not None:
-                undo(getattr(exc, "results", []))
+                undo(exc.results)
             raise
 
     def adopt_port(self, result: dict, fds: list[int]) -> int:

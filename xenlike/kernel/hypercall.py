@@ -86,14 +86,23 @@ class HypercallError(OSError):
 
     ``strerror`` is the hypervisor's own sentence, fit to show a user. For a
     refusal inside a multicall, ``call_index`` and ``call_op`` say which call
-    it was (Xen's ``multicall_entry`` whose ``result`` is an error); ``str()``
-    adds them, for logs.
+    it was (Xen's ``multicall_entry`` whose ``result`` is an error), ``results``
+    holds the results of the calls before it (empty otherwise); ``str()`` adds
+    the index and op, for logs.
     """
 
-    def __init__(self, err: int, message: str, call_index: int | None = None, call_op: str | None = None) -> None:
+    def __init__(
+        self,
+        err: int,
+        message: str,
+        call_index: int | None = None,
+        call_op: str | None = None,
+        results: list[Any] | None = None,
+    ) -> None:
         super().__init__(err, message)
         self.call_index = call_index
         self.call_op = call_op
+        self.results: list[Any] = [] if results is None else results
 
     def __str__(self) -> str:
         text = super().__str__()
@@ -172,8 +181,8 @@ class HypercallClient:
                 error["message"],
                 call_index=index,
                 call_op=f"{error['op']} {cmd}" if cmd else error["op"],
+                results=[r for r, _ in results],
             )
-            exc.results = [r for r, _ in results]  # type: ignore[attr-defined]
             raise exc
         return results
 
