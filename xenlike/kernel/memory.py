@@ -54,9 +54,10 @@ class GuestMemory:
         self.fd = fd
         self.nr_frames = nr_frames
         self.size = nr_frames * PAGE_SIZE
-        self._map = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.view = memoryview(self._map)
-        self._base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        mapping = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._map: mmap.mmap | None = mapping  # None once closed
+        self.view = memoryview(mapping)
+        self._base = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
 
     @classmethod
     def create(cls, nr_frames: int, name: str = "xenlike-guest") -> GuestMemory:
@@ -102,9 +103,12 @@ class GuestMemory:
 
     def release_frames(self, pfns: Iterable[int]) -> None:
         """Punch the frames out of the memfd: their contents are gone, their memory freed."""
+        mapping = self._map
+        if mapping is None:
+            raise ValueError("this domain's memory is closed")
         for pfn in pfns:
             self.check_frame(pfn)
-            self._map.madvise(mmap.MADV_REMOVE, pfn * PAGE_SIZE, PAGE_SIZE)
+            mapping.madvise(mmap.MADV_REMOVE, pfn * PAGE_SIZE, PAGE_SIZE)
 
     def resident_frames(self) -> int:
         """How many frames are backed by host memory (sparse frames excluded)."""
@@ -116,7 +120,7 @@ class GuestMemory:
             return
         self.view.release()
         self._map.close()
-        self._map = None  # type: ignore[assignment]
+        self._map = None
         if close_fd:
             os.close(self.fd)
 
@@ -163,23 +167,24 @@ class ForeignMapping:
         self.size = len(self.pfns) * PAGE_SIZE
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         # Reserve the whole range first so each frame can be placed at its slot.
-        self._addr = _checked_mmap(None, self.size, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        addr = _checked_mmap(None, self.size, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
         try:
             for i, pfn in enumerate(self.pfns):
-                _checked_mmap(
-                    self._addr + i * PAGE_SIZE, PAGE_SIZE, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, pfn * PAGE_SIZE
-                )
+                _checked_mmap(addr + i * PAGE_SIZE, PAGE_SIZE, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, pfn * PAGE_SIZE)
         except BaseException:
-            _libc.munmap(self._addr, self.size)
+            _libc.munmap(addr, self.size)
             raise
-        raw = (ctypes.c_char * self.size).from_address(self._addr)
+        self._addr: int | None = addr  # None once unmapped
+        raw = (ctypes.c_char * self.size).from_address(addr)
         view = memoryview(raw).cast("B")
         self.view = view if writable else view.toreadonly()
         self._raw_view = view
 
     @property
     def address(self) -> int:
-        """Virtual address of the first mapped byte in this process."""
+        """Virtual address of the first mapped byte in this process; ValueError once closed."""
+        if self._addr is None:
+            raise ValueError("this foreign mapping is closed")
         return self._addr
 
     def frame(self, index: int) -> memoryview:
@@ -193,7 +198,7 @@ class ForeignMapping:
         self.view.release()
         self._raw_view.release()
         _libc.munmap(self._addr, self.size)
-        self._addr = None  # type: ignore[assignment]
+        self._addr = None
 
     def __enter__(self) -> ForeignMapping:
         return self
@@ -219,27 +224,27 @@ class ForeignArena:
         self.fd = fd
         self.nr_slots = nr_slots
         self.size = nr_slots * PAGE_SIZE
-        self._addr = _checked_mmap(None, self.size, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
-        self.view = memoryview((ctypes.c_char * self.size).from_address(self._addr)).cast("B")
+        addr = _checked_mmap(None, self.size, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        self._addr: int | None = addr  # None once unmapped
+        self.view = memoryview((ctypes.c_char * self.size).from_address(addr)).cast("B")
 
     @property
     def address(self) -> int:
-        """Virtual address of slot 0 in this process."""
+        """Virtual address of slot 0 in this process; ValueError once closed."""
+        if self._addr is None:
+            raise ValueError("this arena is closed")
         return self._addr
 
     def map(self, slot: int, pfn: int, *, writable: bool) -> None:
         """Place frame ``pfn`` of the arena's memfd in ``slot`` (replacing what was there)."""
-        self._check_slot(slot)
+        addr = self._slot_address(slot)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        _checked_mmap(
-            self._addr + slot * PAGE_SIZE, PAGE_SIZE, prot, mmap.MAP_SHARED | _MAP_FIXED, self.fd, pfn * PAGE_SIZE
-        )
+        _checked_mmap(addr, PAGE_SIZE, prot, mmap.MAP_SHARED | _MAP_FIXED, self.fd, pfn * PAGE_SIZE)
 
     def unmap(self, slot: int) -> None:
         """Empty ``slot``: the frame is no longer reachable from this process."""
-        self._check_slot(slot)
         _checked_mmap(
-            self._addr + slot * PAGE_SIZE,
+            self._slot_address(slot),
             PAGE_SIZE,
             _PROT_NONE,
             mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED,
@@ -253,11 +258,13 @@ class ForeignArena:
             return
         self.view.release()
         _libc.munmap(self._addr, self.size)
-        self._addr = None  # type: ignore[assignment]
+        self._addr = None
 
-    def _check_slot(self, slot: int) -> None:
+    def _slot_address(self, slot: int) -> int:
+        """Where ``slot`` is in this process; IndexError for a slot out of range or in a closed arena."""
         if self._addr is None or not 0 <= slot < self.nr_slots:
             raise IndexError(f"slot {slot} is outside this arena (0..{self.nr_slots - 1})")
+        return self._addr + slot * PAGE_SIZE
 
 
 class PageAllocator:
