@@ -12,6 +12,9 @@ smallest example of a :class:`~xenlike.hypervisor.sched.Scheduler`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+
 from xenlike.hypervisor.sched import SchedDomain, Scheduler, VcpuProcess
 
 __all__ = ["NullScheduler"]
@@ -44,8 +47,8 @@ class NullScheduler(Scheduler):
     name = "null"
     description = "leaves placement to Linux: hard affinity only, nothing stopped"
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, pcpus: Sequence[int], clock: Callable[[], int] = time.monotonic_ns) -> None:
+        super().__init__(pcpus, clock)
         self._vcpus: dict[tuple[int, int], _Vcpu] = {}
 
     def vcpu_up(self, domid: int, vcpu: int, pid: int) -> None:
