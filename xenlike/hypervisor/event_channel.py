@@ -176,15 +176,17 @@ class EventChannelHost:
         entry = self._port(table, domid, port)
         updates: list[PeerUpdate] = []
         if entry.state == ChannelState.INTERDOMAIN:
-            peer_table = self._domains.get(entry.remote_dom)  # type: ignore[arg-type]
-            peer = peer_table.ports.get(entry.remote_port) if peer_table else None  # type: ignore[arg-type]
+            assert entry.remote_dom is not None and entry.remote_port is not None  # bind_interdomain set both
+            peer_table = self._domains.get(entry.remote_dom)
+            peer = peer_table.ports.get(entry.remote_port) if peer_table else None
             if peer is not None and peer.state == ChannelState.INTERDOMAIN and peer.remote_port == port:
                 peer.state = ChannelState.UNBOUND
                 peer.remote_dom = domid
                 peer.remote_port = None
-                updates.append(PeerUpdate(entry.remote_dom, entry.remote_port, None))  # type: ignore[arg-type]
+                updates.append(PeerUpdate(entry.remote_dom, entry.remote_port, None))
         elif entry.state == ChannelState.VIRQ:
-            table.virqs.pop(entry.virq, None)  # type: ignore[arg-type]
+            assert entry.virq is not None  # bind_virq sets it
+            table.virqs.pop(entry.virq, None)
         del table.ports[port]
         os.close(entry.fd)
         return updates
@@ -199,7 +201,8 @@ class EventChannelHost:
         table = self._table(domid)
         entry = self._port(table, domid, port)
         if entry.state == ChannelState.INTERDOMAIN:
-            peer = self._domains[entry.remote_dom].ports[entry.remote_port]  # type: ignore[index]
+            assert entry.remote_dom is not None and entry.remote_port is not None  # bind_interdomain set both
+            peer = self._domains[entry.remote_dom].ports[entry.remote_port]
             os.eventfd_write(peer.fd, 1)
         elif entry.state in (ChannelState.VIRQ, ChannelState.IPI):
             os.eventfd_write(entry.fd, 1)
@@ -236,7 +239,8 @@ class EventChannelHost:
         for port, entry in sorted(self._table(domid).ports.items()):
             send_fd = None
             if entry.state == ChannelState.INTERDOMAIN:
-                send_fd = self._domains[entry.remote_dom].ports[entry.remote_port].fd  # type: ignore[index]
+                assert entry.remote_dom is not None and entry.remote_port is not None  # bind_interdomain set both
+                send_fd = self._domains[entry.remote_dom].ports[entry.remote_port].fd
             result.append(PortFds(port, entry.fd, send_fd))
         return result
 
@@ -282,7 +286,8 @@ def evtchn_bind_interdomain(hv: Hypervisor, caller: Domain, args: dict, fds: lis
     """EVTCHNOP_bind_interdomain: a new port of the caller's, bound to an unbound port of ``remote_dom``."""
     local, update = hv.evtchn.bind_interdomain(caller.domid, args["remote_dom"], args["remote_port"])
     hv.send_peer_updates([update])
-    return {"port": local.port}, [local.recv_fd, local.send_fd]  # type: ignore[list-item]
+    assert local.send_fd is not None  # a port just bound carries its peer's eventfd
+    return {"port": local.port}, [local.recv_fd, local.send_fd]
 
 
 def evtchn_bind_virq(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
