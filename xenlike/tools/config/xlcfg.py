@@ -205,8 +205,8 @@ class _Lexer:
                 i += 1
             elif ch in "\"'":
                 i = self._string(i, line, column, out)
-            elif "0" <= ch <= "9":
-                word = _NUMBER_WORD.match(text, i).group()  # type: ignore[union-attr]
+            elif (number_word := _NUMBER_WORD.match(text, i)) is not None:  # ch is a digit
+                word = number_word.group()
                 number = _parse_number(word)
                 if number is None:
                     raise self.error(
@@ -217,8 +217,8 @@ class _Lexer:
                     )
                 out.append(_Token("number", word, number, line, column))
                 i += len(word)
-            elif "a" <= ch <= "z":
-                word = _IDENT.match(text, i).group()  # type: ignore[union-attr]
+            elif (ident := _IDENT.match(text, i)) is not None:  # ch is a lowercase letter
+                word = ident.group()
                 out.append(_Token("key", word, word, line, column))
                 i += len(word)
             else:
@@ -256,8 +256,8 @@ class _Lexer:
                     raise self.error(line, esc_column, "expected two hex digits after \\x in a string")
                 chars.append(chr(int(digits.group(), 16)))
                 i += 2 + 2
-            elif "0" <= nxt <= "7":
-                octal = _OCTAL.match(text, i + 1).group()  # type: ignore[union-attr]  # nxt is an octal digit
+            elif (octal_digits := _OCTAL.match(text, i + 1)) is not None:  # nxt is an octal digit
+                octal = octal_digits.group()
                 if int(octal, 8) > 0o377:
                     raise self.error(line, esc_column, f"octal escape \\{octal} is above \\377")
                 chars.append(chr(int(octal, 8)))
