@@ -303,10 +303,13 @@ class XenbusBackend:
         refs = [self.read_otherend(dev, key) for key in ring_ref_keys(order, prefix)]
         if order == 0 and refs[0] is None:  # a one-page ring published as ring-ref0
             refs = [self.read_otherend(dev, f"{prefix}{RING_REF}0")]
-        try:
-            return [int(ref) for ref in refs]  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise BackendError(f"the front end published no usable {prefix}{RING_REF} for order {order}") from None
+        texts = [ref for ref in refs if ref is not None]
+        if len(texts) == len(refs):  # every ring-ref is there
+            try:
+                return [int(ref) for ref in texts]
+            except ValueError:
+                pass
+        raise BackendError(f"the front end published no usable {prefix}{RING_REF} for order {order}")
 
     def bind_evtchn(self, dev: XenbusDevice, remote_port: int) -> tuple[int, list[int]]:
         """``xenbus_bind_evtchn``: bind to the front end's port; returns dom0's port and its two fds.
