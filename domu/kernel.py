@@ -71,14 +71,15 @@ class PreparedShell:
 
     def _run(self) -> None:
         self._attached.wait()
+        kernel = self._kernel
+        assert kernel is not None  # attach sets it before it sets _attached
         if self.confine is not None:
             try:
                 self.confine()
             except OSError as exc:
-                label = self._kernel.label if self._kernel is not None else "guest"
-                print(f"[{label}] cannot confine the event loop: {exc}", file=sys.__stderr__, flush=True)
+                print(f"[{kernel.label}] cannot confine the event loop: {exc}", file=sys.__stderr__, flush=True)
                 os._exit(70)  # never serve the guest unconfined
-        self._kernel._event_loop()  # type: ignore[union-attr]
+        kernel._event_loop()
 
     def attach(self, kernel: Kernel) -> None:
         self._kernel = kernel

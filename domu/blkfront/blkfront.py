@@ -54,6 +54,8 @@ from ..xenbus_frontend import SharedRing
 from .pool import MAX_POOL_PAGES, MAX_SEGMENTS, MIN_POOL_PAGES, _GrantPool, _Run, pages_per_request
 
 if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
     from ..xenbus_frontend import FrontDevice, XenbusFrontend
 
 __all__ = ["BlockDevice", "BlockIOError", "BlkBatch", "BlkBuffer", "BlkFuture", "DiskFile"]
@@ -597,7 +599,10 @@ class BlockDevice:
 
         The slots go into the ring's private producer index, unpublished; returns how many.
         """
-        room = self.ring.free_requests() if self.ring is not None else 0
+        ring = self.ring
+        if ring is None:  # not set up: no room
+            return 0
+        room = ring.free_requests()
         slots = []
         for request in requests[start : start + room]:
             run = request.run if request.run is not None else self._take_pages(request.nr_pages)
@@ -608,14 +613,15 @@ class BlockDevice:
             pooled = run if request.run is None else None  # a buffer's pages stay lent when it completes
             self._inflight[req_id] = _Inflight(request.op, request.sector, request.nbytes, pooled, request.future)
         if slots:
-            self.ring.put_requests(b"".join(slots))  # type: ignore[union-attr]
+            ring.put_requests(b"".join(slots))
         return len(slots)
 
     def _take_pages(self, nr_pages: int) -> _Run | None:
         """``nr_pages`` pool pages (``_cond`` held); None if none are needed or none are free."""
         if not nr_pages:
             return None
-        pool: _GrantPool = self._pool  # type: ignore[assignment]
+        pool = self._pool
+        assert pool is not None  # setup_pool made it before the disk was handed out
         if nr_pages > pool.chunk_pages:
             raise BlockIOError(f"{self.vdev}: a request of {nr_pages} pages exceeds the pool's {pool.chunk_pages}")
         run = pool.take(nr_pages)
@@ -652,23 +658,27 @@ class BlockDevice:
         with self._cond:
             self._buffers.discard(buffer)
             if not self.closing:
-                self._pool.give(run)  # type: ignore[union-attr]
+                assert self._pool is not None  # the buffer's pages came from it
+                self._pool.give(run)
                 self._cond.notify_all()
 
     def _push(self) -> None:
         """Publish the placed requests; kick the back end only if it asked (``_cond`` held)."""
-        if self.ring.push_requests():  # type: ignore[union-attr]
-            self.kernel.loop.notify(self.port)  # type: ignore[arg-type]
+        ring, port = self.ring, self.port
+        assert ring is not None and port is not None  # requests were placed: setup_ring set both
+        if ring.push_requests():
+            self.kernel.loop.notify(port)
 
     # -- completion (the event loop) -------------------------------------------------
 
     def _on_event(self, port: int) -> None:
-        if self.ring is None:
+        ring = self.ring
+        if ring is None:
             return
         with self._cond:
-            self._take_responses()
-            while self.ring.final_check_for_responses():  # re-armed: the next response notifies
-                self._take_responses()
+            self._take_responses(ring)
+            while ring.final_check_for_responses():  # re-armed: the next response notifies
+                self._take_responses(ring)
             self._cond.notify_all()
 
     def _poll_responses(self) -> None:
@@ -677,19 +687,21 @@ class BlockDevice:
         ``rsp_event`` is not re-armed: while a thread keeps polling, the back end
         need not notify; before a waiter sleeps, the event loop's handler re-arms.
         """
-        if self.ring is None:
+        ring = self.ring
+        if ring is None:
             return
         with self._cond:
-            if self._take_responses():
+            if self._take_responses(ring):
                 self._cond.notify_all()
-            elif not self.ring.final_check_for_responses():
+            elif not ring.final_check_for_responses():
                 return  # re-armed: the event loop will be woken
             else:
-                self._take_responses()
+                self._take_responses(ring)
                 self._cond.notify_all()
 
-    def _take_responses(self) -> int:
-        data, count = self.ring.get_responses()  # type: ignore[union-attr]
+    def _take_responses(self, ring: FrontRing) -> int:
+        """Complete every response ``ring`` holds (``_cond`` held); returns how many."""
+        data, count = ring.get_responses()
         for req_id, op, status in BLKIF_PROTOCOL.unpack_responses(data):
             self._complete(req_id, op, status)
         return count
@@ -707,7 +719,8 @@ class BlockDevice:
             inflight.future.set(collect=lambda: self._collect(req_id, inflight))
             return
         if inflight.run is not None:
-            self._pool.give(inflight.run)  # type: ignore[union-attr]
+            assert self._pool is not None  # the run came from it
+            self._pool.give(inflight.run)
         if status == BLKIF_RSP_OKAY:
             inflight.future.set()
         else:
@@ -722,13 +735,14 @@ class BlockDevice:
 
     def _collect(self, req_id: int, inflight: _Inflight) -> bytes:
         """A completed READ's data: copied out of its pool pages, which go back to the pool."""
-        if inflight.run is None:  # already copied out (_copy_out sets the data first)
-            return inflight.data  # type: ignore[return-value]
-        with self._cond:
-            if self._uncollected.pop(req_id, None) is not None:
-                self._copy_out(inflight)
-                self._cond.notify_all()
-        return inflight.data  # type: ignore[return-value]
+        if inflight.run is not None:  # not copied out yet (_copy_out sets the data before it drops the run)
+            with self._cond:
+                if self._uncollected.pop(req_id, None) is not None:
+                    self._copy_out(inflight)
+                    self._cond.notify_all()
+        data = inflight.data
+        assert data is not None  # copied out, here or by another thread's _collect_all
+        return data
 
     def _collect_completed(self) -> None:
         """Copy out every completed READ nobody has asked for yet, under one hold of ``_cond``."""
@@ -749,7 +763,8 @@ class BlockDevice:
         base = run.pfn * PAGE_SIZE
         inflight.data = bytes(self.kernel.memory.view[base : base + inflight.nbytes])
         inflight.run = None
-        self._pool.give(run)  # type: ignore[union-attr]
+        assert self._pool is not None  # the run came from it
+        self._pool.give(run)
 
 
 class BlkBatch:
@@ -890,32 +905,33 @@ class DiskFile(io.RawIOBase):
         """The current byte offset."""
         return self._pos
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         """Read up to ``len(buffer)`` bytes at the offset into ``buffer``; how many (0 at the end)."""
-        count = max(0, min(len(buffer), self.device.size - self._pos))
+        view = memoryview(buffer)
+        count = max(0, min(len(view), self.device.size - self._pos))
         if count == 0:
             return 0
         start = self._pos - self._pos % SECTOR_SIZE
         end = -(-(self._pos + count) // SECTOR_SIZE) * SECTOR_SIZE
         data = self.device.read(start // SECTOR_SIZE, end - start)
         skip = self._pos - start
-        memoryview(buffer)[:count] = data[skip : skip + count]
+        view[:count] = data[skip : skip + count]
         self._pos += count
         return count
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: ReadableBuffer) -> int:
         """Write ``data`` at the offset, as far as the end of the disk; how many bytes were written."""
-        data = memoryview(data).cast("B")
-        count = min(len(data), self.device.size - self._pos)
+        view = memoryview(data).cast("B")
+        count = min(len(view), self.device.size - self._pos)
         if count <= 0:
             return 0
         start = self._pos - self._pos % SECTOR_SIZE
         end = -(-(self._pos + count) // SECTOR_SIZE) * SECTOR_SIZE
         if start == self._pos and end == self._pos + count:
-            self.device.write(start // SECTOR_SIZE, data[:count])
+            self.device.write(start // SECTOR_SIZE, view[:count])
         else:  # partial sectors: read, modify, write
             block = bytearray(self.device.read(start // SECTOR_SIZE, end - start))
-            block[self._pos - start : self._pos - start + count] = data[:count]
+            block[self._pos - start : self._pos - start + count] = view[:count]
             self.device.write(start // SECTOR_SIZE, block)
         self._pos += count
         return count
