@@ -181,14 +181,6 @@ def workload_target(workload: str) -> str | None:
     return target or None
 
 
-def _outermost(paths: list[str]) -> list[str]:
-    kept: list[str] = []
-    for path in sorted(set(paths)):
-        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
-            kept.append(path)
-    return kept
-
-
 def _unsearchable_ancestor(path: str, uid: int) -> str | None:
     """The outermost directory above ``path`` that ``uid`` (owner of nothing there, in no group) cannot enter."""
     current = "/"
@@ -219,7 +211,7 @@ class _View:
     def plan(self, paths: list[str]) -> dict[str, list[str]]:
         """Which paths need a covered directory, by that directory (what :meth:`expose` mounts)."""
         by_root: dict[str, list[str]] = {}
-        for path in _outermost(paths):
+        for path in landlock.outermost(paths):
             root = next((c for c in self.covered if path.startswith(c + "/")), None) or _unsearchable_ancestor(
                 path, self.uid
             )

@@ -54,6 +54,7 @@ __all__ = [
     "restrict_self",
     "python_allowance",
     "workload_allowance",
+    "outermost",
     "NETDB_FILES",
     "probe",
     "fs_rights",
@@ -453,7 +454,7 @@ def python_allowance(
     if netdb:
         read.extend(NETDB_FILES)
     read.extend(os.fspath(p) for p in extra)
-    allowance = [(path, READ) for path in _outermost(os.path.realpath(p) for p in read if os.path.exists(p))]
+    allowance = [(path, READ) for path in outermost(os.path.realpath(p) for p in read if os.path.exists(p))]
     listed = project_roots & {os.path.realpath(p or os.curdir) for p in sys.path}
     allowance.extend((path, ACCESS_FS_READ_DIR) for path in sorted(listed))
     if os.path.exists(os.devnull):
@@ -551,7 +552,7 @@ def _package_dirs(names: Iterable[str]) -> list[str]:
     return found
 
 
-def _outermost(paths: Iterable[str]) -> list[str]:
+def outermost(paths: Iterable[str]) -> list[str]:
     """Sorted, unique paths with every path beneath another one dropped."""
     kept: list[str] = []
     for path in sorted(set(paths)):

@@ -41,6 +41,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from xenlike.kernel.namespaces import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+)
+
 __all__ = [
     "SYSCALLS",
     "AUDIT_ARCH_X86_64",
@@ -668,14 +678,7 @@ def supported() -> bool:
 
 EPERM = ret_errno(_errno.EPERM)
 
-# include/uapi/linux/sched.h
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
+# include/uapi/linux/sched.h (the CLONE_NEW* flags are named once, in namespaces)
 CLONE_PARENT = 0x00008000
 CLONE_NAMESPACES = (
     CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
