@@ -43,7 +43,7 @@ import signal
 from dataclasses import dataclass
 from importlib import metadata
 
-from xenlike.kernel import landlock, namespaces, seccomp
+from xenlike.kernel import cgroup, landlock, namespaces, seccomp
 from xenlike.kernel.namespaces import Mechanism
 from xenlike.public.start_info import START_INFO_PFN, StartInfo
 from xenlike.public.xen import PAGE_SIZE
@@ -61,7 +61,10 @@ NPROC_BASE, NPROC_PER_VCPU = 32, 16
 # Address space beyond the guest's memory: the interpreter, its libraries and heap,
 # thread stacks and glibc's per-thread malloc arenas (64 MiB of address space each).
 ADDRESS_SPACE_SLACK = 1024 << 20
+# What a guest may have resident beyond its memory (the interpreter and its heap), under its cgroup.
+CGROUP_MEMORY_SLACK = 256 << 20
 WORKLOAD_GROUP = "xenlike.workloads"
+CGROUP_PREFIX = "xenlike-"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ def mechanisms() -> list[Mechanism]:
     return [
         *namespaces.probe(),
         landlock.probe(),
+        cgroup.probe(),
         Mechanism(
             "seccomp",
             seccomp.supported(),
@@ -265,6 +269,7 @@ class ShellJail:
         self._ruleset: landlock.Ruleset | None = None
         # Any guest uid sees the same: the view does not depend on which domain the shell becomes.
         self._view = _View(policy.uid_of(1)) if policy.as_root else None
+        self.cgroup: cgroup.DomainCgroup | None = None
 
     def prepare(self) -> None:
         """The domain-independent part; the shell must be single-threaded (a user namespace requires it)."""
@@ -280,6 +285,12 @@ class ShellJail:
             if policy.run_dir:
                 namespaces.hide_directory(policy.run_dir)
         os.chdir("/")  # a working directory inside a hidden one would still reach it
+        if policy.has("cgroup"):
+            # Made and joined ahead of need, named for the shell; enter() sets the domain's limits.
+            self.cgroup = cgroup.DomainCgroup.create(
+                shell_cgroup_name(os.getppid(), os.getpid()), memory_bytes=CGROUP_MEMORY_SLACK, pids_max=NPROC_BASE
+            )
+            self.cgroup.add(os.getpid())
         if policy.has("landlock"):
             self._ruleset = landlock.Ruleset()
             self._ruleset_fd = self._ruleset.allow_all(_base_allowance()).create()
@@ -310,6 +321,8 @@ class ShellJail:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails with EFBIG instead
         vcpus = int(boot.get("vcpus", 1))
         memory = int(boot["nr_frames"]) * PAGE_SIZE
+        if self.cgroup is not None:
+            self.cgroup.limit(memory_bytes=memory + CGROUP_MEMORY_SLACK, pids_max=NPROC_BASE + NPROC_PER_VCPU * vcpus)
         namespaces.set_rlimits(
             nofile=NOFILE,
             nproc=NPROC_BASE + NPROC_PER_VCPU * vcpus,
@@ -332,6 +345,32 @@ class ShellJail:
         """Landlock on the calling thread (the kernel binds one thread at a time); a no-op without Landlock."""
         if self._ruleset_fd >= 0:
             landlock.restrict_self(self._ruleset_fd)
+
+
+def shell_cgroup_name(zygote_pid: int, shell_pid: int) -> str:
+    """The cgroup of a jailed shell, unique to its zygote (several hosts share a machine)."""
+    return f"{CGROUP_PREFIX}{zygote_pid}-s{shell_pid}"
+
+
+def remove_cgroups(names: set[str]) -> set[str]:
+    """Remove these shells' cgroups; returns those still busy (a process of the domain not yet reaped)."""
+    busy: set[str] = set()
+    for name in names:
+        try:
+            cgroup.DomainCgroup.existing(name).remove()
+        except OSError:
+            busy.add(name)
+    return busy
+
+
+def stale_cgroups() -> set[str]:
+    """Cgroups of shells whose zygote is gone (a host that was killed): what a new host sweeps away."""
+    stale = set()
+    for name in cgroup.DomainCgroup.names(CGROUP_PREFIX):
+        zygote = name[len(CGROUP_PREFIX) :].partition("-")[0]
+        if zygote.isdigit() and not os.path.exists(f"/proc/{zygote}"):
+            stale.add(name)
+    return stale
 
 
 def _start_info(memory_fd: int) -> StartInfo:

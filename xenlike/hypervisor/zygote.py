@@ -33,9 +33,9 @@ import socket
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from xenlike.hypervisor.jail import JailPolicy, ShellJail, warm_up
+from xenlike.hypervisor.jail import JailPolicy, ShellJail, remove_cgroups, shell_cgroup_name, stale_cgroups, warm_up
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message, socketpair
 from xenlike.kernel.proc import become_subreaper, die_with_parent, set_process_name
 
@@ -141,6 +141,8 @@ class _Shell:
             ours.close()
             _become_shell(theirs, zygote_sock, wake, jail, jailed)  # never returns
         theirs.close()
+        if jail is not None and jailed:
+            jail.jailed.add(pid)
         self.pid = pid
         self.sock = ours
 
@@ -170,6 +172,36 @@ class _JailSetup:
     policy: JailPolicy
     stderr_r: int
     stderr_w: int
+    jailed: set[int] = field(default_factory=set)  # pids of jailed shells, each with a cgroup of its own
+    busy_cgroups: set[str] = field(default_factory=set)  # cgroups whose last process is not reaped yet
+
+    def forget_shells(self, pids: list[int]) -> None:
+        """These shells (domains) ended: their cgroups go, now or once their vCPUs are reaped too."""
+        ended = [pid for pid in pids if pid in self.jailed]
+        self.jailed.difference_update(ended)
+        names = {shell_cgroup_name(os.getpid(), pid) for pid in ended} | self.busy_cgroups
+        self.busy_cgroups = remove_cgroups(names) if names else set()
+
+    def end_domains(self, timeout: float = 2.0) -> None:
+        """The zygote is exiting, and its domains with it: end them now, reap them, and remove their cgroups."""
+        for pid in self.jailed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while self.jailed or self.busy_cgroups:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid:
+                self.forget_shells([pid])
+                continue
+            self.forget_shells([])
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
 
     def forward_stderr(self) -> None:
         try:
@@ -184,6 +216,7 @@ class _JailSetup:
 
 def _jail_setup(policy: JailPolicy) -> _JailSetup:
     warm_up(policy)  # what every shell's jail reads, computed once before the forks
+    remove_cgroups(stale_cgroups())  # left by hosts that were killed
     read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     return _JailSetup(policy, read_end, write_end)
 
@@ -218,12 +251,16 @@ def _zygote_main(sock: socket.socket, jail: JailPolicy | None) -> None:
                         break
                 except BlockingIOError:
                     break
-            _reap(sock)
+            ended = _reap(sock)
+            if setup is not None:
+                setup.forget_shells(ended)
         if sock.fileno() in ready:
             try:
                 message, fds = recv_message(sock)
             except (ChannelClosed, ConnectionError, OSError):
                 pool.discard()
+                if setup is not None:
+                    setup.end_domains()
                 return
             if message.get("op") == "spawn":
                 pid = pool.take(message["boot"]["role"]).boot(message["boot"], fds)
@@ -275,8 +312,13 @@ class _ShellPool:
 
     def discard(self) -> None:
         """Kill and reap every ready shell (the zygote is exiting)."""
+        discarded = []
         while self._ready:
-            self._ready.popleft().discard()
+            shell = self._ready.popleft()
+            shell.discard()
+            discarded.append(shell.pid)
+        if self._jail is not None:
+            self._jail.forget_shells(discarded)
 
     def _fork(self) -> _Shell:
         return _Shell(self._zygote_sock, self._wake, self._jail, jailed=self._jail is not None)
@@ -293,14 +335,17 @@ def _jail_shell(jail: _JailSetup) -> ShellJail:
     return confinement
 
 
-def _reap(sock: socket.socket) -> None:
+def _reap(sock: socket.socket) -> list[int]:
+    """Report every child that ended (domains, and vCPUs orphaned to the zygote); returns their pids."""
+    ended: list[int] = []
     while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return ended
         if pid == 0:  # children exist, none has exited
-            return
+            return ended
+        ended.append(pid)
         cpu = usage.ru_utime + usage.ru_stime
         send_message(sock, {"event": "exited", "pid": pid, "status": status, "cpu_time": cpu})
 

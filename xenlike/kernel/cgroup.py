@@ -211,6 +211,46 @@ class DomainCgroup:
         else:
             _write(os.path.join(path, "pids.max"), str(value))
 
+    def limit(self, *, memory_bytes: int | None = None, pids_max: int | None = None) -> None:
+        """Change limits :meth:`create` set, in the directories it made (the caller may be in them by now)."""
+        for controller, value in (("memory", memory_bytes), ("pids", pids_max)):
+            path = self.paths.get(controller)
+            if value is None or path is None:
+                continue
+            if os.path.exists(os.path.join(path, f"{controller}.max")):  # v2
+                _write(os.path.join(path, f"{controller}.max"), str(value))
+            elif controller == "memory":
+                memsw = os.path.join(path, "memory.memsw.limit_in_bytes")
+                # v1 refuses a memory limit above the memory+swap one: raise that first, lower it last.
+                if os.path.exists(memsw) and value > int(_read(memsw)):
+                    _write(memsw, str(value))
+                _write(os.path.join(path, "memory.limit_in_bytes"), str(value))
+                if os.path.exists(memsw):
+                    _write(memsw, str(value))
+            else:
+                _write(os.path.join(path, "pids.max"), str(value))
+
+    @classmethod
+    def existing(cls, name: str) -> DomainCgroup:
+        """The directories named ``name`` beneath the caller's cgroups that exist now (to remove them)."""
+        group = cls(name)
+        for hierarchy in hierarchies():
+            path = os.path.join(hierarchy.own, name)
+            if os.path.isdir(path):
+                group.paths[f"v{hierarchy.version}:{','.join(sorted(hierarchy.controllers))}"] = path
+        return group
+
+    @staticmethod
+    def names(prefix: str) -> set[str]:
+        """The names of the cgroups beneath the caller's own that start with ``prefix``, in any hierarchy."""
+        found: set[str] = set()
+        for hierarchy in hierarchies():
+            try:
+                found.update(n for n in os.listdir(hierarchy.own) if n.startswith(prefix))
+            except OSError:
+                pass
+        return found
+
     def add(self, pid: int) -> None:
         """Move process ``pid`` (all its threads) into every directory of this cgroup (``cgroup.procs``)."""
         for path in sorted(set(self.paths.values())):
