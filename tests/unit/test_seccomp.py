@@ -692,7 +692,7 @@ def _guest_work(report: Reporter) -> None:
     name = ctypes.create_string_buffer(b"xl-d1-guest")
     set_name = sys_call("prctl", 15, ctypes.addressof(name))[0]  # PR_SET_NAME
     report(("prctl", (set_name, sys_call("prctl", 1, signal.SIGKILL)[0])))  # PR_SET_PDEATHSIG
-    for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+    for family in (socket.AF_INET, socket.AF_INET6):
         socket.socket(family, socket.SOCK_STREAM).close()
     socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()  # NETLINK_ROUTE
     report(("sockets", True))
@@ -733,6 +733,7 @@ def _guest_denials(report: Reporter) -> None:
         if result > 0:
             os.waitpid(result, 0)
         report((what, err))
+    report(("socket AF_UNIX", sys_call("socket", 1, 1, 0)[1]))  # connect() to a host socket needs one
     report(("socket AF_PACKET", sys_call("socket", 17, 3, 0)[1]))
     report(("socket AF_ALG", sys_call("socket", 38, 5, 0)[1]))
     report(("socket netlink audit", sys_call("socket", 16, 3, 9)[1]))
@@ -775,6 +776,7 @@ GUEST_DENIALS = {
     "clone3": errno.ENOSYS,
     "clone newuser": errno.EPERM,
     "clone parent": errno.EPERM,
+    "socket AF_UNIX": errno.EACCES,
     "socket AF_PACKET": errno.EAFNOSUPPORT,
     "socket AF_ALG": errno.EAFNOSUPPORT,
     "socket netlink audit": errno.EPROTONOSUPPORT,

@@ -146,10 +146,37 @@ def _registered_workloads() -> dict[str, str]:
     return {ep.name: ep.value.partition(":")[0] for ep in metadata.entry_points(group=WORKLOAD_GROUP)}
 
 
+# What the guests' seccomp policy refuses that the jail itself still calls once the shell knows its
+# domain (bind mounts of the workload's view, the hostname): kept for a second, small filter.
+LATE_CALLS = frozenset(
+    {
+        "mount",
+        "umount2",
+        "pivot_root",
+        "open_tree",
+        "move_mount",
+        "fsopen",
+        "fsconfig",
+        "fsmount",
+        "fspick",
+        "mount_setattr",
+        "sethostname",
+        "setdomainname",
+    }
+)
+
+
 @functools.cache
-def _seccomp_program() -> bytes:
-    """The guests' seccomp filter, assembled once in the zygote (building it costs a millisecond or more)."""
-    return seccomp.guest_policy().build()
+def _seccomp_program(late: bool = False) -> bytes:
+    """The guests' seccomp filters, assembled once in the zygote (building one costs a millisecond or more).
+
+    The early one, everything but :data:`LATE_CALLS`, goes on ahead of need with the
+    shell still one thread; the late one, those calls alone, once the domain is
+    known. The kernel applies both to every call: together they are
+    :func:`~xenlike.kernel.seccomp.guest_policy`.
+    """
+    policy = seccomp.guest_policy(only=LATE_CALLS) if late else seccomp.guest_policy(without=LATE_CALLS)
+    return policy.build()
 
 
 @functools.cache
@@ -169,6 +196,7 @@ def warm_up(policy: JailPolicy | None = None) -> None:
     _registered_workloads()
     if seccomp.supported():
         _seccomp_program()
+        _seccomp_program(late=True)
     if policy is not None and policy.as_root:
         _base_view_plan(policy.uid_of(1))
     if policy is not None and policy.has("landlock"):
@@ -285,6 +313,10 @@ class ShellJail:
             if policy.run_dir:
                 namespaces.hide_directory(policy.run_dir)
         os.chdir("/")  # a working directory inside a hidden one would still reach it
+        if policy.has("seccomp"):
+            seccomp.install(_seccomp_program(), tsync=True)  # sets no_new_privs; later threads inherit it
+        else:
+            namespaces.no_new_privs()
         if policy.has("cgroup"):
             # Made and joined ahead of need, named for the shell; enter() sets the domain's limits.
             self.cgroup = cgroup.DomainCgroup.create(
@@ -305,6 +337,7 @@ class ShellJail:
         the shell must then exit rather than run the guest unconfined.
         """
         domid, name = boot["domid"], boot["name"]
+        _guest_environment()
         if self.policy.has("namespaces"):
             namespaces.set_hostname(name)
         if self._ruleset is not None:
@@ -336,15 +369,25 @@ class ShellJail:
         else:
             namespaces.drop_capabilities()
         if self.policy.has("seccomp"):
-            seccomp.install(_seccomp_program(), tsync=True)  # sets no_new_privs on every thread
-        else:
-            namespaces.no_new_privs()
+            seccomp.install(_seccomp_program(late=True), tsync=True)  # the mounts and names are done
         self.confine_thread()
 
     def confine_thread(self) -> None:
         """Landlock on the calling thread (the kernel binds one thread at a time); a no-op without Landlock."""
         if self._ruleset_fd >= 0:
             landlock.restrict_self(self._ruleset_fd)
+
+
+# What a guest's environment keeps of the host's: the locale (so text decodes the same). Nothing else of
+# whoever ran `xenlike up` (paths, tokens, credentials in variables) is the guest's to see.
+GUEST_ENVIRONMENT_KEPT = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+
+def _guest_environment() -> None:
+    """Replace the inherited environment with a guest's own (``os.environ`` and the C ``environ`` alike)."""
+    kept = {key: os.environ[key] for key in GUEST_ENVIRONMENT_KEPT if key in os.environ}
+    os.environ.clear()
+    os.environ.update({"PATH": "/usr/bin:/bin", "HOME": "/", **kept})
 
 
 def shell_cgroup_name(zygote_pid: int, shell_pid: int) -> str:

@@ -747,13 +747,19 @@ def _guest_clone(policy: Filter) -> None:
 
 
 def _guest_sockets(policy: Filter) -> None:
-    """UNIX, IP and route-netlink sockets; any other family is "not supported".
+    """IP and route-netlink sockets, and UNIX socket pairs; a new UNIX socket is refused, any other family
+    is "not supported".
 
-    Rarer families (AF_PACKET, AF_ALG, AF_VSOCK, AF_TIPC, ...) load modules and
-    reach code with a record of bugs; route netlink serves getaddrinfo's
-    ``AI_ADDRCONFIG`` and ``getifaddrs`` in the guest's own network namespace.
+    A guest's UNIX sockets are those it was given (its hypercall channel) and the
+    pairs it makes: ``socket(AF_UNIX)`` is refused (EACCES) because Landlock
+    before ABI 9 does not cover ``connect(2)`` to a pathname socket, and the host
+    has such sockets a guest's uid might be allowed to reach. Rarer families
+    (AF_PACKET, AF_ALG, AF_VSOCK, AF_TIPC, ...) load modules and reach code with
+    a record of bugs; route netlink serves getaddrinfo's ``AI_ADDRCONFIG`` and
+    ``getifaddrs`` in the guest's own network namespace.
     """
-    for family in (AF_UNIX, AF_INET, AF_INET6):
+    policy.add("socket", ret_errno(_errno.EACCES), arg_eq(0, AF_UNIX, width=32))
+    for family in (AF_INET, AF_INET6):
         policy.add("socket", ALLOW, arg_eq(0, family, width=32))
     policy.add("socket", ALLOW, arg_eq(0, AF_NETLINK, width=32), arg_eq(2, NETLINK_ROUTE, width=32))
     policy.add("socket", ret_errno(_errno.EPROTONOSUPPORT), arg_eq(0, AF_NETLINK, width=32))
@@ -791,7 +797,7 @@ def _guest_misc(policy: Filter) -> None:
     policy.add("kill", EPERM, arg_eq(0, -1, width=32))
 
 
-def guest_policy() -> Filter:
+def guest_policy(*, only: frozenset[str] | None = None, without: frozenset[str] = frozenset()) -> Filter:
     """The seccomp filter of a domU process: everything allowed but :data:`GUEST_DENIED` and the rules below.
 
     A deny-list, so that a Python guest keeps all it uses: threads, forks of
@@ -803,13 +809,21 @@ def guest_policy() -> Filter:
     kill the process. Install it last in the jail, after the namespaces, mounts,
     process group and Landlock it forbids changing, with ``RLIMIT_CORE`` 0 (a
     ``KILL_PROCESS`` dumps core otherwise).
+
+    The policy can be installed in two filters, which the kernel both applies:
+    ``without`` leaves those :data:`GUEST_DENIED` calls out (a jail that must
+    still mount installs it early), ``only`` keeps just them, and none of the
+    argument rules (the late, small filter).
     """
     policy = Filter(ALLOW, foreign=KILL_PROCESS)
-    _guest_clone(policy)
+    if only is None:
+        _guest_clone(policy)
     for names, action, _why in GUEST_DENIED:
         for name in names:
-            policy.add(name, action)
-    _guest_sockets(policy)
-    _guest_ioctl(policy)
-    _guest_misc(policy)
+            if name not in without and (only is None or name in only):
+                policy.add(name, action)
+    if only is None:
+        _guest_sockets(policy)
+        _guest_ioctl(policy)
+        _guest_misc(policy)
     return policy
