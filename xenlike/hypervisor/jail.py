@@ -313,6 +313,9 @@ class ShellJail:
             if policy.run_dir:
                 namespaces.hide_directory(policy.run_dir)
         os.chdir("/")  # a working directory inside a hidden one would still reach it
+        _guest_environment()
+        if policy.as_root:
+            namespaces.drop_bounding_set()  # the part of dropping the identity that needs no uid yet
         if policy.has("seccomp"):
             seccomp.install(_seccomp_program(), tsync=True)  # sets no_new_privs; later threads inherit it
         else:
@@ -337,7 +340,6 @@ class ShellJail:
         the shell must then exit rather than run the guest unconfined.
         """
         domid, name = boot["domid"], boot["name"]
-        _guest_environment()
         if self.policy.has("namespaces"):
             namespaces.set_hostname(name)
         if self._ruleset is not None:
@@ -365,7 +367,7 @@ class ShellJail:
         )
         if self.policy.as_root:
             uid = self.policy.uid_of(domid)
-            namespaces.drop_identity(uid, uid)
+            namespaces.drop_identity(uid, uid, bounding_dropped=True)
         else:
             namespaces.drop_capabilities()
         if self.policy.has("seccomp"):

@@ -72,6 +72,7 @@ __all__ = [
     "mount_tmpfs",
     "bind_mount",
     "drop_identity",
+    "drop_bounding_set",
     "drop_capabilities",
     "capabilities",
     "set_rlimits",
@@ -425,7 +426,17 @@ def drop_capabilities() -> None:
         raise CapabilityError(errno.EPERM, "capabilities remain after capset")
 
 
-def drop_identity(uid: int, gid: int, *, dumpable: bool = False) -> None:
+def drop_bounding_set() -> None:
+    """Empty the ambient and bounding capability sets ahead of :func:`drop_identity` (they need no uid).
+
+    A process that knows it will drop its identity later, but not yet to what,
+    does this part early; :func:`drop_identity` with ``bounding_dropped`` then
+    skips it. Raises :class:`CapabilityError`.
+    """
+    _drop_bounding_and_ambient()
+
+
+def drop_identity(uid: int, gid: int, *, dumpable: bool = False, bounding_dropped: bool = False) -> None:
     """Become ``uid``:``gid`` for good, with no supplementary group and no capability. Needs root.
 
     Order: ambient and bounding sets emptied (while ``CAP_SETPCAP`` is held),
@@ -449,7 +460,8 @@ def drop_identity(uid: int, gid: int, *, dumpable: bool = False) -> None:
         raise IdentityError(errno.EPERM, f"becoming {uid}:{gid} needs CAP_SETUID and CAP_SETGID")
     if _prctl(_PR_SET_KEEPCAPS, 0) < 0:
         raise CapabilityError(_errno(), "prctl(PR_SET_KEEPCAPS, 0)")
-    _drop_bounding_and_ambient()
+    if not bounding_dropped:
+        _drop_bounding_and_ambient()
     for what, call in (
         ("setgroups([])", lambda: os.setgroups([])),
         (f"setresgid({gid})", lambda: os.setresgid(gid, gid, gid)),
