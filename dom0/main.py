@@ -68,6 +68,9 @@ class Dom0:
         self.context = zmq.Context()
         self.api = self.context.socket(zmq.ROUTER)
         self.api.setsockopt(zmq.LINGER, 1000)
+        # A reply that cannot be queued (the client is gone, or its queue is full) fails
+        # the send instead of vanishing, so the toolstack can log it.
+        self.api.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.api.bind(run_dir.endpoint("toolstack"))
         self.publisher = self.context.socket(zmq.PUB)
         self.publisher.setsockopt(zmq.LINGER, 0)

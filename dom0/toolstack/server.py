@@ -212,10 +212,21 @@ class Toolstack:
                 request.reply(result)
 
     def _send(self, identity: bytes, message: dict) -> None:
+        """Send one reply or event; one that cannot be encoded becomes an error reply saying why."""
         try:
-            self.api.send_multipart([identity, msgpack.packb(message, use_bin_type=True)], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the client went away
+            payload = msgpack.packb(message, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            log.error("a reply to request %s could not be encoded: %s", message.get("id"), exc)
+            payload = msgpack.packb(
+                {"id": message.get("id", 0), "ok": False, "error": f"the reply could not be encoded: {exc}"},
+                use_bin_type=True,
+            )
+        try:
+            self.api.send_multipart([identity, payload], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # With ROUTER_MANDATORY: EHOSTUNREACH, the client went away; EAGAIN, its queue is full.
+            level = logging.INFO if exc.errno == zmq.EHOSTUNREACH else logging.WARNING
+            log.log(level, "a message for request %s was not delivered: %s", message.get("id"), exc)
 
     # -- waiters and polls -----------------------------------------------------------
 

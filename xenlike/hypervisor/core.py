@@ -41,7 +41,17 @@ from xenlike.hypervisor.hypercall_table import HYPERCALLS
 from xenlike.hypervisor.sched import Scheduler
 from xenlike.hypervisor.zygote import Zygote
 from xenlike.kernel.gnttab import GrantTableFrames
-from xenlike.kernel.hypercall import ChannelClosed, HypercallError, recv_message, send_message, socketpair
+from xenlike.kernel.hypercall import (
+    MAX_REQUEST,
+    ChannelClosed,
+    Fragments,
+    HypercallError,
+    MessageIncomplete,
+    MessageTooLarge,
+    recv_message,
+    send_message,
+    socketpair,
+)
 from xenlike.kernel.machine import Machine
 from xenlike.kernel.memory import GuestMemory
 from xenlike.public.event_channel import VIRQ, EvtchnError
@@ -56,6 +66,11 @@ STOP_TIMEOUT_S = 5.0  # how long a stopping host waits for its domains to be rea
 MIN_FREE_FRAMES = 8  # a domain has more frames than this beyond its start info, rings and grant table
 
 log = logging.getLogger("xenlike.hypervisor")
+
+
+def _peer_gone(exc: OSError) -> bool:
+    """Whether a send failed because the other end is gone (its exit is handled through the zygote)."""
+    return exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
 
 
 class _Call(NamedTuple):
@@ -108,6 +123,7 @@ class Hypervisor:
         self._gnttabs: dict[int, GrantTableFrames] = {}
         self._by_pid: dict[int, Domain] = {}
         self._by_sock: dict[int, Domain] = {}
+        self._fragments: dict[int, Fragments] = {}  # a request arriving in fragments, per channel
         self._waiting_destroy: dict[int, list[_Call]] = {}
         self._changed_domains: set[int] = set()  # since dom0 last asked (get_changed_domains)
         self._next_domid = 1
@@ -244,8 +260,13 @@ class Hypervisor:
         domain = self._by_sock.get(sock.fileno())
         if domain is None:
             return
+        pending = self._fragments.get(sock.fileno())
+        if pending is None:
+            pending = self._fragments[sock.fileno()] = Fragments(MAX_REQUEST)
         try:
-            message, fds = recv_message(sock)
+            message, fds = recv_message(sock, pending=pending)
+        except MessageIncomplete:
+            return  # the rest comes in later datagrams; nobody waits for it here
         except (ChannelClosed, ConnectionError):
             if sock.fileno() in self._worker_channels:
                 self._close_worker_channel(self._worker_channels[sock.fileno()], "its process exited")
@@ -350,18 +371,33 @@ class Hypervisor:
         return self._current_call
 
     def _reply(self, sock: socket.socket, call_id: Any, result: Any, fds: Sequence[int] = ()) -> None:
+        """Send a reply; one that cannot be sent becomes an error reply saying why, so no caller waits forever."""
         try:
             send_message(sock, {"id": call_id, "ok": True, "result": result}, fds)
-        except OSError:
-            pass  # the caller died; its exit is handled through the zygote
+            return
+        except MessageTooLarge as exc:
+            err, why = errno.EMSGSIZE, str(exc)
+        except (TypeError, ValueError) as exc:  # msgpack cannot pack the result
+            err, why = errno.EINVAL, f"the reply could not be encoded: {exc}"
+        except OSError as exc:
+            if _peer_gone(exc):
+                return  # the caller died; its exit is handled through the zygote
+            err, why = exc.errno or errno.EIO, f"the reply could not be sent: {exc.strerror or exc}"
+        domain = self._by_sock.get(sock.fileno())
+        log.warning("%s: the reply to hypercall %s was refused: %s", domain.label if domain else "?", call_id, why)
+        self._reply_error(sock, call_id, err, f"the reply could not be sent: {why}")
 
     def _reply_error(self, sock: socket.socket, call_id: Any, err: int, message: str) -> None:
         try:
             send_message(
                 sock, {"id": call_id, "ok": False, "errno": errno.errorcode.get(err, "EINVAL"), "error": message}
             )
-        except OSError:
-            pass
+        except OSError as exc:
+            if not _peer_gone(exc):
+                domain = self._by_sock.get(sock.fileno())
+                log.error(
+                    "%s: an error reply to hypercall %s was lost: %s", domain.label if domain else "?", call_id, exc
+                )
 
     def send_event(self, domid: int, event: dict, fds: Sequence[int] = ()) -> None:
         """An asynchronous event for a running domain on its hypercall socket (``evtchn_new``, ``evtchn_peer``)."""
@@ -370,8 +406,9 @@ class Hypervisor:
             return  # not running yet: it gets its ports at spawn
         try:
             send_message(domain.sock, event, fds)
-        except OSError:
-            pass
+        except (OSError, ValueError) as exc:
+            if not (isinstance(exc, OSError) and _peer_gone(exc)):
+                log.error("%s: event %s was lost: %s", domain.label, event.get("event"), exc)
 
     def send_peer_updates(self, updates: list[PeerUpdate]) -> None:
         """Tell each domain whose port a peer bound or closed its new send fd (or none)."""
@@ -426,6 +463,7 @@ class Hypervisor:
                 len(left),
             )
         fd = channel.sock.fileno()
+        self._forget_fragments(fd)
         self.selector.unregister(channel.sock)
         del self._worker_channels[fd]
         self._by_sock.pop(fd, None)
@@ -527,9 +565,15 @@ class Hypervisor:
         if domain.sock is None:
             return
         self.selector.unregister(domain.sock)
+        self._forget_fragments(domain.sock.fileno())
         self._by_sock.pop(domain.sock.fileno(), None)
         domain.sock.close()
         domain.sock = None
+
+    def _forget_fragments(self, fd: int) -> None:
+        pending = self._fragments.pop(fd, None)
+        if pending is not None:
+            pending.discard()
 
     def _on_exit(self, pid: int, status: int, cpu_time: float) -> None:
         domain = self._by_pid.pop(pid, None)

@@ -4,7 +4,11 @@ Each domain talks to the hypervisor over a private ``SOCK_SEQPACKET`` socket it
 inherits at spawn. One packet is one msgpack-encoded message; file descriptors
 (memory, event channels) ride along as ``SCM_RIGHTS`` ancillary data, so the
 kernel duplicates them into the receiver. Sequenced packets keep message
-boundaries and never split a message from its descriptors.
+boundaries and never split a message from its descriptors. A message larger
+than a packet may be (the socket's send buffer, about 208 KiB by default: a
+``getdomaininfo`` of ~900 domains) goes as fragments, in order, the fds on the
+first, and is joined again by the receiver; one over MAX_MESSAGE is refused
+before anything is sent.
 """
 
 from __future__ import annotations
@@ -21,21 +25,45 @@ import msgpack
 
 __all__ = [
     "MAX_MESSAGE",
+    "MAX_DATAGRAM",
+    "MAX_REQUEST",
     "MAX_FDS",
     "ChannelClosed",
+    "Fragments",
+    "MessageIncomplete",
+    "MessageTooLarge",
     "HypercallError",
     "HypercallClient",
     "socketpair",
     "send_message",
     "recv_message",
+    "fragment_size",
 ]
 
-MAX_MESSAGE = 1 << 20
+MAX_MESSAGE = 16 << 20
+"""The largest message, once reassembled: what a sender refuses (MessageTooLarge) and a receiver drops."""
+MAX_REQUEST = 1 << 20
+"""The largest hypercall request the hypervisor takes (its replies may be up to MAX_MESSAGE)."""
+MAX_DATAGRAM = 1 << 20
+"""The receive buffer: a message this size or smaller may travel as one datagram."""
 MAX_FDS = 64
+
+# A message that does not fit one datagram travels as fragments, each a datagram
+# of its own: the two bytes FRAGMENT + MORE (more follow) or FRAGMENT + LAST,
+# then a slice of the packed message; the fds ride on the first. 0xc1 is the one
+# byte msgpack never writes, so a whole message can never be read as a fragment.
+FRAGMENT = 0xC1
+_MORE = bytes([FRAGMENT, 1])
+_LAST = bytes([FRAGMENT, 0])
+_UNIX_DGRAM_OVERHEAD = 32  # af_unix refuses a datagram larger than SO_SNDBUF - 32 (EMSGSIZE)
 
 
 class ChannelClosed(ConnectionError):
     """The peer closed the channel (or died)."""
+
+
+class MessageTooLarge(ValueError):
+    """A message over :data:`MAX_MESSAGE` bytes or :data:`MAX_FDS` descriptors: refused, never sent."""
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:
@@ -43,42 +71,174 @@ def socketpair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
-def send_message(sock: socket.socket, message: Any, fds: Sequence[int] = ()) -> None:
-    """Send one message and, with it, duplicates of ``fds`` (the caller keeps its own)."""
+def send_message(sock: socket.socket, message: Any, fds: Sequence[int] = (), limit: int | None = None) -> None:
+    """Send one message and, with it, duplicates of ``fds`` (the caller keeps its own).
+
+    A message is one datagram when it fits the socket's send buffer (one
+    ``sendmsg``); a larger one goes as fragments (see :func:`fragment_size`),
+    which the receiver's :func:`recv_message` joins again. Raises
+    MessageTooLarge, naming the limit, over ``limit`` bytes (MAX_MESSAGE by
+    default) or MAX_FDS fds.
+    """
     data = msgpack.packb(message, use_bin_type=True)
-    if len(data) > MAX_MESSAGE:
-        raise ValueError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
-    if fds:
-        socket.send_fds(sock, [data], list(fds))
-    else:
-        sock.sendall(data)
+    limit = MAX_MESSAGE if limit is None else limit
+    if len(data) > limit:
+        raise MessageTooLarge(f"a message of {len(data)} bytes exceeds the channel's limit of {limit}")
+    if len(fds) > MAX_FDS:
+        raise MessageTooLarge(f"a message with {len(fds)} file descriptors exceeds the channel's limit of {MAX_FDS}")
+    if len(data) <= MAX_DATAGRAM:
+        try:
+            if fds:
+                socket.send_fds(sock, [data], list(fds))
+            else:
+                sock.sendall(data)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EMSGSIZE:
+                raise
+            # Over the send buffer: nothing was sent (fds included); fragment it.
+    _send_fragments(sock, data, fds)
+
+
+def fragment_size(sock: socket.socket) -> int:
+    """The payload of one fragment on ``sock``: half its send buffer, so one fragment always fits."""
+    sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    return max(512, min(MAX_DATAGRAM, sndbuf // 2) - _UNIX_DGRAM_OVERHEAD - len(_MORE))
+
+
+def _send_fragments(sock: socket.socket, data: bytes, fds: Sequence[int]) -> None:
+    size = fragment_size(sock)
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        end = start + size
+        header = _MORE if end < len(data) else _LAST
+        if start == 0 and fds:
+            socket.send_fds(sock, [header, view[start:end]], list(fds))
+        else:
+            sock.sendmsg([header, view[start:end]])
 
 
 _FD_ARRAY = array.array("i")
 _ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_ARRAY.itemsize)
 
 
-def recv_message(sock: socket.socket, flags: int = 0) -> tuple[Any, list[int]]:
-    """Receive one message and the fds that came with it (the caller owns them).
+class MessageIncomplete(BlockingIOError):
+    """A fragment was received and kept (:class:`Fragments`); the rest of its message has not come yet."""
 
-    ``flags`` go to ``recvmsg`` (``socket.recv_fds`` of Python 3.11 drops them,
-    so it is not used). Raises ChannelClosed at end of stream, BlockingIOError
-    with ``MSG_DONTWAIT`` when nothing is waiting.
+
+class Fragments:
+    """The fragments of a message received so far on one socket, for a reader that must not wait.
+
+    The hypervisor keeps one per domain channel: a domain that sends the first
+    fragment of a request and no more stalls nothing. ``limit`` bounds the
+    message's size; :meth:`discard` closes the fds a dropped message came with.
     """
-    data, ancillary, msg_flags, _ = sock.recvmsg(MAX_MESSAGE, _ANCILLARY_SPACE, flags | socket.MSG_CMSG_CLOEXEC)
+
+    def __init__(self, limit: int = MAX_MESSAGE) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.fds: list[int] = []
+        self.dropping = False  # a message refused part-way: its later fragments are skipped
+
+    def add(self, data: bytes, fds: list[int]) -> bytes | None:
+        """Take one fragment; the whole message once its last fragment came, else None.
+
+        Raises ValueError (and forgets the message, closing its fds) if the
+        fragments break the rules: fds on a later fragment, or over ``limit``;
+        the message's later fragments are then skipped, up to its last.
+        """
+        last = data[1] == _LAST[1]
+        if self.dropping:
+            for fd in fds:
+                os.close(fd)
+            self.dropping = not last
+            return None
+        if fds and self.chunks:
+            for fd in fds:
+                os.close(fd)
+            self.discard()
+            self.dropping = not last
+            raise ValueError("a message's later fragment came with file descriptors; the message was dropped")
+        self.fds.extend(fds)
+        self.size += len(data) - len(_MORE)
+        if self.size > self.limit:
+            self.discard()
+            self.dropping = not last
+            raise ValueError(f"a fragmented message exceeds the channel's limit of {self.limit} bytes; it was dropped")
+        self.chunks.append(data[len(_MORE) :])
+        if not last:
+            return None
+        whole = b"".join(self.chunks)
+        self.chunks, self.size = [], 0
+        return whole
+
+    def take_fds(self) -> list[int]:
+        fds, self.fds = self.fds, []
+        return fds
+
+    def discard(self) -> None:
+        """Forget a partial message and close its fds (its later fragments are not skipped)."""
+        for fd in self.take_fds():
+            os.close(fd)
+        self.chunks, self.size = [], 0
+
+
+def _recv_datagram(sock: socket.socket, flags: int) -> tuple[bytes, list[int]]:
+    data, ancillary, msg_flags, _ = sock.recvmsg(MAX_DATAGRAM, _ANCILLARY_SPACE, flags | socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             received = array.array("i")
             received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
             fds.extend(received)
-    if msg_flags & socket.MSG_CTRUNC:
+    if msg_flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
         for fd in fds:
             os.close(fd)
+        if msg_flags & socket.MSG_TRUNC:
+            raise ValueError(f"a datagram larger than {MAX_DATAGRAM} bytes came and was cut; it was dropped")
         raise ValueError("a message came with more file descriptors than accepted; they were closed")
     if not data and not fds:
         raise ChannelClosed("the peer closed the channel")
-    return msgpack.unpackb(data, raw=False, strict_map_key=False), fds
+    return data, fds
+
+
+def recv_message(sock: socket.socket, flags: int = 0, pending: Fragments | None = None) -> tuple[Any, list[int]]:
+    """Receive one message and the fds that came with it (the caller owns them).
+
+    ``flags`` go to ``recvmsg`` (``socket.recv_fds`` of Python 3.11 drops them,
+    so it is not used). Raises ChannelClosed at end of stream, BlockingIOError
+    with ``MSG_DONTWAIT`` when nothing is waiting. A fragmented message is
+    joined again: without ``pending``, by waiting for the rest of it once its
+    first fragment came; with it, one fragment per call, raising
+    MessageIncomplete until the last one is in.
+    """
+    data, fds = _recv_datagram(sock, flags)
+    if data[:1] != _MORE[:1]:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False), fds
+    if len(data) < len(_MORE):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("a fragment without its header; it was dropped")
+    if pending is not None:
+        whole = pending.add(data, fds)
+        if whole is None:
+            raise MessageIncomplete("a fragment of a message came; the rest has not")
+        return msgpack.unpackb(whole, raw=False, strict_map_key=False), pending.take_fds()
+    fragments = Fragments()
+    try:
+        whole = fragments.add(data, fds)
+        while whole is None:
+            data, fds = _recv_datagram(sock, flags & ~socket.MSG_DONTWAIT)
+            if data[:1] != _MORE[:1] or len(data) < len(_MORE):
+                for fd in fds:
+                    os.close(fd)
+                raise ValueError("a fragmented message was cut short by another message; it was dropped")
+            whole = fragments.add(data, fds)
+    except BaseException:
+        fragments.discard()
+        raise
+    return msgpack.unpackb(whole, raw=False, strict_map_key=False), fragments.take_fds()
 
 
 class HypercallError(OSError):
@@ -142,7 +302,7 @@ class HypercallClient:
         with self._lock:
             self._next_id += 1
             call_id = self._next_id
-            send_message(self.sock, {"id": call_id, "op": op, "args": args}, fds)
+            send_message(self.sock, {"id": call_id, "op": op, "args": args}, fds, limit=MAX_REQUEST)
             while True:
                 message, got_fds = recv_message(self.sock)
                 if "event" in message:
