@@ -243,3 +243,24 @@ def test_any_size_arrives_whole(pair, size):
     join_sender(sender)
     assert message == body and fds == []
     assert MAX_MESSAGE >= size
+
+
+def test_the_hypervisor_answers_a_reply_it_cannot_send_with_an_error_naming_why(pair, monkeypatch):
+    """No caller waits forever: a reply over the limit becomes an EMSGSIZE error reply."""
+    from types import SimpleNamespace
+
+    from xenlike.hypervisor.core import Hypervisor
+
+    a, b = pair
+    monkeypatch.setattr(hypercall, "MAX_MESSAGE", 100_000)
+    hv = SimpleNamespace(_by_sock={})
+    hv._reply_error = lambda *args: Hypervisor._reply_error(hv, *args)  # type: ignore[attr-defined]
+    Hypervisor._reply(hv, b, 9, [b"x" * 1000] * 200)  # type: ignore[arg-type]
+    reply, fds = recv_message(a)
+    assert reply == {
+        "id": 9,
+        "ok": False,
+        "errno": "EMSGSIZE",
+        "error": "the reply could not be sent: a message of 200619 bytes exceeds the channel's limit of 100000",
+    }
+    assert fds == []
