@@ -95,11 +95,11 @@ def _attached(
     """The history, then output and keys on a raw terminal until the escape or Ctrl-C; the terminal is restored."""
     tty = sys.stdin.isatty()
     show = _writer(tty)
-    show(attached["history"])
-    for message in sub.receive(0):
-        show(message.data)
-    saved = raw_terminal() if tty else None
+    saved = raw_terminal() if tty else None  # first: keys typed while the history shows reach the guest
     try:
+        show(attached["history"])
+        for message in sub.receive(0):
+            show(message.data)
         _relay(run_dir, client, sub, attached["name"], show, escape)
     except KeyboardInterrupt:
         pass

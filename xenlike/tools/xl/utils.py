@@ -41,13 +41,19 @@ def registered(group: str) -> dict[str, str]:
 
 
 def raw_terminal(mode: Callable[[int], None] | None = None) -> list:
-    """Put stdin's terminal in raw mode (or ``mode``, e.g. ``tty.setcbreak``); returns the settings to restore."""
+    """Put stdin's terminal in raw mode (or ``mode``, e.g. ``tty.setcbreak``); returns the settings to restore.
+
+    The change takes effect at once (``TCSANOW``), so keys already typed are kept, not flushed.
+    """
     import termios
     import tty
 
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
-    (mode or tty.setraw)(fd)
+    if mode is None:
+        tty.setraw(fd, termios.TCSANOW)
+    else:
+        mode(fd)
     return saved
 
 
