@@ -76,13 +76,8 @@ class BlkfrontDriver:
         with self._connected:
             self.disks[device.vdev] = device
             self._connected.notify_all()
-        log.info(
-            "%s: %s: %d MiB%s",
-            bus.kernel.label,
-            device.vdev,
-            device.size >> 20,
-            " read-only" if device.readonly else "",
-        )
+        # The guest's log lines carry its domain already (the kernel's logging format).
+        log.info("%s: %d MiB%s", device.vdev, device.size >> 20, " read-only" if device.readonly else "")
 
     def closing(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
         device: BlockDevice = dev.drvdata
@@ -94,4 +89,4 @@ class BlkfrontDriver:
     def remove(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
         device: BlockDevice = dev.drvdata
         device.teardown_ring()
-        log.info("%s: %s: detached", bus.kernel.label, device.vdev)
+        log.info("%s: detached", device.vdev)
