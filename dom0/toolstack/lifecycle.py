@@ -168,7 +168,10 @@ class Lifecycle:
             if domain.name == text or str(domain.domid) == text:
                 return domain
         if text in ("0", "Domain-0"):
-            raise ToolstackError("Domain-0 cannot be the target of this operation")
+            raise ToolstackError(
+                "Domain-0 runs xenlike's toolstack: it is not shut down, rebooted, paused, renamed, given devices "
+                "or attached to on its own; `xenlike down` stops the host"
+            )
         raise ToolstackError(f"no domain {text!r}; `xenlike list` shows the domains")
 
     def domain_infos(self) -> list[dict]:

@@ -60,6 +60,15 @@ def test_domain_0_is_never_destroyed_even_with_f(host, tmp_path):
     assert set(host.domains()) == {"Domain-0"}
 
 
+def test_domain_0_is_refused_as_the_target_of_a_domu_s_verbs_saying_why(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [])))
+    why = ("Domain-0 runs xenlike's toolstack: it is not shut down, rebooted, paused, renamed, given devices "
+           "or attached to on its own; `xenlike down` stops the host")
+    for verb, *argv in (["pause", "Domain-0"], ["shutdown", "0"], ["rename", "Domain-0", "x"]):
+        assert _one_line(host.xl(verb, *argv, check=False)) == f"xenlike {verb}: {why}"
+    assert host.domains()["Domain-0"]["state"] != "--p---" and set(host.domains()) == {"Domain-0"}
+
+
 def test_shutdown_and_reboot_take_xl_s_options(host, tmp_path):
     host.up(str(write_cluster(tmp_path, [{"name": "a", "workload": "hello"}, {"name": "b", "workload": "hello"}])))
     old = {name: row["domid"] for name, row in host.domains().items()}
