@@ -5,6 +5,7 @@ libxl's ``libxl_device_disk_add``/``_remove``), and the devices' counters in ``t
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ def block_attach(ts: Toolstack, request: Request) -> Any:
 
     built = ts.lifecycle.find(request.args["domain"])
     disk = parse_disk_spec(request.args["spec"]).to_dict()
+    cwd = request.args.get("cwd")
+    if isinstance(cwd, str) and os.path.isabs(cwd) and not os.path.isabs(disk["target"]):
+        disk["target"] = os.path.normpath(os.path.join(cwd, disk["target"]))  # the caller's, not dom0's
     ts.builder.attach_device(built, VBD, disk)
     return {"vdev": disk["vdev"], "devid": disk["devid"]}
 

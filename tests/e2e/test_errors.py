@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 from .conftest import wait_for
 from .test_lifecycle import write_cluster
@@ -67,6 +69,21 @@ def test_domain_0_is_refused_as_the_target_of_a_domu_s_verbs_saying_why(host, tm
     for verb, *argv in (["pause", "Domain-0"], ["shutdown", "0"], ["rename", "Domain-0", "x"]):
         assert _one_line(host.xl(verb, *argv, check=False)) == f"xenlike {verb}: {why}"
     assert host.domains()["Domain-0"]["state"] != "--p---" and set(host.domains()) == {"Domain-0"}
+
+
+def test_a_relative_block_attach_target_is_the_caller_s(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [{"name": "web", "workload": "idle"}])))
+    here = tmp_path / "here"
+    here.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "xenlike", "--run-dir", str(host.path), "block-attach", "web",
+         "vdev=xvdb, size=4M, target=scratch.img"],
+        capture_output=True, text=True, timeout=60, cwd=here,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (here / "scratch.img").stat().st_size == 4 << 20  # where the caller stood, not where dom0 runs
+    rows = host.client().call("block_list", domain="web")
+    assert [row["target"] for row in rows] == [str(here / "scratch.img")]
 
 
 def test_shutdown_and_reboot_take_xl_s_options(host, tmp_path):

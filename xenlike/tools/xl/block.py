@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from xenlike.tools.xl.utils import call
 from xenlike.tools.xl_format import format_block_list
@@ -13,8 +14,12 @@ DETACH_TIMEOUT_S = 60
 
 
 def main_block_attach(args: argparse.Namespace) -> int:
-    """xl block-attach DOMAIN SPEC: hotplug a disk given in xl-disk-configuration(5) syntax."""
-    result = call(args, "block_attach", domain=args.domain, spec=args.spec)
+    """xl block-attach DOMAIN SPEC: hotplug a disk given in xl-disk-configuration(5) syntax.
+
+    A relative ``target`` is the caller's: it is taken relative to the current directory, as
+    xl (which runs where libxl opens the image) takes it.
+    """
+    result = call(args, "block_attach", domain=args.domain, spec=args.spec, cwd=os.getcwd())
     print(f"xenlike: attached {result['vdev']} to {args.domain}")
     return 0
 
