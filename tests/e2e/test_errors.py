@@ -82,7 +82,8 @@ def test_a_relative_block_attach_target_is_the_caller_s(host, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (here / "scratch.img").stat().st_size == 4 << 20  # where the caller stood, not where dom0 runs
-    rows = host.client().call("block_list", domain="web")
+    with host.client() as client:
+        rows = client.call("block_list", domain="web")
     assert [row["target"] for row in rows] == [str(here / "scratch.img")]
 
 
