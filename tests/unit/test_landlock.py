@@ -14,12 +14,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.unit.test_namespaces import run_in_child
+from tests.unit.test_namespaces import _errno_of, run_in_child
 from xenlike.kernel import landlock, namespaces
 from xenlike.kernel.landlock import LandlockError, Ruleset
 
@@ -27,15 +26,6 @@ ABI = landlock.abi_version()
 needs_landlock = pytest.mark.skipif(ABI < 1, reason="this kernel has no Landlock (or it is off at boot)")
 needs_net = pytest.mark.skipif(ABI < 4, reason="TCP rules need Landlock ABI 4 (Linux 6.7)")
 needs_scopes = pytest.mark.skipif(ABI < 6, reason="scopes need Landlock ABI 6 (Linux 6.12)")
-
-
-def _errno_of(call: Callable[[], object]) -> int:
-    """0 if call() succeeds, else the errno of the OSError it raises."""
-    try:
-        call()
-    except OSError as exc:
-        return exc.errno or -1
-    return 0
 
 
 @pytest.fixture
