@@ -20,7 +20,7 @@ import zmq
 from xenlike.kernel.events import EventLoop
 from xenlike.kernel.hypercall import HypercallClient, HypercallError
 from xenlike.kernel.memory import GuestMemory
-from xenlike.kernel.proc import log_to_file
+from xenlike.kernel.proc import log_to_file, raise_fd_limit
 from xenlike.kernel.rundir import RunDir
 from xenlike.public.event_channel import VIRQ
 
@@ -42,6 +42,7 @@ def start(boot: dict, fds: list[int]) -> int:
     """Entry point in the forked dom0 process."""
     run_dir = RunDir(boot["run_dir"])
     log_to_file(run_dir.log_path("dom0"))
+    raise_fd_limit()  # inherited raised from the hypervisor already; dom0 holds fds for every domU too
     dom0 = Dom0(boot, fds, run_dir)
     try:
         dom0.run()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from xenlike.kernel.proc import FdBudget
 from xenlike.public import workload_state
 from xenlike.public.xen import ShutdownReason
 from xenlike.public.xs_wire import XsError, home_path
@@ -33,6 +34,12 @@ if TYPE_CHECKING:
 __all__ = ["Lifecycle", "StartReport"]
 
 log = logging.getLogger("dom0.toolstack")
+
+DOMAIN_FDS = 7
+"""File descriptors one domU costs dom0: its memfd, which dom0 keeps (1); the
+eventfd of each of dom0's ends of the xenstore and console channels and the
+guest's eventfd it sends through (4); and, while it is built, the two fds of the
+create's replies not yet adopted (2)."""
 
 # The xl.cfg key that says what to do for each shutdown reason, and xl's default.
 ACTION_KEYS = {
@@ -154,6 +161,7 @@ class Lifecycle:
         self.hypercall = hypercall
         self.xs = xs
         self.domains: dict[int, BuiltDomain] = {}
+        self.fd_budget = FdBudget(DOMAIN_FDS, "dom0")
         # Domains whose on_* action ran; a later VIRQ_DOM_EXC for them changes nothing.
         self._handled_shutdown: set[int] = set()
         # The creates waiting for their guest's report, by the domid awaited.
@@ -182,6 +190,9 @@ class Lifecycle:
         """Build a domain from a validated config; its name must be free."""
         if any(d.name == config["name"] for d in self.domains.values()):
             raise ToolstackError(f"a domain named {config['name']!r} already exists")
+        refusal = self.fd_budget.refusal(config["name"])
+        if refusal is not None:  # before the hypervisor is asked for anything
+            raise ToolstackError(refusal)
         built = self.builder.create(config, paused=paused, uuid=uuid)
         self.domains[built.domid] = built
         return built

@@ -58,7 +58,13 @@ def ping(ts: Toolstack, request: Request) -> Any:
 
 
 def info(ts: Toolstack, request: Request) -> Any:
-    return ts.hypercall("sysctl", cmd="physinfo")[0]
+    """The ``physinfo`` sysctl, with ``max_new_domains`` lowered to dom0's fd headroom if that is smaller."""
+    physinfo = ts.hypercall("sysctl", cmd="physinfo")[0]
+    fit = physinfo.get("max_new_domains")
+    by_dom0 = ts.lifecycle.fd_budget.headroom()
+    if fit is not None and by_dom0 < fit["count"]:
+        physinfo["max_new_domains"] = {**fit, "count": by_dom0, "limit": "dom0 fds (RLIMIT_NOFILE)"}
+    return physinfo
 
 
 def dmesg(ts: Toolstack, request: Request) -> Any:

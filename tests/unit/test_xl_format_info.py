@@ -113,3 +113,11 @@ def test_info_lists_the_jail_and_each_mechanism_on_or_off() -> None:
     ]
     off = format_info({**PHYSINFO, "jail": {"enabled": False, "mechanisms": []}}, NODE).splitlines()
     assert off[-1] == "jail                   : OFF (--no-jail): guests can reach what the host's user can"
+
+
+def test_info_shows_how_many_more_guests_fit_and_which_limit_says_so() -> None:
+    fit = {"count": 27, "limit": "hypervisor fds (RLIMIT_NOFILE)", "guest_mib": 16}
+    lines = format_info({**PHYSINFO, "max_new_domains": fit}, NODE, {"run_dir": "/tmp/xl"}).splitlines()
+    assert lines[-2] == "max_new_domains        : 27 (limited by hypervisor fds (RLIMIT_NOFILE))"
+    assert lines[-1].startswith("run_dir")
+    assert not any(line.startswith("max_new_domains") for line in format_info(PHYSINFO, NODE).splitlines())

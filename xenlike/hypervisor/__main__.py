@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shlex
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from xenlike.hypervisor.jail import DEFAULT_UID_BASE, JailPolicy, jail_report, log_jail
 from xenlike.hypervisor.zygote import start_zygote
 from xenlike.kernel.machine import Machine, host_memory_refusal
-from xenlike.kernel.proc import log_to_file, set_process_name
+from xenlike.kernel.proc import log_to_file, raise_fd_limit, set_process_name
 from xenlike.kernel.rundir import HostRunning, RunDir
 from xenlike.public.atomic import check_platform
 
@@ -77,13 +76,6 @@ def refuse(status_fd: int | None, line: str, code: int = 1) -> int:
         except OSError:
             pass  # the starter is gone
     return code
-
-
-def raise_fd_limit() -> None:
-    """Each domain costs the hypervisor a few fds (socket, memfd, ports): allow many."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main(argv: list[str] | None = None) -> int:

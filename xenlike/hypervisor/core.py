@@ -54,6 +54,7 @@ from xenlike.kernel.hypercall import (
 )
 from xenlike.kernel.machine import Machine
 from xenlike.kernel.memory import GuestMemory
+from xenlike.kernel.proc import FdBudget
 from xenlike.public.event_channel import VIRQ, EvtchnError
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTST, GrantError
 from xenlike.public.start_info import GNTTAB_PFN, reserved_frames
@@ -63,6 +64,12 @@ __all__ = ["Hypervisor", "WorkerChannel"]
 
 DOM0_NAME = "Domain-0"
 STOP_TIMEOUT_S = 5.0  # how long a stopping host waits for its domains to be reaped
+DOMAIN_FDS = 9
+"""File descriptors one domU costs the hypervisor: its hypercall socket (1), its
+memfd (1), the eventfds of its xenstore and console ports and of dom0's ends of
+them (4, one per port), the pidfd and ``/proc/PID/stat`` fd the scheduler keeps
+for its vCPU 0 (2), and, while it is spawned, the domain's end of the socketpair (1)."""
+SMALLEST_GUEST_MIB = 16  # what ``max_new_domains`` counts free memory in: the smallest guest worth making
 MIN_FREE_FRAMES = 8  # a domain has more frames than this beyond its start info, rings and grant table
 
 log = logging.getLogger("xenlike.hypervisor")
@@ -118,6 +125,7 @@ class Hypervisor:
         self._sched_failures = 0
         self.pool = FramePool(mib_to_frames(memory_mib), machine_mib=self.machine.memory_mib)
         self.domains: dict[int, Domain] = {}
+        self.fd_budget = FdBudget(DOMAIN_FDS, "the hypervisor")
         self.evtchn = EventChannelHost()
         self.grants = GrantMapper(self._grant_table)
         self._gnttabs: dict[int, GrantTableFrames] = {}

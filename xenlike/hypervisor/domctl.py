@@ -59,6 +59,9 @@ def createdomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> 
             hv.scheduler.check_cpus(cpus)
     except SchedError as exc:
         raise Refused(exc.errno, str(exc)) from None
+    refusal = hv.fd_budget.refusal(name)
+    if refusal is not None:
+        raise Refused(errno.EMFILE, refusal)
     domid = hv.allocate_domid()
     domain = hv.new_domain(
         domid,

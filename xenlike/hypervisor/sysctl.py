@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from xenlike.hypervisor.domain import Domain
+from xenlike.hypervisor.domain import Domain, mib_to_frames
 from xenlike.hypervisor.hypercall import Result
 from xenlike.hypervisor.version import version_info
 
@@ -40,7 +40,26 @@ def physinfo(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Resu
         "evtchn_ports": hv.evtchn.open_fds(),
         "sched": hv.scheduler.name,
         "jail": hv.jail,
+        "max_new_domains": max_new_domains(hv),
     }, []
+
+
+def max_new_domains(hv: Hypervisor) -> dict:
+    """How many more domUs fit, and which limit says so: free memory (per smallest guest) or the hypervisor's fds.
+
+    dom0 adds its own fd headroom to this before it answers ``info``.
+    """
+    from xenlike.hypervisor.core import SMALLEST_GUEST_MIB
+
+    by_memory = hv.pool.free // mib_to_frames(SMALLEST_GUEST_MIB)
+    by_fds = hv.fd_budget.headroom()
+    if by_fds < by_memory:
+        return {"count": by_fds, "limit": "hypervisor fds (RLIMIT_NOFILE)", "guest_mib": SMALLEST_GUEST_MIB}
+    return {
+        "count": by_memory,
+        "limit": f"free memory ({SMALLEST_GUEST_MIB} MiB guests)",
+        "guest_mib": SMALLEST_GUEST_MIB,
+    }
 
 
 def sched_info(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:

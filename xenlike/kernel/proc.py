@@ -12,9 +12,18 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import resource
 import signal
 
-__all__ = ["set_process_name", "die_with_parent", "become_subreaper", "log_to_file", "LOG_FORMAT"]
+__all__ = [
+    "set_process_name",
+    "die_with_parent",
+    "become_subreaper",
+    "log_to_file",
+    "LOG_FORMAT",
+    "raise_fd_limit",
+    "FdBudget",
+]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -49,3 +58,58 @@ def log_to_file(path: str | os.PathLike[str], fmt: str = LOG_FORMAT) -> None:
     """
     logging.root.handlers.clear()
     logging.basicConfig(filename=path, level=logging.INFO, format=fmt)
+
+
+def raise_fd_limit() -> None:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one: each domain costs the hypervisor and dom0 fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class FdBudget:
+    """A process's file descriptors against its RLIMIT_NOFILE, checked before each domain it takes on.
+
+    ``per_domain`` is what one domain costs the process. Counting (listing
+    ``/proc/self/fd``) is done only when an estimate, the last count plus the
+    cost of each create since, comes within a quarter of the limit, or every
+    :attr:`RECOUNT_EVERY` creates, so a create far from the limit lists nothing.
+    """
+
+    RECOUNT_EVERY = 64
+
+    def __init__(self, per_domain: int, where: str) -> None:
+        self.per_domain = per_domain
+        self.where = where
+        self._estimate = self.open_fds()
+        self._since_count = 0
+
+    @staticmethod
+    def limit() -> int:
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+    @staticmethod
+    def open_fds() -> int:
+        """How many fds this process holds (listing /proc/self/fd opens one more, not counted)."""
+        return len(os.listdir("/proc/self/fd")) - 1
+
+    def headroom(self) -> int:
+        """How many more domains this process's fds allow."""
+        return max(0, (self.limit() - self.open_fds()) // self.per_domain)
+
+    def refusal(self, name: str) -> str | None:
+        """Why creating ``name`` would pass the limit, in one line; None if it fits."""
+        limit = self.limit()
+        self._since_count += 1
+        if self._estimate + self.per_domain <= limit * 3 // 4 and self._since_count < self.RECOUNT_EVERY:
+            self._estimate += self.per_domain
+            return None
+        held = self.open_fds()
+        self._estimate, self._since_count = held + self.per_domain, 0
+        if held + self.per_domain <= limit:
+            return None
+        return (
+            f"creating {name!r} needs about {self.per_domain} more file descriptors in {self.where} "
+            f"but it holds {held} of its {limit} (RLIMIT_NOFILE); raise the host's limit (ulimit -n) "
+            "before xenlike up, or destroy a domain"
+        )

@@ -191,9 +191,17 @@ def format_info(physinfo: dict, node: dict[str, str], extra: dict[str, object] |
         # xenlike's own
         "nr_pcpus_scheduled": len(physinfo["pcpus"]),
         **(_jail_lines(physinfo["jail"]) if "jail" in physinfo else {}),
+        **_fit_lines(physinfo.get("max_new_domains")),
         **(extra or {}),
     }
     return "\n".join(f"{key:<{INFO_KEY_WIDTH}}: {value}" for key, value in pairs.items())
+
+
+def _fit_lines(fit: dict | None) -> dict[str, object]:
+    """``max_new_domains``: how many more guests fit, and the limit that says so."""
+    if fit is None:
+        return {}
+    return {"max_new_domains": f"{fit['count']} (limited by {fit['limit']})"}
 
 
 def _jail_lines(jail: dict) -> dict[str, object]:
