@@ -36,6 +36,8 @@ from xenlike.public.xenbus import BACKEND, FRONTEND, backend_path, frontend_path
 from xenlike.public.xs_wire import XenstoreInterface, XsError
 
 from .devices import DEVICE_TYPES, DeviceType
+from .netback.bridge import guest_address
+from .netback.forward import listen
 
 if TYPE_CHECKING:
     from .context import BuilderContext
@@ -101,10 +103,23 @@ class DomainBuilder:
         it needs none to boot, and as dom0 serves xenstore only from its main
         loop, the guest's first request is answered after the nodes exist.
         """
-        ctx = self.ctx
         for row in DEVICE_TYPES:
             for spec in config.get(row.config_key, []):
                 row.prepare(spec)  # a target dom0 cannot open fails here, before any domain exists
+        listeners = self._listen(config)  # so does a forward's host port in use
+        try:
+            built = self._build(config, paused, uuid)
+        except BaseException:
+            for sock, _port in listeners:
+                sock.close()
+            raise
+        if listeners:
+            self._forward(built, listeners)
+        log.info("%s: created (%d MiB, workload %s)", built.label, config["memory"], config.get("workload", "idle"))
+        return built
+
+    def _build(self, config: dict[str, Any], paused: bool, uuid: str | None) -> BuiltDomain:
+        ctx = self.ctx
         gnttab_frames = int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES))
         domid_of = {"$result": [0, "domid"]}
         created, store, console, store_bind, console_bind = ctx.multicall(
@@ -148,12 +163,19 @@ class DomainBuilder:
         )
         try:
             self._write_start_info(built, gnttab_frames, *ports)
-            mapped, _started = ctx.multicall(
+            plugs = [
+                call
+                for row in DEVICE_TYPES
+                for spec in config.get(row.config_key, [])
+                for call in row.plug(domid, spec)
+            ]
+            mapped, *_plugged = ctx.multicall(
                 [
                     {
                         "op": "grant_map",
                         "args": {"granter": domid, "refs": [GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE]},
                     },
+                    *plugs,  # a vif's net device exists before netfront asks for it
                     {"op": "domctl", "args": {"cmd": "startdomain", "domid": domid, "paused": paused}},
                 ]
             )
@@ -168,8 +190,35 @@ class DomainBuilder:
             log.exception("%s: build failed; destroying it", built.label)
             self.destroy(built)
             raise
-        log.info("%s: created (%d MiB, workload %s)", built.label, config["memory"], config.get("workload", "idle"))
         return built
+
+    def _listen(self, config: dict[str, Any]) -> list[tuple[Any, int]]:
+        """The host's side of a domain's ``ports``: a listener on 127.0.0.1 for each, or OSError naming the port."""
+        listeners: list[tuple[Any, int]] = []
+        try:
+            for forward in config.get("ports", []):
+                listeners.append((listen(forward["host_port"]), forward["guest_port"]))
+        except BaseException:
+            for sock, _port in listeners:
+                sock.close()
+            raise
+        return listeners
+
+    def _forward(self, built: BuiltDomain, listeners: list[tuple[Any, int]]) -> None:
+        """Relay the domain's ``ports`` to its first vif's address."""
+        forwards = self.ctx.forwards
+        vif = built.config["vif"][0]
+        address, _gateway = guest_address(built.domid, vif["devid"], vif.get("ip"))
+        if forwards is None or address is None:
+            for sock, _port in listeners:
+                sock.close()
+            log.warning(
+                "%s: its ports are not forwarded: %s",
+                built.label,
+                "no back-end network" if forwards is None else "its first vif has no IPv4 address",
+            )
+            return
+        forwards.add(built.domid, built.label, str(address.ip), listeners)
 
     def _undo_create(self, results: list[dict]) -> None:
         """A failed first multicall: destroy the domain if it was created."""
@@ -268,6 +317,8 @@ class DomainBuilder:
         if any(row.name_of(d) == row.name_of(spec) or d["devid"] == spec["devid"] for d in present):
             raise ValueError(f"{built.label} already has a {row.config_key} {row.name_of(spec)}")
         row.prepare(spec)
+        for call in row.plug(built.domid, spec):
+            self.ctx.hypercall(call["op"], **call["args"])
         self.ctx.xs.transact(lambda tx: self._write_device_nodes(row, built.domid, spec, tx))
         built.config.setdefault(row.config_key, []).append(spec)
 
@@ -278,11 +329,19 @@ class DomainBuilder:
                 self.ctx.xs.rm(path)
             except XsError:
                 pass
+        for spec in [d for d in built.config.get(row.config_key, []) if d["devid"] == devid]:
+            for call in row.unplug(built.domid, spec):
+                try:
+                    self.ctx.hypercall(call["op"], **call["args"])
+                except OSError as exc:
+                    log.warning("%s: %s: %s", built.label, row.name_of(spec), exc)
         built.config[row.config_key] = [d for d in built.config.get(row.config_key, []) if d["devid"] != devid]
 
     def destroy(self, built: BuiltDomain) -> None:
         """Tear a domain down: its process, its rings, its nodes, its memory."""
         ctx = self.ctx
+        if ctx.forwards is not None:
+            ctx.forwards.remove(built.domid)
         ctx.backends.remove_domain(built.domid)
         ctx.xenconsoled.remove(built.domid)
         ctx.xenstore_service.release_domain(built.domid)

@@ -17,6 +17,7 @@ from xenlike.kernel.events import EventLoop
 from .xenstored import LocalXenstore
 
 if TYPE_CHECKING:
+    from .netback.forward import Forwards
     from .xenbus_backend import XenbusBackend
     from .xenconsoled import Xenconsoled
     from .xenstore_service import XenstoreService
@@ -49,3 +50,4 @@ class BuilderContext:
     xenstore_service: XenstoreService  # introduces a domain's xenstore ring
     xenconsoled: Xenconsoled
     backends: XenbusBackend  # the back-end bus: a domain's devices go with it
+    forwards: Forwards | None = None  # the relays of domains' ``ports`` (None: no back-end network)

@@ -27,6 +27,8 @@ from xenlike.public.event_channel import VIRQ
 from .blkback import BlkbackDriver
 from .builder import DomainBuilder
 from .context import BackendContext, BuilderContext
+from .netback.bridge import BackendNetwork, network_support
+from .netback.forward import Forwards
 from .toolstack import Toolstack
 from .xenbus_backend import BackendError, XenbusBackend
 from .xenconsoled import Xenconsoled
@@ -94,6 +96,8 @@ class Dom0:
             )
         )
         self.backends.register(BlkbackDriver())
+        self.network = self._backend_network()
+        self.forwards = Forwards(self.network.netns, str(run_dir.log_path("dom0"))) if self.network else None
         self.builder = DomainBuilder(
             BuilderContext(
                 hypercall=self.hypercall,
@@ -104,6 +108,7 @@ class Dom0:
                 xenstore_service=self.xenstore_service,
                 xenconsoled=self.xenconsoled,
                 backends=self.backends,
+                forwards=self.forwards,
             )
         )
         self.toolstack = Toolstack(
@@ -150,6 +155,18 @@ class Dom0:
             pass
         self.loop.unbind(port)
 
+    def _backend_network(self) -> BackendNetwork | None:
+        """The back ends' network namespace and ``xenbr0``, where the host can make them (else None, logged)."""
+        missing = network_support()
+        if missing is not None:
+            log.info("d0 (Domain-0): no back-end network (it needs %s): domains cannot have vifs", missing)
+            return None
+        try:
+            return BackendNetwork.create()
+        except OSError as exc:
+            log.error("d0 (Domain-0): no back-end network: %s", exc)
+            return None
+
     def _foreign_memory_fd(self, domid: int) -> int:
         """A running domU's memfd, which dom0 keeps (and a back end maps through its grants)."""
         built = self.toolstack.domains.get(domid)
@@ -195,6 +212,10 @@ class Dom0:
         self.running = False
 
     def close(self) -> None:
+        if self.forwards is not None:
+            self.forwards.close()
+        if self.network is not None:
+            self.network.close()
         self.api.close()
         self.publisher.close()
         self.context.term()

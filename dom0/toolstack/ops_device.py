@@ -1,5 +1,6 @@
 """Device operations: ``xl block-attach``, ``block-detach``, ``block-list`` (``tools/xl/xl_block.c``,
-libxl's ``libxl_device_disk_add``/``_remove``), and the devices' counters in ``top``.
+libxl's ``libxl_device_disk_add``/``_remove``), ``network-attach``, ``network-detach``, ``network-list``
+(``tools/xl/xl_nic.c``, ``libxl_device_nic_add``/``_remove``), and the devices' counters in ``top``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,24 @@ from typing import TYPE_CHECKING, Any
 from xenlike.public.xenbus import XenbusState, backend_path, frontend_path
 from xenlike.public.xs_wire import XsError
 
-from ..devices import DEVICE_TYPES, VBD, DeviceType
+from ..devices import DEVICE_TYPES, VBD, VIF, DeviceType
 from .request import Request, ToolstackError
 
 if TYPE_CHECKING:
     from ..builder import BuiltDomain
     from .server import Toolstack
 
-__all__ = ["block_attach", "block_detach", "block_list", "detach_device", "request_stats", "top_counters"]
+__all__ = [
+    "block_attach",
+    "block_detach",
+    "block_list",
+    "detach_device",
+    "network_attach",
+    "network_detach",
+    "network_list",
+    "request_stats",
+    "top_counters",
+]
 
 log = logging.getLogger("dom0.toolstack")
 
@@ -108,6 +119,67 @@ def block_list(ts: Toolstack, request: Request) -> Any:
     return rows
 
 
+def network_attach(ts: Toolstack, request: Request) -> Any:
+    """Hotplug a vif (``xl network-attach DOMAIN [SPEC]``): the guest sees eth<devid> appear."""
+    from xenlike.tools.config import ConfigError, parse_vif_spec
+
+    built = ts.lifecycle.find(request.args["domain"])
+    present = built.config.get("vif", [])
+    devid = max((vif["devid"] for vif in present), default=-1) + 1  # libxl: the next free devid
+    try:
+        vif = parse_vif_spec(str(request.args.get("spec", "")), devid).to_dict()
+    except ConfigError as exc:
+        raise ToolstackError(str(exc)) from None
+    try:
+        ts.builder.attach_device(built, VIF, vif)
+    except (OSError, ValueError) as exc:
+        raise ToolstackError(f"{built.label}: network-attach: {exc}") from None
+    return {"devid": vif["devid"], "mac": vif["mac"], "name": f"eth{vif['devid']}"}
+
+
+def network_detach(ts: Toolstack, request: Request) -> None:
+    """Unplug a vif named by devid or MAC (``xl network-detach DOMAIN DEVID|MAC``)."""
+    built = ts.lifecycle.find(request.args["domain"])
+    which = str(request.args["vif"]).lower()
+    vif = next((v for v in built.config.get("vif", []) if which in (str(v["devid"]), v["mac"])), None)
+    if vif is None:
+        raise ToolstackError(f"{built.label} has no vif {which!r}; `xenlike network-list {built.name}` shows its vifs")
+    detach_device(ts, request, built, VIF, vif)
+
+
+def network_list(ts: Toolstack, request: Request) -> Any:
+    """A domain's vifs with their state, event channel and ring references (``xl network-list``)."""
+    built = ts.lifecycle.find(request.args["domain"])
+    xs = ts.xs
+
+    def read(path: str) -> str:
+        try:
+            return xs.read(path).decode()
+        except XsError:
+            return "-1"
+
+    rows = []
+    for vif in built.config.get("vif", []):
+        front = frontend_path(built.domid, VIF.kind, vif["devid"])
+        back = backend_path(0, VIF.kind, built.domid, vif["devid"])
+        rows.append(
+            {
+                "idx": vif["devid"],
+                "backend": 0,
+                "mac": vif["mac"],
+                "handle": vif["devid"],
+                "state": int(read(f"{back}/state")),
+                "evtch": int(read(f"{front}/event-channel")),
+                "tx_ring_ref": int(read(f"{front}/tx-ring-ref")),
+                "rx_ring_ref": int(read(f"{front}/rx-ring-ref")),
+                "be_path": back,
+                "bridge": vif["bridge"],
+                "ip": read(f"{back}/ip"),
+            }
+        )
+    return rows
+
+
 def request_stats(ts: Toolstack) -> Callable[[], bool]:
     """Ask the back ends for their devices' live counters; returns "have all answered?"."""
     return ts.backends.request_stats()
@@ -117,7 +189,7 @@ def top_counters(ts: Toolstack, domid: int) -> dict[str, list]:
     """A domain's device counters for its xentop row, one list per device type (``vbds``, ``nets``),
     one entry per device (None for one no back end knows)."""
     built = ts.domains.get(domid)
-    counters: dict[str, list] = {"nets": []}  # no network device type yet: xentop shows NETS 0
+    counters: dict[str, list] = {}
     for row in DEVICE_TYPES:
         specs = built.config.get(row.config_key, []) if built is not None else []
         counters[row.top_field] = [_device_stats(ts, row.kind, domid, spec["devid"]) for spec in specs]

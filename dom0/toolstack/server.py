@@ -90,6 +90,10 @@ OPS: dict[str, Op] = {
     "block_attach": Op(ops_device.block_attach),
     "block_detach": Op(ops_device.block_detach, defers=True),
     "block_list": Op(ops_device.block_list),
+    # (xl network-attach, network-detach, network-list)
+    "network_attach": Op(ops_device.network_attach),
+    "network_detach": Op(ops_device.network_detach, defers=True),
+    "network_list": Op(ops_device.network_list),
 }
 
 

@@ -52,6 +52,7 @@ on_watchdog = "coredump-destroy"
 on_soft_reset = "destroy"
 disk = [ "format=raw, vdev=xvda, access=rw, size=16M, target=web.img", "{tmp_path}/ro.img,,xvdb,r" ]
 vif = [ "mac=00:16:3E:74:3d:76,bridge=xenbr1", "" ]
+ports = [ "8080:80" ]
 extra = "console=hvc0"
 max_grant_frames = 32
 workload = "ticker"
@@ -70,8 +71,8 @@ workload_args = "--interval '2 s'"
     assert (config.extra, config.cmdline, config.max_grant_frames) == ("console=hvc0", "console=hvc0", 32)
     assert (config.workload, config.workload_args) == ("ticker", ["--interval", "2 s"])
     assert config.source == "web.cfg"
-    assert config.warnings == ["vif in web.cfg line 17 is checked, but xenlike has no network device yet "
-                               "(no netfront/netback): the domain gets no interface"]
+    assert [str(forward) for forward in config.ports] == ["127.0.0.1:8080->80/tcp"]
+    assert config.warnings == []
 
 
 def test_numbers_may_be_strings_as_xl_reads_them_with_strtol():

@@ -229,6 +229,25 @@ def format_block_list(rows: Iterable[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_network_list(rows: Iterable[dict]) -> str:
+    """``xl network-list`` (``tools/xl/xl_nic.c``): ``Idx BE Mac Addr. handle state evt-ch tx-/rx-ring-ref BE-path``.
+
+    As ``main_networklist`` prints a ``libxl_nicinfo``: Idx is the device id, BE the
+    back end's domid, then the MAC, the front end's handle, the back end's state,
+    the event channel and the two ring references.
+    """
+    lines = [
+        f"{'Idx':<3} {'BE':<2} {'Mac Addr.':<17} {'handle':<6} {'state':<5} {'evt-ch':<6} "
+        f"{'tx-':>5}/{'rx-ring-ref':<11} {'BE-path':<30}"
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['idx']:<3} {row['backend']:<2} {row['mac']:<17} {row['handle']:>6} {row['state']:>5} "
+            f"{row['evtch']:>6} {row['tx_ring_ref']:>5}/{row['rx_ring_ref']:<11} {row['be_path']:<30}"
+        )
+    return "\n".join(lines)
+
+
 def cpu_bitmap(cpus: Iterable[int], nr_cpus: int) -> str:
     """xl's ``print_bitmap`` (``tools/xl/xl_utils.c``): ``all``, ``none`` or ranges like ``0-3,6``."""
     chosen = sorted({c for c in cpus if 0 <= c < nr_cpus})

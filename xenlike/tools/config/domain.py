@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from xenlike.tools.config.disk import DiskSpec, parse_disk_spec
+from xenlike.tools.config.ports import PortForward, parse_port_forward
 from xenlike.tools.config.vif import VifSpec, parse_vif_spec
 from xenlike.tools.config.xlcfg import (
     ConfigError,
@@ -81,6 +82,7 @@ USED_KEYS = frozenset(
         "on_soft_reset",
         "disk",
         "vif",
+        "ports",
         "extra",
         "root",
         "cmdline",
@@ -275,6 +277,7 @@ class DomainConfig:
     on_soft_reset: str = "soft-reset"
     disk: list[DiskSpec] = field(default_factory=list)
     vif: list[VifSpec] = field(default_factory=list)
+    ports: list[PortForward] = field(default_factory=list)
     extra: str = ""
     cmdline: str = ""
     max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES
@@ -299,6 +302,7 @@ class DomainConfig:
         data["cpus"] = None if self.cpus is None else sorted(self.cpus)
         data["disk"] = [disk.to_dict() for disk in self.disk]
         data["vif"] = [vif.to_dict() for vif in self.vif]
+        data["ports"] = [forward.to_dict() for forward in self.ports]
         data["workload_args"] = list(self.workload_args)
         data["warnings"] = list(self.warnings)
         return data
@@ -315,6 +319,7 @@ class DomainConfig:
         values = dict(data)
         values["disk"] = [DiskSpec.from_dict(disk) for disk in values.get("disk") or []]
         values["vif"] = [VifSpec.from_dict(vif) for vif in values.get("vif") or []]
+        values["ports"] = [PortForward(**forward) for forward in values.get("ports") or []]
         values["workload_args"] = list(values.get("workload_args") or [])
         values["warnings"] = list(values.get("warnings") or [])
         return cls(**values)
@@ -570,6 +575,27 @@ def _vif(reader: _Reader) -> list[VifSpec]:
     return vifs
 
 
+def _ports(reader: _Reader, vifs: list[VifSpec]) -> list[PortForward]:
+    if "ports" not in reader.settings:
+        return []
+    value = reader.settings["ports"]
+    if not isinstance(value, list):
+        raise reader.error("ports", 'a [list] of forwards like "8080:80"')
+    forwards: list[PortForward] = []
+    for index, spec in enumerate(value):
+        try:
+            forwards.append(parse_port_forward(spec))
+        except ConfigError as exc:
+            raise ConfigError(f"ports entry {index} in {reader.where('ports')}: {exc}") from None
+    hosts = [forward.host_port for forward in forwards]
+    twice = sorted({port for port in hosts if hosts.count(port) > 1})
+    if twice:
+        raise reader.error("ports", f"one forward per host port: {', '.join(map(str, twice))} is given twice")
+    if forwards and not vifs:
+        raise reader.error("ports", 'a vif to forward to: add vif = [ "" ] (a forward reaches the first vif)')
+    return forwards
+
+
 def _build(reader: _Reader) -> DomainConfig:
     settings = reader.settings
     warnings: list[str] = []
@@ -609,11 +635,7 @@ def _build(reader: _Reader) -> DomainConfig:
     else:
         cmdline = f"root={root} {extra}" if root and extra else f"root={root}" if root else extra
     vifs = _vif(reader)
-    if vifs:
-        warnings.append(
-            f"vif in {reader.where('vif')} is checked, but xenlike has no network device yet "
-            "(no netfront/netback): the domain gets no interface"
-        )
+    ports = _ports(reader, vifs)
     return DomainConfig(
         name=name,
         uuid=_uuid(reader),
@@ -631,6 +653,7 @@ def _build(reader: _Reader) -> DomainConfig:
         on_soft_reset=_action(reader, "on_soft_reset", "soft-reset"),
         disk=_disk(reader),
         vif=vifs,
+        ports=ports,
         extra=extra,
         cmdline=cmdline,
         max_grant_frames=reader.integer(

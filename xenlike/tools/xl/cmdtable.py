@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xenlike.tools.suggest import did_you_mean
-from xenlike.tools.xl import block, console, host, info, sched, top, vcpu, vmcontrol, xenstore
+from xenlike.tools.xl import block, console, host, info, network, sched, top, vcpu, vmcontrol, xenstore
 from xenlike.tools.xl.utils import XlError
 
 __all__ = ["Arg", "CmdSpec", "CMD_TABLE", "XL_VERBS", "build_parser", "unknown_verb", "verb_of", "verbs"]
@@ -265,6 +265,30 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
         ),
     ),
     CmdSpec("block-list", block.main_block_list, "a domain's disks (xl block-list's columns)", (DOMAIN,)),
+    CmdSpec(
+        "network-attach",
+        network.main_network_attach,
+        "hotplug a vif: SPEC in xl's network syntax, e.g. 'mac=00:16:3e:00:00:01, bridge=xenbr0' (none: defaults)",
+        (
+            DOMAIN,
+            Arg("spec", metavar="SPEC", nargs="*", help="key=value settings (xl-network-configuration(5))"),
+        ),
+    ),
+    CmdSpec(
+        "network-detach",
+        network.main_network_detach,
+        "unplug a vif (the guest sees its eth<devid> go)",
+        (
+            DOMAIN,
+            Arg("vif", metavar="DEVID|MAC", help="the vif's device id, or its MAC"),
+        ),
+    ),
+    CmdSpec(
+        "network-list",
+        network.main_network_list,
+        "domains' vifs (xl network-list's columns)",
+        (Arg("domains", metavar="DOMAIN", nargs="+"),),
+    ),
     CmdSpec("workloads", info.main_workloads, "list the registered guest workloads"),
     CmdSpec(
         "sched-credit",
