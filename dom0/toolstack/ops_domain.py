@@ -135,9 +135,10 @@ def top(ts: Toolstack, request: Request) -> None:
     ``{"time", "monotonic", "host": {total_kb, free_kb, nr_cpus, cpu_mhz, version},
     "domains": [{domid, name, running, blocked, paused, shutdown, shutdown_reason, dying,
     cpu_time, memory_kb, maxmem_kb, vcpus, nets, vbds, ssid}]}``: ``vbds`` holds each
-    disk's blkback counters (None for a disk blkback does not know), ``nets`` is
-    empty (there is no network device). The reply waits for the block workers'
-    live counters, at most TOP_STATS_TIMEOUT_S.
+    disk's blkback counters (None for a disk blkback does not know), ``nets`` each
+    vif's netback counters (the guest's view: ``tx_bytes`` it sent, ``rx_bytes`` it
+    received). The reply waits for the back-end workers' live counters, at most
+    TOP_STATS_TIMEOUT_S.
     """
     infos = ts.lifecycle.domain_infos()
     physinfo = ts.hypercall("sysctl", cmd="physinfo")[0]

@@ -46,13 +46,14 @@ def _port(spec: str, what: str, text: str) -> int:
 
 def parse_port_forward(spec: Any) -> PortForward:
     """One ``ports`` entry; ConfigError naming the entry and what is wrong with it."""
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        spec = str(spec)
     if not isinstance(spec, str):
         raise ConfigError(f'port forward {format_value(spec)} is not a string like "8080:80"')
     match = _FORWARD.fullmatch(spec.strip())
     if match is None:
-        raise ConfigError(f'port forward {format_value(spec)}: expected "HOST:GUEST" (as "8080:80")')
+        raise ConfigError(
+            f'port forward {format_value(spec)}: expected "HOST:GUEST" '
+            '(as "8080:80"; the host port is not chosen for you)'
+        )
     address, protocol = match["address"], match["protocol"]
     if address is not None and address != LOOPBACK:
         raise ConfigError(

@@ -1,0 +1,147 @@
+"""Virtual networks end to end: netfront in guests, netback and xenbr0 in dom0's back-end namespace.
+
+Every packet here is a guest kernel's own (ICMP echo sockets, http.server, urllib) and crosses
+real TAP devices and a real Linux bridge; the host reaches a guest only through a forward on
+127.0.0.1. Nothing is sent anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import urllib.request
+
+import psutil
+import pytest
+
+from .conftest import console_json, wait_for, workload, write_cfg
+from .test_lifecycle import write_cluster
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a vif needs root (TAP devices and bridges)")
+
+DOM0 = "10.88.0.1"
+
+
+def net_domain(name: str, *args: str, vif: list[str] | None = None, **extra) -> dict:
+    domain = {"name": name, "memory": 32, "workload": workload("net"), "workload_args": list(args), **extra}
+    if vif is not None:
+        domain["vif"] = vif
+    return domain
+
+
+def network_namespaces() -> set[int]:
+    """The inodes of every network namespace some process of this machine is in."""
+    found = set()
+    for proc in psutil.process_iter():
+        try:
+            found.add(os.stat(f"/proc/{proc.pid}/ns/net").st_ino)
+        except OSError:
+            continue
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def xs_int(host, domid: int, key: str) -> int:
+    return int(host.xs_read(f"/local/domain/{domid}/data/{key}") or 0)
+
+
+def test_guests_ping_each_other_and_dom0_and_a_guest_without_a_vif_has_only_lo(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [
+        net_domain("a", "ping", "10.88.1.2", DOM0, vif=["ip=10.88.1.1"]),
+        net_domain("b", "ping", "10.88.1.1", DOM0, vif=["ip=10.88.1.2, mac=00:16:3e:00:01:02"]),
+        net_domain("c", "ifaces"),
+        net_domain("d", "ifaces", vif=["mac=00:16:3e:00:01:04"]),
+    ])))
+    for name, peer in (("a", "10.88.1.2"), ("b", "10.88.1.1")):
+        ping = console_json(host, name, "PING", timeout=30)
+        assert ping[peer]["ok"], ping
+        assert ping[DOM0]["ok"], ping
+    assert console_json(host, "c", "IFACES")["names"] == ["lo"]
+    d = console_json(host, "d", "IFACES", timeout=30)
+    assert d["names"] == ["eth0", "lo"]
+    d_domid = host.domains()["d"]["domid"]
+    assert d["net"]["eth0"] == {"mac": "00:16:3e:00:01:04", "address": f"10.88.0.{d_domid + 1}/16"}
+    listing = host.xl("network-list", "b").stdout.splitlines()
+    assert listing[0].split()[:5] == ["Idx", "BE", "Mac", "Addr.", "handle"]
+    assert listing[1].split()[:5] == ["0", "0", "00:16:3e:00:01:02", "0", "4"]  # Connected
+
+
+def test_a_guest_serves_http_to_another_and_to_the_host_through_a_forward(host, tmp_path):
+    port = free_port()
+    host.up(str(write_cluster(tmp_path, [
+        net_domain("web", "serve", "80", "7", "4", vif=["ip=10.88.2.1"], ports=[f"{port}:80"]),
+        net_domain("client", "fetch", "http://10.88.2.1/", vif=["ip=10.88.2.2"]),
+    ])))
+    serving = console_json(host, "web", "SERVING", timeout=30)
+    fetched = console_json(host, "client", "FETCH", timeout=60)
+    assert fetched == {"status": 200, "length": 4 << 20, "sha256": serving["sha256"]}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:
+        body = reply.read()
+    assert hashlib.sha256(body).hexdigest() == serving["sha256"]
+
+
+def test_network_attach_and_detach_while_the_guest_runs(host, tmp_path):
+    host.up()
+    cfg = write_cfg(tmp_path, "p", f'name = "p"\nmemory = 32\nworkload = "{workload("net")}"\n'
+                                   f'workload_args = ["pinger", "{DOM0}"]\n')
+    host.xl("create", str(cfg))
+    domid = host.domains()["p"]["domid"]
+    wait_for(lambda: xs_int(host, domid, "lost") > 2, timeout=20, what="pings lost without a vif")
+    assert xs_int(host, domid, "pings") == 0
+    host.xl("network-attach", "p", "mac=00:16:3e:00:02:01")
+    wait_for(lambda: xs_int(host, domid, "pings") > 5, timeout=30, what="pings through the attached vif")
+    assert "00:16:3e:00:02:01" in host.xl("network-list", "p").stdout
+    host.xl("network-detach", "p", "0")
+    answered = xs_int(host, domid, "pings")
+    lost = xs_int(host, domid, "lost")
+    wait_for(lambda: xs_int(host, domid, "lost") > lost + 3, timeout=20, what="pings lost after the detach")
+    assert xs_int(host, domid, "pings") <= answered + 1
+    assert host.xl("network-list", "p").stdout.splitlines()[1:] == []
+
+
+def test_killing_a_netback_worker_closes_its_vif_the_guest_carries_on_and_reattaching_brings_it_back(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [net_domain("p", "pinger", DOM0, vif=["mac=00:16:3e:00:03:01"])])))
+    domid = host.domains()["p"]["domid"]
+    wait_for(lambda: xs_int(host, domid, "pings") > 5, timeout=30, what="pings")
+    workers = [p for p in host.processes() if p.name().startswith(f"xl-net-{domid}-")]
+    assert len(workers) == 1, [p.name() for p in host.processes()]
+    os.kill(workers[0].pid, signal.SIGKILL)
+    back = f"/local/domain/0/backend/vif/{domid}/0/state"
+    wait_for(lambda: host.xs_read(back) in ("5", "6"), timeout=20, what="the vif closing")
+    lost = xs_int(host, domid, "lost")
+    wait_for(lambda: xs_int(host, domid, "lost") > lost + 3, timeout=20, what="pings lost")
+    assert host.domains()["p"]["state"][0] in "rb"  # the guest runs on
+    host.xl("network-detach", "p", "0")
+    host.xl("network-attach", "p", "mac=00:16:3e:00:03:02")
+    answered = xs_int(host, domid, "pings")
+    wait_for(lambda: xs_int(host, domid, "pings") > answered + 5, timeout=30, what="pings after re-attaching")
+
+
+def test_down_leaves_no_namespace_tap_or_bridge(host, tmp_path):
+    before = network_namespaces()
+    host_links = sorted(name for _index, name in socket.if_nameindex())
+    host.up(str(write_cluster(tmp_path, [net_domain("a", "ifaces", vif=[""]), net_domain("b", "ifaces", vif=[""])])))
+    console_json(host, "a", "IFACES", timeout=30)
+    console_json(host, "b", "IFACES", timeout=30)
+    assert len(network_namespaces() - before) >= 3  # dom0's back ends' and each guest's
+    assert sorted(name for _index, name in socket.if_nameindex()) == host_links  # nothing in the host's
+    host.xl("down")
+    wait_for(lambda: not (network_namespaces() - before), timeout=20, what="the namespaces to go")
+    assert sorted(name for _index, name in socket.if_nameindex()) == host_links
+
+
+def test_a_vif_on_a_host_without_the_jail_is_refused_in_one_line(host, tmp_path):
+    host.up("--no-jail")
+    cfg = write_cfg(tmp_path, "n", 'name = "n"\nmemory = 32\nvif = [ "" ]\n')
+    result = host.xl("create", str(cfg), check=False)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "network namespace" in lines[0] and "--no-jail" in lines[0], lines
+    assert "n" not in host.domains()
