@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 from xenlike.hypervisor.console import ConsoleRing
 from xenlike.hypervisor.domain import Domain, FramePool, OutOfMemory, mib_to_frames
 from xenlike.hypervisor.event_channel import EventChannelHost, PeerUpdate
+from xenlike.hypervisor.gntalloc import GntallocAreas
 from xenlike.hypervisor.grant_table import GrantMapper
 from xenlike.hypervisor.hypercall import Deferred, Hypercall, Refused, Result
 from xenlike.hypervisor.hypercall_table import HYPERCALLS
@@ -127,7 +128,8 @@ class Hypervisor:
         self.domains: dict[int, Domain] = {}
         self.fd_budget = FdBudget(DOMAIN_FDS, "the hypervisor")
         self.evtchn = EventChannelHost()
-        self.grants = GrantMapper(self._grant_table)
+        self.gntalloc = GntallocAreas(self.pool, self.evtchn.send)  # pages domUs allocate to share (gntalloc.py)
+        self.grants = GrantMapper(self._grant_table, self.gntalloc.owns)
         self._gnttabs: dict[int, GrantTableFrames] = {}
         self._by_pid: dict[int, Domain] = {}
         self._by_sock: dict[int, Domain] = {}
@@ -588,6 +590,7 @@ class Hypervisor:
         if domain is None:
             return
         self._drop_channel(domain)
+        self.gntalloc.domain_died(domain.domid)  # its mappings went with its process: their unmap notifications fire
         # Its vCPUs are gone: the scheduler's total (every vCPU) outlives them.
         domain.cpu_time_final = max(cpu_time, self.scheduler.domain_time(domain.domid))
         self.scheduler.remove_domain(domain.domid)
@@ -634,6 +637,7 @@ class Hypervisor:
             self.grants.unmap_grant_ref(mapper, mapping.handle)
         for mapping in self.grants.mappings_of(domain.domid):
             self.grants.unmap_grant_ref(domain.domid, mapping.handle)
+        self.gntalloc.remove_domain(domain.domid)
         self.send_peer_updates(self.evtchn.remove_domain(domain.domid))
         self._gnttabs.pop(domain.domid).release()
         domain.memory.close()

@@ -11,7 +11,9 @@ it is mapped.
 The functions at the end are the ``GNTTABOP_*`` hypercalls (``do_grant_table_op``).
 Every domain's maps are checked, but only dom0 is given the frames: it holds every
 domU's memfd, as a privileged domain may map foreign memory. Other domains copy
-(``grant_copy``).
+(``grant_copy``), or map pages their peer allocated for them
+(:mod:`xenlike.hypervisor.gntalloc`): for those the answer is the small memfd of
+that allocation and each page's index in it, never the granter's own memory.
 """
 
 from __future__ import annotations
@@ -78,8 +80,12 @@ class GrantMapper:
     the mapper's domid and a handle, as Xen's per-domain maptrack is.
     """
 
-    def __init__(self, tables: Callable[[int], GrantTableFrames]) -> None:
+    def __init__(
+        self, tables: Callable[[int], GrantTableFrames], allocated: Callable[[int, int], bool] | None = None
+    ) -> None:
         self._tables = tables
+        # allocated(granter, frame): a pseudo-frame of pages the granter allocated to share (gntalloc).
+        self._allocated = allocated
         self._active: dict[tuple[int, int], _ActiveGrant] = {}
         self._maptrack: dict[tuple[int, int], GrantMapping] = {}
         self._next_handle = 0
@@ -99,7 +105,7 @@ class GrantMapper:
         self._set_status(table, ref, mapper, readonly)
         if active is None:
             frame = table.read(ref).frame  # read once; later changes by the granter are not seen
-            if frame >= table.memory.nr_frames:
+            if frame >= table.memory.nr_frames and not (self._allocated and self._allocated(granter, frame)):
                 self._clear_status(table, ref, readers=0, writers=0)
                 raise GrantError(
                     GNTST.bad_page, f"grant ref {ref} of d{granter} names frame {frame}, outside its memory"
@@ -208,17 +214,23 @@ def grant_map(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
     """GNTTABOP_map_grant_ref, batched: every ref of ``granter`` checked and pinned, all or none.
 
     The checks run for every domain, so a guest learns what is wrong with a
-    grant; the frames are then given to dom0 alone, which runs the back ends.
+    grant; the frames of the granter's memory are then given to dom0 alone, which
+    runs the back ends. Pages the granter allocated for the caller (gntalloc) are
+    given to it as that allocation's memfd: ``fd_index[i]`` names the returned fd
+    holding the i-th ref's page and ``pages[i]`` its page index there (None for a
+    frame of the granter's memory).
     """
     granter, readonly = args["granter"], bool(args.get("readonly", False))
     done = []
     try:
         for ref in args["refs"]:
             done.append(hv.grants.map_grant_ref(caller.domid, granter, ref, readonly))
-        if not caller.privileged:
+        areas = [hv.gntalloc.find(granter, m.frame) for m in done]
+        if not caller.privileged and not all(area is not None and area.peer == caller.domid for area in areas):
             raise GrantError(
                 GNTST.permission_denied,
-                f"{caller.label} may not map foreign frames: only dom0 runs back ends; use grant_copy",
+                f"{caller.label} may not map d{granter}'s memory: only dom0 runs back ends; use grant_copy, "
+                "or have the granter share pages it allocated for this domain (gntalloc)",
             )
     except GrantError:
         for mapping in done:
@@ -228,14 +240,30 @@ def grant_map(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
     channel = hv.calling_channel()
     if channel is not None:
         channel.grant_handles.update(handles)
-    return {"frames": [m.frame for m in done], "handles": handles}, []
+    result: dict = {"frames": [m.frame for m in done], "handles": handles}
+    if not any(areas):
+        return result, []
+    area_fds: list[int] = []
+    result["fd_index"], result["pages"] = [], []
+    for mapping, area in zip(done, areas, strict=True):
+        if area is None:
+            result["fd_index"].append(None)
+            result["pages"].append(None)
+            continue
+        fd = area.ro_fd if mapping.readonly else area.fd
+        if fd not in area_fds:
+            area_fds.append(fd)
+        result["fd_index"].append(area_fds.index(fd))
+        result["pages"].append(mapping.frame - area.base)
+    return result, area_fds
 
 
 def grant_unmap(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
     """GNTTABOP_unmap_grant_ref, batched: give back mappings by handle."""
     channel = hv.calling_channel()
     for handle in args["handles"]:
-        hv.grants.unmap_grant_ref(caller.domid, handle)
+        mapping = hv.grants.unmap_grant_ref(caller.domid, handle)
+        hv.gntalloc.unmapped(caller.domid, mapping.granter, mapping.frame)
         if channel is not None:
             channel.grant_handles.discard(handle)
     return {}, []

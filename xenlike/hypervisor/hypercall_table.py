@@ -12,7 +12,17 @@ A new hypercall is a handler in the module of its family and a row here.
 
 from __future__ import annotations
 
-from xenlike.hypervisor import console, domctl, event_channel, grant_table, multicall, sched_op, sysctl, version
+from xenlike.hypervisor import (
+    console,
+    domctl,
+    event_channel,
+    gntalloc,
+    grant_table,
+    multicall,
+    sched_op,
+    sysctl,
+    version,
+)
 from xenlike.hypervisor.hypercall import Hypercall
 
 __all__ = ["HYPERCALLS"]
@@ -38,6 +48,13 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               doc="GNTTABOP_unmap_grant_ref, batched"),
     Hypercall("grant_copy", grant_table.grant_copy,
               doc="GNTTABOP_copy: copies within one page each, checked against the grants"),
+    # Pages a domU allocates to share with one other domU (gntalloc.py)
+    Hypercall("gntalloc_alloc", gntalloc.gntalloc_alloc,
+              doc="count pages for domid in a sealed memfd of their own; the fd and their first frame"),
+    Hypercall("gntalloc_free", gntalloc.gntalloc_free,
+              doc="drop the allocation starting at frame; its peer's mappings stay valid"),
+    Hypercall("gntalloc_unmap_notify", gntalloc.gntalloc_unmap_notify,
+              doc="clear a byte of an allocated page and signal a port when the caller lets go of it"),
     # A guest's own vCPUs, its console, the version (sched_op.py, console.py, version.py)
     Hypercall("sched_shutdown", sched_op.sched_shutdown, in_multicall=False,
               doc="SCHEDOP_shutdown: the guest is done, for a reason; answered before it is killed"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from xenlike.kernel.memory import GuestMemory
 from xenlike.public.atomic import cmpxchg16
+from xenlike.public.gntalloc import is_gntalloc_frame
 from xenlike.public.grant_table import (
     GNTST,
     GNTTAB_NR_RESERVED_ENTRIES,
@@ -85,9 +86,12 @@ class GrantTable(GrantTableFrames):
         """Let ``domid`` map our ``frame``; returns the grant reference.
 
         Mirrors ``gnttab_grant_foreign_access``. Raises GrantError(GNTST_no_space)
-        when the table is full and IndexError for a frame we do not have.
+        when the table is full and IndexError for a frame we do not have. A
+        pseudo-frame of pages allocated to share (:mod:`xenlike.public.gntalloc`)
+        is granted as it is: the hypervisor knows whether it is ours.
         """
-        self.memory.check_frame(frame)
+        if not is_gntalloc_frame(frame):
+            self.memory.check_frame(frame)
         if self._free_refs:
             ref = self._free_refs.pop()
         elif self._never_used < self.nr_entries:

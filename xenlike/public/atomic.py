@@ -31,7 +31,7 @@ import ctypes
 import ctypes.util
 import platform
 
-__all__ = ["mb", "cmpxchg16", "cmpxchg32", "check_platform"]
+__all__ = ["mb", "cmpxchg16", "cmpxchg32", "fetch_or8", "fetch_and8", "check_platform"]
 
 _SEQ_CST = 5  # __ATOMIC_SEQ_CST
 
@@ -61,6 +61,14 @@ _libatomic = _load_libatomic()
 _fetch_add_4 = _libatomic.__atomic_fetch_add_4
 _fetch_add_4.restype = ctypes.c_uint32
 _fetch_add_4.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int]
+
+_fetch_or_1 = _libatomic.__atomic_fetch_or_1
+_fetch_or_1.restype = ctypes.c_uint8
+_fetch_or_1.argtypes = [ctypes.c_void_p, ctypes.c_uint8, ctypes.c_int]
+
+_fetch_and_1 = _libatomic.__atomic_fetch_and_1
+_fetch_and_1.restype = ctypes.c_uint8
+_fetch_and_1.argtypes = [ctypes.c_void_p, ctypes.c_uint8, ctypes.c_int]
 
 _cmpxchg_2 = _libatomic.__atomic_compare_exchange_2
 _cmpxchg_2.restype = ctypes.c_bool
@@ -97,3 +105,16 @@ def cmpxchg32(address: int, old: int, new: int) -> int:
     expected = ctypes.c_uint32(old)
     _cmpxchg_4(address, ctypes.byref(expected), new, _SEQ_CST, _SEQ_CST)
     return expected.value
+
+
+def fetch_or8(address: int, bits: int) -> int:
+    """Atomically OR ``bits`` into the byte at ``address``; returns its old value (``__sync_fetch_and_or``).
+
+    A full barrier as well, as every locked instruction on x86-64 is.
+    """
+    return int(_fetch_or_1(address, bits & 0xFF, _SEQ_CST))
+
+
+def fetch_and8(address: int, bits: int) -> int:
+    """Atomically AND the byte at ``address`` with ``bits``; returns its old value (``__sync_fetch_and_and``)."""
+    return int(_fetch_and_1(address, bits & 0xFF, _SEQ_CST))

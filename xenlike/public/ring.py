@@ -429,13 +429,29 @@ class ByteRing:
     ``prod_word`` are the positions of its consumer and producer indices as uint32
     words of the page. The producer calls :meth:`write`, the consumer :meth:`read`;
     both check the peer's index, since the peer may be hostile.
+
+    ``data``, when given, is a buffer of its own (pages granted apart from the page
+    holding the indices, as a vchan's larger rings are) and ``data_offset`` is
+    taken inside it.
     """
 
-    def __init__(self, page: memoryview, data_offset: int, size: int, cons_word: int, prod_word: int) -> None:
+    def __init__(
+        self,
+        page: memoryview,
+        data_offset: int,
+        size: int,
+        cons_word: int,
+        prod_word: int,
+        *,
+        data: memoryview | None = None,
+    ) -> None:
         if size & (size - 1):
             raise ValueError(f"byte ring size {size} is not a power of two")
         self.size = size
-        self._data = page[data_offset : data_offset + size]
+        buffer = page if data is None else data
+        if data_offset + size > len(buffer):
+            raise ValueError(f"a byte ring of {size} bytes at {data_offset} overruns its {len(buffer)}-byte buffer")
+        self._data = buffer[data_offset : data_offset + size]
         self._words = page[: len(page) - len(page) % 4].cast("I")
         self._cons = cons_word
         self._prod = prod_word
