@@ -111,15 +111,24 @@ class FrontKernel:
         self.loop = EventLoop(self.label)
         self.hypercall = None
         self.xenbus = None
+        self._views: list[memoryview] = []
+
+    def write(self, pfn: int, data: bytes) -> None:
+        """Write ``data`` at the start of frame ``pfn`` (holding no view of it afterwards)."""
+        with self.memory.frames(pfn, 1) as view:
+            view[: len(data)] = data
 
     def shared_ring(self, grantee: int = 0) -> SharedRing:
         pfn = self.pages.alloc(1)
         view = self.memory.frames(pfn, 1)
         view[:] = bytes(len(view))
+        self._views.append(view)
         return SharedRing(pfn, view, [self.grant_table.grant_access(grantee, pfn)])
 
     def close(self) -> None:
         self.loop.close()
+        for view in self._views:
+            view.release()
         self.grant_table.release()
         self.memory.close()
 
