@@ -236,6 +236,7 @@ class DomainBuilder:
             "extra": config.get("cmdline") or config.get("extra", ""),  # xl: cmdline, else root= + extra
             "vcpus": config.get("vcpus", 1),
             "disks": [disk["vdev"] for disk in config.get("disk", [])],
+            "vifs": [vif["devid"] for vif in config.get("vif", [])],  # the kernel brings them up before the workload
         }
         StartInfo(
             nr_pages=built.memory.nr_frames,

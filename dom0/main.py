@@ -27,6 +27,7 @@ from xenlike.public.event_channel import VIRQ
 from .blkback import BlkbackDriver
 from .builder import DomainBuilder
 from .context import BackendContext, BuilderContext
+from .netback import NetbackDriver
 from .netback.bridge import BackendNetwork, network_support
 from .netback.forward import Forwards
 from .toolstack import Toolstack
@@ -97,7 +98,10 @@ class Dom0:
         )
         self.backends.register(BlkbackDriver())
         self.network = self._backend_network()
-        self.forwards = Forwards(self.network.netns, str(run_dir.log_path("dom0"))) if self.network else None
+        self.forwards = None
+        if self.network is not None:
+            self.backends.register(NetbackDriver(self.network))
+            self.forwards = Forwards(self.network.netns, str(run_dir.log_path("dom0")))
         self.builder = DomainBuilder(
             BuilderContext(
                 hypercall=self.hypercall,

@@ -21,8 +21,10 @@ of the slow parts:
   (``uid_base + domid``) with no supplementary group and no capability, else no
   capability; ``no_new_privs`` and the seccomp filter
   (:func:`xenlike.kernel.seccomp.guest_policy`) on every thread; then Landlock
-  (no file written anywhere, only the allowance read, TCP denied, signals and
-  abstract UNIX sockets scoped to the domain) on the calling thread. It returns
+  (no file written anywhere, only the allowance read, signals and abstract UNIX
+  sockets scoped to the domain) on the calling thread. TCP is left to the
+  network namespace: a guest's TCP reaches its own loopback and, through its
+  vifs, its bridge, and nothing of the host's. It returns
   the same confinement for the shell's other thread, which the guest kernel
   applies on its event-loop thread before it serves anything
   (Landlock binds one thread at a time on this kernel).
@@ -200,7 +202,18 @@ def warm_up(policy: JailPolicy | None = None) -> None:
     if policy is not None and policy.as_root:
         _base_view_plan(policy.uid_of(1))
     if policy is not None and policy.has("landlock"):
-        os.close(landlock.Ruleset().allow_all(_base_allowance()).create())
+        os.close(_guest_ruleset().allow_all(_base_allowance()).create())
+
+
+def _guest_ruleset() -> landlock.Ruleset:
+    """A guest's Landlock ruleset: every file-system right, signals and abstract sockets; not TCP.
+
+    A guest's sockets live in its own network namespace, which holds ``lo`` and
+    its vifs' ``eth<devid>``: that is the boundary of what its TCP reaches (its
+    loopback, its bridge), and a workload serving or fetching over its vif
+    needs ``bind``/``connect`` on any port.
+    """
+    return landlock.Ruleset(tcp=False)
 
 
 def workload_target(workload: str) -> str | None:
@@ -327,7 +340,7 @@ class ShellJail:
             )
             self.cgroup.add(os.getpid())
         if policy.has("landlock"):
-            self._ruleset = landlock.Ruleset()
+            self._ruleset = _guest_ruleset()
             self._ruleset_fd = self._ruleset.allow_all(_base_allowance()).create()
 
     def enter(self, boot: dict, fds: list[int]) -> None:

@@ -13,7 +13,7 @@ behalf, as a device model plugs a NIC into an HVM guest:
   device. The first time, the hypervisor enters the guest's network namespace,
   creates the TAP ``eth<devid>`` (frames with a ``virtio_net_hdr``), gives it the
   MAC and MTU, brings it up, adds the address and the default route, lets the
-  guest's groups open ICMP echo sockets (``ping_group_range``), and comes back;
+  guest's workload ping and serve on low ports (:data:`GUEST_SYSCTLS`), and comes back;
   it answers with an fd of the TAP (the device goes with its last fd);
 - ``domctl netif_unplug`` (dom0, after a detach): the device is deleted, whatever
   the guest still holds.
@@ -46,7 +46,9 @@ log = logging.getLogger("xenlike.hypervisor")
 MAX_VIFS = 16  # vifs a domain may have (eth0..; the name must fit IFNAMSIZ)
 MAX_DEVID = 9999
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-PING_GROUP_RANGE = "0 2147483647"  # every gid: a guest's workload may ping (ICMP echo sockets)
+# The guest's namespace is its own, so what root alone may do in a host's is its workload's here:
+# ping (ICMP echo sockets, for every gid) and serve on ports below 1024 (http.server on port 80).
+GUEST_SYSCTLS = {"ipv4/ping_group_range": "0 2147483647", "ipv4/ip_unprivileged_port_start": "0"}
 
 
 @dataclass
@@ -135,7 +137,7 @@ def netif_tap(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
             raise Refused(exc.errno or errno.EIO, f"{caller.label}: {config.name}: {exc.strerror or exc}") from None
         log.info("%s: %s %s up, %s", caller.label, config.name, config.mac.hex(":"), config.address or "no address")
     reply = {"name": config.name, "mac": config.mac.hex(":"), "mtu": config.mtu}
-    reply["address"] = str(config.address) if config.address else None
+    reply["ip"] = str(config.address) if config.address else None  # "10.88.0.3/16"
     reply["gateway"] = str(config.gateway) if config.gateway else None
     return reply, [os.dup(config.fd)]
 
@@ -180,8 +182,9 @@ def _make_device(domain: Domain, config: NetifConfig) -> int:
                         rt.add_address(index, config.address)
                     if config.gateway is not None:
                         _add_default_route(rt, config.gateway, index)
-                with open("/proc/sys/net/ipv4/ping_group_range", "w") as sysctl:
-                    sysctl.write(PING_GROUP_RANGE)
+                for key, value in GUEST_SYSCTLS.items():
+                    with open(f"/proc/sys/net/{key}", "w") as sysctl:
+                        sysctl.write(value)
             except BaseException:
                 os.close(fd)
                 raise

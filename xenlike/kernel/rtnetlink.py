@@ -25,7 +25,9 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_NEWROUTE = 20, 24
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 10, 18
-IFLA_INFO_KIND = 1
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_NET_NS_FD = 28
+VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_OIF, RTA_GATEWAY = 4, 5
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
@@ -127,6 +129,20 @@ class Rtnetlink:
         )
         self._request(f"ip link add {name} type bridge", RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
         return self.link_index(name)
+
+    def add_veth(self, name: str, peer: str, *, peer_netns: int | None = None) -> None:
+        """``ip link add NAME type veth peer name PEER [netns FD]``: a pair, its peer moved to ``peer_netns``."""
+        peer_attrs = _attr(IFLA_IFNAME, peer.encode() + b"\0")
+        if peer_netns is not None:
+            peer_attrs += _attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns))
+        peer_info = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + peer_attrs
+        kind = _attr(IFLA_INFO_KIND, b"veth") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_info))
+        body = (
+            _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+            + _attr(IFLA_IFNAME, name.encode() + b"\0")
+            + _attr(IFLA_LINKINFO, kind)
+        )
+        self._request(f"ip link add {name} type veth peer name {peer}", RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
     def set_link(
         self,

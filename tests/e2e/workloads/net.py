@@ -44,7 +44,7 @@ def ping(address, seq=1, timeout=2.0):
 
 def mode_ifaces(ctx):
     names = sorted(name for _index, name in socket.if_nameindex())
-    net = {name: {"mac": nic.mac, "address": nic.address} for name, nic in ctx.net.items()}
+    net = {name: {"mac": nic.mac, "ip": nic.ip} for name, nic in ctx.net.items()}
     report("IFACES", {"names": names, "net": net})
     ctx.shutdown.wait()
 
