@@ -496,7 +496,7 @@ class NetifQueue:
     def _receive(self, responses: bytearray) -> bool:
         """Read one frame from the TAP into the posted pages and answer for it; False if there was none."""
         posted = self._rx_posted
-        grefs = [posted[i][1] for i in self._rx_data_slots]
+        grefs = [posted[i][1] for i in range(self._rx_slots)]  # request 1's too: a frame may not be GSO
         try:
             self.rx_grants.ensure_mapped(grefs, writable=True)
         except GrantRefused as exc:
@@ -505,7 +505,8 @@ class NetifQueue:
         finally:
             self.stats["maps"] = self.tx_grants.maps + self.rx_grants.maps
         view, slot_of = self.rx_grants.view, self.rx_grants.slot_of
-        pages = [view[slot_of[g] * PAGE_SIZE : (slot_of[g] + 1) * PAGE_SIZE] for g in grefs]
+        by_request = [view[slot_of[g] * PAGE_SIZE : (slot_of[g] + 1) * PAGE_SIZE] for g in grefs]
+        pages = [by_request[i] for i in self._rx_data_slots]
         try:
             got = os.readv(self.tap, [self._rx_hdr, *pages, self._rx_overflow])
         except BlockingIOError:
@@ -521,8 +522,8 @@ class NetifQueue:
         gso = _VIRTIO_TO_GSO.get(vgso)
         slots = self._rx_data_slots[:nr_pieces] if gso else list(range(nr_pieces))
         if not gso and self._rx_gso:
-            for piece in range(1, nr_pieces):  # not GSO after all: request 1's page takes the second piece
-                pages[piece][:] = pages[piece + 1]
+            for piece in range(1, nr_pieces):  # not GSO after all: each piece moves down to its request's page
+                by_request[piece][:] = by_request[piece + 1]
         flags = 0
         if vflags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             flags = NETRXF_csum_blank | NETRXF_data_validated
@@ -536,7 +537,7 @@ class NetifQueue:
             responses += RX_RESPONSE.pack(posted[slot][0], 0, piece_flags, size)
             if piece == 0 and gso:
                 responses += pack_gso_extra(gso_size, gso)
-        del posted[: slots[-1] + 1]
+        del posted[: max(slots[-1], 1 if gso else 0) + 1]  # a GSO frame's extra info took request 1's slot
         self.stats["rx_packets"] += 1
         self.stats["rx_bytes"] += length
         return True
