@@ -38,6 +38,7 @@ from xenlike.public.xs_wire import XsdSockmsgType as XS
 
 from .blkfront import BlkfrontDriver
 from .console import ConsoleFront, ConsoleStream
+from .vchan import VchanDriver
 from .vcpu import WorkloadGlobals, fork_vcpus
 from .workload import WorkloadContext, WorkloadError, load_workload
 from .xenbus import XenbusClient
@@ -198,6 +199,7 @@ class Kernel:
             disks=self.blkfront.disks,
             log=logging.getLogger(f"workload.{self.name}"),
             vcpus=self.vcpus,
+            vchan=VchanDriver(self.domid, self.name, self.xenbus, self.hypercall, self.grant_table, self.loop),
         )
         self._vcpus_up(workload)
         self.xenbus.write_async(workload_state.STATE, workload_state.STARTED)  # what `create` waits for

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from xenlike.kernel.memory import GuestMemory, PageAllocator
 
     from .console import ConsoleFront
+    from .vchan import VchanDriver
     from .xenbus import XenbusClient
 
 __all__ = ["ENTRY_POINT_GROUP", "WorkloadError", "WorkloadContext", "load_workload", "available_workloads"]
@@ -68,7 +69,9 @@ class WorkloadContext:
     ``extra``, ``vcpus``, ``disks``), not the whole xl.cfg. ``disks`` maps each
     connected disk's vdev to its ``domu.blkfront.BlockDevice``, live: hotplugged
     disks appear, detached ones go. ``net`` is None (no network device yet);
-    ``log`` is the logger ``workload.<name>``, on the console.
+    ``log`` is the logger ``workload.<name>``, on the console. ``vchan`` opens
+    byte streams to other domains (``ctx.vchan.listen(port)``,
+    ``ctx.vchan.connect(domain, port)``), as far as dom0's policy allows.
     """
 
     name: str
@@ -87,6 +90,7 @@ class WorkloadContext:
     disks: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("workload"))
     vcpus: list[Any] = field(default_factory=list)
+    vchan: VchanDriver | None = None
 
     def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on a shutdown request; True if one came."""

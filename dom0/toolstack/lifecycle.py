@@ -26,6 +26,7 @@ from xenlike.public.xen import ShutdownReason
 from xenlike.public.xs_wire import XsError, home_path
 
 from ..builder import BuiltDomain, DomainBuilder
+from ..vchan_policy import VchanPolicy
 from .request import ToolstackError
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ class Lifecycle:
         self.hypercall = hypercall
         self.xs = xs
         self.domains: dict[int, BuiltDomain] = {}
+        self.vchan_policy = VchanPolicy(xs)  # the vchan pairs the running domains' configs allow
         self.fd_budget = FdBudget(DOMAIN_FDS, "dom0")
         # Domains whose on_* action ran; a later VIRQ_DOM_EXC for them changes nothing.
         self._handled_shutdown: set[int] = set()
@@ -195,6 +197,7 @@ class Lifecycle:
             raise ToolstackError(refusal)
         built = self.builder.create(config, paused=paused, uuid=uuid)
         self.domains[built.domid] = built
+        self.vchan_policy.domain_added(built, self.domains.values())
         return built
 
     def destroy(self, built: BuiltDomain) -> None:
@@ -213,6 +216,7 @@ class Lifecycle:
 
     def _forget(self, built: BuiltDomain, destroyed_elsewhere: bool = False) -> None:
         self.domains.pop(built.domid, None)
+        self.vchan_policy.domain_removed(built, self.domains.values())
         self._handled_shutdown.discard(built.domid)
         report = self._starting.pop(built.domid, None)
         if report is not None:

@@ -144,12 +144,14 @@ def test_unmap_notifications_clear_the_byte_and_signal(host):
     view[21] = 1  # srv_live
     view[PAGE_SIZE + 20] = 1
     host.gntalloc.set_notify(SERVER, area, area.base, 21, 9)
-    host.gntalloc.set_notify(CLIENT, area, area.base + 1, 20, 11)
+    host.gntalloc.set_notify(CLIENT, area, area.base + 1, 20, 11, handle=42)
     host.gntalloc.domain_died(SERVER)
     assert view[21] == 0 and view[PAGE_SIZE + 20] == 1 and host.sent == [(SERVER, 9)]
     host.gntalloc.domain_died(SERVER)  # once only
     assert host.sent == [(SERVER, 9)]
-    host.gntalloc.unmapped(CLIENT, SERVER, area.base + 1)
+    host.gntalloc.unmapped(CLIENT, 41)  # another mapping of the page: not this one's
+    assert view[PAGE_SIZE + 20] == 1
+    host.gntalloc.unmapped(CLIENT, 42)
     assert view[PAGE_SIZE + 20] == 0 and host.sent == [(SERVER, 9), (CLIENT, 11)]
     view.close()
 

@@ -24,6 +24,7 @@ import pytest
 from domu import workload
 from domu.blkfront.blkfront import BlkBatch, BlkBuffer, BlkFuture, BlockDevice, BlockIOError, DiskFile
 from domu.console import ConsoleFront, ConsoleStream
+from domu.vchan import Vchan, VchanDriver
 from domu.vcpu import Vcpu, VcpuCall, VcpuError
 from domu.workload import WorkloadContext
 from domu.xenbus import Transaction, XenbusClient
@@ -45,6 +46,7 @@ CLASSES = [
     GuestMemory, PageAllocator, OutOfFrames,
     GrantTable, GrantEntry, GrantError,
     EventLoop, EventChannel,
+    VchanDriver, Vchan,
     HypercallClient, HypercallError,
 ]
 

@@ -61,13 +61,18 @@ class Area:
 
 @dataclass
 class _Notify:
-    """Clear ``view[offset]`` and signal ``port`` of ``domid`` when ``domid`` lets go of ``frame``."""
+    """Clear ``view[offset]`` and signal ``port`` of ``domid`` when ``domid`` lets go of ``frame``.
+
+    A mapper's notification belongs to one mapping (``handle``), as gntdev's does:
+    it fires when that mapping goes, not when another of the same page does.
+    """
 
     domid: int
     area: Area
     frame: int
     offset: int
     port: int
+    handle: int | None = None
 
 
 @dataclass
@@ -143,17 +148,21 @@ class GntallocAreas:
         self._fire(lambda n: n.domid == owner and n.area is area)
         self._release(area)
 
-    def set_notify(self, domid: int, area: Area, frame: int, offset: int, port: int) -> None:
-        """Register (or replace) ``domid``'s unmap notification on ``frame`` of ``area``."""
+    def set_notify(self, domid: int, area: Area, frame: int, offset: int, port: int, handle: int | None = None) -> None:
+        """Register (or replace) ``domid``'s unmap notification on ``frame`` of ``area``, or on mapping ``handle``."""
         if not 0 <= offset < PAGE_SIZE:
             raise Refused(errno.EINVAL, f"d{domid}: unmap-notify offset {offset} is outside the page")
-        self._notifies = [n for n in self._notifies if not (n.domid == domid and n.frame == frame and n.area is area)]
+        self._notifies = [
+            n
+            for n in self._notifies
+            if not (n.domid == domid and n.frame == frame and n.area is area and n.handle == handle)
+        ]
         byte = (frame - area.base) * PAGE_SIZE + offset
-        self._notifies.append(_Notify(domid, area, frame, byte, port))
+        self._notifies.append(_Notify(domid, area, frame, byte, port, handle))
 
-    def unmapped(self, domid: int, granter: int, frame: int) -> None:
-        """``domid`` unmapped a grant of ``frame``: its notification on that page fires."""
-        self._fire(lambda n: n.domid == domid and n.area.owner == granter and n.frame == frame)
+    def unmapped(self, domid: int, handle: int) -> None:
+        """``domid`` unmapped its grant mapping ``handle``: the notification on that mapping fires."""
+        self._fire(lambda n: n.domid == domid and n.handle == handle)
 
     def domain_died(self, domid: int) -> None:
         """The domain's process is gone, and with it every mapping it had: fire all of its notifications."""
@@ -215,17 +224,21 @@ def gntalloc_free(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) ->
 def gntalloc_unmap_notify(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
     """``IOCTL_GNT{ALLOC,DEV}_SET_UNMAP_NOTIFY``: clear a byte and signal a port when the caller lets go.
 
-    The caller names the page by ``granter`` and ``frame``: its own allocated
-    page, or one it has mapped from ``granter``. ``port`` must be one of its own.
+    The owner names its page by ``frame``; a mapper names its mapping by
+    ``handle`` (``grant_map``'s), and the notification fires when that mapping is
+    unmapped or the mapper dies. ``port`` must be one of the caller's own.
     """
-    granter, frame, port = args["granter"], args["frame"], args["port"]
+    port, offset = args["port"], int(args["offset"])
+    if "handle" in args:
+        mapping = next((m for m in hv.grants.mappings_of(caller.domid) if m.handle == args["handle"]), None)
+        if mapping is None:
+            raise Refused(errno.EINVAL, f"{caller.label} has no grant mapping with handle {args['handle']}")
+        granter, frame, handle = mapping.granter, mapping.frame, mapping.handle
+    else:
+        granter, frame, handle = caller.domid, args["frame"], None
     area = hv.gntalloc.find(granter, frame)
     if area is None:
         raise Refused(errno.EINVAL, f"{caller.label}: frame {frame:#x} is not an allocated page of d{granter}")
-    if granter != caller.domid and not any(
-        m.granter == granter and m.frame == frame for m in hv.grants.mappings_of(caller.domid)
-    ):
-        raise Refused(errno.EPERM, f"{caller.label} has not mapped frame {frame:#x} of d{granter}")
     hv.evtchn.status(caller.domid, port)  # a port out of range is refused here
-    hv.gntalloc.set_notify(caller.domid, area, frame, int(args["offset"]), port)
+    hv.gntalloc.set_notify(caller.domid, area, frame, offset, port, handle)
     return {}, []

@@ -263,7 +263,7 @@ def grant_unmap(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> R
     channel = hv.calling_channel()
     for handle in args["handles"]:
         mapping = hv.grants.unmap_grant_ref(caller.domid, handle)
-        hv.gntalloc.unmapped(caller.domid, mapping.granter, mapping.frame)
+        hv.gntalloc.unmapped(caller.domid, mapping.handle)
         if channel is not None:
             channel.grant_handles.discard(handle)
     return {}, []

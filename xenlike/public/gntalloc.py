@@ -16,8 +16,9 @@ domU's memfd (:mod:`xenlike.hypervisor.grant_table`). For guest-to-guest sharing
 * ``grant_map`` of such a grant, by the domain it names, returns that memfd (an
   ``O_RDONLY`` reopening of it for a read-only grant) with each frame's page
   index in it, so the mapper reaches those pages and nothing else of the granter.
-* ``gntalloc_unmap_notify(granter, frame, offset, port)``: when the caller dies
-  (or frees the area) the hypervisor clears the byte at ``offset`` of that page
+* ``gntalloc_unmap_notify(frame | handle, offset, port)``: when the owner of
+  page ``frame`` frees it or dies, or when the mapper of mapping ``handle``
+  unmaps it or dies, the hypervisor clears the byte at ``offset`` of that page
   and signals ``port``, as ``IOCTL_GNTALLOC_SET_UNMAP_NOTIFY`` and
   ``IOCTL_GNTDEV_SET_UNMAP_NOTIFY`` with ``UNMAP_NOTIFY_CLEAR_BYTE |
   UNMAP_NOTIFY_SEND_EVENT`` do; vchan uses it for ``srv_live``/``cli_live``.

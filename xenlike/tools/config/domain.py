@@ -38,6 +38,7 @@ from typing import Any
 
 from xenlike.tools.config.disk import DiskSpec, parse_disk_spec
 from xenlike.tools.config.ports import PortForward, parse_port_forward
+from xenlike.tools.config.vchan import parse_vchan_rules
 from xenlike.tools.config.vif import VifSpec, parse_vif_spec
 from xenlike.tools.config.xlcfg import (
     ConfigError,
@@ -83,6 +84,7 @@ USED_KEYS = frozenset(
         "disk",
         "vif",
         "ports",
+        "vchan",
         "extra",
         "root",
         "cmdline",
@@ -278,6 +280,7 @@ class DomainConfig:
     disk: list[DiskSpec] = field(default_factory=list)
     vif: list[VifSpec] = field(default_factory=list)
     ports: list[PortForward] = field(default_factory=list)
+    vchan: list[str] = field(default_factory=list)  # "client:port" pairs allowed to connect here
     extra: str = ""
     cmdline: str = ""
     max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES
@@ -596,6 +599,15 @@ def _ports(reader: _Reader, vifs: list[VifSpec]) -> list[PortForward]:
     return forwards
 
 
+def _vchan(reader: _Reader, name: str) -> list[str]:
+    if "vchan" not in reader.settings:
+        return []
+    try:
+        return parse_vchan_rules(reader.settings["vchan"], name)
+    except ConfigError as exc:
+        raise ConfigError(f"vchan in {reader.where('vchan')}: {exc}") from None
+
+
 def _build(reader: _Reader) -> DomainConfig:
     settings = reader.settings
     warnings: list[str] = []
@@ -654,6 +666,7 @@ def _build(reader: _Reader) -> DomainConfig:
         disk=_disk(reader),
         vif=vifs,
         ports=ports,
+        vchan=_vchan(reader, name),
         extra=extra,
         cmdline=cmdline,
         max_grant_frames=reader.integer(
