@@ -266,9 +266,13 @@ class NetfrontQueue:
                 self._rx_frames()
             except RingError as exc:
                 self.stats["rx_errors"] += 1
-                log.error("%s: the back end broke the ring protocol, the interface stops: %s", self.name, exc)
-                self.running = False
-                self._watch_tap(False)
+                self._halt(f"the back end broke the ring protocol: {exc}")
+
+    def _halt(self, why: str) -> None:
+        """Stop this interface's I/O for good (``_lock`` held): the rest of the guest carries on."""
+        log.error("%s: %s; the interface stops", self.name, why)
+        self.running = False
+        self._watch_tap(False)
 
     def _watch_tap(self, watch: bool) -> None:
         if watch and not self._tap_watched:
@@ -287,10 +291,13 @@ class NetfrontQueue:
         with self._lock:
             if not self.running:
                 return
-            for _ in range(TX_BATCH):
-                if not self._tx_room() or not self._send_one():
-                    break
-            self._watch_tap(self._tx_room())
+            try:
+                for _ in range(TX_BATCH):
+                    if not self._tx_room() or not self._send_one():
+                        break
+            except OSError as exc:  # the device was deleted under us (the vif was unplugged)
+                self._halt(f"reading {self.name}: {exc.strerror or exc}")
+            self._watch_tap(self.running and self._tx_room())
             if self.tx.push_requests():
                 self.kernel.loop.notify(self.port)
 

@@ -172,3 +172,17 @@ def test_jumbo_frames_span_pages_both_ways(vif_factory) -> None:
     vif.check()
     assert vif.back.stats["rx_dropped"] == vif.front.stats["rx_errors"] == 0
     assert vif.back.stats["rx_bytes"] > 8000 * 2
+
+
+def test_a_device_deleted_under_netfront_stops_that_interface_only(vif_factory) -> None:
+    from xenlike.kernel import netdev
+    from xenlike.kernel.rtnetlink import Rtnetlink
+
+    vif = vif_factory()
+    with netdev.in_netns(vif.guest_ns.fd), Rtnetlink() as rt:
+        rt.delete_link(rt.link_index("eth0"))  # what the platform does when dom0 unplugs the vif
+    deadline = time.monotonic() + TIMEOUT
+    while vif.front.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not vif.front.running
+    vif.check()  # the guest's loop thread carries on
