@@ -12,7 +12,7 @@ import pytest
 
 from xenlike.hypervisor.domain import Domain, FramePool
 from xenlike.hypervisor.gntalloc import GntallocAreas
-from xenlike.hypervisor.grant_table import GrantMapper, grant_map, grant_unmap
+from xenlike.hypervisor.grant_table import DOMU_MAX_MAPPINGS, GrantMapper, grant_map, grant_unmap
 from xenlike.hypervisor.hypercall import Refused
 from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.memory import GuestMemory
@@ -165,3 +165,16 @@ def test_freeing_fires_the_owners_notification(host):
         host.gntalloc.free(SERVER, area.base)
     with pytest.raises(Refused):
         host.gntalloc.set_notify(SERVER, area, area.base, PAGE_SIZE, 9)
+
+
+def test_a_domu_holds_a_bounded_number_of_mappings(host):
+    area = host.gntalloc.alloc(host.domains[SERVER], CLIENT, 1)
+    ref = _share(host, SERVER, CLIENT, area.base)
+    client = host.domains[CLIENT]
+    result, _ = grant_map(host, client, {"granter": SERVER, "refs": [ref] * DOMU_MAX_MAPPINGS}, [])
+    with pytest.raises(GrantError) as err:
+        grant_map(host, client, {"granter": SERVER, "refs": [ref]}, [])
+    assert err.value.status == GNTST.no_device_space and "unmap some first" in str(err.value)
+    grant_unmap(host, client, {"handles": result["handles"]}, [])
+    assert host.grants.held_by(CLIENT) == 0
+    grant_map(host, client, {"granter": SERVER, "refs": [ref]}, [])

@@ -47,6 +47,9 @@ __all__ = ["GrantMapping", "GrantMapper", "grant_map", "grant_unmap", "grant_cop
 
 log = logging.getLogger("xenlike.hypervisor")
 
+# The grant mappings a domU may hold at once (its maptrack: 16 of Xen's maptrack
+# frames of 256 entries; dom0's back ends are not limited here).
+DOMU_MAX_MAPPINGS = 4096
 # How often marking an entry in use is tried while the granter keeps changing it
 # (``_set_status_v1`` gives up on its fifth try: "Shared grant entry is unstable").
 SET_STATUS_ATTEMPTS = 5
@@ -88,6 +91,7 @@ class GrantMapper:
         self._allocated = allocated
         self._active: dict[tuple[int, int], _ActiveGrant] = {}
         self._maptrack: dict[tuple[int, int], GrantMapping] = {}
+        self._held: dict[int, int] = {}  # mappings per mapper
         self._next_handle = 0
 
     def map_grant_ref(self, mapper: int, granter: int, ref: int, readonly: bool = False) -> GrantMapping:
@@ -118,6 +122,7 @@ class GrantMapper:
         self._next_handle += 1
         mapping = GrantMapping(self._next_handle, granter, ref, active.frame, readonly)
         self._maptrack[(mapper, mapping.handle)] = mapping
+        self._held[mapper] = self._held.get(mapper, 0) + 1
         return mapping
 
     def unmap_grant_ref(self, mapper: int, handle: int) -> GrantMapping:
@@ -125,6 +130,7 @@ class GrantMapper:
         mapping = self._maptrack.pop((mapper, handle), None)
         if mapping is None:
             raise GrantError(GNTST.bad_handle, f"d{mapper} has no grant mapping with handle {handle}")
+        self._held[mapper] -= 1
         key = (mapping.granter, mapping.ref)
         active = self._active[key]
         if mapping.readonly:
@@ -148,6 +154,10 @@ class GrantMapper:
     def mappings_of_granter(self, granter: int) -> Iterator[tuple[int, GrantMapping]]:
         """(mapper, mapping) for every mapping of ``granter``'s frames."""
         return ((dom, m) for (dom, _), m in list(self._maptrack.items()) if m.granter == granter)
+
+    def held_by(self, mapper: int) -> int:
+        """How many grant mappings ``mapper`` holds."""
+        return self._held.get(mapper, 0)
 
     def mapping_count(self) -> int:
         """How many grant mappings exist, all mappers together."""
@@ -221,6 +231,12 @@ def grant_map(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
     frame of the granter's memory).
     """
     granter, readonly = args["granter"], bool(args.get("readonly", False))
+    if not caller.privileged and hv.grants.held_by(caller.domid) + len(args["refs"]) > DOMU_MAX_MAPPINGS:
+        raise GrantError(
+            GNTST.no_device_space,
+            f"{caller.label} holds {hv.grants.held_by(caller.domid)} grant mappings; a domU may hold "
+            f"{DOMU_MAX_MAPPINGS}: unmap some first",
+        )
     done = []
     try:
         for ref in args["refs"]:

@@ -43,7 +43,7 @@ __all__ = [
 #: The first pseudo-frame of allocated pages: above any domain's memory (1 TiB of frames).
 GNTALLOC_PFN_BASE = 1 << 28
 GNTALLOC_MAX_PAGES = 1024
-GNTALLOC_MAX_AREAS = 32
+GNTALLOC_MAX_AREAS = 16
 
 # gntalloc.h's unmap-notify actions; xenlike always does both.
 UNMAP_NOTIFY_CLEAR_BYTE = 0x1
