@@ -266,6 +266,11 @@ class NetifQueue:
         self._rx_hdr = bytearray(VIRTIO_NET_HDR.size)
         self._rx_overflow = bytearray(64)  # anything read here was more than the posted pages hold
         self._tap_watched = False
+        self._tap_ready = False  # the TAP was readable when the loop last looked
+        # One view per page slot of the rx arena, made once (slots stay where they are).
+        self._rx_pages = [
+            self.rx_grants.view[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(MAX_PERSISTENT_GRANTS)
+        ]
         self._warnings = 0
         now = _now_us()
         self.credit = Credit(*self.rate, now) if self.rate else None
@@ -477,7 +482,10 @@ class NetifQueue:
             self._rx_posted += NETIF_RX_PROTOCOL.unpack_requests(data)
         responses = bytearray()
         for _ in range(RX_BATCH):
-            if len(self._rx_posted) < self._rx_slots or not self._receive(responses):
+            if not self._tap_ready or len(self._rx_posted) < self._rx_slots:
+                break
+            if not self._receive(responses):
+                self._tap_ready = False  # drained: the loop says when there is more
                 break
         self._watch_tap(len(self._rx_posted) >= self._rx_slots)
         if not responses:
@@ -488,10 +496,14 @@ class NetifQueue:
     def _watch_tap(self, watch: bool) -> None:
         """Watch the TAP only while a largest frame fits in what the front end posted."""
         if watch and not self._tap_watched:
-            self.loop.add_reader(self.tap, _readable)
+            self.loop.add_reader(self.tap, self._readable)
         elif not watch and self._tap_watched:
             self.loop.remove_reader(self.tap)
         self._tap_watched = watch
+
+    def _readable(self, fd: int) -> None:
+        """The TAP has a frame: the worker's loop calls process() after every poll."""
+        self._tap_ready = True
 
     def _receive(self, responses: bytearray) -> bool:
         """Read one frame from the TAP into the posted pages and answer for it; False if there was none."""
@@ -504,8 +516,8 @@ class NetifQueue:
             return True
         finally:
             self.stats["maps"] = self.tx_grants.maps + self.rx_grants.maps
-        view, slot_of = self.rx_grants.view, self.rx_grants.slot_of
-        by_request = [view[slot_of[g] * PAGE_SIZE : (slot_of[g] + 1) * PAGE_SIZE] for g in grefs]
+        slot_of, rx_pages = self.rx_grants.slot_of, self._rx_pages
+        by_request = [rx_pages[slot_of[g]] for g in grefs]
         pages = [by_request[i] for i in self._rx_data_slots]
         try:
             got = os.readv(self.tap, [self._rx_hdr, *pages, self._rx_overflow])
@@ -581,6 +593,8 @@ class NetifQueue:
         self._watch_tap(False)
         if self._timer is not None:
             self._timer.close()
+        for page in self._rx_pages:
+            page.release()
         self.tx_grants.close()
         self.rx_grants.close()
         self.tx.release()
@@ -598,10 +612,6 @@ def _tx_responses(packet: _TxPacket, status: int) -> bytes:
     out += [pack(0, NETIF_RSP_NULL)] * len(packet.extras)
     out += [pack(request[3], status) for request in packet.requests[1:]]
     return b"".join(out)
-
-
-def _readable(fd: int) -> None:
-    """The TAP has a frame: nothing to do here, the worker's loop calls process() after every poll."""
 
 
 def _now_us() -> int:

@@ -291,15 +291,18 @@ class NetfrontQueue:
         with self._lock:
             if not self.running:
                 return
+            self._tx_completions()
             try:
                 for _ in range(TX_BATCH):
                     if not self._tx_room() or not self._send_one():
                         break
             except OSError as exc:  # the device was deleted under us (the vif was unplugged)
                 self._halt(f"reading {self.name}: {exc.strerror or exc}")
-            self._watch_tap(self.running and self._tx_room())
             if self.tx.push_requests():
                 self.kernel.loop.notify(self.port)
+            if self.running and not self._tx_room():
+                self._watch_tap(False)
+                self._tx_completions()  # asks the back end to kick when pages come back
 
     def _send_one(self) -> bool:
         """Read one frame from the TAP onto the tx ring; False if there was none."""
@@ -340,7 +343,12 @@ class NetfrontQueue:
         return True
 
     def _tx_completions(self) -> None:
-        """Give back the pages of answered requests (``xennet_tx_buf_gc``)."""
+        """Give back the pages of answered requests (``xennet_tx_buf_gc``).
+
+        They are taken whenever the loop runs for the TAP or the event channel; the
+        back end is asked to notify (``rsp_event`` re-armed) only while the TAP
+        waits for pages or slots, so a packet sent costs no notification back.
+        """
         while True:
             data, count = self.tx.get_responses()
             for req_id, status in NETIF_TX_PROTOCOL.unpack_responses(data):
@@ -352,10 +360,15 @@ class NetfrontQueue:
                     self._tx_first.discard(req_id)
                     if status != NETIF_RSP_OKAY:
                         self.stats["tx_errors"] += 1
-            if not count and not self.tx.final_check_for_responses():
-                break
-        if self.running and not self._tap_watched and self._tx_room():
-            self._watch_tap(True)
+            if count:
+                continue
+            if self._tap_watched or not self.running:
+                return
+            if self._tx_room():
+                self._watch_tap(True)
+                return
+            if not self.tx.final_check_for_responses():
+                return  # re-armed: the back end kicks with the next response
 
     # -- rx: back end to guest -------------------------------------------------------------
 
