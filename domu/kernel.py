@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 
@@ -38,11 +39,12 @@ from xenlike.public.xs_wire import XsdSockmsgType as XS
 
 from .blkfront import BlkfrontDriver
 from .console import ConsoleFront, ConsoleStream
+from .netfront import NetfrontDriver
 from .vchan import VchanDriver
 from .vcpu import WorkloadGlobals, fork_vcpus
 from .workload import WorkloadContext, WorkloadError, load_workload
 from .xenbus import XenbusClient
-from .xenbus_frontend import XenbusFrontend
+from .xenbus_frontend import HANDSHAKE_TIMEOUT_S, XenbusFrontend
 
 __all__ = ["start", "Kernel", "SHUTDOWN_GRACE_S"]
 
@@ -157,6 +159,8 @@ class Kernel:
         self.frontends = XenbusFrontend(self)
         self.blkfront = BlkfrontDriver()
         self.frontends.register(self.blkfront)
+        self.netfront = NetfrontDriver()
+        self.frontends.register(self.netfront)
         self.context: WorkloadContext | None = None
         self._shutdown_reason: int | None = None
         self._running = True
@@ -180,6 +184,8 @@ class Kernel:
         self.frontends.start()
         if image.get("disks"):
             self.blkfront.wait_for(image["disks"])  # as a kernel waits for its root device
+        if image.get("vifs"):
+            self._wait_for_vifs([f"eth{devid}" for devid in image["vifs"]])  # as a boot waits for its network
         try:
             workload = load_workload(image.get("workload", "idle"))
         except WorkloadError as exc:
@@ -197,6 +203,7 @@ class Kernel:
             hypercall=self.hypercall,
             events=self.loop,
             disks=self.blkfront.disks,
+            net=self.netfront.interfaces,
             log=logging.getLogger(f"workload.{self.name}"),
             vcpus=self.vcpus,
             vchan=VchanDriver(self.domid, self.name, self.xenbus, self.hypercall, self.grant_table, self.loop),
@@ -220,6 +227,12 @@ class Kernel:
             reason = self._shutdown_reason
         self._settle_xenstore()
         return self._shutdown(reason)
+
+    def _wait_for_vifs(self, names: list[str], timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
+        """Until these interfaces are connected (or ``timeout``): a workload starts with its network up."""
+        deadline = time.monotonic() + timeout
+        while not all(name in self.netfront.interfaces for name in names) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def _not_started(self, reason: str) -> int:
         """The workload cannot be loaded: report why (``~/workload``, workload_state) and crash."""

@@ -68,7 +68,10 @@ class WorkloadContext:
     handed the guest (``name``, ``uuid``, ``workload``, ``workload_args``,
     ``extra``, ``vcpus``, ``disks``), not the whole xl.cfg. ``disks`` maps each
     connected disk's vdev to its ``domu.blkfront.BlockDevice``, live: hotplugged
-    disks appear, detached ones go. ``net`` is None (no network device yet);
+    disks appear, detached ones go. ``net`` maps each connected vif's interface
+    name (``eth0``) to its ``domu.netfront.NetInterface`` (``name``, ``mac``,
+    ``ip``, ``mtu``, ``stats``), live as ``disks``; the workload reaches the
+    network with Python's own ``socket`` module, through the guest's own stack;
     ``log`` is the logger ``workload.<name>``, on the console. ``vchan`` opens
     byte streams to other domains (``ctx.vchan.listen(port)``,
     ``ctx.vchan.connect(domain, port)``), as far as dom0's policy allows.
@@ -88,6 +91,7 @@ class WorkloadContext:
     shutdown: threading.Event = field(default_factory=threading.Event)
     shutdown_reason: str | None = None
     disks: dict[str, Any] = field(default_factory=dict)
+    net: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("workload"))
     vcpus: list[Any] = field(default_factory=list)
     vchan: VchanDriver | None = None
