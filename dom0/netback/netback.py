@@ -113,8 +113,6 @@ _GSO_TO_VIRTIO = {
     XEN_NETIF_GSO_TYPE_TCPV6: VIRTIO_NET_HDR_GSO_TCPV6,
 }
 _VIRTIO_TO_GSO = {v: k for k, v in _GSO_TO_VIRTIO.items()}
-_TX_SLOT = NETIF_TX_PROTOCOL.entry_size
-_RX_SLOT = NETIF_RX_PROTOCOL.entry_size
 
 
 class PacketError(Exception):
@@ -250,7 +248,8 @@ class NetifQueue:
         self.tx_grants = PersistentGrants(self.hypercall, self.frontend, self.memory_fd, MAX_PERSISTENT_GRANTS)
         self.rx_grants = PersistentGrants(self.hypercall, self.frontend, self.memory_fd, MAX_PERSISTENT_GRANTS)
         os.set_blocking(self.tap, False)
-        self._tx_backlog: list[bytes] = []  # requests copied off the ring, not yet a whole packet
+        # Slots copied off the ring (as requests; an extra-info slot is packed back), not yet a whole packet.
+        self._tx_backlog: list[tuple[int, int, int, int, int]] = []
         self._rx_posted: list[tuple[int, int]] = []  # (id, gref) of rx requests not answered yet
         self._rx_gso = self.sg and (self.gso_tcpv4 or self.gso_tcpv6)
         if self._rx_gso:
@@ -309,7 +308,7 @@ class NetifQueue:
 
     def _tx_action(self) -> bool:
         data, count = self.tx.get_requests(TX_BATCH)
-        self._tx_backlog += [data[k * _TX_SLOT : (k + 1) * _TX_SLOT] for k in range(count)]
+        self._tx_backlog += NETIF_TX_PROTOCOL.unpack_requests(data)
         responses = bytearray()
         while self._tx_backlog:
             packet = self._next_packet()
@@ -328,15 +327,16 @@ class NetifQueue:
     def _next_packet(self) -> _TxPacket | None:
         """The packet at the head of the backlog, or None while its last slot is not on the ring yet."""
         backlog = self._tx_backlog
-        first = TX_REQUEST.unpack_from(backlog[0])
+        first = backlog[0]
         pos, extras = 1, []
         more_extra = first[2] & NETTXF_extra_info
         while more_extra:
             if pos >= len(backlog):
                 self._check_incomplete(pos)
                 return None
-            extras.append(backlog[pos])
-            more_extra = backlog[pos][1] & XEN_NETIF_EXTRA_FLAG_MORE
+            extra = TX_REQUEST.pack(*backlog[pos])
+            extras.append(extra)
+            more_extra = extra[1] & XEN_NETIF_EXTRA_FLAG_MORE
             pos += 1
         requests = [first]
         more = first[2] & NETTXF_more_data
@@ -344,7 +344,7 @@ class NetifQueue:
             if pos >= len(backlog):
                 self._check_incomplete(pos)
                 return None
-            request = TX_REQUEST.unpack_from(backlog[pos])
+            request = backlog[pos]
             requests.append(request)
             more = request[2] & NETTXF_more_data
             pos += 1
@@ -433,18 +433,25 @@ class NetifQueue:
         except GrantRefused as exc:
             raise PacketError(str(exc)) from None
         view, slot_of = self.tx_grants.view, self.tx_grants.slot_of
+        # Fragments in adjacent arena slots that run into each other are one vector.
+        spans: list[list[int]] = []
+        for (gref, offset, _flags, _id, _size), length in zip(requests, lengths):
+            if length:
+                start = slot_of[gref] * PAGE_SIZE + offset
+                if spans and spans[-1][1] == start:
+                    spans[-1][1] = start + length
+                else:
+                    spans.append([start, start + length])
+        # dom0's own copy of the headers: what is parsed is what is sent.
         head = bytearray()
         vectors: list[memoryview] = []
-        for (gref, offset, _flags, _id, _size), length in zip(requests, lengths):
-            if not length:
-                continue
-            start = slot_of[gref] * PAGE_SIZE + offset
-            piece = view[start : start + length]
-            take = min(length, TX_COPY_LEN - len(head))
+        for start, end in spans:
+            take = min(end - start, TX_COPY_LEN - len(head))
             if take > 0:
-                head += piece[:take]  # dom0's own copy: what is parsed is what is sent
-            if take < length:
-                vectors.append(piece[max(take, 0) :])
+                head += view[start : start + take]
+                start += take
+            if start < end:
+                vectors.append(view[start:end])
         return bytes(head), vectors
 
     @staticmethod
