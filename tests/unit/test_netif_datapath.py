@@ -186,3 +186,74 @@ def test_a_device_deleted_under_netfront_stops_that_interface_only(vif_factory) 
         time.sleep(0.01)
     assert not vif.front.running
     vif.check()  # the guest's loop thread carries on
+
+
+def _link_local(vif: Vif, ns, name: str) -> str:
+    """The EUI-64 link-local address the kernel gave ``name`` (from its MAC)."""
+    import fcntl
+    import struct
+
+    probe = ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        raw = fcntl.ioctl(probe.fileno(), 0x8927, struct.pack("256s", name.encode()))  # SIOCGIFHWADDR
+    finally:
+        probe.close()
+    mac = bytearray(raw[18:24])
+    mac[0] ^= 0x02
+    eui = bytes(mac[:3]) + b"\xff\xfe" + bytes(mac[3:])
+    return "fe80::" + ":".join(f"{eui[i] << 8 | eui[i + 1]:x}" for i in range(0, 8, 2))
+
+
+def test_tcp_over_ipv6_crosses_in_64k_segments_both_ways(vif_factory) -> None:
+    vif = vif_factory()
+    server_address = _link_local(vif, vif.dom0_ns, "vif5.0")
+    server = vif.dom0_ns.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    deadline = time.monotonic() + 10
+    while True:  # the address is tentative until duplicate address detection is done
+        try:
+            server.bind((server_address, PORT, 0, _index(vif.dom0_ns, "vif5.0")))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    server.listen(1)
+    server.settimeout(TIMEOUT)
+    data = hashlib.shake_256(b"v6").digest(1 << 16) * 64  # 4 MiB
+    echoed = hashlib.sha256()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(TIMEOUT)
+            while chunk := conn.recv(1 << 20):
+                conn.sendall(chunk)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = vif.guest_ns.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        client.settimeout(TIMEOUT)
+        client.connect((server_address, PORT, 0, _index(vif.guest_ns, "eth0")))
+        sender = threading.Thread(target=lambda: (client.sendall(data), client.shutdown(socket.SHUT_WR)), daemon=True)
+        sender.start()
+        while chunk := client.recv(1 << 20):
+            echoed.update(chunk)
+        sender.join(TIMEOUT)
+    finally:
+        client.close()
+        thread.join(TIMEOUT)
+        server.close()
+    vif.check()
+    assert echoed.hexdigest() == hashlib.sha256(data).hexdigest()
+    back = vif.back.stats
+    assert back["tx_bytes"] / back["tx_packets"] > 3 * 1514 and back["rx_bytes"] / back["rx_packets"] > 3 * 1514
+    assert back["tx_errors"] == back["tx_dropped"] == back["rx_dropped"] == vif.front.stats["rx_errors"] == 0
+
+
+def _index(ns, name: str) -> int:
+    from xenlike.kernel import netdev
+
+    with netdev.in_netns(ns.fd):
+        return socket.if_nametoindex(name)
