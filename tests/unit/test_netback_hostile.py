@@ -244,10 +244,12 @@ def test_a_valid_packet_reaches_the_stack_after_hostile_ones(rig) -> None:
     assert (stats["tx_errors"], stats["tx_packets"]) == (1, 1)
 
 
-def test_a_ring_index_out_of_range_disconnects_only_that_vif(rig) -> None:
+@pytest.mark.parametrize("ring", ["tx", "rx"])
+def test_a_ring_index_out_of_range_disconnects_only_that_vif(rig, ring) -> None:
     front, other, sink = rig
-    front.tx.req_prod_pvt = (front.tx.req_prod_pvt + front.tx.nr_ents + 1) & RING_IDX_MASK
-    front.tx.push_requests()
+    hostile = getattr(front, ring)
+    hostile.req_prod_pvt = (hostile.req_prod_pvt + hostile.nr_ents + 1) & RING_IDX_MASK
+    hostile.push_requests()
     with pytest.raises(RingError, match="more than 256 ahead"):
         front.back.process()
     assert other.send_valid(b"other vif")[0][1] == NETIF_RSP_OKAY
