@@ -8,6 +8,7 @@ drives exactly the code a guest runs, without a hypervisor.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import select
 from types import SimpleNamespace
@@ -187,6 +188,46 @@ def test_a_server_without_its_client_is_waiting():
     page.view[VCHAN_INTERFACE.offsetof("cli_live")] = VCHAN_WAITING
     assert server.is_open() == 2
     _close(page, [server, client], loops)
+
+
+def test_a_peer_whose_port_closed_is_gone_whatever_its_live_byte_says():
+    page, server, client, loops = _pair(10, 11)
+    assert server.is_open() == 1
+    loops[0].connect(1, None)  # the hypervisor: the client's end of the event channel is closed
+    assert page.view[VCHAN_INTERFACE.offsetof("cli_live")] == VCHAN_CONNECTED
+    assert server.is_open() == 0
+    server.setblocking(False)
+    assert server.recv(10) == b""
+    _close(page, [server, client], loops)
+
+
+def test_corrupt_indices_from_a_hostile_peer_are_an_error_not_a_read_past_the_ring():
+    page, server, client, loops = _pair(10, 11)
+    server.setblocking(False)
+    words = page.view[:PAGE_SIZE].cast("I")
+    words[VCHAN_INTERFACE.word("left_prod")] = 5000  # more than the 1024-byte ring past cons
+    with pytest.raises(ConnectionError) as err:
+        server.recv(10)
+    assert err.value.errno == errno.EPROTO
+    words[VCHAN_INTERFACE.word("left_prod")] = 0
+    words[VCHAN_INTERFACE.word("right_cons")] = 7777  # the client claims to have read what was never written
+    with pytest.raises(ConnectionError):
+        server.send(b"x")
+    words.release()
+    _close(page, [server, client], loops)
+
+
+def test_the_orders_a_client_checked_are_the_ones_it_keeps():
+    page = _Page(12, 12)
+    orders = VchanInterface.read_orders(page.view[:PAGE_SIZE])
+    shared = page.interface()
+    u16 = page.view[:PAGE_SIZE].cast("H")
+    u16[VCHAN_INTERFACE.offsetof("left_order") // 2] = 20  # the server rewrites the page afterwards
+    assert (shared.left.size, shared.right.size) == (4096, 4096) and orders == (12, 12)
+    assert VchanInterface.read_orders(page.view[:PAGE_SIZE]) == (20, 12)
+    u16.release()
+    shared.release()
+    page.view.release()
 
 
 def _close(page: _Page, ends: list[Vchan], loops: list[EventLoop]) -> None:
