@@ -12,6 +12,7 @@ extra-info slot; netback must go on serving, that vif and every other.
 from __future__ import annotations
 
 import select
+import time
 import socket
 import struct
 
@@ -283,3 +284,28 @@ def test_an_incomplete_packet_waits_for_its_last_slot(rig) -> None:
     data, count = front.tx.get_responses()
     assert list(NETIF_TX_PROTOCOL.unpack_responses(data)) == [(first, NETIF_RSP_OKAY), (second, NETIF_RSP_OKAY)]
     assert received(sink).endswith(b"in two parts")
+
+
+def test_rx_requests_naming_bad_grants_are_answered_with_an_error(rig) -> None:
+    from xenlike.public.netif import RX_RESPONSE
+
+    front, _other, sink = rig
+    writable_pfn = front.kernel.pages.alloc(1)
+    good = front.kernel.grant_table.grant_access(0, writable_pfn)
+    readonly = front.good[0]  # netback must write into an rx page: a read-only grant will not do
+    for req_id, gref in enumerate([5000, readonly, good], start=1):
+        front.rx.put_request(req_id, gref)
+    front.rx.push_requests()
+    answered: list[tuple[int, int, int, int]] = []
+    deadline = time.monotonic() + 10
+    while len(answered) < 3 and time.monotonic() < deadline:
+        sink.sendto(b"who has", ("10.99.0.9", PORT))  # an ARP request for it goes out on vif5.0
+        front.back.process()
+        front.back.loop.poll(0.05)
+        front.back.process()
+        data, count = front.rx.get_responses()
+        answered += [RX_RESPONSE.unpack_from(data, k * RX_RESPONSE.size) for k in range(count)]
+    assert [(r[0], r[3]) for r in answered[:2]] == [(1, NETIF_RSP_ERROR), (2, NETIF_RSP_ERROR)]
+    req_id, offset, _flags, status = answered[2]
+    assert (req_id, offset) == (3, 0) and status >= 42  # a frame, copied into the good page
+    assert front.back.stats["rx_errors"] == 2 and front.back.stats["rx_packets"] == 1
