@@ -39,6 +39,7 @@ from xenlike.hypervisor.gntalloc import GntallocAreas
 from xenlike.hypervisor.grant_table import GrantMapper
 from xenlike.hypervisor.hypercall import Deferred, Hypercall, Refused, Result
 from xenlike.hypervisor.hypercall_table import HYPERCALLS
+from xenlike.hypervisor.netif import NetifConfig, forget_domain
 from xenlike.hypervisor.sched import Scheduler
 from xenlike.hypervisor.zygote import Zygote
 from xenlike.kernel.gnttab import GrantTableFrames
@@ -126,6 +127,7 @@ class Hypervisor:
         self._sched_failures = 0
         self.pool = FramePool(mib_to_frames(memory_mib), machine_mib=self.machine.memory_mib)
         self.domains: dict[int, Domain] = {}
+        self.netifs: dict[int, dict[int, NetifConfig]] = {}  # each domain's vifs, by devid (netif.py)
         self.fd_budget = FdBudget(DOMAIN_FDS, "the hypervisor")
         self.evtchn = EventChannelHost()
         self.gntalloc = GntallocAreas(self.pool, self.evtchn.send)  # pages domUs allocate to share (gntalloc.py)
@@ -639,6 +641,7 @@ class Hypervisor:
             self.grants.unmap_grant_ref(domain.domid, mapping.handle)
         self.gntalloc.remove_domain(domain.domid)
         self.send_peer_updates(self.evtchn.remove_domain(domain.domid))
+        forget_domain(self, domain.domid)
         self._gnttabs.pop(domain.domid).release()
         domain.memory.close()
         self.pool.release(domain.nr_frames)

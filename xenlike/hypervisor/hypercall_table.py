@@ -19,6 +19,7 @@ from xenlike.hypervisor import (
     gntalloc,
     grant_table,
     multicall,
+    netif,
     sched_op,
     sysctl,
     version,
@@ -64,6 +65,13 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               doc="HYPERVISOR_console_io write: text for the hypervisor's log (xl dmesg)"),
     Hypercall("xen_version", version.xen_version,
               doc="version and capabilities"),
+    # A guest's network devices (netif.py)
+    Hypercall("netif_tap", netif.netif_tap,
+              doc="the guest's own vif devid: an fd of its eth<devid>, made as dom0 plugged it"),
+    Hypercall("domctl", netif.netif_plug, cmd="netif_plug", privileged=True,
+              doc="domain dom has vif devid, with this MAC, MTU, address and gateway"),
+    Hypercall("domctl", netif.netif_unplug, cmd="netif_unplug", privileged=True,
+              doc="vif devid of domain dom goes; its device is deleted"),
     # Domain management (domctl.py)
     Hypercall("domctl", domctl.createdomain, cmd="createdomain", privileged=True,
               doc="reserve a domain's memory and scheduler entry; returns its domid and memfd"),
