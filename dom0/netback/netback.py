@@ -72,6 +72,7 @@ from xenlike.public.netif import (
     VLAN_HLEN,
     XEN_NETIF_EXTRA_FLAG_MORE,
     XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_EXTRA_TYPE_MAX,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_MAX_TX_SIZE,
@@ -383,8 +384,10 @@ class NetifQueue:
 
     def _send(self, packet: _TxPacket) -> int:
         requests = packet.requests
-        if packet.slots > XEN_NETIF_NR_SLOTS_MIN:
-            raise PacketError(f"{packet.slots} slots, more than the {XEN_NETIF_NR_SLOTS_MIN} a packet may take")
+        if len(requests) > XEN_NETIF_NR_SLOTS_MIN:
+            raise PacketError(f"{len(requests)} data slots, more than the {XEN_NETIF_NR_SLOTS_MIN} a packet may take")
+        if len(packet.extras) >= XEN_NETIF_EXTRA_TYPE_MAX:
+            raise PacketError(f"{len(packet.extras)} extra-info slots: each type at most once")
         gso = self._gso_extra(packet.extras)
         total = requests[0][4]
         if total < ETH_HLEN:

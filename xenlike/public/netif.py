@@ -23,7 +23,7 @@ The wire format of a packet (netif.h, "This is the 'wire' format for packets")::
 The first tx request's data is therefore ``size`` minus the sizes of the later
 fragments. Each tx request is answered by one ``netif_tx_response`` with its
 ``id``; an extra-info slot gets ``NETIF_RSP_NULL``. A back end must accept a
-packet of up to :data:`XEN_NETIF_NR_SLOTS_MIN` slots; a packet is at most
+packet of up to :data:`XEN_NETIF_NR_SLOTS_MIN` data slots (extra info not counted); a packet is at most
 :data:`XEN_NETIF_MAX_TX_SIZE` bytes (``size`` is 16 bits). An rx response lands
 in the same ring slot as the request whose page it filled (Linux's netfront
 finds the page by the slot's index), so an extra-info response sits in the slot
@@ -157,7 +157,7 @@ XEN_NETIF_GSO_TYPE_NONE = 0
 XEN_NETIF_GSO_TYPE_TCPV4 = 1
 XEN_NETIF_GSO_TYPE_TCPV6 = 2
 
-XEN_NETIF_NR_SLOTS_MIN = 18  # slots of one packet every back end must accept
+XEN_NETIF_NR_SLOTS_MIN = 18  # data slots (extra info not counted) of one packet every back end must accept
 XEN_NETIF_MAX_TX_SIZE = 0xFFFF  # netif_tx_request.size is 16 bits
 
 ETH_HLEN = 14  # an Ethernet header (if_ether.h)
