@@ -35,9 +35,10 @@ checksum need not be checked. A GSO extra says the packet is one large TCP
 segment that the receiver (or its stack) must still cut into ``gso.size``-byte
 segments.
 
-Notifications (netif.h): a front end never needs to notify after posting rx
-requests unless the back end asked (``req_event``) and it advertised
-``feature-rx-notify``; every other notification follows the ring's event indices.
+Notifications (netif.h): after enqueuing any message, each end notifies only if
+the ring's event index asks for it (``req_event``, ``rsp_event``). A front end
+that notifies after posting rx requests advertises ``feature-rx-notify``;
+without it the back end must assume it will not be kicked for them.
 """
 
 from __future__ import annotations
