@@ -54,10 +54,11 @@ node (``<srv>``: the server's domid, ``<cli>``: the client's)  written by  permi
 ``/local/domain/<srv>/vchan/<client-name>``: ``<cli>``         toolstack   ``n0 r<srv>``
 ============================================================  ==========  =========================
 
-``data/vchan`` is made for every domain when it is created, before its first xenstore
-request is answered. The toolstack writes a ``<cli>/<port>`` directory only for the pairs the server's
-domain config allows (``vchan = ["client-name:port", ...]``,
-:mod:`xenlike.tools.config.vchan`), so the guests cannot decide who connects: the
+``data/vchan`` is made for every domain when it is created, before its first
+xenstore request is answered. The toolstack writes a ``<cli>/<port>`` directory
+only for the pairs the server's domain config allows (``vchan =
+["client-name:port", ...]``, :mod:`xenlike.tools.config.vchan`), so the guests
+cannot decide who connects: the
 ``data/vchan`` subtree is dom0's, and a server can write only inside the
 directories dom0 made for it. The server writes ``ring-ref`` and
 ``event-channel`` in one transaction when it listens and removes them when it
