@@ -209,15 +209,7 @@ def test_tcp_over_ipv6_crosses_in_64k_segments_both_ways(vif_factory) -> None:
     server_address = _link_local(vif, vif.dom0_ns, "vif5.0")
     server = vif.dom0_ns.socket(socket.AF_INET6, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    deadline = time.monotonic() + 10
-    while True:  # the address is tentative until duplicate address detection is done
-        try:
-            server.bind((server_address, PORT, 0, _index(vif.dom0_ns, "vif5.0")))
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    _until_not_tentative(lambda: server.bind((server_address, PORT, 0, _index(vif.dom0_ns, "vif5.0"))))
     server.listen(1)
     server.settimeout(TIMEOUT)
     data = hashlib.shake_256(b"v6").digest(1 << 16) * 64  # 4 MiB
@@ -235,7 +227,7 @@ def test_tcp_over_ipv6_crosses_in_64k_segments_both_ways(vif_factory) -> None:
     client = vif.guest_ns.socket(socket.AF_INET6, socket.SOCK_STREAM)
     try:
         client.settimeout(TIMEOUT)
-        client.connect((server_address, PORT, 0, _index(vif.guest_ns, "eth0")))
+        _until_not_tentative(lambda: client.connect((server_address, PORT, 0, _index(vif.guest_ns, "eth0"))))
         sender = threading.Thread(target=lambda: (client.sendall(data), client.shutdown(socket.SHUT_WR)), daemon=True)
         sender.start()
         while chunk := client.recv(1 << 20):
@@ -250,6 +242,21 @@ def test_tcp_over_ipv6_crosses_in_64k_segments_both_ways(vif_factory) -> None:
     back = vif.back.stats
     assert back["tx_bytes"] / back["tx_packets"] > 3 * 1514 and back["rx_bytes"] / back["rx_packets"] > 3 * 1514
     assert back["tx_errors"] == back["tx_dropped"] == back["rx_dropped"] == vif.front.stats["rx_errors"] == 0
+
+
+def _until_not_tentative(step) -> None:
+    """Run ``step`` until the link-local addresses it needs are usable (duplicate address detection is done)."""
+    import errno
+
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            step()
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _index(ns, name: str) -> int:
