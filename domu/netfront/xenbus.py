@@ -87,6 +87,9 @@ class NetfrontDriver:
             for fd in fds:
                 os.close(fd)
             raise FrontendError(f"netif_tap gave {len(fds)} file descriptors for vif {dev.devid}, not one")
+        if not isinstance(result, dict) or not result.get("name"):
+            os.close(fds[0])
+            raise FrontendError(f"netif_tap named no device for vif {dev.devid}")
         interface = NetInterface(
             name=str(result["name"]),
             mac=str(result.get("mac", "")),
