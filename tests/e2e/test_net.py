@@ -85,6 +85,11 @@ def test_a_guest_serves_http_to_another_and_to_the_host_through_a_forward(host, 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:
         body = reply.read()
     assert hashlib.sha256(body).hexdigest() == serving["sha256"]
+    top = host.xl("top", "-b", "-i", "1").stdout.splitlines()
+    columns = top[0].split()
+    rows = {line.split()[0]: dict(zip(columns, line.split())) for line in top[1:] if line.strip()}
+    assert rows["client"]["NETS"] == "1" and int(rows["client"]["NETRX(k)"]) >= 4096  # netback's counters
+    assert int(rows["web"]["NETTX(k)"]) >= 2 * 4096  # the page to the client and through the forward
 
 
 def test_network_attach_and_detach_while_the_guest_runs(host, tmp_path):
@@ -126,16 +131,24 @@ def test_killing_a_netback_worker_closes_its_vif_the_guest_carries_on_and_reatta
 
 
 def test_down_leaves_no_namespace_tap_or_bridge(host, tmp_path):
-    before = network_namespaces()
     host_links = sorted(name for _index, name in socket.if_nameindex())
     host.up(str(write_cluster(tmp_path, [net_domain("a", "ifaces", vif=[""]), net_domain("b", "ifaces", vif=[""])])))
     console_json(host, "a", "IFACES", timeout=30)
     console_json(host, "b", "IFACES", timeout=30)
-    assert len(network_namespaces() - before) >= 3  # dom0's back ends' and each guest's
+    home = os.stat("/proc/self/ns/net").st_ino
+    ours = {ns for ns in (_netns(p.pid) for p in host.processes()) if ns is not None} - {home}
+    assert len(ours) >= 3  # each guest's, and each vif worker's own
     assert sorted(name for _index, name in socket.if_nameindex()) == host_links  # nothing in the host's
     host.xl("down")
-    wait_for(lambda: not (network_namespaces() - before), timeout=20, what="the namespaces to go")
+    wait_for(lambda: not (ours & network_namespaces()), timeout=20, what="the host's namespaces to go")
     assert sorted(name for _index, name in socket.if_nameindex()) == host_links
+
+
+def _netns(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
 
 
 def test_a_vif_on_a_host_without_the_jail_is_refused_in_one_line(host, tmp_path):
