@@ -3,8 +3,8 @@
 Each shows one part of the system at work: ``hello`` the console and xenstore,
 ``ticker`` a long-running guest, ``echo`` console input, ``journal`` a virtual
 disk that keeps its contents across reboots, ``burn`` a CPU-bound guest for the
-scheduler, ``crash`` the ``on_crash`` action, ``idle`` a guest that only waits to
-be shut down.
+scheduler, ``crash`` the ``on_crash`` action, ``httpd`` a web server on the
+guest's vif, ``idle`` a guest that only waits to be shut down.
 
 Each workload's docstring is what ``xenlike workloads`` shows, read from this
 source without importing it: the first line is the summary, and an ``Args:``
@@ -179,3 +179,44 @@ def _journal_boots(entries: list[str]) -> list[tuple[str, int]]:
         elif boots and line.lstrip().startswith("heartbeat "):
             boots[-1] = (boots[-1][0], boots[-1][1] + 1)
     return boots
+
+
+def httpd(ctx: WorkloadContext) -> None:
+    """Serve a page about this domain over HTTP on its vif (``http.server``, the guest's own TCP/IP stack).
+
+    ``/`` answers with the domain's name, id and interfaces; each request is printed
+    on the console and counted in ``data/requests``. Reach it from another guest at
+    the vif's address, or from the host through ``ports = ["8080:80"]``.
+
+    Args:
+        --port PORT: the port to listen on (default 80).
+    """
+    import http.server
+    import threading
+
+    port = int(ctx.args[ctx.args.index("--port") + 1]) if "--port" in ctx.args else 80
+    served = [0]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            interfaces = ", ".join(f"{nic.name} {nic.ip or 'no address'} ({nic.mac})" for nic in ctx.net.values())
+            body = f"Hello from {ctx.name}, domain {ctx.domid}: {interfaces or 'no vif'}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            served[0] += 1
+            ctx.xenstore.write("data/requests", str(served[0]))
+
+        def log_message(self, format: str, *args: object) -> None:
+            print(f"{self.client_address[0]} {format % args}", flush=True)
+
+    if not ctx.net:
+        print(f'{ctx.name}: no vif, so nobody can reach this server; add vif = [ "" ] to its config')
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, name="httpd", daemon=True).start()
+    addresses = [nic.ip.split("/")[0] for nic in ctx.net.values() if nic.ip]
+    print(f"{ctx.name}: serving http on port {port}" + (f" at {', '.join(addresses)}" if addresses else ""))
+    ctx.shutdown.wait()
+    server.shutdown()

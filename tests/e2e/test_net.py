@@ -159,3 +159,28 @@ def test_a_vif_on_a_host_without_the_jail_is_refused_in_one_line(host, tmp_path)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "network namespace" in lines[0] and "--no-jail" in lines[0], lines
     assert "n" not in host.domains()
+
+
+def test_the_built_in_httpd_answers_the_host_through_a_forward(host, tmp_path):
+    port = free_port()
+    host.up()
+    cfg = write_cfg(tmp_path, "www", f'name = "www"\nmemory = 32\nworkload = "httpd"\nvif = [ "" ]\n'
+                                     f'ports = [ "{port}:80" ]\n')
+    host.xl("create", str(cfg))
+    domid = host.domains()["www"]["domid"]
+    wait_for(lambda: "www: serving http on port 80" in host.log("www"), timeout=20, what="httpd to listen")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:
+        page = reply.read().decode()
+    assert page.startswith(f"Hello from www, domain {domid}: eth0 10.88.0.{domid + 1}/16"), page
+    wait_for(lambda: host.xs_read(f"/local/domain/{domid}/data/requests") == "1", what="the request counted")
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        cfg2 = write_cfg(tmp_path, "www2", f'name = "www2"\nmemory = 32\nworkload = "httpd"\nvif = [ "" ]\n'
+                                           f'ports = [ "{busy}:80" ]\n')
+        result = host.xl("create", str(cfg2), check=False)
+    finally:
+        taken.close()
+    assert result.returncode != 0 and f"127.0.0.1:{busy}: Address already in use" in result.stderr, result.stderr
+    assert "www2" not in host.domains()
