@@ -1,0 +1,156 @@
+"""Consolidation: what a create, a list and `down` cost with thousands of idle guests, against one.
+
+Idle 4 MiB guests are created one after another through the toolstack API (no
+CLI start-up), jailed as always. The baselines are measured on the same host in
+the same run, before the crowd:
+
+``create_ms_at_1``: the ``create`` request (answered once the guest's workload
+started) with no other domU; ``create_ms_at_2000``: the same with 2,000 running
+(median of creates and destroys of one more guest); ``list_api_ms_at_1`` /
+``list_api_ms_at_2000``: the toolstack's ``list`` request with 1 and 2,000 domUs;
+``down_s_at_2000``: ``down`` with 2,000 domUs, from the request to the
+hypervisor's exit; ``uss_mib_per_domu``: unique memory of an idle domU (psutil
+USS, median of 20); ``hypervisor_cpu_pct_idle``: the hypervisor process's CPU
+time over a quiet stretch with 2,000 idle guests, in % of one core.
+
+    python bench/density.py [--json] [--quick] [--guests N]
+
+A progress line goes to stderr every 100 guests. ``--quick`` makes 200.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import psutil  # noqa: E402
+
+from bench.common import parser, report  # noqa: E402
+from bench.lifecycle import start_host  # noqa: E402
+from xenlike.tools.toolstack_client import ToolstackClient  # noqa: E402
+
+GUEST_MIB = 4
+SAMPLES = 20
+IDLE_WINDOW_S = 10.0
+
+
+def idle_config(name: str) -> dict:
+    return {"name": name, "memory": GUEST_MIB, "workload": "idle"}
+
+
+def timed_create(client: ToolstackClient, name: str) -> tuple[int, float]:
+    """Create one idle guest; its domid and the request's time in ms."""
+    start = time.perf_counter()
+    reply = client.call("create", config=idle_config(name))
+    elapsed = (time.perf_counter() - start) * 1000
+    if reply.get("start", {}).get("state") != "started":
+        raise RuntimeError(f"{name} did not start: {reply}")
+    return reply["domid"], elapsed
+
+
+def create_destroy_ms(client: ToolstackClient, prefix: str, count: int) -> float:
+    """Median create time of ``count`` guests made and destroyed one at a time."""
+    times = []
+    for i in range(count):
+        domid, ms = timed_create(client, f"{prefix}{i}")
+        times.append(ms)
+        client.call("destroy", domain=domid)
+    return statistics.median(times)
+
+
+def list_api_ms(client: ToolstackClient, count: int) -> float:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        client.call("list")
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def cpu_pct(procs: list[psutil.Process], window_s: float) -> list[float]:
+    """Each process's CPU time (user + system) over ``window_s`` of wall time, in % of one core."""
+    before = [sum(p.cpu_times()[:2]) for p in procs]
+    start = time.monotonic()
+    time.sleep(window_s)
+    wall = time.monotonic() - start
+    return [(sum(p.cpu_times()[:2]) - b) / wall * 100 for p, b in zip(procs, before)]
+
+
+def uss_mib(client: ToolstackClient, domids: list[int]) -> float:
+    pids = {row["domid"]: row["info"]["pid"] for row in client.call("list", long=True)}
+    return statistics.median(psutil.Process(pids[d]).memory_full_info().uss / (1 << 20) for d in domids)
+
+
+def crowd(client: ToolstackClient, count: int) -> list[int]:
+    """Create ``count`` idle guests, reporting progress on stderr every 100."""
+    domids, recent = [], []
+    started = time.monotonic()
+    for i in range(count):
+        domid, ms = timed_create(client, f"idle{i}")
+        domids.append(domid)
+        recent.append(ms)
+        if (i + 1) % 100 == 0 or i + 1 == count:
+            print(
+                f"density: {i + 1}/{count} guests, create {statistics.median(recent):.1f} ms "
+                f"(median of the last {len(recent)}), {time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            recent = []
+    return domids
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--guests", type=int, default=None, help="how many idle guests (default 2000; 200 with --quick)")
+    args = p.parse_args()
+    count = args.guests or (200 if args.quick else 2000)
+    found: dict[str, float] = {}
+    extra: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="xl-dens-", dir="/tmp") as tmp:
+        hypervisor, client = start_host(tmp, GUEST_MIB * (count + SAMPLES + 100) + 512, [])
+        hv = psutil.Process(hypervisor.pid)
+        try:
+            fit = client.call("info")["max_new_domains"]
+            if "fds" in fit["limit"] and fit["count"] < count + 1:  # memory is sized for 4 MiB guests above
+                raise SystemExit(f"density: this host fits {fit['count']} more guests ({fit['limit']}), not {count}")
+            create_destroy_ms(client, "warm", 3)  # first-touch costs are not the steady state
+            found["create_ms_at_1"] = create_destroy_ms(client, "first", SAMPLES)
+            only, _ = timed_create(client, "only")
+            found["list_api_ms_at_1"] = list_api_ms(client, 50)
+            client.call("destroy", domain=only)
+            domids = crowd(client, count)
+            found["create_ms_at_2000"] = create_destroy_ms(client, "late", SAMPLES)
+            found["list_api_ms_at_2000"] = list_api_ms(client, SAMPLES)
+            found["uss_mib_per_domu"] = uss_mib(client, domids[:: max(1, count // 20)][:20])
+            rows = client.call("list", long=True)
+            dom0 = psutil.Process(next(row["info"]["pid"] for row in rows if row["domid"] == 0))
+            time.sleep(2.0)  # let the last creates' stragglers settle
+            found["hypervisor_cpu_pct_idle"], extra["dom0_cpu_pct_idle"] = cpu_pct([hv, dom0], IDLE_WINDOW_S)
+            start = time.perf_counter()
+            client.call("down", timeout=120)
+            hypervisor.wait(120)
+            found["down_s_at_2000"] = time.perf_counter() - start
+        finally:
+            client.close()
+            if hypervisor.poll() is None:
+                hypervisor.kill()
+                hypervisor.wait()
+    ratios = {
+        "create_ms_at_2000 / create_ms_at_1": found["create_ms_at_2000"] / found["create_ms_at_1"],
+        "list_api_ms_at_2000 / list_api_ms_at_1": found["list_api_ms_at_2000"] / found["list_api_ms_at_1"],
+    }
+    for key, value in extra.items():
+        print(f"{key}  {value:.3f}", file=sys.stderr)
+    if count != 2000:
+        print(f"density: {count} guests, not 2000; the *_at_2000 figures are at {count}", file=sys.stderr)
+    report(found, ratios, args.json)
+
+
+if __name__ == "__main__":
+    main()
