@@ -138,6 +138,15 @@ class VcpuProcess:
             cpu_ns = (int(fields[11]) + int(fields[12])) * NS_PER_CLOCK_TICK
         return Sample(cpu_ns, fields[0] == b"R", int(fields[36]))
 
+    def cpu_ns(self) -> int | None:
+        """CPU time (ns) alone, from the process's CPU clock (no ``/proc`` read); None if it cannot be read."""
+        if self.gone:
+            return None
+        try:
+            return time.clock_gettime_ns(self._clock)
+        except OSError:
+            return None
+
     def stop(self) -> bool:
         """SIGSTOP: the process leaves the CPUs at once. False if it is gone."""
         self.stopped = True

@@ -37,10 +37,12 @@ Known differences from Xen:
 * blocking is seen at the next tick rather than at once, so a pCPU can idle up
   to 10 ms after its vCPU blocks; an idle vCPU that wakes shares its CPU with the
   current one under Linux's own scheduler until a tick samples it. A vCPU that
-  stays idle is sampled every 1, 2, 4... ticks, at most every 320 ms, and a tick
-  does not even look at it in between, so that hundreds of idle guests cost the
-  hypervisor little; one that used CPU since its last sample is sampled every
-  tick again;
+  stays idle is sampled every 1, 2, 4... ticks, at most every 320 ms (longer
+  when more than 640 are idle, so a tick looks at about 20 of them), and a tick
+  does not even look at it in between; when it is due, its CPU clock is read
+  first and only one whose clock moved is sampled in full (``/proc/PID/stat``),
+  so that thousands of idle guests cost the hypervisor little; one that used
+  CPU since its last sample is sampled every tick again;
 * the accounting runs once per *affinity group* (the pCPUs that active domains'
   hard affinities connect), as Xen runs it once per cpupool; with default
   affinities there is one group and it is Xen's accounting exactly;
@@ -70,7 +72,8 @@ DEFAULT_TSLICE_MS = 30  # CSCHED_DEFAULT_TSLICE_MS
 TICKS_PER_TSLICE = 3  # CSCHED_TICKS_PER_TSLICE
 DEFAULT_RATELIMIT_US = 1000  # SCHED_DEFAULT_RATELIMIT_US
 NS_PER_MS = 1_000_000
-IDLE_SAMPLE_MAX_TICKS = 32  # an idle vCPU is sampled at least every 32 ticks
+IDLE_SAMPLE_MAX_TICKS = 32  # an idle vCPU is sampled at least every 32 ticks ...
+IDLE_LOOKS_PER_TICK = 20  # ... unless more than 32 x 20 are idle: then a tick looks at about 20 of them
 
 
 @dataclass(eq=False)
@@ -647,7 +650,7 @@ class CreditScheduler(Scheduler):
     def tick(self) -> None:
         now = self.clock()
         self._ticks += 1
-        self._watch |= self._dozing.pop(self._ticks, set())
+        self._check_dozers(self._dozing.pop(self._ticks, set()))
         samples: dict[CreditVcpu, Sample | None] = {}
         for v in list(self._watch):
             proc = self._procs.get(v)
@@ -665,7 +668,7 @@ class CreditScheduler(Scheduler):
                 # it uses no CPU, and if it wakes Linux runs it at once anyway.
                 previous = self._idle_due.get(v)
                 interval = (
-                    1 if previous is None or sample.cpu_ns > before[v] else min(2 * previous[1], IDLE_SAMPLE_MAX_TICKS)
+                    1 if previous is None or sample.cpu_ns > before[v] else min(2 * previous[1], self._idle_max_ticks())
                 )
                 self._idle_due[v] = (self._ticks + interval, interval)
                 if interval > 1 and v in self._watch:
@@ -701,6 +704,33 @@ class CreditScheduler(Scheduler):
             if proc.gone:
                 self.core.gone(v)
                 self._release(v)
+
+    def _check_dozers(self, due: set[CreditVcpu]) -> None:
+        """The idle vCPUs due a look this tick: one whose CPU clock has not moved since its last sample
+        is still idle and dozes on (its interval doubling, up to :meth:`_idle_max_ticks`); any other is
+        sampled in full this tick. Reading a process's CPU clock is one system call and no ``/proc``
+        read, so a tick's cost with thousands of idle guests is a clock read for each one due.
+
+        A vCPU woken but still waiting for a CPU has not moved its clock: Linux runs it soon, and the
+        next look finds it.
+        """
+        ticks, most = self._ticks, self._idle_max_ticks()
+        procs, idle_due, watch = self._procs, self._idle_due, self._watch
+        for v in due:
+            proc = procs.get(v)
+            cpu_ns = proc.cpu_ns() if proc is not None and not v.dead else None
+            if cpu_ns is None or cpu_ns != v.cpu_ns:
+                watch.add(v)
+                continue
+            interval = min(2 * idle_due.get(v, (0, 1))[1], most)
+            idle_due[v] = (ticks + interval, interval)
+            self._dozing.setdefault(ticks + interval, set()).add(v)
+
+    def _idle_max_ticks(self) -> int:
+        """The longest an idle vCPU goes unlooked at: IDLE_SAMPLE_MAX_TICKS, or longer with so many idle
+        that a tick would look at more than IDLE_LOOKS_PER_TICK; so idle guests cost the hypervisor the
+        same with 2,000 as with 640, and a guest that wakes is noticed later (1 s at 2,000)."""
+        return max(IDLE_SAMPLE_MAX_TICKS, len(self._idle_due) // IDLE_LOOKS_PER_TICK)
 
     def _doze(self, v: CreditVcpu, due: int) -> None:
         """Leave an idle vCPU unsampled until tick ``due``."""
@@ -798,9 +828,12 @@ class CreditScheduler(Scheduler):
         core_domain = self.core.domains.get(domid)
         if core_domain is None:
             return {}
-        live = [v for v in core_domain.vcpus if not v.dead]
-        return {
-            "cpu_time": sum(v.time_ns for v in core_domain.vcpus) / 1e9,
-            "running": any(v.running_on is not None for v in live),
-            "blocked": bool(live) and all(v.blocked and not v.paused for v in live),
-        }
+        # One pass, no temporaries: `list` asks this of every domain.
+        time_ns, running, blocked, live = 0, False, True, False
+        for v in core_domain.vcpus:
+            time_ns += v.time_ns
+            if not v.dead:
+                live = True
+                running = running or v.running_on is not None
+                blocked = blocked and v.blocked and not v.paused
+        return {"cpu_time": time_ns / 1e9, "running": running, "blocked": live and blocked}
