@@ -174,6 +174,8 @@ class Lifecycle:
     def find(self, spec: Any) -> BuiltDomain:
         """A domU by name or id, as xl accepts either."""
         text = str(spec)
+        if text.isdigit() and int(text) in self.domains:  # by id: no walk over every domain
+            return self.domains[int(text)]
         for domain in self.domains.values():
             if domain.name == text or str(domain.domid) == text:
                 return domain
@@ -190,7 +192,8 @@ class Lifecycle:
 
     def create(self, config: dict, paused: bool = False, uuid: str | None = None) -> BuiltDomain:
         """Build a domain from a validated config; its name must be free."""
-        if any(d.name == config["name"] for d in self.domains.values()):
+        name = config["name"]
+        if any(d.name == name for d in self.domains.values()):
             raise ToolstackError(f"a domain named {config['name']!r} already exists")
         refusal = self.fd_budget.refusal(config["name"])
         if refusal is not None:  # before the hypervisor is asked for anything
@@ -283,12 +286,13 @@ class Lifecycle:
 
     # -- domain exceptions and on_* actions ----------------------------------------
 
-    def on_domain_exception(self) -> None:
+    def on_domain_exception(self) -> dict[int, dict | None]:
         """VIRQ_DOM_EXC: some domains changed state; ask the hypervisor which, and act.
 
         Only the changed domains are fetched (``get_changed_domains``, as
         xenstored polls ``xenmanage_poll_changed_domain``), so a death costs the
-        same with 1 or 200 domains running.
+        same with 1 or 2,000 domains running. Returns each changed domain's
+        ``getdomaininfo`` (None: gone), for the waiters it may settle.
         """
         changed = self.hypercall("domctl", cmd="get_changed_domains")[0]
         for row in changed:
@@ -301,6 +305,7 @@ class Lifecycle:
             elif info["shutdown"] and built.domid not in self._handled_shutdown:
                 self._handled_shutdown.add(built.domid)
                 self._apply_action(built, _shutdown_reason_name(info["shutdown_reason"]), info)
+        return {row["domid"]: row["info"] for row in changed}
 
     def _apply_action(self, built: BuiltDomain, reason: str, info: dict) -> None:
         key = ACTION_KEYS.get(reason)

@@ -82,7 +82,12 @@ class Node:
 
     def without_child(self, name: str) -> Node:
         """This node with child ``name`` removed (core.c ``delete_child``)."""
-        return Node(self.value, tuple(c for c in self.children if c != name), self.perms, self.generation)
+        children = self.children
+        try:
+            at = children.index(name)
+        except ValueError:
+            return self
+        return Node(self.value, children[:at] + children[at + 1 :], self.perms, self.generation)
 
     def stamped(self, generation: int) -> Node:
         """This node carrying a new generation count."""

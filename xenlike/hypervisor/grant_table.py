@@ -92,6 +92,9 @@ class GrantMapper:
         self._active: dict[tuple[int, int], _ActiveGrant] = {}
         self._maptrack: dict[tuple[int, int], GrantMapping] = {}
         self._held: dict[int, int] = {}  # mappings per mapper
+        # The maptrack keys by mapper and by granter, so a dying domain's teardown costs its own mappings only.
+        self._by_mapper: dict[int, set[tuple[int, int]]] = {}
+        self._by_granter: dict[int, set[tuple[int, int]]] = {}
         self._next_handle = 0
 
     def map_grant_ref(self, mapper: int, granter: int, ref: int, readonly: bool = False) -> GrantMapping:
@@ -123,6 +126,8 @@ class GrantMapper:
         mapping = GrantMapping(self._next_handle, granter, ref, active.frame, readonly)
         self._maptrack[(mapper, mapping.handle)] = mapping
         self._held[mapper] = self._held.get(mapper, 0) + 1
+        self._by_mapper.setdefault(mapper, set()).add((mapper, mapping.handle))
+        self._by_granter.setdefault(granter, set()).add((mapper, mapping.handle))
         return mapping
 
     def unmap_grant_ref(self, mapper: int, handle: int) -> GrantMapping:
@@ -131,6 +136,8 @@ class GrantMapper:
         if mapping is None:
             raise GrantError(GNTST.bad_handle, f"d{mapper} has no grant mapping with handle {handle}")
         self._held[mapper] -= 1
+        _discard(self._by_mapper, mapper, (mapper, handle))
+        _discard(self._by_granter, mapping.granter, (mapper, handle))
         key = (mapping.granter, mapping.ref)
         active = self._active[key]
         if mapping.readonly:
@@ -149,11 +156,13 @@ class GrantMapper:
 
     def mappings_of(self, mapper: int) -> Iterator[GrantMapping]:
         """Every mapping ``mapper`` holds (for teardown of a dying domain)."""
-        return (m for (dom, _), m in list(self._maptrack.items()) if dom == mapper)
+        keys = list(self._by_mapper.get(mapper, ()))
+        return (self._maptrack[key] for key in keys if key in self._maptrack)
 
     def mappings_of_granter(self, granter: int) -> Iterator[tuple[int, GrantMapping]]:
         """(mapper, mapping) for every mapping of ``granter``'s frames."""
-        return ((dom, m) for (dom, _), m in list(self._maptrack.items()) if m.granter == granter)
+        keys = list(self._by_granter.get(granter, ()))
+        return ((key[0], self._maptrack[key]) for key in keys if key in self._maptrack)
 
     def held_by(self, mapper: int) -> int:
         """How many grant mappings ``mapper`` holds."""
@@ -319,3 +328,11 @@ def _copy_side(hv: Hypervisor, caller: Domain, side: dict, length: int, write: b
         return memory.frame(frame)[offset : offset + length]
     except IndexError as exc:
         raise GrantError(GNTST.bad_page, str(exc)) from None
+
+
+def _discard(index: dict[int, set[tuple[int, int]]], domid: int, key: tuple[int, int]) -> None:
+    keys = index.get(domid)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[domid]
