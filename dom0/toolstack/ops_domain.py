@@ -81,9 +81,13 @@ def down(ts: Toolstack, request: Request) -> None:
             pass
 
     def finish(ok: bool) -> None:
+        # The hypervisor kills what still runs once dom0 asks it to stop the host, all in one
+        # pass; destroying each here first (a reap, a hypercall and xenstore removals apiece)
+        # would make a late down cost seconds per thousand guests. Their devices are closed,
+        # so each back end finishes its requests in order.
         for built in list(ts.domains.values()):
-            log.info("%s: still running at host shutdown; destroying it", built.label)
-            ts.lifecycle.destroy(built)
+            log.info("%s: still running at host shutdown; the hypervisor kills it", built.label)
+            ts.backends.remove_domain(built.domid)
         request.reply({"forced": not ok})
         ts.shut_host_down()
 
