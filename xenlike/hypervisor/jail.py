@@ -41,6 +41,7 @@ import functools
 import logging
 import mmap
 import os
+import resource
 import signal
 from dataclasses import dataclass
 from importlib import metadata
@@ -372,7 +373,8 @@ class ShellJail:
         if self.cgroup is not None:
             self.cgroup.limit(memory_bytes=memory + CGROUP_MEMORY_SLACK, pids_max=NPROC_BASE + NPROC_PER_VCPU * vcpus)
         namespaces.set_rlimits(
-            nofile=NOFILE,
+            # Never above the host's hard limit: raising it is not the guest's to do (EPERM once confined).
+            nofile=min(NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
             nproc=NPROC_BASE + NPROC_PER_VCPU * vcpus,
             address_space=memory + ADDRESS_SPACE_SLACK,
             fsize=0,

@@ -10,6 +10,7 @@ and log records in its file of the run directory.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import resource
@@ -79,6 +80,9 @@ class FdBudget:
     """
 
     RECOUNT_EVERY = 64
+    # Kept free below the limit for what the process opens besides domains, for a while:
+    # the fd that counting itself opens, a client's socket, a back-end worker's channel.
+    RESERVE = 16
 
     def __init__(self, per_domain: int, where: str) -> None:
         self.per_domain = per_domain
@@ -90,14 +94,20 @@ class FdBudget:
     def limit() -> int:
         return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
-    @staticmethod
-    def open_fds() -> int:
-        """How many fds this process holds (listing /proc/self/fd opens one more, not counted)."""
-        return len(os.listdir("/proc/self/fd")) - 1
+    @classmethod
+    def open_fds(cls) -> int:
+        """How many fds this process holds (listing /proc/self/fd opens one more, not counted); at the limit
+        itself, where that one cannot be opened, the limit."""
+        try:
+            return len(os.listdir("/proc/self/fd")) - 1
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                return cls.limit()
+            raise
 
     def headroom(self) -> int:
         """How many more domains this process's fds allow."""
-        return max(0, (self.limit() - self.open_fds()) // self.per_domain)
+        return max(0, (self.limit() - self.RESERVE - self.open_fds()) // self.per_domain)
 
     def slack(self, limit: int) -> int:
         """The fds kept in hand for what is opened besides domains between two counts."""
@@ -112,10 +122,11 @@ class FdBudget:
             return None
         held = self.open_fds()
         self._estimate, self._since_count = held + self.per_domain, 0
-        if held + self.per_domain <= limit:
+        if held + self.per_domain + self.RESERVE <= limit:
             return None
         return (
             f"creating {name!r} needs about {self.per_domain} more file descriptors in {self.where} "
-            f"but it holds {held} of its {limit} (RLIMIT_NOFILE); raise the host's limit (ulimit -n) "
+            f"but it holds {held} of its {limit} (RLIMIT_NOFILE, {self.RESERVE} kept in reserve); raise the "
+            "host's limit (ulimit -n) "
             "before xenlike up, or destroy a domain"
         )
