@@ -155,9 +155,36 @@ class LocalXenstore:
         self.request(T.RM, join_strings([path]), tx)
 
     def directory(self, path: str, tx: int = 0) -> list[str]:
-        """The names of the children of ``path``."""
-        reply = self.request(T.DIRECTORY, join_strings([path]), tx)
+        """The names of the children of ``path``; a list too long for one reply (E2BIG: the children
+        of ``/local/domain`` on a host of a few hundred guests) is read in parts, as libxenstore's
+        ``xs_directory`` falls back to ``xs_directory_part``."""
+        try:
+            reply = self.request(T.DIRECTORY, join_strings([path]), tx)
+        except XsError as err:
+            if err.errno_name != "E2BIG":
+                raise
+            return self._directory_in_parts(path, tx)
         return [name.decode("ascii") for name in split_strings(reply)]
+
+    def _directory_in_parts(self, path: str, tx: int) -> list[str]:
+        """XS_DIRECTORY_PART from offset 0 until the reply that ends the list (an extra nul); started
+        again if the node's generation changes between parts, as ``xs_directory_part`` does."""
+        while True:
+            names: list[bytes] = []
+            offset, generation = 0, None
+            while True:
+                reply = self.request(T.DIRECTORY_PART, join_strings([path, str(offset)]), tx)
+                gen, _, chunk = reply.partition(b"\0")
+                if generation is not None and gen != generation:
+                    break  # the directory changed meanwhile
+                generation = gen
+                done = chunk == b"\0" or chunk.endswith(b"\0\0")
+                if done:
+                    chunk = chunk[:-1]
+                names.extend(split_strings(chunk))
+                offset += len(chunk)
+                if done:
+                    return [name.decode("ascii") for name in names]
 
     def get_perms(self, path: str, tx: int = 0) -> list[Permission]:
         """The permission list of ``path`` (entry 0 is the owner)."""

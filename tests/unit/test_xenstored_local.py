@@ -147,3 +147,16 @@ def test_unprivileged_local_client_and_close() -> None:
     guest.close()
     with pytest.raises(XsError):
         guest.read("/secret")
+
+
+def test_a_directory_too_long_for_one_reply_is_read_in_parts() -> None:
+    d = Xenstored()
+    xs = LocalXenstore(d)
+    names = [str(domid) for domid in range(1, 1501)]  # /local/domain of a host with 1,500 guests: 6,393 bytes
+    for name in names:
+        xs.write(f"/local/domain/{name}/name", f"g{name}")
+    with pytest.raises(XsError) as info:
+        xs.request(T.DIRECTORY, join_strings(["/local/domain"]))
+    assert info.value.errno_name == "E2BIG"
+    assert xs.directory("/local/domain") == names
+    assert xs.directory("/local/domain/7") == ["name"]  # a short one is one DIRECTORY as before
