@@ -168,6 +168,9 @@ class Lifecycle:
         self._handled_shutdown: set[int] = set()
         # The creates waiting for their guest's report, by the domid awaited.
         self._starting: dict[int, StartReport] = {}
+        # Set by `down`: a domain that shuts down now is left for the hypervisor to free with the
+        # host (no on_* action, no teardown one at a time), as no restart could outlive it anyway.
+        self.host_stopping = False
 
     # -- the table -------------------------------------------------------------------
 
@@ -216,6 +219,10 @@ class Lifecycle:
         if info is None:
             return True
         return bool(info["shutdown"]) and (domid not in self.domains or domid in self._handled_shutdown)
+
+    def has_shut_down(self, domid: int) -> bool:
+        """Whether the toolstack saw ``domid`` shut down (and applied its on_* action, or the host is stopping)."""
+        return domid in self._handled_shutdown
 
     def _forget(self, built: BuiltDomain, destroyed_elsewhere: bool = False) -> None:
         self.domains.pop(built.domid, None)
@@ -304,6 +311,9 @@ class Lifecycle:
                 self._forget(built, destroyed_elsewhere=True)
             elif info["shutdown"] and built.domid not in self._handled_shutdown:
                 self._handled_shutdown.add(built.domid)
+                if self.host_stopping:
+                    log.info("%s: shut down for the host's shutdown", built.label)
+                    continue
                 self._apply_action(built, _shutdown_reason_name(info["shutdown_reason"]), info)
         return {row["domid"]: row["info"] for row in changed}
 

@@ -72,8 +72,13 @@ def dmesg(ts: Toolstack, request: Request) -> Any:
 
 
 def down(ts: Toolstack, request: Request) -> None:
-    """Shut the host down: domUs cooperatively (then by force), dom0, the hypervisor."""
+    """Shut the host down: domUs cooperatively (then by force), dom0, the hypervisor.
+
+    Every domU is asked at once; those that shut down are not torn down one by one
+    (:attr:`Lifecycle.host_stopping`): the hypervisor frees them all with the host.
+    """
     domids = set(ts.domains)
+    ts.lifecycle.host_stopping = True
     for built in ts.domains.values():
         try:
             ts.xs.write(f"{home_path(built.domid)}/control/shutdown", "poweroff")
@@ -86,7 +91,8 @@ def down(ts: Toolstack, request: Request) -> None:
         # would make a late down cost seconds per thousand guests. Their devices are closed,
         # so each back end finishes its requests in order.
         for built in list(ts.domains.values()):
-            log.info("%s: still running at host shutdown; the hypervisor kills it", built.label)
+            if not ts.lifecycle.has_shut_down(built.domid):
+                log.info("%s: still running at host shutdown; the hypervisor kills it", built.label)
             ts.backends.remove_domain(built.domid)
         request.reply({"forced": not ok})
         ts.shut_host_down()
