@@ -163,6 +163,7 @@ class Lifecycle:
         self.xs = xs
         self.domains: dict[int, BuiltDomain] = {}
         self.vchan_policy = VchanPolicy(xs)  # the vchan pairs the running domains' configs allow
+        self._by_name: dict[str, BuiltDomain] = {}  # so neither a create nor a find walks every domain
         self.fd_budget = FdBudget(DOMAIN_FDS, "dom0")
         # Domains whose on_* action ran; a later VIRQ_DOM_EXC for them changes nothing.
         self._handled_shutdown: set[int] = set()
@@ -177,11 +178,10 @@ class Lifecycle:
     def find(self, spec: Any) -> BuiltDomain:
         """A domU by name or id, as xl accepts either."""
         text = str(spec)
-        if text.isdigit() and int(text) in self.domains:  # by id: no walk over every domain
+        if text.isdigit() and int(text) in self.domains:  # a number is a domid first, as xl's find_domain has it
             return self.domains[int(text)]
-        for domain in self.domains.values():
-            if domain.name == text or str(domain.domid) == text:
-                return domain
+        if text in self._by_name:
+            return self._by_name[text]
         if text in ("0", "Domain-0"):
             raise ToolstackError(
                 "Domain-0 runs xenlike's toolstack: it is not shut down, rebooted, paused, renamed, given devices "
@@ -195,8 +195,7 @@ class Lifecycle:
 
     def create(self, config: dict, paused: bool = False, uuid: str | None = None) -> BuiltDomain:
         """Build a domain from a validated config; its name must be free."""
-        name = config["name"]
-        if any(d.name == name for d in self.domains.values()):
+        if config["name"] in self._by_name:
             raise ToolstackError(f"a domain named {config['name']!r} already exists")
         refusal = self.fd_budget.refusal(config["name"])
         if refusal is not None:  # before the hypervisor is asked for anything
@@ -204,7 +203,16 @@ class Lifecycle:
         built = self.builder.create(config, paused=paused, uuid=uuid)
         self.domains[built.domid] = built
         self.vchan_policy.domain_added(built, self.domains.values())
+        self._by_name[built.name] = built
         return built
+
+    def rename(self, built: BuiltDomain, name: str) -> None:
+        """Give a domU another name (the caller checked it is free)."""
+        old = built.name
+        self.builder.rename(built, name)
+        if self._by_name.get(old) is built:
+            del self._by_name[old]
+        self._by_name[name] = built
 
     def destroy(self, built: BuiltDomain) -> None:
         self.builder.destroy(built)
@@ -227,6 +235,8 @@ class Lifecycle:
     def _forget(self, built: BuiltDomain, destroyed_elsewhere: bool = False) -> None:
         self.domains.pop(built.domid, None)
         self.vchan_policy.domain_removed(built, self.domains.values())
+        if self._by_name.get(built.name) is built:
+            del self._by_name[built.name]
         self._handled_shutdown.discard(built.domid)
         report = self._starting.pop(built.domid, None)
         if report is not None:
@@ -337,7 +347,7 @@ class Lifecycle:
             restarted, why_not = self._restart(built)
         elif action == "rename-restart":
             old_name = built.name
-            self.builder.rename(built, f"{old_name}-{built.domid}")
+            self.rename(built, f"{old_name}-{built.domid}")
             restarted, why_not = self._restart(built, name=old_name)
         # preserve: leave it shut down for inspection (`xenlike destroy` removes it)
         if report is None or report.state == workload_state.STARTED:

@@ -301,5 +301,5 @@ def rename(ts: Toolstack, request: Request) -> Any:
     new = str(request.args["name"])
     if any(d.name == new for d in ts.domains.values()) or new == "Domain-0":
         raise ToolstackError(f"a domain named {new!r} already exists")
-    ts.builder.rename(built, new)
+    ts.lifecycle.rename(built, new)
     return {}
