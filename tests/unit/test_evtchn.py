@@ -86,6 +86,14 @@ def test_ports_run_out(host):
     assert err.value.errno == errno.ENOSPC
 
 
+def test_a_new_port_is_the_lowest_free_one_as_xen_gives_it(host):
+    ports = [host.alloc_unbound(2, 0).port for _ in range(5)]
+    assert ports == [1, 2, 3, 4, 5]
+    host.close(2, 4)
+    host.close(2, 2)
+    assert [host.alloc_unbound(2, 0).port for _ in range(3)] == [2, 4, 6]
+
+
 def test_virq_binding_and_raise(host):
     virq = host.bind_virq(0, VIRQ.DOM_EXC)
     with pytest.raises(EvtchnError) as err:
