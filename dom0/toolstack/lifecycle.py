@@ -322,10 +322,22 @@ class Lifecycle:
             elif info["shutdown"] and built.domid not in self._handled_shutdown:
                 self._handled_shutdown.add(built.domid)
                 if self.host_stopping:
-                    log.info("%s: shut down for the host's shutdown", built.label)
+                    self._note_host_stop(built, _shutdown_reason_name(info["shutdown_reason"]), info)
                     continue
                 self._apply_action(built, _shutdown_reason_name(info["shutdown_reason"]), info)
         return {row["domid"]: row["info"] for row in changed}
+
+    def _note_host_stop(self, built: BuiltDomain, reason: str, info: dict) -> None:
+        """A domain shut down while the host stops: its on_* action is logged, not carried out."""
+        key = ACTION_KEYS.get(reason)
+        action = (built.config.get(key) or ACTION_DEFAULTS[key]) if key else "none"
+        log.info(
+            "%s: %s; %s is %s, but the host is stopping: the hypervisor frees it with the host",
+            built.label,
+            _how_it_ended(reason, info.get("exit") or ""),
+            key or "its action",
+            action,
+        )
 
     def _apply_action(self, built: BuiltDomain, reason: str, info: dict) -> None:
         key = ACTION_KEYS.get(reason)
