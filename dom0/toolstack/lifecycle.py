@@ -202,8 +202,8 @@ class Lifecycle:
             raise ToolstackError(refusal)
         built = self.builder.create(config, paused=paused, uuid=uuid)
         self.domains[built.domid] = built
-        self.vchan_policy.domain_added(built, self.domains.values())
         self._by_name[built.name] = built
+        self.vchan_policy.domain_added(built, self._by_name)
         return built
 
     def rename(self, built: BuiltDomain, name: str) -> None:
@@ -234,7 +234,7 @@ class Lifecycle:
 
     def _forget(self, built: BuiltDomain, destroyed_elsewhere: bool = False) -> None:
         self.domains.pop(built.domid, None)
-        self.vchan_policy.domain_removed(built, self.domains.values())
+        self.vchan_policy.domain_removed(built)
         if self._by_name.get(built.name) is built:
             del self._by_name[built.name]
         self._handled_shutdown.discard(built.domid)

@@ -64,15 +64,30 @@ def test_the_directories_appear_when_both_run_and_go_with_either():
     store = _Store()
     policy = VchanPolicy(store)
     server = _built(3, "srv", ["cli:5000"])
-    policy.domain_added(server, [server])
+    policy.domain_added(server, {d.name: d for d in [server]})
     assert store.nodes == {"/local/domain/3/data/vchan": ("", ["n0", "r3"])}  # no client yet
     client, other = _built(4, "cli"), _built(5, "other")
-    policy.domain_added(client, [server, client])
-    policy.domain_added(other, [server, client, other])
+    policy.domain_added(client, {d.name: d for d in [server, client]})
+    policy.domain_added(other, {d.name: d for d in [server, client, other]})
     assert store.nodes["/local/domain/3/data/vchan/4"] == ("", ["n0", "r3"])
     assert store.nodes["/local/domain/3/data/vchan/4/5000"] == ("", ["n3", "r4"])
     assert store.nodes["/local/domain/4/vchan/srv"] == ("3", ["n0", "r4"])
     assert store.nodes["/local/domain/3/vchan/cli"] == ("4", ["n0", "r3"])
     assert not any(p.startswith(("/local/domain/3/data/vchan/5", "/local/domain/5/vchan")) for p in store.nodes)
-    policy.domain_removed(client, [server, other])
+    policy.domain_removed(client)
     assert "/local/domain/3/data/vchan/4" not in store.nodes and "/local/domain/3/vchan/cli" not in store.nodes
+
+
+def test_a_pair_is_made_whichever_of_the_two_comes_first_and_costs_no_walk_over_the_others():
+    store = _Store()
+    policy = VchanPolicy(store)
+    running = {f"idle{i}": _built(10 + i, f"idle{i}") for i in range(50)}
+    client = running["cli"] = _built(4, "cli")
+    policy.domain_added(client, running)
+    writes = len(store.nodes)
+    server = running["srv"] = _built(3, "srv", ["cli:5000"])
+    policy.domain_added(server, running)
+    assert store.nodes["/local/domain/3/data/vchan/4/5000"] == ("", ["n3", "r4"])
+    assert len(store.nodes) - writes == 5  # the server's data/vchan, the pair's two directories, the two names
+    policy.domain_removed(server)
+    assert "/local/domain/4/vchan/srv" not in store.nodes
