@@ -373,6 +373,14 @@ class Hypervisor:
         """Answer the hypercall being handled before its handler ends (which then raises Deferred)."""
         self._reply(*self._handling(), result)
 
+    def hold_reply(self) -> Any:
+        """The hypercall being handled, to answer later with :meth:`send_reply` (its handler raises Deferred)."""
+        return self._handling()
+
+    def send_reply(self, held: Any, result: Any) -> None:
+        """Answer a hypercall :meth:`hold_reply` kept."""
+        self._reply(held.sock, held.id, result)
+
     def reply_when_destroyed(self, domain: Domain) -> None:
         """Answer the hypercall being handled once ``domain`` is freed (its handler then raises Deferred)."""
         self._waiting_destroy.setdefault(domain.domid, []).append(self._handling())
@@ -652,6 +660,10 @@ class Hypervisor:
             self._reply(sock, call_id, {"domid": domain.domid})
         if domain.domid != 0:
             self._state_changed(domain.domid)
+
+    def state_changed(self, domid: int) -> None:
+        """A handler's note that a domain shut down (a suspend): dom0 hears of it through ``VIRQ_DOM_EXC``."""
+        self._state_changed(domid)
 
     def _state_changed(self, domid: int) -> None:
         """A domain shut down, crashed or was destroyed: note it and raise ``VIRQ_DOM_EXC`` to dom0."""

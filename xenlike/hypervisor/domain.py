@@ -80,6 +80,8 @@ class Domain:
     created_wall: float = field(default_factory=time.time)
     started_mono: float | None = None
     cpu_time_final: float = 0.0  # CPU seconds when the process ended
+    suspend_record: tuple[int, int] | None = None  # (pfn, length) while suspended
+    suspend_reply: Any = None  # the held reply to its SCHEDOP_shutdown(suspend)
 
     @property
     def privileged(self) -> bool:
@@ -138,6 +140,7 @@ class Domain:
             "cpu_time": accounted["cpu_time"] if "cpu_time" in accounted else self.cpu_time(),
             "pid": self.pid,
             "shutdown_reason": self.shutdown_reason,
+            "suspend_record": list(self.suspend_record) if self.suspend_record else None,
             "exit": self.exit_note,
             "created": self.created_wall,
             "uptime": (time.monotonic() - self.started_mono) if self.started_mono else 0.0,

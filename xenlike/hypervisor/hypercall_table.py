@@ -58,7 +58,8 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               doc="clear a byte of an allocated page and signal a port when the caller lets go of it"),
     # A guest's own vCPUs, its console, the version (sched_op.py, console.py, version.py)
     Hypercall("sched_shutdown", sched_op.sched_shutdown, in_multicall=False,
-              doc="SCHEDOP_shutdown: the guest is done, for a reason; answered before it is killed"),
+              doc="SCHEDOP_shutdown: the guest is done, for a reason; answered before it is killed "
+                  "(suspend: stopped, answered when resumed)"),
     Hypercall("vcpu_op", sched_op.vcpu_op,
               doc="VCPUOP_up: a child process of the guest's vCPU 0 becomes a secondary vCPU"),
     Hypercall("console_io", console.console_io,
@@ -79,6 +80,8 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               doc="fork the domain's vCPU 0 with its boot message, paused if asked"),
     Hypercall("domctl", domctl.destroydomain, cmd="destroydomain", privileged=True,
               doc="kill a domU; answered once it is reaped and freed"),
+    Hypercall("domctl", domctl.resumedomain, cmd="resumedomain", privileged=True,
+              doc="a suspended domU runs on where it stopped; its SCHEDOP_shutdown(suspend) returns cancelled"),
     Hypercall("domctl", domctl.pausedomain, cmd="pausedomain", privileged=True,
               doc="stop a running domU's processes"),
     Hypercall("domctl", domctl.unpausedomain, cmd="unpausedomain", privileged=True,
