@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +94,14 @@ class DomainBuilder:
     def __init__(self, ctx: BuilderContext) -> None:
         self.ctx = ctx
 
-    def create(self, config: dict[str, Any], *, paused: bool = False, uuid: str | None = None) -> BuiltDomain:
+    def create(
+        self,
+        config: dict[str, Any],
+        *,
+        paused: bool = False,
+        uuid: str | None = None,
+        restore: Callable[[BuiltDomain], dict[str, Any]] | None = None,
+    ) -> BuiltDomain:
         """Build and start a domain from a validated config dict; returns it running.
 
         Two multicalls make the whole build: (1) create the domain, allocate its
@@ -102,13 +110,17 @@ class DomainBuilder:
         start the guest. The guest starts before its xenstore nodes are written:
         it needs none to boot, and as dom0 serves xenstore only from its main
         loop, the guest's first request is answered after the nodes exist.
+
+        ``restore(built)``, for a restore, fills the new domain's memory from an
+        image before the start info is written, and returns what the start
+        info's image gains (``resume``: where the guest's suspend record is).
         """
         for row in DEVICE_TYPES:
             for spec in config.get(row.config_key, []):
                 row.prepare(spec)  # a target dom0 cannot open fails here, before any domain exists
         listeners = self._listen(config)  # so does a forward's host port in use
         try:
-            built = self._build(config, paused, uuid)
+            built = self._build(config, paused, uuid, restore)
         except BaseException:
             for sock, _port in listeners:
                 sock.close()
@@ -118,7 +130,13 @@ class DomainBuilder:
         log.info("%s: created (%d MiB, workload %s)", built.label, config["memory"], config.get("workload", "idle"))
         return built
 
-    def _build(self, config: dict[str, Any], paused: bool, uuid: str | None) -> BuiltDomain:
+    def _build(
+        self,
+        config: dict[str, Any],
+        paused: bool,
+        uuid: str | None,
+        restore: Callable[[BuiltDomain], dict[str, Any]] | None,
+    ) -> BuiltDomain:
         ctx = self.ctx
         gnttab_frames = int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES))
         domid_of = {"$result": [0, "domid"]}
@@ -162,7 +180,8 @@ class DomainBuilder:
             domid, config["name"], created[0]["uuid"], dict(config), memory, store_port, console_port, []
         )
         try:
-            self._write_start_info(built, gnttab_frames, *ports)
+            extra = restore(built) if restore is not None else {}
+            self._write_start_info(built, gnttab_frames, *ports, extra=extra)
             plugs = [
                 call
                 for row in DEVICE_TYPES
@@ -225,7 +244,14 @@ class DomainBuilder:
         if results:
             self.ctx.hypercall("domctl", cmd="destroydomain", domid=results[0]["domid"])
 
-    def _write_start_info(self, built: BuiltDomain, gnttab_frames: int, store_evtchn: int, console_evtchn: int) -> None:
+    def _write_start_info(
+        self,
+        built: BuiltDomain,
+        gnttab_frames: int,
+        store_evtchn: int,
+        console_evtchn: int,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """Frame 0's start info and grant entries 0 and 1 for dom0 (``xc_dom_gnttab_init``)."""
         config = built.config
         image = {
@@ -237,6 +263,7 @@ class DomainBuilder:
             "vcpus": config.get("vcpus", 1),
             "disks": [disk["vdev"] for disk in config.get("disk", [])],
             "vifs": [vif["devid"] for vif in config.get("vif", [])],  # the kernel brings them up before the workload
+            **(extra or {}),
         }
         StartInfo(
             nr_pages=built.memory.nr_frames,

@@ -32,7 +32,7 @@ from ..xenbus_backend import XenbusBackend
 from ..xenconsoled import Xenconsoled
 from ..xenstore_service import XenstoreService
 from ..xenstored import LocalXenstore
-from . import ops_console, ops_device, ops_domain, ops_sched, ops_xenstore
+from . import ops_console, ops_device, ops_domain, ops_migrate, ops_sched, ops_xenstore
 from .lifecycle import Lifecycle
 from .request import Request, ToolstackError
 
@@ -72,6 +72,9 @@ OPS: dict[str, Op] = {
     "unpause": Op(ops_domain.unpause),
     "rename": Op(ops_domain.rename),
     "down": Op(ops_domain.down, defers=True),
+    # save and restore (xl save, restore)
+    "save": Op(ops_migrate.save, defers=True),
+    "restore": Op(ops_migrate.restore, defers=True),
     # scheduling (xl sched-credit, vcpu-list, vcpu-pin)
     "sched_credit": Op(ops_sched.sched_credit),
     "vcpu_list": Op(ops_sched.vcpu_list),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xenlike.tools.suggest import did_you_mean
-from xenlike.tools.xl import block, console, host, info, network, sched, top, vcpu, vmcontrol, xenstore
+from xenlike.tools.xl import block, console, host, info, network, saverestore, sched, top, vcpu, vmcontrol, xenstore
 from xenlike.tools.xl.utils import XlError
 
 __all__ = ["Arg", "CmdSpec", "CMD_TABLE", "XL_VERBS", "build_parser", "unknown_verb", "verb_of", "verbs"]
@@ -187,6 +187,26 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
             Arg("-w", "--wait", action="store_true", help="wait until it has shut down to reboot (and on_reboot ran)"),
             Arg("-a", "--all", action="store_true", help="all domains"),
             FALLBACK_TRIGGER,
+        ),
+    ),
+    CmdSpec(
+        "save",
+        saverestore.main_save,
+        "suspend a domain and save its memory, devices and state to a file, then destroy it",
+        (
+            DOMAIN,
+            Arg("file", metavar="FILE", help="the image to write (on this host)"),
+            Arg("-c", dest="checkpoint", action="store_true", help="leave the domain running (a checkpoint)"),
+            Arg("-p", dest="paused", action="store_true", help="leave the domain paused"),
+        ),
+    ),
+    CmdSpec(
+        "restore",
+        saverestore.main_restore,
+        "build a domain from a saved image; it runs on where it was saved",
+        (
+            Arg("file", metavar="FILE", help="an image written by save"),
+            Arg("-p", dest="paused", action="store_true", help="leave the restored domain paused"),
         ),
     ),
     CmdSpec("pause", vmcontrol.main_pause, "pause a domain (it keeps its memory, gets no CPU)", (DOMAIN,)),
