@@ -26,6 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 
+from xenlike.kernel import dirty_log
 from xenlike.kernel.events import EventLoop, new_port_fd
 from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.hypercall import ChannelClosed, HypercallClient
@@ -423,6 +424,22 @@ class Kernel:
         except Exception:
             traceback.print_exc()
 
+    def _register_dirty_log(self) -> None:
+        """Log-dirty mode (a live migration): hand the hypervisor this process's userfaultfd for its memory."""
+        try:
+            uffd = dirty_log.open_userfaultfd()
+        except OSError as exc:
+            print(f"[{self.label}] cannot keep a dirty log: {exc.strerror or exc}", file=sys.stderr)
+            return
+        try:
+            self.hypercall.call(
+                "logdirty_register", fds=[uffd], address=self.memory.address(0), nr_frames=self.memory.nr_frames
+            )
+        except OSError as exc:
+            print(f"[{self.label}] the hypervisor refused the dirty log: {exc}", file=sys.stderr)
+        finally:
+            os.close(uffd)
+
     def _refuse_suspend(self, reason: str) -> None:
         line = workload_state.one_line(reason)
         print(f"[{self.label}] cannot be suspended: {line}", file=sys.stderr)
@@ -453,6 +470,9 @@ class Kernel:
             self.loop.connect(event["port"], fds[0] if fds else None)
         elif kind == "evtchn_new":
             self.loop.bind(event["port"], fds[0])
+        elif kind == "logdirty":
+            # A hypercall from here would wait on the channel this event came on: answer from a thread.
+            threading.Thread(target=self._register_dirty_log, name="logdirty", daemon=True).start()
         else:
             for fd in fds:
                 os.close(fd)

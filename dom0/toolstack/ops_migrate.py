@@ -28,6 +28,7 @@ from xenlike.public.migration_stream import (
     StreamReader,
     StreamWriter,
     VcpuContext,
+    WorkloadState,
 )
 from xenlike.public.start_info import reserved_frames
 from xenlike.public.suspend import (
@@ -47,7 +48,18 @@ if TYPE_CHECKING:
     from ..builder import BuiltDomain
     from .server import Toolstack
 
-__all__ = ["save", "restore", "SUSPEND_TIMEOUT_S", "write_image", "read_image", "Image"]
+__all__ = [
+    "save",
+    "restore",
+    "SUSPEND_TIMEOUT_S",
+    "write_image",
+    "suspend_record",
+    "read_image",
+    "Image",
+    "ImageAssembler",
+    "migrate",
+    "migrate_listen",
+]
 
 log = logging.getLogger("dom0.toolstack")
 
@@ -175,11 +187,9 @@ def write_image(
     """The image of a suspended domain: its static records, its pages (``pfns``, or every frame with data), the rest."""
     config = built.config
     vcpus = int(config.get("vcpus", 1))
-    place = list(info["suspend_record"])
     writer.domain_info(DomainInfo(built.name, built.uuid, built.memory.nr_frames, vcpus, vcpus, config))
     for vcpu in range(vcpus):
-        # As a PV guest's vCPU 0 holds its start info frame when it suspends, ours names the suspend record.
-        writer.vcpu_context(VcpuContext(vcpu, {"online": True, **({"suspend_record": place} if vcpu == 0 else {})}))
+        writer.vcpu_context(VcpuContext(vcpu, {"online": True}))
     for row in DEVICE_TYPES:
         for spec in config.get(row.config_key, []):
             writer.device_state(DeviceState(row.kind, int(spec["devid"]), spec))
@@ -189,9 +199,14 @@ def write_image(
     memory = built.memory
     writer.page_data([(pfn, memory.frame(pfn)) for pfn in pfns])
     writer.xenstore_data(carried_nodes(ts, built))
-    pfn, length = place
-    writer.workload_state(bytes(memory.view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + length]))
+    writer.workload_state(suspend_record(built, info))
     writer.end()
+
+
+def suspend_record(built: BuiltDomain, info: dict) -> WorkloadState:
+    """The suspend record a suspended guest left in its memory, where ``getdomaininfo`` says."""
+    pfn, length = info["suspend_record"]
+    return WorkloadState(pfn, bytes(built.memory.view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + length]))
 
 
 @dataclass
@@ -210,42 +225,75 @@ class Image:
         return sum(len(p.pfns) for p in self.pages)
 
 
-def read_image(read: Callable[[int], bytes], where: str) -> Image:
-    """Read a whole stream and check it against what a restore needs; StreamError naming ``where`` and the fault."""
-    reader = StreamReader(read)
-    info: DomainInfo | None = None
-    place: tuple[int, int] | None = None
-    pages: list[PageData] = []
-    nodes: list[tuple[str, str]] = []
-    record: bytes | None = None
-    for item in reader:
+class ImageAssembler:
+    """Checks a stream's records as they come against what a restore needs, and keeps all but the pages.
+
+    ``on_pages(page_data)`` gets each PAGE_DATA record once it is checked;
+    ``on_info(info)`` the DOMAIN_INFO, before any page. :meth:`finish` gives the
+    :class:`Image` (its ``pages`` empty) once END has come.
+    """
+
+    def __init__(
+        self,
+        where: str,
+        on_pages: Callable[[PageData], None],
+        on_info: Callable[[DomainInfo], None] | None = None,
+    ) -> None:
+        self.where = where
+        self.on_pages = on_pages
+        self.on_info = on_info
+        self.info: DomainInfo | None = None
+        self.place: tuple[int, int] | None = None
+        self.nodes: list[tuple[str, str]] = []
+        self.record: bytes | None = None
+        self.pages = 0
+
+    def take(self, item: Any) -> None:
+        where = self.where
         if isinstance(item, DomainInfo):
-            info = item
-        elif isinstance(item, VcpuContext) and item.vcpu_id == 0:
-            assert info is not None  # the reader refuses a VCPU_CONTEXT before DOMAIN_INFO
-            try:
-                place = check_place(item.state.get("suspend_record"), first_free_pfn(info.config), info.nr_frames)
-            except SuspendRecordError as exc:
-                raise StreamError(f"{where}: vCPU 0's context: {exc}") from None
+            self.info = item
+            if self.on_info is not None:
+                self.on_info(item)
         elif isinstance(item, PageData):
-            assert info is not None
-            low = [pfn for pfn in item.pfns if pfn < first_free_pfn(info.config)]
+            assert self.info is not None
+            low = [pfn for pfn in item.pfns if pfn < first_free_pfn(self.info.config)]
             if low:
                 raise StreamError(f"{where}: PAGE_DATA names frame {low[0]}, one the domain builder lays out afresh")
-            pages.append(item)
+            self.pages += len(item.pfns)
+            self.on_pages(item)
         elif isinstance(item, list):
             for path, _ in item:
                 if path != CARRIED_NODES and not path.startswith(CARRIED_NODES + "/"):
                     raise StreamError(f"{where}: XENSTORE_DATA names {path!r}; an image carries only {CARRIED_NODES}/")
-            nodes.extend(item)
-        elif isinstance(item, bytes) and record is None:
-            record = item
-    if info is None or place is None or record is None:
-        missing = "DOMAIN_INFO" if info is None else "vCPU 0's context" if place is None else "WORKLOAD_STATE"
-        raise StreamError(f"{where}: the image has no {missing}: nothing to resume")
-    if len(record) != place[1]:
-        raise StreamError(f"{where}: WORKLOAD_STATE is {len(record)} bytes; vCPU 0 names a record of {place[1]}")
-    return Image(info, place, pages, nodes, record, reader.skipped)
+            self.nodes.extend(item)
+        elif isinstance(item, WorkloadState):
+            assert self.info is not None
+            try:
+                self.place = check_place(
+                    [item.pfn, len(item.record)], first_free_pfn(self.info.config), self.info.nr_frames
+                )
+            except SuspendRecordError as exc:
+                raise StreamError(f"{where}: WORKLOAD_STATE: {exc}") from None
+            self.record = item.record
+
+    def finish(self, skipped: list[int]) -> Image:
+        info, place, record = self.info, self.place, self.record
+        if info is None or place is None or record is None:
+            missing = "DOMAIN_INFO" if info is None else "WORKLOAD_STATE"
+            raise StreamError(f"{self.where}: the image has no {missing}: nothing to resume")
+        return Image(info, place, [], self.nodes, record, skipped)
+
+
+def read_image(read: Callable[[int], bytes], where: str) -> Image:
+    """Read a whole stream and check it against what a restore needs; StreamError naming ``where`` and the fault."""
+    pages: list[PageData] = []
+    assembler = ImageAssembler(where, pages.append)
+    reader = StreamReader(read)
+    for item in reader:
+        assembler.take(item)
+    image = assembler.finish(reader.skipped)
+    image.pages = pages
+    return image
 
 
 def fill_memory(image: Image) -> Callable[[BuiltDomain], dict[str, Any]]:
@@ -265,15 +313,20 @@ def fill_memory(image: Image) -> Callable[[BuiltDomain], dict[str, Any]]:
     return fill
 
 
-def restore_image(ts: Toolstack, image: Image, paused: bool) -> BuiltDomain:
-    """Build the domain an image describes (its name must be free here) and put its nodes back."""
+def restore_image(
+    ts: Toolstack, image: Image, paused: bool, fill: Callable[[BuiltDomain], dict[str, Any]] | None = None
+) -> BuiltDomain:
+    """Build the domain an image describes (its name must be free here) and put its nodes back.
+
+    ``fill`` writes its memory (by default from the image's own pages).
+    """
     config = dict(image.info.config)
     expected = int(config.get("memory", 0)) * (1 << 20) // PAGE_SIZE
     if expected != image.info.nr_frames:
         raise ToolstackError(
             f"the image's domain has {image.info.nr_frames} frames but its config's memory gives {expected}"
         )
-    built = ts.lifecycle.create(config, paused=paused, uuid=image.info.uuid, restore=fill_memory(image))
+    built = ts.lifecycle.create(config, paused=paused, uuid=image.info.uuid, restore=fill or fill_memory(image))
     home = home_path(built.domid)
     try:
         for path, value in image.nodes:
@@ -378,3 +431,51 @@ def restore(ts: Toolstack, request: Request) -> None:
         request.reply({**result, "start": report.to_dict(RESTORE_REPORT_TIMEOUT_S), "total_ms": total})
 
     ts.poll(lambda: ts.lifecycle.start_settled(report), RESTORE_REPORT_TIMEOUT_S, finish)
+
+
+def migrate(ts: Toolstack, request: Request) -> None:
+    """xl migrate DOMAIN HOST: live to another host's toolstack (``host`` ADDR:PORT, ``key`` the target's).
+
+    Events ``{"progress": {round, pages, sent, mib_s, dirty, final}}`` (and ``{"note": ...}``)
+    come while it runs; the reply is the summary (rounds, pages, bytes, total_ms,
+    downtime_ms, live), or an error saying why and that the guest runs on here.
+    """
+    from xenlike.public import migration_channel as ch
+
+    from .migrate_send import Migration, Policy
+
+    args = request.args
+    built = ts.lifecycle.find(args["domain"])
+    try:
+        addr, port = ch.parse_address(str(args.get("host", "")))
+        key = args.get("key")
+        if not isinstance(key, str) or not key:
+            raise ch.ChannelError("migrate needs the target's key: `xenlike info` on the target shows it (--key)")
+        ch.auth_reply(key, b"")  # a key that is not one is refused before anything moves
+    except (ValueError, ch.ChannelError) as exc:
+        raise ToolstackError(str(exc)) from None
+    policy = Policy(
+        target_dirty=int(args.get("target_dirty", 50)),
+        max_rounds=int(args.get("max_rounds", 5)),
+        live=not args.get("stop_and_copy"),
+    )
+    if policy.target_dirty < 0 or policy.max_rounds < 1:
+        raise ToolstackError("--target-dirty is 0 or more and --max-rounds 1 or more")
+    log.info("%s: migrating to %s:%d (%s)", built.label, addr, port, "live" if policy.live else "stop-and-copy")
+    Migration(ts, request, built, f"tcp://{addr}:{port}", key, policy).start()
+
+
+def migrate_listen(ts: Toolstack, request: Request) -> Any:
+    """``up --listen ADDR:PORT``: accept migrations there, with a key this host makes; returns both."""
+    from xenlike.public import migration_channel as ch
+
+    from .migrate_receive import MigrationListener
+
+    try:
+        addr, port = ch.parse_address(str(request.args.get("address", "")))
+    except ValueError as exc:
+        raise ToolstackError(str(exc)) from None
+    if ts.migration_listener is not None:
+        raise ToolstackError(f"this host already accepts migrations on {ts.migration_listener.endpoint}")
+    ts.migration_listener = MigrationListener(ts, addr, port)
+    return ts.migration_listener.info()

@@ -17,6 +17,7 @@ from xenlike.public.migration_stream import (
     StreamError,
     StreamWriter,
     VcpuContext,
+    WorkloadState,
     parse,
 )
 from xenlike.public.xen import PAGE_SIZE
@@ -45,7 +46,7 @@ def _stream(pages: list[tuple[int, bytes | None]], *, nr_frames: int = NR_FRAMES
     w.static_data_end()
     w.page_data(pages)
     w.xenstore_data([("data/x", "1")])
-    w.workload_state(b"blob")
+    w.workload_state(WorkloadState(10, b"blob"))
     out.append(extra)
     w.end()
     return b"".join(out)
@@ -103,7 +104,7 @@ def test_round_trip(pages: list[tuple[int, bytes | None]]) -> None:
         (pfn, None if d is None else bytes(d)) for r in records if isinstance(r, PageData) for pfn, _, d in r.pages()
     ]
     assert got == full
-    assert records[-2] == b"blob"
+    assert records[-2] == WorkloadState(10, b"blob")
     assert [("data/x", "1")] in records
 
 
@@ -259,6 +260,23 @@ def test_bad_json_and_xenstore_paths() -> None:
     w = StreamWriter(out.append)
     w.json_record(RecordType.DOMAIN_INFO, {**_info().to_json(), "vcpus": 5})
     with pytest.raises(StreamError, match=r"vcpus 5 is not within 1..max_vcpus 2"):
+        parse(b"".join(out))
+
+
+def test_workload_state_is_checked() -> None:
+    out: list[bytes] = []
+    w = StreamWriter(out.append)
+    w.domain_info(_info())
+    w.static_data_end()
+    w.record(RecordType.WORKLOAD_STATE, struct.pack("<QQ", 3, 9) + b"short")
+    with pytest.raises(StreamError, match=r"says 9 octets of record; 5 follow"):
+        parse(b"".join(out))
+    out = []
+    w = StreamWriter(out.append)
+    w.domain_info(_info())
+    w.static_data_end()
+    w.workload_state(WorkloadState(NR_FRAMES, b"x"))
+    with pytest.raises(StreamError, match=r"names frame 64, beyond the domain's memory"):
         parse(b"".join(out))
 
 

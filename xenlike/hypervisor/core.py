@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from xenlike.hypervisor import logdirty
 from xenlike.hypervisor.console import ConsoleRing
 from xenlike.hypervisor.domain import Domain, FramePool, OutOfMemory, mib_to_frames
 from xenlike.hypervisor.event_channel import EventChannelHost, PeerUpdate
@@ -131,7 +132,7 @@ class Hypervisor:
         self.fd_budget = FdBudget(DOMAIN_FDS, "the hypervisor")
         self.evtchn = EventChannelHost()
         self.gntalloc = GntallocAreas(self.pool, self.evtchn.send)  # pages domUs allocate to share (gntalloc.py)
-        self.grants = GrantMapper(self._grant_table, self.gntalloc.owns)
+        self.grants = GrantMapper(self._grant_table, self.gntalloc.owns, self.mark_dirty)
         self._gnttabs: dict[int, GrantTableFrames] = {}
         self._by_pid: dict[int, Domain] = {}
         self._by_sock: dict[int, Domain] = {}
@@ -651,6 +652,7 @@ class Hypervisor:
         self.send_peer_updates(self.evtchn.remove_domain(domain.domid))
         forget_domain(self, domain.domid)
         self._gnttabs.pop(domain.domid).release()
+        logdirty.release(domain)
         domain.memory.close()
         self.pool.release(domain.nr_frames)
         self.scheduler.remove_domain(domain.domid)
@@ -660,6 +662,10 @@ class Hypervisor:
             self._reply(sock, call_id, {"domid": domain.domid})
         if domain.domid != 0:
             self._state_changed(domain.domid)
+
+    def mark_dirty(self, domid: int, frame: int) -> None:
+        """Frame ``frame`` of ``domid`` was written for it by others: its dirty log, if it keeps one, says so."""
+        logdirty.mark_dirty(self.domains.get(domid), frame)
 
     def state_changed(self, domid: int) -> None:
         """A handler's note that a domain shut down (a suspend): dom0 hears of it through ``VIRQ_DOM_EXC``."""

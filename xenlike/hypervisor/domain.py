@@ -82,6 +82,7 @@ class Domain:
     cpu_time_final: float = 0.0  # CPU seconds when the process ended
     suspend_record: tuple[int, int] | None = None  # (pfn, length) while suspended
     suspend_reply: Any = None  # the held reply to its SCHEDOP_shutdown(suspend)
+    dirty_log: Any = None  # a xenlike.kernel.dirty_log.DirtyLog in log-dirty mode
 
     @property
     def privileged(self) -> bool:

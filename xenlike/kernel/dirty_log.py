@@ -39,6 +39,7 @@ from xenlike.public.xen import PAGE_SIZE
 __all__ = [
     "DirtyLogUnsupported",
     "probe",
+    "open_userfaultfd",
     "open_for_mapping",
     "MappingLog",
     "DirtyLog",
@@ -109,16 +110,26 @@ def _api(fd: int) -> None:
         ) from None
 
 
-def open_for_mapping() -> tuple[int, int]:
-    """In the process whose mapping is to be logged: its userfaultfd (API done) and its pagemap, both CLOEXEC.
+def open_userfaultfd() -> int:
+    """In the process whose mapping is to be logged: its userfaultfd, API done, CLOEXEC.
 
-    A userfaultfd acts on the address space of the process that created it, and
-    a pagemap fd reads the one that opened it; the keeper of the log may be
-    another process (the fds go to it over ``SCM_RIGHTS``).
+    A userfaultfd acts on the address space of the process that created it; the
+    keeper of the log may be another process (the fd goes to it over
+    ``SCM_RIGHTS``), which reads that process's ``/proc/PID/pagemap``.
     """
     uffd = _userfaultfd()
     try:
         _api(uffd)
+    except BaseException:
+        os.close(uffd)
+        raise
+    return uffd
+
+
+def open_for_mapping() -> tuple[int, int]:
+    """:func:`open_userfaultfd` and this process's own pagemap (which a pagemap fd keeps reading wherever it goes)."""
+    uffd = open_userfaultfd()
+    try:
         pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     except BaseException:
         os.close(uffd)

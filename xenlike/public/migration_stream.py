@@ -29,7 +29,10 @@ HVM context) are numbered from :data:`XENLIKE_BASE` up, out of Xen's range:
 * ``DEVICE_STATE``: one per device: its type, id and the back end's config (JSON);
 * ``XENSTORE_DATA``: the nodes of the domain's home the toolstack owns, as
   ``[path, value]`` pairs relative to it (JSON);
-* ``WORKLOAD_STATE``: the blob the workload's ``suspend`` hook returned, raw;
+* ``WORKLOAD_STATE``: where the guest kernel left its suspend record in its
+  memory (``pfn`` u64, ``length`` u64) and the record itself
+  (``xenlike.public.suspend``: its workload's frames and the blob its
+  ``suspend`` hook returned);
 * ``CONSOLE_HISTORY`` (optional): the tail of the domain's console output, raw.
 
 Order, as Xen's: ``DOMAIN_INFO``, ``VCPU_CONTEXT``/``DEVICE_STATE`` records,
@@ -70,6 +73,7 @@ __all__ = [
     "DomainInfo",
     "VcpuContext",
     "DeviceState",
+    "WorkloadState",
     "StreamWriter",
     "StreamReader",
     "parse",
@@ -252,6 +256,14 @@ class DeviceState:
     backend: dict[str, Any]
 
 
+@dataclass
+class WorkloadState:
+    """``WORKLOAD_STATE``: the guest's suspend record and the frame it starts at."""
+
+    pfn: int
+    record: bytes
+
+
 # -- writing -------------------------------------------------------------------------------------
 
 
@@ -319,8 +331,9 @@ class StreamWriter:
     def xenstore_data(self, nodes: Iterable[tuple[str, str]]) -> None:
         self.json_record(RecordType.XENSTORE_DATA, [[path, value] for path, value in nodes])
 
-    def workload_state(self, blob: bytes) -> None:
-        self.record(RecordType.WORKLOAD_STATE, blob)
+    def workload_state(self, state: WorkloadState) -> None:
+        head = struct.pack(self._order + "QQ", state.pfn, len(state.record))
+        self.record(RecordType.WORKLOAD_STATE, head + state.record)
 
     def console_history(self, data: bytes) -> None:
         self.record(RecordType.CONSOLE_HISTORY, data[-(MAX_RECORD_LENGTH // 2) :])
@@ -344,7 +357,7 @@ class StreamReader:
 
     Iterating yields each known record, parsed (``DomainInfo``, ``VcpuContext``,
     ``DeviceState``, ``PageData``, ``list`` of xenstore pairs for
-    ``XENSTORE_DATA``, ``bytes`` for ``WORKLOAD_STATE`` and ``CONSOLE_HISTORY``,
+    ``XENSTORE_DATA``, ``WorkloadState``, ``bytes`` for ``CONSOLE_HISTORY``,
     or the raw :class:`Record` for ``STATIC_DATA_END``), and stops after ``END``.
     Unknown optional records are skipped (counted in ``skipped``). Everything
     wrong raises :class:`StreamError` naming the octet: a short read, a bad
@@ -532,7 +545,21 @@ class StreamReader:
                 if pair[0].startswith("/") or ".." in pair[0].split("/"):
                     raise StreamError(f"{where}: path {pair[0]!r} is not relative to the domain's home")
             return [(path, value) for path, value in pairs]
+        if record.type == RecordType.WORKLOAD_STATE:
+            return self._workload_state(record)
         return record.body
+
+    def _workload_state(self, record: Record) -> WorkloadState:
+        assert self.info is not None
+        where = f"WORKLOAD_STATE at octet {record.offset}"
+        if len(record.body) < 16:
+            raise StreamError(f"{where} is {len(record.body)} octets, under its 16-octet header")
+        pfn, length = struct.unpack_from(self._order + "QQ", record.body)
+        if length != len(record.body) - 16:
+            raise StreamError(f"{where} says {length} octets of record; {len(record.body) - 16} follow")
+        if pfn + max(length - 1, 0) // PAGE_SIZE >= self.info.nr_frames:
+            raise StreamError(f"{where} names frame {pfn}, beyond the domain's memory")
+        return WorkloadState(pfn, record.body[16:])
 
     def _end(self, record: Record) -> Record:
         if not self._static_done:

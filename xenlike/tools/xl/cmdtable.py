@@ -15,7 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from xenlike.tools.suggest import did_you_mean
-from xenlike.tools.xl import block, console, host, info, network, saverestore, sched, top, vcpu, vmcontrol, xenstore
+from xenlike.tools.xl import (
+    block,
+    console,
+    host,
+    info,
+    migrate,
+    network,
+    saverestore,
+    sched,
+    top,
+    vcpu,
+    vmcontrol,
+    xenstore,
+)
 from xenlike.tools.xl.utils import XlError
 
 __all__ = ["Arg", "CmdSpec", "CMD_TABLE", "XL_VERBS", "build_parser", "unknown_verb", "verb_of", "verbs"]
@@ -123,6 +136,12 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
                 metavar="UID",
                 help="as root, each domain runs as UID plus its domid (default 200000000)",
             ),
+            Arg(
+                "--listen",
+                metavar="ADDR:PORT",
+                help="accept migrations from other hosts there (zmq over tcp), with a key this host makes; "
+                "`xenlike info` shows it",
+            ),
         ),
     ),
     CmdSpec(
@@ -198,6 +217,35 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
             Arg("file", metavar="FILE", help="the image to write (on this host)"),
             Arg("-c", dest="checkpoint", action="store_true", help="leave the domain running (a checkpoint)"),
             Arg("-p", dest="paused", action="store_true", help="leave the domain paused"),
+        ),
+    ),
+    CmdSpec(
+        "migrate",
+        migrate.main_migrate,
+        "move a running domain to another host, live (pre-copy rounds, then stop-and-copy)",
+        (
+            DOMAIN,
+            Arg("host", metavar="HOST", help="the target host's ADDR:PORT (its `up --listen`)"),
+            Arg("--key", required=True, help="the target's migration key (`xenlike info` on the target shows it)"),
+            Arg(
+                "--stop-and-copy",
+                action="store_true",
+                help="no pre-copy: suspend at once and copy everything (the longest downtime)",
+            ),
+            Arg(
+                "--max-rounds",
+                type=int,
+                default=5,
+                metavar="N",
+                help="pre-copy rounds at most before stop-and-copy (default 5, Xen's)",
+            ),
+            Arg(
+                "--target-dirty",
+                type=int,
+                default=50,
+                metavar="N",
+                help="stop and copy once fewer pages than this were written in a round (default 50, Xen's)",
+            ),
         ),
     ),
     CmdSpec(

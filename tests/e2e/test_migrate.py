@@ -1,0 +1,99 @@
+"""Live migration between two hosts on 127.0.0.1, each with a run directory of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+
+import pytest
+
+from .conftest import Host, console_json, wait_for
+from .test_save_restore import counter_guest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def target(request):
+    h = Host()
+    try:
+        yield h
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            h.print_logs()
+        h.teardown()
+
+
+def _listen(target: Host) -> tuple[str, str]:
+    port = _free_port()
+    out = target.xl("up", "-d", "--memory", "1024", "--listen", f"127.0.0.1:{port}").stdout
+    target.hypervisor_pid = target.run_dir.running_pid()
+    assert f"accepting migrations on tcp://127.0.0.1:{port}" in out
+    info = target.xl("info").stdout
+    key = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("migration_key"))
+    assert f"xenlike migrate DOMAIN 127.0.0.1:{port} --key {key}" in info
+    return f"127.0.0.1:{port}", key
+
+
+def _ticks(host: Host, name: str) -> list[int]:
+    return [json.loads(line[5:])["counter"] for line in host.log(name).splitlines() if line.startswith("TICK ")]
+
+
+def test_live_migration_carries_memory_disk_and_nodes(host, target, tmp_path):
+    host.up()
+    address, key = _listen(target)
+    domid = counter_guest(host, tmp_path)
+    host.xl("xenstore-write", f"/local/domain/{domid}/data/kept", "yes")
+    wait_for(lambda: len(_ticks(host, "m")) >= 2, timeout=30, what="ticks")
+    out = host.xl("migrate", "m", address, "--key", key, timeout=180).stdout
+    assert "migrated m:" in out and "round(s)" in out and "downtime" in out and "of its memory" in out
+    assert "m" not in host.domains()  # the source no longer has it
+    resumed = console_json(target, "m", "RESUMED", timeout=30)
+    assert resumed["memory_same"] and resumed["disk_bad"] == [] and resumed["acked"] == resumed["counter"] > 0
+    new = target.domains()["m"]["domid"]
+    assert target.xs_read(f"/local/domain/{new}/data/kept") == "yes"
+    wait_for(lambda: _ticks(target, "m") and _ticks(target, "m")[-1] > resumed["counter"], timeout=30,
+             what="ticks at the target")
+
+
+def test_a_bad_key_is_refused_and_the_guest_runs_on(host, target, tmp_path):
+    host.up()
+    address, key = _listen(target)
+    counter_guest(host, tmp_path)
+    wrong = ("0" if key[0] != "0" else "1") + key[1:]
+    result = host.xl("migrate", "m", address, "--key", wrong, check=False, timeout=120)
+    assert result.returncode != 0
+    assert "the target refused it: the key is wrong" in result.stderr and "it runs on here" in result.stderr
+    assert "m" in host.domains() and "m" not in target.domains()
+    before = _ticks(host, "m")[-1]
+    wait_for(lambda: _ticks(host, "m")[-1] > before, timeout=30, what="ticks on the source")
+
+
+def test_a_target_that_dies_mid_stream_leaves_the_guest_running(host, target, tmp_path):
+    host.up()
+    address, key = _listen(target)
+    counter_guest(host, tmp_path)
+    # Kill the target's dom0 (and so its host) while the migration is under way.
+    killer = os.fork()
+    if killer == 0:
+        try:
+            wait_for(lambda: "migrating to" in (host.path / "logs" / "dom0.log").read_text(), timeout=60)
+            os.killpg(target.hypervisor_pid, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    try:
+        result = host.xl("migrate", "m", address, "--key", key, check=False, timeout=180)
+    finally:
+        os.waitpid(killer, 0)
+    assert result.returncode != 0, result.stdout
+    assert "was not migrated" in result.stderr and "it runs on here" in result.stderr
+    assert "m" in host.domains()
+    before = _ticks(host, "m")[-1]
+    wait_for(lambda: _ticks(host, "m")[-1] > before, timeout=30, what="ticks on the source after the failure")
