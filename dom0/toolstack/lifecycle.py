@@ -194,14 +194,16 @@ class Lifecycle:
         paused: bool = False,
         uuid: str | None = None,
         restore: Callable[[BuiltDomain], dict[str, Any]] | None = None,
+        precreated: tuple[dict[str, Any], int] | None = None,
     ) -> BuiltDomain:
-        """Build a domain from a validated config; its name must be free (``restore``: see the builder)."""
+        """Build a domain from a validated config; its name must be free (``restore``, ``precreated``: see the
+        builder)."""
         if any(d.name == config["name"] for d in self.domains.values()):
             raise ToolstackError(f"a domain named {config['name']!r} already exists")
         refusal = self.fd_budget.refusal(config["name"])
         if refusal is not None:  # before the hypervisor is asked for anything
             raise ToolstackError(refusal)
-        built = self.builder.create(config, paused=paused, uuid=uuid, restore=restore)
+        built = self.builder.create(config, paused=paused, uuid=uuid, restore=restore, precreated=precreated)
         self.domains[built.domid] = built
         self.vchan_policy.domain_added(built, self.domains.values())
         return built

@@ -14,6 +14,7 @@ refused, aborted or falls silent leaves nothing behind.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -28,6 +29,7 @@ from xenlike.public import migration_channel as ch
 from xenlike.public.migration_stream import DomainInfo, PageData, PageType, StreamError, StreamReader
 from xenlike.public.xen import PAGE_SIZE
 
+from ..builder import DomainBuilder
 from ..devices import DEVICE_TYPES
 from .ops_migrate import Image, ImageAssembler, restore_image
 from .request import ToolstackError
@@ -64,7 +66,9 @@ class Incoming:
         self.name = "?"
         self._chunks: queue.SimpleQueue[bytes | _Round | None] = queue.SimpleQueue()
         self._buffer = bytearray()
-        self.staging: GuestMemory | None = None
+        self.staging: GuestMemory | None = None  # the new domain's memory, as dom0 maps it
+        self.precreated: tuple[dict[str, Any], int] | None = None  # its createdomain result and memfd
+        self.built = False
         self.received: set[int] = set()
         self.finished = False
         self._thread: threading.Thread | None = None
@@ -108,7 +112,9 @@ class Incoming:
             for item in reader:
                 self.assembler.take(item)
             image = self.assembler.finish(reader.skipped)
+            began = time.monotonic()
             built = self.listener.calls(lambda: self._build(image))
+            log.info("%s: built from its stream in %.0f ms", self.name, (time.monotonic() - began) * 1000)
             self.listener.send(self, ch.DONE, ch.encode({"domid": built.domid, "name": built.name}))
             log.info("%s: migrated in as d%d (%d pages)", self.name, built.domid, self.assembler.pages)
         except (StreamError, ToolstackError, OSError, ch.ChannelError) as exc:
@@ -123,21 +129,33 @@ class Incoming:
             if self.staging is not None:
                 self.staging.close()
                 self.staging = None
+            self._discard()
+            if self.precreated is not None:
+                os.close(self.precreated[1])
             self.listener.forget(self)
 
     def _on_info(self, info: DomainInfo) -> None:
+        """The domain is made now, not started, as libxl creates a domain before libxc restores into it:
+        each page is written into its memory as it comes, and nothing is copied once the guest stops."""
         self.name = info.name
         self.info = info
-        self.staging = GuestMemory.create(info.nr_frames, f"xenlike-incoming-{info.name}")
+        ts = self.listener.ts
+        if self.listener.calls(lambda: any(d.name == info.name for d in ts.domains.values())):
+            raise ToolstackError(f"this host already has a domain named {info.name!r}")
+        args = DomainBuilder.createdomain_args({**info.config, "name": f"{info.name}--incoming"}, info.uuid)
+        result, fds = self.listener.calls(lambda: ts.hypercall("domctl", **args))
+        self.precreated = (result, fds[0])
+        if result["nr_frames"] != info.nr_frames:
+            raise ToolstackError(
+                f"the stream's domain has {info.nr_frames} frames; its config gives {result['nr_frames']}"
+            )
+        self.staging = GuestMemory.from_fd(os.dup(fds[0]), result["nr_frames"])
 
     def _check_target(self) -> None:
         """ROUND 0: can this host take the domain? Its name free, its disks reachable here."""
         info = getattr(self, "info", None)
         if info is None:
             raise StreamError("ROUND 0 came before DOMAIN_INFO")
-        ts = self.listener.ts
-        if self.listener.calls(lambda: any(d.name == info.name for d in ts.domains.values())):
-            raise ToolstackError(f"this host already has a domain named {info.name!r}")
         for row in DEVICE_TYPES:
             for spec in info.config.get(row.config_key, []):
                 row.prepare(dict(spec))  # a disk image this host cannot open is refused before any page moves
@@ -152,20 +170,29 @@ class Incoming:
             self.received.add(pfn)
 
     def _build(self, image: Image) -> BuiltDomain:
-        """dom0's loop: the domain, on the staging memory."""
-        staging = self.staging
-        assert staging is not None
-        received = sorted(self.received)
+        """dom0's loop: the domain made at DOMAIN_INFO, its pages in place, built and started."""
+        assert self.precreated is not None
 
         def fill(built: BuiltDomain) -> dict[str, Any]:
-            memory = built.memory
-            for pfn in received:
-                memory.frame(pfn)[:] = staging.frame(pfn)
             pfn, length = image.place
-            memory.view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + length] = image.record
+            built.memory.view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + length] = image.record
             return {"resume": list(image.place)}
 
-        return restore_image(self.listener.ts, image, paused=False, fill=fill)
+        result, fd = self.precreated
+        built = restore_image(self.listener.ts, image, paused=False, fill=fill, precreated=(result, os.dup(fd)))
+        self.built = True
+        return built
+
+    def _discard(self) -> None:
+        """A session that did not end in a domain: the one made for it goes."""
+        if self.precreated is None or self.built:
+            return
+        result, fd = self.precreated
+        ts = self.listener.ts
+        try:
+            self.listener.calls(lambda: ts.hypercall("domctl", cmd="destroydomain", domid=result["domid"]))
+        except OSError as exc:
+            log.warning("migration of %s: the domain made for it: %s", self.name, exc)
 
 
 class MigrationListener:

@@ -255,6 +255,7 @@ class Migration:
             if len(dirty) < policy.target_dirty or number > policy.max_rounds:
                 break
         # Stop and copy.
+        suspend_began = time.monotonic()
         info = self._suspend()
         stopped = time.monotonic()
         if live:
@@ -269,8 +270,17 @@ class Migration:
         writer.workload_state(suspend_record(built, info))
         writer.end()
         self._flush()
+        sent_at = time.monotonic()
         done = ch.decode(self._answer(ch.DONE, BUILD_TIMEOUT_S))
         downtime = time.monotonic() - stopped
+        log.info(
+            "%s: stop-and-copy: suspended in %.0f ms, %d pages sent in %.0f ms, built at the target in %.0f ms",
+            built.label,
+            (stopped - suspend_began) * 1000,
+            len(pfns),
+            (sent_at - began) * 1000,
+            (time.monotonic() - sent_at) * 1000,
+        )
         self._progress(number, len(pfns), sent, time.monotonic() - began, 0, final=True)
         self.suspended = False  # it runs at the target now: never resumed here
 

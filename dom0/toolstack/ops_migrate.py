@@ -314,11 +314,16 @@ def fill_memory(image: Image) -> Callable[[BuiltDomain], dict[str, Any]]:
 
 
 def restore_image(
-    ts: Toolstack, image: Image, paused: bool, fill: Callable[[BuiltDomain], dict[str, Any]] | None = None
+    ts: Toolstack,
+    image: Image,
+    paused: bool,
+    fill: Callable[[BuiltDomain], dict[str, Any]] | None = None,
+    precreated: tuple[dict[str, Any], int] | None = None,
 ) -> BuiltDomain:
     """Build the domain an image describes (its name must be free here) and put its nodes back.
 
-    ``fill`` writes its memory (by default from the image's own pages).
+    ``fill`` writes its memory (by default from the image's own pages);
+    ``precreated`` is the domain made for it already (see the builder).
     """
     config = dict(image.info.config)
     expected = int(config.get("memory", 0)) * (1 << 20) // PAGE_SIZE
@@ -326,7 +331,9 @@ def restore_image(
         raise ToolstackError(
             f"the image's domain has {image.info.nr_frames} frames but its config's memory gives {expected}"
         )
-    built = ts.lifecycle.create(config, paused=paused, uuid=image.info.uuid, restore=fill or fill_memory(image))
+    built = ts.lifecycle.create(
+        config, paused=paused, uuid=image.info.uuid, restore=fill or fill_memory(image), precreated=precreated
+    )
     home = home_path(built.domid)
     try:
         for path, value in image.nodes:
