@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from .conftest import Host, console_json, wait_for
+from .conftest import WORKLOADS, Host, console_json, wait_for
 from .test_save_restore import counter_guest
 
 
@@ -76,24 +76,63 @@ def test_a_bad_key_is_refused_and_the_guest_runs_on(host, target, tmp_path):
     wait_for(lambda: _ticks(host, "m")[-1] > before, timeout=30, what="ticks on the source")
 
 
-def test_a_target_that_dies_mid_stream_leaves_the_guest_running(host, target, tmp_path):
-    host.up()
-    address, key = _listen(target)
-    counter_guest(host, tmp_path)
-    # Kill the target's dom0 (and so its host) while the migration is under way.
-    killer = os.fork()
-    if killer == 0:
+def fill_guest(host, tmp_path, name="f"):
+    """A 128 MiB guest whose memory is full: its first round alone takes a while."""
+    cfg = tmp_path / f"{name}.cfg"
+    cfg.write_text(f'name = "{name}"\nmemory = 128\nworkload = "{WORKLOADS / "migrating.py"}:run"\n'
+                   'workload_args = ["fill"]\n')
+    host.xl("create", str(cfg))
+    console_json(host, name, "FILLED", timeout=60)
+
+
+def _in_log(host: Host, text: str, log: str = "dom0") -> bool:
+    return text in (host.path / "logs" / f"{log}.log").read_text(errors="replace")
+
+
+def _migrate_while(host, target, address, key, name, *extra, when, then):
+    """``xenlike migrate NAME`` on ``host``, doing ``then()`` once ``when()`` holds (from another process)."""
+    actor = os.fork()
+    if actor == 0:
         try:
-            wait_for(lambda: "migrating to" in (host.path / "logs" / "dom0.log").read_text(), timeout=60)
-            os.killpg(target.hypervisor_pid, signal.SIGKILL)
+            wait_for(when, timeout=60)
+            then()
         finally:
             os._exit(0)
     try:
-        result = host.xl("migrate", "m", address, "--key", key, check=False, timeout=180)
+        return host.xl("migrate", name, address, "--key", key, *extra, check=False, timeout=180)
     finally:
-        os.waitpid(killer, 0)
+        os.waitpid(actor, 0)
+
+
+def test_a_target_that_dies_mid_stream_leaves_the_guest_running(host, target, tmp_path):
+    host.up()
+    address, key = _listen(target)
+    fill_guest(host, tmp_path)
+    # The target's host is killed once pages are on their way to it.
+    result = _migrate_while(
+        host, target, address, key, "f",
+        when=lambda: _in_log(target, "(f--incoming): created", "hypervisor"), then=lambda: os.killpg(target.hypervisor_pid, signal.SIGKILL))
     assert result.returncode != 0, result.stdout
-    assert "was not migrated" in result.stderr and "it runs on here" in result.stderr
-    assert "m" in host.domains()
-    before = _ticks(host, "m")[-1]
-    wait_for(lambda: _ticks(host, "m")[-1] > before, timeout=30, what="ticks on the source after the failure")
+    assert "f was not migrated: the target (tcp://" in result.stderr and "did not answer" in result.stderr
+    assert "it runs on here" in result.stderr
+    assert host.domains()["f"]["state"][3] != "s"
+    before = _ticks(host, "f")[-1]
+    wait_for(lambda: _ticks(host, "f")[-1] > before, timeout=30, what="ticks on the source after the failure")
+
+
+def test_a_target_that_stalls_after_the_suspend_has_the_guest_resumed_on_the_source(host, target, tmp_path):
+    host.up()
+    address, key = _listen(target)
+    fill_guest(host, tmp_path)
+    dom0 = next(row["info"]["pid"] for row in target.call("list", long=True) if row["domid"] == 0)
+    domid = host.domains()["f"]["domid"]
+    # Stop and copy at once; the target's dom0 is stopped once the guest here has suspended.
+    result = _migrate_while(
+        host, target, address, key, "f", "--stop-and-copy",
+        when=lambda: _in_log(host, f"d{domid} (f): suspend requested"), then=lambda: os.kill(dom0, signal.SIGSTOP))
+    os.kill(dom0, signal.SIGCONT)
+    assert result.returncode != 0, result.stdout
+    assert "did not answer" in result.stderr and "it runs on here" in result.stderr
+    wait_for(lambda: host.domains()["f"]["state"][3] != "s", timeout=10, what="the guest resumed on the source")
+    before = _ticks(host, "f")[-1]
+    wait_for(lambda: _ticks(host, "f")[-1] > before, timeout=30, what="ticks on the source after the failure")

@@ -8,6 +8,7 @@ Modes:
                  checks memory against the digest and the disk against every write
                  it had acknowledged ("RESUMED"), then goes on ticking.
   refuses        its suspend hook raises SuspendRefused ("busy right now")
+  fill           fills its free memory, then ticks ("FILLED"): a migration of it takes a while
 
 ``unsuspendable`` (a function of its own) ticks and says it can never be suspended.
 """
@@ -47,6 +48,16 @@ def _verify_disk(disk, acked):
 def run(ctx):
     mode = ctx.args[0]
     if mode == "refuses":
+        return _tick(ctx)
+    if mode == "fill":
+        if not ctx.resumed:
+            count = ctx.pages.free_frames - 512
+            view = ctx.memory.frames(ctx.pages.alloc(count), count)
+            chunk = bytes(range(1, 256)) * (1 << 14)
+            for at in range(0, len(view), len(chunk)):
+                piece = view[at : at + len(chunk)]
+                piece[:] = chunk[: len(piece)]
+            report("FILLED", {"pages": count})
         return _tick(ctx)
     disk = ctx.disks[ctx.args[1]]
     if not ctx.resumed:
@@ -89,12 +100,14 @@ def _tick(ctx):
     while not ctx.sleep(0.05):
         n += 1
         if n % 10 == 0:
-            report("TICK", {"n": n})
+            report("TICK", {"counter": n})
 
 
 def _suspend(ctx):
     if ctx.args[0] == "refuses":
         raise SuspendRefused("busy right now")
+    if ctx.args[0] == "fill":
+        return b""
     HELD.clear()
     HOLD.set()
     if not HELD.wait(5):
@@ -104,7 +117,8 @@ def _suspend(ctx):
 
 
 def _resume(ctx, state):
-    STATE.update(json.loads(state))
+    if state:
+        STATE.update(json.loads(state))
     report("RESUME-HOOK", {"cancelled": not ctx.resumed})
     HOLD.clear()
 
