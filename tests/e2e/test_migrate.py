@@ -136,3 +136,19 @@ def test_a_target_that_stalls_after_the_suspend_has_the_guest_resumed_on_the_sou
     wait_for(lambda: host.domains()["f"]["state"][3] != "s", timeout=10, what="the guest resumed on the source")
     before = _ticks(host, "f")[-1]
     wait_for(lambda: _ticks(host, "f")[-1] > before, timeout=30, what="ticks on the source after the failure")
+
+
+def test_a_guest_with_two_vcpus_is_said_to_go_by_stop_and_copy(host, target, tmp_path):
+    host.up()
+    address, key = _listen(target)
+    cfg = tmp_path / "v.cfg"
+    cfg.write_text(f'name = "v"\nmemory = 32\nvcpus = 2\nworkload = "{WORKLOADS / "migrating.py"}:run"\n'
+                   'workload_args = ["fill"]\n')
+    host.xl("create", str(cfg))
+    console_json(host, "v", "FILLED", timeout=60)
+    result = host.xl("migrate", "v", address, "--key", key, timeout=180)
+    assert "live migration is not available (d" in result.stderr and "has 2 vCPUs" in result.stderr
+    assert "stopping and copying" in result.stderr
+    assert "migrated v: 1 round(s)" in result.stdout
+    assert "v" not in host.domains() and "v" in target.domains()
+    wait_for(lambda: "TICK" in target.log("v"), timeout=30, what="the guest to tick at the target")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from xenlike.public.migration_stream import StreamWriter
+from xenlike.public.migration_stream import DomainInfo, StreamWriter
 
 from .conftest import WORKLOADS, console_json, wait_for
 
@@ -106,4 +106,15 @@ def test_restore_refuses_a_bad_image_and_builds_nothing(host, tmp_path):
     unknown.write_bytes(b"".join(chunks) + struct.pack("<II", 0x4242, 0))
     result = host.xl("restore", str(unknown), check=False)
     assert "unknown mandatory record type 0x00004242 at octet 40: cannot restore" in result.stderr
+    beyond = tmp_path / "b.save"
+    chunks = []
+    writer = StreamWriter(chunks.append)
+    writer.domain_info(DomainInfo("b", "00000000-0000-0000-0000-0000000000b0", 8192, 1, 1, {"memory": 32}))
+    writer.static_data_end()
+    writer.page_data([(9000, bytes(4096))])
+    writer.end()
+    beyond.write_bytes(b"".join(chunks))
+    result = host.xl("restore", str(beyond), check=False)
+    assert "names pfn 9000, beyond the domain's memory (frames 0..8191)" in result.stderr
+    assert "nothing was restored" in result.stderr
     assert set(host.domains()) == before
