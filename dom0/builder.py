@@ -55,6 +55,7 @@ GUEST_WRITABLE = (
     "control/feature-reboot",
     "control/feature-suspend",
     "control/sysrq",
+    "memory/balloon",
     "data",
     "drivers",
     "feature",

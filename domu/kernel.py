@@ -39,6 +39,7 @@ from xenlike.public.xen import PAGE_SIZE, ShutdownReason
 from xenlike.public.xs_wire import XenstoreInterface, XsError
 from xenlike.public.xs_wire import XsdSockmsgType as XS
 
+from .balloon import Balloon
 from .blkfront import BlkfrontDriver
 from .console import ConsoleFront, ConsoleStream
 from .netfront import NetfrontDriver
@@ -169,6 +170,7 @@ class Kernel:
         self.frontends.register(self.blkfront)
         self.netfront = NetfrontDriver()
         self.frontends.register(self.netfront)
+        self.balloon = Balloon(self)
         self.context: WorkloadContext | None = None
         self.workload: Callable | None = None
         self._suspending = threading.Lock()
@@ -196,6 +198,7 @@ class Kernel:
         except suspend_abi.SuspendRecordError as exc:
             return self._not_started(f"cannot resume from its image: {exc}")
         self.frontends.start()
+        self.balloon.start()
         if image.get("disks"):
             self.blkfront.wait_for(image["disks"])  # as a kernel waits for its root device
         if image.get("vifs"):

@@ -32,7 +32,7 @@ from ..xenbus_backend import XenbusBackend
 from ..xenconsoled import Xenconsoled
 from ..xenstore_service import XenstoreService
 from ..xenstored import LocalXenstore
-from . import ops_console, ops_device, ops_domain, ops_migrate, ops_sched, ops_xenstore
+from . import ops_console, ops_device, ops_domain, ops_memory, ops_migrate, ops_sched, ops_xenstore
 from .lifecycle import Lifecycle
 from .loop_calls import LoopCalls
 from .request import Request, ToolstackError
@@ -78,6 +78,9 @@ OPS: dict[str, Op] = {
     "restore": Op(ops_migrate.restore, defers=True),
     "migrate": Op(ops_migrate.migrate, defers=True),
     "migrate_listen": Op(ops_migrate.migrate_listen),
+    # memory (xl mem-set, mem-max)
+    "mem_set": Op(ops_memory.mem_set),
+    "mem_max": Op(ops_memory.mem_max),
     # scheduling (xl sched-credit, vcpu-list, vcpu-pin)
     "sched_credit": Op(ops_sched.sched_credit),
     "vcpu_list": Op(ops_sched.vcpu_list),

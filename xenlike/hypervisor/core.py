@@ -654,7 +654,7 @@ class Hypervisor:
         self._gnttabs.pop(domain.domid).release()
         logdirty.release(domain)
         domain.memory.close()
-        self.pool.release(domain.nr_frames)
+        self.pool.release(domain.tot_frames)
         self.scheduler.remove_domain(domain.domid)
         del self.domains[domain.domid]
         log.info("%s: destroyed", domain.label)

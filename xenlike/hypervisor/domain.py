@@ -83,6 +83,12 @@ class Domain:
     suspend_record: tuple[int, int] | None = None  # (pfn, length) while suspended
     suspend_reply: Any = None  # the held reply to its SCHEDOP_shutdown(suspend)
     dirty_log: Any = None  # a xenlike.kernel.dirty_log.DirtyLog in log-dirty mode
+    ballooned: set[int] = field(default_factory=set)  # frames given back (decrease_reservation)
+
+    @property
+    def tot_frames(self) -> int:
+        """Frames it holds of the host's pool (Xen's ``tot_pages``): its memory less what it ballooned out."""
+        return self.nr_frames - len(self.ballooned)
 
     @property
     def privileged(self) -> bool:
@@ -135,7 +141,7 @@ class Domain:
             "domid": self.domid,
             "name": self.name,
             "uuid": self.uuid,
-            "memory_kb": self.nr_frames * PAGE_SIZE // 1024,
+            "memory_kb": self.tot_frames * PAGE_SIZE // 1024,
             "maxmem_kb": self.max_frames * PAGE_SIZE // 1024,
             "vcpus": self.vcpus,
             "cpu_time": accounted["cpu_time"] if "cpu_time" in accounted else self.cpu_time(),

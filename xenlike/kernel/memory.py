@@ -316,7 +316,7 @@ class PageAllocator:
         """The allocated runs no device owns, as (first pfn, count), ascending: what a save carries."""
         return sorted((start, count) for start, count in self._allocated.items() if start not in self._owners)
 
-    def reserve(self, start: int, count: int) -> None:
+    def reserve(self, start: int, count: int, owner: str = "") -> None:
         """Mark ``[start, start+count)`` allocated, as :meth:`alloc` would have (a restored guest's runs).
 
         ValueError unless every frame of it is free and managed here.
@@ -331,6 +331,8 @@ class PageAllocator:
                 self._free.extend(piece for piece in pieces if piece[1] > 0)
                 self._free.sort(key=lambda r: r[0])
                 self._allocated[start] = count
+                if owner:
+                    self._owners[start] = owner
                 return
         raise ValueError(f"frames {start}..{start + count - 1} are not free in [{self.first}, {self.limit})")
 
