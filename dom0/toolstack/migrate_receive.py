@@ -43,6 +43,7 @@ __all__ = ["MigrationListener", "SESSION_IDLE_S"]
 log = logging.getLogger("dom0.toolstack")
 
 SESSION_IDLE_S = 30.0  # a sender silent this long is forgotten
+GO_TIMEOUT_S = 10.0  # how long a built domain waits for the sender's GO
 _POLL_MS = 5
 
 
@@ -69,6 +70,8 @@ class Incoming:
         self.staging: GuestMemory | None = None  # the new domain's memory, as dom0 maps it
         self.precreated: tuple[dict[str, Any], int] | None = None  # its createdomain result and memfd
         self.built = False
+        self.go = threading.Event()  # GO, or ABORT, came
+        self.aborted = False
         self.received: set[int] = set()
         self.finished = False
         self._thread: threading.Thread | None = None
@@ -116,7 +119,7 @@ class Incoming:
             built = self.listener.calls(lambda: self._build(image))
             log.info("%s: built from its stream in %.0f ms", self.name, (time.monotonic() - began) * 1000)
             self.listener.send(self, ch.DONE, ch.encode({"domid": built.domid, "name": built.name}))
-            log.info("%s: migrated in as d%d (%d pages)", self.name, built.domid, self.assembler.pages)
+            self._start_on_go(built)
         except (StreamError, ToolstackError, OSError, ch.ChannelError) as exc:
             if not self.finished:
                 log.warning("migration of %s refused: %s", self.name, exc)
@@ -133,6 +136,17 @@ class Incoming:
             if self.precreated is not None:
                 os.close(self.precreated[1])
             self.listener.forget(self)
+
+    def _start_on_go(self, built: BuiltDomain) -> None:
+        """Run the domain once the sender says GO; without it in time (the sender gave up), destroy it."""
+        ts = self.listener.ts
+        if self.go.wait(GO_TIMEOUT_S) and not self.aborted:
+            self.listener.calls(lambda: ts.hypercall("domctl", cmd="unpausedomain", domid=built.domid))
+            self.listener.send(self, ch.STARTED, ch.encode({"domid": built.domid}))
+            log.info("%s: migrated in as d%d (%d pages)", self.name, built.domid, self.assembler.pages)
+            return
+        log.warning("%s: no GO from the sender; the copy made here is destroyed", self.name)
+        self.listener.calls(lambda: ts.lifecycle.destroy(built))
 
     def _on_info(self, info: DomainInfo) -> None:
         """The domain is made now, not started, as libxl creates a domain before libxc restores into it:
@@ -179,7 +193,7 @@ class Incoming:
             return {"resume": list(image.place)}
 
         result, fd = self.precreated
-        built = restore_image(self.listener.ts, image, paused=False, fill=fill, precreated=(result, os.dup(fd)))
+        built = restore_image(self.listener.ts, image, paused=True, fill=fill, precreated=(result, os.dup(fd)))
         self.built = True
         return built
 
@@ -325,10 +339,12 @@ class MigrationListener:
             except (ch.ChannelError, KeyError, TypeError, ValueError):
                 return self._refuse(sock, identity, "a ROUND message without its number")
             session.feed(_Round(number))
+        elif kind == ch.GO:
+            session.go.set()
         elif kind == ch.ABORT:
             log.info("migration of %s aborted by the sender: %s", session.name, body.decode(errors="replace"))
-            session.finished = True
+            session.aborted = True
+            session.go.set()
             session.feed(None)
-            self._sessions.pop(identity, None)
         else:
             self._refuse(sock, identity, f"unexpected {kind.decode(errors='replace')} message")

@@ -61,6 +61,10 @@ class MigrationFailed(Exception):
     """The migration cannot go on; the message says why, for the user."""
 
 
+class Stranded(Exception):
+    """The target was told GO but did not say it started: the guest is not resumed here."""
+
+
 @dataclass
 class Policy:
     """``simple_precopy_policy`` (``xg_sr_save.c``): stop and copy below ``target_dirty`` dirty frames or after
@@ -151,6 +155,11 @@ class Migration:
             result = self._migrate()
         except MigrationFailed as exc:
             self._give_up(str(exc))
+            return
+        except Stranded as exc:
+            why = f"{built.name}: {exc}"
+            log.error("%s: migration to %s: %s", built.label, self.endpoint, exc)
+            self.ts.calls.submit(lambda: self.request.fail(why))
             return
         except Exception as exc:
             log.exception("%s: migration failed", built.label)
@@ -272,6 +281,16 @@ class Migration:
         self._flush()
         sent_at = time.monotonic()
         done = ch.decode(self._answer(ch.DONE, BUILD_TIMEOUT_S))
+        # The target has it built and paused: from GO on, the copy there is the guest.
+        self._send(ch.GO, b"")
+        self.suspended = False  # never resumed here from now on: two copies must not run
+        try:
+            self._answer(ch.STARTED)
+        except MigrationFailed as exc:
+            raise Stranded(
+                f"{exc}; the target may or may not run it, so the copy here stays suspended "
+                f"(`xenlike list` on the target tells; `xenlike destroy {built.name}` here once it runs there)"
+            ) from None
         downtime = time.monotonic() - stopped
         log.info(
             "%s: stop-and-copy: suspended in %.0f ms, %d pages sent in %.0f ms, built at the target in %.0f ms",
@@ -282,7 +301,6 @@ class Migration:
             (time.monotonic() - sent_at) * 1000,
         )
         self._progress(number, len(pfns), sent, time.monotonic() - began, 0, final=True)
-        self.suspended = False  # it runs at the target now: never resumed here
 
         def finish() -> None:
             try:

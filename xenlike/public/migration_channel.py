@@ -15,12 +15,17 @@ message is a zmq multipart message whose first frame is its kind::
     STREAM  the migration stream's octets, in order
     ROUND   {"round": n}: the records before it are a whole round; answer when applied
                                       <-    ROUND_OK {"round": n} | REFUSED reason
-    (the stream's END record) ...     <-    DONE {"domid": id} | REFUSED reason
+    (the stream's END record) ...     <-    DONE {"domid": id} (built, paused) | REFUSED reason
+    GO      {}: the sender let its copy go   <-  STARTED {"domid": id} (unpaused)
     ABORT   reason: forget it all
 
 The receiver checks the key before it reads a byte of the stream, and every
 later message's mac and sequence number before it applies it; anything else is
-REFUSED and the session forgotten, with nothing half-built left. ROUND 0 follows
+REFUSED and the session forgotten, with nothing half-built left. As libxl's
+``migrate_receiver_ready``/``migrate_permission_to_go``, the target builds the
+domain paused and runs it only on GO, so that a sender that gave up (and resumed
+its guest) never finds a second copy running; without GO in time, the target
+destroys its copy. ROUND 0 follows
 the stream's static records (``STATIC_DATA_END``): its ROUND_OK says the target
 can take the domain (its name is free, its disks are reachable, the memory is
 there) before any page moves.
@@ -45,6 +50,8 @@ __all__ = [
     "ROUND",
     "ROUND_OK",
     "DONE",
+    "GO",
+    "STARTED",
     "ABORT",
     "KEY_BYTES",
     "new_key",
@@ -67,6 +74,8 @@ STREAM = b"STREAM"
 ROUND = b"ROUND"
 ROUND_OK = b"ROUND_OK"
 DONE = b"DONE"
+GO = b"GO"
+STARTED = b"STARTED"
 ABORT = b"ABORT"
 
 KEY_BYTES = 32
