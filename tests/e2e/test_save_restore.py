@@ -118,3 +118,27 @@ def test_restore_refuses_a_bad_image_and_builds_nothing(host, tmp_path):
     assert "names pfn 9000, beyond the domain's memory (frames 0..8191)" in result.stderr
     assert "nothing was restored" in result.stderr
     assert set(host.domains()) == before
+
+
+def test_a_hostile_guest_s_suspend_dirty_log_and_balloon_calls_are_refused(host, tmp_path):
+    host.up()
+    cfg = tmp_path / "h.cfg"
+    cfg.write_text(f'name = "h"\nmemory = 32\nworkload = "{WORKLOADS / "migrating.py"}:run"\n'
+                   'workload_args = ["hostile"]\n')
+    host.xl("create", str(cfg))
+    answers = console_json(host, "h", "HOSTILE", timeout=30)
+    assert answers == {
+        "suspend_record_outside": "EINVAL",
+        "suspend_record_in_start_info": "EINVAL",
+        "suspend_record_huge": "EINVAL",
+        "logdirty_unasked": "EINVAL",
+        "give_back_start_info": "EINVAL",
+        "give_back_beyond": "EINVAL",
+        "give_back_twice_in_one": "EINVAL",
+        "take_what_was_never_given": "EINVAL",
+        "shadow_op_as_a_guest": "EPERM",
+        "resume_as_a_guest": "EPERM",
+    }
+    # It was not suspended by any of it, and runs on.
+    assert host.domains()["h"]["state"][3] != "s"
+    wait_for(lambda: "TICK" in host.log("h"), timeout=30, what="the guest to run on")

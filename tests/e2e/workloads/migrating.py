@@ -9,6 +9,8 @@ Modes:
                  it had acknowledged ("RESUMED"), then goes on ticking.
   refuses        its suspend hook raises SuspendRefused ("busy right now")
   fill           fills its free memory, then ticks ("FILLED"): a migration of it takes a while
+  hostile        makes the save, migration and balloon hypercalls with arguments a guest must not
+                 get away with, and reports each answer's errno ("HOSTILE")
 
 ``unsuspendable`` (a function of its own) ticks and says it can never be suspended.
 """
@@ -49,6 +51,8 @@ def run(ctx):
     mode = ctx.args[0]
     if mode == "refuses":
         return _tick(ctx)
+    if mode == "hostile":
+        return _hostile(ctx)
     if mode == "fill":
         if not ctx.resumed:
             count = ctx.pages.free_frames - 512
@@ -93,6 +97,34 @@ def run(ctx):
         if counter % 20 == 0:
             report("TICK", {"counter": counter})
         ctx.sleep(0.01)
+
+
+def _hostile(ctx):
+    import errno
+
+    first = ctx.pages.first
+    own = ctx.pages.alloc(1)
+    attempts = {
+        "suspend_record_outside": ("sched_shutdown", {"reason": 2, "record": [ctx.memory.nr_frames + 5, 100]}),
+        "suspend_record_in_start_info": ("sched_shutdown", {"reason": 2, "record": [0, 100]}),
+        "suspend_record_huge": ("sched_shutdown", {"reason": 2, "record": [own, 1 << 30]}),
+        "logdirty_unasked": ("logdirty_register", {"address": 4096, "nr_frames": ctx.memory.nr_frames}),
+        "give_back_start_info": ("decrease_reservation", {"pfns": [0]}),
+        "give_back_beyond": ("decrease_reservation", {"pfns": [ctx.memory.nr_frames]}),
+        "give_back_twice_in_one": ("decrease_reservation", {"pfns": [own, own]}),
+        "take_what_was_never_given": ("populate_physmap", {"pfns": [first]}),
+        "shadow_op_as_a_guest": ("domctl", {"cmd": "shadow_op", "action": "clean", "domid": ctx.domid}),
+        "resume_as_a_guest": ("domctl", {"cmd": "resumedomain", "domid": ctx.domid}),
+    }
+    answers = {}
+    for name, (op, args) in attempts.items():
+        try:
+            ctx.hypercall.call(op, **args)
+            answers[name] = "accepted"
+        except OSError as exc:
+            answers[name] = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    report("HOSTILE", answers)
+    return _tick(ctx)
 
 
 def _tick(ctx):
