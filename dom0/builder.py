@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,7 @@ GUEST_WRITABLE = (
     "control/feature-reboot",
     "control/feature-suspend",
     "control/sysrq",
+    "memory/balloon",
     "data",
     "drivers",
     "feature",
@@ -93,7 +95,15 @@ class DomainBuilder:
     def __init__(self, ctx: BuilderContext) -> None:
         self.ctx = ctx
 
-    def create(self, config: dict[str, Any], *, paused: bool = False, uuid: str | None = None) -> BuiltDomain:
+    def create(
+        self,
+        config: dict[str, Any],
+        *,
+        paused: bool = False,
+        uuid: str | None = None,
+        restore: Callable[[BuiltDomain], dict[str, Any]] | None = None,
+        precreated: tuple[dict[str, Any], int] | None = None,
+    ) -> BuiltDomain:
         """Build and start a domain from a validated config dict; returns it running.
 
         Two multicalls make the whole build: (1) create the domain, allocate its
@@ -102,13 +112,20 @@ class DomainBuilder:
         start the guest. The guest starts before its xenstore nodes are written:
         it needs none to boot, and as dom0 serves xenstore only from its main
         loop, the guest's first request is answered after the nodes exist.
+
+        ``restore(built)``, for a restore, fills the new domain's memory from an
+        image before the start info is written, and returns what the start
+        info's image gains (``resume``: where the guest's suspend record is).
+        ``precreated`` is a domain already made by ``createdomain`` (its result
+        and memfd), as an incoming migration makes one to write its pages into
+        as they arrive; it is renamed to the config's name and built from there.
         """
         for row in DEVICE_TYPES:
             for spec in config.get(row.config_key, []):
                 row.prepare(spec)  # a target dom0 cannot open fails here, before any domain exists
         listeners = self._listen(config)  # so does a forward's host port in use
         try:
-            built = self._build(config, paused, uuid)
+            built = self._build(config, paused, uuid, restore, precreated)
         except BaseException:
             for sock, _port in listeners:
                 sock.close()
@@ -118,41 +135,42 @@ class DomainBuilder:
         log.info("%s: created (%d MiB, workload %s)", built.label, config["memory"], config.get("workload", "idle"))
         return built
 
-    def _build(self, config: dict[str, Any], paused: bool, uuid: str | None) -> BuiltDomain:
+    def _build(
+        self,
+        config: dict[str, Any],
+        paused: bool,
+        uuid: str | None,
+        restore: Callable[[BuiltDomain], dict[str, Any]] | None,
+        precreated: tuple[dict[str, Any], int] | None = None,
+    ) -> BuiltDomain:
         ctx = self.ctx
         gnttab_frames = int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES))
-        domid_of = {"$result": [0, "domid"]}
-        created, store, console, store_bind, console_bind = ctx.multicall(
+        if precreated is None:
+            domid_of: Any = {"$result": [0, "domid"]}
+            first = [{"op": "domctl", "args": self.createdomain_args(config, uuid)}]
+        else:
+            domid_of = precreated[0]["domid"]
+            first = []
+            ctx.hypercall("domctl", cmd="rename", domid=domid_of, name=config["name"])
+        at = len(first)  # where the channel calls' results start
+        results = ctx.multicall(
             [
-                {
-                    "op": "domctl",
-                    "args": {
-                        "cmd": "createdomain",
-                        "name": config["name"],
-                        "memory_mib": config["memory"],
-                        "maxmem_mib": config.get("maxmem") or config["memory"],
-                        "vcpus": config.get("vcpus", 1),
-                        "max_grant_frames": gnttab_frames,
-                        "uuid": uuid or config.get("uuid"),
-                        # libxl's sched_params and cpumap, applied at creation (libxl__build_pre)
-                        "weight": config.get("weight", 256),
-                        "cap": config.get("cap", 0),
-                        "cpus": config.get("cpus"),
-                    },
-                },
+                *first,
                 {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
                 {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
                 {
                     "op": "evtchn_bind_interdomain",
-                    "args": {"remote_dom": domid_of, "remote_port": {"$result": [1, "port"]}},
+                    "args": {"remote_dom": domid_of, "remote_port": {"$result": [at, "port"]}},
                 },
                 {
                     "op": "evtchn_bind_interdomain",
-                    "args": {"remote_dom": domid_of, "remote_port": {"$result": [2, "port"]}},
+                    "args": {"remote_dom": domid_of, "remote_port": {"$result": [at + 1, "port"]}},
                 },
             ],
-            undo=self._undo_create,
+            undo=self._undo_create if precreated is None else None,
         )
+        created = results[0] if precreated is None else (precreated[0], [precreated[1]])
+        store, console, store_bind, console_bind = results[at:]
         domid = created[0]["domid"]
         memory = GuestMemory.from_fd(created[1][0], created[0]["nr_frames"])
         store_port = ctx.adopt_port(*store_bind)
@@ -162,7 +180,8 @@ class DomainBuilder:
             domid, config["name"], created[0]["uuid"], dict(config), memory, store_port, console_port, []
         )
         try:
-            self._write_start_info(built, gnttab_frames, *ports)
+            extra = restore(built) if restore is not None else {}
+            self._write_start_info(built, gnttab_frames, *ports, extra=extra)
             plugs = [
                 call
                 for row in DEVICE_TYPES
@@ -220,12 +239,36 @@ class DomainBuilder:
             return
         forwards.add(built.domid, built.label, str(address.ip), listeners)
 
+    @staticmethod
+    def createdomain_args(config: dict[str, Any], uuid: str | None = None) -> dict[str, Any]:
+        """``domctl createdomain``'s arguments for a config."""
+        return {
+            "cmd": "createdomain",
+            "name": config["name"],
+            "memory_mib": config["memory"],
+            "maxmem_mib": config.get("maxmem") or config["memory"],
+            "vcpus": config.get("vcpus", 1),
+            "max_grant_frames": int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES)),
+            "uuid": uuid or config.get("uuid"),
+            # libxl's sched_params and cpumap, applied at creation (libxl__build_pre)
+            "weight": config.get("weight", 256),
+            "cap": config.get("cap", 0),
+            "cpus": config.get("cpus"),
+        }
+
     def _undo_create(self, results: list[dict]) -> None:
         """A failed first multicall: destroy the domain if it was created."""
         if results:
             self.ctx.hypercall("domctl", cmd="destroydomain", domid=results[0]["domid"])
 
-    def _write_start_info(self, built: BuiltDomain, gnttab_frames: int, store_evtchn: int, console_evtchn: int) -> None:
+    def _write_start_info(
+        self,
+        built: BuiltDomain,
+        gnttab_frames: int,
+        store_evtchn: int,
+        console_evtchn: int,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """Frame 0's start info and grant entries 0 and 1 for dom0 (``xc_dom_gnttab_init``)."""
         config = built.config
         image = {
@@ -237,6 +280,7 @@ class DomainBuilder:
             "vcpus": config.get("vcpus", 1),
             "disks": [disk["vdev"] for disk in config.get("disk", [])],
             "vifs": [vif["devid"] for vif in config.get("vif", [])],  # the kernel brings them up before the workload
+            **(extra or {}),
         }
         StartInfo(
             nr_pages=built.memory.nr_frames,

@@ -31,6 +31,7 @@ from .netback import NetbackDriver
 from .netback.bridge import BackendNetwork, network_support
 from .netback.forward import Forwards
 from .toolstack import Toolstack
+from .toolstack.loop_calls import LoopCalls
 from .xenbus_backend import BackendError, XenbusBackend
 from .xenconsoled import Xenconsoled
 from .xenstore_service import XenstoreService
@@ -115,7 +116,9 @@ class Dom0:
                 forwards=self.forwards,
             )
         )
+        self.calls = LoopCalls()  # what the toolstack's threads (migrations) ask of this loop
         self.toolstack = Toolstack(
+            calls=self.calls,
             shut_host_down=self.shut_host_down,
             api=self.api,
             hypercall=self.hypercall,
@@ -196,6 +199,7 @@ class Dom0:
         poller = zmq.Poller()
         poller.register(self.api, zmq.POLLIN)
         poller.register(self.loop.fileno(), zmq.POLLIN)
+        poller.register(self.calls.fd, zmq.POLLIN)
         log.info("d0 (Domain-0): toolstack listening on %s", self.run_dir.endpoint("toolstack"))
         while self.running:
             ready = dict(poller.poll(self.toolstack.next_timeout_ms()))
@@ -203,6 +207,8 @@ class Dom0:
                 self.loop.poll(0)
             if self.api in ready:
                 self.toolstack.serve_requests()
+            if self.calls.fd in ready:
+                self.calls.run_pending()
             self.backends.process_events()
             self.toolstack.tick()
         log.info("d0 (Domain-0): stopping")
@@ -216,6 +222,8 @@ class Dom0:
         self.running = False
 
     def close(self) -> None:
+        if self.toolstack.migration_listener is not None:
+            self.toolstack.migration_listener.close()
         if self.forwards is not None:
             self.forwards.close()
         if self.network is not None:

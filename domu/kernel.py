@@ -26,27 +26,36 @@ import time
 import traceback
 from collections.abc import Callable
 
+from xenlike.kernel import dirty_log
 from xenlike.kernel.events import EventLoop, new_port_fd
 from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.hypercall import ChannelClosed, HypercallClient
-from xenlike.kernel.memory import GuestMemory, PageAllocator
+from xenlike.kernel.memory import GuestMemory, OutOfFrames, PageAllocator
+from xenlike.public import suspend as suspend_abi
 from xenlike.public import workload_state
 from xenlike.public.console import ConsoleInterface
 from xenlike.public.start_info import StartInfo, reserved_frames
-from xenlike.public.xen import ShutdownReason
+from xenlike.public.xen import PAGE_SIZE, ShutdownReason
 from xenlike.public.xs_wire import XenstoreInterface, XsError
 from xenlike.public.xs_wire import XsdSockmsgType as XS
 
+from .balloon import Balloon
 from .blkfront import BlkfrontDriver
 from .console import ConsoleFront, ConsoleStream
 from .netfront import NetfrontDriver
 from .vchan import VchanDriver
 from .vcpu import WorkloadGlobals, fork_vcpus
-from .workload import WorkloadContext, WorkloadError, load_workload
+from .workload import SuspendRefused, WorkloadContext, WorkloadError, load_workload
 from .xenbus import XenbusClient
-from .xenbus_frontend import HANDSHAKE_TIMEOUT_S, XenbusFrontend
+from .xenbus_frontend import HANDSHAKE_TIMEOUT_S, FrontendError, XenbusFrontend
 
 __all__ = ["start", "Kernel", "SHUTDOWN_GRACE_S"]
+
+
+def _exception_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
 
 _REQUESTS = {"poweroff": ShutdownReason.POWEROFF, "halt": ShutdownReason.POWEROFF, "reboot": ShutdownReason.REBOOT}
 # How long a workload has to return after a shutdown request before the kernel goes down anyway.
@@ -161,7 +170,10 @@ class Kernel:
         self.frontends.register(self.blkfront)
         self.netfront = NetfrontDriver()
         self.frontends.register(self.netfront)
+        self.balloon = Balloon(self)
         self.context: WorkloadContext | None = None
+        self.workload: Callable | None = None
+        self._suspending = threading.Lock()
         self._shutdown_reason: int | None = None
         self._running = True
         # Secondary vCPUs are forked now, before the event-loop thread does anything.
@@ -178,10 +190,15 @@ class Kernel:
         prepared.attach(self)  # its event-loop thread starts serving this kernel
         self._take_over_stdio()
         self.xenbus.watch_async("control/shutdown", "control-shutdown", self._on_shutdown_request)
-        for feature in ("feature-poweroff", "feature-reboot"):
+        for feature in ("feature-poweroff", "feature-reboot", "feature-suspend"):
             self.xenbus.write_async(f"control/{feature}", "1")
         image = self.start_info.image
+        try:
+            record = self._take_back_record(image.get("resume"))  # before any driver allocates a frame
+        except suspend_abi.SuspendRecordError as exc:
+            return self._not_started(f"cannot resume from its image: {exc}")
         self.frontends.start()
+        self.balloon.start()
         if image.get("disks"):
             self.blkfront.wait_for(image["disks"])  # as a kernel waits for its root device
         if image.get("vifs"):
@@ -207,8 +224,16 @@ class Kernel:
             log=logging.getLogger(f"workload.{self.name}"),
             vcpus=self.vcpus,
             vchan=VchanDriver(self.domid, self.name, self.xenbus, self.hypercall, self.grant_table, self.loop),
+            resumed=record is not None,
         )
+        self.workload = workload
         self._vcpus_up(workload)
+        if record is not None:
+            try:
+                self._resume_workload(record.workload)
+            except Exception as exc:
+                return self._not_started(f"its workload's resume hook raised {_exception_line(exc)}")
+            print(f"[{self.label}] resumed from its image")
         self.xenbus.write_async(workload_state.STATE, workload_state.STARTED)  # what `create` waits for
         reason: int = ShutdownReason.POWEROFF
         try:
@@ -294,6 +319,10 @@ class Kernel:
             request = payload.decode(errors="replace").strip("\0")
             if msg_type != XS.READ or not request:  # an error or "" means nothing is asked
                 return
+            if request == suspend_abi.SUSPEND:
+                self.xenbus.write_async("control/shutdown", "")  # acknowledge, as Linux's xenbus does
+                threading.Thread(target=self._suspend, name="suspend", daemon=True).start()
+                return
             if request not in _REQUESTS:
                 print(f"[{self.label}] shutdown request {request!r} is not supported; ignored", file=sys.stderr)
                 self.xenbus.write_async("control/shutdown", "")
@@ -307,6 +336,117 @@ class Kernel:
             threading.Timer(SHUTDOWN_GRACE_S, self._shutdown, args=(self._shutdown_reason,)).start()
 
         self.xenbus.request_async(XS.READ, b"control/shutdown\0", got)
+
+    # -- suspend and resume (Linux's drivers/xen/manage.c do_suspend) ---------------
+
+    def _suspend(self) -> None:
+        """``control/shutdown = suspend``: quiesce the front ends, save the workload, SCHEDOP_shutdown(suspend).
+
+        Runs in a thread of its own. The hypercall returns only if the suspend is
+        cancelled (the domain runs on here); otherwise the domain is destroyed
+        while stopped in it. A suspend that cannot be made is refused (its reason
+        in ``~/workload/suspend-error``) and the guest runs on.
+        """
+        if not self._suspending.acquire(blocking=False):
+            return  # one is under way
+        try:
+            ctx, workload = self.context, self.workload
+            if ctx is None or workload is None:
+                return self._refuse_suspend("its workload has not started yet")
+            if getattr(workload, "suspendable", True) is False:
+                return self._refuse_suspend("its workload cannot be suspended (suspendable = False)")
+            # The workload first, then the devices, as Linux freezes processes before it suspends drivers:
+            # a workload that stops itself may need its disks to do so.
+            try:
+                hook = getattr(workload, "suspend", None)
+                blob = hook(ctx) if hook is not None else b""
+                if not isinstance(blob, (bytes, bytearray)):
+                    raise SuspendRefused(f"its suspend hook returned {type(blob).__name__}, not bytes")
+            except SuspendRefused as exc:
+                return self._refuse_suspend(str(exc))
+            except Exception as exc:
+                return self._refuse_suspend(f"its workload's suspend hook raised {_exception_line(exc)}")
+            try:
+                self.frontends.suspend()
+            except FrontendError as exc:
+                self._resume_quietly(bytes(blob))
+                return self._refuse_suspend(str(exc))
+            try:
+                place = self._leave_record(bytes(blob))
+            except (OutOfFrames, suspend_abi.SuspendRecordError) as exc:
+                self.frontends.resume()
+                self._resume_quietly(bytes(blob))
+                return self._refuse_suspend(str(exc))
+            log.info("%s: suspending", self.label)
+            try:
+                self.hypercall.call("sched_shutdown", reason=ShutdownReason.SUSPEND, record=list(place))
+            except OSError as exc:
+                self.pages.free(place[0])
+                self.frontends.resume()
+                self._resume_quietly(bytes(blob))
+                return self._refuse_suspend(f"the hypervisor refused the suspend: {exc}")
+            # Only a cancelled suspend comes back here: run on where we stopped.
+            self.pages.free(place[0])
+            self.frontends.resume()
+            self._resume_quietly(bytes(blob))
+            log.info("%s: resumed (the suspend was cancelled)", self.label)
+        finally:
+            self._suspending.release()
+
+    def _leave_record(self, blob: bytes) -> tuple[int, int]:
+        """Write the suspend record (the workload's runs and blob) into frames of our own; their (pfn, length)."""
+        data = suspend_abi.SuspendRecord(self.pages.runs(), blob).pack()
+        pfn = self.pages.alloc(-(-len(data) // PAGE_SIZE), owner="suspend-record")
+        self.memory.view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + len(data)] = data
+        return pfn, len(data)
+
+    def _take_back_record(self, place: object) -> suspend_abi.SuspendRecord | None:
+        """A restored guest: read the record its image names and take back its workload's frames."""
+        if place is None:
+            return None
+        si = self.start_info
+        pfn, length = suspend_abi.check_place(place, si.first_free_pfn, si.nr_pages)
+        data = bytes(self.memory.view[pfn * PAGE_SIZE : pfn * PAGE_SIZE + length])
+        record = suspend_abi.SuspendRecord.unpack(data, si.first_free_pfn, si.nr_pages)
+        for start, count in record.runs:
+            try:
+                self.pages.reserve(start, count)
+            except ValueError as exc:
+                raise suspend_abi.SuspendRecordError(str(exc)) from None
+        return record
+
+    def _resume_workload(self, state: bytes) -> None:
+        hook = getattr(self.workload, "resume", None)
+        if hook is not None and self.context is not None:
+            hook(self.context, state)
+
+    def _resume_quietly(self, state: bytes) -> None:
+        """The workload's resume hook where the guest runs on in this process; what it raises is shown, not fatal."""
+        try:
+            self._resume_workload(state)
+        except Exception:
+            traceback.print_exc()
+
+    def _register_dirty_log(self) -> None:
+        """Log-dirty mode (a live migration): hand the hypervisor this process's userfaultfd for its memory."""
+        try:
+            uffd = dirty_log.open_userfaultfd()
+        except OSError as exc:
+            print(f"[{self.label}] cannot keep a dirty log: {exc.strerror or exc}", file=sys.stderr)
+            return
+        try:
+            self.hypercall.call(
+                "logdirty_register", fds=[uffd], address=self.memory.address(0), nr_frames=self.memory.nr_frames
+            )
+        except OSError as exc:
+            print(f"[{self.label}] the hypervisor refused the dirty log: {exc}", file=sys.stderr)
+        finally:
+            os.close(uffd)
+
+    def _refuse_suspend(self, reason: str) -> None:
+        line = workload_state.one_line(reason)
+        print(f"[{self.label}] cannot be suspended: {line}", file=sys.stderr)
+        self.xenbus.write_async(suspend_abi.SUSPEND_ERROR, line)
 
     def _shutdown(self, reason: int) -> int:
         """SCHEDOP_shutdown: flush the console and tell the hypervisor; never returns."""
@@ -333,6 +473,9 @@ class Kernel:
             self.loop.connect(event["port"], fds[0] if fds else None)
         elif kind == "evtchn_new":
             self.loop.bind(event["port"], fds[0])
+        elif kind == "logdirty":
+            # A hypercall from here would wait on the channel this event came on: answer from a thread.
+            threading.Thread(target=self._register_dirty_log, name="logdirty", daemon=True).start()
         else:
             for fd in fds:
                 os.close(fd)

@@ -10,6 +10,13 @@ A workload is named in the domain config by ``workload =``:
 The function is called with one :class:`WorkloadContext`. Returning is a
 poweroff; an exception is a crash (``on_crash`` applies). ``docs/guest-api.md``
 documents the context and everything it hands out.
+
+For save, restore and migration a workload may carry hooks as attributes of its
+function: ``run.suspend = f`` (``f(ctx) -> bytes``: what it keeps outside guest
+memory; raising :class:`SuspendRefused` refuses the suspend), ``run.resume = g``
+(``g(ctx, state)``: called with those bytes when the guest runs again, after a
+restore before ``run`` is called again with ``ctx.resumed`` set), and
+``run.suspendable = False`` for one that can never be suspended.
 """
 
 from __future__ import annotations
@@ -37,7 +44,14 @@ if TYPE_CHECKING:
     from .vchan import VchanDriver
     from .xenbus import XenbusClient
 
-__all__ = ["ENTRY_POINT_GROUP", "WorkloadError", "WorkloadContext", "load_workload", "available_workloads"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "WorkloadError",
+    "SuspendRefused",
+    "WorkloadContext",
+    "load_workload",
+    "available_workloads",
+]
 
 ENTRY_POINT_GROUP = "xenlike.workloads"
 
@@ -46,6 +60,10 @@ Workload = Callable[["WorkloadContext"], Any]
 
 class WorkloadError(Exception):
     """The workload named in the config cannot be found or loaded."""
+
+
+class SuspendRefused(Exception):
+    """Raised by a workload's ``suspend`` hook: it cannot be suspended now; the message says why."""
 
 
 @dataclass
@@ -75,6 +93,9 @@ class WorkloadContext:
     ``log`` is the logger ``workload.<name>``, on the console. ``vchan`` opens
     byte streams to other domains (``ctx.vchan.listen(port)``,
     ``ctx.vchan.connect(domain, port)``), as far as dom0's policy allows.
+
+    ``resumed`` is True when the guest was restored from a save or a migration:
+    its memory is what it was at the suspend, and the function runs again on it.
     """
 
     name: str
@@ -95,6 +116,7 @@ class WorkloadContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("workload"))
     vcpus: list[Any] = field(default_factory=list)
     vchan: VchanDriver | None = None
+    resumed: bool = False
 
     def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on a shutdown request; True if one came."""

@@ -14,7 +14,14 @@ its device:
   the bus then goes Connected and follows the back end's state;
 - ``closing(bus, dev)``: the back end is going (or the device was unplugged):
   stop I/O;
-- ``remove(bus, dev)``: the back end is Closed: tear the rings down.
+- ``remove(bus, dev)``: the back end is Closed: tear the rings down;
+- ``suspend(bus, dev)`` and ``resume(bus, dev)`` (Linux's ``xenbus_driver``
+  ``suspend``/``resume``): when the guest is suspended (:meth:`XenbusFrontend.suspend`),
+  complete what is in flight and take no new I/O; when it runs again, take I/O
+  again. A driver without them cannot be suspended, and the guest refuses the
+  suspend naming its device. Frames a driver allocates for its device are
+  allocated with ``owner=dev.nodename`` (as :meth:`XenbusFrontend.setup_ring`
+  does): they are the device's, and a save does not carry them.
 
 Handshakes wait for the back end, so they run in one thread per guest (started
 when the first device appears), never on the event loop. A handshake that fails
@@ -108,6 +115,7 @@ class XenbusFrontend:
         self._changed = threading.Condition()
         self._generation = 0  # bumped by every watch event on a back end's state
         self._thread: threading.Thread | None = None
+        self._suspended: list[FrontDevice] = []  # quiesced by suspend(), in order
 
     def register(self, driver: FrontendDriver) -> None:
         """``xenbus_register_frontend``."""
@@ -220,6 +228,42 @@ class XenbusFrontend:
             if dev.drvdata is not None:
                 driver.remove(self, dev)
 
+    # -- suspend and resume (xenbus_dev_suspend, xenbus_dev_resume) ------------------------
+
+    def suspend(self) -> None:
+        """Quiesce every connected device through its driver's ``suspend`` hook.
+
+        FrontendError naming the device if a driver has no hook or its hook
+        fails; the devices already quiesced are resumed first, so the guest
+        runs on as it was.
+        """
+        done: list[FrontDevice] = []
+        for dev in [d for d in list(self.devices.values()) if d.state == XenbusState.Connected]:
+            hook = getattr(self.drivers[dev.devicetype], "suspend", None)
+            try:
+                if hook is None:
+                    raise FrontendError(f"the {dev.devicetype} driver has no suspend hook")
+                hook(self, dev)
+            except (FrontendError, OSError) as exc:
+                self._suspended = done
+                self.resume()
+                raise FrontendError(f"{dev.nodename} cannot be suspended: {exc}") from None
+            done.append(dev)
+        self._suspended = done
+        log.info("%s: %d front end(s) quiesced", self.kernel.label, len(done))
+
+    def resume(self) -> None:
+        """Each device :meth:`suspend` quiesced takes I/O again (its driver's ``resume`` hook)."""
+        devices, self._suspended = self._suspended, []
+        for dev in devices:
+            hook = getattr(self.drivers[dev.devicetype], "resume", None)
+            try:
+                if hook is None:
+                    raise FrontendError(f"the {dev.devicetype} driver has no resume hook")
+                hook(self, dev)
+            except (FrontendError, OSError) as exc:
+                self.dev_fatal(dev, exc, "resuming")
+
     # -- helpers every driver uses (include/xen/xenbus.h) -----------------------------------
 
     def switch_state(self, dev: FrontDevice, state: XenbusState) -> None:
@@ -302,7 +346,7 @@ class XenbusFrontend:
     def setup_ring(self, dev: FrontDevice, nr_pages: int) -> SharedRing:
         """``xenbus_setup_ring``: ``nr_pages`` zeroed pages, each granted to the back end."""
         kernel = self.kernel
-        first = kernel.pages.alloc(nr_pages)
+        first = kernel.pages.alloc(nr_pages, owner=dev.nodename)
         view = kernel.memory.frames(first, nr_pages)
         view[:] = bytes(len(view))
         grefs = [kernel.grant_table.grant_access(dev.otherend_id, first + i) for i in range(nr_pages)]

@@ -193,14 +193,22 @@ class Lifecycle:
         """``getdomaininfo`` of every domain the hypervisor knows, dom0 included."""
         return self.hypercall("domctl", cmd="getdomaininfo")[0]
 
-    def create(self, config: dict, paused: bool = False, uuid: str | None = None) -> BuiltDomain:
-        """Build a domain from a validated config; its name must be free."""
+    def create(
+        self,
+        config: dict,
+        paused: bool = False,
+        uuid: str | None = None,
+        restore: Callable[[BuiltDomain], dict[str, Any]] | None = None,
+        precreated: tuple[dict[str, Any], int] | None = None,
+    ) -> BuiltDomain:
+        """Build a domain from a validated config; its name must be free (``restore``, ``precreated``: see the
+        builder)."""
         if config["name"] in self._by_name:
             raise ToolstackError(f"a domain named {config['name']!r} already exists")
         refusal = self.fd_budget.refusal(config["name"])
         if refusal is not None:  # before the hypervisor is asked for anything
             raise ToolstackError(refusal)
-        built = self.builder.create(config, paused=paused, uuid=uuid)
+        built = self.builder.create(config, paused=paused, uuid=uuid, restore=restore, precreated=precreated)
         self.domains[built.domid] = built
         self._by_name[built.name] = built
         self.vchan_policy.domain_added(built, self._by_name)
@@ -217,6 +225,10 @@ class Lifecycle:
     def destroy(self, built: BuiltDomain) -> None:
         self.builder.destroy(built)
         self._forget(built)
+
+    def resumed(self, built: BuiltDomain) -> None:
+        """A suspended domain runs again (its suspend was cancelled): its next shutdown gets its on_* action."""
+        self._handled_shutdown.discard(built.domid)
 
     def settled(self, domid: int, info: dict | None) -> bool:
         """Whether a domain needs nothing more of the toolstack (what ``shutdown -w`` and ``down`` wait for).

@@ -64,6 +64,8 @@ def info(ts: Toolstack, request: Request) -> Any:
     by_dom0 = ts.lifecycle.fd_budget.headroom()
     if fit is not None and by_dom0 < fit["count"]:
         physinfo["max_new_domains"] = {**fit, "count": by_dom0, "limit": "dom0 fds (RLIMIT_NOFILE)"}
+    if ts.migration_listener is not None:
+        physinfo["migration"] = ts.migration_listener.info()
     return physinfo
 
 

@@ -32,8 +32,9 @@ from ..xenbus_backend import XenbusBackend
 from ..xenconsoled import Xenconsoled
 from ..xenstore_service import XenstoreService
 from ..xenstored import LocalXenstore
-from . import ops_console, ops_device, ops_domain, ops_sched, ops_xenstore
+from . import ops_console, ops_device, ops_domain, ops_memory, ops_migrate, ops_sched, ops_xenstore
 from .lifecycle import Lifecycle
+from .loop_calls import LoopCalls
 from .request import Request, ToolstackError
 
 __all__ = ["Toolstack", "Op", "OPS"]
@@ -72,6 +73,14 @@ OPS: dict[str, Op] = {
     "unpause": Op(ops_domain.unpause),
     "rename": Op(ops_domain.rename),
     "down": Op(ops_domain.down, defers=True),
+    # save, restore and migration (xl save, restore, migrate; migrate-receive is `up --listen`)
+    "save": Op(ops_migrate.save, defers=True),
+    "restore": Op(ops_migrate.restore, defers=True),
+    "migrate": Op(ops_migrate.migrate, defers=True),
+    "migrate_listen": Op(ops_migrate.migrate_listen),
+    # memory (xl mem-set, mem-max)
+    "mem_set": Op(ops_memory.mem_set),
+    "mem_max": Op(ops_memory.mem_max),
     # scheduling (xl sched-credit, vcpu-list, vcpu-pin)
     "sched_credit": Op(ops_sched.sched_credit),
     "vcpu_list": Op(ops_sched.vcpu_list),
@@ -154,8 +163,11 @@ class Toolstack:
         xenconsoled: Xenconsoled,
         backends: XenbusBackend,
         run_dir: RunDir,
+        calls: LoopCalls | None = None,
     ) -> None:
         self.shut_host_down = shut_host_down
+        self.calls = calls or LoopCalls()  # for the toolstack's threads: calls run on dom0's loop
+        self.migration_listener: Any = None  # the host's listener for migrations (`up --listen`)
         self.api = api
         self.hypercall = hypercall
         self.builder = builder

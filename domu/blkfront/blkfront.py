@@ -325,6 +325,7 @@ class BlockDevice:
         self._buffers: set[BlkBuffer] = set()  # lent and not released
         self._ids = itertools.count(1)
         self.closing = False
+        self.suspended = False  # quiesced for a suspend: requests wait until resumed
 
     # -- geometry ------------------------------------------------------------------------
 
@@ -385,6 +386,36 @@ class BlockDevice:
             self._inflight.clear()
             self._revoke_buffers()
             self._cond.notify_all()
+
+    def quiesce(self, timeout: float) -> None:
+        """For a suspend: hold new requests and wait until every request in flight is answered.
+
+        TimeoutError (and requests flow again) if the back end has not answered
+        them all within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self.suspended = True
+            while self._inflight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.suspended = False
+                    self._cond.notify_all()
+                    raise TimeoutError(f"{len(self._inflight)} request(s) still in flight after {timeout:g}s")
+                self._cond.wait(min(remaining, 0.05))
+                self._collect_answered()
+
+    def unquiesce(self) -> None:
+        """After a suspend: requests held by :meth:`quiesce` go on."""
+        with self._cond:
+            self.suspended = False
+            self._cond.notify_all()
+
+    def _collect_answered(self) -> None:
+        """Take what the back end answered (``_cond`` held), in case its notification is held up."""
+        ring = self.ring
+        if ring is not None:
+            self._take_responses(ring)
 
     def teardown_ring(self) -> None:
         """Tear the ring and its event channel down and give the grants back: the ring's and the pool's.
@@ -583,6 +614,9 @@ class BlockDevice:
                 while placed < len(requests):
                     if self.closing:
                         raise BlockIOError(f"{self.vdev} is detached")
+                    if self.suspended:
+                        self._cond.wait(1.0)
+                        continue
                     count = self._place_what_fits(requests, placed)
                     if count:
                         placed += count

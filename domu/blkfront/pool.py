@@ -109,7 +109,7 @@ class _GrantPool:
 
     def _grant_chunk(self) -> _Chunk:
         kernel = self.device.kernel
-        first = kernel.pages.alloc(self.chunk_pages)
+        first = kernel.pages.alloc(self.chunk_pages, owner=self.device.xdev.nodename)
         grefs = [kernel.grant_table.grant_access(self.device.backend_id, first + i) for i in range(self.chunk_pages)]
         whole_pages = pack_segments([Segment(gref, 0, SECTORS_PER_PAGE - 1) for gref in grefs])
         chunk = _Chunk(first, grefs, whole_pages, PageAllocator(first, first + self.chunk_pages))

@@ -13,7 +13,9 @@ states; this driver says what a vbd is:
 - connected (``blkfront_connect``): read ``sectors`` and ``info``; the disk is
   then in ``ctx.disks``;
 - closing: fail what is in flight and leave ``ctx.disks``; remove: give the
-  ring's and the pool's grants back.
+  ring's and the pool's grants back;
+- suspend: hold new requests and wait for those in flight to be answered, so
+  every write acknowledged before a save is in the image; resume: go on.
 """
 
 from __future__ import annotations
@@ -85,6 +87,14 @@ class BlkfrontDriver:
         with self._connected:
             if self.disks.get(device.vdev) is device:
                 del self.disks[device.vdev]
+
+    def suspend(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
+        device: BlockDevice = dev.drvdata
+        device.quiesce(bus.timeout)
+
+    def resume(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
+        device: BlockDevice = dev.drvdata
+        device.unquiesce()
 
     def remove(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
         device: BlockDevice = dev.drvdata

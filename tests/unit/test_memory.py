@@ -118,3 +118,34 @@ def test_allocator_never_overlaps_and_coalesces(ops):
     for start in list(owned):
         pages.free(start)
     assert pages.alloc(64) == 8  # everything coalesced back into one run
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 6), st.booleans()), max_size=60))
+def test_allocator_runs_restore_into_a_fresh_allocator(ops):
+    """What a save carries (runs no device owns) reserved in a fresh allocator: the same frames are taken."""
+    pages = PageAllocator(8, 72)
+    owned: dict[int, tuple[int, bool]] = {}
+    for do_alloc, count, device in ops:
+        if do_alloc or not owned:
+            try:
+                start = pages.alloc(count, owner="device/vbd/51712" if device else "")
+            except OutOfFrames:
+                continue
+            owned[start] = (count, device)
+        else:
+            start = sorted(owned)[count % len(owned)]
+            pages.free(start)
+            del owned[start]
+    kept = sorted((start, count) for start, (count, device) in owned.items() if not device)
+    assert pages.runs() == kept
+    fresh = PageAllocator(8, 72)
+    for start, count in kept:
+        fresh.reserve(start, count)
+    assert fresh.free_frames == 64 - sum(count for _, count in kept)
+    assert fresh.runs() == kept
+    for start, count in kept:
+        with pytest.raises(ValueError, match="are not free"):
+            fresh.reserve(start, 1)
+        fresh.free(start)
+    assert fresh.alloc(64) == 8

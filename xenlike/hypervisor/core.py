@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from xenlike.hypervisor import logdirty
 from xenlike.hypervisor.console import ConsoleRing
 from xenlike.hypervisor.domain import Domain, FramePool, OutOfMemory, mib_to_frames
 from xenlike.hypervisor.event_channel import EventChannelHost, PeerUpdate
@@ -131,7 +132,7 @@ class Hypervisor:
         self.fd_budget = FdBudget(DOMAIN_FDS, "the hypervisor")
         self.evtchn = EventChannelHost()
         self.gntalloc = GntallocAreas(self.pool, self.evtchn.send)  # pages domUs allocate to share (gntalloc.py)
-        self.grants = GrantMapper(self._grant_table, self.gntalloc.owns)
+        self.grants = GrantMapper(self._grant_table, self.gntalloc.owns, self.mark_dirty)
         self._gnttabs: dict[int, GrantTableFrames] = {}
         self._by_pid: dict[int, Domain] = {}
         self._by_sock: dict[int, Domain] = {}
@@ -372,6 +373,14 @@ class Hypervisor:
     def reply_now(self, result: Any) -> None:
         """Answer the hypercall being handled before its handler ends (which then raises Deferred)."""
         self._reply(*self._handling(), result)
+
+    def hold_reply(self) -> Any:
+        """The hypercall being handled, to answer later with :meth:`send_reply` (its handler raises Deferred)."""
+        return self._handling()
+
+    def send_reply(self, held: Any, result: Any) -> None:
+        """Answer a hypercall :meth:`hold_reply` kept."""
+        self._reply(held.sock, held.id, result)
 
     def reply_when_destroyed(self, domain: Domain) -> None:
         """Answer the hypercall being handled once ``domain`` is freed (its handler then raises Deferred)."""
@@ -643,8 +652,9 @@ class Hypervisor:
         self.send_peer_updates(self.evtchn.remove_domain(domain.domid))
         forget_domain(self, domain.domid)
         self._gnttabs.pop(domain.domid).release()
+        logdirty.release(domain)
         domain.memory.close()
-        self.pool.release(domain.nr_frames)
+        self.pool.release(domain.tot_frames)
         self.scheduler.remove_domain(domain.domid)
         del self.domains[domain.domid]
         log.info("%s: destroyed", domain.label)
@@ -652,6 +662,14 @@ class Hypervisor:
             self._reply(sock, call_id, {"domid": domain.domid})
         if domain.domid != 0:
             self._state_changed(domain.domid)
+
+    def mark_dirty(self, domid: int, frame: int) -> None:
+        """Frame ``frame`` of ``domid`` was written for it by others: its dirty log, if it keeps one, says so."""
+        logdirty.mark_dirty(self.domains.get(domid), frame)
+
+    def state_changed(self, domid: int) -> None:
+        """A handler's note that a domain shut down (a suspend): dom0 hears of it through ``VIRQ_DOM_EXC``."""
+        self._state_changed(domid)
 
     def _state_changed(self, domid: int) -> None:
         """A domain shut down, crashed or was destroyed: note it and raise ``VIRQ_DOM_EXC`` to dom0."""

@@ -80,6 +80,15 @@ class Domain:
     created_wall: float = field(default_factory=time.time)
     started_mono: float | None = None
     cpu_time_final: float = 0.0  # CPU seconds when the process ended
+    suspend_record: tuple[int, int] | None = None  # (pfn, length) while suspended
+    suspend_reply: Any = None  # the held reply to its SCHEDOP_shutdown(suspend)
+    dirty_log: Any = None  # a xenlike.kernel.dirty_log.DirtyLog in log-dirty mode
+    ballooned: set[int] = field(default_factory=set)  # frames given back (decrease_reservation)
+
+    @property
+    def tot_frames(self) -> int:
+        """Frames it holds of the host's pool (Xen's ``tot_pages``): its memory less what it ballooned out."""
+        return self.nr_frames - len(self.ballooned)
 
     @property
     def privileged(self) -> bool:
@@ -132,12 +141,13 @@ class Domain:
             "domid": self.domid,
             "name": self.name,
             "uuid": self.uuid,
-            "memory_kb": self.nr_frames * PAGE_SIZE // 1024,
+            "memory_kb": self.tot_frames * PAGE_SIZE // 1024,
             "maxmem_kb": self.max_frames * PAGE_SIZE // 1024,
             "vcpus": self.vcpus,
             "cpu_time": accounted["cpu_time"] if "cpu_time" in accounted else self.cpu_time(),
             "pid": self.pid,
             "shutdown_reason": self.shutdown_reason,
+            "suspend_record": list(self.suspend_record) if self.suspend_record else None,
             "exit": self.exit_note,
             "created": self.created_wall,
             "uptime": (time.monotonic() - self.started_mono) if self.started_mono else 0.0,

@@ -18,7 +18,7 @@ from xenlike.hypervisor.domain import Domain
 from xenlike.hypervisor.hypercall import Deferred, Refused, Result
 from xenlike.hypervisor.sched import DEFAULT_WEIGHT, SchedError
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES
-from xenlike.public.xen import PAGE_SIZE
+from xenlike.public.xen import PAGE_SIZE, ShutdownReason
 
 if TYPE_CHECKING:
     from xenlike.hypervisor.core import Hypervisor
@@ -27,6 +27,7 @@ __all__ = [
     "createdomain",
     "startdomain",
     "destroydomain",
+    "resumedomain",
     "pausedomain",
     "unpausedomain",
     "getdomaininfo",
@@ -105,6 +106,27 @@ def destroydomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) ->
     hv.reply_when_destroyed(domain)
     hv.kill(domain)
     raise Deferred()
+
+
+def resumedomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XEN_DOMCTL_resumedomain: a suspended domU runs on where it stopped; its SCHEDOP_shutdown says cancelled.
+
+    With ``paused`` it stays stopped, paused, until unpaused (``xl save -p``).
+    """
+    domain = hv.domain(args["domid"])
+    if domain.shutdown_reason != ShutdownReason.SUSPEND or domain.pid is None or domain.suspend_reply is None:
+        raise Refused(errno.EINVAL, f"{domain.label} is not suspended")
+    held, domain.suspend_reply = domain.suspend_reply, None
+    domain.shutdown_reason = None
+    domain.suspend_record = None
+    hv.send_reply(held, {"cancelled": 1})
+    if args.get("paused"):
+        domain.paused = True  # still stopped, and the scheduler keeps it so
+    elif not domain.paused:
+        os.killpg(domain.pid, signal.SIGCONT)
+        hv.scheduler.unpause(domain.domid)
+    log.info("%s: resumed (suspend cancelled)%s", domain.label, " paused" if domain.paused else "")
+    return {}, []
 
 
 def pausedomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:

@@ -84,9 +84,14 @@ class GrantMapper:
     """
 
     def __init__(
-        self, tables: Callable[[int], GrantTableFrames], allocated: Callable[[int, int], bool] | None = None
+        self,
+        tables: Callable[[int], GrantTableFrames],
+        allocated: Callable[[int, int], bool] | None = None,
+        written: Callable[[int, int], None] | None = None,
     ) -> None:
         self._tables = tables
+        # written(granter, frame): a writable mapping came or went (log-dirty mode marks the frame).
+        self._written = written
         # allocated(granter, frame): a pseudo-frame of pages the granter allocated to share (gntalloc).
         self._allocated = allocated
         self._active: dict[tuple[int, int], _ActiveGrant] = {}
@@ -128,6 +133,8 @@ class GrantMapper:
         self._held[mapper] = self._held.get(mapper, 0) + 1
         self._by_mapper.setdefault(mapper, set()).add((mapper, mapping.handle))
         self._by_granter.setdefault(granter, set()).add((mapper, mapping.handle))
+        if not readonly and self._written is not None:
+            self._written(granter, active.frame)
         return mapping
 
     def unmap_grant_ref(self, mapper: int, handle: int) -> GrantMapping:
@@ -144,6 +151,8 @@ class GrantMapper:
             active.readers -= 1
         else:
             active.writers -= 1
+            if self._written is not None:
+                self._written(mapping.granter, mapping.frame)
         try:
             table = self._tables(mapping.granter)
         except KeyError:
@@ -323,6 +332,8 @@ def _copy_side(hv: Hypervisor, caller: Domain, side: dict, length: int, write: b
         if domid != caller.domid:
             raise GrantError(GNTST.permission_denied, f"{caller.label} names d{domid}'s frame without a grant")
         frame = side["gmfn"]
+        if write:
+            hv.mark_dirty(domid, frame)  # the hypervisor writes it through its own mapping
     memory = hv.domains[domid].memory
     try:
         return memory.frame(frame)[offset : offset + length]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import signal
 from typing import TYPE_CHECKING
 
 from xenlike.hypervisor.domain import Domain
 from xenlike.hypervisor.hypercall import Deferred, Refused, Result
 from xenlike.hypervisor.sched import SchedError
+from xenlike.public.start_info import reserved_frames
+from xenlike.public.suspend import SuspendRecordError, check_place
 from xenlike.public.xen import ShutdownReason
 
 if TYPE_CHECKING:
@@ -22,11 +26,41 @@ log = logging.getLogger("xenlike.hypervisor")
 def sched_shutdown(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
     """SCHEDOP_shutdown: the guest is done, for ``reason``; answered, then its vCPUs never run again."""
     reason = ShutdownReason(args["reason"])
+    if reason == ShutdownReason.SUSPEND:
+        _suspend(hv, caller, args)
     if caller.shutdown_reason is None:
         caller.shutdown_reason = reason
         log.info("%s: shutdown requested by the guest (%s)", caller.label, reason.name.lower())
     hv.reply_now({})
     hv.kill(caller)
+    raise Deferred()
+
+
+def _suspend(hv: Hypervisor, caller: Domain, args: dict) -> None:
+    """SCHEDOP_shutdown(SHUTDOWN_suspend): stop the domain where it is and hold the reply.
+
+    ``record`` is ``[pfn, length]``, where the guest left its suspend record
+    (``xenlike.public.suspend``). The domain stays, shut down for suspend, until
+    dom0 destroys it or resumes it (``resumedomain``: the reply is then
+    ``{"cancelled": 1}``).
+    """
+    if caller.domid == 0 or caller.pid is None:
+        raise Refused(errno.EINVAL, f"{caller.label} cannot suspend: only a running domU can")
+    if caller.shutdown_reason is not None:
+        raise Refused(errno.EINVAL, f"{caller.label} has already shut down")
+    try:
+        caller.suspend_record = check_place(args.get("record"), reserved_frames(caller.gnttab_frames), caller.nr_frames)
+    except SuspendRecordError as exc:
+        raise Refused(errno.EINVAL, f"{caller.label}: {exc}") from None
+    caller.shutdown_reason = ShutdownReason.SUSPEND
+    caller.suspend_reply = hv.hold_reply()
+    try:
+        os.killpg(caller.pid, signal.SIGSTOP)  # every vCPU stops here, as Xen's vCPUs are paused
+    except ProcessLookupError:
+        pass
+    hv.scheduler.pause(caller.domid)
+    log.info("%s: suspended (record at frame %d, %d bytes)", caller.label, *caller.suspend_record)
+    hv.state_changed(caller.domid)
     raise Deferred()
 
 

@@ -283,13 +283,19 @@ class PageAllocator:
         # Sorted list of free runs as [start, length].
         self._free: list[list[int]] = [[first, limit - first]] if limit > first else []
         self._allocated: dict[int, int] = {}
+        self._owners: dict[int, str] = {}  # runs a device holds, by first pfn: not carried across a save
 
     @property
     def free_frames(self) -> int:
         return sum(length for _, length in self._free)
 
-    def alloc(self, count: int = 1) -> int:
-        """Allocate ``count`` contiguous frames; returns the first pfn."""
+    def alloc(self, count: int = 1, owner: str = "") -> int:
+        """Allocate ``count`` contiguous frames; returns the first pfn.
+
+        ``owner`` names the device a driver allocates for (its xenstore node):
+        such runs are the device's, set up again on resume, and :meth:`runs`
+        leaves them out of what a save carries.
+        """
         if count <= 0:
             raise ValueError(f"cannot allocate {count} frames")
         for run in self._free:
@@ -301,14 +307,41 @@ class PageAllocator:
                     run[0] += count
                     run[1] -= count
                 self._allocated[start] = count
+                if owner:
+                    self._owners[start] = owner
                 return start
         raise OutOfFrames(f"no run of {count} free frames ({self.free_frames} free in all)")
+
+    def runs(self) -> list[tuple[int, int]]:
+        """The allocated runs no device owns, as (first pfn, count), ascending: what a save carries."""
+        return sorted((start, count) for start, count in self._allocated.items() if start not in self._owners)
+
+    def reserve(self, start: int, count: int, owner: str = "") -> None:
+        """Mark ``[start, start+count)`` allocated, as :meth:`alloc` would have (a restored guest's runs).
+
+        ValueError unless every frame of it is free and managed here.
+        """
+        if count <= 0:
+            raise ValueError(f"cannot reserve {count} frames")
+        for run in self._free:
+            first, length = run
+            if first <= start and start + count <= first + length:
+                self._free.remove(run)
+                pieces = [[first, start - first], [start + count, first + length - start - count]]
+                self._free.extend(piece for piece in pieces if piece[1] > 0)
+                self._free.sort(key=lambda r: r[0])
+                self._allocated[start] = count
+                if owner:
+                    self._owners[start] = owner
+                return
+        raise ValueError(f"frames {start}..{start + count - 1} are not free in [{self.first}, {self.limit})")
 
     def free(self, pfn: int) -> None:
         """Return a run obtained from :meth:`alloc` (by its first pfn)."""
         count = self._allocated.pop(pfn, None)
         if count is None:
             raise ValueError(f"frame {pfn} is not the start of an allocated run")
+        self._owners.pop(pfn, None)
         runs = self._free
         index = 0
         while index < len(runs) and runs[index][0] < pfn:

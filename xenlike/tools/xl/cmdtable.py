@@ -15,7 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from xenlike.tools.suggest import did_you_mean
-from xenlike.tools.xl import block, console, host, info, network, sched, top, vcpu, vmcontrol, xenstore
+from xenlike.tools.xl import (
+    block,
+    console,
+    host,
+    info,
+    mem,
+    migrate,
+    network,
+    saverestore,
+    sched,
+    top,
+    vcpu,
+    vmcontrol,
+    xenstore,
+)
 from xenlike.tools.xl.utils import XlError
 
 __all__ = ["Arg", "CmdSpec", "CMD_TABLE", "XL_VERBS", "build_parser", "unknown_verb", "verb_of", "verbs"]
@@ -123,6 +137,12 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
                 metavar="UID",
                 help="as root, each domain runs as UID plus its domid (default 200000000)",
             ),
+            Arg(
+                "--listen",
+                metavar="ADDR:PORT",
+                help="accept migrations from other hosts there (zmq over tcp), with a key this host makes; "
+                "`xenlike info` shows it",
+            ),
         ),
     ),
     CmdSpec(
@@ -188,6 +208,67 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
             Arg("-a", "--all", action="store_true", help="all domains"),
             FALLBACK_TRIGGER,
         ),
+    ),
+    CmdSpec(
+        "save",
+        saverestore.main_save,
+        "suspend a domain and save its memory, devices and state to a file, then destroy it",
+        (
+            DOMAIN,
+            Arg("file", metavar="FILE", help="the image to write (on this host)"),
+            Arg("-c", dest="checkpoint", action="store_true", help="leave the domain running (a checkpoint)"),
+            Arg("-p", dest="paused", action="store_true", help="leave the domain paused"),
+        ),
+    ),
+    CmdSpec(
+        "migrate",
+        migrate.main_migrate,
+        "move a running domain to another host, live (pre-copy rounds, then stop-and-copy)",
+        (
+            DOMAIN,
+            Arg("host", metavar="HOST", help="the target host's ADDR:PORT (its `up --listen`)"),
+            Arg("--key", required=True, help="the target's migration key (`xenlike info` on the target shows it)"),
+            Arg(
+                "--stop-and-copy",
+                action="store_true",
+                help="no pre-copy: suspend at once and copy everything (the longest downtime)",
+            ),
+            Arg(
+                "--max-rounds",
+                type=int,
+                default=5,
+                metavar="N",
+                help="pre-copy rounds at most before stop-and-copy (default 5, Xen's)",
+            ),
+            Arg(
+                "--target-dirty",
+                type=int,
+                default=50,
+                metavar="N",
+                help="stop and copy once fewer pages than this were written in a round (default 50, Xen's)",
+            ),
+        ),
+    ),
+    CmdSpec(
+        "restore",
+        saverestore.main_restore,
+        "build a domain from a saved image; it runs on where it was saved",
+        (
+            Arg("file", metavar="FILE", help="an image written by save"),
+            Arg("-p", dest="paused", action="store_true", help="leave the restored domain paused"),
+        ),
+    ),
+    CmdSpec(
+        "mem-set",
+        mem.main_mem_set,
+        "set a domain's balloon target: it gives memory back to the host, or takes it again",
+        (DOMAIN, Arg("mem", metavar="MEM", help="the target: a number with t, g, m (the default), k or b")),
+    ),
+    CmdSpec(
+        "mem-max",
+        mem.main_mem_max,
+        "set the most memory a domain may hold",
+        (DOMAIN, Arg("mem", metavar="MEM", help="the maximum: a number with t, g, m (the default), k or b")),
     ),
     CmdSpec("pause", vmcontrol.main_pause, "pause a domain (it keeps its memory, gets no CPU)", (DOMAIN,)),
     CmdSpec("unpause", vmcontrol.main_unpause, "unpause a paused domain", (DOMAIN,)),

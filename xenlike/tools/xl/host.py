@@ -22,6 +22,7 @@ from typing import Any
 
 from xenlike.kernel.machine import host_memory_refusal, memory_kib
 from xenlike.kernel.rundir import HostRunning, RunDir
+from xenlike.public.migration_channel import parse_address
 from xenlike.tools.console_stream import ConsoleSubscriber
 from xenlike.tools.toolstack_client import ToolstackClient, ToolstackError
 from xenlike.tools.xl.console import attach_consoles
@@ -55,9 +56,20 @@ def main_up(args: argparse.Namespace) -> int:
     jail = ["--no-jail"] if args.no_jail else []
     if args.jail_uid_base is not None:
         jail += ["--jail-uid-base", str(args.jail_uid_base)]
+    if args.listen is not None:
+        try:
+            parse_address(args.listen)
+        except ValueError as exc:
+            raise XlError(f"--listen: {exc}") from None
     hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched, jail, overcommit=args.overcommit)
     with ToolstackClient(run_dir) as client:
         _say_how_guests_are_jailed(client.call("info").get("jail", {}))
+        if args.listen is not None:
+            try:
+                listening = client.call("migrate_listen", address=args.listen)
+            except ToolstackError as exc:
+                return _refuse(client, hypervisor, str(exc))
+            print(f"xenlike: accepting migrations on {listening['listen']}; `xenlike info` shows the key to give")
         console = None if args.detach else attach_consoles(run_dir, client, None)[0]
         for domain in cluster.domains:
             config = domain.to_dict()

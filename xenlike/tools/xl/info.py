@@ -54,7 +54,16 @@ def main_info(args: argparse.Namespace) -> int:
     physinfo = call(args, "info")
     uname = os.uname()
     node = {"host": uname.nodename, "release": uname.release, "version": uname.version, "machine": uname.machine}
-    print(format_info(physinfo, node, {"run_dir": str(RunDir(args.run_dir).path)}))
+    extra: dict[str, object] = {"run_dir": str(RunDir(args.run_dir).path)}
+    migration = physinfo.get("migration")
+    if migration:
+        address = migration["listen"].removeprefix("tcp://")
+        extra.update(
+            migration_listen=migration["listen"],
+            migration_key=migration["key"],
+            migrate_here_with=f"xenlike migrate DOMAIN {address} --key {migration['key']}",
+        )
+    print(format_info(physinfo, node, extra))
     return 0
 
 
