@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -130,10 +131,10 @@ class BackendFeatures:
 class _Pool:
     """Pages of the guest granted to the back end once, kept for the life of the vif."""
 
-    def __init__(self, kernel: GuestKernel, backend_id: int, nr_pages: int, readonly: bool) -> None:
+    def __init__(self, kernel: GuestKernel, backend_id: int, nr_pages: int, readonly: bool, owner: str) -> None:
         self.kernel = kernel
         self.nr_pages = nr_pages
-        self.first_pfn = kernel.pages.alloc(nr_pages)
+        self.first_pfn = kernel.pages.alloc(nr_pages, owner=owner)  # the device's: a save does not carry them
         self.view = kernel.memory.frames(self.first_pfn, nr_pages)
         self.grefs = [
             kernel.grant_table.grant_access(backend_id, self.first_pfn + i, readonly) for i in range(nr_pages)
@@ -180,6 +181,7 @@ class NetfrontQueue:
         *,
         name: str = "eth0",
         mtu: int = 1500,
+        owner: str = "",
     ) -> None:
         self.kernel = kernel
         self.backend_id = backend_id
@@ -189,6 +191,7 @@ class NetfrontQueue:
         self.name = name
         self.mtu = mtu
         self.running = False
+        self.suspended = False  # quiesced for a suspend: the TAP is not read
         self.stats = {
             "tx_packets": 0,
             "tx_bytes": 0,
@@ -208,9 +211,9 @@ class NetfrontQueue:
         tso = offload & (TUN_F_TSO4 | TUN_F_TSO6)
         self._tx_frame_pages = -(-(MAX_GSO_FRAME if tso else mtu + ETH_HLEN + VLAN_HLEN) // PAGE_SIZE)
         free = kernel.pages.free_frames
-        self._txp = _Pool(kernel, backend_id, _pool_pages(free, NET_TX_RING_SIZE), readonly=True)
+        self._txp = _Pool(kernel, backend_id, _pool_pages(free, NET_TX_RING_SIZE), readonly=True, owner=owner)
         try:
-            self._rxp = _Pool(kernel, backend_id, _pool_pages(free, NET_RX_RING_SIZE), readonly=False)
+            self._rxp = _Pool(kernel, backend_id, _pool_pages(free, NET_RX_RING_SIZE), readonly=False, owner=owner)
         except BaseException:
             self._txp.close()
             raise
@@ -239,6 +242,34 @@ class NetfrontQueue:
         with self._lock:
             self.running = False
             self._watch_tap(False)
+
+    def quiesce(self, timeout: float) -> None:
+        """For a suspend: read no more frames from the TAP, and wait until the back end answered every tx request.
+
+        TimeoutError (and the TAP is read again) if it has not within ``timeout``
+        seconds. Frames that reach the guest meanwhile are still delivered.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self.suspended = True
+            self._watch_tap(False)
+        while True:
+            with self._lock:
+                self._take_tx_responses()
+                if not self._tx_busy:
+                    return
+            if time.monotonic() > deadline:
+                self.unquiesce()
+                raise TimeoutError(f"{self.name}: tx requests still in flight after {timeout:g}s")
+            time.sleep(0.002)  # the back end is not asked to notify for tx responses (see _tx_completions)
+
+    def unquiesce(self) -> None:
+        """After a suspend that did not happen (or a ``save -c``): the TAP is read again."""
+        with self._lock:
+            self.suspended = False
+            if self.running:
+                self._watch_tap(self._tx_room())
+        self.kernel.loop.notify(self.port)
 
     def close(self) -> bool:
         """End access to the pools (after :meth:`stop`, once the back end is Closed) and close the TAP.
@@ -342,6 +373,20 @@ class NetfrontQueue:
         self.stats["tx_bytes"] += length
         return True
 
+    def _take_tx_responses(self) -> int:
+        """Take the tx responses there are: their pages go back to the pool. How many slots were taken."""
+        data, count = self.tx.get_responses()
+        for req_id, status in NETIF_TX_PROTOCOL.unpack_responses(data):
+            if status == NETIF_RSP_NULL or req_id not in self._tx_busy:
+                continue  # an extra-info slot's, or an id not in flight (the back end's mistake)
+            self._tx_busy.discard(req_id)
+            self._tx_free.append(req_id)
+            if req_id in self._tx_first:
+                self._tx_first.discard(req_id)
+                if status != NETIF_RSP_OKAY:
+                    self.stats["tx_errors"] += 1
+        return count
+
     def _tx_completions(self) -> None:
         """Give back the pages of answered requests (``xennet_tx_buf_gc``).
 
@@ -350,19 +395,9 @@ class NetfrontQueue:
         waits for pages or slots, so a packet sent costs no notification back.
         """
         while True:
-            data, count = self.tx.get_responses()
-            for req_id, status in NETIF_TX_PROTOCOL.unpack_responses(data):
-                if status == NETIF_RSP_NULL or req_id not in self._tx_busy:
-                    continue  # an extra-info slot's, or an id not in flight (the back end's mistake)
-                self._tx_busy.discard(req_id)
-                self._tx_free.append(req_id)
-                if req_id in self._tx_first:
-                    self._tx_first.discard(req_id)
-                    if status != NETIF_RSP_OKAY:
-                        self.stats["tx_errors"] += 1
-            if count:
+            if self._take_tx_responses():
                 continue
-            if self._tap_watched or not self.running:
+            if self._tap_watched or not self.running or self.suspended:
                 return
             if self._tx_room():
                 self._watch_tap(True)

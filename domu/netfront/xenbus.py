@@ -126,6 +126,7 @@ class NetfrontDriver:
             features,
             name=vif.interface.name,
             mtu=vif.interface.mtu,
+            owner=dev.nodename,
         )
         vif.interface.queue = vif.queue
         return {
@@ -158,6 +159,22 @@ class NetfrontDriver:
         with self._lock:
             if self.interfaces.get(vif.interface.name) is vif.interface:
                 del self.interfaces[vif.interface.name]
+
+    def suspend(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
+        """For a suspend (``netfront_suspend``): no new frames, and every one on the tx ring answered.
+
+        Only the vif's MAC and address come back with the guest: its TCP/IP stack is
+        Linux's, outside the guest's memory, so connections open at the suspend do not.
+        """
+        vif: _Vif = dev.drvdata
+        if vif.queue is not None:
+            vif.queue.quiesce(bus.timeout)
+
+    def resume(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
+        """The suspend was cancelled or the image saved with the guest kept running: frames flow again."""
+        vif: _Vif = dev.drvdata
+        if vif.queue is not None:
+            vif.queue.unquiesce()
 
     def remove(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
         vif: _Vif = dev.drvdata

@@ -184,3 +184,32 @@ def test_the_built_in_httpd_answers_the_host_through_a_forward(host, tmp_path):
         taken.close()
     assert result.returncode != 0 and f"127.0.0.1:{busy}: Address already in use" in result.stderr, result.stderr
     assert "www2" not in host.domains()
+
+
+def test_a_guest_with_a_vif_is_saved_and_restored_with_its_address_and_forward(host, tmp_path):
+    port = free_port()
+    host.up()
+    cfg = write_cfg(tmp_path, "www", f'name = "www"\nmemory = 32\nworkload = "httpd"\n'
+                                     f'vif = [ "ip=10.88.4.4, mac=00:16:3e:00:04:04" ]\nports = [ "{port}:80" ]\n')
+    host.xl("create", str(cfg))
+    wait_for(lambda: "serving http on port 80" in host.log("www"), timeout=20, what="httpd to listen")
+
+    def page() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as reply:
+            return reply.read().decode()
+
+    assert "eth0 10.88.4.4/16 (00:16:3e:00:04:04)" in page()
+    image = tmp_path / "www.save"
+    host.xl("save", "www", str(image), timeout=120)
+    assert "www" not in host.domains()
+    host.xl("restore", str(image), timeout=120)
+    domid = host.domains()["www"]["domid"]
+
+    def served() -> str | None:
+        try:
+            return page()
+        except OSError:
+            return None
+
+    answer = wait_for(served, timeout=30, what="the restored guest to serve again")
+    assert answer.startswith(f"Hello from www, domain {domid}: eth0 10.88.4.4/16 (00:16:3e:00:04:04)"), answer
