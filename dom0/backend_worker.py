@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from xenlike.kernel import landlock, namespaces, seccomp
+from xenlike.kernel import landlock, namespaces, seccomp, trace
 from xenlike.kernel.events import EventLoop
 from xenlike.kernel.hypercall import HypercallClient, recv_message, send_message, socketpair
 from xenlike.kernel.proc import die_with_parent, log_to_file, set_process_name
@@ -159,8 +159,8 @@ def spawn_worker(spec: WorkerSpec, ctx: BackendContext) -> WorkerHandle:
     """
     opened, channel_fds = ctx.hypercall("domctl", cmd="open_channel")
     pcpus = ctx.hypercall("sysctl", cmd="physinfo")[0]["pcpus"]
-    names = ["channel", "memory", *spec.fds]
-    fds = [channel_fds[0], os.dup(ctx.foreign_memory_fd(spec.frontend_id)), *spec.fds.values()]
+    names = ["channel", "trace", "memory", *spec.fds]
+    fds = [*channel_fds[:2], os.dup(ctx.foreign_memory_fd(spec.frontend_id)), *spec.fds.values()]
     for _port, port_fds in spec.ports:
         fds.extend(port_fds)
     if landlock.abi_version() > 0:
@@ -217,6 +217,7 @@ def _worker_main(
     # serves every pCPU of the host, and Linux places it, as dom0's kernel threads.
     os.sched_setaffinity(0, pcpus)
     log_to_file(log_file)  # dom0's handlers go: their files were closed with the other fds
+    trace.attach(named.pop("trace"), 0)  # the worker's own buffer: dom0's is not shared across a fork
     confine_worker(spec.label)
     hypercall = HypercallClient(socket.socket(fileno=named.pop("channel")), _close_event_fds)
     loop = EventLoop(spec.label)

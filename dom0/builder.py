@@ -27,11 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from xenlike.kernel import trace
 from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.memory import GuestMemory
 from xenlike.public.console import ConsoleInterface
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE
 from xenlike.public.start_info import CONSOLE_PFN, GNTTAB_PFN, START_INFO_PFN, STORE_PFN, StartInfo
+from xenlike.public.trace import Event, TraceClass
 from xenlike.public.workload_state import WORKLOAD_DIR
 from xenlike.public.xenbus import BACKEND, FRONTEND, backend_path, frontend_path
 from xenlike.public.xs_wire import XenstoreInterface, XsError
@@ -153,23 +155,25 @@ class DomainBuilder:
             first = []
             ctx.hypercall("domctl", cmd="rename", domid=domid_of, name=config["name"])
         at = len(first)  # where the channel calls' results start
-        results = ctx.multicall(
-            [
-                *first,
-                {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
-                {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
-                {
-                    "op": "evtchn_bind_interdomain",
-                    "args": {"remote_dom": domid_of, "remote_port": {"$result": [at, "port"]}},
-                },
-                {
-                    "op": "evtchn_bind_interdomain",
-                    "args": {"remote_dom": domid_of, "remote_port": {"$result": [at + 1, "port"]}},
-                },
-            ],
-            undo=self._undo_create if precreated is None else None,
-        )
-        created = results[0] if precreated is None else (precreated[0], [precreated[1]])
+        with trace.span(Event.DOM_STEP, {"step": "createdomain", "name": config["name"]}) as step:
+            results = ctx.multicall(
+                [
+                    *first,
+                    {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
+                    {"op": "evtchn_alloc_unbound", "args": {"dom": domid_of, "remote_dom": 0}},
+                    {
+                        "op": "evtchn_bind_interdomain",
+                        "args": {"remote_dom": domid_of, "remote_port": {"$result": [at, "port"]}},
+                    },
+                    {
+                        "op": "evtchn_bind_interdomain",
+                        "args": {"remote_dom": domid_of, "remote_port": {"$result": [at + 1, "port"]}},
+                    },
+                ],
+                undo=self._undo_create if precreated is None else None,
+            )
+            created = results[0] if precreated is None else (precreated[0], [precreated[1]])
+            step["dom"] = created[0]["domid"]
         store, console, store_bind, console_bind = results[at:]
         domid = created[0]["domid"]
         memory = GuestMemory.from_fd(created[1][0], created[0]["nr_frames"])
@@ -181,34 +185,40 @@ class DomainBuilder:
         )
         try:
             extra = restore(built) if restore is not None else {}
-            self._write_start_info(built, gnttab_frames, *ports, extra=extra)
+            with trace.span(Event.DOM_STEP, {"step": "start_info", "dom": domid}):
+                self._write_start_info(built, gnttab_frames, *ports, extra=extra)
             plugs = [
                 call
                 for row in DEVICE_TYPES
                 for spec in config.get(row.config_key, [])
                 for call in row.plug(domid, spec)
             ]
-            mapped, *_plugged = ctx.multicall(
-                [
-                    {
-                        "op": "grant_map",
-                        "args": {"granter": domid, "refs": [GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE]},
-                    },
-                    *plugs,  # a vif's net device exists before netfront asks for it
-                    {"op": "domctl", "args": {"cmd": "startdomain", "domid": domid, "paused": paused}},
-                ]
-            )
+            with trace.span(Event.DOM_STEP, {"step": "map_and_start", "dom": domid, "paused": paused}):
+                mapped, *_plugged = ctx.multicall(
+                    [
+                        {
+                            "op": "grant_map",
+                            "args": {"granter": domid, "refs": [GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE]},
+                        },
+                        *plugs,  # a vif's net device exists before netfront asks for it
+                        {"op": "domctl", "args": {"cmd": "startdomain", "domid": domid, "paused": paused}},
+                    ]
+                )
             built.grant_handles = mapped[0]["handles"]
             console_pfn, store_pfn = mapped[0]["frames"]
-            ctx.xenstore_service.connect_domain(
-                domid, XenstoreInterface(memory.frame(store_pfn)), store_port, built.label
-            )
-            ctx.xenconsoled.add(domid, built.name, ConsoleInterface(memory.frame(console_pfn)), console_port)
-            self._write_nodes(built, *ports)  # the back-end bus probes each device it finds there
+            with trace.span(Event.DOM_STEP, {"step": "connect_xenstore_console", "dom": domid}):
+                ctx.xenstore_service.connect_domain(
+                    domid, XenstoreInterface(memory.frame(store_pfn)), store_port, built.label
+                )
+                ctx.xenconsoled.add(domid, built.name, ConsoleInterface(memory.frame(console_pfn)), console_port)
+            with trace.span(Event.DOM_STEP, {"step": "write_nodes", "dom": domid}):
+                self._write_nodes(built, *ports)  # the back-end bus probes each device it finds there
         except BaseException:
             log.exception("%s: build failed; destroying it", built.label)
             self.destroy(built)
             raise
+        if trace.on(TraceClass.LIFECYCLE):
+            trace.emit(Event.DOM_ADD, {"dom": domid, "name": built.name, "memory": config["memory"]})
         return built
 
     def _listen(self, config: dict[str, Any]) -> list[tuple[Any, int]]:
@@ -408,6 +418,8 @@ class DomainBuilder:
                 ctx.xs.rm(path)
             except XsError:
                 pass
+        if trace.on(TraceClass.LIFECYCLE):
+            trace.emit(Event.DOM_REM, {"dom": built.domid, "name": built.name})
         log.info("%s: destroyed", built.label)
 
     def rename(self, built: BuiltDomain, name: str) -> None:

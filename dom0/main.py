@@ -17,6 +17,7 @@ from typing import Any
 
 import zmq
 
+from xenlike.kernel import trace
 from xenlike.kernel.events import EventLoop
 from xenlike.kernel.hypercall import HypercallClient, HypercallError
 from xenlike.kernel.memory import GuestMemory
@@ -65,6 +66,8 @@ class Dom0:
 
     def __init__(self, boot: dict, fds: list[int], run_dir: RunDir) -> None:
         self.run_dir = run_dir
+        if "trace" in boot:
+            trace.attach(fds[boot["trace"]], 0)
         self.memory = GuestMemory.from_fd(fds[1], boot["nr_frames"])
         self.loop = EventLoop("d0 (Domain-0)")
         sock = socket.socket(fileno=fds[0])

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from xenlike.kernel import trace
+from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xenbus import (
     ERROR_MESSAGE_MAX,
     FRONTEND,
@@ -255,6 +257,7 @@ class XenbusBackend:
         """``xenbus_switch_state``."""
         dev.state = state
         self.ctx.xs.write(f"{dev.nodename}/{STATE}", str(int(state)))
+        _trace_state(dev, state)
 
     def dev_fatal(self, dev: XenbusDevice, error: BaseException | str, doing: str) -> None:
         """``xenbus_dev_fatal``: write the error node once and move to Closing; the front end follows."""
@@ -365,6 +368,7 @@ class XenbusBackend:
 
         self.ctx.xs.transact(mark)
         dev.state = XenbusState.Closing
+        _trace_state(dev, XenbusState.Closing)
 
     def remove(self, devicetype: str, frontend_id: int, devid: int) -> None:
         """Forget a device for good (after Closed, or at domain teardown): ``xenbus_dev_remove``."""
@@ -384,6 +388,14 @@ class XenbusBackend:
         """Every device of a domain that is going away."""
         for key in [key for key in self.devices if key[1] == frontend_id]:
             self.remove(*key)
+
+
+def _trace_state(dev: XenbusDevice, state: XenbusState) -> None:
+    if trace.on(TraceClass.XENBUS):
+        trace.emit(
+            Event.XENBUS_STATE,
+            {"end": "back", "node": dev.nodename, "state": state.name, "frontend": dev.frontend_id},
+        )
 
 
 def _type_token(devicetype: str) -> str:

@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from xenlike.kernel import dirty_log
+from xenlike.kernel import dirty_log, trace
 from xenlike.kernel.events import EventLoop, new_port_fd
 from xenlike.kernel.gnttab import GrantTable
 from xenlike.kernel.hypercall import ChannelClosed, HypercallClient
@@ -149,6 +149,8 @@ class Kernel:
         self.domid: int = boot["domid"]
         self.name: str = boot["name"]
         self.label = f"d{self.domid} ({self.name})"
+        if "trace" in boot:
+            trace.attach(fds[boot["trace"]], self.domid)
         self.memory = GuestMemory.from_fd(fds[1], boot["nr_frames"])
         self.start_info = StartInfo.read(self.memory.frame(0))
         self.loop = EventLoop(self.label)

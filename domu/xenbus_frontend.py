@@ -40,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from xenlike.kernel import trace
+from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xenbus import BACKEND, BACKEND_ID, ERROR_MESSAGE_MAX, STATE, XenbusState, error_path
 from xenlike.public.xs_wire import XsdSockmsgType as XS
 from xenlike.public.xs_wire import XsError
@@ -194,6 +196,7 @@ class XenbusFrontend:
             nodes = driver.connect(self, dev)
             self.transact(lambda t: self._publish(t, dev, nodes))
             dev.state = XenbusState.Initialised
+            _trace_state(dev, XenbusState.Initialised)
             self.wait_otherend(dev, {XenbusState.Connected})
             driver.connected(self, dev)
             self.switch_state(dev, XenbusState.Connected)
@@ -270,6 +273,7 @@ class XenbusFrontend:
         """``xenbus_switch_state``."""
         dev.state = state
         self.xs.write(f"{dev.nodename}/{STATE}", str(int(state)))
+        _trace_state(dev, state)
 
     def dev_fatal(self, dev: FrontDevice, error: BaseException | str, doing: str) -> None:
         """``xenbus_dev_fatal``: the error node under the guest's ``error/`` and Closing, once."""
@@ -397,6 +401,11 @@ class XenbusFrontend:
         for key, value in nodes.items():
             t.write(f"{dev.nodename}/{key}", value)
         t.write(f"{dev.nodename}/{STATE}", str(int(XenbusState.Initialised)))
+
+
+def _trace_state(dev: FrontDevice, state: XenbusState) -> None:
+    if trace.on(TraceClass.XENBUS):
+        trace.emit(Event.XENBUS_STATE, {"end": "front", "node": dev.nodename, "state": state.name})
 
 
 def _otherend_token(dev: FrontDevice) -> str:

@@ -39,10 +39,13 @@ and watch.py):
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from xenlike.kernel import trace
+from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xen import DOMID_FIRST_RESERVED, DOMID_SELF
 from xenlike.public.xs_wire import (
     OK_PAYLOAD,
@@ -123,6 +126,28 @@ def _parse_int(raw: bytes) -> int:
     if not digits.isdigit() or len(digits) > 20:
         raise XsError("EINVAL")
     return int(raw)
+
+
+_XENSTORE = TraceClass.XENSTORE.value
+
+
+def _trace_op(conn: Connection, msg_type: int, tx_id: int, payload: bytes, reply: Delivery, started: int) -> None:
+    """One request: who, which, the path it names, its transaction, how it ended, how long it took."""
+    try:
+        op = T(msg_type).name
+    except ValueError:
+        op = str(msg_type)
+    fields = {
+        "conn": conn.domid,
+        "op": op,
+        "path": trace.summary(payload.split(b"\0", 1)[0].decode("utf-8", "replace")),
+        "dur": time.monotonic_ns() - started,
+    }
+    if tx_id:
+        fields["tx"] = tx_id
+    if reply.msg_type == T.ERROR:
+        fields["errno"] = bytes(reply.payload).rstrip(b"\0").decode("ascii", "replace")
+    trace.emit_at(Event.XS_OP, started, fields)
 
 
 def _event_payload(path: str, token: bytes) -> bytes:
@@ -396,6 +421,8 @@ class Xenstored:
         # Over-long events are dropped, as core.c send_event does.
         if len(payload) <= XENSTORE_PAYLOAD_MAX:
             out.append(Delivery(conn, T.WATCH_EVENT, 0, 0, payload))
+            if trace.mask[0] & _XENSTORE:
+                trace.emit(Event.XS_WATCH, {"conn": conn.domid, "path": trace.summary(path), "token": token[:32]})
 
     # --- the dispatcher ---------------------------------------------------------
 
@@ -410,6 +437,7 @@ class Xenstored:
         """
         if conn.closed:
             return []
+        started = time.monotonic_ns() if trace.mask[0] & _XENSTORE else 0
         request = _Request(conn, msg_type, None, bytes(payload))
         try:
             reply = self._dispatch(request, tx_id)
@@ -418,6 +446,8 @@ class Xenstored:
             out = [Delivery(conn, msg_type, req_id, tx_id, reply)]
         except XsError as err:
             out = [Delivery(conn, T.ERROR, req_id, tx_id, error_payload(err.errno_name))]
+        if started:
+            _trace_op(conn, msg_type, tx_id, request.payload, out[0], started)
         out += self._route_local(request.events)
         return out
 

@@ -42,7 +42,9 @@ from xenlike.hypervisor.hypercall import Deferred, Hypercall, Refused, Result
 from xenlike.hypervisor.hypercall_table import HYPERCALLS
 from xenlike.hypervisor.netif import NetifConfig, forget_domain
 from xenlike.hypervisor.sched import Scheduler
+from xenlike.hypervisor.trace import TraceHost
 from xenlike.hypervisor.zygote import Zygote
+from xenlike.kernel import trace
 from xenlike.kernel.gnttab import GrantTableFrames
 from xenlike.kernel.hypercall import (
     MAX_REQUEST,
@@ -61,15 +63,16 @@ from xenlike.kernel.proc import FdBudget
 from xenlike.public.event_channel import VIRQ, EvtchnError
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTST, GrantError
 from xenlike.public.start_info import GNTTAB_PFN, reserved_frames
+from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xen import DOMID_MAX, ShutdownReason
 
 __all__ = ["Hypervisor", "WorkerChannel"]
 
 DOM0_NAME = "Domain-0"
 STOP_TIMEOUT_S = 5.0  # how long a stopping host waits for its domains to be reaped
-DOMAIN_FDS = 9
+DOMAIN_FDS = 10
 """File descriptors one domU costs the hypervisor: its hypercall socket (1), its
-memfd (1), the eventfds of its xenstore and console ports and of dom0's ends of
+memfd (1), its trace buffer (1), the eventfds of its xenstore and console ports and of dom0's ends of
 them (4, one per port), the pidfd and ``/proc/PID/stat`` fd the scheduler keeps
 for its vCPU 0 (2), and, while it is spawned, the domain's end of the socketpair (1)."""
 SMALLEST_GUEST_MIB = 16  # what ``max_new_domains`` counts free memory in: the smallest guest worth making
@@ -98,6 +101,7 @@ class WorkerChannel:
     sock: socket.socket
     owner: Domain  # dom0: calls on the channel are its calls
     grant_handles: set[int] = field(default_factory=set)
+    trace_buffer: int | None = None  # the worker's trace buffer (TraceHost's id)
 
 
 class Hypervisor:
@@ -162,6 +166,7 @@ class Hypervisor:
         self._worker_channels: dict[int, WorkerChannel] = {}  # by socket fd
         self._next_channel_id = 0
         self._pending_close: list[socket.socket] = []
+        self.trace = TraceHost(run_dir, self.selector, self._domain_process_groups)
 
     # ------------------------------------------------------------------------------
     # Start-up, main loop, stop.
@@ -231,6 +236,7 @@ class Hypervisor:
             self.kill(domain)
             self.finalize(domain)
         self.scheduler.close()
+        self.trace.close()
         self.selector.close()
         self.zygote.sock.close()  # the zygote sees end of file and exits
         try:
@@ -304,29 +310,63 @@ class Hypervisor:
         op = message.get("op")
         args = message.get("args") or {}
         self._current_call = _Call(sock, call_id)
+        started = time.monotonic_ns() if trace.mask[0] & TraceClass.HYPERCALL else 0
+        outcome: Any = "deferred"
         try:
             result, out_fds = self.call(self.hypercall_for(domain, op, args), domain, args, fds)
         except Deferred:
             return
         except Refused as exc:
+            outcome = exc.errno
             self._reply_error(sock, call_id, exc.errno, str(exc))
         except (EvtchnError, HypercallError) as exc:
-            self._reply_error(sock, call_id, exc.errno or errno.EINVAL, exc.strerror or str(exc))
+            outcome = exc.errno or errno.EINVAL
+            self._reply_error(sock, call_id, outcome, exc.strerror or str(exc))
         except GrantError as exc:
-            err = errno.EINVAL if exc.status != GNTST.permission_denied else errno.EPERM
-            self._reply_error(sock, call_id, err, str(exc))
+            outcome = errno.EINVAL if exc.status != GNTST.permission_denied else errno.EPERM
+            self._reply_error(sock, call_id, outcome, str(exc))
         except OutOfMemory as exc:
+            outcome = errno.ENOMEM
             self._reply_error(sock, call_id, errno.ENOMEM, str(exc))
         except (KeyError, TypeError, ValueError) as exc:
+            outcome = errno.EINVAL
             self._reply_error(sock, call_id, errno.EINVAL, f"bad arguments to {op}: {exc}")
         else:
+            outcome = None
+            if started:
+                outcome = result
             self._reply(sock, call_id, result, out_fds)
         finally:
+            if started:
+                self._trace_hypercall(domain, sock, op, args, outcome, started)
             self._current_call = None
             for fd in fds:
                 os.close(fd)
             while self._pending_close:
                 self._pending_close.pop().close()  # sockets handed out in this reply
+
+    def _trace_hypercall(self, domain: Domain, sock: socket.socket, op: Any, args: dict, outcome: Any, t0: int) -> None:
+        """TRC_PV_HYPERCALL: who called what, in short, how it ended and how long it took."""
+        fields: dict[str, Any] = {"op": op, "args": trace.summary(args), "dur": time.monotonic_ns() - t0}
+        if op == "multicall" and isinstance(args.get("calls"), list):  # its calls have records of their own
+            fields["args"] = {"calls": len(args["calls"])}
+            outcome = (
+                {"done": len(outcome["results"])} if isinstance(outcome, dict) and "results" in outcome else outcome
+            )
+        if isinstance(outcome, int) and not isinstance(outcome, bool):
+            fields["errno"] = errno.errorcode.get(outcome, str(outcome))
+        elif outcome == "deferred":
+            fields["deferred"] = True
+        else:
+            fields["result"] = trace.summary(outcome)
+        channel = self._worker_channels.get(sock.fileno())
+        if channel is not None:
+            fields["channel"] = channel.id
+        trace.emit_at(Event.HYPERCALL, t0, fields, domid=domain.domid)
+
+    def _domain_process_groups(self) -> set[int]:
+        """Every domain's process group (its vCPU 0's pid): who may not read the trace buffers."""
+        return {domain.pid for domain in self.domains.values() if domain.pid is not None}
 
     def hypercall_for(self, caller: Domain, op: Any, args: dict) -> Hypercall:
         """The table's row for ``op`` (for domctl and sysctl, for ``args["cmd"]``); Refused if there is none."""
@@ -440,8 +480,9 @@ class Hypervisor:
     # ------------------------------------------------------------------------------
     # Back-end workers' channels (domctl open_channel / close_channel).
 
-    def open_channel(self, owner: Domain) -> tuple[int, int]:
-        """Another hypercall socket for dom0, for a back-end worker process: its id and the fd to hand over.
+    def open_channel(self, owner: Domain) -> tuple[int, int, int]:
+        """Another hypercall socket for dom0, for a back-end worker process: its id, the fd to hand over
+        and the fd of the worker's trace buffer.
 
         Calls on it are dom0's, as a Linux back end's kernel thread makes
         hypercalls as dom0. The grants mapped through it live in the worker's
@@ -452,11 +493,12 @@ class Hypervisor:
         """
         ours, theirs = socketpair()
         self._next_channel_id += 1
-        self._worker_channels[ours.fileno()] = WorkerChannel(self._next_channel_id, ours, owner)
+        buffer_id, trace_fd = self.trace.new_buffer(f"worker{self._next_channel_id}", owner.domid, "worker")
+        self._worker_channels[ours.fileno()] = WorkerChannel(self._next_channel_id, ours, owner, trace_buffer=buffer_id)
         self._by_sock[ours.fileno()] = owner
         self.selector.register(ours, selectors.EVENT_READ, self._on_hypercall)
         self._pending_close.append(theirs)
-        return self._next_channel_id, theirs.fileno()
+        return self._next_channel_id, theirs.fileno(), trace_fd
 
     def close_channel(self, channel_id: Any) -> None:
         """dom0 is done with a worker's channel (the worker is gone): close it now.
@@ -489,6 +531,7 @@ class Hypervisor:
         del self._worker_channels[fd]
         self._by_sock.pop(fd, None)
         channel.sock.close()
+        self.trace.release(channel.trace_buffer)
 
     def _unmap_quietly(self, mapper: int, handle: int) -> bool:
         """Unmap ``handle`` if it is still mapped; whether it was."""
@@ -553,8 +596,13 @@ class Hypervisor:
             fds.append(port.recv_fd)
             if port.send_fd is not None:
                 fds.append(port.send_fd)
+        domain.trace_buffer, trace_fd = self.trace.new_buffer(
+            domain.name, domain.domid, "dom0" if domain.domid == 0 else "domu"
+        )
+        fds.append(trace_fd)
         boot = {
             **boot,
+            "trace": len(fds) - 1,
             "domid": domain.domid,
             "name": domain.name,
             "uuid": domain.uuid,
@@ -653,6 +701,7 @@ class Hypervisor:
         forget_domain(self, domain.domid)
         self._gnttabs.pop(domain.domid).release()
         logdirty.release(domain)
+        self.trace.release(domain.trace_buffer)
         domain.memory.close()
         self.pool.release(domain.tot_frames)
         self.scheduler.remove_domain(domain.domid)

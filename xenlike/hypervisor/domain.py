@@ -85,6 +85,8 @@ class Domain:
     dirty_log: Any = None  # a xenlike.kernel.dirty_log.DirtyLog in log-dirty mode
     ballooned: set[int] = field(default_factory=set)  # frames given back (decrease_reservation)
 
+    trace_buffer: int | None = None  # its process's trace buffer (the hypervisor's TraceHost id)
+
     @property
     def tot_frames(self) -> int:
         """Frames it holds of the host's pool (Xen's ``tot_pages``): its memory less what it ballooned out."""

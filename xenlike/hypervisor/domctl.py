@@ -211,9 +211,10 @@ def getmemory(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
 
 
 def open_channel(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
-    """Another hypercall socket for dom0, for a back-end worker process; returns its id."""
-    channel, fd = hv.open_channel(caller)
-    return {"channel": channel}, [fd]
+    """Another hypercall socket for dom0, for a back-end worker process; returns its id, the socket
+    and the worker's trace buffer."""
+    channel, fd, trace_fd = hv.open_channel(caller)
+    return {"channel": channel}, [fd, trace_fd]
 
 
 def close_channel(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:

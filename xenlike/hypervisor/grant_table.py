@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from xenlike.hypervisor.domain import Domain
 from xenlike.hypervisor.hypercall import Result
+from xenlike.kernel import trace
 from xenlike.kernel.gnttab import GrantTableFrames
 from xenlike.public.atomic import cmpxchg16, cmpxchg32
 from xenlike.public.grant_table import (
@@ -38,6 +39,7 @@ from xenlike.public.grant_table import (
     GTF_type_mask,
     GTF_writing,
 )
+from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xen import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -274,6 +276,17 @@ def grant_map(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
     channel = hv.calling_channel()
     if channel is not None:
         channel.grant_handles.update(handles)
+    if trace.mask[0] & TraceClass.GRANT:
+        trace.emit(
+            Event.GRANT_MAP,
+            {
+                "granter": granter,
+                "refs": trace.summary(args["refs"]),
+                "handles": trace.summary(handles),
+                "readonly": readonly,
+            },
+            domid=caller.domid,
+        )
     result: dict = {"frames": [m.frame for m in done], "handles": handles}
     if not any(areas):
         return result, []
@@ -300,6 +313,8 @@ def grant_unmap(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> R
         hv.gntalloc.unmapped(caller.domid, mapping.handle)
         if channel is not None:
             channel.grant_handles.discard(handle)
+    if trace.mask[0] & TraceClass.GRANT:
+        trace.emit(Event.GRANT_UNMAP, {"handles": trace.summary(args["handles"])}, domid=caller.domid)
     return {}, []
 
 
@@ -316,6 +331,10 @@ def grant_copy(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Re
         except GrantError as exc:
             log.info("%s: grant copy refused: %s", caller.label, exc)
             statuses.append(exc.status)
+    if trace.mask[0] & TraceClass.GRANT:
+        copied = sum(op["len"] for op, status in zip(args["ops"], statuses) if status == GNTST.okay)
+        failed = sum(status != GNTST.okay for status in statuses)
+        trace.emit(Event.GRANT_COPY, {"ops": len(statuses), "bytes": copied, "failed": failed}, domid=caller.domid)
     return {"status": statuses}, []
 
 

@@ -11,13 +11,16 @@ that nest or whose reply is deferred).
 from __future__ import annotations
 
 import errno
+import time
 from typing import TYPE_CHECKING, Any
 
 from xenlike.hypervisor.domain import Domain, OutOfMemory
 from xenlike.hypervisor.hypercall import Refused, Result
+from xenlike.kernel import trace
 from xenlike.kernel.hypercall import HypercallError
 from xenlike.public.event_channel import EvtchnError
 from xenlike.public.grant_table import GrantError
+from xenlike.public.trace import Event, TraceClass
 
 if TYPE_CHECKING:
     from xenlike.hypervisor.core import Hypervisor
@@ -44,6 +47,8 @@ def multicall(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
     out_fds: list[int] = []
     for index, call in enumerate(args["calls"]):
         op = call.get("op") if isinstance(call, dict) else None
+        started = time.monotonic_ns() if trace.mask[0] & TraceClass.HYPERCALL else 0
+        call_args: dict = {}
         try:
             if not hv.may_be_in_multicall(op):
                 raise Refused(errno.EINVAL, f"{op!r} cannot be part of a multicall")
@@ -57,10 +62,26 @@ def multicall(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
             if isinstance(exc, OutOfMemory):
                 err = errno.ENOMEM
             error = {"index": index, "op": op, "errno": errno.errorcode.get(err, "EINVAL"), "message": str(exc)}
+            if started:
+                _trace_call(caller, index, op, call_args, {"errno": error["errno"]}, started)
             return {"results": results, "error": error}, out_fds
+        if started:
+            _trace_call(caller, index, op, call_args, {"result": trace.summary(result)}, started)
         results.append({"result": result, "fds": list(range(len(out_fds), len(out_fds) + len(call_fds)))})
         out_fds.extend(call_fds)
     return {"results": results}, out_fds
+
+
+def _trace_call(caller: Domain, index: int, op: Any, args: dict, outcome: dict, started: int) -> None:
+    """One call of a batch, as its own TRC_PV_HYPERCALL record (``multicall`` says where it was)."""
+    fields = {
+        "op": op,
+        "args": trace.summary(args),
+        "multicall": index,
+        **outcome,
+        "dur": time.monotonic_ns() - started,
+    }
+    trace.emit_at(Event.HYPERCALL, started, fields, domid=caller.domid)
 
 
 def _resolve(args: dict, results: list[Any]) -> dict:

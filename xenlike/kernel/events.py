@@ -16,10 +16,15 @@ from __future__ import annotations
 import errno
 import os
 import select
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from xenlike.kernel import trace
 from xenlike.public.event_channel import EvtchnError
+from xenlike.public.trace import Event, TraceClass
+
+_EVTCHN = TraceClass.EVTCHN.value
 
 __all__ = ["EventChannel", "EventLoop", "new_port_fd"]
 
@@ -112,6 +117,8 @@ class EventLoop:
         send_fd = self._channel(port).send_fd
         if send_fd is not None:
             os.eventfd_write(send_fd, 1)
+            if trace.mask[0] & _EVTCHN:
+                trace.emit(Event.EVTCHN_SEND, {"port": port})
 
     def mask(self, port: int) -> None:
         """Stop upcalls for ``port``; events still set it pending."""
@@ -159,18 +166,30 @@ class EventLoop:
         except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for safety
             return 0
         by_fd = self._by_fd
+        traced = trace.mask[0] & _EVTCHN
         for fd, _events in ready:
             channel = by_fd.get(fd)
             if channel is not None:
                 self._clear(fd)
                 channel.upcalls += 1
                 if channel.handler is not None:
-                    channel.handler(channel.port)
+                    if traced:
+                        self._traced_upcall(channel, channel.handler)
+                    else:
+                        channel.handler(channel.port)
             else:
                 callback = self._readers.get(fd)
                 if callback is not None:
                     callback(fd)
         return len(ready)
+
+    @staticmethod
+    def _traced_upcall(channel: EventChannel, handler: Handler) -> None:
+        started = time.monotonic_ns()
+        try:
+            handler(channel.port)
+        finally:
+            trace.emit_at(Event.EVTCHN_UPCALL, started, {"port": channel.port, "dur": time.monotonic_ns() - started})
 
     def fileno(self) -> int:
         """The epoll fd, so this loop can itself be polled by an outer loop."""

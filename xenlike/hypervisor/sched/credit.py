@@ -60,6 +60,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from xenlike.hypervisor.sched import Sample, SchedDomain, Scheduler, VcpuProcess
+from xenlike.kernel import trace
+from xenlike.public.trace import Event, TraceClass
 
 __all__ = ["CreditCore", "CreditVcpu", "CreditScheduler", "BOOST", "UNDER", "OVER", "IDLE"]
 
@@ -661,7 +663,12 @@ class CreditScheduler(Scheduler):
             if proc.stopped:
                 self._watch.discard(v)  # sampled once after it stopped: it cannot run now
         before = {v: v.cpu_ns for v in samples}
+        priorities = {v: v.pri for v in samples} if trace.mask[0] & TraceClass.SCHED else None
         self.core.tick(now, samples)
+        if priorities is not None:
+            for v, pri in priorities.items():
+                if v.pri != pri:
+                    _trace_vcpu(Event.SCHED_PRIO, v, was=PRIORITY_NAMES.get(pri, str(pri)))
         for v, sample in samples.items():
             if v.blocked and not v.dead and sample is not None:
                 # An idle vCPU that stays idle is sampled every 1, 2, 4... ticks (at most 320 ms):
@@ -690,15 +697,22 @@ class CreditScheduler(Scheduler):
                 self._release(v)
                 continue
             run, cpus = self.core.desired(v)
+            traced = trace.mask[0] & TraceClass.SCHED
             if run:
                 if cpus is not None:
                     proc.set_affinity(cpus)
+                    if traced:
+                        _trace_vcpu(Event.SCHED_MIGRATE, v, pcpus=sorted(cpus))
                 if proc.stopped:
                     proc.cont()
+                    if traced:
+                        _trace_vcpu(Event.SCHED_CONT, v)
                 if not self._is_dozing(v):
                     self._watch.add(v)
             elif not proc.stopped:
                 proc.stop()
+                if traced:
+                    _trace_vcpu(Event.SCHED_STOP, v, parked=v.parked, paused=v.paused)
                 self._wake_dozer(v)
                 self._watch.add(v)  # for one more sample
             if proc.gone:
@@ -837,3 +851,13 @@ class CreditScheduler(Scheduler):
                 running = running or v.running_on is not None
                 blocked = blocked and v.blocked and not v.paused
         return {"cpu_time": time_ns / 1e9, "running": running, "blocked": live and blocked}
+
+
+def _trace_vcpu(event: Event, v: CreditVcpu, **fields: object) -> None:
+    """A decision about ``v``, with its priority and credit as the core left them."""
+    trace.emit(
+        event,
+        {"prio": PRIORITY_NAMES.get(v.pri, str(v.pri)), "credit": v.credit, "pcpu": v.processor, **fields},
+        domid=v.domain.domid,
+        vcpu=v.vcpu,
+    )

@@ -26,6 +26,7 @@ from xenlike.tools.xl import (
     saverestore,
     sched,
     top,
+    trace,
     vcpu,
     vmcontrol,
     xenstore,
@@ -408,6 +409,26 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
             DOMAIN,
             Arg("vcpu", metavar="VCPU", help="a vCPU number, or all"),
             Arg("cpus", metavar="CPUS", help="pCPUs in xl's syntax: 1, 0-3, 0-3,^2, all"),
+        ),
+    ),
+    CmdSpec(
+        "trace",
+        trace.main_trace,
+        "what the hypervisor, dom0, back ends and guests do, live: hypercalls, events, xenbus, xenstore, "
+        "grants, scheduling, builds (xentrace, readable)",
+        (
+            Arg("-d", "--domain", metavar="DOMAIN", help="only what concerns this domain (name or id)"),
+            Arg("--class", dest="classes", metavar="LIST", help=trace.CLASSES_HELP),
+            Arg("--json", action="store_true", help="one JSON object per record instead of a readable line"),
+            Arg("-T", "--time", type=float, metavar="SECONDS", help="stop after SECONDS (default: at Ctrl-C)"),
+            Arg("--record", metavar="FILE", help="write the records to FILE (JSON lines) for --export"),
+            Arg("--export", metavar="FILE", help="read a --record FILE instead of the host (with --perfetto)"),
+            Arg(
+                "--perfetto",
+                metavar="OUT",
+                help="with --export: write a timeline in Chrome's trace format (JSON) for ui.perfetto.dev or "
+                "chrome://tracing: a track per domain and vCPU, calls as spans, events as instants",
+            ),
         ),
     ),
     CmdSpec(
