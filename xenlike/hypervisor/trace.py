@@ -45,6 +45,7 @@ __all__ = ["TraceHost", "BufferEntry"]
 log = logging.getLogger("xenlike.hypervisor.trace")
 
 BATCH = 32  # buffers (fds) per answer, well under a message's MAX_FDS
+MAX_REFUSED = 8  # refused callers' sockets kept open until they close them
 
 
 @dataclass
@@ -72,6 +73,7 @@ class TraceHost:
         self._selector = selector
         self._pids_of_domains = pids_of_domains  # () -> set of process-group ids of every domain
         self._reader: socket.socket | None = None
+        self._refused = 0  # refused callers' sockets kept open
         self.path = run_dir / TRACE_SOCKET
         self.path.unlink(missing_ok=True)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -127,10 +129,28 @@ class TraceHost:
         why = self._refusal(pid, uid)
         if why is not None:
             log.warning("trace: refused a reader (pid %d, uid %d): %s", pid, uid, why)
-            _answer(sock, {"ok": False, "errno": "EPERM", "error": why})
-            sock.close()
+            refusal = {"ok": False, "errno": "EPERM", "error": why}
+            _answer(sock, refusal)
+            if self._refused >= MAX_REFUSED:
+                sock.close()  # a caller that keeps connecting gets no more of the hypervisor's fds
+                return
+            # Kept open until the caller closes it, each request answered alike: closing a socket
+            # with a request unread would reset it, and the refusal would be lost.
+            self._refused += 1
+            self._selector.register(sock, selectors.EVENT_READ, lambda s: self._refuse_again(s, refusal))
             return
         self._selector.register(sock, selectors.EVENT_READ, self._on_request)
+
+    def _refuse_again(self, sock: socket.socket, refusal: dict) -> None:
+        try:
+            _message, fds = recv_message(sock)
+        except (ChannelClosed, ConnectionError, ValueError):
+            self._refused -= 1
+            self._close_client(sock)
+            return
+        for fd in fds:
+            os.close(fd)
+        _answer(sock, refusal)
 
     def _refusal(self, pid: int, uid: int) -> str | None:
         if uid not in (0, os.getuid()):

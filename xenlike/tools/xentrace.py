@@ -90,7 +90,10 @@ class TraceReader:
 
     def _ask(self, request: dict) -> tuple[dict, list[int]]:
         try:
-            send_message(self._sock, request)
+            try:
+                send_message(self._sock, request)
+            except BrokenPipeError:
+                pass  # a refused reader's socket is closed at once: its refusal waits to be read
             answer, fds = recv_message(self._sock)
         except (ChannelClosed, ConnectionError, TimeoutError) as exc:
             raise TraceError(f"the hypervisor stopped answering the trace: {exc or 'it closed the socket'}") from exc
@@ -210,11 +213,13 @@ class DomainFilter:
     """``-d NAME``: the records about one domain, its name resolved as its buffer appears.
 
     A record is about the domain if it is its own (``domid``) or names it as
-    the domain acted for (``dom``, ``conn``, ``frontend``, ``granter``; a
-    builder's step before the domain has an id names it by ``name``).
+    the domain acted for (``dom``, ``conn``, ``frontend``, ``granter``, or a
+    hypercall's ``dom``, ``domid``, ``remote_dom``, ``granter``; a builder's
+    step or ``createdomain`` names it by ``name`` before it has an id).
     """
 
     KEYS = ("dom", "conn", "frontend", "granter")
+    ARG_KEYS = ("dom", "domid", "remote_dom", "granter")  # a hypercall's arguments that name a domain
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -236,7 +241,9 @@ class DomainFilter:
         if record["domid"] == domid or any(record.get(key) == domid for key in self.KEYS):
             return True
         args = record.get("args")
-        return isinstance(args, dict) and domid in (args.get("dom"), args.get("domid"))
+        if not isinstance(args, dict):
+            return False
+        return args.get("name") == self.name or any(args.get(key) == domid for key in self.ARG_KEYS)
 
 
 _HEADER_KEYS = ("ns", "event", "cls", "domid", "vcpu", "src")
