@@ -43,6 +43,7 @@ from .balloon import Balloon
 from .blkfront import BlkfrontDriver
 from .console import ConsoleFront, ConsoleStream
 from .netfront import NetfrontDriver
+from .sysrq import SYSRQ_PATH, SysrqHandler
 from .vchan import VchanDriver
 from .vcpu import WorkloadGlobals, fork_vcpus
 from .workload import SuspendRefused, WorkloadContext, WorkloadError, load_workload
@@ -192,6 +193,8 @@ class Kernel:
         prepared.attach(self)  # its event-loop thread starts serving this kernel
         self._take_over_stdio()
         self.xenbus.watch_async("control/shutdown", "control-shutdown", self._on_shutdown_request)
+        sysrq = SysrqHandler(self.label, self.xenbus, self._shutdown, self._memory_report)
+        self.xenbus.watch_async(SYSRQ_PATH, "control-sysrq", sysrq)
         for feature in ("feature-poweroff", "feature-reboot", "feature-suspend"):
             self.xenbus.write_async(f"control/{feature}", "1")
         image = self.start_info.image
@@ -449,6 +452,14 @@ class Kernel:
         line = workload_state.one_line(reason)
         print(f"[{self.label}] cannot be suspended: {line}", file=sys.stderr)
         self.xenbus.write_async(suspend_abi.SUSPEND_ERROR, line)
+
+    def _memory_report(self) -> str:
+        """What sysrq 'm' shows: the domain's frames and what its kernel has free."""
+        si = self.start_info
+        return (
+            f"[{self.label}] {self.memory.nr_frames} frames ({self.memory.nr_frames * 4} KiB), "
+            f"{self.pages.free_frames} free for the kernel, grant table {si.gnttab_frames} frames"
+        )
 
     def _shutdown(self, reason: int) -> int:
         """SCHEDOP_shutdown: flush the console and tell the hypervisor; never returns."""

@@ -32,7 +32,7 @@ from ..xenbus_backend import XenbusBackend
 from ..xenconsoled import Xenconsoled
 from ..xenstore_service import XenstoreService
 from ..xenstored import LocalXenstore
-from . import ops_console, ops_device, ops_domain, ops_memory, ops_migrate, ops_sched, ops_xenstore
+from . import ops_console, ops_debug, ops_device, ops_domain, ops_memory, ops_migrate, ops_sched, ops_xenstore
 from .lifecycle import Lifecycle
 from .loop_calls import LoopCalls
 from .request import Request, ToolstackError
@@ -103,6 +103,11 @@ OPS: dict[str, Op] = {
     "network_attach": Op(ops_device.network_attach),
     "network_detach": Op(ops_device.network_detach, defers=True),
     "network_list": Op(ops_device.network_list),
+    # debugging (xl debug-keys, dump-core, sysrq, trigger)
+    "debug_keys": Op(ops_debug.debug_keys),
+    "dump_core": Op(ops_debug.dump_core),
+    "sysrq": Op(ops_debug.sysrq),
+    "trigger": Op(ops_debug.trigger),
 }
 
 

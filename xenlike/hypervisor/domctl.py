@@ -41,6 +41,8 @@ __all__ = [
     "sched_credit_set",
     "vcpu_list",
     "vcpu_pin",
+    "sendtrigger",
+    "TRIGGERS",
 ]
 
 log = logging.getLogger("xenlike.hypervisor")
@@ -295,3 +297,34 @@ def vcpu_pin(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Resu
         ",".join(map(str, sorted(cpus))),
     )
     return {}, []
+
+
+# XEN_DOMCTL_SENDTRIGGER_*: what each does to a PV guest (Xen's arch_do_domctl takes only NMI for PV).
+TRIGGERS = {
+    "nmi": "every thread's stack of its vCPU 0 into the host's logs/hypervisor-stderr.log",
+    "reset": None,
+    "init": None,
+    "power": None,
+    "sleep": None,
+    "s3resume": None,
+}
+
+
+def sendtrigger(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """XEN_DOMCTL_sendtrigger: an NMI to a domU's vCPU 0 (its kernel dumps its threads); the
+    ACPI triggers are refused, as Xen refuses them for a PV guest."""
+    trigger, vcpu = args["trigger"], args.get("vcpu", 0)
+    if trigger not in TRIGGERS:
+        raise Refused(errno.EINVAL, f"no trigger {trigger!r}: the triggers are {', '.join(TRIGGERS)}")
+    domain, pid = _running_domu(hv, args["domid"])
+    if TRIGGERS[trigger] is None:
+        raise Refused(
+            errno.ENOSYS,
+            f"trigger {trigger!r} is an HVM guest's (ACPI or a CPU reset); {domain.label} is PV: "
+            "use shutdown, reboot or destroy",
+        )
+    if vcpu != 0:
+        raise Refused(errno.EINVAL, f"an NMI goes to vCPU 0 of {domain.label}, whose kernel runs there, not {vcpu}")
+    os.kill(pid, signal.SIGUSR1)  # the guest kernel's faulthandler: its NMI handler
+    log.info("%s: NMI sent to vCPU 0", domain.label)
+    return {"trigger": trigger}, []

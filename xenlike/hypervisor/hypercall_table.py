@@ -18,6 +18,7 @@ from xenlike.hypervisor import (
     event_channel,
     gntalloc,
     grant_table,
+    keyhandler,
     logdirty,
     memory_op,
     multicall,
@@ -120,6 +121,8 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               doc="XEN_DOMCTL_getvcpuinfo of one domain's vCPUs, or every domain's"),
     Hypercall("domctl", domctl.vcpu_pin, cmd="vcpu_pin", privileged=True,
               doc="XEN_DOMCTL_setvcpuaffinity: a vCPU's hard affinity"),
+    Hypercall("domctl", domctl.sendtrigger, cmd="sendtrigger", privileged=True,
+              doc="XEN_DOMCTL_sendtrigger: an NMI to a domU (its threads' stacks); ACPI triggers are HVM's"),
     # The host (sysctl.py)
     Hypercall("sysctl", sysctl.physinfo, cmd="physinfo", privileged=True,
               doc="the host's frames, pCPUs, version, grant mappings and ports"),
@@ -127,6 +130,8 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               doc="the hypervisor's console ring (xl dmesg), cleared if asked"),
     Hypercall("sysctl", sysctl.sched_info, cmd="sched_info", privileged=True,
               doc="the pool's scheduler and its parameters"),
+    Hypercall("sysctl", keyhandler.debug_keys, cmd="debug_keys", privileged=True,
+              doc="XEN_SYSCTL_debug_keys: press debug keys; what they dump goes to the console ring"),
     # Batches (multicall.py)
     Hypercall("multicall", multicall.multicall, in_multicall=False,
               doc="several of the above in one round trip; {'$result': [i, key]} takes an earlier result's field"),

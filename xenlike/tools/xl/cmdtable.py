@@ -18,6 +18,7 @@ from xenlike.tools.suggest import did_you_mean
 from xenlike.tools.xl import (
     block,
     console,
+    debug,
     host,
     info,
     mem,
@@ -409,6 +410,38 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
             DOMAIN,
             Arg("vcpu", metavar="VCPU", help="a vCPU number, or all"),
             Arg("cpus", metavar="CPUS", help="pCPUs in xl's syntax: 1, 0-3, 0-3,^2, all"),
+        ),
+    ),
+    CmdSpec("domid", debug.main_domid, "a domain's id", (Arg("name", metavar="NAME", help="the domain's name"),)),
+    CmdSpec("domname", debug.main_domname, "a domain's name", (Arg("domid", metavar="ID", help="the domain's id"),)),
+    CmdSpec(
+        "debug-keys",
+        debug.main_debug_keys,
+        "the hypervisor dumps its state into its log (`xenlike dmesg`): q domains, e event channels, "
+        "g grant maptrack, r run queues, h the keys",
+        (Arg("keys", metavar="KEYS", help="the keys to press, e.g. qer"),),
+    ),
+    CmdSpec(
+        "dump-core",
+        debug.main_dump_core,
+        "write a domain's memory to FILE as an ELF core (one PT_LOAD per run of frames; readelf -l FILE)",
+        (DOMAIN, Arg("file", metavar="FILE", help="the core file to write (relative to this directory)")),
+    ),
+    CmdSpec(
+        "sysrq",
+        debug.main_sysrq,
+        "send a magic SysRq letter to a domain's kernel: h help, t threads, m memory, b reboot, o poweroff, c crash",
+        (DOMAIN, Arg("letter", metavar="LETTER")),
+    ),
+    CmdSpec(
+        "trigger",
+        debug.main_trigger,
+        "send a trigger to a domain: nmi (its kernel's threads' stacks into logs/hypervisor-stderr.log); "
+        "reset, init, power, sleep and s3resume are HVM's and refused",
+        (
+            DOMAIN,
+            Arg("trigger", metavar="TRIGGER", choices=debug.TRIGGERS),
+            Arg("vcpu", metavar="VCPU", type=int, nargs="?", default=0, help="the vCPU (default 0)"),
         ),
     ),
     CmdSpec(
