@@ -20,8 +20,18 @@ from collections.abc import Callable
 from xenlike.kernel.byte_channel import ByteChannel
 from xenlike.kernel.events import EventLoop
 from xenlike.public.ring import RingError
-from xenlike.public.xs_wire import MessageReader, XenstoreInterface, XsWireError, pack_msg
+from xenlike.public.xs_wire import (
+    MessageReader,
+    XenstoreInterface,
+    XsMessage,
+    XsWireError,
+    error_payload,
+    pack_msg,
+)
+from xenlike.public.xs_wire import XsdSockmsgType as XS
 
+from .faults import HeldRequests, XenstoreFaults, traced
+from .faults import now as fault_clock
 from .xenstored import Connection, Delivery, Xenstored
 
 __all__ = ["XenstoreService", "RingConnection"]
@@ -48,6 +58,7 @@ class RingConnection:
         self.port = port
         self.label = label
         self._reader = MessageReader()
+        self._held = HeldRequests()  # requests an injected xs-delay holds back, in order
         self.channel = ByteChannel(interface.rsp, interface.req, lambda: service.loop.notify(port), self._on_requests)
 
     @property
@@ -64,10 +75,56 @@ class RingConnection:
 
     def _on_requests(self, data: bytes) -> None:
         for message in self._reader.feed(data):
-            deliveries = self.service.daemon.handle(
-                self.conn, message.type, message.req_id, message.tx_id, message.payload
-            )
-            self.service.route(deliveries)
+            if self.service.faults.rules or self._held.queue:
+                self._faulted(message)
+            else:
+                self._handle(message)
+
+    def _handle(self, message: XsMessage) -> None:
+        deliveries = self.service.daemon.handle(self.conn, message.type, message.req_id, message.tx_id, message.payload)
+        self.service.route(deliveries)
+
+    # -- injected faults (dom0/faults.py: xs-refuse, xs-delay) ---------------------------
+
+    def _faulted(self, message: XsMessage) -> None:
+        rule = self.service.faults.match(self.conn.domid, message.payload)
+        delay = rule.delay_ms / 1000 if rule is not None and rule.kind == "xs-delay" else 0.0
+        if not delay and not self._held.queue:
+            self._serve(message)
+            return
+        if delay:
+            traced("xs-delay", conn=self.conn.domid, path=rule.path if rule else "", delay_ms=int(delay * 1000))
+        self._held.hold(message, fault_clock() + delay)
+        self._schedule()
+
+    def _serve(self, message: XsMessage) -> None:
+        """Handle a request now, unless an xs-refuse rule answers it with its errno."""
+        rule = self.service.faults.match(self.conn.domid, message.payload)
+        if rule is None or rule.kind != "xs-refuse":
+            self._handle(message)
+            return
+        traced("xs-refuse", conn=self.conn.domid, path=rule.path, errno=rule.errno_name)
+        self.service.route(
+            [Delivery(self.conn, XS.ERROR, message.req_id, message.tx_id, error_payload(rule.errno_name))]
+        )
+
+    def _schedule(self) -> None:
+        due, poll = self._held.next_due(), self.service.faults.poll
+        if due is None:
+            return
+        if poll is None:
+            self._release()  # nobody to wait with: served now rather than never
+            return
+        poll(lambda: fault_clock() >= due, max(0.0, due - fault_clock()) + 0.01, lambda ok: self._release())
+
+    def _release(self) -> None:
+        if self.broken:
+            self._held.queue.clear()
+            return
+        for message in self._held.due(fault_clock()):
+            self._serve(message)
+        if self._held.queue:
+            self._schedule()
 
     def send(self, delivery: Delivery) -> None:
         """A reply or watch event for the guest; what does not fit waits for room."""
@@ -91,6 +148,7 @@ class XenstoreService:
     def __init__(self, loop: EventLoop) -> None:
         self.loop = loop
         self.daemon = Xenstored(sink=self._sink)
+        self.faults = XenstoreFaults()  # xs-refuse / xs-delay rules (xenlike inject)
         self._rings: dict[int, RingConnection] = {}  # by connection id
         self._by_domid: dict[int, RingConnection] = {}
 

@@ -28,11 +28,22 @@ from xenlike.kernel.rundir import RunDir
 from xenlike.public.xs_wire import XsError
 
 from ..builder import BuiltDomain, DomainBuilder
+from ..faults import InjectedFaults
 from ..xenbus_backend import XenbusBackend
 from ..xenconsoled import Xenconsoled
 from ..xenstore_service import XenstoreService
 from ..xenstored import LocalXenstore
-from . import ops_console, ops_debug, ops_device, ops_domain, ops_memory, ops_migrate, ops_sched, ops_xenstore
+from . import (
+    ops_console,
+    ops_debug,
+    ops_device,
+    ops_domain,
+    ops_inject,
+    ops_memory,
+    ops_migrate,
+    ops_sched,
+    ops_xenstore,
+)
 from .lifecycle import Lifecycle
 from .loop_calls import LoopCalls
 from .request import Request, ToolstackError
@@ -108,6 +119,10 @@ OPS: dict[str, Op] = {
     "dump_core": Op(ops_debug.dump_core),
     "sysrq": Op(ops_debug.sysrq),
     "trigger": Op(ops_debug.trigger),
+    # fault injection (xenlike inject)
+    "inject": Op(ops_inject.inject),
+    "inject_list": Op(ops_inject.inject_list),
+    "inject_clear": Op(ops_inject.inject_clear),
 }
 
 
@@ -186,6 +201,7 @@ class Toolstack:
         self.xenstore_watches: dict[tuple[bytes, int], Any] = {}
         self._waiters: list[_Waiter] = []
         self._polls: list[_Poll] = []
+        self.injected = InjectedFaults()  # xenlike inject's faults
 
     @property
     def domains(self) -> dict[int, BuiltDomain]:

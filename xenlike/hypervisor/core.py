@@ -702,6 +702,7 @@ class Hypervisor:
         self._gnttabs.pop(domain.domid).release()
         logdirty.release(domain)
         self.trace.release(domain.trace_buffer)
+        self.trace.forget_domain(domain.domid)
         domain.memory.close()
         self.pool.release(domain.tot_frames)
         self.scheduler.remove_domain(domain.domid)

@@ -18,6 +18,7 @@ from xenlike.hypervisor.domain import Domain
 from xenlike.hypervisor.hypercall import Deferred, Refused, Result
 from xenlike.hypervisor.sched import DEFAULT_WEIGHT, SchedError
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES
+from xenlike.public.trace import FaultAction
 from xenlike.public.xen import PAGE_SIZE, ShutdownReason
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ __all__ = [
     "vcpu_pin",
     "sendtrigger",
     "TRIGGERS",
+    "freeze_vcpu",
+    "evtchn_fault",
 ]
 
 log = logging.getLogger("xenlike.hypervisor")
@@ -328,3 +331,34 @@ def sendtrigger(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> R
     os.kill(pid, signal.SIGUSR1)  # the guest kernel's faulthandler: its NMI handler
     log.info("%s: NMI sent to vCPU 0", domain.label)
     return {"trigger": trigger}, []
+
+
+def freeze_vcpu(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """An injected fault: keep one vCPU of a running domU stopped (``frozen``) or let it go again."""
+    domain, _pid = _running_domu(hv, args["domid"])
+    vcpu, frozen = int(args["vcpu"]), bool(args["frozen"])
+    try:
+        hv.scheduler.freeze_vcpu(domain.domid, vcpu, frozen)
+    except SchedError as exc:
+        raise Refused(exc.errno, str(exc)) from None
+    log.warning("%s: vCPU %d %s (injected fault)", domain.label, vcpu, "frozen" if frozen else "thawed")
+    return {"vcpu": vcpu, "frozen": frozen}, []
+
+
+def evtchn_fault(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """An injected fault: drop or delay what a domain sends on one of its ports (``action`` none clears it)."""
+    domain = hv.domain(args["domid"])
+    port, action, delay_ms = int(args["port"]), str(args["action"]), int(args.get("delay_ms", 0))
+    actions = {"none": FaultAction.NONE, "drop": FaultAction.DROP, "delay": FaultAction.DELAY}
+    if action not in actions:
+        raise Refused(errno.EINVAL, f"no event-channel fault {action!r}: drop, delay or none")
+    if action == "delay" and not 0 < delay_ms <= 60_000:
+        raise Refused(errno.EINVAL, f"a delay of {delay_ms} ms is not within 1 to 60000")
+    if action != "none" and not any(p.port == port for p in hv.evtchn.port_fds(domain.domid)):
+        raise Refused(errno.EINVAL, f"{domain.label} has no port {port} open (`xenlike debug-keys e` lists them)")
+    try:
+        hv.trace.set_evtchn_fault(domain.domid, port, actions[action], delay_ms)
+    except ValueError as exc:
+        raise Refused(errno.ENOSPC, str(exc)) from None
+    log.warning("%s: port %d: %s (injected fault)", domain.label, port, action)
+    return {"port": port, "action": action}, []

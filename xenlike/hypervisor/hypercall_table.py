@@ -121,6 +121,10 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               doc="XEN_DOMCTL_getvcpuinfo of one domain's vCPUs, or every domain's"),
     Hypercall("domctl", domctl.vcpu_pin, cmd="vcpu_pin", privileged=True,
               doc="XEN_DOMCTL_setvcpuaffinity: a vCPU's hard affinity"),
+    Hypercall("domctl", domctl.freeze_vcpu, cmd="freeze_vcpu", privileged=True,
+              doc="an injected fault: keep one vCPU of a domU stopped, or let it go"),
+    Hypercall("domctl", domctl.evtchn_fault, cmd="evtchn_fault", privileged=True,
+              doc="an injected fault: drop or delay a domain's sends on one port (none: clear it)"),
     Hypercall("domctl", domctl.sendtrigger, cmd="sendtrigger", privileged=True,
               doc="XEN_DOMCTL_sendtrigger: an NMI to a domU (its threads' stacks); ACPI triggers are HVM's"),
     # The host (sysctl.py)

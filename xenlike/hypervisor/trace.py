@@ -37,7 +37,7 @@ from typing import Any
 from xenlike.kernel import trace
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message
 from xenlike.kernel.trace import TraceBuffer
-from xenlike.public.trace import ALL_CLASSES, TRACE_SOCKET
+from xenlike.public.trace import ALL_CLASSES, MAX_FAULTS, TRACE_SOCKET, FaultAction
 from xenlike.public.xen import DOMID_XEN
 
 __all__ = ["TraceHost", "BufferEntry"]
@@ -69,6 +69,7 @@ class TraceHost:
     def __init__(self, run_dir: Path, selector: selectors.BaseSelector, pids_of_domains: Any) -> None:
         self.mask = 0
         self.entries: dict[int, BufferEntry] = {}
+        self.faults: dict[int, dict[int, tuple[int, int]]] = {}  # domid -> port -> (action, delay_ms)
         self._next_id = 0
         self._selector = selector
         self._pids_of_domains = pids_of_domains  # () -> set of process-group ids of every domain
@@ -94,7 +95,30 @@ class TraceHost:
             os.close(fd)
             raise
         self.entries[self._next_id] = BufferEntry(self._next_id, name, domid, role, fd, buffer)
+        if self.faults.get(domid):
+            buffer.set_faults(self._fault_entries(domid))
         return self._next_id, fd
+
+    def set_evtchn_fault(self, domid: int, port: int, action: int, delay_ms: int = 0) -> None:
+        """Arm (or, with ``FaultAction.NONE``, disarm) a fault on ``domid``'s sends on ``port``, in each of
+        its processes' headers (dom0's and its back-end workers' for dom0)."""
+        ports = self.faults.setdefault(domid, {})
+        if action == FaultAction.NONE:
+            ports.pop(port, None)
+        elif port not in ports and len(ports) >= MAX_FAULTS:
+            raise ValueError(f"d{domid} has {MAX_FAULTS} event-channel faults already: clear one first")
+        else:
+            ports[port] = (action, delay_ms)
+        for entry in self.entries.values():
+            if entry.domid == domid:
+                entry.buffer.set_faults(self._fault_entries(domid))
+
+    def forget_domain(self, domid: int) -> None:
+        """A domain is gone: its faults go with it (its id may name another domain later)."""
+        self.faults.pop(domid, None)
+
+    def _fault_entries(self, domid: int) -> list[tuple[int, int, int]]:
+        return [(port, action, delay) for port, (action, delay) in sorted(self.faults.get(domid, {}).items())]
 
     def release(self, buffer_id: int | None) -> None:
         """The buffer's writer ended: close it here (a reader holds its own fd and drains it)."""

@@ -16,15 +16,24 @@ from __future__ import annotations
 import errno
 import os
 import select
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from xenlike.kernel import trace
 from xenlike.public.event_channel import EvtchnError
-from xenlike.public.trace import Event, TraceClass
+from xenlike.public.trace import Event, FaultAction, TraceClass
 
 _EVTCHN = TraceClass.EVTCHN.value
+
+
+def _late_send(send_fd: int) -> None:
+    try:
+        os.eventfd_write(send_fd, 1)
+    finally:
+        os.close(send_fd)
+
 
 __all__ = ["EventChannel", "EventLoop", "new_port_fd"]
 
@@ -116,6 +125,8 @@ class EventLoop:
         """``notify_remote_via_evtchn``: set the peer pending. Dropped while unbound."""
         send_fd = self._channel(port).send_fd
         if send_fd is not None:
+            if trace.faults[0] and self._injected(port, send_fd):
+                return
             os.eventfd_write(send_fd, 1)
             if trace.mask[0] & _EVTCHN:
                 trace.emit(Event.EVTCHN_SEND, {"port": port})
@@ -182,6 +193,21 @@ class EventLoop:
                 if callback is not None:
                     callback(fd)
         return len(ready)
+
+    @staticmethod
+    def _injected(port: int, send_fd: int) -> bool:
+        """An injected fault on ``port`` (``xenlike inject evtchn-drop``/``-delay``): True if it took the send."""
+        action, delay_ms = trace.fault_for(port)
+        if action == FaultAction.NONE:
+            return False
+        if trace.mask[0] & TraceClass.FAULT:
+            trace.emit(Event.FAULT, {"kind": f"evtchn-{FaultAction(action).name.lower()}", "port": port})
+        if action == FaultAction.DELAY:
+            # A copy of the fd: the port may be closed, and its number reused, before the timer fires.
+            timer = threading.Timer(delay_ms / 1000, _late_send, (os.dup(send_fd),))
+            timer.daemon = True
+            timer.start()
+        return True
 
     @staticmethod
     def _traced_upcall(channel: EventChannel, handler: Handler) -> None:

@@ -30,12 +30,15 @@ from typing import Any
 
 from xenlike.public.trace import (
     DEFAULT_SIZE,
+    FAULT_WORDS,
     HEADER_BYTES,
     MAGIC,
+    MAX_FAULTS,
     MAX_RECORD,
     RECORD,
     RECORD_BYTES,
     VERSION,
+    FaultAction,
     Word,
     class_of,
     pack_record,
@@ -53,6 +56,8 @@ __all__ = [
     "summary",
     "mask",
     "attached",
+    "faults",
+    "fault_for",
 ]
 
 _U32 = 0xFFFFFFFF
@@ -158,6 +163,15 @@ class TraceBuffer:
             pos += length
         return records, new_lost, None
 
+    def set_faults(self, entries: list[tuple[int, int, int]]) -> None:
+        """The event-channel faults of this buffer's process: ``(port, action, delay_ms)``, at most MAX_FAULTS."""
+        words = self.words
+        words[Word.FAULTS] = 0  # no reader sees a half-written table
+        for index, (port, action, delay_ms) in enumerate(entries[:MAX_FAULTS]):
+            base = Word.FAULT_TABLE + index * FAULT_WORDS
+            words[base], words[base + 1], words[base + 2] = port, action, delay_ms
+        words[Word.FAULTS] = min(len(entries), MAX_FAULTS)
+
     def set_mask(self, value: int) -> None:
         """The classes this buffer's writer records (the hypervisor's to set)."""
         self.words[Word.MASK] = value & _U32
@@ -183,14 +197,29 @@ class TraceBuffer:
 
 _OFF = memoryview(bytearray(4)).cast("I")  # the mask of a process with no buffer: nothing is traced
 mask: memoryview = _OFF
+_NO_FAULTS = memoryview(bytearray(4)).cast("I")
+faults: memoryview = _NO_FAULTS  # the count of event-channel faults armed in this process (0: none)
 _buffer: TraceBuffer | None = None
 _domid = 0
 _vcpu = 0
 
 
+def fault_for(port: int) -> tuple[int, int]:
+    """``(action, delay_ms)`` armed for ``port`` in this process's header (``FaultAction.NONE``: none)."""
+    buffer = _buffer
+    if buffer is None:
+        return FaultAction.NONE, 0
+    words = buffer.words
+    for index in range(min(words[Word.FAULTS], MAX_FAULTS)):
+        base = Word.FAULT_TABLE + index * FAULT_WORDS
+        if words[base] == port:
+            return words[base + 1], words[base + 2]
+    return FaultAction.NONE, 0
+
+
 def attach(fd: int, domid: int, vcpu: int = 0) -> None:
     """Write this process's records into the buffer in ``fd`` (closed here), as ``domid``'s ``vcpu``."""
-    global mask, _buffer, _domid, _vcpu
+    global mask, faults, _buffer, _domid, _vcpu
     detach()
     try:
         buffer = TraceBuffer(fd)
@@ -198,23 +227,25 @@ def attach(fd: int, domid: int, vcpu: int = 0) -> None:
         os.close(fd)
     _buffer, _domid, _vcpu = buffer, domid, vcpu
     mask = buffer.words[Word.MASK : Word.MASK + 1]
+    faults = buffer.words[Word.FAULTS : Word.FAULTS + 1]
 
 
 def detach() -> None:
     """Trace nothing more from this process (and from a child it forks, which must not share the buffer)."""
-    global mask, _buffer
+    global mask, faults, _buffer
     buffer, _buffer = _buffer, None
-    if mask is not _OFF:
-        old, mask = mask, _OFF
-        old.release()
+    for view in (mask, faults):
+        if view is not _OFF and view is not _NO_FAULTS:
+            view.release()
+    mask, faults = _OFF, _NO_FAULTS
     if buffer is not None:
         buffer.close()
 
 
 def _detach_in_child() -> None:
     # A forked child shares the parent's mapping: two unsynchronised writers would corrupt it.
-    global mask, _buffer
-    mask, _buffer = _OFF, None
+    global mask, faults, _buffer
+    mask, faults, _buffer = _OFF, _NO_FAULTS, None
 
 
 os.register_at_fork(after_in_child=_detach_in_child)

@@ -14,6 +14,15 @@ a data area of ``size`` bytes (a power of two)::
     u32 lost     records dropped       20      trace.c's per-CPU lost_records
     u32 mask     classes enabled       24      trace.c's tb_event_mask
     u32 domid    the writer's domain   28
+    u32 faults   armed entries below   32
+    ...
+    fault[16]    u32 port, u32 action, u32 delay_ms (from word 16)
+
+The fault table is not tracing's: the header page is the one page the
+hypervisor shares with every process, so it also carries the event-channel
+faults injected into that process (``xenlike inject evtchn-drop``/``-delay``):
+an ``EventLoop.notify`` on a port listed there is dropped or delayed. Only the
+hypervisor writes it, ``faults`` last.
 
 ``prod`` and ``cons`` run freely modulo 2**32 (Xen's run modulo twice the
 size); ``prod - cons`` is what is waiting. Only the writer stores ``prod`` and
@@ -72,6 +81,9 @@ __all__ = [
     "TraceRecord",
     "RecordError",
     "TRACE_SOCKET",
+    "MAX_FAULTS",
+    "FAULT_WORDS",
+    "FaultAction",
 ]
 
 MAGIC = 0x42544C58  # "XLTB" little-endian
@@ -92,6 +104,20 @@ class Word(enum.IntEnum):
     LOST = 5
     MASK = 6
     DOMID = 7
+    FAULTS = 8
+    FAULT_TABLE = 16
+
+
+MAX_FAULTS = 16  # event-channel faults one process can carry
+FAULT_WORDS = 3  # port, action, delay_ms
+
+
+class FaultAction(enum.IntEnum):
+    """What an armed entry does to a notification on its port."""
+
+    NONE = 0
+    DROP = 1  # the notification is lost, as if the eventfd write never happened
+    DELAY = 2  # sent delay_ms later, from another thread
 
 
 RECORD = struct.Struct("<IIQHH")  # length, event, ns, domid, vcpu

@@ -288,6 +288,13 @@ class Scheduler(abc.ABC):
         """The hypervisor has SIGCONTed the domain's processes (``domain_unpause``)."""
         self._domain(domid).paused = False
 
+    def freeze_vcpu(self, domid: int, vcpu: int, frozen: bool) -> None:
+        """Keep one vCPU stopped (an injected fault) until thawed, its domain running; SchedError if this
+        scheduler cannot (it must own the vCPUs' stops and continues to keep one stopped)."""
+        raise SchedError(
+            errno.EOPNOTSUPP, f"the {self.name} scheduler cannot freeze one vCPU: use the credit scheduler"
+        )
+
     # -- time -----------------------------------------------------------------------
 
     def next_tick(self) -> int | None:

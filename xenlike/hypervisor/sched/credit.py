@@ -55,11 +55,12 @@ Known differences from Xen:
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from xenlike.hypervisor.sched import Sample, SchedDomain, Scheduler, VcpuProcess
+from xenlike.hypervisor.sched import Sample, SchedDomain, SchedError, Scheduler, VcpuProcess
 from xenlike.kernel import trace
 from xenlike.public.trace import Event, TraceClass
 
@@ -234,6 +235,20 @@ class CreditCore:
             self._unqueue(v)
             v.paused = True
             self._changed.add(v)
+
+    def freeze(self, v: CreditVcpu) -> None:
+        """One vCPU stopped by the hypervisor (an injected fault) while its domain runs."""
+        self._unqueue(v)
+        v.paused = True
+        self._changed.add(v)
+
+    def thaw(self, v: CreditVcpu) -> None:
+        """A frozen vCPU is free again: it runs as one just woken."""
+        v.paused = False
+        if not v.dead and not v.parked:
+            v.blocked = True
+            v.boost_ok = True
+        self._changed.add(v)
 
     def unpause(self, domid: int) -> None:
         """The domain's processes were continued: they run free until the next tick."""
@@ -592,6 +607,7 @@ class CreditScheduler(Scheduler):
         # Idle vCPUs left out of _watch until their next sample, by that tick: a tick then
         # costs the same with 200 idle guests as with none.
         self._dozing: dict[int, set[CreditVcpu]] = {}
+        self._frozen: set[CreditVcpu] = set()  # vCPUs an injected fault keeps stopped
 
     # -- domains and vCPUs ----------------------------------------------------------
 
@@ -642,7 +658,25 @@ class CreditScheduler(Scheduler):
                 proc.stopped = False
                 self._watch.add(v)
         self.core.unpause(domid)
+        for v in self.core.domains[domid].vcpus:
+            if v in self._frozen:
+                self.core.freeze(v)  # the group's SIGCONT woke it: stopped again below
         self._apply()  # parked vCPUs stay stopped
+
+    def freeze_vcpu(self, domid: int, vcpu: int, frozen: bool) -> None:
+        domain = self._domain(domid)
+        v = self._vcpus.get((domid, vcpu))
+        if v is None or v.dead:
+            raise SchedError(errno.ESRCH, f"{domain.label} has no vCPU {vcpu} running")
+        if frozen:
+            self._frozen.add(v)
+            if not domain.paused:
+                self.core.freeze(v)
+        else:
+            self._frozen.discard(v)
+            if not domain.paused:
+                self.core.thaw(v)
+        self._apply()
 
     # -- time -----------------------------------------------------------------------
 
@@ -765,6 +799,7 @@ class CreditScheduler(Scheduler):
                 del self._dozing[due]
 
     def _release(self, v: CreditVcpu) -> None:
+        self._frozen.discard(v)
         self._wake_dozer(v)
         self._idle_due.pop(v, None)
         proc = self._procs.pop(v, None)

@@ -21,6 +21,7 @@ from xenlike.tools.xl import (
     debug,
     host,
     info,
+    inject,
     mem,
     migrate,
     network,
@@ -462,6 +463,17 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
                 help="with --export: write a timeline in Chrome's trace format (JSON) for ui.perfetto.dev or "
                 "chrome://tracing: a track per domain and vCPU, calls as spans, events as instants",
             ),
+        ),
+    ),
+    CmdSpec(
+        "inject",
+        inject.main_inject,
+        "break one part on purpose (each fault's outcome is documented); --list shows them, --clear undoes",
+        (
+            Arg("kind", metavar="KIND", nargs="?", help=inject.KINDS_HELP + " (with --clear: a fault's id)"),
+            Arg("words", metavar="ARG", nargs="*", help="the fault's arguments"),
+            Arg("--list", action="store_true", help="the faults injected, each with its outcome"),
+            Arg("--clear", action="store_true", help="undo every fault, or the one whose id is given"),
         ),
     ),
     CmdSpec(
