@@ -233,17 +233,16 @@ class DomainFilter:
         return None
 
     def __call__(self, record: TraceRecord, names: dict[int, str]) -> bool:
-        if record.get("name") == self.name:
+        args = record.get("args")
+        args = args if isinstance(args, dict) else {}
+        if record.get("name") == self.name or args.get("name") == self.name:
             return True
         domid = self.domid(names)
         if domid is None:
             return False
         if record["domid"] == domid or any(record.get(key) == domid for key in self.KEYS):
             return True
-        args = record.get("args")
-        if not isinstance(args, dict):
-            return False
-        return args.get("name") == self.name or any(args.get(key) == domid for key in self.ARG_KEYS)
+        return any(args.get(key) == domid for key in self.ARG_KEYS)
 
 
 _HEADER_KEYS = ("ns", "event", "cls", "domid", "vcpu", "src")

@@ -1,0 +1,139 @@
+"""The trace reader's pieces, the timeline export, the ELF core writer and the xenstore fault rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dom0.dumpcore import EHDR, PHDR, PT_LOAD, PT_NOTE, populated_runs, write_core
+from dom0.faults import FaultError, HeldRequests, XenstoreFaults, check_xs_rule
+from xenlike.public.trace import TraceRecord
+from xenlike.public.xen import PAGE_SIZE
+from xenlike.tools.trace_export import LANE_STRIDE, chrome_trace
+from xenlike.tools.xentrace import DomainFilter, Merger, TraceError, read_recording
+
+
+def rec(ns: int, **fields) -> TraceRecord:
+    base = {"ns": ns, "event": "evtchn_send", "cls": "evtchn", "domid": 1, "vcpu": 0, "src": "web"}
+    return TraceRecord({**base, **fields})
+
+
+@given(st.lists(st.integers(0, 10**6), max_size=200), st.integers(0, 10**6))
+def test_the_merger_releases_in_timestamp_order_and_holds_what_is_recent(stamps, now):
+    merger = Merger(delay_ns=1000)
+    merger.add(rec(ns) for ns in stamps)
+    released = [r["ns"] for r in merger.release(now)]
+    assert released == sorted(released) and all(ns <= now - 1000 for ns in released)
+    rest = [r["ns"] for r in merger.release(None)]
+    assert sorted(released + rest) == sorted(stamps) and rest == sorted(rest)
+
+
+def test_a_domain_filter_keeps_what_concerns_the_domain_by_name_once_it_has_an_id():
+    keep = DomainFilter("web")
+    names = {0: "Domain-0", 3: "web", 4: "db"}
+    assert keep(rec(1, domid=3), names)
+    assert not keep(rec(1, domid=4), names)
+    assert keep(rec(1, domid=0, event="xs_op", conn=3), names)
+    assert keep(rec(1, domid=0, event="hypercall", args={"remote_dom": 3}), names)
+    assert keep(rec(1, domid=0, event="hypercall", args={"cmd": "createdomain", "name": "web"}), {0: "Domain-0"})
+    assert not keep(rec(1, domid=0, event="hypercall", args={"dom": 4}), names)
+    assert DomainFilter("4")(rec(1, domid=4), {})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 300)), min_size=1, max_size=60))
+def test_spans_on_one_track_are_laid_in_lanes_where_they_nest_or_follow(spans):
+    records = [rec(start, event="xs_op", op="READ", dur=length) for start, length in spans]
+    events = chrome_trace(records, {1: "web"})["traceEvents"]
+    complete = [e for e in events if e["ph"] == "X"]
+    assert len(complete) == len(spans)
+    lanes: dict[int, list[tuple[float, float]]] = {}
+    for e in complete:
+        assert e["pid"] == 1 and e["tid"] % LANE_STRIDE == 0
+        lanes.setdefault(e["tid"], []).append((e["ts"], e["ts"] + e["dur"]))
+    for items in lanes.values():
+        items.sort(key=lambda item: (item[0], -item[1]))
+        open_ends: list[float] = []
+        for begin, end in items:
+            while open_ends and open_ends[-1] <= begin:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1]
+            open_ends.append(end)
+    names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names[0] == "vCPU 0" and all(tid == 0 or names[tid].startswith("vCPU 0 ·") for tid in lanes)
+
+
+def test_a_recording_that_is_not_one_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "x.trace"
+    path.write_text('{"xenlike_trace": 1, "names": {"3": "web"}}\n{"ns": 5}\n')
+    with pytest.raises(TraceError, match="x.trace:2: not a trace record"):
+        read_recording(path)
+    path.write_text("[]\n")
+    with pytest.raises(TraceError, match="not a `xenlike trace --record` file"):
+        read_recording(path)
+    path.write_text('{"xenlike_trace": 1, "names": {"3": "web"}}\n' + json.dumps(rec(9)) + "\n" + json.dumps(rec(2)) + "\n")
+    names, records = read_recording(path)
+    assert names == {3: "web"} and [r["ns"] for r in records] == [2, 9]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(st.integers(0, 63), max_size=40))
+def test_a_core_has_one_pt_load_per_run_of_populated_frames_and_their_bytes(tmp_path_factory, written):
+    tmp = tmp_path_factory.mktemp("core")
+    fd = os.memfd_create("guest")
+    try:
+        os.ftruncate(fd, 64 * PAGE_SIZE)
+        for pfn in written:
+            os.pwrite(fd, f"frame {pfn}".encode(), pfn * PAGE_SIZE + 7)
+        runs = populated_runs(fd, 64)
+        covered = {run.first + i for run in runs for i in range(run.count)}
+        assert covered == written
+        assert all(a.first + a.count < b.first for a, b in zip(runs, runs[1:]))  # separate runs never touch
+        path = str(tmp / "core")
+        write_core(path, fd, 64, {"domid": 3, "name": "web"})
+        data = open(path, "rb").read()
+    finally:
+        os.close(fd)
+    ident, etype, machine, *_rest = EHDR.unpack_from(data)
+    assert ident[:4] == b"\x7fELF" and (etype, machine) == (4, 62)
+    phnum = EHDR.unpack_from(data)[10]  # e_phnum
+    headers = [PHDR.unpack_from(data, EHDR.size + i * PHDR.size) for i in range(phnum)]
+    assert headers[0][0] == PT_NOTE and b"xenlike" in data[headers[0][2] : headers[0][2] + headers[0][5]]
+    loads = [h for h in headers if h[0] == PT_LOAD]
+    assert len(loads) == len(runs)
+    for pfn in written:
+        _type, _flags, offset, vaddr, _paddr, size, _memsz, _align = next(
+            h for h in loads if h[3] <= pfn * PAGE_SIZE < h[3] + h[5]
+        )
+        at = offset + pfn * PAGE_SIZE - vaddr + 7
+        assert data[at : at + len(f"frame {pfn}")] == f"frame {pfn}".encode()
+    assert struct.calcsize("<16sHHIQQQIHHHHHH") == 64 and PHDR.size == 56
+
+
+def test_xenstore_rules_cover_a_path_and_below_relative_paths_included():
+    faults = XenstoreFaults()
+    faults.rules.append(check_xs_rule("xs-refuse", "/local/domain/3/data", "eperm"))
+    assert faults.match(3, b"data/x\0v") is not None
+    assert faults.match(3, b"/local/domain/3/data\0") is not None
+    assert faults.match(3, b"/local/domain/3/database\0") is None
+    assert faults.match(4, b"data/x\0") is None
+    assert faults.rules[0].errno_name == "EPERM"
+    with pytest.raises(FaultError, match="absolute path"):
+        check_xs_rule("xs-delay", "data", "10")
+    with pytest.raises(FaultError, match="not a xenstore error"):
+        check_xs_rule("xs-refuse", "/x", "EWHAT")
+    with pytest.raises(FaultError, match="within 1 to 60000"):
+        check_xs_rule("xs-delay", "/x", "0")
+
+
+def test_held_requests_leave_in_order_whatever_their_own_delay():
+    held = HeldRequests()
+    held.hold("slow", 10.0)
+    held.hold("quick", 1.0)  # behind the slow one: it waits for it
+    assert held.due(5.0) == []
+    assert held.due(10.0) == ["slow", "quick"] and held.next_due() is None
