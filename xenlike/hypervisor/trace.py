@@ -37,7 +37,7 @@ from typing import Any
 from xenlike.kernel import trace
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message
 from xenlike.kernel.trace import TraceBuffer
-from xenlike.public.trace import ALL_CLASSES, MAX_FAULTS, TRACE_SOCKET, FaultAction
+from xenlike.public.trace import ALL_CLASSES, DEFAULT_SIZE, MAX_FAULTS, TRACE_SOCKET, FaultAction
 from xenlike.public.xen import DOMID_XEN
 
 __all__ = ["TraceHost", "BufferEntry"]
@@ -45,6 +45,7 @@ __all__ = ["TraceHost", "BufferEntry"]
 log = logging.getLogger("xenlike.hypervisor.trace")
 
 BATCH = 32  # buffers (fds) per answer, well under a message's MAX_FDS
+GUEST_SIZE = 256 << 10  # a domU's buffer; dom0's, a worker's and the hypervisor's are DEFAULT_SIZE
 MAX_REFUSED = 8  # refused callers' sockets kept open until they close them
 
 
@@ -86,9 +87,14 @@ class TraceHost:
         trace.attach(os.dup(fd), DOMID_XEN)
 
     def new_buffer(self, name: str, domid: int, role: str) -> tuple[int, int]:
-        """A buffer for a new process: its id and the fd to hand it (the hypervisor keeps the fd)."""
+        """A buffer for a new process: its id and the fd to hand it (the hypervisor keeps the fd).
+
+        A domU's is smaller (:data:`GUEST_SIZE`): its pages are the guest's to pay
+        for once written, and a guest writes less than dom0 or the hypervisor.
+        """
         self._next_id += 1
-        fd = TraceBuffer.create(f"xenlike-trace-{name}", domid, mask=self.mask)
+        size = GUEST_SIZE if role == "domu" else DEFAULT_SIZE
+        fd = TraceBuffer.create(f"xenlike-trace-{name}", domid, size, mask=self.mask)
         try:
             buffer = TraceBuffer(fd)
         except BaseException:
@@ -221,7 +227,7 @@ class TraceHost:
             return
         self._reader = sock
         for entry in self.entries.values():
-            entry.buffer.read()  # what was written before this reader came is not its (and none is, mask 0)
+            entry.buffer.discard()  # what was written before this reader came is not its (and none is, mask 0)
         self.set_mask(mask)
         log.info("trace: a reader opened the buffers, classes %#x", self.mask)
         _answer(sock, *self._listing(list(self.entries.values()), []))

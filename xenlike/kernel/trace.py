@@ -163,6 +163,11 @@ class TraceBuffer:
             pos += length
         return records, new_lost, None
 
+    def discard(self) -> None:
+        """Drop what is waiting without reading it (the hypervisor never parses a guest's records)."""
+        self.words[Word.CONS] = self.words[Word.PROD]
+        self._last_lost = self.words[Word.LOST]
+
     def set_faults(self, entries: list[tuple[int, int, int]]) -> None:
         """The event-channel faults of this buffer's process: ``(port, action, delay_ms)``, at most MAX_FAULTS."""
         words = self.words
