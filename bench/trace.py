@@ -6,6 +6,10 @@ checkout, e.g. ``git worktree add /tmp/base <commit>``); ``ring_rps_off``: this 
 tracing (every trace point tests its class in the mask and goes on); ``ring_rps_all``: this tree
 with a trace buffer in each process, every class on and a reader draining both buffers every
 10 ms as ``xenlike trace`` does. Rounds alternate the three and the figures are medians.
+The ring pair meets a trace point only when it notifies or waits (a few times in
+a thousand pairs), so ``notify_per_s_*`` times the one it meets most,
+``EventLoop.notify`` (an eventfd write), alone in a loop, from each tree: best of
+the rounds.
 
     python bench/trace.py --baseline DIR [--json] [--quick] [--rounds N]
 """
@@ -50,6 +54,27 @@ def pair_in(tree: str, pairs: int) -> dict:
     if not result["src"].startswith(os.path.abspath(tree)):
         raise SystemExit(f"the run meant for {tree} imported {result['src']}")
     return result
+
+
+_NOTIFY = (
+    "import json, os, time; from xenlike.kernel.events import EventLoop, new_port_fd; "
+    "loop = EventLoop('bench'); peer = new_port_fd(); loop.bind(1, new_port_fd(), peer); t = time.perf_counter()\n"
+    "for _ in range({count}): loop.notify(1)\n"
+    "print(json.dumps({{'rate': {count} / (time.perf_counter() - t)}}))"
+)
+
+
+def notify_in(tree: str, count: int) -> float:
+    """Notifications per second through ``EventLoop.notify`` with ``tree``'s code, nobody tracing."""
+    out = subprocess.run(
+        [sys.executable, "-c", _NOTIFY.format(count=count)],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": tree},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(json.loads(out.splitlines()[-1])["rate"])
 
 
 def traced_pair(pairs: int) -> dict:
@@ -110,8 +135,11 @@ def main() -> None:
     args = p.parse_args()
     pairs = 1_000_000 if args.quick else 10_000_000  # as bench/ring.py
     runs: dict[str, list[float]] = {"baseline": [], "off": [], "all": []}
+    notifies: dict[str, list[float]] = {"baseline": [], "off": []}
     records = lost = 0
     for _ in range(args.rounds):
+        notifies["baseline"].append(notify_in(args.baseline, pairs // 20))
+        notifies["off"].append(notify_in(HERE, pairs // 20))
         runs["baseline"].append(pair_in(args.baseline, pairs)["rps"])
         runs["off"].append(pair_in(HERE, pairs)["rps"])
         traced = traced_pair(pairs)
@@ -120,11 +148,13 @@ def main() -> None:
         lost += traced["lost"]
         time.sleep(0.5)
     figures = {f"ring_rps_{name}": statistics.median(values) for name, values in runs.items()}
+    figures.update({f"notify_per_s_{name}": max(values) for name, values in notifies.items()})
     figures["records_per_pair_all"] = records / (pairs * args.rounds)
     figures["lost_records_all"] = lost
     ratios = {
         "ring_rps_off / ring_rps_baseline": figures["ring_rps_off"] / figures["ring_rps_baseline"],
         "ring_rps_all / ring_rps_baseline": figures["ring_rps_all"] / figures["ring_rps_baseline"],
+        "notify_per_s_off / notify_per_s_baseline": figures["notify_per_s_off"] / figures["notify_per_s_baseline"],
     }
     report(figures, ratios, args.json)
 

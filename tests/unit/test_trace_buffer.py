@@ -228,3 +228,39 @@ def test_event_ids_are_xens_where_xen_has_them():
     assert Event.DOM_ADD == 0x00041001 and Event.DOM_REM == 0x00041002
     assert all(event & 0xF000_0000 == 0 for event in Event)
     assert struct.calcsize("<IIQHH") == 20
+
+
+def test_an_armed_fault_drops_or_delays_a_notification_and_clearing_it_restores_the_plain_send():
+    from xenlike.kernel.events import EventLoop, new_port_fd
+    from xenlike.public.trace import FAULTS_ARMED, FaultAction
+
+    fd, host_view = buffer()
+    loop = EventLoop("faulted")
+    peer = new_port_fd()
+    loop.bind(1, new_port_fd(), os.dup(peer))
+    loop.bind(2, new_port_fd(), os.dup(peer))
+    try:
+        trace.attach(os.dup(fd), 3)
+        host_view.set_mask(int(TraceClass.HYPERCALL))
+        host_view.set_faults([(1, FaultAction.DROP, 0), (2, FaultAction.DELAY, 50)])
+        assert trace.mask[0] == TraceClass.HYPERCALL | FAULTS_ARMED
+        host_view.set_mask(0)
+        assert trace.mask[0] == FAULTS_ARMED  # the classes change, the armed bit stays
+        loop.notify(1)
+        with pytest.raises(BlockingIOError):
+            os.read(peer, 8)  # dropped
+        loop.notify(2)
+        with pytest.raises(BlockingIOError):
+            os.read(peer, 8)  # not yet
+        time.sleep(0.3)
+        assert os.read(peer, 8)  # delivered late
+        host_view.set_faults([])
+        assert trace.mask[0] == 0
+        loop.notify(1)
+        assert os.read(peer, 8)
+    finally:
+        trace.detach()
+        loop.close()
+        os.close(peer)
+        host_view.close()
+        os.close(fd)

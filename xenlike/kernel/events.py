@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from xenlike.kernel import trace
 from xenlike.public.event_channel import EvtchnError
-from xenlike.public.trace import Event, FaultAction, TraceClass
+from xenlike.public.trace import FAULTS_ARMED, Event, FaultAction, TraceClass
 
 _EVTCHN = TraceClass.EVTCHN.value
 
@@ -125,11 +125,19 @@ class EventLoop:
         """``notify_remote_via_evtchn``: set the peer pending. Dropped while unbound."""
         send_fd = self._channel(port).send_fd
         if send_fd is not None:
-            if trace.faults[0] and self._injected(port, send_fd):
-                return
-            os.eventfd_write(send_fd, 1)
-            if trace.mask[0] & _EVTCHN:
-                trace.emit(Event.EVTCHN_SEND, {"port": port})
+            if trace.mask[0]:  # tracing or a fault in this process: one word says either
+                self._notify_watched(port, send_fd)
+            else:
+                os.eventfd_write(send_fd, 1)
+
+    @staticmethod
+    def _notify_watched(port: int, send_fd: int) -> None:
+        """A send with tracing on or faults armed: the fault may take it, the trace records it."""
+        if trace.mask[0] & FAULTS_ARMED and EventLoop._injected(port, send_fd):
+            return
+        os.eventfd_write(send_fd, 1)
+        if trace.mask[0] & _EVTCHN:
+            trace.emit(Event.EVTCHN_SEND, {"port": port})
 
     def mask(self, port: int) -> None:
         """Stop upcalls for ``port``; events still set it pending."""

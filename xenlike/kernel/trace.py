@@ -29,8 +29,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from xenlike.public.trace import (
+    ALL_CLASSES,
     DEFAULT_SIZE,
     FAULT_WORDS,
+    FAULTS_ARMED,
     HEADER_BYTES,
     MAGIC,
     MAX_FAULTS,
@@ -56,7 +58,6 @@ __all__ = [
     "summary",
     "mask",
     "attached",
-    "faults",
     "fault_for",
 ]
 
@@ -176,10 +177,12 @@ class TraceBuffer:
             base = Word.FAULT_TABLE + index * FAULT_WORDS
             words[base], words[base + 1], words[base + 2] = port, action, delay_ms
         words[Word.FAULTS] = min(len(entries), MAX_FAULTS)
+        armed = FAULTS_ARMED if entries else 0
+        words[Word.MASK] = (words[Word.MASK] & ~FAULTS_ARMED & _U32) | armed
 
     def set_mask(self, value: int) -> None:
-        """The classes this buffer's writer records (the hypervisor's to set)."""
-        self.words[Word.MASK] = value & _U32
+        """The classes this buffer's writer records (the hypervisor's to set); ``FAULTS_ARMED`` stays as it was."""
+        self.words[Word.MASK] = (value & ALL_CLASSES) | (self.words[Word.MASK] & FAULTS_ARMED)
 
     @property
     def lost(self) -> int:
@@ -202,8 +205,6 @@ class TraceBuffer:
 
 _OFF = memoryview(bytearray(4)).cast("I")  # the mask of a process with no buffer: nothing is traced
 mask: memoryview = _OFF
-_NO_FAULTS = memoryview(bytearray(4)).cast("I")
-faults: memoryview = _NO_FAULTS  # the count of event-channel faults armed in this process (0: none)
 _buffer: TraceBuffer | None = None
 _domid = 0
 _vcpu = 0
@@ -224,7 +225,7 @@ def fault_for(port: int) -> tuple[int, int]:
 
 def attach(fd: int, domid: int, vcpu: int = 0) -> None:
     """Write this process's records into the buffer in ``fd`` (closed here), as ``domid``'s ``vcpu``."""
-    global mask, faults, _buffer, _domid, _vcpu
+    global mask, _buffer, _domid, _vcpu
     detach()
     try:
         buffer = TraceBuffer(fd)
@@ -232,25 +233,23 @@ def attach(fd: int, domid: int, vcpu: int = 0) -> None:
         os.close(fd)
     _buffer, _domid, _vcpu = buffer, domid, vcpu
     mask = buffer.words[Word.MASK : Word.MASK + 1]
-    faults = buffer.words[Word.FAULTS : Word.FAULTS + 1]
 
 
 def detach() -> None:
     """Trace nothing more from this process (and from a child it forks, which must not share the buffer)."""
-    global mask, faults, _buffer
+    global mask, _buffer
     buffer, _buffer = _buffer, None
-    for view in (mask, faults):
-        if view is not _OFF and view is not _NO_FAULTS:
-            view.release()
-    mask, faults = _OFF, _NO_FAULTS
+    if mask is not _OFF:
+        old, mask = mask, _OFF
+        old.release()
     if buffer is not None:
         buffer.close()
 
 
 def _detach_in_child() -> None:
     # A forked child shares the parent's mapping: two unsynchronised writers would corrupt it.
-    global mask, faults, _buffer
-    mask, faults, _buffer = _OFF, _NO_FAULTS, None
+    global mask, _buffer
+    mask, _buffer = _OFF, None
 
 
 os.register_at_fork(after_in_child=_detach_in_child)

@@ -22,7 +22,8 @@ The fault table is not tracing's: the header page is the one page the
 hypervisor shares with every process, so it also carries the event-channel
 faults injected into that process (``xenlike inject evtchn-drop``/``-delay``):
 an ``EventLoop.notify`` on a port listed there is dropped or delayed. Only the
-hypervisor writes it, ``faults`` last.
+hypervisor writes it, ``faults`` last, then bit 0 of ``mask`` (``FAULTS_ARMED``),
+so a send tests one word for both tracing and faults.
 
 ``prod`` and ``cons`` run freely modulo 2**32 (Xen's run modulo twice the
 size); ``prod - cons`` is what is waiting. Only the writer stores ``prod`` and
@@ -83,6 +84,7 @@ __all__ = [
     "TRACE_SOCKET",
     "MAX_FAULTS",
     "FAULT_WORDS",
+    "FAULTS_ARMED",
     "FaultAction",
 ]
 
@@ -109,6 +111,8 @@ class Word(enum.IntEnum):
 
 
 MAX_FAULTS = 16  # event-channel faults one process can carry
+FAULTS_ARMED = 0x1  # in the mask word, beside the classes: the process has faults in its table, so a
+# notification has one word to test whether it must look at either
 FAULT_WORDS = 3  # port, action, delay_ms
 
 
