@@ -63,6 +63,9 @@ __all__ = ["BlockDevice", "BlockIOError", "BlkBatch", "BlkBuffer", "BlkFuture", 
 log = logging.getLogger("domu.blkfront")
 
 MAX_RING_PAGE_ORDER = 4
+# How long a waiting thread polls the ring for its responses before it sleeps: about a
+# back end's turnaround, so a quick answer costs neither a sleep nor the event loop's wake-up.
+POLL_S = 200e-6
 
 
 class BlockIOError(IOError):
@@ -71,22 +74,46 @@ class BlockIOError(IOError):
     e.g. a sector beyond the end; ``not supported``)."""
 
 
+class _Latch:
+    """One lock, held until ``remaining`` outcomes have arrived: the one wake-up a batch costs.
+
+    A lone request has a latch of its own; the requests of a batch placed together
+    share one, so completing the batch releases one lock and wakes its waiter once,
+    with no lock or event per request. ``arrive`` is called with the device's lock
+    held (or, for requests never placed, by the only thread that knows them).
+    """
+
+    __slots__ = ("lock", "remaining")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.remaining = 0
+
+    def arrive(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.lock.release()
+
+
 class BlkFuture:
     """The outcome of one submitted request.
 
-    A latch (one lock, held until the outcome is set) rather than a
-    ``threading.Event``: a request costs one lock, not a condition and two locks.
-    A READ's data is produced by ``collect`` in the first thread that asks for it
-    (see :meth:`BlockDevice._collect`), not on the event loop. A waiter first runs
-    ``poll`` (if given), which may complete the request without waiting for the
-    event loop to be woken.
+    Its completion is counted on a :class:`_Latch`: its own, or its batch's. A
+    READ's data is produced by ``collect`` in the first thread that asks for it
+    (see :meth:`BlockDevice._collect`), not on the event loop. A waiter first
+    polls the ring itself for up to :data:`POLL_S` (``poll``, which completes what
+    the back end has answered), so a request answered quickly costs no wake-up of
+    the event loop and no sleep; only then does it sleep on the latch. Waiting on
+    one request of a batch waits for the batch.
     """
 
-    __slots__ = ("_latch", "_result", "_error", "_collect", "_poll")
+    __slots__ = ("_latch", "_done", "_result", "_error", "_collect", "_poll")
 
-    def __init__(self, poll: Callable[[], None] | None = None) -> None:
-        self._latch = threading.Lock()
-        self._latch.acquire()
+    def __init__(self, poll: Callable[[bool], None] | None = None, latch: _Latch | None = None) -> None:
+        self._latch = latch if latch is not None else _Latch()
+        self._latch.remaining += 1
+        self._done = False
         self._result: Any = None
         self._error: BaseException | None = None
         self._collect: Callable[[], Any] | None = None
@@ -95,18 +122,19 @@ class BlkFuture:
     def set(
         self, result: Any = None, error: BaseException | None = None, collect: Callable[[], Any] | None = None
     ) -> None:
-        """Complete the request (once; later calls are ignored) and wake every waiter.
+        """Complete the request (once; later calls are ignored); its latch wakes the waiters when it is the last.
 
         ``collect``, if given, returns the result when it is first asked for.
         """
-        if not self._latch.locked():
+        if self._done:
             return
         self._result, self._error, self._collect = result, error, collect
-        self._latch.release()
+        self._done = True
+        self._latch.arrive()
 
     def done(self) -> bool:
         """Whether the request has completed, successfully or not (never waits)."""
-        return not self._latch.locked()
+        return self._done
 
     def result(self, timeout: float | None = 60.0) -> Any:
         """Wait for the request: a READ's bytes, None for the others.
@@ -125,12 +153,20 @@ class BlkFuture:
 
     def _wait(self, timeout: float | None) -> None:
         """Return once the request completed (TimeoutError after ``timeout`` seconds)."""
-        if self._latch.locked() and self._poll is not None:
-            self._poll()
-        if self._latch.locked():
-            if not self._latch.acquire(timeout=-1 if timeout is None else timeout):
+        if self._done:
+            return
+        poll = self._poll
+        if poll is not None:
+            deadline = time.monotonic() + POLL_S
+            while not self._done and time.monotonic() < deadline:
+                poll(False)
+            if not self._done:
+                poll(True)  # so the back end's next response notifies the event loop
+        latch = self._latch
+        if latch.lock.locked():
+            if not latch.lock.acquire(timeout=-1 if timeout is None else timeout):
                 raise TimeoutError("the block request did not complete in time")
-            self._latch.release()  # let other waiters through
+            latch.lock.release()  # let other waiters through
 
 
 @dataclass(slots=True)
@@ -506,18 +542,24 @@ class BlockDevice:
 
     # -- requests: built by the submitting thread, placed on the ring by _submit ---------
 
-    def _read_requests(self, sector: int, nbytes: int) -> tuple[BlkFuture, list[_Request]]:
-        return self._rw_requests(BLKIF_OP_READ, sector, nbytes, None)
+    # ``latch``: the batch's, which the requests' futures share (see _Latch); None for a lone request.
 
-    def _write_requests(self, sector: int, data: bytes | bytearray | memoryview) -> tuple[BlkFuture, list[_Request]]:
+    def _read_requests(self, sector: int, nbytes: int, latch: _Latch | None = None) -> tuple[BlkFuture, list[_Request]]:
+        return self._rw_requests(BLKIF_OP_READ, sector, nbytes, None, latch)
+
+    def _write_requests(
+        self, sector: int, data: bytes | bytearray | memoryview, latch: _Latch | None = None
+    ) -> tuple[BlkFuture, list[_Request]]:
         self._check_writable()
-        return self._rw_requests(BLKIF_OP_WRITE, sector, len(data), memoryview(data).cast("B"))
+        return self._rw_requests(BLKIF_OP_WRITE, sector, len(data), memoryview(data).cast("B"), latch)
 
-    def _buffer_requests(self, op: int, sector: int, buffer: BlkBuffer) -> tuple[BlkFuture, list[_Request]]:
+    def _buffer_requests(
+        self, op: int, sector: int, buffer: BlkBuffer, latch: _Latch | None = None
+    ) -> tuple[BlkFuture, list[_Request]]:
         """A READ into or WRITE from ``buffer``'s pages: one request on them, nothing copied."""
         if op == BLKIF_OP_WRITE:
             self._check_writable()
-        request = self._rw_request(op, sector, buffer.nbytes, None, buffer._idle_run(self))
+        request = self._rw_request(op, sector, buffer.nbytes, None, buffer._idle_run(self), latch)
         buffer._track(request.future)
         return request.future, [request]
 
@@ -525,13 +567,15 @@ class BlockDevice:
         if self.readonly:
             raise BlockIOError(f"{self.vdev} is read-only")
 
-    def _flush_requests(self) -> tuple[BlkFuture, list[_Request]]:
-        request = self._request(BLKIF_OP_FLUSH_DISKCACHE, 0, 0, 0, lambda req_id, run: pack_flush(req_id))
+    def _flush_requests(self, latch: _Latch | None = None) -> tuple[BlkFuture, list[_Request]]:
+        request = self._request(BLKIF_OP_FLUSH_DISKCACHE, 0, 0, 0, lambda req_id, run: pack_flush(req_id), None, latch)
         return request.future, [request]
 
-    def _discard_requests(self, sector: int, nr_sectors: int) -> tuple[BlkFuture, list[_Request]]:
+    def _discard_requests(
+        self, sector: int, nr_sectors: int, latch: _Latch | None = None
+    ) -> tuple[BlkFuture, list[_Request]]:
         request = self._request(
-            BLKIF_OP_DISCARD, sector, 0, 0, lambda req_id, run: pack_discard(req_id, sector, nr_sectors)
+            BLKIF_OP_DISCARD, sector, 0, 0, lambda req_id, run: pack_discard(req_id, sector, nr_sectors), None, latch
         )
         return request.future, [request]
 
@@ -543,21 +587,23 @@ class BlockDevice:
         nr_pages: int,
         build: Callable[[int, _Run | None], bytes],
         run: _Run | None = None,
+        latch: _Latch | None = None,
     ) -> _Request:
-        return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(self._poll_responses), run)
+        return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(self._poll_responses, latch), run)
 
     def _rw_requests(
-        self, op: int, sector: int, nbytes: int, data: memoryview | None
+        self, op: int, sector: int, nbytes: int, data: memoryview | None, latch: _Latch | None = None
     ) -> tuple[BlkFuture, list[_Request]]:
         """A READ or WRITE as ring requests: one, or several if it is larger than one request may be.
 
-        The future of several is their gathered outcome (a READ's data joined in order).
+        The future of several is their gathered outcome (a READ's data joined in order);
+        its parts have latches of their own.
         """
         if nbytes <= 0 or nbytes % SECTOR_SIZE:
             raise ValueError(f"{self.vdev}: I/O is in whole 512-byte sectors, not {nbytes} bytes")
         chunk = self.max_segments * PAGE_SIZE
         if nbytes <= chunk:
-            request = self._rw_request(op, sector, nbytes, data)
+            request = self._rw_request(op, sector, nbytes, data, None, latch)
             return request.future, [request]
         parts = [
             self._rw_request(
@@ -571,7 +617,13 @@ class BlockDevice:
         return _gathered(op, [part.future for part in parts]), parts
 
     def _rw_request(
-        self, op: int, sector: int, nbytes: int, data: memoryview | None, lent: _Run | None = None
+        self,
+        op: int,
+        sector: int,
+        nbytes: int,
+        data: memoryview | None,
+        lent: _Run | None = None,
+        latch: _Latch | None = None,
     ) -> _Request:
         """One READ or WRITE; a WRITE's ``data`` is copied into its pages, unless ``lent`` holds it."""
         nr_data = -(-nbytes // PAGE_SIZE)
@@ -592,7 +644,7 @@ class BlockDevice:
             nr_indirect = run.count - nr_data
             return pack_indirect(op, req_id, sector, nr_data, run.grefs(nr_data, nr_indirect))
 
-        return self._request(op, sector, nbytes, pages_per_request(nr_data), fill, lent)
+        return self._request(op, sector, nbytes, pages_per_request(nr_data), fill, lent, latch)
 
     def _submit_now(self, future: BlkFuture, requests: list[_Request]) -> BlkFuture:
         """A batch of one: place ``requests`` (one operation's) at once; returns its ``future``."""
@@ -621,11 +673,14 @@ class BlockDevice:
                     if count:
                         placed += count
                         self._push()
+                    elif self._reap():
+                        self._cond.notify_all()  # pool pages came free for other threads too
                     else:
                         self._cond.wait(1.0)
         except BaseException as exc:
-            for request in requests[placed:]:
-                request.future.set(error=exc)
+            with self._cond:  # their latch may be shared with requests placed and completing
+                for request in requests[placed:]:
+                    request.future.set(error=exc)
             raise
 
     def _place_what_fits(self, requests: list[_Request], start: int) -> int:
@@ -715,23 +770,40 @@ class BlockDevice:
                 self._take_responses(ring)
             self._cond.notify_all()
 
-    def _poll_responses(self) -> None:
+    def _poll_responses(self, rearm: bool = False) -> None:
         """Complete what the back end has answered, from a waiting thread.
 
-        ``rsp_event`` is not re-armed: while a thread keeps polling, the back end
-        need not notify; before a waiter sleeps, the event loop's handler re-arms.
+        While a thread keeps polling, ``rsp_event`` is not re-armed, so the back end
+        need not notify; ``rearm`` (before the waiter sleeps) re-arms it as the
+        event loop's handler does. Without ``rearm`` an unanswered ring is seen
+        without taking the lock (the index is a hint; the lock is taken to consume).
         """
         ring = self.ring
         if ring is None:
             return
+        if not rearm and ring.shared_rsp_prod() == ring.rsp_cons:
+            return
         with self._cond:
-            if self._take_responses(ring):
+            taken = self._take_responses(ring)
+            if rearm:
+                while ring.final_check_for_responses():
+                    taken += self._take_responses(ring)
+            if taken:
                 self._cond.notify_all()
-            elif not ring.final_check_for_responses():
-                return  # re-armed: the event loop will be woken
-            else:
-                self._take_responses(ring)
-                self._cond.notify_all()
+
+    def _reap(self) -> int:
+        """Complete what the back end answered and re-arm ``rsp_event`` (``_cond`` held); returns how many.
+
+        What a thread waiting for room calls first: a poller may have left
+        ``rsp_event`` behind, and then only this makes the next response notify.
+        """
+        ring = self.ring
+        if ring is None:
+            return 0
+        taken = self._take_responses(ring)
+        while ring.final_check_for_responses():
+            taken += self._take_responses(ring)
+        return taken
 
     def _take_responses(self, ring: FrontRing) -> int:
         """Complete every response ``ring`` holds (``_cond`` held); returns how many."""
@@ -832,30 +904,31 @@ class BlkBatch:
         self.device = device
         self.futures: list[BlkFuture] = []  # every request queued on this batch, in order
         self._queued: list[_Request] = []  # ring requests not yet submitted
+        self._latch = _Latch()  # what the futures queued since the last submit share
 
     def read(self, sector: int, nbytes: int) -> BlkFuture:
         """Queue a READ of ``nbytes`` (a multiple of 512) from ``sector``; the future gives bytes."""
-        return self._queue(*self.device._read_requests(sector, nbytes))
+        return self._queue(*self.device._read_requests(sector, nbytes, self._latch))
 
     def write(self, sector: int, data: bytes | bytearray | memoryview) -> BlkFuture:
         """Queue a WRITE of ``data`` (a multiple of 512 bytes) at ``sector``."""
-        return self._queue(*self.device._write_requests(sector, data))
+        return self._queue(*self.device._write_requests(sector, data, self._latch))
 
     def read_buffer(self, sector: int, buffer: BlkBuffer) -> BlkFuture:
         """Queue a READ of ``buffer.nbytes`` from ``sector`` into the buffer's pages; the future gives None."""
-        return self._queue(*self.device._buffer_requests(BLKIF_OP_READ, sector, buffer))
+        return self._queue(*self.device._buffer_requests(BLKIF_OP_READ, sector, buffer, self._latch))
 
     def write_buffer(self, sector: int, buffer: BlkBuffer) -> BlkFuture:
         """Queue a WRITE of the buffer's pages as they are at ``sector`` (not copied: leave them be)."""
-        return self._queue(*self.device._buffer_requests(BLKIF_OP_WRITE, sector, buffer))
+        return self._queue(*self.device._buffer_requests(BLKIF_OP_WRITE, sector, buffer, self._latch))
 
     def flush(self) -> BlkFuture:
         """Queue a FLUSH: everything acknowledged before is durable once it completes."""
-        return self._queue(*self.device._flush_requests())
+        return self._queue(*self.device._flush_requests(self._latch))
 
     def discard(self, sector: int, nr_sectors: int) -> BlkFuture:
         """Queue a DISCARD of ``nr_sectors`` from ``sector``."""
-        return self._queue(*self.device._discard_requests(sector, nr_sectors))
+        return self._queue(*self.device._discard_requests(sector, nr_sectors, self._latch))
 
     def _queue(self, future: BlkFuture, requests: list[_Request]) -> BlkFuture:
         self._queued.extend(requests)
@@ -868,6 +941,7 @@ class BlkBatch:
         Raises BlockIOError if the device is detached; what was not placed then fails too.
         """
         queued, self._queued = self._queued, []
+        self._latch = _Latch()  # requests queued from now on are another wake-up's
         if queued:
             self.device._submit(queued)
 

@@ -200,6 +200,10 @@ class _RingEnd:
         """The published request producer index (one aligned load)."""
         return self._idx[_REQ_PROD]
 
+    def shared_rsp_prod(self) -> int:
+        """The published response producer index (one aligned load)."""
+        return self._idx[_RSP_PROD]
+
     def release(self) -> None:
         """Drop the views of the shared pages (before unmapping them)."""
         self._idx.release()
