@@ -38,7 +38,8 @@ from xenlike.public.workload_state import WORKLOAD_DIR
 from xenlike.public.xenbus import BACKEND, FRONTEND, backend_path, frontend_path
 from xenlike.public.xs_wire import XenstoreInterface, XsError
 
-from .devices import DEVICE_TYPES, DeviceType
+from .blkback.vbd import open_image
+from .devices import DEVICE_TYPES, VBD, DeviceType
 from .netback.bridge import guest_address
 from .netback.forward import listen
 
@@ -187,6 +188,7 @@ class DomainBuilder:
             extra = restore(built) if restore is not None else {}
             with trace.span(Event.DOM_STEP, {"step": "start_info", "dom": domid}):
                 self._write_start_info(built, gnttab_frames, *ports, extra=extra)
+            self._assign_vdisks(built)
             plugs = [
                 call
                 for row in DEVICE_TYPES
@@ -288,7 +290,7 @@ class DomainBuilder:
             "workload_args": list(config.get("workload_args", [])),
             "extra": config.get("cmdline") or config.get("extra", ""),  # xl: cmdline, else root= + extra
             "vcpus": config.get("vcpus", 1),
-            "disks": [disk["vdev"] for disk in config.get("disk", [])],
+            "disks": [disk["vdev"] for disk in config.get("disk", []) if VBD.on_xenbus(disk)],  # blkfront's
             "vifs": [vif["devid"] for vif in config.get("vif", [])],  # the kernel brings them up before the workload
             **(extra or {}),
         }
@@ -304,6 +306,31 @@ class DomainBuilder:
         grants.grant_access_ref(GNTTAB_RESERVED_CONSOLE, 0, CONSOLE_PFN)
         grants.grant_access_ref(GNTTAB_RESERVED_XENSTORE, 0, STORE_PFN)
         grants.release()
+
+    def _assign_vdisks(self, built: BuiltDomain) -> None:
+        """Give the hypervisor each direct or passthrough disk's image, before the guest starts and asks for them.
+
+        dom0 opens the image (read-only for an ``access=ro`` disk), as blkback's
+        probe does for a split disk; the hypervisor keeps a copy of the fd with the domain.
+        """
+        for disk in built.config.get("disk", []):
+            if VBD.on_xenbus(disk):
+                continue
+            vbd = open_image(disk["target"], disk["access"] == "ro")
+            try:
+                self.ctx.hypercall(
+                    "domctl",
+                    fds=[vbd.fd],
+                    cmd="assign_vdisk",
+                    dom=built.domid,
+                    vdev=disk["vdev"],
+                    devid=disk["devid"],
+                    model=disk["model"],
+                    sectors=vbd.sectors,
+                    readonly=vbd.readonly,
+                )
+            finally:
+                vbd.close()
 
     def _write_nodes(self, built: BuiltDomain, store_evtchn: int, console_evtchn: int) -> None:
         """The xenstore nodes of a new domain, with libxl's permissions, in one transaction.
@@ -350,7 +377,8 @@ class DomainBuilder:
                 xs.write(f"/libxl/{domid}/{action}", str(config.get(action, "")), tx=tx)
             for row in DEVICE_TYPES:
                 for spec in config.get(row.config_key, []):
-                    self._write_device_nodes(row, domid, spec, tx)
+                    if row.on_xenbus(spec):
+                        self._write_device_nodes(row, domid, spec, tx)
 
         self.ctx.xs.transact(write_all)
 
@@ -368,6 +396,11 @@ class DomainBuilder:
 
     def attach_device(self, built: BuiltDomain, row: DeviceType, spec: dict[str, Any]) -> None:
         """Hotplug: write the device's nodes; the back-end bus probes it and the guest sees it appear."""
+        if not row.on_xenbus(spec):
+            raise ValueError(
+                f"a {spec.get('model')} {row.config_key} is given when the domain is created, not hotplugged: "
+                "attach it with model=split, or add it to the config"
+            )
         present = built.config.get(row.config_key, [])
         if any(row.name_of(d) == row.name_of(spec) or d["devid"] == spec["devid"] for d in present):
             raise ValueError(f"{built.label} already has a {row.config_key} {row.name_of(spec)}")

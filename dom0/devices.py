@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xenlike.public import blkif
+from xenlike.public.vdisk import MODEL_SPLIT
 from xenlike.public.xenbus import BACKEND_ID, FRONTEND_ID, ONLINE, STATE, XenbusState
 
 from .blkback.vbd import open_image
@@ -43,6 +44,8 @@ class DeviceType:
     # nodes appear, and take it back once it is gone: a vif's net device in the guest.
     plug: Callable[[int, Spec], list[dict]] = lambda domid, spec: []
     unplug: Callable[[int, Spec], list[dict]] = lambda domid, spec: []
+    # Whether a spec is a split device on xenbus; a disk of another model is the hypervisor's (vdisk).
+    on_xenbus: Callable[[Spec], bool] = lambda spec: True
 
 
 def _vbd_prepare(disk: Spec) -> None:
@@ -86,6 +89,7 @@ VBD = DeviceType(
     frontend_nodes=_vbd_frontend_nodes,
     backend_nodes=_vbd_backend_nodes,
     name_of=lambda disk: disk["vdev"],
+    on_xenbus=lambda disk: disk.get("model", MODEL_SPLIT) == MODEL_SPLIT,
 )
 
 

@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from xenlike.kernel import dirty_log, trace
 from xenlike.kernel.events import EventLoop, new_port_fd
@@ -46,6 +47,7 @@ from .netfront import NetfrontDriver
 from .sysrq import SYSRQ_PATH, SysrqHandler
 from .vchan import VchanDriver
 from .vcpu import WorkloadGlobals, fork_vcpus
+from .vdisk import attach_vdisks
 from .workload import SuspendRefused, WorkloadContext, WorkloadError, load_workload
 from .xenbus import XenbusClient
 from .xenbus_frontend import HANDSHAKE_TIMEOUT_S, FrontendError, XenbusFrontend
@@ -206,6 +208,8 @@ class Kernel:
         self.balloon.start()
         if image.get("disks"):
             self.blkfront.wait_for(image["disks"])  # as a kernel waits for its root device
+        disks: dict[str, Any] = self.blkfront.disks  # ctx.disks: blkfront keeps it as disks come and go
+        disks.update(attach_vdisks(self))  # direct and passthrough disks, beside blkfront's
         if image.get("vifs"):
             self._wait_for_vifs([f"eth{devid}" for devid in image["vifs"]])  # as a boot waits for its network
         try:

@@ -7,19 +7,14 @@ sparse image when the target does not exist.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from dataclasses import dataclass
 
+from xenlike.kernel.image import punch_hole
 from xenlike.public.blkif import SECTOR_SIZE
 
 __all__ = ["Vbd", "open_image", "punch_hole"]
-
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 
 @dataclass
@@ -77,10 +72,3 @@ def _create_sparse(path: str, size: int) -> None:
         os.unlink(path)
         raise OSError(exc.errno, f"cannot create disk image {path} of {size} bytes: {exc.strerror}") from None
     os.close(fd)
-
-
-def punch_hole(fd: int, offset: int, length: int) -> None:
-    """Deallocate a range of the image (BLKIF_OP_DISCARD); it then reads as zeros."""
-    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))

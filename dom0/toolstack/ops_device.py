@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from xenlike.public.vdisk import MODEL_DIRECT, MODEL_PASSTHROUGH, MODEL_SPLIT, model_limits
 from xenlike.public.xenbus import XenbusState, backend_path, frontend_path
 from xenlike.public.xs_wire import XsError
 
@@ -57,6 +58,17 @@ def block_detach(ts: Toolstack, request: Request) -> None:
     disk = next((d for d in built.config.get("disk", []) if vdev in (d["vdev"], str(d["devid"]))), None)
     if disk is None:
         raise ToolstackError(f"{built.label} has no disk {vdev!r}; `xenlike block-list {built.name}` shows its disks")
+    model = disk.get("model", MODEL_SPLIT)
+    if model == MODEL_PASSTHROUGH:
+        raise ToolstackError(
+            f"{built.label}'s {disk['vdev']} is a passthrough disk: the guest holds its image's fd and does its own "
+            f"I/O, so it cannot be unplugged safely; shut the domain down (`xenlike shutdown {built.name}`) to free it"
+        )
+    if model != MODEL_SPLIT:
+        raise ToolstackError(
+            f"{built.label}'s {disk['vdev']} is a {model} disk, held by the hypervisor until the domain is "
+            "destroyed; only split disks are hot-unplugged"
+        )
     detach_device(ts, request, built, VBD, disk)
 
 
@@ -99,6 +111,25 @@ def block_list(ts: Toolstack, request: Request) -> Any:
 
     rows = []
     for disk in built.config.get("disk", []):
+        model = disk.get("model", MODEL_SPLIT)
+        if model != MODEL_SPLIT:  # no xenbus device: the hypervisor (direct) or the guest (passthrough) serves it
+            rows.append(
+                {
+                    "vdev": disk["devid"],
+                    "name": disk["vdev"],
+                    "backend": 0,
+                    "frontend_id": built.domid,
+                    "state": -1,
+                    "evtch": -1,
+                    "ring_ref": -1,
+                    "be_path": "hypervisor" if model == MODEL_DIRECT else "guest (its image's fd)",
+                    "target": disk["target"],
+                    "access": disk["access"],
+                    "model": model,
+                    **model_limits(model),
+                }
+            )
+            continue
         front = frontend_path(built.domid, "vbd", disk["devid"])
         back = backend_path(0, "vbd", built.domid, disk["devid"])
         ring_ref = read(f"{front}/ring-ref")
@@ -114,6 +145,8 @@ def block_list(ts: Toolstack, request: Request) -> Any:
                 "be_path": back,
                 "target": disk["target"],
                 "access": disk["access"],
+                "model": model,
+                **model_limits(model),
             }
         )
     return rows

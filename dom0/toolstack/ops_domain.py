@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from xenlike.public.vdisk import MODEL_SPLIT, model_limits
 from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.xs_wire import XsError, home_path
 from xenlike.tools.xl_format import state_letters
@@ -20,6 +21,7 @@ from . import ops_device
 from .request import Request, ToolstackError
 
 if TYPE_CHECKING:
+    from ..builder import BuiltDomain
     from .server import Toolstack
 
 __all__ = [
@@ -108,6 +110,13 @@ def down(ts: Toolstack, request: Request) -> None:
 # -- listing -------------------------------------------------------------------------
 
 
+def _disk_models(built: BuiltDomain | None) -> dict[str, list[dict[str, Any]]]:
+    """``list -l``'s ``disk_models``: each disk's device model and what that model allows."""
+    disks = built.config.get("disk", []) if built is not None else []
+    models = [(d["vdev"], d.get("model", MODEL_SPLIT)) for d in disks]
+    return {"disk_models": [{"vdev": vdev, "model": model, **model_limits(model)} for vdev, model in models]}
+
+
 def list_domains(ts: Toolstack, request: Request) -> Any:
     args = request.args
     rows = []
@@ -123,7 +132,11 @@ def list_domains(ts: Toolstack, request: Request) -> Any:
                 "vcpus": info["vcpus"],
                 "state": state_letters(info),
                 "cpu_time": info["cpu_time"],
-                **({"info": info, "config": built.config if built else {}} if args.get("long") else {}),
+                **(
+                    {"info": info, "config": built.config if built else {}, **_disk_models(built)}
+                    if args.get("long")
+                    else {}
+                ),
             }
         )
     if args.get("domain") is not None and not rows:

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from xenlike.public.blkif import (
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
@@ -974,6 +974,22 @@ class BlkBatch:
             self.cancel()
 
 
+class SectorDisk(Protocol):
+    """What :class:`DiskFile` needs of a disk, of any model (blkfront's :class:`BlockDevice`, direct, passthrough)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def readonly(self) -> bool: ...
+
+    def read(self, sector: int, nbytes: int) -> bytes: ...
+
+    def write(self, sector: int, data: bytes | bytearray | memoryview) -> None: ...
+
+    def flush(self) -> None: ...
+
+
 class DiskFile(io.RawIOBase):
     """``io.RawIOBase`` over a :class:`BlockDevice`: byte offsets, any alignment.
 
@@ -984,7 +1000,7 @@ class DiskFile(io.RawIOBase):
     ``io.TextIOWrapper`` as any raw file; one thread at a time.
     """
 
-    def __init__(self, device: BlockDevice) -> None:
+    def __init__(self, device: SectorDisk) -> None:
         super().__init__()
         self.device = device
         self._pos = 0

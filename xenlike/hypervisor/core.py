@@ -43,6 +43,7 @@ from xenlike.hypervisor.hypercall_table import HYPERCALLS
 from xenlike.hypervisor.netif import NetifConfig, forget_domain
 from xenlike.hypervisor.sched import Scheduler
 from xenlike.hypervisor.trace import TraceHost
+from xenlike.hypervisor.vdisk import release_vdisks
 from xenlike.hypervisor.zygote import Zygote
 from xenlike.kernel import trace
 from xenlike.kernel.gnttab import GrantTableFrames
@@ -703,6 +704,7 @@ class Hypervisor:
         logdirty.release(domain)
         self.trace.release(domain.trace_buffer)
         self.trace.forget_domain(domain.domid)
+        release_vdisks(domain)
         domain.memory.close()
         self.pool.release(domain.tot_frames)
         self.scheduler.remove_domain(domain.domid)

@@ -8,10 +8,13 @@ import time
 import uuid as uuidlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xenlike.kernel.memory import GuestMemory
 from xenlike.public.xen import PAGE_SIZE, ShutdownReason
+
+if TYPE_CHECKING:
+    from xenlike.hypervisor.vdisk import VirtualDisk
 
 __all__ = ["Domain", "FramePool", "OutOfMemory", "mib_to_frames", "read_proc_stat", "CLOCK_TICKS"]
 
@@ -78,6 +81,7 @@ class Domain:
     dying: bool = False
     exit_note: str = ""  # how the process ended, for logs and `xl list -l`
     created_wall: float = field(default_factory=time.time)
+    vdisks: dict[int, VirtualDisk] = field(default_factory=dict)  # direct and passthrough disks, by devid
     started_mono: float | None = None
     cpu_time_final: float = 0.0  # CPU seconds when the process ended
     suspend_record: tuple[int, int] | None = None  # (pfn, length) while suspended

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from xenlike.hypervisor.domain import Domain
 from xenlike.hypervisor.hypercall import Deferred, Refused, Result
 from xenlike.hypervisor.sched import DEFAULT_WEIGHT, SchedError
+from xenlike.hypervisor.vdisk import passthrough_size_limit
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES
 from xenlike.public.trace import FaultAction
 from xenlike.public.xen import PAGE_SIZE, ShutdownReason
@@ -89,7 +90,8 @@ def startdomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> R
     domain = hv.domain(args["domid"])
     if domain.pid is not None or domain.shutdown_reason is not None:
         raise Refused(errno.EINVAL, f"{domain.label} has already run")
-    pid = hv.spawn(domain, {"role": "domu", **args.get("boot", {})})
+    boot = {"role": "domu", **args.get("boot", {}), "file_size_limit": passthrough_size_limit(domain)}
+    pid = hv.spawn(domain, boot)
     if args.get("paused"):
         domain.paused = True
         os.killpg(pid, signal.SIGSTOP)

@@ -25,6 +25,7 @@ from xenlike.hypervisor import (
     netif,
     sched_op,
     sysctl,
+    vdisk,
     version,
 )
 from xenlike.hypervisor.hypercall import Hypercall
@@ -127,6 +128,13 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               doc="an injected fault: drop or delay a domain's sends on one port (none: clear it)"),
     Hypercall("domctl", domctl.sendtrigger, cmd="sendtrigger", privileged=True,
               doc="XEN_DOMCTL_sendtrigger: an NMI to a domU (its threads' stacks); ACPI triggers are HVM's"),
+    # Disks the hypervisor holds: the direct and passthrough device models (vdisk.py)
+    Hypercall("domctl", vdisk.assign_vdisk, cmd="assign_vdisk", privileged=True,
+              doc="give dom a direct or passthrough disk: the image's fd, its geometry, its model"),
+    Hypercall("vdisk_op", vdisk.vdisk_list, cmd="list",
+              doc="the caller's direct and passthrough disks; a passthrough disk's image fd with them"),
+    Hypercall("vdisk_io", vdisk.vdisk_io,
+              doc="one request on a direct disk, checked as blkback checks it and served here"),
     # The host (sysctl.py)
     Hypercall("sysctl", sysctl.physinfo, cmd="physinfo", privileged=True,
               doc="the host's frames, pCPUs, version, grant mappings and ports"),

@@ -377,7 +377,7 @@ class ShellJail:
             nofile=min(NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
             nproc=NPROC_BASE + NPROC_PER_VCPU * vcpus,
             address_space=memory + ADDRESS_SPACE_SLACK,
-            fsize=0,
+            fsize=int(boot.get("file_size_limit", 0)),  # writes only within a passthrough image, if it has one
             core=0,
         )
         if self.policy.as_root:

@@ -27,7 +27,9 @@ block scripts (``script=``, ``iscsi:``...), the virtio specification, COLO and
 empty CD-ROM drives are refused with a clear error, and back-ends live in
 dom0 only. xenlike adds ``size=64M`` (bytes, or K/M/G binary units; a
 multiple of 512): create a sparse image of that size if the target does not
-exist.
+exist, and ``model=split|direct|passthrough`` (default ``split``): the device
+model that serves the disk (``xenlike.public.vdisk``: blkfront/blkback, the
+hypervisor itself, or the guest on the image's fd).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from xenlike.public.vdisk import MODEL_SPLIT, MODELS
 from xenlike.tools.config.xlcfg import ConfigError, format_value
 
 __all__ = ["DiskSpec", "parse_disk_spec", "vdev_to_devid"]
@@ -63,6 +66,7 @@ _KEYS = (
     "script",
     "grant_usage",
     "size",
+    "model",
     "colo-host",
     "colo-port",
     "colo-export",
@@ -87,7 +91,8 @@ class DiskSpec:
     ``devid`` is the Xen virtual device number of ``vdev``
     (xen-vbd-interface(7)); ``access`` is ``"ro"`` or ``"rw"``; ``backend`` is
     the back-end domain (always dom0, ``"0"``); ``size`` is in bytes, or
-    ``None`` when the image must already exist.
+    ``None`` when the image must already exist; ``model`` is the device model
+    serving it (``split``, ``direct`` or ``passthrough``).
     """
 
     target: str
@@ -101,6 +106,7 @@ class DiskSpec:
     direct_io_safe: bool = False
     trusted: bool = True
     size: int | None = None
+    model: str = MODEL_SPLIT
 
     @property
     def readonly(self) -> bool:
@@ -311,7 +317,7 @@ def parse_disk_spec(spec: str) -> DiskSpec:
                 raise _spec_error(
                     spec,
                     f"unknown key {key!r}: expected format, vdev, access, devtype, backend, "
-                    "backendtype, specification, grant_usage, target (last) or size",
+                    "backendtype, specification, grant_usage, model, target (last) or size",
                 )
             if key == "devtype":
                 if value not in ("disk", "cdrom"):
@@ -386,6 +392,13 @@ def _resolve(found: _Fields) -> DiskSpec:
     if backend not in ("0", "Domain-0"):
         raise _spec_error(spec, f"backend={backend}: xenlike runs its back-ends in dom0 (0 or Domain-0) only")
     size = _parse_size(found.get("size"), spec) if found.get("size") is not None else None
+    model = found.get("model", MODEL_SPLIT)
+    if model not in MODELS:
+        raise _spec_error(
+            spec,
+            f"model={model} is unknown: expected split (blkfront/blkback, the default), direct "
+            "(each request a hypercall the hypervisor serves) or passthrough (the guest does its own I/O)",
+        )
     return DiskSpec(
         target=target,
         vdev=vdev,
@@ -398,4 +411,5 @@ def _resolve(found: _Fields) -> DiskSpec:
         direct_io_safe=found.values.get("direct_io_safe", False),
         trusted=found.values.get("trusted", True),
         size=size,
+        model=model,
     )
