@@ -25,6 +25,17 @@ allocation. Each side first makes one untimed sequential pass over 8 MiB
 pool's first use (granting it, blkback's persistent mappings, the first touch of
 its pages), a cost paid once per device.
 
+The guest runs once per device model of its disk (``model=split``, ``direct``,
+``passthrough``; see ``xenlike.public.vdisk``), each on a host of its own, on
+the same image. At each pass's ``PHASE`` line on the guest's console this
+process reads the CPU time of every process in the path (the guest, the
+back-end worker, dom0, the hypervisor; ``/proc/PID/stat``, every thread), so the
+table shows CPU microseconds per request per process; the guest counts its own
+time itself (``time.process_time``), the others are read within a few
+milliseconds of the line (a pass lasts hundreds). The first lines and the
+``--json`` keys of old (``seq_write_mbps``...) are the split model's;
+``<model>_<pass>`` and ``<model>_<pass>_cpu_us_<process>`` are added beside them.
+
     python bench/blk.py [--json] [--quick]
 """
 
@@ -38,15 +49,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.blk_workload import WARM_UP_MIB  # noqa: E402
+from xenlike.public.vdisk import MODELS  # noqa: E402
 from bench.common import parser, report  # noqa: E402
 from xenlike.kernel.rundir import RunDir  # noqa: E402
 from xenlike.tools.toolstack_client import ToolstackClient  # noqa: E402
 
 MIB = 1 << 20
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WORKLOAD = f"{Path(__file__).parent / 'blk_workload.py'}:run"
 
 
@@ -77,28 +91,90 @@ def native(path: str, total_mib: int, random_ops: int) -> dict[str, float]:
     return {"seq_write_native_mbps": write, "seq_read_native_mbps": read, "rand4k_native_iops": iops}
 
 
-def guest(tmp: str, image: str, total_mib: int, random_ops: int) -> dict[str, float]:
+def _cpu_s(pid: int) -> float:
+    """A process's user + system CPU time, every thread (``/proc/PID/stat`` utime + stime)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _roles(tmp: str, hypervisor: int) -> dict[str, list[int]]:
+    """The host's processes by role: the guest, its back-end worker (split), dom0, the hypervisor."""
+    roles: dict[str, list[int]] = {"guest": [], "backend": [], "dom0": [], "hypervisor": [hypervisor]}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                ours = tmp.encode() in f.read()
+        except OSError:
+            continue
+        if not ours:
+            continue
+        if comm.startswith("xl-blk-"):
+            roles["backend"].append(int(entry))
+        elif comm.startswith("xl-d0-"):
+            roles["dom0"].append(int(entry))
+        elif comm.startswith("xl-d") and comm.endswith("blkbench"):
+            roles["guest"].append(int(entry))
+    return roles
+
+
+def _snapshot(roles: dict[str, list[int]]) -> dict[str, float]:
+    taken = {}
+    for role, pids in roles.items():
+        total = 0.0
+        for pid in pids:
+            try:
+                total += _cpu_s(pid)
+            except OSError:
+                pass
+        taken[role] = total
+    return taken
+
+
+def guest(tmp: str, image: str, total_mib: int, random_ops: int, model: str = "split") -> dict[str, Any]:
+    """One guest's passes on a disk of ``model``: its figures and each process's CPU time per pass."""
     run_dir = RunDir(tmp)
     subprocess.run([sys.executable, "-m", "xenlike", "--run-dir", tmp, "up", "-d", "--memory", "1024", "/dev/null"],
                    check=True, stdout=subprocess.DEVNULL)
     try:
+        hypervisor = run_dir.running_pid()
+        assert hypervisor is not None
         with ToolstackClient(run_dir) as client:
             config = {"name": "blkbench", "memory": 256, "workload": WORKLOAD,
                       "workload_args": [str(total_mib), str(random_ops)],
                       "disk": [{"target": image, "vdev": "xvda", "devid": 51712, "format": "raw", "access": "rw",
                                 "devtype": "disk", "backend": "0", "discard": True, "direct_io_safe": False,
-                                "trusted": True, "size": None}]}
+                                "trusted": True, "size": None, "model": model}]}
             client.call("create", config=config)
-            log = Path(tmp) / "logs" / "blkbench.log"
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                for line in log.read_text().splitlines() if log.exists() else []:
-                    if line.startswith("BLKBENCH "):
-                        return json.loads(line[len("BLKBENCH "):])
-                time.sleep(0.2)
-            raise RuntimeError(f"the guest reported nothing; see {log}")
+        return _follow(tmp, Path(tmp) / "logs" / "blkbench.log", hypervisor)
     finally:
         subprocess.run([sys.executable, "-m", "xenlike", "--run-dir", tmp, "down"], stdout=subprocess.DEVNULL)
+
+
+def _follow(tmp: str, log: Path, hypervisor: int) -> dict[str, Any]:
+    """Read the guest's console as it goes: CPU times at each PHASE line, then its BLKBENCH figures."""
+    seen, marks, roles = 0, [], None
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        lines = log.read_text().splitlines() if log.exists() else []
+        for line in lines[seen:]:
+            if line.startswith("PHASE "):
+                roles = roles or _roles(tmp, hypervisor)
+                marks.append((line.split()[1], _snapshot(roles)))
+            elif line.startswith("BLKBENCH "):
+                report = json.loads(line[len("BLKBENCH "):])
+                cpu = {name: {role: after[role] - before[role] for role in before}
+                       for (name, before), (_, after) in zip(marks, marks[1:])}
+                for name, guest_s in report["guest_cpu_s"].items():
+                    cpu[name]["guest"] = guest_s  # the guest's own count is exact
+                return {"figures": report["figures"], "cpu_s": cpu}
+        seen = len(lines)
+        time.sleep(0.002)
+    raise RuntimeError(f"the guest reported nothing; see {log}")
 
 
 def _allocate(path: str, total_mib: int) -> None:
@@ -113,28 +189,72 @@ def _allocate(path: str, total_mib: int) -> None:
         os.fdatasync(f.fileno())
 
 
+KEYS = ("seq_write_mbps", "seq_read_mbps", "rand4k_qd1_iops", "rand4k_qd32_iops", "rand4k_batch32_iops",
+        "seq_write_zc_mbps", "seq_read_zc_mbps")
+NATIVE = {"seq_write": "seq_write_native_mbps", "seq_read": "seq_read_native_mbps", "rand4k": "rand4k_native_iops"}
+ROLES = ("guest", "backend", "dom0", "hypervisor")
+
+
+def _requests(key: str, total_mib: int, random_ops: int) -> int:
+    """How many requests a pass makes (1 MiB each for the sequential ones)."""
+    if key.startswith("seq_"):
+        return total_mib
+    return random_ops // 4 if key == "rand4k_qd1_iops" else random_ops
+
+
+def _baseline(key: str, native: dict[str, float]) -> float:
+    return native[NATIVE["seq_write" if key.startswith("seq_write") else "seq_read" if key.startswith("seq_read")
+                      else "rand4k"]]
+
+
+def table(runs: dict[str, dict[str, Any]], native: dict[str, float], total_mib: int, random_ops: int) -> str:
+    """The lecture's table: each pass's figure per model, its ratio to native, and CPU us per request per process."""
+    lines = [f"{'pass':<20} {'model':<12} {'figure':>12} {'x native':>9}   CPU us/request: "
+             + " ".join(f"{role:>10}" for role in ROLES)]
+    for key in KEYS:
+        for model, run in runs.items():
+            figure, count = run["figures"][key], _requests(key, total_mib, random_ops)
+            cpu = run["cpu_s"].get(key, {})
+            per_request = " ".join(f"{cpu.get(role, 0.0) * 1e6 / count:>10.1f}" for role in ROLES)
+            lines.append(f"{key:<20} {model:<12} {figure:>12,.0f} {figure / _baseline(key, native):>8.2f}x"
+                         f"                   {per_request}")
+    for name, value in native.items():
+        lines.append(f"{name:<33} {value:>12,.0f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parser(__doc__.split("\n\n")[0]).parse_args()
     total_mib = 32 if args.quick else 128
     random_ops = 5_000 if args.quick else 40_000
+    runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="xl-blk-", dir="/tmp") as tmp:
         image = os.path.join(tmp, "bench.img")
         _allocate(image, total_mib)
-        figures = guest(tmp, image, total_mib, random_ops)
-        figures.update(native(image, total_mib, random_ops))
-    ordered = {key: figures[key] for key in ("seq_write_mbps", "seq_write_native_mbps", "seq_read_mbps",
-                                             "seq_read_native_mbps", "rand4k_qd1_iops", "rand4k_qd32_iops",
-                                             "rand4k_batch32_iops", "rand4k_native_iops", "seq_write_zc_mbps",
-                                             "seq_read_zc_mbps")}
-    ratios = {
-        "seq_write_mbps / native": ordered["seq_write_mbps"] / ordered["seq_write_native_mbps"],
-        "seq_read_mbps / native": ordered["seq_read_mbps"] / ordered["seq_read_native_mbps"],
-        "rand4k_qd32_iops / native": ordered["rand4k_qd32_iops"] / ordered["rand4k_native_iops"],
-        "rand4k_qd1_iops / native": ordered["rand4k_qd1_iops"] / ordered["rand4k_native_iops"],
-        "rand4k_batch32_iops / native": ordered["rand4k_batch32_iops"] / ordered["rand4k_native_iops"],
-        "seq_write_zc_mbps / native": ordered["seq_write_zc_mbps"] / ordered["seq_write_native_mbps"],
-        "seq_read_zc_mbps / native": ordered["seq_read_zc_mbps"] / ordered["seq_read_native_mbps"],
-    }
+        for model in MODELS:
+            run_dir = os.path.join(tmp, model[0])  # zmq's ipc paths must stay short
+            os.mkdir(run_dir)
+            runs[model] = guest(run_dir, image, total_mib, random_ops, model)
+        native_figures = native(image, total_mib, random_ops)
+    split = runs["split"]["figures"]
+    ordered = {"seq_write_mbps": split["seq_write_mbps"], "seq_write_native_mbps": native_figures["seq_write_native_mbps"],
+               "seq_read_mbps": split["seq_read_mbps"], "seq_read_native_mbps": native_figures["seq_read_native_mbps"],
+               "rand4k_qd1_iops": split["rand4k_qd1_iops"], "rand4k_qd32_iops": split["rand4k_qd32_iops"],
+               "rand4k_batch32_iops": split["rand4k_batch32_iops"],
+               "rand4k_native_iops": native_figures["rand4k_native_iops"],
+               "seq_write_zc_mbps": split["seq_write_zc_mbps"], "seq_read_zc_mbps": split["seq_read_zc_mbps"]}
+    for model, run in runs.items():
+        for key in KEYS:
+            ordered[f"{model}_{key}"] = run["figures"][key]
+            for role in ROLES:
+                seconds = run["cpu_s"].get(key, {}).get(role, 0.0)
+                ordered[f"{model}_{key.rsplit('_', 1)[0]}_cpu_us_{role}"] = (
+                    seconds * 1e6 / _requests(key, total_mib, random_ops)
+                )
+    ratios = {f"{model}_{key} / native": run["figures"][key] / _baseline(key, native_figures)
+              for model, run in runs.items() for key in KEYS}
+    print(table(runs, native_figures, total_mib, random_ops))
+    print()
     report(ordered, ratios, args.json)
 
 

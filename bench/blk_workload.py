@@ -5,7 +5,9 @@ flight) and in batches of 32 through ``disk.batch()``, each batch waited for.
 Last, the sequential pattern again through eight zero-copy buffers
 (``disk.buffer()``; see ``_sequential_buffers`` for what is copied).
 
-workload_args: TOTAL_MIB RANDOM_OPS. Prints ``BLKBENCH {json}`` on its console.
+workload_args: TOTAL_MIB RANDOM_OPS. Each pass starts with a ``PHASE name`` line on its
+console (the host notes every process's CPU time then); at the end it prints
+``BLKBENCH {json}``: the figures and the guest process's own CPU time per pass.
 """
 
 import json
@@ -112,18 +114,37 @@ def _warm_up(disk):
     _sequential(disk, WARM_UP_MIB, write=False)
 
 
+PHASES = ("seq_write_mbps", "seq_read_mbps", "rand4k_qd1_iops", "rand4k_qd32_iops", "rand4k_batch32_iops",
+          "seq_write_zc_mbps", "seq_read_zc_mbps")
+PHASE_GAP_S = 0.05  # after a PHASE line, so the host notes every process's CPU time before the phase starts
+
+
+def _phase(name):
+    """Mark a phase's start on the console; the host reads each process's CPU time there."""
+    print(f"PHASE {name}", flush=True)
+    time.sleep(PHASE_GAP_S)
+
+
 def run(ctx):
     total_mib, random_ops = int(ctx.args[0]), int(ctx.args[1])
     disk = ctx.disks["xvda"]
+    span = total_mib * MIB // 512
     _warm_up(disk)
-    figures = {
-        "seq_write_mbps": _sequential(disk, total_mib, write=True),
-        "seq_read_mbps": _sequential(disk, total_mib, write=False),
-        "rand4k_qd1_iops": _random_reads(disk, total_mib * MIB // 512, random_ops // 4, depth=1),
-        "rand4k_qd32_iops": _random_reads(disk, total_mib * MIB // 512, random_ops, depth=32),
-        "rand4k_batch32_iops": _random_batches(disk, total_mib * MIB // 512, random_ops, size=32),
-        "seq_write_zc_mbps": _sequential_buffers(disk, total_mib, write=True),
-        "seq_read_zc_mbps": _sequential_buffers(disk, total_mib, write=False),
+    passes = {
+        "seq_write_mbps": lambda: _sequential(disk, total_mib, write=True),
+        "seq_read_mbps": lambda: _sequential(disk, total_mib, write=False),
+        "rand4k_qd1_iops": lambda: _random_reads(disk, span, random_ops // 4, depth=1),
+        "rand4k_qd32_iops": lambda: _random_reads(disk, span, random_ops, depth=32),
+        "rand4k_batch32_iops": lambda: _random_batches(disk, span, random_ops, size=32),
+        "seq_write_zc_mbps": lambda: _sequential_buffers(disk, total_mib, write=True),
+        "seq_read_zc_mbps": lambda: _sequential_buffers(disk, total_mib, write=False),
     }
-    print("BLKBENCH " + json.dumps(figures), flush=True)
+    figures, cpu = {}, {}
+    for name in PHASES:
+        _phase(name)
+        start = time.process_time()
+        figures[name] = passes[name]()
+        cpu[name] = time.process_time() - start
+    _phase("end")
+    print("BLKBENCH " + json.dumps({"figures": figures, "guest_cpu_s": cpu}), flush=True)
     ctx.shutdown.wait()

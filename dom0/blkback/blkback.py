@@ -79,7 +79,7 @@ MAX_RING_PAGE_ORDER = 4  # max-ring-page-order: up to 16 ring pages
 MAX_PERSISTENT_GRANTS = 4096  # mappings kept per device (Linux: max_pgrants 1056 per queue)
 # How long an empty ring is polled after a batch before the worker sleeps: longer than a
 # front end's turnaround between batches, short enough that an idle device costs nothing.
-POLL_S = 200e-6
+POLL_S = 1e-3
 
 # Every segment of a request covering whole pages: the common case, checked in one comparison.
 _FIRST_OF_WHOLE_PAGES = bytes(MAX_INDIRECT_SEGMENTS)
@@ -182,6 +182,7 @@ class BlkifRing:
         while clock() < deadline:
             if ring.unconsumed_requests():
                 return True
+            os.sched_yield()  # a front end on this CPU gets to run
         return False
 
     def _serve_rw(self, op: int, req_id: int, sector: int, segments: SegmentArray) -> int:

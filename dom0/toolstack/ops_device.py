@@ -122,7 +122,7 @@ def block_list(ts: Toolstack, request: Request) -> Any:
                     "state": -1,
                     "evtch": -1,
                     "ring_ref": -1,
-                    "be_path": "hypervisor" if model == MODEL_DIRECT else "guest (its image's fd)",
+                    "be_path": "hypervisor" if model == MODEL_DIRECT else "guest",
                     "target": disk["target"],
                     "access": disk["access"],
                     "model": model,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -65,7 +66,7 @@ log = logging.getLogger("domu.blkfront")
 MAX_RING_PAGE_ORDER = 4
 # How long a waiting thread polls the ring for its responses before it sleeps: about a
 # back end's turnaround, so a quick answer costs neither a sleep nor the event loop's wake-up.
-POLL_S = 200e-6
+POLL_S = 1e-3
 
 
 class BlockIOError(IOError):
@@ -96,6 +97,16 @@ class _Latch:
             self.lock.release()
 
 
+class _Poller(Protocol):
+    """What a waiting thread polls: the device whose ring holds its response (see :meth:`BlockDevice._poll_begin`)."""
+
+    def _poll_begin(self) -> None: ...
+
+    def _poll_responses(self) -> None: ...
+
+    def _poll_end(self) -> None: ...
+
+
 class BlkFuture:
     """The outcome of one submitted request.
 
@@ -110,7 +121,7 @@ class BlkFuture:
 
     __slots__ = ("_latch", "_done", "_result", "_error", "_collect", "_poll")
 
-    def __init__(self, poll: Callable[[bool], None] | None = None, latch: _Latch | None = None) -> None:
+    def __init__(self, poll: _Poller | None = None, latch: _Latch | None = None) -> None:
         self._latch = latch if latch is not None else _Latch()
         self._latch.remaining += 1
         self._done = False
@@ -155,13 +166,16 @@ class BlkFuture:
         """Return once the request completed (TimeoutError after ``timeout`` seconds)."""
         if self._done:
             return
-        poll = self._poll
-        if poll is not None:
-            deadline = time.monotonic() + POLL_S
-            while not self._done and time.monotonic() < deadline:
-                poll(False)
-            if not self._done:
-                poll(True)  # so the back end's next response notifies the event loop
+        poller = self._poll
+        if poller is not None:
+            poller._poll_begin()
+            try:
+                deadline = time.monotonic() + POLL_S
+                while not self._done and time.monotonic() < deadline:
+                    poller._poll_responses()
+                    os.sched_yield()  # lets the event loop's thread have the GIL, and the back end this CPU
+            finally:
+                poller._poll_end()  # re-arms rsp_event, so the back end's next response notifies
         latch = self._latch
         if latch.lock.locked():
             if not latch.lock.acquire(timeout=-1 if timeout is None else timeout):
@@ -360,6 +374,7 @@ class BlockDevice:
         self._uncollected: dict[int, _Inflight] = {}  # completed READs whose data is still in the pool
         self._buffers: set[BlkBuffer] = set()  # lent and not released
         self._ids = itertools.count(1)
+        self._pollers = 0  # threads polling the ring for their responses (_cond held to change)
         self.closing = False
         self.suspended = False  # quiesced for a suspend: requests wait until resumed
 
@@ -589,7 +604,7 @@ class BlockDevice:
         run: _Run | None = None,
         latch: _Latch | None = None,
     ) -> _Request:
-        return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(self._poll_responses, latch), run)
+        return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(self, latch), run)
 
     def _rw_requests(
         self, op: int, sector: int, nbytes: int, data: memoryview | None, latch: _Latch | None = None
@@ -765,29 +780,37 @@ class BlockDevice:
         if ring is None:
             return
         with self._cond:
-            self._take_responses(ring)
-            while ring.final_check_for_responses():  # re-armed: the next response notifies
-                self._take_responses(ring)
+            if self._pollers:
+                self._take_responses(ring)  # a poller re-arms when it stops
+            else:
+                self._reap()  # re-armed: the next response notifies
             self._cond.notify_all()
 
-    def _poll_responses(self, rearm: bool = False) -> None:
-        """Complete what the back end has answered, from a waiting thread.
+    # A thread waiting for a response polls the ring itself (virtio's event suppression):
+    # while one does, the event loop takes what it finds without re-arming rsp_event, so
+    # the back end pushes without notifying; the last poller re-arms before it sleeps.
 
-        While a thread keeps polling, ``rsp_event`` is not re-armed, so the back end
-        need not notify; ``rearm`` (before the waiter sleeps) re-arms it as the
-        event loop's handler does. Without ``rearm`` an unanswered ring is seen
-        without taking the lock (the index is a hint; the lock is taken to consume).
+    def _poll_begin(self) -> None:
+        with self._cond:
+            self._pollers += 1
+
+    def _poll_responses(self) -> None:
+        """Complete what the back end has answered, from a polling thread (rsp_event left as it is).
+
+        An unanswered ring is seen without taking the lock (the index is a hint; the lock is taken to consume).
         """
         ring = self.ring
-        if ring is None:
-            return
-        if not rearm and ring.shared_rsp_prod() == ring.rsp_cons:
+        if ring is None or ring.shared_rsp_prod() == ring.rsp_cons:
             return
         with self._cond:
-            taken = self._take_responses(ring)
-            if rearm:
-                while ring.final_check_for_responses():
-                    taken += self._take_responses(ring)
+            if self._take_responses(ring):
+                self._cond.notify_all()
+
+    def _poll_end(self) -> None:
+        """The poller stops: complete what was answered and, if it was the last, re-arm rsp_event."""
+        with self._cond:
+            self._pollers -= 1
+            taken = self._reap() if self._pollers == 0 else 0
             if taken:
                 self._cond.notify_all()
 

@@ -55,8 +55,10 @@ def test_block_list_and_list_long_say_what_each_model_allows(host, tmp_path):
     for model in MODELS:
         console_json(host, model, "FIRST", timeout=60)
     listing = host.xl("block-list", "passthrough").stdout
-    assert "passthrough" in listing and "cannot be shared, hot-unplugged safely, migrated" in listing
-    assert "hypervisor" in host.xl("block-list", "direct").stdout
+    assert "xvda: passthrough disk: cannot be shared, hot-unplugged, migrated" in listing
+    assert listing.splitlines()[0].split() == ["Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"]
+    direct = host.xl("block-list", "direct").stdout
+    assert "hypervisor" in direct and "xvda: direct disk: cannot be hot-unplugged" in direct
     rows = {row["name"]: row for row in host.call("list", long=True)}
     assert rows["passthrough"]["disk_models"] == [
         {"vdev": "xvda", "model": "passthrough", "shareable": False, "hot_unplug": False, "migratable": False}

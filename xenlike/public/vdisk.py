@@ -85,6 +85,11 @@ def check_request(op: int, sector: int, nr_sectors: int, sectors: int, readonly:
 
 
 def model_limits(model: str) -> dict[str, bool]:
-    """What a disk of ``model`` allows (``list -l``, ``block-list``): ``shareable``, ``hot_unplug``, ``migratable``."""
-    outside = model == MODEL_PASSTHROUGH
-    return {"shareable": not outside, "hot_unplug": not outside, "migratable": not outside}
+    """What a disk of ``model`` allows (``list -l``, ``block-list``): ``shareable``, ``hot_unplug``, ``migratable``.
+
+    A passthrough disk allows none of them: the guest holds the image's fd, which
+    this host opened. A direct disk is held by the hypervisor until its domain is
+    destroyed (xenlike unplugs split disks only); nothing of it lives in the guest.
+    """
+    passthrough = model == MODEL_PASSTHROUGH
+    return {"shareable": not passthrough, "hot_unplug": model == MODEL_SPLIT, "migratable": not passthrough}

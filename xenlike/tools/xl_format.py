@@ -218,27 +218,28 @@ def format_block_list(rows: Iterable[dict]) -> str:
     """``xl block-list`` (``tools/xl/xl_block.c``): ``Vdev BE handle state evt-ch ring-ref BE-path``.
 
     As ``main_blocklist`` prints a ``libxl_diskinfo``: Vdev is the device number,
-    BE the back end's domid and handle the front end's. xenlike adds the device
-    model last (split, direct, passthrough); a disk that is not on xenbus shows
-    -1 for its state, port and ring, and who serves it as its BE-path. Under the
-    table, one line per disk whose model cannot be shared, hot-unplugged or
-    migrated says so.
+    BE the back end's domid and handle the front end's. A disk of another device
+    model than split is not on xenbus: its state, port and ring are -1 and its
+    BE-path says who serves it (``hypervisor``, or the ``guest`` itself); under the
+    table one line per such disk names its model and what it cannot be.
     """
     rows = list(rows)
-    lines = [f"{'Vdev':<5} {'BE':<3} {'handle':<6} {'state':<5} {'evt-ch':<6} {'ring-ref':<8} {'BE-path':<30} model"]
+    lines = [f"{'Vdev':<5} {'BE':<3} {'handle':<6} {'state':<5} {'evt-ch':<6} {'ring-ref':<8} {'BE-path':<30}"]
     for row in rows:
         lines.append(
             f"{row['vdev']:<5} {row['backend']:<3} {row['frontend_id']:<6} {row['state']:<5} "
-            f"{row['evtch']:<6} {row['ring_ref']:<8} {row['be_path']:<30} {row.get('model', 'split')}"
+            f"{row['evtch']:<6} {row['ring_ref']:<8} {row['be_path']:<30}"
         )
     for row in rows:
-        cannot = [what for key, what in _LIMITS if row.get(key) is False]
-        if cannot:
-            lines.append(f"{row['name']}: {row.get('model')} disk: cannot be {', '.join(cannot)}")
+        model = row.get("model", "split")
+        if model != "split":
+            cannot = [what for key, what in _LIMITS if row.get(key) is False]
+            limits = f": cannot be {', '.join(cannot)}" if cannot else ""
+            lines.append(f"{row['name']}: {model} disk{limits}")
     return "\n".join(lines)
 
 
-_LIMITS = (("shareable", "shared"), ("hot_unplug", "hot-unplugged safely"), ("migratable", "migrated"))
+_LIMITS = (("shareable", "shared"), ("hot_unplug", "hot-unplugged"), ("migratable", "migrated"))
 
 
 def format_network_list(rows: Iterable[dict]) -> str:
