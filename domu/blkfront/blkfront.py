@@ -67,6 +67,7 @@ MAX_RING_PAGE_ORDER = 4
 # How long a waiting thread polls the ring for its responses before it sleeps: about a
 # back end's turnaround, so a quick answer costs neither a sleep nor the event loop's wake-up.
 POLL_S = 1e-3
+POLL_MAX_BYTES = 64 << 10  # polled for only up to this size (Linux's hybrid polling sleeps for a large one)
 
 
 class BlockIOError(IOError):
@@ -112,11 +113,12 @@ class BlkFuture:
 
     Its completion is counted on a :class:`_Latch`: its own, or its batch's. A
     READ's data is produced by ``collect`` in the first thread that asks for it
-    (see :meth:`BlockDevice._collect`), not on the event loop. A waiter first
-    polls the ring itself for up to :data:`POLL_S` (``poll``, which completes what
-    the back end has answered), so a request answered quickly costs no wake-up of
-    the event loop and no sleep; only then does it sleep on the latch. Waiting on
-    one request of a batch waits for the batch.
+    (see :meth:`BlockDevice._collect`), not on the event loop. A waiter for a
+    request of at most :data:`POLL_MAX_BYTES` first polls the ring itself for up
+    to :data:`POLL_S` (``poll``: its device, which completes what the back end has
+    answered), so a request answered quickly costs no wake-up of the event loop and
+    no sleep; only then does it sleep on the latch. Waiting on one request of a
+    batch waits for the batch.
     """
 
     __slots__ = ("_latch", "_done", "_result", "_error", "_collect", "_poll")
@@ -354,6 +356,8 @@ class BlockDevice:
     ``max_segments``, ``persistent``, ``closing`` and the ``setup_*``/``stop_io``/
     ``teardown_ring`` calls are the XenBus handshake's (:mod:`.xenbus`).
     """
+
+    model = "split"  # the device model (xenlike.public.vdisk): blkfront and blkback over a ring
 
     def __init__(self, bus: XenbusFrontend, xdev: FrontDevice, vdev: str) -> None:
         self.bus = bus
@@ -604,7 +608,9 @@ class BlockDevice:
         run: _Run | None = None,
         latch: _Latch | None = None,
     ) -> _Request:
-        return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(self, latch), run)
+        # A large request keeps the back end copying for longer than polling pays for: its waiter sleeps.
+        poller = self if nbytes <= POLL_MAX_BYTES else None
+        return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(poller, latch), run)
 
     def _rw_requests(
         self, op: int, sector: int, nbytes: int, data: memoryview | None, latch: _Latch | None = None
