@@ -38,6 +38,7 @@ from xenlike.public.suspend import (
     SuspendRecordError,
     check_place,
 )
+from xenlike.public.vdisk import MODEL_SPLIT, model_limits
 from xenlike.public.xen import PAGE_SIZE, ShutdownReason
 from xenlike.public.xs_wire import XsError, home_path
 
@@ -346,6 +347,16 @@ def restore_image(
 # -- the operations ------------------------------------------------------------------------
 
 
+def _refuse_passthrough(built: BuiltDomain, what: str) -> None:
+    """A passthrough disk cannot be saved or migrated: the guest holds this host's fd of its image."""
+    for disk in built.config.get("disk", []):
+        if not model_limits(disk.get("model", MODEL_SPLIT))["migratable"]:
+            raise ToolstackError(
+                f"{built.label} cannot be {what}: its {disk['vdev']} is a passthrough disk (the guest holds "
+                "this host's fd of its image and does its own I/O); give the disk model=split or model=direct"
+            )
+
+
 def save(ts: Toolstack, request: Request) -> None:
     """xl save [-c] [-p] DOMAIN FILE: suspend, write the image, then destroy (or run on with -c, paused with -p).
 
@@ -355,6 +366,7 @@ def save(ts: Toolstack, request: Request) -> None:
     """
     args = request.args
     built = ts.lifecycle.find(args["domain"])
+    _refuse_passthrough(built, "saved")
     path = _caller_path(args.get("file"), args.get("cwd"))
     keep = bool(args.get("checkpoint")) or bool(args.get("paused"))
     partial = f"{path}.part"
@@ -453,6 +465,7 @@ def migrate(ts: Toolstack, request: Request) -> None:
 
     args = request.args
     built = ts.lifecycle.find(args["domain"])
+    _refuse_passthrough(built, "migrated")
     try:
         addr, port = ch.parse_address(str(args.get("host", "")))
         key = args.get("key")

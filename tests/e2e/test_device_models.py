@@ -66,6 +66,10 @@ def test_block_list_and_list_long_say_what_each_model_allows(host, tmp_path):
     assert rows["split"]["disk_models"][0]["hot_unplug"] is True
     detach = host.xl("block-detach", "passthrough", "xvda", check=False)
     assert detach.returncode != 0 and "cannot be unplugged safely" in detach.stderr
+    for verb in (("save", "passthrough", str(tmp_path / "p.save")), ("migrate", "passthrough", "127.0.0.1:1", "--key", "k")):
+        refused = host.xl(*verb, check=False)
+        assert refused.returncode != 0 and "xvda is a passthrough disk" in refused.stderr, refused.stderr
+    assert not (tmp_path / "p.save").exists()
     attach = host.xl("block-attach", "split", f"vdev=xvdb, size=4M, model=direct, target={tmp_path / 'b.img'}",
                      check=False)
     assert attach.returncode != 0 and "model=split" in attach.stderr
