@@ -193,6 +193,11 @@ class Lifecycle:
         """``getdomaininfo`` of every domain the hypervisor knows, dom0 included."""
         return self.hypercall("domctl", cmd="getdomaininfo")[0]
 
+    def domain_list(self) -> dict[str, list]:
+        """``getdomaininfolist``: xl list's fields of every domain, dom0 included, as columns
+        (``xenlike.public.domctl.DOMAININFOLIST_COLUMNS``)."""
+        return self.hypercall("sysctl", cmd="getdomaininfolist")[0]
+
     def create(
         self,
         config: dict,

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from xenlike.public.domctl import DOMAININFOLIST_COLUMNS, dominf_state
 from xenlike.public.vdisk import MODEL_SPLIT, model_limits
 from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.xs_wire import XsError, home_path
@@ -118,30 +119,52 @@ def _disk_models(built: BuiltDomain | None) -> dict[str, list[dict[str, Any]]]:
 
 
 def list_domains(ts: Toolstack, request: Request) -> Any:
+    """``xl list``'s rows (name, domid, mem in MiB, vcpus, state letters, cpu_time); with ``long`` each row also
+    has the domain's ``info`` (``getdomaininfo``), ``config`` and ``disk_models``.
+
+    The short list is built from ``getdomaininfolist``'s columns, one small dict a row, so it costs what
+    its reply's size costs; the long one needs every domain's full ``getdomaininfo``.
+    """
     args = request.args
-    rows = []
-    for info in ts.lifecycle.domain_infos():
-        if args.get("domain") is not None and str(args["domain"]) not in (info["name"], str(info["domid"])):
-            continue
-        built = ts.domains.get(info["domid"])
-        rows.append(
-            {
-                "name": info["name"],
-                "domid": info["domid"],
-                "mem": info["memory_kb"] // 1024,
-                "vcpus": info["vcpus"],
-                "state": state_letters(info),
-                "cpu_time": info["cpu_time"],
-                **(
-                    {"info": info, "config": built.config if built else {}, **_disk_models(built)}
-                    if args.get("long")
-                    else {}
-                ),
-            }
-        )
-    if args.get("domain") is not None and not rows:
-        raise ToolstackError(f"no domain {args['domain']!r}; `xenlike list` shows the domains")
+    wanted = None if args.get("domain") is None else str(args["domain"])
+    if args.get("long"):
+        rows = [_long_row(ts, info) for info in ts.lifecycle.domain_infos() if _is(wanted, info["name"], info["domid"])]
+    else:
+        columns = ts.lifecycle.domain_list()
+        rows = [
+            {"name": name, "domid": domid, "mem": kb // 1024, "vcpus": vcpus, "state": _letters(flags), "cpu_time": cpu}
+            for domid, name, kb, vcpus, cpu, flags in zip(*(columns[key] for key in DOMAININFOLIST_COLUMNS))
+            if _is(wanted, name, domid)
+        ]
+    if wanted is not None and not rows:
+        raise ToolstackError(f"no domain {wanted!r}; `xenlike list` shows the domains")
     return rows
+
+
+def _is(wanted: str | None, name: str, domid: int) -> bool:
+    """Whether a domain is the one ``wanted`` names (by name or id); every domain is when it is None."""
+    return wanted is None or wanted == name or wanted == str(domid)
+
+
+@functools.cache
+def _letters(flags: int) -> str:
+    """xl list's state letters of a ``XEN_DOMINF_*`` word (a host's domains share a handful of them)."""
+    return state_letters(dominf_state(flags))
+
+
+def _long_row(ts: Toolstack, info: dict) -> dict:
+    built = ts.domains.get(info["domid"])
+    return {
+        "name": info["name"],
+        "domid": info["domid"],
+        "mem": info["memory_kb"] // 1024,
+        "vcpus": info["vcpus"],
+        "state": state_letters(info),
+        "cpu_time": info["cpu_time"],
+        "info": info,
+        "config": built.config if built else {},
+        **_disk_models(built),
+    }
 
 
 def uptime(ts: Toolstack, request: Request) -> Any:

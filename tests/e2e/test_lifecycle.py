@@ -125,6 +125,35 @@ def test_sigkill_of_a_domu_is_noticed_reported_and_cleaned_up(host, tmp_path):
     wait_for(lambda: int(host.xs_read(f"/local/domain/{b}/data/ticks")) > ticks, what="the bystander to keep running")
 
 
+def test_the_short_list_says_what_each_domains_info_says(host, tmp_path):
+    """`list` (from getdomaininfolist's columns) and `list -l` (every domain's getdomaininfo) agree on each
+    domain, running, paused or shut down, and `list DOMAIN` finds one by name or id."""
+    host.up(str(write_cluster(tmp_path, [
+        {"name": "idle", "workload": "idle"},
+        {"name": "held", "workload": "idle"},
+        {"name": "c", "workload": "crash", "workload_args": ["--after", "0.2"], "on_crash": "preserve"},
+    ])))
+    wait_for(lambda: host.domains().get("c", {}).get("state") == "---sc-", what="the crashed domain preserved")
+    host.xl("pause", "held")
+    short = host.call("list")
+    long = {row["domid"]: row for row in host.call("list", long=True)}
+    assert [row["domid"] for row in short] == sorted(long)
+    for row in short:
+        full = long[row["domid"]]
+        assert {key: row[key] for key in ("name", "mem", "vcpus", "state")} == {
+            key: full[key] for key in ("name", "mem", "vcpus", "state")
+        }
+        assert row["mem"] == full["info"]["memory_kb"] // 1024
+        assert 0 <= full["cpu_time"] - row["cpu_time"] < 1.0  # asked a moment later
+    states = {row["name"]: row["state"] for row in short}
+    assert states["held"] == "--p---" and states["c"] == "---sc-" and states["idle"] in ("-b----", "r-----")
+    held = next(row for row in short if row["name"] == "held")
+    assert [row["name"] for row in host.call("list", domain="held")] == ["held"]
+    assert [row["name"] for row in host.call("list", domain=str(held["domid"]))] == ["held"]
+    missing = host.xl("list", "nosuch", check=False)
+    assert missing.returncode != 0 and "no domain 'nosuch'" in missing.stderr
+
+
 def test_rename_and_uptime(host, tmp_path):
     host.up(str(write_cluster(tmp_path, [{"name": "old", "workload": "idle"}])))
     host.xl("rename", "old", "new")

@@ -221,3 +221,35 @@ def test_an_idle_vcpu_is_sampled_ever_less_often_and_not_looked_at_in_between(ch
     sched.tick()
     assert samples.count(pids[0]) == before + 1  # unpaused: sampled at the next tick again
     sched.close()
+
+
+def test_credit_domain_states_are_what_the_vcpus_say_after_every_tick(children):
+    """``domain_states`` keeps a dozing domain's answer; after every tick, pause, unpause and death it
+    equals what the domain's vCPUs say now (``list``'s State and Time(s) stay true)."""
+    sched = CreditScheduler([0, 1])
+    pids = [spinner(), sleeper(), sleeper(), spinner(1)]
+    children.extend(pids)
+    domids = list(range(1, len(pids) + 1))
+    for domid, pid in zip(domids, pids):
+        sched.add_domain(domid, f"d{domid}", 1)
+        sched.vcpu_up(domid, 0, pid)
+
+    def truth() -> list[tuple[float | None, bool | None, bool | None]]:
+        return [sched._domain_state(sched.core.domains.get(domid)) for domid in domids]
+
+    for round_ in range(80):
+        time.sleep(max(0.0, (sched.next_tick() - time.monotonic_ns()) / 1e9))
+        sched.tick()
+        if round_ == 20:
+            sched.pause(2)
+        if round_ == 40:
+            sched.unpause(2)
+        if round_ == 50:
+            os.kill(pids[3], signal.SIGKILL)
+            os.waitpid(pids[3], 0)
+            children.remove(pids[3])
+        assert sched.domain_states(domids) == truth(), round_
+        assert sched.domain_info(1)["cpu_time"] == truth()[0][0]
+    assert sched.domain_states(domids)[0][0] > 0.3  # the spinner's time kept growing
+    assert sched.domain_states([99]) == [(None, None, None)]
+    sched.close()

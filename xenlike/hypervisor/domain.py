@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from xenlike.kernel.memory import GuestMemory
+from xenlike.public.domctl import XEN_DOMINF_BLOCKED, XEN_DOMINF_DYING, XEN_DOMINF_PAUSED, XEN_DOMINF_RUNNING
 from xenlike.public.xen import PAGE_SIZE, ShutdownReason
 
 if TYPE_CHECKING:
@@ -126,6 +127,17 @@ class Domain:
             "crashed": self.shutdown_reason == ShutdownReason.CRASH,
             "dying": self.dying,
         }
+
+    def scheduled_flags(self, running: bool, blocked: bool) -> int:
+        """``getdomaininfo``'s ``XEN_DOMINF_*`` word of a domain that runs (started, not shut down), ``running``
+        and ``blocked`` being the scheduler's: ``dominf_flags(self.state_flags(...))`` with no dict built."""
+        if self.paused:
+            flags = XEN_DOMINF_PAUSED
+        elif self.dying:
+            flags = 0
+        else:
+            flags = (XEN_DOMINF_RUNNING if running else 0) | (XEN_DOMINF_BLOCKED if blocked else 0)
+        return (flags | XEN_DOMINF_DYING) if self.dying else flags
 
     def cpu_time(self) -> float:
         """CPU seconds the domain's process has used (kernel's accounting)."""

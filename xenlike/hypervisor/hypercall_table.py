@@ -102,6 +102,8 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               doc="hand a paused domU back to the scheduler"),
     Hypercall("domctl", domctl.getdomaininfo, cmd="getdomaininfo", privileged=True,
               doc="one domain's info, or every domain's"),
+    Hypercall("sysctl", domctl.getdomaininfolist, cmd="getdomaininfolist", privileged=True,
+              doc="XEN_SYSCTL_getdomaininfolist: xl list's fields of every domain, as columns"),
     Hypercall("domctl", domctl.get_changed_domains, cmd="get_changed_domains", privileged=True,
               doc="the domains whose state changed since VIRQ_DOM_EXC was last raised"),
     Hypercall("domctl", domctl.rename, cmd="rename", privileged=True,

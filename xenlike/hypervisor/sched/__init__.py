@@ -350,6 +350,16 @@ class Scheduler(abc.ABC):
         """What ``getdomaininfo`` takes from the scheduler: at least ``cpu_time``."""
         return {"cpu_time": self.domain_time(domid)}
 
+    def domain_states(self, domids: Sequence[int]) -> list[tuple[float | None, bool | None, bool | None]]:
+        """For each domain of ``domids``, (``cpu_time``, ``running``, ``blocked``) of its :meth:`domain_info`,
+        None for what it lacks: what ``getdomaininfolist`` asks of every domain at once, so a policy that
+        tracks them answers in one pass."""
+        states: list[tuple[float | None, bool | None, bool | None]] = []
+        for domid in domids:
+            info = self.domain_info(domid)
+            states.append((info.get("cpu_time"), info.get("running"), info.get("blocked")))
+        return states
+
     def settings(self) -> dict:
         """The pool's parameters, as ``xl sched-credit`` prints them."""
         return {"sched": self.name, "tslice_ms": 0, "ratelimit_us": 0, "migration_delay_us": 0}

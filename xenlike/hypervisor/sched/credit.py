@@ -271,6 +271,10 @@ class CreditCore:
             return True, v.hard
         return False, None
 
+    def pending_changes(self) -> set[CreditVcpu]:
+        """The vCPUs :meth:`take_changed` would return now (a look; they stay for it)."""
+        return self._changed
+
     def take_changed(self) -> set[CreditVcpu]:
         """The vCPUs whose :meth:`desired` may have changed since the last call."""
         changed, self._changed = self._changed, set()
@@ -608,6 +612,10 @@ class CreditScheduler(Scheduler):
         # costs the same with 200 idle guests as with none.
         self._dozing: dict[int, set[CreditVcpu]] = {}
         self._frozen: set[CreditVcpu] = set()  # vCPUs an injected fault keeps stopped
+        # domain_states' answers, by domid, and the domains whose vCPUs were sampled, charged or changed
+        # since: a domain whose vCPUs all doze keeps its answer, so `list` costs no vCPU walk for it.
+        self._states: dict[int, tuple[float | None, bool | None, bool | None]] = {}
+        self._touched: set[int] = set()
 
     # -- domains and vCPUs ----------------------------------------------------------
 
@@ -620,6 +628,7 @@ class CreditScheduler(Scheduler):
             self._release(v)
             self._vcpus.pop(v.key, None)
         self.core.remove_domain(domain.domid)
+        self._states.pop(domain.domid, None)
 
     def vcpu_up(self, domid: int, vcpu: int, pid: int) -> None:
         domain = self._domain(domid)
@@ -645,6 +654,7 @@ class CreditScheduler(Scheduler):
             if proc is not None:
                 proc.stopped = True  # the hypervisor stopped the whole process group
                 self.core.charge(v, proc.sample())  # its time is final while it is paused
+                self._touched.add(domid)
                 self._watch.discard(v)
                 self._wake_dozer(v)
         self.core.pause(domid)
@@ -699,6 +709,7 @@ class CreditScheduler(Scheduler):
         before = {v: v.cpu_ns for v in samples}
         priorities = {v: v.pri for v in samples} if trace.mask[0] & TraceClass.SCHED else None
         self.core.tick(now, samples)
+        self._touched.update(v.domain.domid for v in samples)
         if priorities is not None:
             for v, pri in priorities.items():
                 if v.pri != pri:
@@ -723,7 +734,9 @@ class CreditScheduler(Scheduler):
 
     def _apply(self) -> None:
         """Make each changed vCPU's process do what the core decided."""
-        for v in self.core.take_changed():
+        changed = self.core.take_changed()
+        self._touched.update(v.domain.domid for v in changed)
+        for v in changed:
             proc = self._procs.get(v)
             if proc is None:
                 continue
@@ -874,10 +887,33 @@ class CreditScheduler(Scheduler):
         return sum(v.time_ns for v in core_domain.vcpus) / 1e9
 
     def domain_info(self, domid: int) -> dict:
-        core_domain = self.core.domains.get(domid)
-        if core_domain is None:
+        cpu_time, running, blocked = self.domain_states([domid])[0]
+        if cpu_time is None:
             return {}
-        # One pass, no temporaries: `list` asks this of every domain.
+        return {"cpu_time": cpu_time, "running": running, "blocked": blocked}
+
+    def domain_states(self, domids: Sequence[int]) -> list[tuple[float | None, bool | None, bool | None]]:
+        # A vCPU's time and run state change only where it is sampled, charged or changed (the core's
+        # take_changed, and what it holds for the next one): any other domain's answer is the last one.
+        touched = self._touched
+        touched.update(v.domain.domid for v in self.core.pending_changes())
+        domains, cached = self.core.domains, self._states
+        states: list[tuple[float | None, bool | None, bool | None]] = []
+        for domid in domids:
+            state = cached.get(domid)
+            if state is None or domid in touched:
+                state = self._domain_state(domains.get(domid))
+                if state[0] is not None:
+                    cached[domid] = state
+                touched.discard(domid)
+            states.append(state)
+        return states
+
+    @staticmethod
+    def _domain_state(core_domain: CreditDomain | None) -> tuple[float | None, bool | None, bool | None]:
+        """(cpu_time, running, blocked) of one domain, from its vCPUs; Nones for a domain not scheduled."""
+        if core_domain is None:
+            return None, None, None
         time_ns, running, blocked, live = 0, False, True, False
         for v in core_domain.vcpus:
             time_ns += v.time_ns
@@ -885,7 +921,7 @@ class CreditScheduler(Scheduler):
                 live = True
                 running = running or v.running_on is not None
                 blocked = blocked and v.blocked and not v.paused
-        return {"cpu_time": time_ns / 1e9, "running": running, "blocked": live and blocked}
+        return time_ns / 1e9, running, live and blocked
 
 
 def _trace_vcpu(event: Event, v: CreditVcpu, **fields: object) -> None:
