@@ -157,6 +157,10 @@ def test_the_null_scheduler_leaves_placement_to_linux(host, tmp_path):
     assert row[3] == "1" and row[-3:] == ["1", "/", "all"]
     pid = host.call("list", long=True)[1]["info"]["pid"]
     assert os.sched_getaffinity(pid) == {1}
+    # A policy that tracks no run state: `list` reads it from /proc, as `list -l` does.
+    short, long = host.call("list"), host.call("list", long=True)
+    assert [(r["name"], r["mem"], r["vcpus"]) for r in short] == [(r["name"], r["mem"], r["vcpus"]) for r in long]
+    assert short[1]["state"][0] == "r" and 0 <= long[1]["cpu_time"] - short[1]["cpu_time"] < 1.0
 
 
 def test_an_unknown_scheduler_is_refused_before_anything_starts(host):

@@ -204,14 +204,16 @@ def getdomaininfolist(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]
     cpu_times: list[float] = []
     flags: list[int] = []
     for domain, (cpu_time, on_cpu, blocked) in zip(domains, states):
-        if cpu_time is None or on_cpu is None or blocked is None or not _accounted(hv, domain):
-            # not started, shut down, or a scheduler that does not track the run state: getdomaininfo's way
-            info = domain_info(hv, domain)
-            cpu_times.append(info["cpu_time"])
-            flags.append(dominf_flags(info))
+        scheduled = cpu_time is not None and _accounted(hv, domain)
+        if scheduled and cpu_time is not None and on_cpu is not None and blocked is not None:
+            cpu_times.append(cpu_time)
+            flags.append(domain.scheduled_flags(on_cpu, blocked))
             continue
-        cpu_times.append(cpu_time)
-        flags.append(domain.scheduled_flags(on_cpu, blocked))
+        # Not started, shut down, or a scheduler that does not track the run state: getdomaininfo's way,
+        # from what the scheduler did account.
+        info = domain.info({"cpu_time": cpu_time} if scheduled else None)
+        cpu_times.append(info["cpu_time"])
+        flags.append(dominf_flags(info))
     columns = {
         "domid": [d.domid for d in domains],
         "name": [d.name for d in domains],
