@@ -34,6 +34,7 @@ from xenlike.public.console import ConsoleInterface
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE
 from xenlike.public.start_info import CONSOLE_PFN, GNTTAB_PFN, START_INFO_PFN, STORE_PFN, StartInfo
 from xenlike.public.trace import Event, TraceClass
+from xenlike.public.vcpu import OFFLINE, ONLINE, availability_path
 from xenlike.public.workload_state import WORKLOAD_DIR
 from xenlike.public.xenbus import BACKEND, FRONTEND, backend_path, frontend_path
 from xenlike.public.xs_wire import XenstoreInterface, XsError
@@ -70,6 +71,11 @@ GUEST_WRITABLE = (
 
 def home(domid: int) -> str:
     return f"/local/domain/{domid}"
+
+
+def max_vcpus(config: dict[str, Any]) -> int:
+    """The vCPUs a domain has (``maxvcpus``, else ``vcpus``), of which ``vcpus`` are online."""
+    return int(config.get("maxvcpus") or config.get("vcpus", 1))
 
 
 @dataclass
@@ -260,6 +266,7 @@ class DomainBuilder:
             "memory_mib": config["memory"],
             "maxmem_mib": config.get("maxmem") or config["memory"],
             "vcpus": config.get("vcpus", 1),
+            "max_vcpus": max_vcpus(config),
             "max_grant_frames": int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES)),
             "uuid": uuid or config.get("uuid"),
             # libxl's sched_params and cpumap, applied at creation (libxl__build_pre)
@@ -289,7 +296,8 @@ class DomainBuilder:
             "workload": config.get("workload", "idle"),
             "workload_args": list(config.get("workload_args", [])),
             "extra": config.get("cmdline") or config.get("extra", ""),  # xl: cmdline, else root= + extra
-            "vcpus": config.get("vcpus", 1),
+            "vcpus": config.get("vcpus", 1),  # online at boot; the kernel follows cpu/N/availability after
+            "max_vcpus": max_vcpus(config),
             "disks": [disk["vdev"] for disk in config.get("disk", []) if VBD.on_xenbus(disk)],  # blkfront's
             "vifs": [vif["devid"] for vif in config.get("vif", [])],  # the kernel brings them up before the workload
             **(extra or {}),
@@ -359,8 +367,9 @@ class DomainBuilder:
             "control/platform-feature-multiprocessor-suspend": "0",
             "device": "",
         }
-        for vcpu in range(int(config.get("vcpus", 1))):
-            nodes[f"cpu/{vcpu}/availability"] = "online"
+        online = int(config.get("vcpus", 1))
+        for vcpu in range(max_vcpus(config)):  # libxl__set_vcpuonline_xenstore
+            nodes[availability_path(vcpu)] = ONLINE if vcpu < online else OFFLINE
 
         def write_all(tx: int) -> None:
             xs = self.ctx.xs

@@ -104,6 +104,30 @@ class Xenconsoled:
         self.publisher.send_multipart(console_stream.encode(console.name, domid, console.published), zmq.NOBLOCK)
         return {"history": bytes(console.history), "end": console.published}
 
+    def history(self, domid: int) -> bytes:
+        """The console's recent output (at most HISTORY_BYTES), with what is still in its ring: what a save or
+        a migration carries (the stream's CONSOLE_HISTORY)."""
+        console = self._consoles.get(domid)
+        if console is None:
+            return b""
+        self._on_event(console)
+        return bytes(console.history)
+
+    def restore_history(self, domid: int, data: bytes) -> None:
+        """Output the domain printed before a save or a migration, put before what it printed here.
+
+        An attaching client sees it as history; offsets move on by its length, so the
+        live stream still splices at the end (``console_stream``). It is not written
+        to the log again: that file is the output printed on this host.
+        """
+        console = self._consoles.get(domid)
+        if console is None or not data:
+            return
+        data = data[-HISTORY_BYTES:]
+        console.history[:0] = data
+        del console.history[:-HISTORY_BYTES]
+        console.published += len(data)
+
     def send_input(self, domid: int, data: bytes) -> int:
         """Keyboard bytes for the guest; returns how many were taken (ring and queue)."""
         console = self._consoles.get(domid)

@@ -43,6 +43,7 @@ from xenlike.public.xs_wire import XsdSockmsgType as XS
 from .balloon import Balloon
 from .blkfront import BlkfrontDriver
 from .console import ConsoleFront, ConsoleStream
+from .cpu_hotplug import CpuHotplug
 from .netfront import NetfrontDriver
 from .sysrq import SYSRQ_PATH, SysrqHandler
 from .vchan import VchanDriver
@@ -182,10 +183,16 @@ class Kernel:
         self._shutdown_reason: int | None = None
         self._running = True
         # Secondary vCPUs are forked now, before the event-loop thread does anything.
+        # Of maxvcpus (the hypervisor's count), the image's vcpus are online at boot.
         self.vcpus_globals = WorkloadGlobals(self.start_info.image.get("workload", "idle"))
-        self.vcpus = fork_vcpus(
-            int(boot.get("vcpus", 1)), lambda i: f"xl-d{self.domid}v{i}-{self.name}", self.vcpus_globals
-        )
+        max_vcpus = int(boot.get("vcpus", 1))
+        online = min(max_vcpus, int(self.start_info.image.get("vcpus", max_vcpus)))
+        self.vcpus = fork_vcpus(online, self.vcpu_process_name, self.vcpus_globals)
+        self.cpu_hotplug = CpuHotplug(self, max_vcpus)
+
+    def vcpu_process_name(self, index: int) -> str:
+        """A secondary vCPU's process name, as ps shows it."""
+        return f"xl-d{self.domid}v{index}-{self.name}"
 
     # -- boot and run --------------------------------------------------------------
 
@@ -237,6 +244,7 @@ class Kernel:
         )
         self.workload = workload
         self._vcpus_up(workload)
+        self.cpu_hotplug.start()  # after the workload is bound: a vCPU forked later serves its functions
         if record is not None:
             try:
                 self._resume_workload(record.workload)

@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Vcpu", "VcpuCall", "VcpuError", "WorkloadGlobals", "fork_vcpus"]
+__all__ = ["Vcpu", "VcpuCall", "VcpuError", "WorkloadGlobals", "fork_vcpu", "fork_vcpus"]
 
 _LENGTH = struct.Struct("<I")
 _PR_SET_PDEATHSIG, _PR_SET_NAME = 1, 15
@@ -215,31 +215,35 @@ def _serve(sock: socket.socket, workload_globals: WorkloadGlobals | None) -> Non
 
 
 def fork_vcpus(count: int, process_name: Callable[[int], str], workload_globals: WorkloadGlobals | None) -> list[Vcpu]:
-    """Fork vCPUs 1..count-1; call while the kernel is still single-threaded.
+    """Fork vCPUs 1..count-1 at boot, while the kernel is still single-threaded (see :func:`fork_vcpu`)."""
+    return [fork_vcpu(index, process_name, workload_globals) for index in range(1, count)]
 
-    Each child closes every file descriptor but its own channel (it keeps the
+
+def fork_vcpu(index: int, process_name: Callable[[int], str], workload_globals: WorkloadGlobals | None) -> Vcpu:
+    """Fork vCPU ``index``: at boot, or when ``vcpu-set`` brings it online (``domu/cpu_hotplug.py``).
+
+    The child closes every file descriptor but its own channel (it keeps the
     memory mapping, which needs none), dies with vCPU 0 (``PR_SET_PDEATHSIG``),
-    takes the name ``process_name(index)`` and serves calls.
+    takes the name ``process_name(index)`` and serves calls. Forked while other
+    threads run, it touches nothing of theirs: it only reads its channel and runs
+    what arrives, with the workload's names already bound.
     """
-    vcpus = []
-    for index in range(1, count):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                ours.close()
-                os.closerange(3, theirs.fileno())
-                os.closerange(theirs.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
-                _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-                _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(process_name(index).encode()[:15]), 0, 0, 0)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                _serve(theirs, workload_globals)
-            except BaseException:
-                traceback.print_exc()
-                code = 70
-            finally:
-                os._exit(code)
-        theirs.close()
-        vcpus.append(Vcpu(index, pid, ours, workload_globals))
-    return vcpus
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            ours.close()
+            os.closerange(3, theirs.fileno())
+            os.closerange(theirs.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(process_name(index).encode()[:15]), 0, 0, 0)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _serve(theirs, workload_globals)
+        except BaseException:
+            traceback.print_exc()
+            code = 70
+        finally:
+            os._exit(code)
+    theirs.close()
+    return Vcpu(index, pid, ours, workload_globals)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from xenlike.public import migration_channel as ch
-from xenlike.public.migration_stream import DeviceState, DomainInfo, StreamWriter, VcpuContext
+from xenlike.public.migration_stream import DeviceState, StreamWriter
 from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.xs_wire import XsError
 
@@ -41,6 +41,7 @@ from .ops_migrate import (
     resume_domain,
     suspend_domain,
     suspend_record,
+    write_domain_records,
 )
 from .request import Request
 
@@ -211,10 +212,7 @@ class Migration:
     def _static(self, writer: StreamWriter) -> None:
         built = self.built
         config = built.config
-        vcpus = int(config.get("vcpus", 1))
-        writer.domain_info(DomainInfo(built.name, built.uuid, built.memory.nr_frames, vcpus, vcpus, config))
-        for vcpu in range(vcpus):
-            writer.vcpu_context(VcpuContext(vcpu, {"online": True}))
+        write_domain_records(built, writer)
         for row in DEVICE_TYPES:
             for spec in config.get(row.config_key, []):
                 writer.device_state(DeviceState(row.kind, int(spec["devid"]), spec))
@@ -277,6 +275,7 @@ class Migration:
         nodes = self._loop(lambda: carried_nodes(self.ts, built))
         writer.xenstore_data(nodes)
         writer.workload_state(suspend_record(built, info))
+        writer.console_history(self._loop(lambda: self.ts.xenconsoled.history(built.domid)))
         writer.end()
         self._flush()
         sent_at = time.monotonic()

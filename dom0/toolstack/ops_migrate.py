@@ -42,7 +42,9 @@ from xenlike.public.vdisk import MODEL_SPLIT, model_limits
 from xenlike.public.xen import PAGE_SIZE, ShutdownReason
 from xenlike.public.xs_wire import XsError, home_path
 
+from ..builder import max_vcpus
 from ..devices import DEVICE_TYPES
+from ..xenconsoled import HISTORY_BYTES
 from .request import Request, ToolstackError
 
 if TYPE_CHECKING:
@@ -182,15 +184,21 @@ def carried_nodes(ts: Toolstack, built: BuiltDomain) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
+def write_domain_records(built: BuiltDomain, writer: StreamWriter) -> None:
+    """DOMAIN_INFO (``vcpus`` online of ``max_vcpus``) and a VCPU_CONTEXT for each of its vCPUs."""
+    config = built.config
+    online, most = int(config.get("vcpus", 1)), max_vcpus(config)
+    writer.domain_info(DomainInfo(built.name, built.uuid, built.memory.nr_frames, online, most, config))
+    for vcpu in range(most):
+        writer.vcpu_context(VcpuContext(vcpu, {"online": vcpu < online}))
+
+
 def write_image(
     ts: Toolstack, built: BuiltDomain, info: dict, writer: StreamWriter, pfns: list[int] | None = None
 ) -> None:
     """The image of a suspended domain: its static records, its pages (``pfns``, or every frame with data), the rest."""
     config = built.config
-    vcpus = int(config.get("vcpus", 1))
-    writer.domain_info(DomainInfo(built.name, built.uuid, built.memory.nr_frames, vcpus, vcpus, config))
-    for vcpu in range(vcpus):
-        writer.vcpu_context(VcpuContext(vcpu, {"online": True}))
+    write_domain_records(built, writer)
     for row in DEVICE_TYPES:
         for spec in config.get(row.config_key, []):
             writer.device_state(DeviceState(row.kind, int(spec["devid"]), spec))
@@ -201,6 +209,7 @@ def write_image(
     writer.page_data([(pfn, memory.frame(pfn)) for pfn in pfns])
     writer.xenstore_data(carried_nodes(ts, built))
     writer.workload_state(suspend_record(built, info))
+    writer.console_history(ts.xenconsoled.history(built.domid))
     writer.end()
 
 
@@ -220,6 +229,7 @@ class Image:
     nodes: list[tuple[str, str]] = field(default_factory=list)
     record: bytes = b""
     skipped: list[int] = field(default_factory=list)
+    console: bytes = b""  # CONSOLE_HISTORY: what the guest printed before
 
     @property
     def nr_pages(self) -> int:
@@ -247,6 +257,7 @@ class ImageAssembler:
         self.place: tuple[int, int] | None = None
         self.nodes: list[tuple[str, str]] = []
         self.record: bytes | None = None
+        self.console = b""
         self.pages = 0
 
     def take(self, item: Any) -> None:
@@ -276,13 +287,15 @@ class ImageAssembler:
             except SuspendRecordError as exc:
                 raise StreamError(f"{where}: WORKLOAD_STATE: {exc}") from None
             self.record = item.record
+        elif isinstance(item, bytes):  # CONSOLE_HISTORY: only its tail is kept, as xenconsoled keeps it
+            self.console = item[-HISTORY_BYTES:]
 
     def finish(self, skipped: list[int]) -> Image:
         info, place, record = self.info, self.place, self.record
         if info is None or place is None or record is None:
             missing = "DOMAIN_INFO" if info is None else "WORKLOAD_STATE"
             raise StreamError(f"{self.where}: the image has no {missing}: nothing to resume")
-        return Image(info, place, [], self.nodes, record, skipped)
+        return Image(info, place, [], self.nodes, record, skipped, self.console)
 
 
 def read_image(read: Callable[[int], bytes], where: str) -> Image:
@@ -335,6 +348,7 @@ def restore_image(
     built = ts.lifecycle.create(
         config, paused=paused, uuid=image.info.uuid, restore=fill or fill_memory(image), precreated=precreated
     )
+    ts.xenconsoled.restore_history(built.domid, image.console)
     home = home_path(built.domid)
     try:
         for path, value in image.nodes:

@@ -1,18 +1,23 @@
-"""Scheduling operations: ``xl sched-credit``, ``vcpu-list``, ``vcpu-pin`` (``tools/xl/xl_sched.c``, ``xl_vcpu.c``).
+"""Scheduling operations: ``xl sched-credit``, ``vcpu-list``, ``vcpu-pin``, ``vcpu-set``
+(``tools/xl/xl_sched.c``, ``xl_vcpu.c``).
 
-They apply to any domain, dom0 included, as in Xen.
+The first three apply to any domain, dom0 included, as in Xen; ``vcpu-set`` to a domU.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from xenlike.public.vcpu import OFFLINE, ONLINE, availability_path
+from xenlike.public.xs_wire import home_path
+
+from ..builder import max_vcpus
 from .request import Request, ToolstackError
 
 if TYPE_CHECKING:
     from .server import Toolstack
 
-__all__ = ["sched_credit", "vcpu_list", "vcpu_pin"]
+__all__ = ["sched_credit", "vcpu_list", "vcpu_pin", "vcpu_set"]
 
 
 def _domid_of(ts: Toolstack, spec: Any) -> int:
@@ -67,3 +72,29 @@ def vcpu_pin(ts: Toolstack, request: Request) -> Any:
         raise ToolstackError(str(exc)) from None
     ts.hypercall("domctl", cmd="vcpu_pin", domid=domid, vcpu=None if str(vcpu) == "all" else int(vcpu), cpus=cpus)
     return {}
+
+
+def vcpu_set(ts: Toolstack, request: Request) -> Any:
+    """``count`` vCPUs online, 1..maxvcpus: libxl's ``libxl_set_vcpuonline`` writes ``cpu/N/availability``.
+
+    The guest's kernel follows the nodes; ``vcpu-list`` shows when it has. The
+    count is kept in the domain's config, so a save or a migration carries it.
+    """
+    built = ts.lifecycle.find(request.args["domain"])
+    count, most = request.args.get("count"), max_vcpus(built.config)
+    if type(count) is not int or count < 1:
+        raise ToolstackError(f"{built.name}: a vCPU count is a whole number from 1 to {most}, not {count!r}")
+    if count > most:
+        raise ToolstackError(
+            f"{built.name}: cannot set {count} vCPUs, its maxvcpus is {most} (a domain gets more with "
+            "maxvcpus in its config, at create)"
+        )
+    base = home_path(built.domid)
+
+    def write_all(tx: int) -> None:
+        for vcpu in range(most):
+            ts.xs.write(f"{base}/{availability_path(vcpu)}", ONLINE if vcpu < count else OFFLINE, tx=tx)
+
+    ts.xs.transact(write_all)
+    built.config["vcpus"] = count
+    return {"vcpus": count, "maxvcpus": most}

@@ -92,10 +92,11 @@ OPS: dict[str, Op] = {
     # memory (xl mem-set, mem-max)
     "mem_set": Op(ops_memory.mem_set),
     "mem_max": Op(ops_memory.mem_max),
-    # scheduling (xl sched-credit, vcpu-list, vcpu-pin)
+    # scheduling (xl sched-credit, vcpu-list, vcpu-pin, vcpu-set)
     "sched_credit": Op(ops_sched.sched_credit),
     "vcpu_list": Op(ops_sched.vcpu_list),
     "vcpu_pin": Op(ops_sched.vcpu_pin),
+    "vcpu_set": Op(ops_sched.vcpu_set),
     # consoles (xl console)
     "console_attach": Op(ops_console.console_attach),
     "console_input": Op(ops_console.console_input),

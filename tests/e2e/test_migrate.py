@@ -61,6 +61,11 @@ def test_live_migration_carries_memory_disk_and_nodes(host, target, tmp_path):
     assert resumed["memory_same"] and resumed["disk_bad"] == [] and resumed["acked"] == resumed["counter"] > 0
     new = target.domains()["m"]["domid"]
     assert target.xs_read(f"/local/domain/{new}/data/kept") == "yes"
+    # Its console history came along: `xenlike console` at the target shows what it printed at the source.
+    first_tick = next(line for line in host.log("m").splitlines() if line.startswith("TICK "))
+    assert first_tick not in target.log("m")  # the target's log holds only what was printed there
+    history = target.call("console_attach", domain="m")["history"].decode(errors="replace")
+    assert history.index("STARTED ") < history.index(first_tick) < history.index("RESUMED ")
     wait_for(lambda: _ticks(target, "m")[-1] > resumed["counter"], timeout=30,
              what="ticks at the target")
 

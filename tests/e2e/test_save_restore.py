@@ -48,6 +48,9 @@ def test_save_then_restore_keeps_memory_disk_and_nodes(host, tmp_path):
     assert _disk_sectors(tmp_path / "m.img", resumed["acked"]) == list(range(1, resumed["acked"] + 1))
     new = host.domains()["m"]["domid"]
     assert host.xs_read(f"/local/domain/{new}/data/kept") == "yes"
+    # The console history travelled in the image: `xenlike console` shows the first boot's lines first.
+    history = host.call("console_attach", domain="m")["history"]
+    assert history.index(b"STARTED ") < history.index(b"TICK ") < history.index(b"RESUMED ")
     # It runs on from where it stopped.
     wait_for(lambda: host.log("m").count("TICK") > 0 and _last_tick(host) > resumed["counter"], timeout=30,
              what="ticks after the restore")

@@ -126,6 +126,18 @@ def test_cpu_lists(value, cpus):
     assert config.cpus == (None if cpus is None else frozenset(cpus))
 
 
+def test_maxmem_without_memory_is_both():
+    """libxl: a config with maxmem and no memory starts at maxmem."""
+    config = domain_config_from_xlcfg({"name": "a", "maxmem": 96})
+    assert (config.memory, config.maxmem) == (96, 96)
+
+
+def test_cap_counts_maxvcpus():
+    """A cap is in percent of one pCPU, up to 100 for each vCPU the domain may bring online."""
+    config = domain_config_from_xlcfg({"name": "a", "vcpus": 1, "maxvcpus": 3, "cap": 300})
+    assert (config.vcpus, config.maxvcpus, config.cap) == (1, 3, 300)
+
+
 # -- bad values ---------------------------------------------------------------------------------
 
 
@@ -135,7 +147,7 @@ def test_cpu_lists(value, cpus):
         ({"memory": "lots"}, 'memory = "lots" in a.cfg line 2: expected a whole number of MiB'),
         ({"memory": 0}, "memory = 0 in a.cfg line 2: expected a whole number of MiB, at least 1"),
         ({"memory": [64]}, "memory = [64] in a.cfg line 2: expected a whole number of MiB"),
-        ({"maxmem": 8}, "maxmem = 8 in a.cfg line 2: expected at least memory (32 MiB)"),
+        ({"memory": 32, "maxmem": 8}, "maxmem = 8 in a.cfg line 3: expected at least memory (32 MiB)"),
         ({"vcpus": 0}, "vcpus = 0 in a.cfg line 2: expected a whole number of vCPUs, at least 1"),
         ({"vcpus": "two"}, 'vcpus = "two" in a.cfg line 2: expected a whole number of vCPUs'),
         ({"maxvcpus": 1, "vcpus": 2}, "maxvcpus = 1 in a.cfg line 2: expected at least vcpus (2)"),

@@ -252,4 +252,34 @@ def test_credit_domain_states_are_what_the_vcpus_say_after_every_tick(children):
         assert sched.domain_info(1)["cpu_time"] == truth()[0][0]
     assert sched.domain_states(domids)[0][0] > 0.3  # the spinner's time kept growing
     assert sched.domain_states([99]) == [(None, None, None)]
+
+
+@pytest.mark.parametrize("scheduler", [CreditScheduler, NullScheduler])
+def test_vcpu_down_takes_a_vcpu_away_and_keeps_its_time(children, scheduler):
+    """VCPUOP_down (``vcpu-set``): the vCPU is offline, its time stays the domain's, it is not left stopped."""
+    sched = scheduler([0, 1])
+    sched.add_domain(1, "d1", 3)  # maxvcpus 3, two brought up
+    for vcpu in (0, 1):
+        pid = spinner(cpu=vcpu)
+        children.append(pid)
+        sched.vcpu_up(1, vcpu, pid)
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+        if sched.next_tick() is not None and time.monotonic_ns() >= sched.next_tick():
+            sched.tick()
+    assert sched.online_vcpus(1) == 2
+    before = sched.domain_time(1)
+    sched.vcpu_down(1, 1)
+    sched.vcpu_down(1, 2)  # never up: nothing to do
+    rows = sched.vcpu_list(1)
+    assert [row["online"] for row in rows] == [True, False, False]
+    assert sched.online_vcpus(1) == 1
+    assert sched.domain_time(1) >= before > 0
+    assert open(f"/proc/{children[1]}/stat").read().split(")")[1].split()[0] != "T"
+    sched.tick()  # the scheduler goes on without it
+    pid = spinner(cpu=1)
+    children.append(pid)
+    sched.vcpu_up(1, 1, pid)  # and takes it back as a new process
+    assert [row["online"] for row in sched.vcpu_list(1)] == [True, True, False]
     sched.close()

@@ -161,7 +161,8 @@ class Domain:
             "uuid": self.uuid,
             "memory_kb": self.tot_frames * PAGE_SIZE // 1024,
             "maxmem_kb": self.max_frames * PAGE_SIZE // 1024,
-            "vcpus": self.vcpus,
+            "vcpus": self.vcpus,  # getdomaininfo puts the number online in place of maxvcpus
+            "max_vcpus": self.vcpus,
             "cpu_time": accounted["cpu_time"] if "cpu_time" in accounted else self.cpu_time(),
             "pid": self.pid,
             "shutdown_reason": self.shutdown_reason,

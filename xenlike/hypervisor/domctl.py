@@ -60,7 +60,7 @@ def createdomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> 
     name = args["name"]
     if any(d.name == name for d in hv.domains.values()):
         raise Refused(errno.EEXIST, f"a domain named {name!r} already exists")
-    vcpus = int(args.get("vcpus", 1))
+    vcpus = int(args.get("max_vcpus") or args.get("vcpus", 1))  # the domain has maxvcpus; vcpu-set onlines them
     weight, cap, cpus = args.get("weight", DEFAULT_WEIGHT), args.get("cap", 0), args.get("cpus")
     try:  # refused before anything is reserved
         hv.scheduler.check_weight(weight)
@@ -218,7 +218,7 @@ def getdomaininfolist(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]
         "domid": [d.domid for d in domains],
         "name": [d.name for d in domains],
         "memory_kb": [d.tot_frames * PAGE_SIZE // 1024 for d in domains],
-        "vcpus": [d.vcpus for d in domains],
+        "vcpus": [_vcpus_online(hv, d) for d in domains],
         "cpu_time": cpu_times,
         "flags": flags,
     }
@@ -233,9 +233,17 @@ def _accounted(hv: Hypervisor, domain: Domain) -> bool:
     return domain.pid is not None and domain.shutdown_reason is None and domain.domid in hv.scheduler.domains
 
 
+def _vcpus_online(hv: Hypervisor, domain: Domain) -> int:
+    """``xl list``'s VCPUs: the vCPUs up of a running domain's ``maxvcpus`` (only asked if it has more than one)."""
+    if domain.vcpus > 1 and _accounted(hv, domain):
+        return hv.scheduler.online_vcpus(domain.domid)
+    return domain.vcpus
+
+
 def domain_info(hv: Hypervisor, domain: Domain) -> dict:
     """``getdomaininfo`` of one domain; CPU time and run state as the scheduler accounted them."""
     info = domain.info(hv.scheduler.domain_info(domain.domid) if _accounted(hv, domain) else None)
+    info["vcpus"] = _vcpus_online(hv, domain)
     # dom0 is privileged, as in Xen; a domU is jailed unless the host runs with --no-jail.
     info["jailed"] = domain.domid != 0 and bool(hv.jail.get("enabled"))
     return info

@@ -65,7 +65,8 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               doc="SCHEDOP_shutdown: the guest is done, for a reason; answered before it is killed "
                   "(suspend: stopped, answered when resumed)"),
     Hypercall("vcpu_op", sched_op.vcpu_op,
-              doc="VCPUOP_up: a child process of the guest's vCPU 0 becomes a secondary vCPU"),
+              doc="VCPUOP_up: a child process of the guest's vCPU 0 becomes a secondary vCPU; "
+                  "VCPUOP_down: the scheduler takes one away"),
     Hypercall("console_io", console.console_io,
               doc="HYPERVISOR_console_io write: text for the hypervisor's log (xl dmesg)"),
     Hypercall("xen_version", version.xen_version,

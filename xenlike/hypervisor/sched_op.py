@@ -1,4 +1,4 @@
-"""What a guest asks about its own vCPUs: ``SCHEDOP_shutdown`` (``do_sched_op``) and ``VCPUOP_up`` (``do_vcpu_op``)."""
+"""What a guest asks about its own vCPUs: ``SCHEDOP_shutdown`` (``do_sched_op``), ``VCPUOP_up``/``_down``."""
 
 from __future__ import annotations
 
@@ -65,18 +65,25 @@ def _suspend(hv: Hypervisor, caller: Domain, args: dict) -> None:
 
 
 def vcpu_op(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
-    """VCPUOP_up: the guest's process ``pid`` is its vCPU ``vcpu`` from now on.
+    """VCPUOP_up and VCPUOP_down for the caller's secondary vCPU ``vcpu``.
 
-    The process must be a child of the caller's vCPU 0 in the caller's process
-    group, so a guest can only hand the scheduler its own processes.
+    ``up``: the guest's process ``pid`` is that vCPU from now on; it must be a
+    child of the caller's vCPU 0 in the caller's process group, so a guest can
+    only hand the scheduler its own processes. ``down``: the scheduler takes the
+    vCPU away (``vcpu-set`` took it offline); the guest ends its process.
     """
-    cmd, vcpu, pid = args.get("cmd"), args["vcpu"], args["pid"]
-    if cmd != "up":
+    cmd, vcpu = args.get("cmd"), args.get("vcpu")
+    if cmd not in ("up", "down"):
         raise Refused(errno.ENOSYS, f"no vcpu_op {cmd!r}")
-    if not isinstance(vcpu, int) or not 1 <= vcpu < caller.vcpus:
-        raise Refused(errno.EINVAL, f"{caller.label} has no secondary vCPU {vcpu!r} (vcpus = {caller.vcpus})")
+    if isinstance(vcpu, bool) or not isinstance(vcpu, int) or not 1 <= vcpu < caller.vcpus:
+        raise Refused(errno.EINVAL, f"{caller.label} has no secondary vCPU {vcpu!r} (maxvcpus = {caller.vcpus})")
+    if cmd == "down":
+        return _vcpu_down(hv, caller, vcpu)
+    pid = args.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise Refused(errno.EINVAL, f"{caller.label}: vcpu_op up needs the pid of vCPU {vcpu}, not {pid!r}")
     try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+        with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
         fields = data[data.rindex(b")") + 2 :].split()
         parent, group = int(fields[1]), int(fields[2])
@@ -88,8 +95,20 @@ def vcpu_op(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Resul
     if any(row["vcpu"] == vcpu and row["online"] for row in hv.scheduler.vcpu_list(caller.domid)):
         raise Refused(errno.EEXIST, f"{caller.label}: vCPU {vcpu} is already up")
     try:
-        hv.scheduler.vcpu_up(caller.domid, vcpu, int(pid))
+        hv.scheduler.vcpu_up(caller.domid, vcpu, pid)
     except (SchedError, OSError) as exc:
         raise Refused(getattr(exc, "errno", None) or errno.EINVAL, str(exc)) from None
     log.info("%s: vCPU %d up, pid %d", caller.label, vcpu, pid)
+    return {}, []
+
+
+def _vcpu_down(hv: Hypervisor, caller: Domain, vcpu: int) -> Result:
+    """VCPUOP_down: the scheduler forgets the vCPU (its time stays the domain's)."""
+    if not any(row["vcpu"] == vcpu and row["online"] for row in hv.scheduler.vcpu_list(caller.domid)):
+        raise Refused(errno.EALREADY, f"{caller.label}: vCPU {vcpu} is not up")
+    try:
+        hv.scheduler.vcpu_down(caller.domid, vcpu)
+    except SchedError as exc:
+        raise Refused(exc.errno, str(exc)) from None
+    log.info("%s: vCPU %d down", caller.label, vcpu)
     return {}, []

@@ -228,9 +228,10 @@ class Scheduler(abc.ABC):
 
     Contract with the hypervisor (``xenlike/hypervisor/core.py``):
 
-    * :meth:`add_domain` when a domain is created, :meth:`remove_domain` when it is
-      destroyed; :meth:`vcpu_up` for each of its vCPU processes once it exists
-      (vCPU 0 at start, others when the guest brings them up);
+    * :meth:`add_domain` when a domain is created (``nr_vcpus`` its ``maxvcpus``),
+      :meth:`remove_domain` when it is destroyed; :meth:`vcpu_up` for each of its
+      vCPU processes once it exists (vCPU 0 at start, others when the guest brings
+      them up), :meth:`vcpu_down` when the guest takes one offline (``vcpu-set``);
     * :meth:`pause` after the hypervisor stopped the domain's processes, and
       :meth:`unpause` after it continued them: a policy never lets a paused
       domain run, and re-stops, on unpause, what it wants stopped;
@@ -279,6 +280,14 @@ class Scheduler(abc.ABC):
     @abc.abstractmethod
     def vcpu_up(self, domid: int, vcpu: int, pid: int) -> None:
         """Schedule vCPU ``vcpu`` of ``domid``, which is process ``pid``."""
+
+    @abc.abstractmethod
+    def vcpu_down(self, domid: int, vcpu: int) -> None:
+        """vCPU ``vcpu`` of ``domid`` goes offline (``VCPUOP_down``): it is never run again.
+
+        Its process is about to exit; the CPU time it used stays counted to the
+        domain. A vCPU that is not up is left as it is.
+        """
 
     def pause(self, domid: int) -> None:
         """The hypervisor has SIGSTOPped the domain's processes (``domain_pause``)."""
@@ -349,6 +358,10 @@ class Scheduler(abc.ABC):
     def domain_info(self, domid: int) -> dict:
         """What ``getdomaininfo`` takes from the scheduler: at least ``cpu_time``."""
         return {"cpu_time": self.domain_time(domid)}
+
+    def online_vcpus(self, domid: int) -> int:
+        """How many of the domain's vCPUs are up (``xl list``'s VCPUs); asked only of one with ``maxvcpus`` > 1."""
+        return sum(1 for row in self.vcpu_list(domid) if row["online"]) if domid in self.domains else 0
 
     def domain_states(self, domids: Sequence[int]) -> list[tuple[float | None, bool | None, bool | None]]:
         """For each domain of ``domids``, (``cpu_time``, ``running``, ``blocked``) of its :meth:`domain_info`,

@@ -647,6 +647,18 @@ class CreditScheduler(Scheduler):
             self._watch.add(v)
         self._apply()
 
+    def vcpu_down(self, domid: int, vcpu: int) -> None:
+        self._domain(domid)
+        v = self._vcpus.get((domid, vcpu))
+        if v is None or v.dead:
+            return
+        proc = self._procs.get(v)
+        if proc is not None:
+            self.core.charge(v, proc.sample())  # its last time counts before it leaves
+        self._release(v)
+        self.core.gone(v)
+        self._apply()
+
     def pause(self, domid: int) -> None:
         super().pause(domid)
         for v in self.core.domains[domid].vcpus:
@@ -885,6 +897,10 @@ class CreditScheduler(Scheduler):
         if core_domain is None:
             return 0.0
         return sum(v.time_ns for v in core_domain.vcpus) / 1e9
+
+    def online_vcpus(self, domid: int) -> int:
+        core_domain = self.core.domains.get(domid)
+        return 0 if core_domain is None else sum(not v.dead for v in core_domain.vcpus)
 
     def domain_info(self, domid: int) -> dict:
         cpu_time, running, blocked = self.domain_states([domid])[0]

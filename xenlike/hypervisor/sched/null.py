@@ -65,6 +65,14 @@ class NullScheduler(Scheduler):
         entry.proc.set_affinity(entry.hard)
         self._vcpus[(domid, vcpu)] = entry
 
+    def vcpu_down(self, domid: int, vcpu: int) -> None:
+        domain = self._domain(domid)
+        entry = self._vcpus.pop((domid, vcpu), None)
+        if entry is not None:
+            entry.refresh()
+            domain.time_ns_gone += entry.time_ns
+            entry.proc.close()
+
     def _domain_removed(self, domain: SchedDomain) -> None:
         for key in [k for k in self._vcpus if k[0] == domain.domid]:
             self._vcpus.pop(key).proc.close()

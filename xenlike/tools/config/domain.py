@@ -1,8 +1,10 @@
 """A domain's configuration: the xl.cfg(5) keys xenlike uses, checked, with libxl's defaults.
 
 Defaults (xl.cfg(5), ``parse_config_data`` in ``tools/xl/xl_parse.c``,
-``libxl__domain_build_info_setdefault``): 32 MiB, ``maxmem`` = ``memory``, 1 vCPU,
-``maxvcpus`` = ``vcpus``, no pinning, ``cpu_weight`` 256, ``cap`` 0,
+``libxl__domain_build_info_setdefault``): 32 MiB, ``maxmem`` = ``memory`` (and
+``memory`` = ``maxmem`` if only ``maxmem`` is set), 1 vCPU, ``maxvcpus`` = ``vcpus``
+(the rest start offline), no pinning, ``cpu_weight`` 256, ``cap`` 0 (at most 100
+per vCPU of ``maxvcpus``),
 ``on_poweroff``/``on_crash``/``on_watchdog`` destroy, ``on_reboot`` restart,
 ``on_soft_reset`` soft-reset, ``max_grant_frames`` 64 (xl.conf(5)). Numbers may
 also be given as strings (``memory = "64"``), as xl reads every value with
@@ -619,8 +621,14 @@ def _build(reader: _Reader) -> DomainConfig:
                 f"unknown key {key!r} in {reader.where(key)}, ignored" + did_you_mean(key, USED_KEYS | XL_KEYS_IGNORED)
             )
     name = _name(reader)
-    memory = reader.integer("memory", DEFAULT_MEMORY_MIB, 1, INT_MAX, "a whole number of MiB")
-    maxmem = reader.integer("maxmem", memory, 1, INT_MAX, "a whole number of MiB")
+    # libxl: maxmem without memory is both (target_memkb = max_memkb).
+    maxmem_only = "maxmem" in settings and "memory" not in settings
+    if maxmem_only:
+        maxmem = reader.integer("maxmem", DEFAULT_MEMORY_MIB, 1, INT_MAX, "a whole number of MiB")
+        memory = maxmem
+    else:
+        memory = reader.integer("memory", DEFAULT_MEMORY_MIB, 1, INT_MAX, "a whole number of MiB")
+        maxmem = reader.integer("maxmem", memory, 1, INT_MAX, "a whole number of MiB")
     if maxmem < memory:
         raise reader.error("maxmem", f"at least memory ({memory} MiB)")
     vcpus = reader.integer("vcpus", 1, 1, INT_MAX, "a whole number of vCPUs")
@@ -637,7 +645,7 @@ def _build(reader: _Reader) -> DomainConfig:
     weights = {key: reader.integer(key, DEFAULT_WEIGHT, 1, 65535, "a weight") for key in weight_keys}
     if len(set(weights.values())) > 1:
         raise reader.error("weight", f"the same value as cpu_weight = {weights['cpu_weight']} (weight is its alias)")
-    cap = reader.integer("cap", 0, 0, 100 * vcpus, "a cap in percent of one pCPU (0 = none, 100 per vCPU)")
+    cap = reader.integer("cap", 0, 0, 100 * maxvcpus, "a cap in percent of one pCPU (0 = none, 100 per vCPU)")
     extra = reader.string("extra", "")
     root = reader.string("root", "")
     if "cmdline" in settings:

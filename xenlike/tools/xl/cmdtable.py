@@ -477,6 +477,12 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
         ),
     ),
     CmdSpec(
+        "vcpu-set",
+        vcpu.main_vcpu_set,
+        "set how many of a domain's vCPUs are online (1 to its maxvcpus)",
+        (DOMAIN, Arg("count", metavar="N", help="the vCPUs to have online; the rest of maxvcpus go offline")),
+    ),
+    CmdSpec(
         "help",
         main_help,
         "every verb, or one verb's options",
