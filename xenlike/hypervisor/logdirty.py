@@ -66,7 +66,7 @@ def _enable(hv: Hypervisor, domain: Domain) -> dict:
     if domain.vcpus > 1:
         raise Refused(
             errno.EOPNOTSUPP,
-            f"{domain.label} has {domain.vcpus} vCPUs; log-dirty mode follows vCPU 0's process only",
+            f"{domain.label} has {domain.vcpus} vCPUs (maxvcpus); log-dirty mode follows vCPU 0's process only",
         )
     reason = _unsupported()
     if reason is not None:

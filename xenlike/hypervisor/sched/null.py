@@ -105,6 +105,18 @@ class NullScheduler(Scheduler):
             )
         return rows
 
+    def online_vcpus(self, domid: int) -> int:
+        domain = self.domains.get(domid)
+        if domain is None:
+            return 0
+        online = 0
+        for index in range(domain.nr_vcpus):  # the domain's own vCPUs, not every one on the host
+            entry = self._vcpus.get((domid, index))
+            if entry is not None:
+                entry.refresh()
+                online += not entry.proc.gone
+        return online
+
     def domain_time(self, domid: int) -> float:
         domain = self.domains.get(domid)
         if domain is None:
