@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from xenlike.kernel import landlock, namespaces, seccomp, trace
 from xenlike.kernel.events import EventLoop
 from xenlike.kernel.hypercall import HypercallClient, recv_message, send_message, socketpair
-from xenlike.kernel.proc import die_with_parent, log_to_file, set_process_name
+from xenlike.kernel.proc import close_fds_except, die_with_parent, log_to_file, set_process_name
 from xenlike.public.ring import RingError
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def spawn_worker(spec: WorkerSpec, ctx: BackendContext) -> WorkerHandle:
     if pid == 0:
         code = 1
         try:
-            _close_all_but([theirs.fileno(), *fds])
+            close_fds_except([theirs.fileno(), *fds])
             code = _worker_main(spec, dict(zip(names, fds)), fds[len(names) :], pcpus, str(ctx.log_path), theirs)
         except BaseException:
             log.exception("%s: back-end worker failed", spec.label)
@@ -189,16 +189,6 @@ def spawn_worker(spec: WorkerSpec, ctx: BackendContext) -> WorkerHandle:
         handle.stop(ctx.hypercall)
         raise WorkerError(reply["fatal"])
     return handle
-
-
-def _close_all_but(keep: list[int]) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the directory's own fd, already gone
 
 
 def _worker_main(

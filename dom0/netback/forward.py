@@ -30,7 +30,7 @@ from typing import cast
 
 from xenlike.kernel import netdev, seccomp
 from xenlike.kernel.hypercall import recv_message, send_message, socketpair
-from xenlike.kernel.proc import die_with_parent, log_to_file, set_process_name
+from xenlike.kernel.proc import close_fds_except, die_with_parent, log_to_file, set_process_name
 from xenlike.tools.config.ports import LOOPBACK
 
 __all__ = ["Forwards", "listen"]
@@ -112,7 +112,7 @@ class Forwards:
         if pid == 0:
             code = 1
             try:
-                _close_all_but([theirs.fileno(), self.backend_netns])
+                close_fds_except([theirs.fileno(), self.backend_netns])
                 code = _forwarder_main(theirs, self.backend_netns, self.log_path)
             except BaseException:
                 log.exception("d0 (Domain-0): the forwarder failed")
@@ -122,16 +122,6 @@ class Forwards:
         self._forwarder = _Forwarder(pid, ours)
         log.info("d0 (Domain-0): forwarder started, pid %d", pid)
         return self._forwarder
-
-
-def _close_all_but(keep: list[int]) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 @dataclass

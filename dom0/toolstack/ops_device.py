@@ -101,13 +101,7 @@ def detach_device(ts: Toolstack, request: Request, built: BuiltDomain, row: Devi
 def block_list(ts: Toolstack, request: Request) -> Any:
     """A domain's disks with their xenbus state, event channel and ring reference (``xl block-list``)."""
     built = ts.lifecycle.find(request.args["domain"])
-    xs = ts.xs
-
-    def read(path: str) -> str:
-        try:
-            return xs.read(path).decode()
-        except XsError:
-            return "-1"
+    read = _node_reader(ts)
 
     rows = []
     for disk in built.config.get("disk", []):
@@ -183,13 +177,7 @@ def network_detach(ts: Toolstack, request: Request) -> None:
 def network_list(ts: Toolstack, request: Request) -> Any:
     """A domain's vifs with their state, event channel and ring references (``xl network-list``)."""
     built = ts.lifecycle.find(request.args["domain"])
-    xs = ts.xs
-
-    def read(path: str) -> str:
-        try:
-            return xs.read(path).decode()
-        except XsError:
-            return "-1"
+    read = _node_reader(ts)
 
     rows = []
     for vif in built.config.get("vif", []):
@@ -211,6 +199,18 @@ def network_list(ts: Toolstack, request: Request) -> Any:
             }
         )
     return rows
+
+
+def _node_reader(ts: Toolstack) -> Callable[[str], str]:
+    """``read(path)``: a node's value, or ``"-1"`` for one that is not there (as xl prints a missing field)."""
+
+    def read(path: str) -> str:
+        try:
+            return ts.xs.read(path).decode()
+        except XsError:
+            return "-1"
+
+    return read
 
 
 def request_stats(ts: Toolstack) -> Callable[[], bool]:

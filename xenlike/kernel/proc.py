@@ -17,6 +17,7 @@ import resource
 import signal
 
 __all__ = [
+    "close_fds_except",
     "set_process_name",
     "die_with_parent",
     "become_subreaper",
@@ -130,3 +131,14 @@ class FdBudget:
             "host's limit (ulimit -n) "
             "before xenlike up, or destroy a domain"
         )
+
+
+def close_fds_except(keep: list[int]) -> None:
+    """Close every fd above stderr but ``keep`` (a forked child that must hold only what it was given)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the directory's own fd, already gone

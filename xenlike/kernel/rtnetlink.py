@@ -15,13 +15,14 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["Rtnetlink", "RtnetlinkError"]
 
 NETLINK_ROUTE = 0
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_NEWROUTE = 20, 24
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 10, 18
@@ -78,30 +79,39 @@ class Rtnetlink:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _request(self, what: str, msg_type: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
-        """Send one request and collect its answers up to the ack; raise on an error answer."""
+    def _send(self, msg_type: int, flags: int, body: bytes) -> int:
+        """Send one message; returns its sequence number."""
         self._seq += 1
-        seq = self._seq
-        header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0)
+        header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | flags, self._seq, 0)
         self.sock.send(header + body)
-        answers: list[tuple[int, bytes]] = []
+        return self._seq
+
+    def _answers(self, seq: int, what: str) -> Iterator[tuple[int, bytes]]:
+        """The kernel's answers to message ``seq``, (type, payload) each, for as long as the caller reads."""
         while True:
             data = self.sock.recv(65536)
             offset = 0
             while offset + _NLMSGHDR.size <= len(data):
                 length, kind, _flags, got_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size:
+                    raise RtnetlinkError(71, f"{what}: a malformed answer")  # EPROTO
                 payload = data[offset + _NLMSGHDR.size : offset + length]
                 offset += (length + 3) & ~3
-                if got_seq != seq:
-                    continue
-                if kind == NLMSG_ERROR:
-                    (error,) = struct.unpack_from("=i", payload)
-                    if error:
-                        raise RtnetlinkError(-error, f"{what}: {os.strerror(-error)}")
-                    return answers
-                answers.append((kind, payload))
-            if length < _NLMSGHDR.size:
-                raise RtnetlinkError(71, f"{what}: a malformed answer")  # EPROTO
+                if got_seq == seq:
+                    yield kind, payload
+
+    def _request(self, what: str, msg_type: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
+        """Send one request and collect its answers up to the ack; raise on an error answer."""
+        seq = self._send(msg_type, NLM_F_ACK | flags, body)
+        answers: list[tuple[int, bytes]] = []
+        for kind, payload in self._answers(seq, what):
+            if kind == NLMSG_ERROR:
+                (error,) = struct.unpack_from("=i", payload)
+                if error:
+                    raise RtnetlinkError(-error, f"{what}: {os.strerror(-error)}")
+                return answers
+            answers.append((kind, payload))
+        raise RtnetlinkError(71, f"{what}: no acknowledgement")
 
     def link_index(self, name: str) -> int:
         """The ifindex of ``name`` (``ip link show NAME``); RtnetlinkError ENODEV if it does not exist."""
@@ -195,25 +205,13 @@ class Rtnetlink:
 
     def _dump(self, msg_type: int, body: bytes) -> list[bytes]:
         """A dump request (``NLM_F_DUMP``): every answer's payload up to ``NLMSG_DONE``."""
-        NLM_F_DUMP, NLMSG_DONE = 0x300, 3
-        self._seq += 1
-        seq = self._seq
-        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+        what = f"dump {msg_type}"
         payloads: list[bytes] = []
-        while True:
-            data = self.sock.recv(65536)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, kind, _flags, got_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                payload = data[offset + _NLMSGHDR.size : offset + length]
-                offset += (length + 3) & ~3
-                if got_seq != seq:
-                    continue
-                if kind == NLMSG_DONE:
-                    return payloads
-                if kind == NLMSG_ERROR:
-                    (error,) = struct.unpack_from("=i", payload)
-                    raise RtnetlinkError(-error, f"dump {msg_type}: {os.strerror(-error)}")
-                payloads.append(payload)
-            if length < _NLMSGHDR.size:
-                raise RtnetlinkError(71, "dump: a malformed answer")
+        for kind, payload in self._answers(self._send(msg_type, NLM_F_DUMP, body), what):
+            if kind == NLMSG_DONE:
+                return payloads
+            if kind == NLMSG_ERROR:
+                (error,) = struct.unpack_from("=i", payload)
+                raise RtnetlinkError(-error, f"{what}: {os.strerror(-error)}")
+            payloads.append(payload)
+        raise RtnetlinkError(71, f"{what}: no end of the dump")
