@@ -335,6 +335,16 @@ class Hypervisor:
         except (KeyError, TypeError, ValueError) as exc:
             outcome = errno.EINVAL
             self._reply_error(sock, call_id, errno.EINVAL, f"bad arguments to {op}: {exc}")
+        except OSError as exc:
+            # What the host itself ran out of (EMFILE, ENOMEM...) fails this call, never the hypervisor.
+            outcome = exc.errno or errno.EIO
+            log.warning("%s: %s failed in the hypervisor: %s", domain.label, op, exc)
+            self._reply_error(sock, call_id, outcome, f"{op} failed in the hypervisor: {exc.strerror or exc}")
+        except Exception as exc:
+            # A handler's bug must not take every domain down with the hypervisor (as a scheduler's).
+            outcome = errno.EIO
+            log.exception("%s: %s raised in the hypervisor", domain.label, op)
+            self._reply_error(sock, call_id, errno.EIO, f"{op} failed in the hypervisor: {type(exc).__name__}")
         else:
             outcome = None
             if started:
