@@ -86,6 +86,22 @@ def test_ports_run_out(host):
     assert err.value.errno == errno.ENOSPC
 
 
+def test_a_domain_s_ports_stop_at_its_max_evtchn_port():
+    h = EventChannelHost(max_ports=4096)
+    h.add_domain(0)
+    h.add_domain(5, max_port=3)
+    try:
+        assert [h.alloc_unbound(5, 0).port for _ in range(3)] == [1, 2, 3]
+        with pytest.raises(EvtchnError) as err:
+            h.alloc_unbound(5, 0)
+        assert err.value.errno == errno.ENOSPC and "all 3 event-channel ports" in str(err.value)
+        assert h.alloc_unbound(0, 5).port == 1  # dom0's table is the host's own size
+    finally:
+        h.remove_domain(5)
+        h.remove_domain(0)
+    assert h.open_fds() == 0
+
+
 def test_a_new_port_is_the_lowest_free_one_as_xen_gives_it(host):
     ports = [host.alloc_unbound(2, 0).port for _ in range(5)]
     assert ports == [1, 2, 3, 4, 5]

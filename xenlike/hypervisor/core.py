@@ -61,7 +61,7 @@ from xenlike.kernel.hypercall import (
 from xenlike.kernel.machine import Machine
 from xenlike.kernel.memory import GuestMemory
 from xenlike.kernel.proc import FdBudget
-from xenlike.public.event_channel import VIRQ, EvtchnError
+from xenlike.public.event_channel import DEFAULT_MAX_EVENT_CHANNELS, VIRQ, EvtchnError
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTST, GrantError
 from xenlike.public.start_info import GNTTAB_PFN, reserved_frames
 from xenlike.public.trace import Event, TraceClass
@@ -596,7 +596,8 @@ class Hypervisor:
         )
         self.domains[domid] = domain
         self._gnttabs[domid] = GrantTableFrames(memory, GNTTAB_PFN, gnttab)
-        self.evtchn.add_domain(domid)
+        # A domU's ports are eventfds here: its table is bounded as libxl bounds it (max_event_channels).
+        self.evtchn.add_domain(domid, DEFAULT_MAX_EVENT_CHANNELS if domid != 0 else None)
         return domain
 
     def spawn(self, domain: Domain, boot: dict) -> int:

@@ -111,10 +111,12 @@ class EventChannelHost:
 
     # -- domains ------------------------------------------------------------------
 
-    def add_domain(self, domid: int) -> None:
+    def add_domain(self, domid: int, max_port: int | None = None) -> None:
+        """A table for ``domid`` whose ports go up to ``max_port`` (Xen's ``max_evtchn_port``; default: the host's)."""
         if domid in self._domains:
             raise EvtchnError(errno.EEXIST, f"d{domid} already has an event-channel table")
-        self._domains[domid] = _DomainPorts(self.max_ports)
+        limit = self.max_ports if max_port is None else min(self.max_ports, max_port + 1)
+        self._domains[domid] = _DomainPorts(limit)
 
     def remove_domain(self, domid: int) -> list[PeerUpdate]:
         """Close every port of a dying domain (``evtchn_destroy``); returns peer updates."""

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["EVTCHN_2L_NR_CHANNELS", "ChannelState", "VIRQ", "EvtchnError"]
+__all__ = ["DEFAULT_MAX_EVENT_CHANNELS", "EVTCHN_2L_NR_CHANNELS", "ChannelState", "VIRQ", "EvtchnError"]
 
 EVTCHN_2L_NR_CHANNELS = 4096  # sizeof(xen_ulong_t) * sizeof(xen_ulong_t) * 64 on 64-bit
+# The highest port a domU may use: libxl's default max_event_channels (xl.cfg(5)), which Xen keeps
+# as the domain's max_evtchn_port. dom0 has the whole 2-level ABI, as it binds two ports per domU.
+DEFAULT_MAX_EVENT_CHANNELS = 1023
 
 
 class ChannelState(IntEnum):
