@@ -7,7 +7,7 @@ import os
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dom0.dumpcore import EHDR, PHDR, PT_LOAD, PT_NOTE, populated_runs, write_core
@@ -47,18 +47,22 @@ def test_a_domain_filter_keeps_what_concerns_the_domain_by_name_once_it_has_an_i
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 300)), min_size=1, max_size=60))
+@example(spans=[(0, 0), (372, 35), (407, 1)])
 def test_spans_on_one_track_are_laid_in_lanes_where_they_nest_or_follow(spans):
     records = [rec(start, event="xs_op", op="READ", dur=length) for start, length in spans]
     events = chrome_trace(records, {1: "web"})["traceEvents"]
     complete = [e for e in events if e["ph"] == "X"]
     assert len(complete) == len(spans)
-    lanes: dict[int, list[tuple[float, float]]] = {}
+    lanes: dict[int, list[tuple[int, int]]] = {}
     for e in complete:
         assert e["pid"] == 1 and e["tid"] % LANE_STRIDE == 0
-        lanes.setdefault(e["tid"], []).append((e["ts"], e["ts"] + e["dur"]))
+        # The export writes microseconds as floats; lanes are laid in the records' integer
+        # nanoseconds, so compare there (0.372 + 0.035 is not 0.407 in binary floating point).
+        begin_ns, dur_ns = round(e["ts"] * 1000), round(e["dur"] * 1000)
+        lanes.setdefault(e["tid"], []).append((begin_ns, begin_ns + dur_ns))
     for items in lanes.values():
         items.sort(key=lambda item: (item[0], -item[1]))
-        open_ends: list[float] = []
+        open_ends: list[int] = []
         for begin, end in items:
             while open_ends and open_ends[-1] <= begin:
                 open_ends.pop()
