@@ -15,8 +15,10 @@ A data path is what :attr:`WorkerSpec.data_path` builds in the worker from a
 - ``stats``: its live counters (a dict of ints);
 - ``close()``: unmap everything; afterwards the front end may end access.
 
-The control socket carries, from dom0, ``{"stop": true}`` and ``{"stats": true}``
-(answered with ``{"stats": {...}}``, for xentop); to dom0, ``{"connected": true}``
+The control socket carries, from dom0, ``{"stop": true}``, ``{"stats": true}``
+(answered with ``{"stats": {...}}``, for xentop) and ``{"inject": {...}}`` (a fault
+for the data path's ``inject``, ``dom0/faults.py``; a stats request sent after it
+is answered once it is in force); to dom0, ``{"connected": true}``
 once, ``{"fatal": reason}`` when the front end broke the protocol, and
 ``{"stopped": {...}}`` (the final counters) after a stop. A worker that does not
 stop within :data:`WORKER_STOP_TIMEOUT_S` is killed; either way its hypercall
@@ -121,8 +123,15 @@ class WorkerHandle:
         """The worker's next message; a dead worker reads as ``{"fatal": ...}``."""
         try:
             message, _ = recv_message(self.control)
+        except ConnectionResetError:
+            # A worker that exits with our messages unread resets the socket, and Linux reports
+            # that before what it sent last (its fatal report): read once more for it.
+            try:
+                message, _ = recv_message(self.control, socket.MSG_DONTWAIT)
+            except (ConnectionError, OSError):
+                return {"fatal": "the back-end worker died", "died": True}
         except (ConnectionError, OSError):
-            return {"fatal": "the back-end worker died"}
+            return {"fatal": "the back-end worker died", "died": True}
         if "stats" in message:
             self.answered += 1
         return message
@@ -135,6 +144,14 @@ class WorkerHandle:
             return self.answered  # nothing will answer: count it as done
         self.asked += 1
         return self.asked
+
+    def inject(self, fault: dict[str, Any]) -> int:
+        """Hand the data path a fault; returns the number of a stats request answered once it is in force."""
+        try:
+            send_message(self.control, {"inject": fault})
+        except OSError:
+            return self.answered  # the worker is gone: its death is being read
+        return self.ask_stats()
 
     def stop(self, hypercall: Callable[..., tuple[Any, list[int]]]) -> None:
         """Stop the worker (it unmaps every grant), reap it, then close its hypercall channel.
@@ -299,9 +316,15 @@ def _serve(
 
 
 def _answer_control(control: socket.socket, data_path: DataPath, stop: list[bool]) -> None:
-    """One message from dom0: a stats request is answered at once; anything else (or dom0 gone) means stop."""
+    """One message from dom0: a stats request is answered at once, a fault handed on; anything else (or dom0
+    gone) means stop."""
     try:
         message, _ = recv_message(control)
+        if "inject" in message:
+            inject = getattr(data_path, "inject", None)
+            if inject is not None:
+                inject(message["inject"])
+            return
         if message.get("stats"):
             send_message(control, {"stats": data_path.stats})
             return

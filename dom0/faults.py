@@ -4,7 +4,9 @@ dom0's toolstack keeps the faults it injected; ``--list`` shows them and
 ``--clear`` undoes them (all, or one by id). What each does, and what is
 expected to follow (:data:`OUTCOMES`, also what ``inject`` answers):
 
-* ``backend-kill DOMAIN DEVICE``: the device's back-end worker gets SIGKILL.
+* ``backend-kill DOMAIN DEVICE``: the device's back-end worker gets SIGKILL. dom0's
+  bus restarts a vbd's back end (a new worker, through the xenbus handshake) and
+  blkfront re-issues what was in flight (``blkif_recover``).
 * ``backend-freeze DOMAIN DEVICE``: the worker gets SIGSTOP until cleared (SIGCONT).
 * ``evtchn-drop DOMAIN PORT`` / ``evtchn-delay DOMAIN PORT MS``: what DOMAIN sends
   on its port PORT is lost / sent MS later (the hypervisor arms it in the header
@@ -15,6 +17,12 @@ expected to follow (:data:`OUTCOMES`, also what ``inject`` answers):
   dom0's own requests (the toolstack's, the back ends') are never touched.
 * ``vcpu-freeze DOMAIN VCPU``: the scheduler keeps that vCPU's process stopped
   until cleared, the rest of the domain running.
+* ``sector-eio DOMAIN DEVICE FIRST[-LAST]``: blkback answers every request touching
+  those sectors ``BLKIF_RSP_ERROR`` until cleared (:class:`SectorRanges`; the
+  worker is told through its control socket, a restarted one at its start).
+* ``ring-corrupt DOMAIN DEVICE slot|index``: blkback's worker scribbles the shared
+  ring as the front end might: the next request slot it takes off the ring
+  (:func:`scribble_slot`) or ``req_prod`` (:func:`scribble_req_prod`).
 
 Every fault taking effect is a trace record of class ``fault``.
 """
@@ -36,13 +44,18 @@ from xenlike.public.xs_wire import XSD_ERRNO, home_path
 
 __all__ = [
     "OUTCOMES",
+    "RING_CORRUPTIONS",
     "Fault",
     "FaultError",
     "HeldRequests",
     "InjectedFaults",
+    "SectorRanges",
     "XenstoreFaults",
     "XenstoreRule",
     "check_xs_rule",
+    "parse_sector_range",
+    "scribble_req_prod",
+    "scribble_slot",
     "freeze_worker",
     "kill_worker",
     "now",
@@ -53,9 +66,12 @@ log = logging.getLogger("dom0.faults")
 
 OUTCOMES = {
     "backend-kill": "the worker dies; dom0 reads its death, closes its hypercall channel (the hypervisor unmaps "
-    "what it mapped), writes error/backend/<type>/<domid>/<devid>/error ('serving: the back-end worker died') "
-    "and moves the device to Closing: the guest's requests in flight fail and the device closes; its other "
-    "devices, dom0 and other domains go on. --clear does not bring it back: block-detach and block-attach do",
+    "what it mapped) and, for a vbd, restarts the back end: InitWait again, a new worker once the front end has "
+    "set up a new ring; blkfront re-issues every request in flight that was not answered, in order "
+    "(blkif_recover), so the workload sees a pause and no error, and no acknowledged write is lost. A vbd whose "
+    "worker died more than 3 times within 60 s, and a vif, is not restarted: "
+    "error/backend/<type>/<domid>/<devid>/error ('serving: the back-end worker died') and Closing, the "
+    "guest's requests in flight fail and the device closes. Its other devices, dom0 and other domains go on",
     "backend-freeze": "the worker stops: the guest's requests wait in the ring (top shows the last counters); "
     "--clear continues it and it serves every request waiting, none lost",
     "evtchn-drop": "every notification the domain sends on the port is lost: its peer is not woken for what it "
@@ -68,7 +84,20 @@ OUTCOMES = {
     "later requests wait behind them in order; other guests and dom0 are served at once",
     "vcpu-freeze": "the vCPU's process stays stopped: what runs there waits (vCPU 0: the guest's kernel, its "
     "xenstore and console); the domain's other vCPUs, dom0 and other domains run; --clear lets it run again",
+    "sector-eio": "blkback answers every read, write or discard touching the sectors BLKIF_RSP_ERROR: the "
+    "workload's call raises OSError(EIO) naming the request's first sector; requests elsewhere are served and "
+    "the ring goes on; it outlives a restart of the back end; --clear serves the sectors again. A direct disk "
+    "(served by the hypervisor) is refused",
+    "ring-corrupt": "slot: the next request the back end takes off the ring has op, nr_segments and every gref "
+    "overwritten with 0xff (its id kept): blkback answers it BLKIF_RSP_EOPNOTSUPP, the workload's call raises "
+    "OSError(EOPNOTSUPP), and the ring goes on. index: req_prod is set more than a ring ahead of the responses: "
+    "blkback stops serving the ring, writes error/backend/vbd/<domid>/<devid>/error ('serving: front end "
+    "provided bogus ring requests ...') and moves to Closing; the guest's requests in flight fail and the disk "
+    "closes. Either way the worker neither crashes nor reads outside the ring, and other devices and domains go "
+    "on; once done there is nothing to clear",
 }
+
+RING_CORRUPTIONS = ("slot", "index")
 
 
 class FaultError(Exception):
@@ -189,6 +218,59 @@ class HeldRequests:
 
     def next_due(self) -> float | None:
         return self.queue[0][0] if self.queue else None
+
+
+# -- block devices (run in blkback's worker) -----------------------------------------------
+
+
+class SectorRanges:
+    """The sector ranges sector-eio fails, inclusive: what a request touching one gets is BLKIF_RSP_ERROR."""
+
+    def __init__(self, ranges: list[tuple[int, int]] | None = None) -> None:
+        self.ranges = sorted(ranges or [])
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def hit(self, sector: int, count: int) -> int | None:
+        """The first failing sector of the ``count`` sectors from ``sector``, or None if none fails."""
+        end = sector + count - 1
+        hits = [max(first, sector) for first, last in self.ranges if first <= end and sector <= last]
+        return min(hits) if hits else None
+
+
+def parse_sector_range(text: str, sectors: int) -> tuple[int, int]:
+    """``FIRST`` or ``FIRST-LAST`` (inclusive, 512-byte sectors) within a disk of ``sectors``; FaultError if not."""
+    first_text, dash, last_text = text.partition("-")
+    try:
+        first = int(first_text)
+        last = int(last_text) if dash else first
+    except ValueError:
+        raise FaultError(f"a sector range is FIRST or FIRST-LAST (sector numbers), not {text!r}") from None
+    if not 0 <= first <= last:
+        raise FaultError(f"sector range {text!r}: FIRST must be at least 0 and at most LAST")
+    if last >= sectors:
+        raise FaultError(f"sector range {text!r} goes past the disk's last sector, {sectors - 1}")
+    return first, last
+
+
+# Offsets in a blkif request slot (blkif.h's struct blkif_request: operation, nr_segments,
+# handle, id at 8, sector_number at 16, seg[] of {gref, first_sect, last_sect, pad} from 24).
+_SLOT_OP, _SLOT_NR_SEGMENTS, _SLOT_SEGMENTS, _SEGMENT_SIZE = 0, 1, 24, 8
+
+
+def scribble_slot(slot: memoryview) -> None:
+    """ring-corrupt slot: garbage op, nr_segments and grefs in one request slot, its id left as it was."""
+    slot[_SLOT_OP] = slot[_SLOT_NR_SEGMENTS] = 0xFF
+    for offset in range(_SLOT_SEGMENTS, len(slot) - _SEGMENT_SIZE + 1, _SEGMENT_SIZE):
+        slot[offset : offset + 4] = b"\xff\xff\xff\xff"
+
+
+def scribble_req_prod(header: memoryview, rsp_prod: int, nr_ents: int) -> int:
+    """ring-corrupt index: req_prod (the header's first word) more than a ring ahead of ``rsp_prod``; the value."""
+    bogus = (rsp_prod + nr_ents + 1) & 0xFFFF_FFFF
+    header[0:4] = bogus.to_bytes(4, "little")
+    return bogus
 
 
 def now() -> float:

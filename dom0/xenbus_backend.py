@@ -19,6 +19,13 @@ A failure in ``probe`` or ``connect`` (:class:`BackendError`, ``OSError``, a
 xenstore error) or a worker's fatal report is reported once, as
 ``xenbus_dev_fatal``: the error node and Closing; the front end follows.
 
+A worker that dies (a signal, a crash: not a front end breaking the protocol) is
+restarted if its driver says ``restarts = True``: the bus goes back to InitWait
+and connects a new worker once the front end has published a new ring
+(Initialised), as a driver domain that comes back does; blkfront then re-issues
+what was in flight (``blkif_recover``). More than :data:`MAX_RESTARTS` deaths
+within :data:`RESTART_WINDOW_S` are reported as a fatal error instead.
+
 Watch events arrive on the bus's own in-process xenstore connection and are
 handled from dom0's main loop (:meth:`XenbusBackend.process_events`), after the
 request that caused them.
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -54,6 +62,8 @@ log = logging.getLogger("dom0.xenbus")
 
 RING_REF = "ring-ref"
 RING_PAGE_ORDER = "ring-page-order"
+MAX_RESTARTS = 3  # a dead worker restarted at most this often ...
+RESTART_WINDOW_S = 60.0  # ... within this many seconds
 
 
 class BackendError(Exception):
@@ -78,6 +88,8 @@ class XenbusDevice:
     worker: WorkerHandle | None = None
     stats: dict[str, int] = field(default_factory=dict)  # the worker's last counters
     drvdata: Any = None  # the driver's own per-device state (dev_set_drvdata)
+    restarted: bool = False  # back in InitWait after its worker died: connect on a new ring only
+    deaths: list[float] = field(default_factory=list)  # when its workers died, within RESTART_WINDOW_S
 
     @property
     def nodename(self) -> str:
@@ -216,7 +228,8 @@ class XenbusBackend:
         state = XenbusState.parse(self.read(dev.otherend, STATE))
         if state in (XenbusState.Initialised, XenbusState.Connected):
             # A second event for the same state (two watches close together) finds us Connected.
-            if dev.state == XenbusState.InitWait:
+            # After a restart the front end is still Connected to the old ring: wait for its new one.
+            if dev.state == XenbusState.InitWait and not (dev.restarted and state == XenbusState.Connected):
                 self._connect(dev)
         elif state == XenbusState.Closing:
             if dev.state not in (XenbusState.Closing, XenbusState.Closed):
@@ -233,6 +246,7 @@ class XenbusBackend:
             self._disconnect(dev)
             self.dev_fatal(dev, exc, "connecting")
             return
+        dev.restarted = False
         self.switch_state(dev, XenbusState.Connected)
         log.info("%s: connected", dev.label)
 
@@ -342,7 +356,27 @@ class XenbusBackend:
             dev.stats = message["stats"]
         elif "fatal" in message:
             self._disconnect(dev)
-            self.dev_fatal(dev, message["fatal"], "serving")
+            if not (message.get("died") and self._restart(dev)):
+                self.dev_fatal(dev, message["fatal"], "serving")
+
+    def _restart(self, dev: XenbusDevice) -> bool:
+        """A dead worker's device back to InitWait, for a new worker; False if its driver or its record says no."""
+        if not getattr(self.drivers[dev.devicetype], "restarts", False):
+            return False
+        now = time.monotonic()
+        dev.deaths = [*(t for t in dev.deaths if now - t < RESTART_WINDOW_S), now]
+        if len(dev.deaths) > MAX_RESTARTS:
+            log.warning(
+                "%s: the back-end worker died %d times within %.0fs: not restarted",
+                dev.label,
+                len(dev.deaths),
+                RESTART_WINDOW_S,
+            )
+            return False
+        log.warning("%s: the back-end worker died; restarting the back end", dev.label)
+        dev.restarted = True
+        self.switch_state(dev, XenbusState.InitWait)
+        return True
 
     # -- the toolstack's side ---------------------------------------------------------------
 

@@ -15,6 +15,10 @@ its device:
 - ``closing(bus, dev)``: the back end is going (or the device was unplugged):
   stop I/O;
 - ``remove(bus, dev)``: the back end is Closed: tear the rings down;
+- ``reconnect(bus, dev)`` (optional): the back end went back to InitWait while
+  connected (dom0 restarted it): let go of the old ring, keeping what is in
+  flight; the bus then runs ``connect`` and ``connected`` again. A driver
+  without it is closed instead;
 - ``suspend(bus, dev)`` and ``resume(bus, dev)`` (Linux's ``xenbus_driver``
   ``suspend``/``resume``): when the guest is suspended (:meth:`XenbusFrontend.suspend`),
   complete what is in flight and take no new I/O; when it runs again, take I/O
@@ -171,12 +175,12 @@ class XenbusFrontend:
             if key not in present:
                 self._detach(dev)
                 del self.devices[key]
-            elif dev.state == XenbusState.Connected and self.otherend_state(dev) in (
-                XenbusState.Closing,
-                XenbusState.Closed,
-                XenbusState.Unknown,
-            ):
-                self._detach(dev)
+            elif dev.state == XenbusState.Connected:
+                state = self.otherend_state(dev)
+                if state in (XenbusState.Closing, XenbusState.Closed, XenbusState.Unknown):
+                    self._detach(dev)
+                elif state == XenbusState.InitWait:
+                    self._reconnect(dev)
 
     def _listed(self, kind: str) -> list[int]:
         try:
@@ -192,18 +196,42 @@ class XenbusFrontend:
             dev.otherend = self._require(f"{dev.nodename}/{BACKEND}")
             dev.otherend_id = int(self._require(f"{dev.nodename}/{BACKEND_ID}"))
             driver.probe(self, dev)
-            self.wait_otherend(dev, {XenbusState.InitWait, XenbusState.Connected})
-            nodes = driver.connect(self, dev)
-            self.transact(lambda t: self._publish(t, dev, nodes))
-            dev.state = XenbusState.Initialised
-            _trace_state(dev, XenbusState.Initialised)
-            self.wait_otherend(dev, {XenbusState.Connected})
-            driver.connected(self, dev)
-            self.switch_state(dev, XenbusState.Connected)
+            self._handshake(dev, driver)
             # Follow the other end from now on: its Closing starts a detach.
             self.xs.watch(f"{dev.otherend}/{STATE}", _otherend_token(dev), self._otherend_changed)
         except (FrontendError, XsError, OSError, ValueError) as exc:
             self.dev_fatal(dev, exc, "connecting")
+            self._close(dev, driver)
+
+    def _handshake(self, dev: FrontDevice, driver: FrontendDriver) -> None:
+        """InitWait, the driver's nodes with Initialised, Connected (``talk_to_blkback``, ``blkfront_connect``)."""
+        self.wait_otherend(dev, {XenbusState.InitWait, XenbusState.Connected})
+        nodes = driver.connect(self, dev)
+        self.transact(lambda t: self._publish(t, dev, nodes))
+        dev.state = XenbusState.Initialised
+        _trace_state(dev, XenbusState.Initialised)
+        self.wait_otherend(dev, {XenbusState.Connected})
+        driver.connected(self, dev)
+        self.switch_state(dev, XenbusState.Connected)
+
+    def _reconnect(self, dev: FrontDevice) -> None:
+        """The back end restarted (InitWait while we are Connected): the driver's ``reconnect``, then the
+        handshake again; a driver without the hook, or a handshake that fails, closes the device."""
+        driver = self.drivers[dev.devicetype]
+        hook = getattr(driver, "reconnect", None)
+        if hook is None:
+            self._detach(dev)
+            return
+        log.info("%s: %s: the back end restarted; reconnecting", self.kernel.label, dev.nodename)
+        try:
+            hook(self, dev)
+            self._handshake(dev, driver)
+        except (FrontendError, XsError, OSError, ValueError) as exc:
+            self.dev_fatal(dev, exc, "reconnecting")
+            try:
+                self.xs.unwatch(f"{dev.otherend}/{STATE}", _otherend_token(dev))
+            except XsError:
+                pass
             self._close(dev, driver)
 
     def _detach(self, dev: FrontDevice) -> None:

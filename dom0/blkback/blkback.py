@@ -20,6 +20,11 @@ segment on the common path).
 A front end that breaks the ring protocol (an index more than a ring ahead) gets
 its device disconnected; one that sends a bad request gets ``BLKIF_RSP_ERROR`` for
 it (``BLKIF_RSP_EOPNOTSUPP`` for an unknown operation) and nothing else happens.
+
+``xenlike inject`` reaches a ring through :meth:`BlkifRing.inject` (dom0's
+control message): ``sector-eio`` ranges answered ``BLKIF_RSP_ERROR``, and
+``ring-corrupt``, which scribbles the shared ring as a broken front end would
+(``dom0/faults.py``).
 """
 
 from __future__ import annotations
@@ -55,9 +60,10 @@ from xenlike.public.blkif import (
     decode_request,
     unpack_segment_array,
 )
-from xenlike.public.ring import BackRing
+from xenlike.public.ring import SRING_HEADER_SIZE, BackRing, RingError
 from xenlike.public.xen import PAGE_SIZE
 
+from ..faults import RING_CORRUPTIONS, SectorRanges, scribble_req_prod, scribble_slot, traced
 from ..grant_cache import GrantRefused, PersistentGrants
 from .vbd import Vbd, punch_hole
 
@@ -108,6 +114,8 @@ class BlkifRing:
     ring_refs: list[int]
     persistent: bool
     ring: BackRing = field(init=False)
+    failing: SectorRanges = field(default_factory=SectorRanges)  # sector-eio (xenlike inject)
+    corrupt: str | None = None  # ring-corrupt armed: "slot" or "index", until it takes effect
     _busy_until: float = field(init=False, default=0.0)  # polling before sleeping, until then
     # Linux's st_rd_req, st_wr_req, st_f_req, st_ds_req, st_rd_sect, st_wr_sect, st_oo_req
     # (xen-blkback/common.h), which xentop's VBD_* columns show. oo_requests stays 0:
@@ -155,11 +163,16 @@ class BlkifRing:
         ring protocol.
         """
         ring = self.ring
-        data, count = ring.get_requests()
-        if not count:
-            if time.monotonic() >= self._busy_until or not self._poll_for_requests():
-                return False
+        try:
+            if self.corrupt is not None:
+                self._corrupt_ring()
             data, count = ring.get_requests()
+            if not count:
+                if time.monotonic() >= self._busy_until or not self._poll_for_requests():
+                    return False
+                data, count = ring.get_requests()
+        except RingError as exc:  # Linux: "Frontend provided bogus ring requests ... Halting ring processing"
+            raise RingError(f"front end provided bogus ring requests: {exc}") from None
         slot = BLKIF_PROTOCOL.entry_size
         responses = bytearray(count * slot)
         pack_response = RESPONSE.pack_into
@@ -175,6 +188,44 @@ class BlkifRing:
         ring.put_responses(responses)
         self._busy_until = time.monotonic() + POLL_S
         return ring.push_responses()
+
+    # -- injected faults (xenlike inject: dom0/faults.py) ------------------------------
+
+    def inject(self, fault: dict) -> None:
+        """dom0's control message: ``{"sector_eio": [[first, last], ...]}`` (every range in force) or
+        ``{"ring_corrupt": "slot"|"index"}`` (armed until it takes effect)."""
+        if "sector_eio" in fault:
+            self.failing = SectorRanges([(int(first), int(last)) for first, last in fault["sector_eio"]])
+        if fault.get("ring_corrupt") in RING_CORRUPTIONS:
+            self.corrupt = fault["ring_corrupt"]
+
+    def _corrupt_ring(self) -> None:
+        """Scribble the shared ring as a broken front end would; a slot waits for a request to scribble.
+
+        An index stays armed: the front end may publish its own req_prod between the
+        scribble and the read, and then it is scribbled again on the next pass.
+        """
+        ring, view = self.ring, self._ring_mapping.view
+        if self.corrupt == "index":
+            bogus = scribble_req_prod(view[:SRING_HEADER_SIZE], ring.rsp_prod_pvt, ring.nr_ents)
+            traced("ring-corrupt", device=self.label, what="index", req_prod=bogus)
+            log.warning("%s: ring index scribbled (injected fault)", self.label)
+            return
+        if ring.unconsumed_requests():
+            start = SRING_HEADER_SIZE + (ring.req_cons & (ring.nr_ents - 1)) * ring.entry_size
+            scribble_slot(view[start : start + ring.entry_size])
+            traced("ring-corrupt", device=self.label, what="slot", index=ring.req_cons)
+        else:
+            return
+        log.warning("%s: ring slot scribbled (injected fault)", self.label)
+        self.corrupt = None
+
+    def _check_failing(self, sector: int, count: int) -> None:
+        """sector-eio: RequestError (BLKIF_RSP_ERROR) if the request touches a failing sector."""
+        bad = self.failing.hit(sector, count)
+        if bad is not None:
+            traced("sector-eio", device=self.label, sector=bad)
+            raise RequestError(f"sector {bad} fails with EIO (injected fault)")
 
     def _poll_for_requests(self) -> bool:
         """Spin until requests arrive or the poll window closes; True if they arrived."""
@@ -280,6 +331,8 @@ class BlkifRing:
         total = self._sectors_of(segments)
         if sector + total > self.vbd.sectors:
             raise RequestError(f"sectors {sector}..{sector + total - 1} are past the end ({self.vbd.sectors} sectors)")
+        if self.failing:
+            self._check_failing(sector, total)
         # A READ writes into the guest's pages: their grants must allow writing.
         self._ensure_mapped(segments.grefs, writable=not writing)
         vectors = self._io_vectors(segments)
@@ -328,6 +381,8 @@ class BlkifRing:
             raise RequestError("discard on a read-only device")
         if request.nr_sectors == 0 or request.sector_number + request.nr_sectors > self.vbd.sectors:
             raise RequestError(f"discard of sectors {request.sector_number}+{request.nr_sectors} is past the end")
+        if self.failing:
+            self._check_failing(request.sector_number, request.nr_sectors)
         punch_hole(self.vbd.fd, request.sector_number * SECTOR_SIZE, request.nr_sectors * SECTOR_SIZE)
 
     # -- grants ---------------------------------------------------------------------
@@ -360,5 +415,6 @@ def blkif_data_path(ctx: WorkerContext) -> BlkifRing:
     ring = BlkifRing(
         ctx.label, ctx.frontend_id, vbd, ctx.hypercall, ctx.memory_fd, params["ring_refs"], params["persistent"]
     )
+    ring.inject({"sector_eio": params.get("sector_eio", [])})  # what an earlier worker was told
     log.info("%s: connected (%d sectors%s)", ctx.label, vbd.sectors, ", read-only" if vbd.readonly else "")
     return ring

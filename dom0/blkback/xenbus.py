@@ -10,6 +10,10 @@ driver says what a vbd is:
   event channel, protocol and ``feature-persistent``, bind the event channel and
   start the device's worker over :func:`~dom0.blkback.blkback.blkif_data_path`;
 - remove: close the image.
+
+A worker that dies is restarted (``restarts``): the bus connects a new one to
+the front end's new ring. The ``sector-eio`` ranges injected on a device
+(:meth:`BlkbackDriver.fail_sectors`) are kept here, so a new worker starts with them.
 """
 
 from __future__ import annotations
@@ -34,6 +38,25 @@ class BlkbackDriver:
     """The vbd back-end driver (``xen_blkbk_driver``); ``dev.drvdata`` is the device's :class:`Vbd`."""
 
     devicetype = blkif.DEVICE_TYPE
+    restarts = True  # blkfront reconnects and re-issues what was in flight (blkif_recover)
+
+    def __init__(self) -> None:
+        self.failing: dict[tuple[str, int, int], dict[int, tuple[int, int]]] = {}  # sector-eio: dev -> id -> range
+
+    def fail_sectors(self, dev: XenbusDevice, fault_id: int, sectors: tuple[int, int] | None) -> int | None:
+        """Fail ``sectors`` (inclusive) under ``fault_id``, or lift that fault (None).
+
+        Returns the number of the worker's stats answer after which it is in force
+        (see :meth:`WorkerHandle.inject`), None with no worker running.
+        """
+        ranges = self.failing.setdefault(dev.key, {})
+        if sectors is None:
+            ranges.pop(fault_id, None)
+        else:
+            ranges[fault_id] = sectors
+        if dev.worker is None:
+            return None
+        return dev.worker.inject({"sector_eio": [list(r) for r in ranges.values()]})
 
     def probe(self, bus: XenbusBackend, dev: XenbusDevice) -> dict[str, str]:
         params = bus.read(dev.nodename, blkif.PARAMS) or ""
@@ -82,6 +105,7 @@ class BlkbackDriver:
                     "path": vbd.path,
                     "sectors": vbd.sectors,
                     "readonly": vbd.readonly,
+                    "sector_eio": [list(r) for r in self.failing.get(dev.key, {}).values()],
                 },
             ),
         )
@@ -90,6 +114,7 @@ class BlkbackDriver:
         """Nothing of the image goes with the ring: a front end may connect again."""
 
     def remove(self, bus: XenbusBackend, dev: XenbusDevice) -> None:
+        self.failing.pop(dev.key, None)
         if dev.drvdata is not None:
             dev.drvdata.close()
             dev.drvdata = None

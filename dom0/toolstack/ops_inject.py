@@ -3,12 +3,27 @@ each fault does and what follows)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..faults import OUTCOMES, FaultError, check_xs_rule, freeze_worker, kill_worker
+from xenlike.public import blkif
+from xenlike.public.vdisk import MODEL_SPLIT
+
+from ..faults import (
+    OUTCOMES,
+    RING_CORRUPTIONS,
+    Fault,
+    FaultError,
+    check_xs_rule,
+    freeze_worker,
+    kill_worker,
+    parse_sector_range,
+    traced,
+)
 from .request import Request, ToolstackError
 
 if TYPE_CHECKING:
+    from ..blkback import BlkbackDriver
     from ..xenbus_backend import XenbusDevice
     from .server import Toolstack
 
@@ -22,11 +37,19 @@ USAGE = {
     "xs-refuse": "PATH [ERRNO]",
     "xs-delay": "PATH MS",
     "vcpu-freeze": "DOMAIN VCPU",
+    "sector-eio": "DOMAIN DEVICE FIRST[-LAST]",
+    "ring-corrupt": "DOMAIN DEVICE slot|index",
 }
+INJECT_TIMEOUT_S = 5.0  # how long a worker may take to have a fault in force before inject answers anyway
 
 
-def inject(ts: Toolstack, request: Request) -> Any:
-    """Inject one fault; answers its id, what it targets and its documented outcome."""
+def inject(ts: Toolstack, request: Request) -> None:
+    """Inject one fault; answers its id, what it targets and its documented outcome.
+
+    A fault a back-end worker applies is answered once the worker has it in
+    force (it answered a stats request sent after it), so I/O after ``inject``
+    returns meets it.
+    """
     kind = str(request.args.get("kind"))
     words = [str(word) for word in request.args.get("words") or []]
     if kind not in USAGE:
@@ -39,7 +62,11 @@ def inject(ts: Toolstack, request: Request) -> Any:
         fault = _INJECT[kind](ts, kind, words)
     except FaultError as exc:
         raise ToolstackError(str(exc)) from None
-    return fault.describe()
+    if isinstance(fault, Fault):
+        request.reply(fault.describe())
+        return
+    fault, in_force = fault
+    ts.poll(in_force, INJECT_TIMEOUT_S, lambda ok: request.reply(fault.describe()))
 
 
 def inject_list(ts: Toolstack, request: Request) -> Any:
@@ -73,6 +100,13 @@ def _device(ts: Toolstack, domain: str, device: str) -> XenbusDevice:
     """A domU's device by its vdev (xvda), its devid, or TYPE/DEVID (vbd/51712)."""
     built = ts.lifecycle.find(domain)
     devtype, _, devid_text = device.rpartition("/")
+    for disk in built.config.get("disk", []):
+        model = disk.get("model", MODEL_SPLIT)
+        if model != MODEL_SPLIT and devid_text in (str(disk.get("vdev")), str(disk.get("devid"))):
+            raise FaultError(
+                f"{built.name}'s {device} is a {model} disk, which no back-end worker serves: "
+                "this fault needs a split (blkfront/blkback) disk"
+            )
     for dev in ts.backends.devices.values():
         if dev.frontend_id != built.domid or (devtype and dev.devicetype != devtype):
             continue
@@ -132,7 +166,48 @@ def _vcpu(ts: Toolstack, kind: str, words: list[str]) -> Any:
     return ts.injected.add(kind, f"{built.name} vCPU {vcpu}", undo)
 
 
-_INJECT = {
+def _vbd(ts: Toolstack, words: list[str]) -> tuple[XenbusDevice, BlkbackDriver]:
+    dev = _device(ts, words[0], words[1])
+    if dev.devicetype != blkif.DEVICE_TYPE:
+        raise FaultError(f"{words[0]}'s {words[1]} is a {dev.devicetype}, not a disk (vbd)")
+    driver: BlkbackDriver = ts.backends.drivers[blkif.DEVICE_TYPE]  # type: ignore[assignment]
+    return dev, driver
+
+
+def _answered(dev: XenbusDevice, number: int | None) -> Callable[[], bool]:
+    """Whether the worker answered stats request ``number`` (or is gone): the fault is then in force."""
+    worker = dev.worker
+    return lambda: number is None or dev.worker is not worker or worker is None or worker.answered >= number
+
+
+def _sector_eio(ts: Toolstack, kind: str, words: list[str]) -> tuple[Fault, Callable[[], bool]]:
+    dev, driver = _vbd(ts, words)
+    first, last = parse_sector_range(words[2], dev.drvdata.sectors)
+    fault = ts.injected.add(kind, f"{words[0]} {words[1]} sectors {first}-{last}", None)
+    number = driver.fail_sectors(dev, fault.id, (first, last))
+    traced(kind, device=dev.label, first=first, last=last)
+
+    def undo() -> None:
+        if ts.backends.device(*dev.key) is dev:
+            driver.fail_sectors(dev, fault.id, None)
+
+    fault.undo = undo
+    return fault, _answered(dev, number)
+
+
+def _ring_corrupt(ts: Toolstack, kind: str, words: list[str]) -> tuple[Fault, Callable[[], bool]]:
+    dev, _driver = _vbd(ts, words)
+    what = words[2]
+    if what not in RING_CORRUPTIONS:
+        raise FaultError(f"ring-corrupt scribbles a request slot or the ring's index: slot or index, not {what!r}")
+    worker = dev.worker
+    assert worker is not None  # _device checked it
+    number = worker.inject({"ring_corrupt": what})
+    fault = ts.injected.add(kind, f"{words[0]} {words[1]} {what} (worker pid {worker.pid})", None, done=True)
+    return fault, _answered(dev, number)
+
+
+_INJECT: dict[str, Callable[[Toolstack, str, list[str]], Any]] = {
     "backend-kill": _backend,
     "backend-freeze": _backend,
     "evtchn-drop": _evtchn,
@@ -140,5 +215,7 @@ _INJECT = {
     "xs-refuse": _xenstore,
     "xs-delay": _xenstore,
     "vcpu-freeze": _vcpu,
+    "sector-eio": _sector_eio,
+    "ring-corrupt": _ring_corrupt,
 }
 assert set(_INJECT) == set(USAGE) == set(OUTCOMES)

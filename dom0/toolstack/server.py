@@ -121,7 +121,7 @@ OPS: dict[str, Op] = {
     "sysrq": Op(ops_debug.sysrq),
     "trigger": Op(ops_debug.trigger),
     # fault injection (xenlike inject)
-    "inject": Op(ops_inject.inject),
+    "inject": Op(ops_inject.inject, defers=True),
     "inject_list": Op(ops_inject.inject_list),
     "inject_clear": Op(ops_inject.inject_clear),
 }

@@ -19,10 +19,22 @@ The XenBus handshake (:mod:`.xenbus`) sets a device up with :meth:`BlockDevice.s
 and :meth:`BlockDevice.setup_pool` and takes it down with
 :meth:`BlockDevice.stop_io` and :meth:`BlockDevice.teardown_ring`; everything
 else here runs in the workload's threads and on the kernel's event loop.
+
+When the back end restarts (its worker died and dom0 brought it back) the device
+recovers as Linux's ``blkif_recover``: :meth:`BlockDevice.hold_for_reconnect`
+holds new requests and drops the old ring, keeping each request in flight (its
+slot as it was placed, its pool pages and their data: Linux's shadow); the
+handshake sets up a new ring, and :meth:`BlockDevice.recover` places those
+requests on it again in their original order before new ones go. A request the
+old back end answered before it died is complete and is not issued again; one it
+served but did not answer is served twice, the same data to the same sectors in
+the same order, so what was acknowledged stays and the last write to a sector
+wins as before.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import logging
@@ -73,7 +85,8 @@ POLL_MAX_BYTES = 64 << 10  # polled for only up to this size (Linux's hybrid pol
 class BlockIOError(IOError):
     """A request refused or failed: a write to a read-only disk, I/O on a detached
     disk, a misused buffer, or an error the back end answered (``BLKIF_RSP_ERROR``,
-    e.g. a sector beyond the end; ``not supported``)."""
+    e.g. a sector beyond the end: ``errno`` EIO; ``not supported``: EOPNOTSUPP).
+    The message names the disk, the operation and its first sector."""
 
 
 class _Latch:
@@ -192,6 +205,7 @@ class _Inflight:
     nbytes: int
     run: _Run | None  # the pool pages of a READ or WRITE, until they are given back (None: a buffer's)
     future: BlkFuture
+    slot: bytes  # the request as placed on the ring (Linux's shadow[].req), placed again by recover()
     data: bytes | None = None  # a READ's data, once copied out of the pool
 
 
@@ -381,6 +395,7 @@ class BlockDevice:
         self._pollers = 0  # threads polling the ring for their responses (_cond held to change)
         self.closing = False
         self.suspended = False  # quiesced for a suspend: requests wait until resumed
+        self.recovering = False  # the back end restarted: requests wait until recover() re-issued those in flight
 
     # -- geometry ------------------------------------------------------------------------
 
@@ -418,7 +433,15 @@ class BlockDevice:
         fewer if the pool is small); the pool holds at most a quarter of the guest's
         free memory. Its pages are granted as requests first need them.
         """
-        self.max_segments = max(BLKIF_MAX_SEGMENTS_PER_REQUEST, min(max_indirect_segments, MAX_SEGMENTS))
+        wanted = max(BLKIF_MAX_SEGMENTS_PER_REQUEST, min(max_indirect_segments, MAX_SEGMENTS))
+        if self._pool is not None:  # a reconnect: the pool, and the requests in flight on it, stay
+            if wanted < self.max_segments:
+                raise BlockIOError(
+                    f"{self.vdev}: the back end came back with {max_indirect_segments} indirect segments, "
+                    f"fewer than the {self.max_segments} in use"
+                )
+            return
+        self.max_segments = wanted
         self._pool = self._make_pool(max(MIN_POOL_PAGES, min(MAX_POOL_PAGES, self.kernel.pages.free_frames // 4)))
 
     def _make_pool(self, limit: int) -> _GrantPool:
@@ -465,6 +488,48 @@ class BlockDevice:
         with self._cond:
             self.suspended = False
             self._cond.notify_all()
+
+    def hold_for_reconnect(self) -> None:
+        """The back end restarted: hold new requests and let go of the old ring, keeping what is in flight.
+
+        What the old back end answered is completed first; the rest stays in
+        flight, to be placed again by :meth:`recover` once the handshake has set
+        up a new ring (Linux's ``blkfront_resume``: ``blkif_free`` keeping the shadow).
+        """
+        with self._cond:
+            self.recovering = True
+            self._collect_answered()
+            ring, port, shared = self.ring, self.port, self._shared
+            self.ring = self.port = self._shared = None
+            held = len(self._inflight)
+        log.warning("d%d %s: the back end restarted; %d request(s) in flight held", self.kernel.domid, self.vdev, held)
+        # The dead back end's mappings went with its hypercall channel, so the grants can end.
+        # The old ring's views are left to the collector: a poller may still hold the old ring.
+        if port is not None:
+            self.bus.free_evtchn(self.xdev, port)
+        if shared is not None:
+            self.bus.teardown_ring(self.xdev, shared)
+        del ring
+
+    def recover(self) -> None:
+        """``blkif_recover``: place every request still in flight on the new ring, in the order first placed,
+        then let new requests go. (Requests in flight never outnumber a ring of the order the back end allows.)"""
+        with self._cond:
+            shadows = [inflight.slot for inflight in self._inflight.values()]  # dict order: the order placed
+            placed = 0
+            while placed < len(shadows):
+                ring = self.ring
+                assert ring is not None  # the handshake set up the new ring
+                room = ring.free_requests()
+                if room:
+                    ring.put_requests(b"".join(shadows[placed : placed + room]))
+                    placed += min(room, len(shadows) - placed)
+                    self._push()
+                elif not self._reap():
+                    self._cond.wait(0.05)
+            self.recovering = False
+            self._cond.notify_all()
+        log.info("d%d %s: reconnected; %d request(s) issued again", self.kernel.domid, self.vdev, len(shadows))
 
     def _collect_answered(self) -> None:
         """Take what the back end answered (``_cond`` held), in case its notification is held up."""
@@ -687,7 +752,7 @@ class BlockDevice:
                 while placed < len(requests):
                     if self.closing:
                         raise BlockIOError(f"{self.vdev} is detached")
-                    if self.suspended:
+                    if self.suspended or self.recovering:
                         self._cond.wait(1.0)
                         continue
                     count = self._place_what_fits(requests, placed)
@@ -719,9 +784,10 @@ class BlockDevice:
             if run is None and request.nr_pages:
                 break
             req_id = next(self._ids)
-            slots.append(request.build(req_id, run))
+            slot = request.build(req_id, run)
+            slots.append(slot)
             pooled = run if request.run is None else None  # a buffer's pages stay lent when it completes
-            self._inflight[req_id] = _Inflight(request.op, request.sector, request.nbytes, pooled, request.future)
+            self._inflight[req_id] = _Inflight(request.op, request.sector, request.nbytes, pooled, request.future, slot)
         if slots:
             ring.put_requests(b"".join(slots))
         return len(slots)
@@ -782,10 +848,12 @@ class BlockDevice:
     # -- completion (the event loop) -------------------------------------------------
 
     def _on_event(self, port: int) -> None:
-        ring = self.ring
-        if ring is None:
+        if self.ring is None:
             return
         with self._cond:
+            ring = self.ring  # under the lock: a reconnect may have let the old one go
+            if ring is None:
+                return
             if self._pollers:
                 self._take_responses(ring)  # a poller re-arms when it stops
             else:
@@ -809,7 +877,7 @@ class BlockDevice:
         if ring is None or ring.shared_rsp_prod() == ring.rsp_cons:
             return
         with self._cond:
-            if self._take_responses(ring):
+            if ring is self.ring and self._take_responses(ring):  # not a ring a reconnect let go of
                 self._cond.notify_all()
 
     def _poll_end(self) -> None:
@@ -865,8 +933,12 @@ class BlockDevice:
                 BLKIF_OP_FLUSH_DISKCACHE: "flush",
                 BLKIF_OP_DISCARD: "discard",
             }.get(inflight.op, f"op {inflight.op}")
-            reason = "not supported" if status == BLKIF_RSP_EOPNOTSUPP else "BLKIF_RSP_ERROR"
-            inflight.future.set(error=BlockIOError(f"{self.vdev}: {what} at sector {inflight.sector} failed: {reason}"))
+            if status == BLKIF_RSP_EOPNOTSUPP:
+                code, reason = errno.EOPNOTSUPP, "not supported"
+            else:
+                code, reason = errno.EIO, "BLKIF_RSP_ERROR"
+            message = f"{self.vdev}: {what} at sector {inflight.sector} failed: {reason}"
+            inflight.future.set(error=BlockIOError(code, message))
 
     def _collect(self, req_id: int, inflight: _Inflight) -> bytes:
         """A completed READ's data: copied out of its pool pages, which go back to the pool."""

@@ -15,7 +15,11 @@ states; this driver says what a vbd is:
 - closing: fail what is in flight and leave ``ctx.disks``; remove: give the
   ring's and the pool's grants back;
 - suspend: hold new requests and wait for those in flight to be answered, so
-  every write acknowledged before a save is in the image; resume: go on.
+  every write acknowledged before a save is in the image; resume: go on;
+- reconnect (the back end restarted, ``blkfront_resume``): hold new requests and
+  let go of the old ring, keeping what is in flight; the bus then runs connect
+  again (a new ring and event channel; the grant pool stays) and, on connected,
+  the requests in flight are issued again in order (``blkif_recover``).
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ class BlkfrontDriver:
         device: BlockDevice = dev.drvdata
         device.sectors = bus.read_otherend_int(dev, blkif.SECTORS)
         device.readonly = bool(bus.read_otherend_int(dev, blkif.INFO) & VDISK_READONLY)
+        if device.recovering:
+            device.recover()
         with self._connected:
             self.disks[device.vdev] = device
             self._connected.notify_all()
@@ -95,6 +101,10 @@ class BlkfrontDriver:
     def resume(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
         device: BlockDevice = dev.drvdata
         device.unquiesce()
+
+    def reconnect(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
+        device: BlockDevice = dev.drvdata
+        device.hold_for_reconnect()
 
     def remove(self, bus: XenbusFrontend, dev: FrontDevice) -> None:
         device: BlockDevice = dev.drvdata

@@ -36,7 +36,7 @@ def disk_guest(name: str, tmp_path) -> dict:
             "disk": [f"vdev=xvda, size=8M, target={tmp_path / name}.img"]}
 
 
-def test_a_frozen_back_end_stalls_only_its_disk_and_a_killed_one_closes_only_its_device(host, tmp_path):
+def test_a_frozen_back_end_stalls_only_its_disk_and_a_killed_one_comes_back(host, tmp_path):
     host.up(str(write_cluster(tmp_path, [disk_guest("a", tmp_path), disk_guest("b", tmp_path)])))
     a, b = counter(host, "a", "rounds"), counter(host, "b", "rounds")
     grows(a, what="a's I/O")
@@ -52,10 +52,7 @@ def test_a_frozen_back_end_stalls_only_its_disk_and_a_killed_one_closes_only_its
 
     out = host.xl("inject", "backend-kill", "a", "xvda").stdout
     assert "backend-kill a xvda" in out and "(done)" in out
-    adomid = host.domains()["a"]["domid"] if "a" in host.domains() else None
-    if adomid is not None:  # the guest may crash on its failed I/O; then on_crash removed it
-        wait_for(lambda: "a" not in host.domains() or "died" in (host.xs_read(
-            f"/local/domain/0/error/backend/vbd/{adomid}/51712/error") or ""), what="a's device to fail")
+    grows(a, what="a's I/O once dom0 restarted its back end")  # test_inject_blk.py checks what it wrote
     grows(b, what="b's I/O after a's back end was killed")
     assert host.run_dir.running_pid() == host.hypervisor_pid
     refused = host.xl("inject", "backend-kill", "b", "xvdz", check=False)

@@ -13,13 +13,18 @@ from xenlike.tools.xl.utils import XlError, call
 __all__ = ["main_inject", "KINDS", "KINDS_HELP"]
 
 KINDS = {
-    "backend-kill": "DOMAIN DEVICE: SIGKILL the device's back-end worker (the device closes)",
+    "backend-kill": "DOMAIN DEVICE: SIGKILL the device's back-end worker (a vbd's is restarted and blkfront "
+    "re-issues what was in flight; a vif closes)",
     "backend-freeze": "DOMAIN DEVICE: SIGSTOP it until --clear (requests wait, none lost)",
     "evtchn-drop": "DOMAIN PORT: lose what DOMAIN sends on its port PORT",
     "evtchn-delay": "DOMAIN PORT MS: deliver it MS later",
     "xs-refuse": "PATH [ERRNO]: guests' xenstore requests at or below PATH fail (default EACCES)",
     "xs-delay": "PATH MS: ...are handled MS later, in order",
     "vcpu-freeze": "DOMAIN VCPU: keep one vCPU stopped until --clear",
+    "sector-eio": "DOMAIN DEVICE FIRST[-LAST]: blkback fails requests touching those sectors with EIO "
+    "until --clear (split disks)",
+    "ring-corrupt": "DOMAIN DEVICE slot|index: scribble the next request slot (answered EOPNOTSUPP, the ring "
+    "goes on) or req_prod (blkback stops serving the ring: the disk closes)",
 }
 KINDS_HELP = "; ".join(f"{kind} {text}" for kind, text in KINDS.items())
 
