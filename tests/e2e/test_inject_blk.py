@@ -85,6 +85,8 @@ def test_an_injected_eio_fails_the_range_alone_names_the_sector_and_clears(host,
     assert node(host, "e", "write_error/96").startswith(f"{errno.EIO} ")
     grows(good, by=512, what="e's reads elsewhere while the range fails")
     assert node(host, "e", "bad") == "0"
+    traced = host.xl("trace", "--class", "fault", "--json", "-T", "2").stdout  # each failed request, as it fails
+    assert "sector-eio" in traced and "100" in traced
     # Only the block holding the range fails: one error a pass.
     assert node(host, "e", "pass_errors") == "1"
 
