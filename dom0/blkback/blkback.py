@@ -114,7 +114,7 @@ class BlkifRing:
     ring_refs: list[int]
     persistent: bool
     ring: BackRing = field(init=False)
-    failing: SectorRanges = field(default_factory=SectorRanges)  # sector-eio (xenlike inject)
+    failing: SectorRanges | None = None  # sector-eio (xenlike inject); None: no sector fails
     corrupt: str | None = None  # ring-corrupt armed: "slot" or "index", until it takes effect
     _busy_until: float = field(init=False, default=0.0)  # polling before sleeping, until then
     # Linux's st_rd_req, st_wr_req, st_f_req, st_ds_req, st_rd_sect, st_wr_sect, st_oo_req
@@ -195,7 +195,8 @@ class BlkifRing:
         """dom0's control message: ``{"sector_eio": [[first, last], ...]}`` (every range in force) or
         ``{"ring_corrupt": "slot"|"index"}`` (armed until it takes effect)."""
         if "sector_eio" in fault:
-            self.failing = SectorRanges([(int(first), int(last)) for first, last in fault["sector_eio"]])
+            ranges = [(int(first), int(last)) for first, last in fault["sector_eio"]]
+            self.failing = SectorRanges(ranges) if ranges else None
         if fault.get("ring_corrupt") in RING_CORRUPTIONS:
             self.corrupt = fault["ring_corrupt"]
 
@@ -220,9 +221,9 @@ class BlkifRing:
         log.warning("%s: ring slot scribbled (injected fault)", self.label)
         self.corrupt = None
 
-    def _check_failing(self, sector: int, count: int) -> None:
+    def _check_failing(self, failing: SectorRanges, sector: int, count: int) -> None:
         """sector-eio: RequestError (BLKIF_RSP_ERROR) if the request touches a failing sector."""
-        bad = self.failing.hit(sector, count)
+        bad = failing.hit(sector, count)
         if bad is not None:
             traced("sector-eio", device=self.label, sector=bad)
             raise RequestError(f"sector {bad} fails with EIO (injected fault)")
@@ -331,8 +332,8 @@ class BlkifRing:
         total = self._sectors_of(segments)
         if sector + total > self.vbd.sectors:
             raise RequestError(f"sectors {sector}..{sector + total - 1} are past the end ({self.vbd.sectors} sectors)")
-        if self.failing:
-            self._check_failing(sector, total)
+        if self.failing is not None:
+            self._check_failing(self.failing, sector, total)
         # A READ writes into the guest's pages: their grants must allow writing.
         self._ensure_mapped(segments.grefs, writable=not writing)
         vectors = self._io_vectors(segments)
@@ -381,8 +382,8 @@ class BlkifRing:
             raise RequestError("discard on a read-only device")
         if request.nr_sectors == 0 or request.sector_number + request.nr_sectors > self.vbd.sectors:
             raise RequestError(f"discard of sectors {request.sector_number}+{request.nr_sectors} is past the end")
-        if self.failing:
-            self._check_failing(request.sector_number, request.nr_sectors)
+        if self.failing is not None:
+            self._check_failing(self.failing, request.sector_number, request.nr_sectors)
         punch_hole(self.vbd.fd, request.sector_number * SECTOR_SIZE, request.nr_sectors * SECTOR_SIZE)
 
     # -- grants ---------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 Modes:
   ledger     checksummed 4 KiB records, 16 writes in flight at a time, each batch read back and checked;
+             with each batch two writes to one more slot, in flight together: the second placed must be
+             what it holds after (blkback serves a ring in order, and a recovery re-issues in order);
              data/acked counts acknowledged writes; once data/stop appears every record is read and
              checked against the last acknowledged version of its slot: "LEDGER {json}" on the console
   eio        a pattern of 256 4 KiB blocks, read over and over: data/good, data/bad (wrong bytes),
@@ -18,6 +20,7 @@ import zlib
 
 RECORD = struct.Struct("<QI")  # version, crc32 of the rest of the 4 KiB record
 SLOTS = 512  # records in the ledger: 2 MiB
+ORDER_SLOT = SLOTS  # the slot written twice a batch
 IN_FLIGHT = 16
 BLOCKS = 256  # eio's blocks of 4 KiB
 
@@ -34,16 +37,23 @@ def check(data, version):
 
 def ledger(ctx, disk):
     model = {}  # slot -> last acknowledged version
-    version = 0
+    version = rounds = 0
     while not ctx.shutdown.is_set() and ctx.xenstore.read_str("data/stop") is None:
         batch = {}
         for _ in range(IN_FLIGHT):
             batch[version % SLOTS] = version
             version += 1
         futures = [disk.submit_write(slot * 8, record(v)) for slot, v in batch.items()]
+        twice = (10**9 + 2 * rounds, 10**9 + 2 * rounds + 1)
+        futures += [disk.submit_write(ORDER_SLOT * 8, record(v)) for v in twice]
+        rounds += 1
         for future in futures:
             future.result()  # an error here ends the workload: the test sees no LEDGER
         model.update(batch)
+        if not check(disk.read(ORDER_SLOT * 8, 4096), twice[1]):
+            print("LEDGER " + json.dumps({"error": f"two writes to one slot were reordered, round {rounds}"}),
+                  flush=True)
+            return
         ctx.xenstore.write("data/acked", str(version))
         reads = {slot: disk.submit_read(slot * 8, 4096) for slot in batch}
         if not all(check(f.result(), batch[slot]) for slot, f in reads.items()):
