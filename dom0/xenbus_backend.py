@@ -360,8 +360,9 @@ class XenbusBackend:
                 self.dev_fatal(dev, message["fatal"], "serving")
 
     def _restart(self, dev: XenbusDevice) -> bool:
-        """A dead worker's device back to InitWait, for a new worker; False if its driver or its record says no."""
-        if not getattr(self.drivers[dev.devicetype], "restarts", False):
+        """A dead worker's device back to InitWait, for a new worker; False if its driver or its record says no
+        (or the device was not Connected: one closing goes on closing)."""
+        if dev.state != XenbusState.Connected or not getattr(self.drivers[dev.devicetype], "restarts", False):
             return False
         now = time.monotonic()
         dev.deaths = [*(t for t in dev.deaths if now - t < RESTART_WINDOW_S), now]
