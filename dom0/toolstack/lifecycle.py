@@ -36,11 +36,13 @@ __all__ = ["Lifecycle", "StartReport"]
 
 log = logging.getLogger("dom0.toolstack")
 
-DOMAIN_FDS = 7
-"""File descriptors one domU costs dom0: its memfd, which dom0 keeps (1); the
-eventfd of each of dom0's ends of the xenstore and console channels and the
-guest's eventfd it sends through (4); and, while it is built, the two fds of the
-create's replies not yet adopted (2)."""
+DOMAIN_FDS = 6
+"""File descriptors one domU costs dom0, counted on a running host: its memfd,
+which dom0 keeps and maps without a copy of it (1); the eventfd of each of dom0's
+ends of the xenstore and console channels and the guest's eventfd it sends
+through (4); xenconsoled's log of its console (1). While it is built, the two fds
+of the create's replies not yet adopted are held too (2, within the budget's
+reserve)."""
 
 # The xl.cfg key that says what to do for each shutdown reason, and xl's default.
 ACTION_KEYS = {

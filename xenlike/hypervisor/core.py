@@ -71,14 +71,15 @@ __all__ = ["Hypervisor", "WorkerChannel"]
 
 DOM0_NAME = "Domain-0"
 STOP_TIMEOUT_S = 5.0  # how long a stopping host waits for its domains to be reaped
-DOMAIN_FDS = 11
+DOMAIN_FDS = 8
 """File descriptors one domU costs the hypervisor, counted on a running host: its
-hypercall socket (1); its memfd (1) and the copy CPython's ``mmap`` keeps of it for
-the hypervisor's mapping (1); its trace buffer's memfd and its mapping's copy (2);
-the eventfds of its xenstore and console ports and of dom0's ends of them (4, one per
-port); the pidfd and ``/proc/PID/stat`` fd the scheduler keeps for its vCPU 0 (2).
-While it is spawned, the domain's end of the socketpair is held too (1, released
-once it runs, within the budget's reserve)."""
+hypercall socket (1); its memfd (1), which the hypervisor's own mapping of it does
+not duplicate (``SharedMapping``); its trace buffer's memfd (1), mapped the same
+way; the eventfds of its xenstore and console ports and of dom0's ends of them (4,
+one per port); the pidfd the scheduler signals its vCPU 0 through (1; its
+``/proc/PID/stat`` is opened per sample, not held). While it is spawned, the
+domain's end of the socketpair is held too (1, released once it runs, within the
+budget's reserve)."""
 SMALLEST_GUEST_MIB = 16  # what ``max_new_domains`` counts free memory in: the smallest guest worth making
 MIN_FREE_FRAMES = 8  # a domain has more frames than this beyond its start info, rings and grant table
 

@@ -23,11 +23,13 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import sys
 from collections.abc import Iterable, Sequence
 
 from xenlike.public.xen import PAGE_SIZE
 
 __all__ = [
+    "SharedMapping",
     "GuestMemory",
     "ForeignMapping",
     "ForeignArena",
@@ -38,6 +40,66 @@ __all__ = [
 
 class OutOfFrames(MemoryError):
     """The allocator has no run of free frames as long as the one asked for."""
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.restype = ctypes.c_int
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_FIXED = 0x10
+_PROT_NONE = 0
+
+
+def _checked_mmap(addr: int | None, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+    result = _libc.mmap(addr, length, prot, flags, fd, offset)
+    if result == _MAP_FAILED or result is None:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap failed: {os.strerror(err)}")
+    return result
+
+
+class SharedMapping:
+    """``length`` bytes of ``fd`` mapped ``MAP_SHARED``, read-write, at the kernel's choice of address.
+
+    CPython's ``mmap.mmap`` keeps a duplicate of the fd it maps (for ``resize``
+    and ``size``): one more fd for every domain's memfd and trace buffer, which
+    a host of thousands of domains cannot spare. This maps with libc's ``mmap``
+    and holds no fd; the caller keeps or closes ``fd`` as it likes. :attr:`view`
+    is the whole mapping; :meth:`close` refuses, as ``mmap.close`` does, while a
+    view taken from it is still held, so nothing is ever left pointing at
+    unmapped memory.
+    """
+
+    def __init__(self, fd: int, length: int) -> None:
+        if length <= 0:
+            raise ValueError(f"a mapping needs at least one byte, not {length}")
+        self.size = length
+        self.address = _checked_mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+        self._raw: ctypes.Array[ctypes.c_char] | None = (ctypes.c_char * length).from_address(self.address)
+        self.view = memoryview(self._raw).cast("B")
+
+    def madvise(self, advice: int, start: int, length: int) -> None:
+        """``madvise(2)`` on bytes ``start..start+length`` of the mapping; OSError as the kernel says."""
+        if self._raw is None or start < 0 or length < 0 or start + length > self.size:
+            raise ValueError(f"bytes {start}..{start + length} are outside this mapping of {self.size}")
+        if _libc.madvise(self.address + start, length, advice) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"madvise failed: {os.strerror(err)}")
+
+    def close(self) -> None:
+        """Unmap; BufferError (the mapping kept) while a view of it other than :attr:`view` is held."""
+        if self._raw is None:
+            return
+        self.view.release()
+        # The array is referenced here, by getrefcount's argument, and by each live export's buffer.
+        if sys.getrefcount(self._raw) > 2:
+            raise BufferError("cannot unmap: views of this mapping are still held")
+        self._raw = None
+        _libc.munmap(self.address, self.size)
 
 
 class GuestMemory:
@@ -54,10 +116,9 @@ class GuestMemory:
         self.fd = fd
         self.nr_frames = nr_frames
         self.size = nr_frames * PAGE_SIZE
-        mapping = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._map: mmap.mmap | None = mapping  # None once closed
-        self.view = memoryview(mapping)
-        self._base = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+        self._map: SharedMapping | None = SharedMapping(fd, self.size)  # None once closed
+        self.view = self._map.view
+        self._base = self._map.address
 
     @classmethod
     def create(cls, nr_frames: int, name: str = "xenlike-guest") -> GuestMemory:
@@ -118,7 +179,6 @@ class GuestMemory:
         """Drop the mapping (and the fd): callers must hold no views of the frames."""
         if self._map is None:
             return
-        self.view.release()
         self._map.close()
         self._map = None
         if close_fd:
@@ -129,24 +189,6 @@ class GuestMemory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.restype = ctypes.c_int
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_MAP_FAILED = ctypes.c_void_p(-1).value
-_MAP_FIXED = 0x10
-_PROT_NONE = 0
-
-
-def _checked_mmap(addr: int | None, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
-    result = _libc.mmap(addr, length, prot, flags, fd, offset)
-    if result == _MAP_FAILED or result is None:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mmap failed: {os.strerror(err)}")
-    return result
 
 
 class ForeignMapping:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import mmap
 import os
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from xenlike.kernel.memory import SharedMapping
 from xenlike.public.trace import (
     ALL_CLASSES,
     DEFAULT_SIZE,
@@ -78,8 +78,8 @@ class TraceBuffer:
         length = os.fstat(fd).st_size
         if length <= HEADER_BYTES:
             raise TraceBufferError(f"a trace buffer of {length} bytes has no data area")
-        self._map = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.words = memoryview(self._map)[:HEADER_BYTES].cast("I")
+        self._map = SharedMapping(fd, length)  # no copy of the fd kept: the hypervisor holds every buffer's
+        self.words = self._map.view[:HEADER_BYTES].cast("I")
         size = self.words[Word.SIZE]
         if self.words[Word.MAGIC] != MAGIC or self.words[Word.VERSION] != VERSION:
             self.close()
@@ -88,7 +88,7 @@ class TraceBuffer:
             self.close()
             raise TraceBufferError(f"trace buffer size {size}: not its file's {length - HEADER_BYTES}, a power of 2")
         self.size = size
-        self.data = memoryview(self._map)[HEADER_BYTES:]
+        self.data = self._map.view[HEADER_BYTES:]
         self._lock = threading.Lock()
         self._last_lost = self.words[Word.LOST]
 

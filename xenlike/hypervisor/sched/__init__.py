@@ -11,8 +11,10 @@ loop whenever :meth:`Scheduler.next_tick` comes due.
 A vCPU is a Linux process. A policy acts on it only through :class:`VcpuProcess`:
 
 * its run state (R: running or runnable) and the CPU it last ran on come from
-  ``/proc/PID/stat``, read with ``pread`` on a file descriptor opened once, so a
-  sample costs one system call and no path lookup;
+  ``/proc/PID/stat``, opened for each sample rather than held (a host of 2,000
+  guests cannot spare the fd each), and believed only while its start time is
+  the one read at open, so a recycled pid is never taken for the vCPU; a tick
+  samples only the vCPUs that may have run, so the path lookup is paid for few;
 * its CPU time is the kernel's own accounting, in nanoseconds: the process's CPU
   clock (``clock_gettime`` on the clock id ``MAKE_PROCESS_CPUCLOCK(pid,
   CPUCLOCK_SCHED)``), the ``sum_exec_runtime`` of all its threads, living and
@@ -63,6 +65,9 @@ ENTRY_POINT_GROUP = "xenlike.schedulers"
 DEFAULT_WEIGHT = 256  # CSCHED_DEFAULT_WEIGHT
 MAX_WEIGHT = 65535
 NS_PER_CLOCK_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+# proc(5)'s /proc/PID/stat fields, counted from the state (field 3) as 0.
+_STARTTIME = 22 - 3
+_PROCESSOR = 39 - 3
 
 log = logging.getLogger("xenlike.hypervisor.sched")
 
@@ -96,47 +101,63 @@ class Sample:
 class VcpuProcess:
     """A vCPU's process as a scheduler drives it (signals, affinity, CPU time).
 
-    Opening holds a pidfd and ``/proc/PID/stat``; both stay bound to this process
-    even after its pid is reused. :attr:`stopped` and :attr:`cpus` are what this
+    Opening holds a pidfd, bound to this process even after its pid is reused,
+    and notes the process's start time, which tells its ``/proc/PID/stat`` from a
+    later process's of the same pid. :attr:`stopped` and :attr:`cpus` are what this
     object last asked of the kernel, so callers only make the calls that change
     something.
     """
 
-    __slots__ = ("pid", "label", "_pidfd", "_stat_fd", "_clock", "stopped", "cpus", "gone")
+    __slots__ = ("pid", "label", "_pidfd", "_stat_path", "_start_time", "_clock", "stopped", "cpus", "gone")
 
     def __init__(self, pid: int, label: str = "") -> None:
         self.pid = pid
         self.label = label or f"pid {pid}"  # how logs name it: "d3 (web) vCPU 0"
         self._clock = process_cpu_clock(pid)
+        self._stat_path = f"/proc/{pid}/stat"
         self._pidfd = os.pidfd_open(pid)
-        try:
-            self._stat_fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        # Read after the pidfd is open: a stat of this start time is this process's, whatever came before.
+        fields = self._stat_fields()
+        if fields is None:
             os.close(self._pidfd)
-            raise
+            raise ProcessLookupError(errno.ESRCH, f"process {pid} has exited")
+        self._start_time = fields[_STARTTIME]
         self.stopped = False
         self.cpus: frozenset[int] | None = None
         self.gone = False
+
+    def _stat_fields(self) -> list[bytes] | None:
+        """The fields of ``/proc/PID/stat`` after ``comm`` (state first); None if there is no live process."""
+        try:
+            fd = os.open(self._stat_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        # comm may hold spaces and parentheses: the fields start after the last ')'.
+        end = data.rfind(b")")
+        fields = data[end + 2 :].split() if end > 0 else []
+        if len(fields) <= _PROCESSOR or fields[0] in (b"Z", b"X", b"x"):
+            return None
+        return fields
 
     def sample(self) -> Sample | None:
         """CPU time (ns), run state and CPU; None once the process is gone."""
         if self.gone:
             return None
-        try:
-            data = os.pread(self._stat_fd, 1024, 0)
-        except OSError:
-            data = b""
-        # comm may hold spaces and parentheses: the fields start after the last ')'.
-        end = data.rfind(b")")
-        fields = data[end + 2 :].split() if end > 0 else []
-        if len(fields) < 37 or fields[0] in (b"Z", b"X", b"x"):
+        fields = self._stat_fields()
+        if fields is None or fields[_STARTTIME] != self._start_time:
             self.gone = True
             return None
         try:
             cpu_ns = time.clock_gettime_ns(self._clock)
         except OSError:  # exited since the read above
             cpu_ns = (int(fields[11]) + int(fields[12])) * NS_PER_CLOCK_TICK
-        return Sample(cpu_ns, fields[0] == b"R", int(fields[36]))
+        return Sample(cpu_ns, fields[0] == b"R", int(fields[_PROCESSOR]))
 
     def cpu_ns(self) -> int | None:
         """CPU time (ns) alone, from the process's CPU clock (no ``/proc`` read); None if it cannot be read."""
@@ -185,12 +206,12 @@ class VcpuProcess:
         return True
 
     def close(self) -> None:
-        for fd in (self._pidfd, self._stat_fd):
+        if self._pidfd >= 0:
             try:
-                os.close(fd)
+                os.close(self._pidfd)
             except OSError:
                 pass
-        self._pidfd = self._stat_fd = -1
+        self._pidfd = -1
         self.gone = True
 
     def _signal(self, sig: int) -> bool:
