@@ -42,7 +42,13 @@ Known differences from Xen:
   does not even look at it in between; when it is due, its CPU clock is read
   first and only one whose clock moved is sampled in full (``/proc/PID/stat``),
   so that thousands of idle guests cost the hypervisor little; one that used
-  CPU since its last sample is sampled every tick again;
+  CPU since its last sample is sampled every tick again. Idle vCPUs looked at
+  every 16 ticks or less often are looked at together, on every 16th tick;
+* a host with nothing to schedule (no vCPU current, waiting or possibly
+  running: every one dozing, stopped or gone) suspends its tick until the next
+  look at idle vCPUs, as Xen's ``csched_tick_suspend`` stops an idle pCPU's
+  ticker; the accounting periods in which nothing ran are skipped, not run late,
+  so idle vCPUs earn no credit while the host is quiet;
 * the accounting runs once per *affinity group* (the pCPUs that active domains'
   hard affinities connect), as Xen runs it once per cpupool; with default
   affinities there is one group and it is Xen's accounting exactly;
@@ -77,6 +83,8 @@ DEFAULT_RATELIMIT_US = 1000  # SCHED_DEFAULT_RATELIMIT_US
 NS_PER_MS = 1_000_000
 IDLE_SAMPLE_MAX_TICKS = 32  # an idle vCPU is sampled at least every 32 ticks ...
 IDLE_LOOKS_PER_TICK = 20  # ... unless more than 32 x 20 are idle: then a tick looks at about 20 of them
+DOZE_BATCH_TICKS = 16  # idle vCPUs looked at every 16 ticks or less seldom are looked at together, on multiples of 16
+QUIET_MAX_TICKS = 50  # a quiet host with no idle vCPU to look at still ticks every 50 ticks (0.5 s)
 
 
 @dataclass(eq=False)
@@ -703,12 +711,28 @@ class CreditScheduler(Scheduler):
     # -- time -----------------------------------------------------------------------
 
     def next_tick(self) -> int:
-        return self._next_tick
+        """The next 10 ms tick; on a quiet host (:meth:`_quiet`) the tick is suspended, as Xen's
+        ``csched_tick_suspend`` stops an idle pCPU's ticker, until the next look at idle vCPUs is due."""
+        if not self._quiet():
+            return self._next_tick
+        due = min(self._dozing, default=self._ticks + QUIET_MAX_TICKS)
+        return self._next_tick + max(0, due - self._ticks - 1) * self.core.tick_period
+
+    def _quiet(self) -> bool:
+        """Nothing for a tick to do: no vCPU that may have run is watched, none is current on a pCPU or
+        waits on a runqueue, no decision is pending and no vCPU is kept frozen."""
+        if self._watch or self._frozen or self.core.pending_changes():
+            return False
+        return all(pcpu.curr is None and not pcpu.runq for pcpu in self.core.pcpus.values())
 
     def tick(self) -> None:
         now = self.clock()
-        self._ticks += 1
-        self._check_dozers(self._dozing.pop(self._ticks, set()))
+        # Ticks the host was quiet through (or late for) count as passed: idle vCPUs' intervals are in ticks.
+        self._ticks += 1 + max(0, (now - self._next_tick) // self.core.tick_period)
+        due: set[CreditVcpu] = set()
+        for when in [when for when in self._dozing if when <= self._ticks]:
+            due |= self._dozing.pop(when)
+        self._check_dozers(due)
         samples: dict[CreditVcpu, Sample | None] = {}
         for v in list(self._watch):
             proc = self._procs.get(v)
@@ -734,9 +758,10 @@ class CreditScheduler(Scheduler):
                 interval = (
                     1 if previous is None or sample.cpu_ns > before[v] else min(2 * previous[1], self._idle_max_ticks())
                 )
-                self._idle_due[v] = (self._ticks + interval, interval)
                 if interval > 1 and v in self._watch:
-                    self._doze(v, self._ticks + interval)
+                    self._doze(v, interval)
+                else:
+                    self._idle_due[v] = (self._ticks + interval, interval)
             else:
                 self._idle_due.pop(v, None)
         self._apply()
@@ -787,7 +812,7 @@ class CreditScheduler(Scheduler):
         A vCPU woken but still waiting for a CPU has not moved its clock: Linux runs it soon, and the
         next look finds it.
         """
-        ticks, most = self._ticks, self._idle_max_ticks()
+        most = self._idle_max_ticks()
         procs, idle_due, watch = self._procs, self._idle_due, self._watch
         for v in due:
             proc = procs.get(v)
@@ -795,9 +820,7 @@ class CreditScheduler(Scheduler):
             if cpu_ns is None or cpu_ns != v.cpu_ns:
                 watch.add(v)
                 continue
-            interval = min(2 * idle_due.get(v, (0, 1))[1], most)
-            idle_due[v] = (ticks + interval, interval)
-            self._dozing.setdefault(ticks + interval, set()).add(v)
+            self._doze(v, min(2 * idle_due.get(v, (0, 1))[1], most))
 
     def _idle_max_ticks(self) -> int:
         """The longest an idle vCPU goes unlooked at: IDLE_SAMPLE_MAX_TICKS, or longer with so many idle
@@ -805,8 +828,13 @@ class CreditScheduler(Scheduler):
         same with 2,000 as with 640, and a guest that wakes is noticed later (1 s at 2,000)."""
         return max(IDLE_SAMPLE_MAX_TICKS, len(self._idle_due) // IDLE_LOOKS_PER_TICK)
 
-    def _doze(self, v: CreditVcpu, due: int) -> None:
-        """Leave an idle vCPU unsampled until tick ``due``."""
+    def _doze(self, v: CreditVcpu, interval: int) -> None:
+        """Leave an idle vCPU unsampled for ``interval`` ticks; from DOZE_BATCH_TICKS on, until the next
+        multiple of it, so that the looks at idle vCPUs come together and a quiet host wakes seldom."""
+        due = self._ticks + interval
+        if interval >= DOZE_BATCH_TICKS:
+            due = -(-due // DOZE_BATCH_TICKS) * DOZE_BATCH_TICKS
+        self._idle_due[v] = (due, interval)
         self._watch.discard(v)
         self._dozing.setdefault(due, set()).add(v)
 
