@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from xenlike.public.domctl import DOMAININFOLIST_COLUMNS, dominf_state
@@ -131,10 +132,12 @@ def list_domains(ts: Toolstack, request: Request) -> Any:
         rows = [_long_row(ts, info) for info in ts.lifecycle.domain_infos() if _is(wanted, info["name"], info["domid"])]
     else:
         columns = ts.lifecycle.domain_list()
+        listed: Iterable[tuple[Any, ...]] = zip(*(columns[key] for key in DOMAININFOLIST_COLUMNS))
+        if wanted is not None:  # the filter is left out of the loop that lists them all
+            listed = (row for row in listed if _is(wanted, row[1], row[0]))
         rows = [
             {"name": name, "domid": domid, "mem": kb // 1024, "vcpus": vcpus, "state": _letters(flags), "cpu_time": cpu}
-            for domid, name, kb, vcpus, cpu, flags in zip(*(columns[key] for key in DOMAININFOLIST_COLUMNS))
-            if _is(wanted, name, domid)
+            for domid, name, kb, vcpus, cpu, flags in listed
         ]
     if wanted is not None and not rows:
         raise ToolstackError(f"no domain {wanted!r}; `xenlike list` shows the domains")

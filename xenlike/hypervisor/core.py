@@ -137,6 +137,7 @@ class Hypervisor:
         self._sched_failures = 0
         self.pool = FramePool(mib_to_frames(memory_mib), machine_mib=self.machine.memory_mib)
         self.domains: dict[int, Domain] = {}
+        self.names: dict[str, Domain] = {}  # the domains by name, so a create or rename walks none of them
         self.netifs: dict[int, dict[int, NetifConfig]] = {}  # each domain's vifs, by devid (netif.py)
         self.fd_budget = FdBudget(DOMAIN_FDS, "the hypervisor")
         self.evtchn = EventChannelHost()
@@ -596,6 +597,7 @@ class Hypervisor:
             memory=memory,
         )
         self.domains[domid] = domain
+        self.names[name] = domain
         self._gnttabs[domid] = GrantTableFrames(memory, GNTTAB_PFN, gnttab)
         # A domU's ports are eventfds here: its table is bounded as libxl bounds it (max_event_channels).
         self.evtchn.add_domain(domid, DEFAULT_MAX_EVENT_CHANNELS if domid != 0 else None)
@@ -724,6 +726,8 @@ class Hypervisor:
         self.pool.release(domain.tot_frames)
         self.scheduler.remove_domain(domain.domid)
         del self.domains[domain.domid]
+        if self.names.get(domain.name) is domain:
+            del self.names[domain.name]
         log.info("%s: destroyed", domain.label)
         for sock, call_id in self._waiting_destroy.pop(domain.domid, []):
             self._reply(sock, call_id, {"domid": domain.domid})

@@ -19,7 +19,7 @@ from xenlike.hypervisor.domain import Domain
 from xenlike.hypervisor.hypercall import Deferred, Refused, Result
 from xenlike.hypervisor.sched import DEFAULT_WEIGHT, SchedError
 from xenlike.hypervisor.vdisk import passthrough_size_limit
-from xenlike.public.domctl import dominf_flags
+from xenlike.public.domctl import XEN_DOMINF_BLOCKED, XEN_DOMINF_RUNNING, dominf_flags
 from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES
 from xenlike.public.trace import FaultAction
 from xenlike.public.xen import PAGE_SIZE, ShutdownReason
@@ -58,7 +58,7 @@ log = logging.getLogger("xenlike.hypervisor")
 def createdomain(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
     """XEN_DOMCTL_createdomain: reserve a domain's memory and scheduler entry; it runs once started."""
     name = args["name"]
-    if any(d.name == name for d in hv.domains.values()):
+    if name in hv.names:
         raise Refused(errno.EEXIST, f"a domain named {name!r} already exists")
     vcpus = int(args.get("max_vcpus") or args.get("vcpus", 1))  # the domain has maxvcpus; vcpu-set onlines them
     weight, cap, cpus = args.get("weight", DEFAULT_WEIGHT), args.get("cap", 0), args.get("cpus")
@@ -201,24 +201,41 @@ def getdomaininfolist(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]
     """
     domains = sorted(hv.domains.values(), key=_domid)
     states = hv.scheduler.domain_states([d.domid for d in domains])
+    scheduled_domains = hv.scheduler.domains
+    kib_per_frame = PAGE_SIZE // 1024
+    domids: list[int] = []
+    names: list[str] = []
+    memory_kb: list[int] = []
+    vcpus: list[int] = []
     cpu_times: list[float] = []
     flags: list[int] = []
+    # One pass, the per-domain helpers inlined (_accounted, Domain.scheduled_flags, tot_frames): this loop
+    # is what a list of thousands of domains costs the hypervisor.
     for domain, (cpu_time, on_cpu, blocked) in zip(domains, states):
-        scheduled = cpu_time is not None and _accounted(hv, domain)
-        if scheduled and cpu_time is not None and on_cpu is not None and blocked is not None:
+        domid = domain.domid
+        domids.append(domid)
+        names.append(domain.name)
+        memory_kb.append((domain.nr_frames - len(domain.ballooned)) * kib_per_frame)
+        accounted = domain.pid is not None and domain.shutdown_reason is None and domid in scheduled_domains
+        vcpus.append(hv.scheduler.online_vcpus(domid) if domain.vcpus > 1 and accounted else domain.vcpus)
+        if accounted and cpu_time is not None and on_cpu is not None and blocked is not None:
             cpu_times.append(cpu_time)
-            flags.append(domain.scheduled_flags(on_cpu, blocked))
+            flags.append(
+                domain.scheduled_flags(on_cpu, blocked)
+                if domain.paused or domain.dying
+                else (XEN_DOMINF_RUNNING if on_cpu else 0) | (XEN_DOMINF_BLOCKED if blocked else 0)
+            )
             continue
         # Not started, shut down, or a scheduler that does not track the run state: getdomaininfo's way,
         # from what the scheduler did account.
-        info = domain.info({"cpu_time": cpu_time} if scheduled else None)
+        info = domain.info({"cpu_time": cpu_time} if accounted and cpu_time is not None else None)
         cpu_times.append(info["cpu_time"])
         flags.append(dominf_flags(info))
     columns = {
-        "domid": [d.domid for d in domains],
-        "name": [d.name for d in domains],
-        "memory_kb": [d.tot_frames * PAGE_SIZE // 1024 for d in domains],
-        "vcpus": [_vcpus_online(hv, d) for d in domains],
+        "domid": domids,
+        "name": names,
+        "memory_kb": memory_kb,
+        "vcpus": vcpus,
         "cpu_time": cpu_times,
         "flags": flags,
     }
@@ -253,10 +270,13 @@ def rename(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result
     """Give a domain a new name, unique on the host."""
     domain = hv.domain(args["domid"])
     new = args["name"]
-    if any(d.name == new and d is not domain for d in hv.domains.values()):
+    if hv.names.get(new, domain) is not domain:
         raise Refused(errno.EEXIST, f"a domain named {new!r} already exists")
     log.info("%s: renamed to %s", domain.label, new)
+    if hv.names.get(domain.name) is domain:
+        del hv.names[domain.name]
     domain.name = new
+    hv.names[new] = domain
     if domain.domid in hv.scheduler.domains:
         hv.scheduler.domains[domain.domid].label = domain.label
     return {}, []
