@@ -112,6 +112,7 @@ def main() -> None:
     count = args.guests or (200 if args.quick else 2000)
     found: dict[str, float] = {}
     extra: dict[str, float] = {}
+    extra["load_average_1min_at_start"] = os.getloadavg()[0]  # the machine is shared: how busy it was
     with tempfile.TemporaryDirectory(prefix="xl-dens-", dir="/tmp") as tmp:
         hypervisor, client = start_host(tmp, GUEST_MIB * (count + SAMPLES + 100) + 512, [])
         hv = psutil.Process(hypervisor.pid)
@@ -131,11 +132,15 @@ def main() -> None:
             rows = client.call("list", long=True)
             dom0 = psutil.Process(next(row["info"]["pid"] for row in rows if row["domid"] == 0))
             time.sleep(2.0)  # let the last creates' stragglers settle
+            extra["load_average_1min_before_idle"] = os.getloadavg()[0]
             found["hypervisor_cpu_pct_idle"], extra["dom0_cpu_pct_idle"] = cpu_pct([hv, dom0], IDLE_WINDOW_S)
             start = time.perf_counter()
-            client.call("down", timeout=120)
+            down = client.call("down", timeout=120)
             hypervisor.wait(120)
             found["down_s_at_2000"] = time.perf_counter() - start
+            # Whether some guests were still shutting down after down's 10 s and were killed with the host.
+            extra["down_forced"] = float(bool(down.get("forced")))
+            extra["load_average_1min_before_down"] = os.getloadavg()[0]
         finally:
             client.close()
             if hypervisor.poll() is None:
