@@ -415,9 +415,10 @@ def shell_cgroup_name(zygote_pid: int, shell_pid: int) -> str:
 def remove_cgroups(names: set[str]) -> set[str]:
     """Remove these shells' cgroups; returns those still busy (a process of the domain not yet reaped)."""
     busy: set[str] = set()
+    found = cgroup.hierarchies()  # once, not per name: a host going down removes thousands together
     for name in names:
         try:
-            cgroup.DomainCgroup.existing(name).remove()
+            cgroup.DomainCgroup.existing(name, found).remove()
         except OSError:
             busy.add(name)
     return busy

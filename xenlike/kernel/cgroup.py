@@ -231,10 +231,11 @@ class DomainCgroup:
                 _write(os.path.join(path, "pids.max"), str(value))
 
     @classmethod
-    def existing(cls, name: str) -> DomainCgroup:
-        """The directories named ``name`` beneath the caller's cgroups that exist now (to remove them)."""
+    def existing(cls, name: str, found: list[Hierarchy] | None = None) -> DomainCgroup:
+        """The directories named ``name`` beneath the caller's cgroups that exist now (to remove them);
+        ``found`` is :func:`hierarchies`, when the caller looked them up once for many names."""
         group = cls(name)
-        for hierarchy in hierarchies():
+        for hierarchy in hierarchies() if found is None else found:
             path = os.path.join(hierarchy.own, name)
             if os.path.isdir(path):
                 group.paths[f"v{hierarchy.version}:{','.join(sorted(hierarchy.controllers))}"] = path
