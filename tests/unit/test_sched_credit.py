@@ -268,3 +268,32 @@ def test_accounting_hands_out_three_hundred_credits_per_pcpu_and_period_by_weigh
     core.acct()
     credits = [core.domains[d].vcpus[0].credit for d in (1, 2)]
     assert credits == [75, 225]
+
+
+def test_a_host_at_rest_takes_every_uncapped_vcpu_off_the_active_lists_with_its_debt_forgiven():
+    host = SimHost()
+    free, capped = host.add(1, hog=False), host.add(2, cap=50, hog=False)
+    for guest in (free, capped):
+        guest.work_ns = 40 * MS  # a burst, then idle
+    host.run(0.1)
+    assert free.v.active and capped.v.active and free.v.blocked
+    free.v.credit = -250  # what thousands of active domains' shares would have left it
+    assert not host.core.rest()  # the capped domain keeps its debt, which enforces its cap
+    assert not free.v.active and free.v.credit == 0 and free.v.pri == UNDER
+    assert capped.v.active and host.core.active_domains == [capped.v.domain]
+    free.work_ns = 20 * MS  # it wakes, UNDER: boosted, it runs at once
+    host.step()
+    assert free.v.pri == BOOST
+    host.run(0.05)
+    assert free.cpu_ns == 60 * MS
+
+
+def test_a_host_with_a_parked_vcpu_does_not_rest():
+    host = SimHost()
+    hog = host.add(1, cap=10)
+    host.run(1)
+    assert hog.v.parked or hog.v.credit < 0
+    hog.hog = False
+    while not hog.v.parked:
+        host.step()
+    assert not host.core.rest() and hog.v.active

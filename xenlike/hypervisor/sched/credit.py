@@ -45,10 +45,12 @@ Known differences from Xen:
   CPU since its last sample is sampled every tick again. Idle vCPUs looked at
   every 16 ticks or less often are looked at together, on every 16th tick;
 * a host with nothing to schedule (no vCPU current, waiting or possibly
-  running: every one dozing, stopped or gone) suspends its tick until the next
-  look at idle vCPUs, as Xen's ``csched_tick_suspend`` stops an idle pCPU's
-  ticker; the accounting periods in which nothing ran are skipped, not run late,
-  so idle vCPUs earn no credit while the host is quiet;
+  running: every one dozing, stopped or gone) takes every vCPU off the active
+  lists at once, its debt forgiven, where Xen's accounting would do it over the
+  periods it sleeps through (``CreditCore.rest``; not a capped domain's, nor
+  while one is parked), and
+  suspends its tick until the next look at idle vCPUs, as Xen's
+  ``csched_tick_suspend`` stops an idle pCPU's ticker;
 * the accounting runs once per *affinity group* (the pCPUs that active domains'
   hard affinities connect), as Xen runs it once per cpupool; with default
   affinities there is one group and it is Xen's accounting exactly;
@@ -491,6 +493,22 @@ class CreditCore:
         if not domain.active and domain in self.active_domains:
             self.active_domains.remove(domain)
 
+    def rest(self) -> bool:
+        """Nothing runs or waits: take every vCPU off the active lists, as ``csched_acct`` would once each
+        had slept until its credit passed a timeslice's; its debt is forgiven (what the periods it sleeps
+        through would pay back), so a vCPU that wakes is UNDER. Otherwise thousands of idle vCPUs would
+        stay active, each a share of every period's credits, while the tick is suspended. A capped domain's
+        vCPUs stay (their debt is what enforces the cap) and so does every vCPU while one is parked (it
+        waits for credit, which only the accounting gives); returns whether every vCPU left."""
+        if any(v.parked for domain in self.active_domains for v in domain.active):
+            return False
+        for domain in [domain for domain in self.active_domains if not domain.cap]:
+            for v in list(domain.active):
+                v.credit = max(v.credit, 0)
+                v.pri = UNDER
+                self._acct_stop(v)
+        return not self.active_domains
+
     def _park(self, v: CreditVcpu) -> None:
         """Over its cap: kept off every CPU until its credit is positive (``sched_unit_pause_nosync``)."""
         self._unqueue(v)
@@ -719,8 +737,13 @@ class CreditScheduler(Scheduler):
         return self._next_tick + max(0, due - self._ticks - 1) * self.core.tick_period
 
     def _quiet(self) -> bool:
-        """Nothing for a tick to do: no vCPU that may have run is watched, none is current on a pCPU or
-        waits on a runqueue, no decision is pending and no vCPU is kept frozen."""
+        """Nothing for a tick to do: the host is idle (:meth:`_idle`) and no vCPU is on an active list
+        (earning credit, which the accounting hands out)."""
+        return not self.core.active_domains and self._idle()
+
+    def _idle(self) -> bool:
+        """No vCPU that may have run is watched, none is current on a pCPU or waits on a runqueue, no
+        decision is pending and no vCPU is kept frozen."""
         if self._watch or self._frozen or self.core.pending_changes():
             return False
         return all(pcpu.curr is None and not pcpu.runq for pcpu in self.core.pcpus.values())
@@ -765,6 +788,8 @@ class CreditScheduler(Scheduler):
             else:
                 self._idle_due.pop(v, None)
         self._apply()
+        if self.core.active_domains and self._idle():
+            self.core.rest()  # the tick can then be suspended
         self._next_tick += self.core.tick_period
         if self._next_tick <= now:
             self._next_tick = now + self.core.tick_period
