@@ -49,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from xenlike.kernel import trace
 from xenlike.kernel.hypercall import HypercallClient
 from xenlike.kernel.memory import ForeignMapping
 from xenlike.kernel.netdev import (
@@ -89,6 +90,7 @@ from xenlike.public.netif import (
     unpack_extra,
 )
 from xenlike.public.ring import BackRing, RingError
+from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xen import PAGE_SIZE
 
 from ..grant_cache import GrantRefused, PersistentGrants
@@ -108,6 +110,8 @@ MAX_GSO_FRAME = XEN_NETIF_MAX_TX_SIZE + ETH_HLEN + VLAN_HLEN  # a 64 KiB IP pack
 MAX_BURST = 131072  # tx_add_credit: a burst big enough for a 64 KiB packet, whatever the rate
 RX_BATCH = 64  # frames read from the TAP before the responses are pushed
 TX_BATCH = 256  # requests taken off the ring before the responses are pushed
+
+_IO = TraceClass.IO.value
 
 _GSO_TO_VIRTIO = {
     XEN_NETIF_GSO_TYPE_TCPV4: VIRTIO_NET_HDR_GSO_TCPV4,
@@ -267,6 +271,7 @@ class NetifQueue:
         self._rx_overflow = bytearray(64)  # anything read here was more than the posted pages hold
         self._tap_watched = False
         self._tap_ready = False  # the TAP was readable when the loop last looked
+        self._rx_traced: list[tuple[int, int, int, int]] | None = None  # frames of this batch, while IO is traced
         # One view per page slot of the rx arena, made once (slots stay where they are).
         self._rx_pages = [
             self.rx_grants.view[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(MAX_PERSISTENT_GRANTS)
@@ -310,6 +315,8 @@ class NetifQueue:
     def _tx_action(self) -> bool:
         data, count = self.tx.get_requests(TX_BATCH)
         self._tx_backlog += NETIF_TX_PROTOCOL.unpack_requests(data)
+        traced = trace.on(_IO)
+        decoded = time.monotonic_ns() if traced else 0
         responses = bytearray()
         while self._tx_backlog:
             packet = self._next_packet()
@@ -320,6 +327,8 @@ class NetifQueue:
             status = self._transmit(packet)
             del self._tx_backlog[: packet.slots]
             responses += _tx_responses(packet, status)
+            if traced:
+                self._trace("net-tx", decoded, packet.requests[0][3], packet.requests[0][4], packet.slots, status)
         if not responses:
             return False
         self.tx.put_responses(responses)
@@ -491,6 +500,8 @@ class NetifQueue:
         if count:
             self._rx_posted += NETIF_RX_PROTOCOL.unpack_requests(data)
         responses = bytearray()
+        traced: list[tuple[int, int, int, int]] | None = [] if trace.on(_IO) else None
+        self._rx_traced = traced
         for _ in range(RX_BATCH):
             if not self._tap_ready or len(self._rx_posted) < self._rx_slots:
                 break
@@ -501,7 +512,11 @@ class NetifQueue:
         if not responses:
             return False
         self.rx.put_responses(responses)
-        return self.rx.push_responses()
+        notify = self.rx.push_responses()
+        if traced:
+            for decoded, req_id, length, slots in traced:
+                self._trace("net-rx", decoded, req_id, length, slots, NETIF_RSP_OKAY)
+        return notify
 
     def _watch_tap(self, watch: bool) -> None:
         """Watch the TAP only while a largest frame fits in what the front end posted."""
@@ -533,6 +548,7 @@ class NetifQueue:
             got = os.readv(self.tap, [self._rx_hdr, *pages, self._rx_overflow])
         except BlockingIOError:
             return False
+        decoded = time.monotonic_ns() if self._rx_traced is not None else 0
         length = got - VIRTIO_NET_HDR.size
         reason = self._rx_refusal(length, len(pages) * PAGE_SIZE)
         if reason is not None:
@@ -559,7 +575,10 @@ class NetifQueue:
             responses += RX_RESPONSE.pack(posted[slot][0], 0, piece_flags, size)
             if piece == 0 and gso:
                 responses += pack_gso_extra(gso_size, gso)
-        del posted[: max(slots[-1], 1 if gso else 0) + 1]  # a GSO frame's extra info took request 1's slot
+        taken = max(slots[-1], 1 if gso else 0) + 1  # a GSO frame's extra info took request 1's slot
+        if self._rx_traced is not None:
+            self._rx_traced.append((decoded, posted[0][0], length, taken))
+        del posted[:taken]
         self.stats["rx_packets"] += 1
         self.stats["rx_bytes"] += length
         return True
@@ -591,6 +610,12 @@ class NetifQueue:
         self._warn(f"rx request refused: {exc}")
 
     # -- the rest -----------------------------------------------------------------------
+
+    def _trace(self, op: str, decoded: int, req_id: int, length: int, slots: int, status: int) -> None:
+        """One IO record: a packet from decoded (off the ring, or out of the TAP) to answered, its latency ``dur``."""
+        fields = {"op": op, "vif": self.label, "id": req_id, "bytes": length, "slots": slots, "status": status}
+        fields["dur"] = time.monotonic_ns() - decoded
+        trace.emit_at(Event.IO_REQUEST, decoded, fields, domid=self.frontend)
 
     def _warn(self, message: str) -> None:
         """A front end's mistake, logged without letting it flood dom0's log."""

@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from xenlike.kernel import trace
 from xenlike.kernel.netdev import (
     TUN_F_CSUM,
     TUN_F_TSO4,
@@ -83,6 +84,7 @@ from xenlike.public.netif import (
     pack_gso_extra,
 )
 from xenlike.public.ring import FrontRing, RingError
+from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xen import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -104,6 +106,7 @@ _VIRTIO_TO_GSO = {
 _GSO_TO_VIRTIO = {v: k for k, v in _VIRTIO_TO_GSO.items()}
 _TX_REQUEST_SLOT = NETIF_TX_PROTOCOL.request_slot
 _EXTRA_PAD = bytes(NETIF_TX_PROTOCOL.entry_size - EXTRA_INFO.size)
+_IO = TraceClass.IO.value
 _rx_response = RX_RESPONSE.unpack_from  # (id, offset, flags, status) of a private copy of a slot
 
 
@@ -220,6 +223,7 @@ class NetfrontQueue:
         self._tx_free = list(reversed(range(self._txp.nr_pages)))  # page indices, which are also request ids
         self._tx_busy: set[int] = set()  # ids (pages) on the ring
         self._tx_first: set[int] = set()  # ids that start a packet (their response is the packet's)
+        self._tx_traced: dict[int, tuple[int, int, int]] = {}  # while IO is traced: id -> (read, bytes, slots)
         self._tx_hdr = bytearray(VIRTIO_NET_HDR.size)
         self._tx_overflow = bytearray(64)
         self._tap_watched = False
@@ -343,6 +347,7 @@ class NetfrontQueue:
             got = os.readv(self.tap, [self._tx_hdr, *(pages[i] for i in ids), self._tx_overflow])
         except BlockingIOError:
             return False
+        read = time.monotonic_ns() if trace.mask[0] & _IO else 0
         length = got - VIRTIO_NET_HDR.size
         vflags, vgso, _hdr_len, gso_size, _start, _offset = VIRTIO_NET_HDR.unpack(self._tx_hdr)
         gso = _VIRTIO_TO_GSO.get(vgso)
@@ -369,6 +374,8 @@ class NetfrontQueue:
             slots.append(_TX_REQUEST_SLOT.pack(grefs[used[piece]], 0, more, used[piece], size))
         self.tx.put_requests(b"".join(slots))
         self._tx_first.add(used[0])
+        if read:
+            self._tx_traced[used[0]] = (read, length, len(slots))
         self.stats["tx_packets"] += 1
         self.stats["tx_bytes"] += length
         return True
@@ -385,7 +392,18 @@ class NetfrontQueue:
                 self._tx_first.discard(req_id)
                 if status != NETIF_RSP_OKAY:
                     self.stats["tx_errors"] += 1
+                if self._tx_traced:
+                    self._trace_tx(req_id, status)
         return count
+
+    def _trace_tx(self, req_id: int, status: int) -> None:
+        """A tx packet's IO record: from its frame read off the TAP to its response taken."""
+        started = self._tx_traced.pop(req_id, None)
+        if started is not None and trace.mask[0] & _IO:
+            read, length, slots = started
+            fields = {"op": "net-tx", "dev": self.name, "id": req_id, "bytes": length, "slots": slots}
+            fields.update(status=status, dur=time.monotonic_ns() - read)
+            trace.emit_at(Event.IO_REQUEST, read, fields)
 
     def _tx_completions(self) -> None:
         """Give back the pages of answered requests (``xennet_tx_buf_gc``).
@@ -425,10 +443,14 @@ class NetfrontQueue:
         while True:
             data, count = self.rx.get_responses()
             slot = NETIF_RX_PROTOCOL.entry_size
+            traced = trace.on(_IO)
             for k in range(count):
                 self._rx_slots.append(data[k * slot : (k + 1) * slot])
                 if self._packet_complete():
-                    self._rx_packet(self._rx_slots)
+                    taken = time.monotonic_ns() if traced else 0
+                    length = self._rx_packet(self._rx_slots)
+                    if traced:
+                        self._trace_rx(taken, length)
                     self._rx_done = (self._rx_done + len(self._rx_slots)) & 0xFFFFFFFF
                     self._rx_slots = []
             if len(self._rx_slots) >= self._rxp.nr_pages:  # every page in one packet that never ends
@@ -438,6 +460,13 @@ class NetfrontQueue:
             self._fill_rx()
             if not count and not self.rx.final_check_for_responses():
                 break
+
+    def _trace_rx(self, taken: int, length: int) -> None:
+        """An rx packet's IO record: from its last response taken to its frame on the TAP (0 bytes: dropped)."""
+        first = _rx_response(self._rx_slots[0])
+        fields = {"op": "net-rx", "dev": self.name, "id": first[0], "bytes": length, "slots": len(self._rx_slots)}
+        fields["dur"] = time.monotonic_ns() - taken
+        trace.emit_at(Event.IO_REQUEST, taken, fields)
 
     def _packet_complete(self) -> bool:
         """Whether the responses gathered so far end a packet (its last has no more_data, its extras no MORE)."""
@@ -458,8 +487,8 @@ class NetfrontQueue:
             pos += 1
         return pos == len(slots)
 
-    def _rx_packet(self, slots: list[bytes]) -> None:
-        """One packet's responses, starting at ring index ``_rx_done``: its frame goes to the TAP."""
+    def _rx_packet(self, slots: list[bytes]) -> int:
+        """One packet's responses, from ring index ``_rx_done``: its frame goes to the TAP; its length (0: dropped)."""
         first_index = self._rx_done
         _id, _offset, flags, _status = _rx_response(slots[0])
         gso: tuple[int, int] | None = None
@@ -489,15 +518,16 @@ class NetfrontQueue:
         except (ValueError, HeaderError) as exc:
             self.stats["rx_errors"] += 1
             log.debug("%s: rx frame dropped: %s", self.name, exc)
-            return
+            return 0
         try:
             os.writev(self.tap, [header, *pieces])
         except OSError as exc:
             self.stats["rx_dropped"] += 1
             log.debug("%s: the TAP refused an rx frame: %s", self.name, exc)
-            return
+            return 0
         self.stats["rx_packets"] += 1
         self.stats["rx_bytes"] += length
+        return length
 
     @staticmethod
     def _check_gso(size: int, gso_type: int) -> tuple[int, int]:

@@ -48,7 +48,9 @@ def check_platform() -> None:
 def _load_libatomic() -> ctypes.CDLL:
     name = ctypes.util.find_library("atomic") or "libatomic.so.1"
     try:
-        return ctypes.CDLL(name)
+        # PyDLL keeps the GIL across the call: a fence takes nanoseconds, and dropping the
+        # GIL for it hands a guest's event-loop thread to the back of the GIL queue.
+        return ctypes.PyDLL(name)
     except OSError as exc:  # pragma: no cover - depends on the host
         raise RuntimeError(
             "xenlike needs GCC's libatomic for fences and compare-and-swap on shared memory; "
