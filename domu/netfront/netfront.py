@@ -229,6 +229,8 @@ class NetfrontQueue:
         self._tap_watched = False
         self._rx_mask = self._rxp.nr_pages - 1
         self._rx_slots: list[bytes] = []  # responses of a packet whose last slot has not come yet
+        self._rx_extra = 0  # the packet's next slot is extra info (the last one had a MORE flag)
+        self._rx_more = 0  # data slots of the packet are still to come (more_data)
         self._rx_done = 0  # ring index after the last slot whose page may be posted again
         self._fill_rx()
 
@@ -445,8 +447,7 @@ class NetfrontQueue:
             slot = NETIF_RX_PROTOCOL.entry_size
             traced = trace.on(_IO)
             for k in range(count):
-                self._rx_slots.append(data[k * slot : (k + 1) * slot])
-                if self._packet_complete():
+                if self._rx_slot(data[k * slot : (k + 1) * slot]):
                     taken = time.monotonic_ns() if traced else 0
                     length = self._rx_packet(self._rx_slots)
                     if traced:
@@ -468,24 +469,22 @@ class NetfrontQueue:
         fields["dur"] = time.monotonic_ns() - taken
         trace.emit_at(Event.IO_REQUEST, taken, fields)
 
-    def _packet_complete(self) -> bool:
-        """Whether the responses gathered so far end a packet (its last has no more_data, its extras no MORE)."""
+    def _rx_slot(self, raw: bytes) -> bool:
+        """Add one response to the packet being gathered; True if it ends the packet.
+
+        A packet ends with a slot that has no more_data once its extra-info slots
+        (while each has XEN_NETIF_EXTRA_FLAG_MORE) are in; each slot is looked at once.
+        """
         slots = self._rx_slots
-        _id, _offset, flags, _status = _rx_response(slots[0])
-        pos = 1
-        more_extra = flags & NETRXF_extra_info
-        while more_extra:
-            if pos >= len(slots):
-                return False
-            more_extra = slots[pos][1] & XEN_NETIF_EXTRA_FLAG_MORE
-            pos += 1
-        more = flags & NETRXF_more_data
-        while more:
-            if pos >= len(slots):
-                return False
-            more = _rx_response(slots[pos])[2] & NETRXF_more_data
-            pos += 1
-        return pos == len(slots)
+        if not slots:
+            flags = _rx_response(raw)[2]
+            self._rx_extra, self._rx_more = flags & NETRXF_extra_info, flags & NETRXF_more_data
+        elif self._rx_extra:
+            self._rx_extra = raw[1] & XEN_NETIF_EXTRA_FLAG_MORE
+        else:
+            self._rx_more = _rx_response(raw)[2] & NETRXF_more_data
+        slots.append(raw)
+        return not (self._rx_extra or self._rx_more)
 
     def _rx_packet(self, slots: list[bytes]) -> int:
         """One packet's responses, from ring index ``_rx_done``: its frame goes to the TAP; its length (0: dropped)."""
