@@ -8,6 +8,7 @@ ring in granted pages, as it does between a domU and dom0.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -15,10 +16,14 @@ import time
 import pytest
 
 from domu.netfront.netfront import BackendFeatures
+from xenlike.kernel import trace
+from xenlike.kernel.trace import TraceBuffer
+from xenlike.public.trace import Event, TraceClass, unpack_record
 
 from .netif_support import Vif, require_tap
 
 PORT = 5001
+FRONT_DOMID = 5  # netif_support's guest
 TIMEOUT = 30.0
 
 
@@ -137,6 +142,51 @@ def test_udp_both_ways(vif_factory) -> None:
     finally:
         client.close()
         server.close()
+    vif.check()
+
+
+def test_each_packet_is_an_io_trace_record_at_both_ends_only_while_io_is_traced(vif_factory) -> None:
+    vif = vif_factory()
+    server = _listen(vif, socket.SOCK_DGRAM)
+    client = vif.guest_ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fd = TraceBuffer.create("test-net", FRONT_DOMID, 1 << 16, 0)
+    reader = TraceBuffer(fd)
+    try:
+        trace.attach(os.dup(fd), 0)
+        client.settimeout(TIMEOUT)
+
+        def round_trip(payload: bytes) -> None:
+            client.sendto(payload, ("10.99.0.1", PORT))
+            got, peer = server.recvfrom(65536)
+            server.sendto(got, peer)
+            assert client.recv(65536) == payload
+
+        round_trip(b"u" * 100)  # the same size as the traced one: neither end may record it
+        time.sleep(0.2)  # the loops are past the untraced packet's trace points
+        reader.set_mask(int(TraceClass.IO))
+        round_trip(b"x" * 100)
+        time.sleep(0.2)
+        reader.set_mask(0)
+        records, lost, why = reader.read()
+    finally:
+        trace.detach()
+        reader.close()
+        os.close(fd)
+        client.close()
+        server.close()
+    assert (lost, why) == (0, None)
+    seen = []
+    for data in records:
+        event, _ns, domid, _vcpu, fields = unpack_record(data)
+        assert event == Event.IO_REQUEST and fields["dur"] >= 0
+        seen.append(("back" if "vif" in fields else "front", fields["op"], fields["bytes"], domid))
+    frame = 14 + 20 + 8 + 100  # Ethernet, IPv4, UDP, payload (the guest's IPv6 neighbour discovery may cross too)
+    assert sorted(record for record in seen if record[2] == frame) == [
+        ("back", "net-rx", frame, FRONT_DOMID),  # netback names the guest whose vif it serves
+        ("back", "net-tx", frame, FRONT_DOMID),
+        ("front", "net-rx", frame, 0),
+        ("front", "net-tx", frame, 0),
+    ]
     vif.check()
 
 
