@@ -12,7 +12,9 @@ uplink, no route out. The host reaches a guest only through a forward on
 Addresses: a vif without ``ip=`` gets one from :data:`SUBNET` by its domain's
 id (:func:`default_address`), and dom0 is :data:`DOM0_ADDRESS` on ``xenbr0``,
 the guests' default gateway. Other bridges are made on first use, without an
-address of dom0's.
+address of dom0's. br_netfilter, where the kernel has it, is switched off in
+that namespace: it has no rule to apply, and each bridged frame would pay for
+its hooks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from xenlike.kernel import netdev
 from xenlike.kernel.rtnetlink import Rtnetlink
 
 __all__ = [
+    "BRIDGE_NF_SYSCTLS",
     "BackendNetwork",
     "DEFAULT_BRIDGE",
     "DOM0_ADDRESS",
@@ -41,6 +44,9 @@ log = logging.getLogger("dom0.netback")
 DEFAULT_BRIDGE = "xenbr0"  # xl.conf's vif.default.bridge
 SUBNET = ipaddress.IPv4Network("10.88.0.0/16")  # private, and never routed anywhere: there is no uplink
 DOM0_ADDRESS = ipaddress.IPv4Interface("10.88.0.1/16")
+# br_netfilter's per-namespace switches, on in a new namespace: each bridged frame would go
+# through the IP and ARP hooks, for a namespace that has no rule to apply.
+BRIDGE_NF_SYSCTLS = [f"/proc/sys/net/bridge/bridge-nf-call-{table}" for table in ("iptables", "ip6tables", "arptables")]
 
 
 def default_address(domid: int) -> ipaddress.IPv4Interface:
@@ -74,6 +80,18 @@ def network_support() -> str | None:
     return netdev.probe()
 
 
+def _no_bridge_filtering() -> None:
+    """Switch br_netfilter off in the calling thread's namespace, where it is built in; a host without it has none."""
+    for path in BRIDGE_NF_SYSCTLS:
+        try:
+            with open(path, "w") as sysctl:
+                sysctl.write("0")
+        except FileNotFoundError:
+            return  # no br_netfilter: bridged frames meet no hook
+        except OSError as exc:
+            log.warning("d0 (Domain-0): %s stays on (%s): bridged frames go through netfilter", path, exc.strerror)
+
+
 class BackendNetwork:
     """dom0's back-end namespace: the bridges and the vifs' TAPs in it."""
 
@@ -89,6 +107,7 @@ class BackendNetwork:
         try:
             with netdev.in_netns(netns):
                 rt = Rtnetlink()
+                _no_bridge_filtering()
             network = cls(netns, rt)
             rt.set_link(rt.link_index("lo"), up=True)
             rt.add_address(network.bridge(DEFAULT_BRIDGE), DOM0_ADDRESS)

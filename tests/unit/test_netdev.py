@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from dom0.netback.bridge import DOM0_ADDRESS, BackendNetwork, default_address, guest_address
+from dom0.netback.bridge import BRIDGE_NF_SYSCTLS, DOM0_ADDRESS, BackendNetwork, default_address, guest_address
 from xenlike.kernel import netdev
 from xenlike.kernel.rtnetlink import Rtnetlink, RtnetlinkError
 
@@ -73,6 +73,9 @@ def test_the_back_end_network_has_xenbr0_with_dom0s_address_and_joins_vifs_to_br
         names = network.rt.link_names()
         assert {"lo", "xenbr0", "vif9.0", "xenbr7", "vif9.1"} <= set(names.values())
         assert "xenbr0" not in [name for _index, name in socket.if_nameindex()]  # not in the host's namespace
+        with netdev.in_netns(network.netns):
+            switches = [open(path).read().strip() for path in BRIDGE_NF_SYSCTLS if os.path.exists(path)]
+        assert set(switches) <= {"0"}  # bridged frames skip netfilter there (where br_netfilter is built in)
         os.close(tap)
         os.close(other)
     finally:
