@@ -607,14 +607,16 @@ class NetifQueue:
             flags = NETRXF_csum_blank | NETRXF_data_validated
         elif vflags & VIRTIO_NET_HDR_F_DATA_VALID:
             flags = NETRXF_data_validated
-        for piece, slot in enumerate(slots):
-            size = min(PAGE_SIZE, length - piece * PAGE_SIZE)
-            piece_flags = (flags | (NETRXF_extra_info if gso else 0)) if piece == 0 else 0
-            if piece < nr_pieces - 1:
-                piece_flags |= NETRXF_more_data
-            responses += RX_RESPONSE.pack(posted[slot][0], 0, piece_flags, size)
-            if piece == 0 and gso:
-                responses += pack_gso_extra(gso_size, gso)
+        # One response per piece: the first with the frame's flags (and its GSO extra info after
+        # it), whole pages with more_data, the last with what is left.
+        pack, last = RX_RESPONSE.pack, nr_pieces - 1
+        first_flags = flags | (NETRXF_extra_info if gso else 0) | (NETRXF_more_data if last else 0)
+        responses += pack(posted[slots[0]][0], 0, first_flags, min(PAGE_SIZE, length))
+        if gso:
+            responses += pack_gso_extra(gso_size, gso)
+        if last:
+            responses += b"".join([pack(posted[slot][0], 0, NETRXF_more_data, PAGE_SIZE) for slot in slots[1:last]])
+            responses += pack(posted[slots[last]][0], 0, 0, length - last * PAGE_SIZE)
         taken = max(slots[-1], 1 if gso else 0) + 1  # a GSO frame's extra info took request 1's slot
         if self._rx_traced is not None:
             self._rx_traced.append((decoded, posted[0][0], length, taken))

@@ -228,6 +228,11 @@ class NetfrontQueue:
         self._tx_overflow = bytearray(64)
         self._tap_watched = False
         self._rx_mask = self._rxp.nr_pages - 1
+        # Ring slot i always asks for page i mod the pool's size: every request there will ever be,
+        # laid out twice over so that a run of them that wraps is one slice.
+        self._rx_request_size = NETIF_RX_PROTOCOL.entry_size
+        requests = NETIF_RX_PROTOCOL.pack_requests(enumerate(self._rxp.grefs))
+        self._rx_requests = memoryview(requests + requests)
         self._rx_slots: list[bytes] = []  # responses of a packet whose last slot has not come yet
         self._rx_extra = 0  # the packet's next slot is extra info (the last one had a MORE flag)
         self._rx_more = 0  # data slots of the packet are still to come (more_data)
@@ -429,14 +434,12 @@ class NetfrontQueue:
 
     def _fill_rx(self) -> None:
         """Post a request for every page not holding a frame (``xennet_alloc_rx_buffers``)."""
-        ring, grefs, mask = self.rx, self._rxp.grefs, self._rx_mask
+        ring, mask = self.rx, self._rx_mask
         count = self._rxp.nr_pages - ((ring.req_prod_pvt - self._rx_done) & 0xFFFFFFFF)
         if count <= 0:
             return
-        first = ring.req_prod_pvt
-        ring.put_requests(
-            NETIF_RX_PROTOCOL.pack_requests(((first + k) & mask, grefs[(first + k) & mask]) for k in range(count))
-        )
+        start = (ring.req_prod_pvt & mask) * self._rx_request_size
+        ring.put_requests(self._rx_requests[start : start + count * self._rx_request_size])
         if ring.push_requests():
             self.kernel.loop.notify(self.port)
 
@@ -492,7 +495,7 @@ class NetfrontQueue:
         _id, _offset, flags, _status = _rx_response(slots[0])
         gso: tuple[int, int] | None = None
         pieces: list[memoryview] = []
-        pos = 1
+        pos, length = 1, 0
         try:
             if flags & NETRXF_extra_info:
                 while True:
@@ -510,7 +513,7 @@ class NetfrontQueue:
                     raise ValueError(f"response status {status} at offset {offset}")
                 page = self._rxp.pages[(first_index + index) & self._rx_mask]
                 pieces.append(page[offset : offset + status])
-            length = sum(len(p) for p in pieces)
+                length += status
             if length < ETH_HLEN:
                 raise ValueError(f"a frame of {length} bytes")
             header = self._rx_vnet_header(flags, gso, pieces)
