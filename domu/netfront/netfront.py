@@ -351,7 +351,7 @@ class NetfrontQueue:
         ids = self._tx_free[-self._tx_frame_pages :][::-1]
         pages = self._txp.pages
         try:
-            got = os.readv(self.tap, [self._tx_hdr, *(pages[i] for i in ids), self._tx_overflow])
+            got = os.readv(self.tap, [self._tx_hdr, *[pages[i] for i in ids], self._tx_overflow])
         except BlockingIOError:
             return False
         read = time.monotonic_ns() if trace.mask[0] & _IO else 0
@@ -370,15 +370,16 @@ class NetfrontQueue:
             flags = NETTXF_csum_blank | NETTXF_data_validated
         elif vflags & VIRTIO_NET_HDR_F_DATA_VALID:
             flags = NETTXF_data_validated
-        grefs = self._txp.grefs
-        first_flags = flags | (NETTXF_more_data if nr_pieces > 1 else 0) | (NETTXF_extra_info if gso else 0)
-        slots = [_TX_REQUEST_SLOT.pack(grefs[used[0]], 0, first_flags, used[0], length)]
+        # The first request carries the whole size and the flags (its GSO extra info follows it),
+        # then one per further page: whole pages with more_data, the last with what is left.
+        grefs, pack, last = self._txp.grefs, _TX_REQUEST_SLOT.pack, nr_pieces - 1
+        first_flags = flags | (NETTXF_more_data if last else 0) | (NETTXF_extra_info if gso else 0)
+        slots = [pack(grefs[used[0]], 0, first_flags, used[0], length)]
         if gso:
             slots.append(pack_gso_extra(gso_size, gso) + _EXTRA_PAD)
-        for piece in range(1, nr_pieces):
-            size = min(PAGE_SIZE, length - piece * PAGE_SIZE)
-            more = NETTXF_more_data if piece < nr_pieces - 1 else 0
-            slots.append(_TX_REQUEST_SLOT.pack(grefs[used[piece]], 0, more, used[piece], size))
+        if last:
+            slots += [pack(grefs[i], 0, NETTXF_more_data, i, PAGE_SIZE) for i in used[1:last]]
+            slots.append(pack(grefs[used[last]], 0, 0, used[last], length - last * PAGE_SIZE))
         self.tx.put_requests(b"".join(slots))
         self._tx_first.add(used[0])
         if read:
@@ -390,13 +391,14 @@ class NetfrontQueue:
     def _take_tx_responses(self) -> int:
         """Take the tx responses there are: their pages go back to the pool. How many slots were taken."""
         data, count = self.tx.get_responses()
+        busy, free, first = self._tx_busy, self._tx_free, self._tx_first
         for req_id, status in NETIF_TX_PROTOCOL.unpack_responses(data):
-            if status == NETIF_RSP_NULL or req_id not in self._tx_busy:
+            if status == NETIF_RSP_NULL or req_id not in busy:
                 continue  # an extra-info slot's, or an id not in flight (the back end's mistake)
-            self._tx_busy.discard(req_id)
-            self._tx_free.append(req_id)
-            if req_id in self._tx_first:
-                self._tx_first.discard(req_id)
+            busy.discard(req_id)
+            free.append(req_id)
+            if req_id in first:
+                first.discard(req_id)
                 if status != NETIF_RSP_OKAY:
                     self.stats["tx_errors"] += 1
                 if self._tx_traced:
