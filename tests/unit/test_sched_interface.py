@@ -129,8 +129,17 @@ def test_credit_scheduler_shares_a_pcpu_by_weight_among_real_processes(children)
         time.sleep(max(0.0, (sched.next_tick() - time.monotonic_ns()) / 1e9))
         sched.tick()
     light, heavy = sched.domain_time(1), sched.domain_time(2)
-    assert light + heavy == pytest.approx(1.5, abs=0.2)  # pCPU 0 was always busy, and only it
-    assert heavy > 2 * light  # 3:1 with credit; equal under Linux alone (loose: a unit test)
+    # Both ran on pCPU 0 alone: together never more than one CPU's worth of the window. How
+    # much of it they got depends on what else the host runs, so that is not asserted.
+    assert all(os.sched_getaffinity(pid) == {0} for pid in children)
+    assert 0 < light + heavy <= 1.5 + 0.2
+    # Credit is handed out per period of wall time, 1:3: the light domain never runs past its
+    # quarter, and the heavy one is never held back for it. Only when the host left pCPU 0 to
+    # them is the split 3:1 (equal under Linux alone; loose: a unit test).
+    assert light <= 1.5 / 4 + 0.15
+    assert heavy + 0.05 >= 0.9 * light  # 0.05: a few ticks of accounting granularity
+    if light + heavy >= 1.3:
+        assert heavy > 2 * light
     rows = sched.vcpu_list(1) + sched.vcpu_list(2)
     assert sum(row["running"] for row in rows) == 1 and all(row["hard"] == [0] for row in rows)
     sched.close()
