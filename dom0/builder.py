@@ -35,6 +35,7 @@ from xenlike.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTTAB_RESERVED
 from xenlike.public.start_info import CONSOLE_PFN, GNTTAB_PFN, START_INFO_PFN, STORE_PFN, StartInfo
 from xenlike.public.trace import Event, TraceClass
 from xenlike.public.vcpu import OFFLINE, ONLINE, availability_path
+from xenlike.public.vdisk import VDISKS_NODE
 from xenlike.public.workload_state import WORKLOAD_DIR
 from xenlike.public.xenbus import BACKEND, FRONTEND, backend_path, frontend_path
 from xenlike.public.xs_wire import XenstoreInterface, XsError
@@ -322,23 +323,52 @@ class DomainBuilder:
         probe does for a split disk; the hypervisor keeps a copy of the fd with the domain.
         """
         for disk in built.config.get("disk", []):
-            if VBD.on_xenbus(disk):
-                continue
-            vbd = open_image(disk["target"], disk["access"] == "ro")
-            try:
-                self.ctx.hypercall(
-                    "domctl",
-                    fds=[vbd.fd],
-                    cmd="assign_vdisk",
-                    dom=built.domid,
-                    vdev=disk["vdev"],
-                    devid=disk["devid"],
-                    model=disk["model"],
-                    sectors=vbd.sectors,
-                    readonly=vbd.readonly,
-                )
-            finally:
-                vbd.close()
+            if not VBD.on_xenbus(disk):
+                self._assign_vdisk(built, disk)
+
+    def _assign_vdisk(self, built: BuiltDomain, disk: dict[str, Any]) -> None:
+        vbd = open_image(disk["target"], disk["access"] == "ro", disk.get("size"))
+        try:
+            self.ctx.hypercall(
+                "domctl",
+                fds=[vbd.fd],
+                cmd="assign_vdisk",
+                dom=built.domid,
+                vdev=disk["vdev"],
+                devid=disk["devid"],
+                model=disk["model"],
+                sectors=vbd.sectors,
+                readonly=vbd.readonly,
+            )
+        finally:
+            vbd.close()
+
+    def attach_vdisk(self, built: BuiltDomain, disk: dict[str, Any]) -> None:
+        """Hotplug a direct or passthrough disk: the hypervisor takes its image, then the guest is told to look.
+
+        OSError (the hypervisor's refusal) or ValueError (a vdev or devid in use).
+        """
+        present = built.config.get("disk", [])
+        if any(d["vdev"] == disk["vdev"] or d["devid"] == disk["devid"] for d in present):
+            raise ValueError(f"{built.label} already has a disk {disk['vdev']}")
+        self._assign_vdisk(built, disk)
+        built.config.setdefault("disk", []).append(disk)
+        self._vdisks_changed(built)
+
+    def detach_vdisk(self, built: BuiltDomain, disk: dict[str, Any]) -> None:
+        """Take a direct disk back (``domctl deassign_vdisk``) and tell the guest; OSError if the hypervisor refuses."""
+        self.ctx.hypercall("domctl", cmd="deassign_vdisk", dom=built.domid, devid=disk["devid"])
+        built.config["disk"] = [d for d in built.config.get("disk", []) if d["devid"] != disk["devid"]]
+        self._vdisks_changed(built)
+
+    def _vdisks_changed(self, built: BuiltDomain) -> None:
+        """Bump :data:`~xenlike.public.vdisk.VDISKS_NODE` (dom0's; the guest may read it), which the guest watches."""
+        path = f"{home(built.domid)}/{VDISKS_NODE}"
+        try:
+            count = int(self.ctx.xs.read(path).decode()) + 1
+        except (XsError, ValueError):
+            count = 1
+        self.ctx.xs.write(path, str(count), perms=["n0", f"r{built.domid}"])
 
     def _write_nodes(self, built: BuiltDomain, store_evtchn: int, console_evtchn: int) -> None:
         """The xenstore nodes of a new domain, with libxl's permissions, in one transaction.

@@ -48,7 +48,7 @@ from .netfront import NetfrontDriver
 from .sysrq import SYSRQ_PATH, SysrqHandler
 from .vchan import VchanDriver
 from .vcpu import WorkloadGlobals, fork_vcpus
-from .vdisk import attach_vdisks
+from .vdisk import VdiskHotplug
 from .workload import SuspendRefused, WorkloadContext, WorkloadError, load_workload
 from .xenbus import XenbusClient
 from .xenbus_frontend import HANDSHAKE_TIMEOUT_S, FrontendError, XenbusFrontend
@@ -216,7 +216,7 @@ class Kernel:
         if image.get("disks"):
             self.blkfront.wait_for(image["disks"])  # as a kernel waits for its root device
         disks: dict[str, Any] = self.blkfront.disks  # ctx.disks: blkfront keeps it as disks come and go
-        disks.update(attach_vdisks(self))  # direct and passthrough disks, beside blkfront's
+        VdiskHotplug(self, disks).start()  # direct and passthrough disks, beside blkfront's, as they come and go
         if image.get("vifs"):
             self._wait_for_vifs([f"eth{devid}" for devid in image["vifs"]])  # as a boot waits for its network
         try:

@@ -47,8 +47,14 @@ def block_attach(ts: Toolstack, request: Request) -> Any:
     cwd = request.args.get("cwd")
     if isinstance(cwd, str) and os.path.isabs(cwd) and not os.path.isabs(disk["target"]):
         disk["target"] = os.path.normpath(os.path.join(cwd, disk["target"]))  # the caller's, not dom0's
-    ts.builder.attach_device(built, VBD, disk)
-    return {"vdev": disk["vdev"], "devid": disk["devid"]}
+    if VBD.on_xenbus(disk):
+        ts.builder.attach_device(built, VBD, disk)
+    else:  # direct or passthrough: the hypervisor takes the image, the guest lists its disks again
+        try:
+            ts.builder.attach_vdisk(built, disk)
+        except (OSError, ValueError) as exc:
+            raise ToolstackError(f"{built.label}: block-attach {disk['vdev']}: {_reason(exc)}") from None
+    return {"vdev": disk["vdev"], "devid": disk["devid"], "model": disk["model"]}
 
 
 def block_detach(ts: Toolstack, request: Request) -> None:
@@ -64,12 +70,18 @@ def block_detach(ts: Toolstack, request: Request) -> None:
             f"{built.label}'s {disk['vdev']} is a passthrough disk: the guest holds its image's fd and does its own "
             f"I/O, so it cannot be unplugged safely; shut the domain down (`xenlike shutdown {built.name}`) to free it"
         )
-    if model != MODEL_SPLIT:
-        raise ToolstackError(
-            f"{built.label}'s {disk['vdev']} is a {model} disk, held by the hypervisor until the domain is "
-            "destroyed; only split disks are hot-unplugged"
-        )
+    if model == MODEL_DIRECT:  # the hypervisor serves it between two requests: none is half done
+        try:
+            ts.builder.detach_vdisk(built, disk)
+        except OSError as exc:
+            raise ToolstackError(f"{built.label}: block-detach {disk['vdev']}: {_reason(exc)}") from None
+        request.reply({"vdev": disk["vdev"], "forced": False})
+        return
     detach_device(ts, request, built, VBD, disk)
+
+
+def _reason(exc: OSError | ValueError) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def detach_device(ts: Toolstack, request: Request, built: BuiltDomain, row: DeviceType, spec: dict[str, Any]) -> None:

@@ -82,12 +82,15 @@ class _Pages:
         self.first, self.count = first, count
         self.free = PageAllocator(first, first + count)
         self.cond = threading.Condition()
+        self.closed = ""  # why the disk is gone, once it is
 
     def take(self, nbytes: int) -> int:
-        """The first pfn of a run of pages holding ``nbytes``; waits until one is free."""
+        """The first pfn of a run of pages holding ``nbytes``; waits until one is free. BlockIOError once closed."""
         pages = -(-nbytes // PAGE_SIZE)
         with self.cond:
             while True:
+                if self.closed:
+                    raise BlockIOError(self.closed)
                 try:
                     return self.free.alloc(pages)
                 except OutOfFrames:
@@ -97,6 +100,19 @@ class _Pages:
         with self.cond:
             self.free.free(pfn)
             self.cond.notify_all()
+            self._release_if_idle()
+
+    def close(self, why: str) -> None:
+        """No more I/O through these pages; they go back to the kernel once every run taken is given back."""
+        with self.cond:
+            self.closed = why
+            self.cond.notify_all()
+            self._release_if_idle()
+
+    def _release_if_idle(self) -> None:
+        if self.closed and self.count and self.free.free_frames == self.count:
+            self.kernel.pages.free(self.first)
+            self.count = 0
 
     def view(self, pfn: int, nbytes: int) -> memoryview:
         base = pfn * PAGE_SIZE
@@ -119,6 +135,11 @@ class LocalDisk:
         self.sectors = sectors
         self.readonly = readonly
         self._pages = _Pages(kernel)
+
+    def close(self) -> None:
+        """The disk was unplugged: requests from now on fail with BlockIOError; its pages go back to the kernel
+        once no request or buffer holds them."""
+        self._pages.close(f"{self.vdev} was unplugged")
 
     @property
     def size(self) -> int:
@@ -341,7 +362,11 @@ class LocalBatch:
                 continue
             pooled = request.op in (BLKIF_OP_READ, BLKIF_OP_WRITE) and not lent
             if pooled:
-                request.pfn = disk._pages.take(request.nbytes)
+                try:
+                    request.pfn = disk._pages.take(request.nbytes)
+                except BlockIOError as exc:  # unplugged
+                    future.set(error=exc)
+                    continue
                 if data is not None:
                     disk._pages.view(request.pfn, request.nbytes)[:] = data
             ready.append((request, future, pooled))

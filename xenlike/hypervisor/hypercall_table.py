@@ -134,6 +134,8 @@ HYPERCALLS: tuple[Hypercall, ...] = (
     # Disks the hypervisor holds: the direct and passthrough device models (vdisk.py)
     Hypercall("domctl", vdisk.assign_vdisk, cmd="assign_vdisk", privileged=True,
               doc="give dom a direct or passthrough disk: the image's fd, its geometry, its model"),
+    Hypercall("domctl", vdisk.deassign_vdisk, cmd="deassign_vdisk", privileged=True,
+              doc="take a direct disk back from dom (a passthrough disk's fd is the guest's: EBUSY)"),
     Hypercall("vdisk_op", vdisk.vdisk_list, cmd="list",
               doc="the caller's direct and passthrough disks; a passthrough disk's image fd with them"),
     Hypercall("vdisk_io", vdisk.vdisk_io,

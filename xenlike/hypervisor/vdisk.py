@@ -19,6 +19,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,15 @@ if TYPE_CHECKING:
     from xenlike.hypervisor.core import Hypervisor
     from xenlike.hypervisor.domain import Domain
 
-__all__ = ["VirtualDisk", "assign_vdisk", "vdisk_list", "vdisk_io", "passthrough_size_limit", "release_vdisks"]
+__all__ = [
+    "VirtualDisk",
+    "assign_vdisk",
+    "deassign_vdisk",
+    "vdisk_list",
+    "vdisk_io",
+    "passthrough_size_limit",
+    "release_vdisks",
+]
 
 log = logging.getLogger("xenlike.hypervisor.vdisk")
 
@@ -101,8 +110,64 @@ def assign_vdisk(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> 
     if readonly == writable:
         what = "read-only disk's image must be opened read-only" if readonly else "writable disk's image is read-only"
         raise Refused(errno.EINVAL, f"a {what}")
+    if any(disk.vdev == vdev for disk in domain.vdisks.values()):
+        raise Refused(errno.EEXIST, f"{domain.label} already has a disk {vdev}")
+    if model == MODEL_PASSTHROUGH and not readonly and domain.pid is not None:
+        _allow_writes_up_to(domain, size)
     domain.vdisks[devid] = VirtualDisk(vdev, devid, model, os.dup(fds[0]), sectors, readonly)
-    log.info("%s: %s %s (%d sectors%s)", domain.label, model, vdev, sectors, ", read-only" if readonly else "")
+    running = " (hotplugged)" if domain.pid is not None else ""
+    ro = ", read-only" if readonly else ""
+    log.info("%s: %s %s (%d sectors%s)%s", domain.label, model, vdev, sectors, ro, running)
+    return {}, []
+
+
+def _allow_writes_up_to(domain: Domain, size: int) -> None:
+    """A passthrough disk hotplugged into a running guest: raise its ``RLIMIT_FSIZE`` to the image's size.
+
+    The limit was set at boot to the largest writable passthrough image it had (0
+    without one) and is raised by each hotplug that needs it, so it is always
+    :func:`passthrough_size_limit` of the disks it has; without a raise this image's
+    writes past it would fail with EFBIG. Only the
+    guest's kernel process needs it: the image's fd reaches that process alone, and
+    vCPUs forked later inherit both. Raising a hard limit needs ``CAP_SYS_RESOURCE``
+    (which a container's root often lacks): without it the disk is refused.
+    """
+    assert domain.pid is not None
+    limit = passthrough_size_limit(domain)  # what it was set to, or raised to by a hotplug before
+    if size <= limit:
+        return
+    try:
+        resource.prlimit(domain.pid, resource.RLIMIT_FSIZE, (size, size))
+    except (OSError, ValueError) as exc:
+        why = "the hypervisor lacks CAP_SYS_RESOURCE" if getattr(exc, "errno", None) == errno.EPERM else str(exc)
+        raise Refused(
+            errno.EPERM,
+            f"the {size}-byte image is larger than {domain.label} may write (RLIMIT_FSIZE, set at boot to its "
+            f"largest passthrough image: {limit} bytes) and it cannot be raised ({why}); give the disk when the "
+            "domain is created, hotplug it read-only or no larger, or use model=direct",
+        ) from None
+
+
+def deassign_vdisk(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
+    """``domctl deassign_vdisk``: take a direct disk back from a running domain (``xl block-detach``).
+
+    Its requests are served one at a time on this loop, so none is half done: the
+    next one is refused (ENODEV) and every one acknowledged is in the image. A
+    passthrough disk is refused (EBUSY): the guest holds its image's fd, which no
+    one can take back from it.
+    """
+    domain = hv.domain(_int(args, "dom"))
+    devid = _int(args, "devid")
+    disk = domain.vdisks.get(devid)
+    if disk is None:
+        raise Refused(errno.ENODEV, f"{domain.label} has no direct or passthrough disk {devid}")
+    if disk.model == MODEL_PASSTHROUGH:
+        raise Refused(
+            errno.EBUSY, f"{domain.label}'s {disk.vdev} is a passthrough disk: the guest holds its image's fd"
+        )
+    del domain.vdisks[devid]
+    disk.close()
+    log.info("%s: %s %s unplugged", domain.label, disk.model, disk.vdev)
     return {}, []
 
 

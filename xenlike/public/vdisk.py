@@ -16,6 +16,10 @@ Hypercalls (``xenlike.hypervisor.vdisk``):
 - ``domctl assign_vdisk`` (dom0): ``dom``, ``vdev``, ``devid``, ``model``,
   ``sectors``, ``readonly`` and the image's fd (opened read-only for a read-only
   disk): the disk is the domain's from then on, until it is destroyed;
+  dom0 may assign one to a running domain (``xl block-attach``); a writable
+  passthrough image then raises the guest's ``RLIMIT_FSIZE`` to its size;
+- ``domctl deassign_vdisk`` (dom0): ``dom``, ``devid``: a direct disk goes back
+  (``xl block-detach``); a passthrough disk is refused with EBUSY;
 - ``vdisk_op`` ``cmd="list"`` (a domU): its disks, each a dict of :data:`DISK_FIELDS`;
   a passthrough disk's ``fd`` is the index of its image's fd among the reply's fds;
 - ``vdisk_io`` (a domU, direct disks): ``devid``, ``operation`` (``BLKIF_OP_READ``,
@@ -25,6 +29,12 @@ Hypercalls (``xenlike.hypervisor.vdisk``):
   would have answered: a request refused by :func:`check_request` gets
   ``BLKIF_RSP_ERROR`` (``BLKIF_RSP_EOPNOTSUPP`` for an unknown op). A write is
   acknowledged once it is in the image; FLUSH is ``fdatasync``.
+
+Hotplug: after each assign or deassign on a running domain dom0 writes
+:data:`VDISKS_NODE` in the domain's home (a count, dom0's, the guest may read it);
+the guest watches it and lists its disks again, adding what is new to its disks
+and dropping what is gone. The node says only "look again": what a guest has is
+the hypervisor's to say.
 
 Every model makes the same checks on every request (:func:`check_request`), with
 blkback's words: in the front end for passthrough (the guest's kernel is the
@@ -50,6 +60,7 @@ __all__ = [
     "MODELS",
     "MAX_IO_BYTES",
     "DISK_FIELDS",
+    "VDISKS_NODE",
     "check_request",
     "model_limits",
 ]
@@ -59,6 +70,7 @@ MODELS = (MODEL_SPLIT, MODEL_DIRECT, MODEL_PASSTHROUGH)
 # The largest READ or WRITE one request carries: blkback's feature-max-indirect-segments pages.
 MAX_IO_BYTES = 256 * PAGE_SIZE
 DISK_FIELDS = ("vdev", "devid", "model", "sectors", "readonly")
+VDISKS_NODE = "vdisks"  # in the domain's home: bumped by dom0 when its direct or passthrough disks change
 
 _KNOWN_OPS = (BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_DISCARD)
 
@@ -88,8 +100,9 @@ def model_limits(model: str) -> dict[str, bool]:
     """What a disk of ``model`` allows (``list -l``, ``block-list``): ``shareable``, ``hot_unplug``, ``migratable``.
 
     A passthrough disk allows none of them: the guest holds the image's fd, which
-    this host opened. A direct disk is held by the hypervisor until its domain is
-    destroyed (xenlike unplugs split disks only); nothing of it lives in the guest.
+    this host opened and no one can take back. A direct disk allows all three:
+    the hypervisor holds its fd and serves every request, so it can stop between
+    two and let go; nothing of it lives in the guest.
     """
     passthrough = model == MODEL_PASSTHROUGH
-    return {"shareable": not passthrough, "hot_unplug": model == MODEL_SPLIT, "migratable": not passthrough}
+    return {"shareable": not passthrough, "hot_unplug": not passthrough, "migratable": not passthrough}

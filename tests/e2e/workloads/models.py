@@ -10,6 +10,11 @@ Reports on its console as ``KEY {json}``. Modes:
                  guest's own checks ("REFUSED")
   escape PATH    on a passthrough disk: try every other file (PATH, its image, /etc/passwd,
                  /proc/self/fd/N, the root directory) and a write past the image's end ("ESCAPE")
+  acked          4 KiB records (sequence number, crc32), 8 at a time, never flushed, paced to
+                 about 2000 a second until the disk is full; a thread of its own publishes how
+                 many were acknowledged in data/acked (the writer never waits on xenstore)
+  hotplug        wait for VDEV to appear, write its first and last 4 KiB and read them back
+                 ("HOT"), then wait for it to go ("GONE") and say what a request on it does now
 """
 
 import errno
@@ -17,6 +22,9 @@ import hashlib
 import json
 import os
 import random
+import struct
+import threading
+import time
 import zlib
 
 HEADER = b"XENLIKE-MODELS\0\0"
@@ -152,8 +160,68 @@ def escape(ctx, disk, other):
     report("ESCAPE", found)
 
 
+RECORD = struct.Struct("<QI")  # sequence number, crc32 of the rest of the 4 KiB record
+
+
+def acked(ctx, disk):
+    done = [0]
+    stop = threading.Event()
+
+    def publish():
+        last = -1
+        while not stop.wait(0.02):
+            if done[0] != last:
+                last = done[0]
+                ctx.xenstore.write("data/acked", str(last))
+
+    threading.Thread(target=publish, daemon=True).start()
+    seq, records = 0, disk.size // 4096
+    while seq + 8 <= records and not ctx.shutdown.is_set():
+        futures = []
+        for _ in range(8):
+            body = random.randbytes(4096 - RECORD.size)
+            futures.append(disk.submit_write(seq * 8, RECORD.pack(seq, zlib.crc32(body)) + body))
+            seq += 1
+        for future in futures:
+            future.result()
+        done[0] = seq
+        time.sleep(0.004)
+    ctx.shutdown.wait()
+    stop.set()
+
+
+def wait_disk(ctx, vdev, present):
+    deadline = time.monotonic() + 30
+    while (vdev in ctx.disks) != present:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{vdev} never {'appeared' if present else 'went away'}")
+        time.sleep(0.02)
+    return ctx.disks.get(vdev)
+
+
+def hotplug(ctx, vdev):
+    disk = wait_disk(ctx, vdev, True)
+    first, last = block(7, 0, 4096), block(7, 1, 4096)
+    end = disk.sectors - 8
+    disk.write(0, first)
+    disk.write(end, last)
+    report("HOT", {"model": disk.model, "size": disk.size,
+                   "same": disk.read(0, 4096) == first and disk.read(end, 4096) == last})
+    wait_disk(ctx, vdev, False)
+    try:
+        disk.write(0, first)
+        after = "accepted"
+    except Exception as exc:
+        after = f"{type(exc).__name__}: {exc}"
+    report("GONE", {"disks": sorted(ctx.disks), "after": after})
+
+
 def run(ctx):
     mode, vdev, *rest = ctx.args
+    if mode == "hotplug":
+        hotplug(ctx, vdev)
+        ctx.shutdown.wait()
+        return
     disk = ctx.disks[vdev]
     if mode == "same":
         seed = int(rest[0])
@@ -165,4 +233,6 @@ def run(ctx):
         refused(ctx, disk)
     elif mode == "escape":
         escape(ctx, disk, rest[0])
+    elif mode == "acked":
+        acked(ctx, disk)
     ctx.shutdown.wait()
