@@ -14,7 +14,7 @@ from domu.blkfront.blkfront import BlockIOError
 from domu.vdisk.passthrough import PassthroughDisk
 from xenlike.hypervisor.domain import Domain
 from xenlike.hypervisor.hypercall import Refused
-from xenlike.hypervisor.vdisk import VirtualDisk, vdisk_io
+from xenlike.hypervisor.vdisk import VirtualDisk, assign_vdisk, deassign_vdisk, vdisk_io, vdisk_list
 from xenlike.kernel.memory import GuestMemory, PageAllocator
 from xenlike.public.blkif import (
     BLKIF_OP_DISCARD,
@@ -66,9 +66,9 @@ def test_the_model_key_of_a_disk_spec():
     assert DiskSpec.from_dict(old).model == "split"  # a config written before the key
 
 
-def test_only_passthrough_gives_up_sharing_and_migration_and_only_split_is_unplugged():
+def test_only_passthrough_gives_up_sharing_unplugging_and_migration():
     assert model_limits("passthrough") == {"shareable": False, "hot_unplug": False, "migratable": False}
-    assert model_limits("direct") == {"shareable": True, "hot_unplug": False, "migratable": True}
+    assert all(model_limits("direct").values())
     assert all(model_limits("split").values())
 
 
@@ -82,7 +82,8 @@ def direct(tmp_path):
     fd = os.open(image, os.O_RDWR)
     domain.vdisks[51712] = VirtualDisk("xvda", 51712, "direct", fd, SECTORS, False)
     yield domain, image
-    domain.vdisks[51712].close()
+    for disk in domain.vdisks.values():
+        disk.close()
     memory.close()
 
 
@@ -175,3 +176,63 @@ def test_a_passthrough_disk_refuses_what_blkback_refuses(passthrough):
     with pytest.raises(BlockIOError, match="read-only"):
         disk.write(0, b"x" * 512)
     assert os.path.getsize(image) == SECTORS * 512
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(write=st.booleans(), readonly=st.booleans(), sector=st.integers(-20, SECTORS + 20),
+       nbytes=st.one_of(st.integers(-1024, MAX_IO_BYTES + 1024), st.sampled_from([512, 4096, MAX_IO_BYTES])))
+def test_a_passthrough_disks_lone_requests_refuse_exactly_what_blkback_refuses(
+    passthrough, write, readonly, sector, nbytes
+):
+    """submit_read/submit_write's own short path: the same answer as check_request, and nothing outside touched."""
+    disk, image = passthrough
+    disk.readonly = readonly
+    op = BLKIF_OP_WRITE if write else BLKIF_OP_READ
+    whole = nbytes > 0 and nbytes % 512 == 0
+    expected = whole and check_request(op, sector, nbytes // 512, SECTORS, readonly) is None
+    try:
+        future = disk.submit_write(sector, b"w" * max(nbytes, 0)) if write else disk.submit_read(sector, nbytes)
+        outcome = future.result()
+        assert expected, (op, sector, nbytes, readonly)
+        assert future.done() and (outcome is None if write else outcome == image.read_bytes()[sector * 512 :][:nbytes])
+    except ValueError:
+        assert not whole and nbytes <= MAX_IO_BYTES  # not whole sectors: the API's ValueError
+    except BlockIOError:
+        assert not expected
+    assert os.path.getsize(image) == SECTORS * 512
+
+
+def test_a_direct_disk_is_taken_back_between_two_requests_and_a_passthrough_one_is_not(direct, tmp_path):
+    domain, image = direct
+    hv = SimpleNamespace(domain=lambda domid: domain)
+    assert call(domain, devid=51712, operation=BLKIF_OP_READ, sector=0, nbytes=4096, pfn=1) == BLKIF_RSP_OKAY
+    deassign_vdisk(hv, domain, {"dom": 7, "devid": 51712}, [])
+    refused = call(domain, devid=51712, operation=BLKIF_OP_READ, sector=0, nbytes=4096, pfn=1)
+    assert isinstance(refused, Refused) and "no direct disk 51712" in str(refused)
+    other = tmp_path / "p.img"
+    other.write_bytes(bytes(4096))
+    fd = os.open(other, os.O_RDWR)
+    try:
+        args = {"dom": 7, "vdev": "xvdb", "devid": 51728, "model": "passthrough", "sectors": 8, "readonly": False}
+        assign_vdisk(hv, domain, args, [fd])
+    finally:
+        os.close(fd)
+    with pytest.raises(Refused, match="passthrough disk: the guest holds its image's fd"):
+        deassign_vdisk(hv, domain, {"dom": 7, "devid": 51728}, [])
+    listed, fds = vdisk_list(None, domain, {}, [])
+    assert [d["vdev"] for d in listed["disks"]] == ["xvdb"] and len(fds) == 1
+
+
+def test_an_unplugged_disk_fails_new_requests_and_gives_its_pages_back_once_free(passthrough):
+    disk, _image = passthrough
+    pages = disk.kernel.pages
+    before, pool = pages.free_frames, disk._pages.count
+    buffer = disk.buffer(4096)
+    disk.close()
+    with pytest.raises(BlockIOError, match="xvda was unplugged"):
+        with disk.batch() as batch:
+            future = batch.write(0, b"x" * 4096)
+        future.result()
+    assert pages.free_frames == before  # the buffer still holds a run
+    buffer.release()
+    assert pages.free_frames == before + pool
