@@ -34,7 +34,10 @@ table shows CPU microseconds per request per process; the guest counts its own
 time itself (``time.process_time``), the others are read within a few
 milliseconds of the line (a pass lasts hundreds). The first lines and the
 ``--json`` keys of old (``seq_write_mbps``...) are the split model's;
-``<model>_<pass>`` and ``<model>_<pass>_cpu_us_<process>`` are added beside them.
+``<model>_<pass>`` and ``<model>_<pass>_cpu_us_<process>`` are added beside them,
+and ``passthrough_rand4k_guest_pread_iops``: the passthrough guest reading its
+image's fd with a bare ``os.pread`` loop, as native does, so the API's cost per
+request shows apart from the jailed guest process's.
 
     python bench/blk.py [--json] [--quick]
 """
@@ -220,6 +223,9 @@ def table(runs: dict[str, dict[str, Any]], native: dict[str, float], total_mib: 
                          f"                   {per_request}")
     for name, value in native.items():
         lines.append(f"{name:<33} {value:>12,.0f}")
+    guest_pread = runs.get("passthrough", {}).get("figures", {}).get("rand4k_guest_pread_iops")
+    if guest_pread:  # the passthrough guest's own os.pread loop: the jailed process's cost without the API
+        lines.append(f"{'rand4k_guest_pread_iops':<33} {guest_pread:>12,.0f} {guest_pread / native['rand4k_native_iops']:>8.2f}x")
     return "\n".join(lines)
 
 
@@ -253,6 +259,10 @@ def main() -> None:
                 )
     ratios = {f"{model}_{key} / native": run["figures"][key] / _baseline(key, native_figures)
               for model, run in runs.items() for key in KEYS}
+    guest_pread = runs["passthrough"]["figures"].get("rand4k_guest_pread_iops")
+    if guest_pread:
+        ordered["passthrough_rand4k_guest_pread_iops"] = guest_pread
+        ratios["passthrough_rand4k_guest_pread_iops / native"] = guest_pread / native_figures["rand4k_native_iops"]
     print(table(runs, native_figures, total_mib, random_ops))
     print()
     report(ordered, ratios, args.json)

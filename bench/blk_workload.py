@@ -3,7 +3,10 @@
 Random 4 KiB reads run one request at a time (queue depth 1, and 32 kept in
 flight) and in batches of 32 through ``disk.batch()``, each batch waited for.
 Last, the sequential pattern again through eight zero-copy buffers
-(``disk.buffer()``; see ``_sequential_buffers`` for what is copied).
+(``disk.buffer()``; see ``_sequential_buffers`` for what is copied); on a
+passthrough disk, random reads as native makes them, ``os.pread`` on the disk's
+fd with no API between (``rand4k_guest_pread_iops``): the guest process's own
+cost, apart from the API's.
 
 workload_args: TOTAL_MIB RANDOM_OPS. Each pass starts with a ``PHASE name`` line on its
 console (the host notes every process's CPU time then); at the end it prints
@@ -91,6 +94,18 @@ def _random_reads(disk, span_sectors, count, depth):
     return count / (time.perf_counter() - start)
 
 
+def _random_preads(disk, span_sectors, count):
+    """A passthrough disk's fd read as native does (``os.pread``, no API): what the guest's process itself costs."""
+    import os
+
+    rng = random.Random(2)
+    offsets = [rng.randrange(span_sectors // 8) * 8 * 512 for _ in range(count)]
+    start = time.perf_counter()
+    for offset in offsets:
+        os.pread(disk.fd, 4096, offset)
+    return count / (time.perf_counter() - start)
+
+
 def _random_batches(disk, span_sectors, count, size):
     """Random 4 KiB reads through ``disk.batch()``, ``size`` per batch, each waited for in full."""
     rng = random.Random(2)
@@ -146,5 +161,7 @@ def run(ctx):
         figures[name] = passes[name]()
         cpu[name] = time.process_time() - start
     _phase("end")
+    if disk.model == "passthrough":  # after the last PHASE line: no pass's CPU times include it
+        figures["rand4k_guest_pread_iops"] = _random_preads(disk, span, random_ops)
     print("BLKBENCH " + json.dumps({"figures": figures, "guest_cpu_s": cpu}), flush=True)
     ctx.shutdown.wait()
