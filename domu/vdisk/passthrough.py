@@ -27,8 +27,8 @@ from xenlike.public.blkif import (
 )
 from xenlike.public.vdisk import MAX_IO_BYTES, MODEL_PASSTHROUGH
 
-from ..blkfront.blkfront import BlkFuture
-from .disk import LocalDisk, Request, log
+from ..blkfront.blkfront import BlkFuture, BlockIOError
+from .disk import LocalBatch, LocalDisk, Request, log
 
 if TYPE_CHECKING:
     from ..guest_kernel import GuestKernel
@@ -126,8 +126,29 @@ class PassthroughDisk(LocalDisk):
         future.set(error=self._error(Request(op, sector), BLKIF_RSP_ERROR))
         return future
 
+    def batch(self) -> LocalBatch:
+        """Requests served in queue order on submit, each READ or WRITE from the caller's bytes (:class:`_Batch`)."""
+        return _Batch(self)
+
     def _run(self, requests: list[Request]) -> list[int]:
         return [self._serve(request) for request in requests]
+
+    def _serve_bytes(self, request: Request, data: memoryview | None) -> tuple[int, bytes | None]:
+        """A READ into new bytes (``data`` None) or a WRITE of ``data``: one pread/pwrite; status and bytes read."""
+        offset = request.sector * SECTOR_SIZE
+        try:
+            if data is None:
+                got = os.pread(self.fd, request.nbytes, offset)
+                done, result = len(got), got
+            else:
+                done, result = os.pwrite(self.fd, data, offset), None
+        except OSError as exc:
+            log.warning("d%d %s: request failed: %s", self.kernel.domid, self.vdev, exc)
+            return BLKIF_RSP_ERROR, None
+        if done != request.nbytes:
+            log.warning("d%d %s: short I/O: %d of %d bytes", self.kernel.domid, self.vdev, done, request.nbytes)
+            return BLKIF_RSP_ERROR, None
+        return BLKIF_RSP_OKAY, result
 
     def _serve(self, request: Request) -> int:
         try:
@@ -151,3 +172,41 @@ class PassthroughDisk(LocalDisk):
         except OSError as exc:
             log.warning("d%d %s: request failed: %s", self.kernel.domid, self.vdev, exc)
             return BLKIF_RSP_ERROR
+
+
+class _Batch(LocalBatch):
+    """A passthrough disk's batch: no guest pages between the caller's bytes and the image.
+
+    On :meth:`submit` each request queued is checked (:func:`~xenlike.public.vdisk.check_request`)
+    and served in queue order: a READ is one ``pread`` into new bytes, a WRITE one
+    ``pwrite`` of the caller's data, as a lone request is; a buffer's request, a
+    FLUSH and a DISCARD as the shared path serves them.
+    """
+
+    disk: PassthroughDisk
+
+    def submit(self) -> None:
+        """Serve everything queued since the last submit, in order; each future is complete when this returns."""
+        queued, self._queued = self._queued, []
+        disk = self.disk
+        done = 0
+        try:
+            for request, future, data, lent in queued:
+                done += 1
+                reason = disk._refusal(request)
+                if reason is not None:
+                    log.warning("d%d %s: request refused: %s", disk.kernel.domid, disk.vdev, reason)
+                    future.set(error=disk._error(request, BLKIF_RSP_ERROR))
+                    continue
+                if lent or request.op not in (BLKIF_OP_READ, BLKIF_OP_WRITE):
+                    status, result = disk._serve(request), None
+                else:
+                    status, result = disk._serve_bytes(request, data)
+                if status == BLKIF_RSP_OKAY:
+                    future.set(result)
+                else:
+                    future.set(error=disk._error(request, status))
+        except BaseException as exc:
+            for _request, future, _data, _lent in queued[done - 1 :]:
+                future.set(error=BlockIOError(f"{disk.vdev}: {exc}"))
+            raise

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domu.blkfront.blkfront import BlockIOError
+from domu.vdisk.direct import DirectDisk
 from domu.vdisk.passthrough import PassthroughDisk
 from xenlike.hypervisor.domain import Domain
 from xenlike.hypervisor.hypercall import Refused
@@ -153,6 +154,17 @@ def test_a_passthrough_disk_has_blockdevices_api(passthrough):
     batch.wait()
     assert all(f.done() for f in futures)
     assert disk.read(0, 2048) == b"".join(bytes([s % 251]) * 512 for s in range(4))
+    with disk.batch() as batch:  # served in queue order: the read sees the write before it, not the one after
+        batch.write(64, b"A" * 4096)
+        read = batch.read(64, 4096)
+        batch.write(64, b"B" * 4096)
+        past = batch.read(SECTORS - 4, 4096)
+        big = batch.read(0, MAX_IO_BYTES + 4096)
+    assert read.result() == b"A" * 4096 and disk.read(64, 4096) == b"B" * 4096
+    with pytest.raises(BlockIOError, match="read at sector 2044 failed"):
+        past.result()
+    with pytest.raises(BlockIOError):
+        big.result()  # past the 1 MiB disk's end: its second part is refused
     disk.discard(8, 8)
     assert disk.read(8, 4096) == bytes(4096)
     with disk.buffer(4096) as buf:
@@ -196,7 +208,7 @@ def test_a_passthrough_disks_lone_requests_refuse_exactly_what_blkback_refuses(
         assert expected, (op, sector, nbytes, readonly)
         assert future.done() and (outcome is None if write else outcome == image.read_bytes()[sector * 512 :][:nbytes])
     except ValueError:
-        assert not whole and nbytes <= MAX_IO_BYTES  # not whole sectors: the API's ValueError
+        assert not whole  # not whole sectors: the API's ValueError
     except BlockIOError:
         assert not expected
     assert os.path.getsize(image) == SECTORS * 512
@@ -223,16 +235,20 @@ def test_a_direct_disk_is_taken_back_between_two_requests_and_a_passthrough_one_
     assert [d["vdev"] for d in listed["disks"]] == ["xvdb"] and len(fds) == 1
 
 
-def test_an_unplugged_disk_fails_new_requests_and_gives_its_pages_back_once_free(passthrough):
-    disk, _image = passthrough
-    pages = disk.kernel.pages
-    before, pool = pages.free_frames, disk._pages.count
+def test_an_unplugged_disk_fails_new_requests_and_gives_its_pages_back_once_free(tmp_path):
+    memory = GuestMemory.create(2048 + 16)
+    hypercall = SimpleNamespace(call=lambda *a, **k: pytest.fail("an unplugged disk made a hypercall"))
+    kernel = SimpleNamespace(domid=3, memory=memory, pages=PageAllocator(16, 2048 + 16), hypercall=hypercall)
+    before = kernel.pages.free_frames
+    disk = DirectDisk(kernel, "xvdb", 51728, SECTORS, False)
+    pool = disk._pages.count
     buffer = disk.buffer(4096)
     disk.close()
-    with pytest.raises(BlockIOError, match="xvda was unplugged"):
-        with disk.batch() as batch:
-            future = batch.write(0, b"x" * 4096)
-        future.result()
-    assert pages.free_frames == before  # the buffer still holds a run
+    with pytest.raises(BlockIOError, match="xvdb was unplugged"):
+        disk.write(0, b"x" * 4096)
+    with pytest.raises(BlockIOError, match="xvdb was unplugged"):
+        disk.buffer(4096)
+    assert kernel.pages.free_frames == before - pool  # the buffer still holds a run of the pool
     buffer.release()
-    assert pages.free_frames == before + pool
+    assert kernel.pages.free_frames == before
+    memory.close()
