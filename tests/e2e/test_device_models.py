@@ -10,6 +10,7 @@ guest's I/O goes on while dom0 is stopped).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -64,6 +65,8 @@ def test_block_list_and_list_long_say_what_each_model_allows(host, tmp_path):
     assert listing.splitlines()[0].split() == ["Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"]
     direct = host.xl("block-list", "direct").stdout
     assert "hypervisor" in direct and "xvda: direct disk\n" in direct + "\n"  # nothing it cannot do
+    printed = {row["name"]: row for row in json.loads(host.xl("list", "-l").stdout)}
+    assert printed["passthrough"]["disk_models"][0]["hot_unplug"] is False  # what `xl list -l` shows
     rows = {row["name"]: row for row in host.call("list", long=True)}
     assert rows["passthrough"]["disk_models"] == [
         {"vdev": "xvda", "model": "passthrough", "shareable": False, "hot_unplug": False, "migratable": False}

@@ -34,12 +34,14 @@ _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 def main_list(args: argparse.Namespace) -> int:
-    """xl list [-l] [DOMAIN]: xl's columns, or with ``-l`` each domain's information and config as JSON."""
+    """xl list [-l] [DOMAIN]: xl's columns, or with ``-l`` each domain's information and config as JSON, and
+    ``disk_models``: each disk's device model and what it allows (``shareable``, ``hot_unplug``, ``migratable``)."""
     rows = call(args, "list", domain=args.domain, long=args.long)
     if args.long:
+        keys = ("domid", "name", "info", "config", "disk_models")
         print(
             json.dumps(
-                [{"domid": r["domid"], "name": r["name"], "info": r["info"], "config": r["config"]} for r in rows],
+                [{key: r[key] for key in keys if key in r} for r in rows],
                 indent=4,
                 default=str,
             )
