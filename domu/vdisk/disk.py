@@ -36,7 +36,7 @@ from xenlike.public.blkif import (
 from xenlike.public.vdisk import MAX_IO_BYTES, check_request
 from xenlike.public.xen import PAGE_SIZE
 
-from ..blkfront.blkfront import BlkFuture, BlockIOError, DiskFile
+from ..blkfront.blkfront import BlkFuture, BlockIOError, DiskFile, _Latch
 
 if TYPE_CHECKING:
     from ..guest_kernel import GuestKernel
@@ -296,6 +296,7 @@ class LocalBatch:
     def __init__(self, disk: LocalDisk) -> None:
         self.disk = disk
         self.futures: list[BlkFuture] = []
+        self._latch: _Latch | None = None  # shared by the futures queued until the next submit: one wake-up
         # queued: (request, future, data to write or None, whether its pages are a buffer's)
         self._queued: list[tuple[Request, BlkFuture, memoryview | None, bool]] = []
 
@@ -343,7 +344,9 @@ class LocalBatch:
 
     def _queue(self, request: Request, data: memoryview | None, lent: bool, track: bool = True) -> BlkFuture:
         """Queue one request; ``track``: its future is one of :attr:`futures` (a split request's parts are not)."""
-        future = BlkFuture()
+        if self._latch is None:
+            self._latch = _Latch()
+        future = BlkFuture(latch=self._latch)
         self._queued.append((request, future, data, lent))
         if track:
             self.futures.append(future)
@@ -351,7 +354,7 @@ class LocalBatch:
 
     def submit(self) -> None:
         """Serve everything queued since the last submit; each future is complete when this returns."""
-        queued, self._queued = self._queued, []
+        queued, self._queued, self._latch = self._queued, [], None
         disk = self.disk
         ready: list[tuple[Request, BlkFuture, bool]] = []
         for request, future, data, lent in queued:
@@ -391,7 +394,7 @@ class LocalBatch:
 
     def cancel(self) -> None:
         """Drop what is queued; its futures fail with BlockIOError."""
-        queued, self._queued = self._queued, []
+        queued, self._queued, self._latch = self._queued, [], None
         for _request, future, _data, _lent in queued:
             future.set(error=BlockIOError(f"{self.disk.vdev}: the request was never submitted"))
 

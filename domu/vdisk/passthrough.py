@@ -185,20 +185,32 @@ class _Batch(LocalBatch):
 
     disk: PassthroughDisk
 
+    def read(self, sector: int, nbytes: int) -> BlkFuture:
+        """Queue a READ; the future gives bytes."""
+        if nbytes in self.disk._last_sector:  # whole sectors, one request: nothing to split or refuse yet
+            return self._queue(Request(BLKIF_OP_READ, sector, nbytes), None, False)
+        return super().read(sector, nbytes)
+
     def submit(self) -> None:
         """Serve everything queued since the last submit, in order; each future is complete when this returns."""
-        queued, self._queued = self._queued, []
+        queued, self._queued, self._latch = self._queued, [], None
         disk = self.disk
+        last_sector, readonly = disk._last_sector, disk.readonly
         done = 0
         try:
             for request, future, data, lent in queued:
                 done += 1
-                reason = disk._refusal(request)
+                op = request.op
+                if op == BLKIF_OP_READ or (op == BLKIF_OP_WRITE and not readonly):
+                    last = last_sector.get(request.nbytes, -1)
+                    reason = None if 0 <= request.sector <= last else disk._refusal(request)
+                else:
+                    reason = disk._refusal(request)
                 if reason is not None:
                     log.warning("d%d %s: request refused: %s", disk.kernel.domid, disk.vdev, reason)
                     future.set(error=disk._error(request, BLKIF_RSP_ERROR))
                     continue
-                if lent or request.op not in (BLKIF_OP_READ, BLKIF_OP_WRITE):
+                if lent or op not in (BLKIF_OP_READ, BLKIF_OP_WRITE):
                     status, result = disk._serve(request), None
                 else:
                     status, result = disk._serve_bytes(request, data)
