@@ -90,6 +90,18 @@ class Host:
                 continue
         return found
 
+    def processes_named(self, prefix: str) -> list[psutil.Process]:
+        """This host's live processes whose name starts with ``prefix`` (one that exits while
+        it is looked at is left out, not an error)."""
+        found = []
+        for proc in self.processes():
+            try:
+                if proc.name().startswith(prefix):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
     def print_logs(self, tail: int = 3000) -> None:
         """Show the end of every log of the host (for a failed test's report)."""
         for log in sorted((self.path / "logs").glob("*.log")):

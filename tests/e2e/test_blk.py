@@ -91,7 +91,7 @@ def test_two_guests_with_their_own_disks_have_no_cross_talk(host, tmp_path):
         wait_for(lambda: int(host.xs_read(f"/local/domain/{domid}/data/rounds") or 0) > 20, timeout=30,
                  what=f"{name}'s I/O rounds")
     assert "CROSSTALK" not in host.log("x") + host.log("y")
-    workers = {p.pid: p for p in host.processes() if p.name().startswith("xl-blk")}
+    workers = {p.pid: p for p in host.processes_named("xl-blk")}
     assert len(workers) == 2  # one back-end process per device
 
 
@@ -99,7 +99,7 @@ def test_a_back_end_worker_may_run_on_every_pcpu_whatever_dom0_is_pinned_to(host
     host.up(str(write_cluster(tmp_path, [])))
     host.xl("vcpu-pin", "Domain-0", "0", "0")
     create_doing_io(host, tmp_path, "p")
-    workers = {p.pid: p for p in host.processes() if p.name().startswith("xl-blk")}.values()
+    workers = {p.pid: p for p in host.processes_named("xl-blk")}.values()
     assert [sorted(p.cpu_affinity()) for p in workers] == [sorted(host.call("info")["pcpus"])]
 
 
@@ -112,7 +112,7 @@ def test_after_destroy_nothing_stays_mapped_or_bound(host, tmp_path):
     host.xl("destroy", "d")
     after = host.call("info")
     assert (after["grant_mappings"], after["evtchn_ports"]) == (before["grant_mappings"], before["evtchn_ports"])
-    assert not any(p.name().startswith("xl-blk") for p in host.processes())
+    assert not host.processes_named("xl-blk")
     assert host.xs_read(f"/local/domain/0/backend/vbd/{domid}/51712/state") is None
 
 
@@ -122,7 +122,7 @@ def test_acknowledged_flushed_writes_survive_killing_dom0_and_the_hypervisor(hos
     domid = host.domains()["w"]["domid"]
     flushed = int(wait_for(lambda: int(host.xs_read(f"/local/domain/{domid}/data/flushed") or 0) >= 64 and
                            host.xs_read(f"/local/domain/{domid}/data/flushed"), timeout=30, what="flushed writes"))
-    dom0 = next(p for p in host.processes() if p.name().startswith("xl-d0"))
+    dom0 = host.processes_named("xl-d0")[0]
     os.kill(dom0.pid, signal.SIGKILL)
     os.kill(host.hypervisor_pid, signal.SIGKILL)
     wait_for(lambda: not host.processes(), what="every process of the host to die")
@@ -163,9 +163,9 @@ def test_a_killed_back_end_worker_is_restarted_and_leaves_nothing_mapped(host, t
     per_guest = host.call("info")["grant_mappings"] - no_guest  # its console and xenstore rings
     victim = create_disk_guest(host, tmp_path, "victim", "hotplug", "xvdb")
     console_json(host, "victim", "HOT", timeout=30)
-    [worker] = {p.pid for p in host.processes() if p.name().startswith("xl-blk")}
+    [worker] = {p.pid for p in host.processes_named("xl-blk")}
     os.kill(worker, signal.SIGKILL)
-    workers = lambda: {p.pid for p in host.processes() if p.name().startswith("xl-blk")} - {worker}  # noqa: E731
+    workers = lambda: {p.pid for p in host.processes_named("xl-blk")} - {worker}  # noqa: E731
     wait_for(workers, what="a new worker")
     order = int(host.xs_read(f"/local/domain/{victim}/device/vbd/51728/ring-page-order") or 0)
     # The new worker maps the new ring alone: the dead one's ring and pool mappings are gone.
@@ -185,10 +185,10 @@ def test_a_worker_that_does_not_stop_is_killed_and_dom0_goes_on(host, tmp_path):
     """destroy while the device's worker is frozen: dom0 waits its grace period, kills it, and serves on."""
     host.up(str(write_cluster(tmp_path, [])))
     create_doing_io(host, tmp_path, "frozen")
-    [worker] = {p.pid for p in host.processes() if p.name().startswith("xl-blk")}
+    [worker] = {p.pid for p in host.processes_named("xl-blk")}
     os.kill(worker, signal.SIGSTOP)
     host.xl("destroy", "frozen")
-    assert not any(p.name().startswith("xl-blk") for p in host.processes())
+    assert not host.processes_named("xl-blk")
     assert host.call("info")["grant_mappings"] == 0  # what the frozen worker mapped went with its channel
     create_doing_io(host, tmp_path, "next")  # dom0 still builds and serves disks
 

@@ -115,7 +115,7 @@ def test_killing_a_netback_worker_closes_its_vif_the_guest_carries_on_and_reatta
     host.up(str(write_cluster(tmp_path, [net_domain("p", "pinger", DOM0, vif=["mac=00:16:3e:00:03:01"])])))
     domid = host.domains()["p"]["domid"]
     wait_for(lambda: xs_int(host, domid, "pings") > 5, timeout=30, what="pings")
-    workers = {p.pid for p in host.processes() if p.name().startswith(f"xl-net-{domid}-")}
+    workers = {p.pid for p in host.processes_named(f"xl-net-{domid}-")}
     assert len(workers) == 1, [p.name() for p in host.processes()]
     os.kill(workers.pop(), signal.SIGKILL)
     back = f"/local/domain/0/backend/vif/{domid}/0/state"
