@@ -238,7 +238,7 @@ def _worker_main(
         send_message(control, {"fatal": f"cannot map the ring: {exc}"})
         return 2
     stop: list[bool] = []
-    loop.add_reader(control.fileno(), lambda fd: _answer_control(control, data_path, stop))
+    loop.add_reader(control.fileno(), lambda fd: _answer_control(control, data_path, stop, loop, ports))
     send_message(control, {"connected": True})
     try:
         code = _serve(spec.label, data_path, loop, ports[0], control, stop)
@@ -315,9 +315,16 @@ def _serve(
     return 0
 
 
-def _answer_control(control: socket.socket, data_path: DataPath, stop: list[bool]) -> None:
+def _answer_control(
+    control: socket.socket, data_path: DataPath, stop: list[bool], loop: EventLoop, ports: list[int]
+) -> None:
     """One message from dom0: a stats request is answered at once, a fault handed on; anything else (or dom0
-    gone) means stop."""
+    gone) means stop.
+
+    The counters are the data path's and, beside them, the notifications on the
+    device's ports: ``notify_sent`` to the front end, ``notify_received`` (upcalls)
+    from it, which xentop's NOTIF/s column turns into a rate.
+    """
     try:
         message, _ = recv_message(control)
         if "inject" in message:
@@ -326,7 +333,12 @@ def _answer_control(control: socket.socket, data_path: DataPath, stop: list[bool
                 inject(message["inject"])
             return
         if message.get("stats"):
-            send_message(control, {"stats": data_path.stats})
+            channels = [loop.channel(port) for port in ports]
+            notifications = {
+                "notify_sent": sum(channel.sent for channel in channels),
+                "notify_received": sum(channel.upcalls for channel in channels),
+            }
+            send_message(control, {"stats": {**data_path.stats, **notifications}})
             return
     except OSError:
         pass  # ChannelClosed included: dom0 closed its end, nobody is left to serve for

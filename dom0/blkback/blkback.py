@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from xenlike.kernel import trace
 from xenlike.kernel.hypercall import HypercallClient
 from xenlike.kernel.memory import ForeignMapping
 from xenlike.public.blkif import (
@@ -61,6 +62,7 @@ from xenlike.public.blkif import (
     unpack_segment_array,
 )
 from xenlike.public.ring import SRING_HEADER_SIZE, BackRing, RingError
+from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xen import PAGE_SIZE
 
 from ..faults import RING_CORRUPTIONS, SectorRanges, scribble_req_prod, scribble_slot, traced
@@ -92,6 +94,15 @@ _FIRST_OF_WHOLE_PAGES = bytes(MAX_INDIRECT_SEGMENTS)
 _LAST_OF_WHOLE_PAGES = bytes([SECTORS_PER_PAGE - 1]) * MAX_INDIRECT_SEGMENTS
 
 log = logging.getLogger("dom0.blkback")
+
+_IO = TraceClass.IO.value
+# Trace records name an operation (blkif.h's BLKIF_OP_*); an indirect request by the one it carries.
+_OP_NAMES = {
+    BLKIF_OP_READ: "read",
+    BLKIF_OP_WRITE: "write",
+    BLKIF_OP_FLUSH_DISKCACHE: "flush",
+    BLKIF_OP_DISCARD: "discard",
+}
 
 
 class RequestError(Exception):
@@ -143,7 +154,7 @@ class BlkifRing:
         result, _ = self.hypercall.call("grant_map", granter=self.frontend, refs=[*self.ring_refs], readonly=False)
         self._ring_handles = result["handles"]
         self._ring_mapping = ForeignMapping(self.memory_fd, result["frames"])
-        self.ring = BackRing(self._ring_mapping.view, BLKIF_PROTOCOL)
+        self.ring = BackRing(self._ring_mapping.view, BLKIF_PROTOCOL, name=self.label)
 
     # -- serving -------------------------------------------------------------------
 
@@ -176,14 +187,25 @@ class BlkifRing:
         slot = BLKIF_PROTOCOL.entry_size
         responses = bytearray(count * slot)
         pack_response = RESPONSE.pack_into
+        traced = trace.mask[0] & _IO
         for index, fields in enumerate(REQUEST.iter_unpack(data)):
             op, nr_segments, req_id = fields[0], fields[1], fields[3]
             if op <= BLKIF_OP_WRITE and 1 <= nr_segments <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
+                if traced:
+                    io = self._trace_decoded(req_id, op, fields[4], nr_segments)
                 end = 5 + 3 * nr_segments
                 segments = SegmentArray(list(fields[5:end:3]), bytes(fields[6:end:3]), bytes(fields[7:end:3]))
                 status = self._serve_rw(op, req_id, fields[4], segments)
             else:
-                status = self._serve(decode_request(data[index * slot : (index + 1) * slot]))
+                request = decode_request(data[index * slot : (index + 1) * slot])
+                if traced:
+                    kind = request.operation
+                    if kind == BLKIF_OP_INDIRECT and request.indirect_op is not None:
+                        kind = request.indirect_op
+                    io = self._trace_decoded(req_id, kind, request.sector_number, request.nr_segments)
+                status = self._serve(request)
+            if traced:
+                self._trace_done(io, status)
             pack_response(responses, index * slot, req_id, op, status)
         ring.put_responses(responses)
         self._busy_until = time.monotonic() + POLL_S
@@ -227,6 +249,20 @@ class BlkifRing:
         if bad is not None:
             traced("sector-eio", device=self.label, sector=bad)
             raise RequestError(f"sector {bad} fails with EIO (injected fault)")
+
+    def _trace_decoded(self, req_id: int, op: int, sector: int, segments: int) -> dict:
+        """Record a request taken off the ring; its fields, and its start, for :meth:`_trace_done`."""
+        started = time.monotonic_ns()
+        fields = {"dev": self.label, "id": req_id, "op": _OP_NAMES.get(op, op), "sector": sector}
+        trace.emit_at(Event.IO_REQUEST, started, {**fields, "segments": segments}, domid=self.frontend)
+        fields["start"] = started
+        return fields
+
+    def _trace_done(self, fields: dict, status: int) -> None:
+        """Record a request answered: a span from its decoding to its response, with the status it carries."""
+        started = fields.pop("start")
+        fields["status"], fields["dur"] = status, time.monotonic_ns() - started
+        trace.emit_at(Event.IO_DONE, started, fields, domid=self.frontend)
 
     def _poll_for_requests(self) -> bool:
         """Spin until requests arrive or the poll window closes; True if they arrived."""

@@ -9,7 +9,7 @@ from .test_blk import create_doing_io
 from .test_lifecycle import write_cluster
 
 HEADER = ["NAME", "STATE", "CPU(sec)", "CPU(%)", "MEM(k)", "MEM(%)", "MAXMEM(k)", "MAXMEM(%)", "VCPUS", "NETS",
-          "NETTX(k)", "NETRX(k)", "VBDS", "VBD_OO", "VBD_RD", "VBD_WR", "VBD_RSECT", "VBD_WSECT", "SSID"]
+          "NETTX(k)", "NETRX(k)", "VBDS", "VBD_OO", "VBD_RD", "VBD_WR", "VBD_RSECT", "VBD_WSECT", "SSID", "NOTIF/s"]
 
 
 def batch_frames(output: str) -> list[dict[str, dict[str, str]]]:
@@ -51,6 +51,9 @@ def test_top_batch_shows_every_domain_and_live_disk_counters(host, tmp_path):
     assert int(disky["VBD_RD"]) > 0 and int(disky["VBD_RSECT"]) > 0
     assert second["sleeper"]["VBDS"] == "0" and second["sleeper"]["VBD_WR"] == "0"
     assert second["disky"]["MEM(k)"] == str(32 * 1024) and second["sleeper"]["MEM(k)"] == str(16 * 1024)
+    # Its ring's notifications, both ways, as its blkback worker counts them; no ring, no figure.
+    assert frames[0]["disky"]["NOTIF/s"] == "0.0" and float(disky["NOTIF/s"]) > 0
+    assert second["sleeper"]["NOTIF/s"] == "-" and second["Domain-0"]["NOTIF/s"] == "-"
 
 
 def test_top_full_names_are_not_cut(host, tmp_path):

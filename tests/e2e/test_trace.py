@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from xenlike.tools.trace_export import WORKER_TID_BASE
+
 from .conftest import console_json, wait_for, workload
 from .test_lifecycle import write_cluster
 
@@ -129,13 +131,15 @@ def test_a_recorded_disk_workload_exports_as_a_chrome_trace_with_spans_on_the_ri
     events = trace["traceEvents"]
     assert trace["displayTimeUnit"] == "ns" and events
     for event in events:
-        assert event["ph"] in ("X", "i", "M") and isinstance(event["pid"], int) and isinstance(event["tid"], int)
+        assert event["ph"] in ("X", "i", "M", "C") and isinstance(event["pid"], int) and isinstance(event["tid"], int)
         if event["ph"] != "M":
             assert isinstance(event["ts"], (int, float)) and event["ts"] >= 0 and event["name"]
         if event["ph"] == "X":
             assert event["dur"] >= 0
         if event["ph"] == "i":
             assert event["s"] == "t"
+        if event["ph"] == "C":
+            assert event["args"] and all(isinstance(v, int) and v >= 0 for v in event["args"].values())
     meta = {(e["pid"], e["tid"], e["name"]): e["args"] for e in events if e["ph"] == "M"}
     assert meta[(domid, 0, "process_name")]["name"] == f"d{domid} web"
     assert meta[(0, 0, "process_name")]["name"] == "d0 Domain-0"
@@ -161,6 +165,19 @@ def test_a_recorded_disk_workload_exports_as_a_chrome_trace_with_spans_on_the_ri
         if pid == 0 and name == "thread_name" and args["name"].startswith("back-end")
     ]
     assert worker_threads
+    # The disk's requests are spans in the guest's process, on the thread of the worker that served them.
+    io = [e for e in spans if e["cat"] == "io"]
+    assert io and all(e["pid"] == domid and e["tid"] >= WORKER_TID_BASE for e in io), (tracks, lost)
+    assert {e["args"]["op"] for e in io} >= {"read", "write"} and all(e["args"]["status"] == 0 for e in io)
+    assert all(e["name"] == f"{e['args']['op']} sector {e['args']['sector']}" for e in io)
+    io_threads = {meta[(domid, e["tid"], "thread_name")]["name"] for e in io}
+    assert len(io_threads) == 1 and io_threads.pop().endswith(f": d{domid} (web) xvda")
+    # The ring's occupancy: a counter for the guest's end (blkfront's ring) and one for blkback's, in dom0.
+    counters = {(e["pid"], e["name"]) for e in events if e["ph"] == "C"}
+    assert (domid, "ring blkif (front)") in counters, counters
+    assert (0, f"ring d{domid} (web) xvda (back)") in counters, counters
+    pushes = [e for e in events if e["ph"] == "i" and e["cat"] == "ring" and e["name"].startswith("push ")]
+    assert {e["pid"] for e in pushes} >= {0, domid}
     # On every thread, spans nest or follow one another (what Perfetto's JSON importer needs).
     by_track: dict = {}
     for e in spans:

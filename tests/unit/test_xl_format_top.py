@@ -8,7 +8,7 @@ from xenlike.tools.xl_format import format_xentop, state_letters, xentop_state
 
 HOST = {"total_kb": 1048576, "free_kb": 933888, "nr_cpus": 4, "cpu_mhz": 2596, "version": "4.19-xenlike"}
 HEADER = ("      NAME  STATE   CPU(sec) CPU(%)     MEM(k) MEM(%)  MAXMEM(k) MAXMEM(%) VCPUS NETS NETTX(k) NETRX(k) "
-          "VBDS   VBD_OO   VBD_RD   VBD_WR  VBD_RSECT  VBD_WSECT SSID")
+          "VBDS   VBD_OO   VBD_RD   VBD_WR  VBD_RSECT  VBD_WSECT SSID  NOTIF/s")
 
 
 def domain(name, domid, cpu_time, vbds=(), **flags):
@@ -34,7 +34,7 @@ def test_a_frame_has_the_summary_the_column_header_and_a_row_per_domain_sorted_b
     assert frame[3] == HEADER
     assert [line.split()[0] for line in frame[4:]] == ["db", "Domain-0", "web"]  # xentop sorts by name, ignoring case
     assert frame[6] == ("       web --b---          1    0.0      32768    3.1      65536       6.2     1    0        0"
-                        "        0    2        0       14       24        112        192    0")
+                        "        0    2        0       14       24        112        192    0        -")
 
 
 def test_batch_frames_have_no_summary_and_cpu_percent_compares_two_samples():
@@ -45,6 +45,19 @@ def test_batch_frames_have_no_summary_and_cpu_percent_compares_two_samples():
     new, web = (line.split() for line in lines[1:])
     assert web[:4] == ["web", "-----r", "1", "25.0"]  # 0.5 s of CPU in 2 s
     assert new[3] == "0.0"  # not in the sample before
+
+
+def test_notifications_per_second_sum_both_directions_of_every_device_ring_between_two_samples():
+    def disk(sent, received):
+        return {"write_requests": 1, "notify_sent": sent, "notify_received": received}
+
+    first = sample(100.0, [domain("web", 3, 1.0, [disk(10, 20), disk(0, 0)]), domain("idle", 4, 0.0),
+                           domain("lost", 5, 0.0, [None])])
+    second = sample(102.0, [domain("web", 3, 1.0, [disk(110, 120), disk(30, 40)]), domain("idle", 4, 0.0),
+                            domain("lost", 5, 0.0, [None])])
+    assert [line.split()[-1] for line in format_xentop(first, summary=False).splitlines()[1:]] == ["-", "-", "0.0"]
+    rows = {line.split()[0]: line.split()[-1] for line in format_xentop(second, first, summary=False).splitlines()[1:]}
+    assert rows == {"web": "135.0", "idle": "-", "lost": "-"}  # (100 + 100 + 30 + 40) / 2 s; no ring: "-"
 
 
 def test_names_are_cut_to_ten_characters_unless_full_names():

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from xenlike.kernel.memory import SharedMapping
+from xenlike.public import ring
 from xenlike.public.trace import (
     ALL_CLASSES,
     DEFAULT_SIZE,
@@ -233,12 +234,14 @@ def attach(fd: int, domid: int, vcpu: int = 0) -> None:
         os.close(fd)
     _buffer, _domid, _vcpu = buffer, domid, vcpu
     mask = buffer.words[Word.MASK : Word.MASK + 1]
+    ring.set_trace_hook(mask, emit)
 
 
 def detach() -> None:
     """Trace nothing more from this process (and from a child it forks, which must not share the buffer)."""
     global mask, _buffer
     buffer, _buffer = _buffer, None
+    ring.set_trace_hook(None, None)
     if mask is not _OFF:
         old, mask = mask, _OFF
         old.release()
@@ -250,6 +253,7 @@ def _detach_in_child() -> None:
     # A forked child shares the parent's mapping: two unsynchronised writers would corrupt it.
     global mask, _buffer
     mask, _buffer = _OFF, None
+    ring.set_trace_hook(None, None)
 
 
 os.register_at_fork(after_in_child=_detach_in_child)

@@ -29,6 +29,18 @@ Requests are copied out of the shared slots once, before anything looks at them
 (``RING_COPY_REQUEST``): a front end can rewrite shared memory at any moment, so a
 back end only ever validates and uses its private copy.
 
+Every push, consume and re-arm is a trace point of class ``ring``
+(:mod:`xenlike.kernel.trace`): a push records the slots it published and whether
+the event index asked for a notification (``notify``) or suppressed it, a
+consume the slots it took, a final check the event index it re-armed and
+whether work had arrived meanwhile; each says how many slots are in use as its
+end sees them (``used``: the front's requests without a response yet, the
+back's requests not yet answered). With the class off each costs one load of
+the enable mask and a test. This module sits below the kernel layer, so
+:mod:`xenlike.kernel.trace` hands it the mask word and the writer
+(:func:`set_trace_hook`) when the process attaches its buffer, and the test
+reads a global of this module.
+
 Byte rings (:class:`ByteRing`, at the end of this module) are the other shape:
 one producer, one consumer, a power-of-two buffer of bytes and two free-running
 indices somewhere in a shared page, laid out by :class:`PageLayout`. Each page
@@ -41,9 +53,11 @@ endpoint every byte-ring user builds on.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from xenlike.public.atomic import mb
+from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xen import PAGE_SIZE
 
 __all__ = [
@@ -58,6 +72,7 @@ __all__ = [
     "BackRing",
     "PageLayout",
     "ByteRing",
+    "set_trace_hook",
 ]
 
 RING_IDX_MASK = 0xFFFFFFFF
@@ -65,6 +80,24 @@ SRING_HEADER_SIZE = 64
 
 # The header as uint32 words.
 _REQ_PROD, _REQ_EVENT, _RSP_PROD, _RSP_EVENT = 0, 1, 2, 3
+_RING = TraceClass.RING.value  # a plain int: the trace points' test is one load and one AND
+_PUSH, _CONSUME, _ARM = Event.RING_PUSH.value, Event.RING_CONSUME.value, Event.RING_ARM.value
+_NO_TRACE = memoryview(bytearray(4)).cast("I")
+_tmask: memoryview = _NO_TRACE  # this process's enable-mask word (xenlike.kernel.trace.mask)
+
+
+def _no_emit(event: int, fields: dict[str, Any]) -> None:
+    pass
+
+
+_temit: Callable[[int, dict[str, Any]], None] = _no_emit
+
+
+def set_trace_hook(mask: memoryview | None, emit: Callable[[int, dict[str, Any]], None] | None) -> None:
+    """Trace this process's rings through ``mask`` (a one-word view) and ``emit``; None, None: trace none."""
+    global _tmask, _temit
+    _tmask = _NO_TRACE if mask is None else mask
+    _temit = _no_emit if emit is None else emit
 
 
 class RingError(Exception):
@@ -163,12 +196,19 @@ def init_shared_ring(shared: memoryview) -> None:
 
 
 class _RingEnd:
-    """What both ends share: the header words, the slots, the geometry."""
+    """What both ends share: the header words, the slots, the geometry.
 
-    def __init__(self, shared: memoryview, protocol: RingProtocol) -> None:
+    ``name`` is what this ring's trace records call it (the protocol's name
+    unless the driver gives one, such as the device).
+    """
+
+    side = ""
+
+    def __init__(self, shared: memoryview, protocol: RingProtocol, name: str | None = None) -> None:
         if len(shared) % PAGE_SIZE:
             raise ValueError(f"a shared ring is whole pages, not {len(shared)} bytes")
         self.protocol = protocol
+        self.name = name or protocol.name
         self.entry_size = protocol.entry_size
         self.nr_ents = ring_size(len(shared), self.entry_size)
         self._mask = self.nr_ents - 1
@@ -184,7 +224,18 @@ class _RingEnd:
         old = idx[prod]
         idx[prod] = new  # one aligned store; the slots were written before it
         mb()  # the store above must be visible before we read the peer's event
-        return ((new - idx[event]) & RING_IDX_MASK) < ((new - old) & RING_IDX_MASK)
+        notify = ((new - idx[event]) & RING_IDX_MASK) < ((new - old) & RING_IDX_MASK)
+        if _tmask[0] & _RING:
+            self._trace(_PUSH, {"slots": (new - old) & RING_IDX_MASK, "notify": notify, "event": idx[event]})
+        return notify
+
+    def used(self) -> int:
+        """Slots in use as this end sees them (the ``used`` of its trace records)."""
+        raise NotImplementedError
+
+    def _trace(self, event: int, fields: dict[str, object]) -> None:
+        fields["ring"], fields["side"], fields["used"] = self.name, self.side, self.used()
+        _temit(event, fields)
 
     def shared_indices(self) -> dict[str, int]:
         """The four header words as the peer sees them (for diagnostics)."""
@@ -217,12 +268,20 @@ class FrontRing(_RingEnd):
     ``FRONT_RING_INIT``; ``init=False`` attaches to a page set up elsewhere.
     """
 
-    def __init__(self, shared: memoryview, protocol: RingProtocol, *, init: bool = True) -> None:
+    side = "front"
+
+    def __init__(
+        self, shared: memoryview, protocol: RingProtocol, *, init: bool = True, name: str | None = None
+    ) -> None:
         if init:
             init_shared_ring(shared)
-        super().__init__(shared, protocol)
+        super().__init__(shared, protocol, name)
         self.req_prod_pvt = self._idx[_REQ_PROD]
         self.rsp_cons = self._idx[_RSP_PROD] if not init else 0
+
+    def used(self) -> int:
+        """Requests made whose responses are not taken yet."""
+        return (self.req_prod_pvt - self.rsp_cons) & RING_IDX_MASK
 
     # -- requests ---------------------------------------------------------------
 
@@ -281,6 +340,8 @@ class FrontRing(_RingEnd):
             return b"", 0
         data = _wrapping_copy_out(self._slots, self._slot_offset(self.rsp_cons), count * self.entry_size)
         self.rsp_cons = (self.rsp_cons + count) & RING_IDX_MASK
+        if _tmask[0] & _RING:
+            self._trace(_CONSUME, {"slots": count})
         return data, count
 
     def final_check_for_responses(self) -> bool:
@@ -293,7 +354,10 @@ class FrontRing(_RingEnd):
             return True
         self._idx[_RSP_EVENT] = (self.rsp_cons + 1) & RING_IDX_MASK
         mb()  # our event store must be visible before we re-read rsp_prod
-        return self.unconsumed_responses() > 0
+        more = self.unconsumed_responses() > 0
+        if _tmask[0] & _RING:
+            self._trace(_ARM, {"event": self._idx[_RSP_EVENT], "more": more})
+        return more
 
 
 class BackRing(_RingEnd):
@@ -304,10 +368,16 @@ class BackRing(_RingEnd):
     where the last one stopped.
     """
 
-    def __init__(self, shared: memoryview, protocol: RingProtocol) -> None:
-        super().__init__(shared, protocol)
+    side = "back"
+
+    def __init__(self, shared: memoryview, protocol: RingProtocol, *, name: str | None = None) -> None:
+        super().__init__(shared, protocol, name)
         self.rsp_prod_pvt = self._idx[_RSP_PROD]
         self.req_cons = self.rsp_prod_pvt
+
+    def used(self) -> int:
+        """Requests published and not answered yet (as far as a ring's worth: the rest is the front's fault)."""
+        return min((self._idx[_REQ_PROD] - self.rsp_prod_pvt) & RING_IDX_MASK, self.nr_ents)
 
     # -- requests ---------------------------------------------------------------
 
@@ -341,6 +411,8 @@ class BackRing(_RingEnd):
             return b"", 0
         data = _wrapping_copy_out(self._slots, self._slot_offset(self.req_cons), count * self.entry_size)
         self.req_cons = (self.req_cons + count) & RING_IDX_MASK
+        if _tmask[0] & _RING:
+            self._trace(_CONSUME, {"slots": count})
         return data, count
 
     def get_request(self) -> tuple | None:
@@ -350,6 +422,8 @@ class BackRing(_RingEnd):
         offset = self._slot_offset(self.req_cons)
         private = self._slots[offset : offset + self.entry_size].tobytes()
         self.req_cons = (self.req_cons + 1) & RING_IDX_MASK
+        if _tmask[0] & _RING:
+            self._trace(_CONSUME, {"slots": 1})
         return self.protocol.request.unpack_from(private)
 
     def final_check_for_requests(self) -> bool:
@@ -358,7 +432,10 @@ class BackRing(_RingEnd):
             return True
         self._idx[_REQ_EVENT] = (self.req_cons + 1) & RING_IDX_MASK
         mb()  # our event store must be visible before we re-read req_prod
-        return self.unconsumed_requests() > 0
+        more = self.unconsumed_requests() > 0
+        if _tmask[0] & _RING:
+            self._trace(_ARM, {"event": self._idx[_REQ_EVENT], "more": more})
+        return more
 
     # -- responses --------------------------------------------------------------
 

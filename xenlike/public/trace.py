@@ -197,9 +197,13 @@ class Event(enum.IntEnum):
     XENBUS_STATE = TraceClass.XENBUS | 0x1001  # end (front, back), node, state
     XS_OP = TraceClass.XENSTORE | 0x1001  # conn, op, path, ok or errno, dur
     XS_WATCH = TraceClass.XENSTORE | 0x1002  # conn, path, token
-    RING_PUSH = TraceClass.RING | 0x1001  # slots, notify
-    RING_CONSUME = TraceClass.RING | 0x1002  # slots
-    IO_REQUEST = TraceClass.IO | 0x1001  # op, sector, dur
+    # A ring's records all carry ring (its name), side (front, back) and used (slots in use as that end sees them).
+    RING_PUSH = TraceClass.RING | 0x1001  # RING_PUSH_*_AND_CHECK_NOTIFY: slots, notify, event (the peer's)
+    RING_CONSUME = TraceClass.RING | 0x1002  # slots taken off the ring
+    RING_ARM = TraceClass.RING | 0x1003  # RING_FINAL_CHECK_FOR_*: event (re-armed), more (work found after it)
+    # A device request, about the front end's domain (domid): dev, id, op (read, write...), sector.
+    IO_REQUEST = TraceClass.IO | 0x1001  # decoded: segments
+    IO_DONE = TraceClass.IO | 0x1002  # completed (a span from its decoding): status, dur
     FAULT = TraceClass.FAULT | 0x1001  # kind, target, what happened
 
 

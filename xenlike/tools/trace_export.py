@@ -7,6 +7,16 @@ back-end worker's records get a thread of their own in dom0 (``blkback worker
 steps, device requests) become complete events (``ph: "X"``, ``ts`` and ``dur``
 in µs), every other record an instant on its thread (``ph: "i"``, ``s: "t"``).
 
+A device request is about the front end's domain (blkback writes its records
+with the guest's domid), so its spans (decoded to answered, ``io_done``) sit in
+that domain, on a thread of the worker that served it (``back-end worker1:
+d3 (web) xvda``). Every ring record is also a sample of the ring's
+occupancy: a counter track (``ph: "C"``) per ring and end in the writer's
+domain, ``ring blkif (front)`` and ``ring d3 (web) xvda (back)``, whose
+``used`` is the slots in use as that end sees them; a push is an instant too
+(``push 8 notify`` or ``push 8 suppressed``: the event index's verdict), as is a
+re-arm, a consume is the counter alone.
+
 Perfetto does not draw spans that overlap without nesting on one thread (two
 threads of one domain's vCPU 0, say: its event loop and its workload), so such
 a span moves to another lane of the same vCPU (``vCPU 0 ·2``), as many as it takes.
@@ -46,6 +56,12 @@ def _name(record: TraceRecord) -> str:
         return f"upcall port {record.get('port')}"
     if event == "evtchn_send":
         return f"send port {record.get('port')}"
+    if event == "ring_push":
+        return f"push {record.get('slots')} {'notify' if record.get('notify') else 'suppressed'}"
+    if event == "ring_arm":
+        return f"re-arm event {record.get('event')}"
+    if event in ("io_request", "io_done"):
+        return f"{'' if event == 'io_done' else 'decoded '}{record.get('op')} sector {record.get('sector')}"
     return str(event)
 
 
@@ -54,7 +70,8 @@ def _thread(record: TraceRecord) -> tuple[int, int, str]:
     src = str(record.get("src", ""))
     if src.startswith("worker"):
         number = int(src[len("worker") :] or 0)
-        return record["domid"], WORKER_TID_BASE + number, f"back-end {src}"
+        device = f": {record['dev']}" if str(record["event"]).startswith("io_") and "dev" in record else ""
+        return record["domid"], WORKER_TID_BASE + number, f"back-end {src}{device}"
     return record["domid"], record["vcpu"], f"vCPU {record['vcpu']}"
 
 
@@ -70,6 +87,10 @@ def chrome_trace(records: list[TraceRecord], names: dict[int, str]) -> dict[str,
         args = {k: v for k, v in record.items() if k not in _HEADER}
         args["src"] = record.get("src")
         event = {"name": _name(record), "cat": record["cls"], "pid": pid, "tid": tid, "ts": (record["ns"] - t0) / 1000}
+        if record["cls"] == "ring":
+            events.append(_counter(record, pid, event["ts"]))
+            if record["event"] == "ring_consume":
+                continue
         dur = record.get("dur")
         if isinstance(dur, int) and dur >= 0:
             spans[(pid, tid)].append(
@@ -92,6 +113,20 @@ def chrome_trace(records: list[TraceRecord], names: dict[int, str]) -> dict[str,
         meta.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": thread_name}})
         meta.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
     return {"traceEvents": meta + events, "displayTimeUnit": "ns", "otherData": {"source": "xenlike trace"}}
+
+
+def _counter(record: TraceRecord, pid: int, ts: float) -> dict[str, Any]:
+    """A ring record as a sample of its occupancy, on the counter track of its ring and end."""
+    used = record.get("used")
+    return {
+        "name": f"ring {record.get('ring')} ({record.get('side')})",
+        "cat": "ring",
+        "ph": "C",
+        "pid": pid,
+        "tid": 0,
+        "ts": ts,
+        "args": {"used": used if isinstance(used, int) else 0},
+    }
 
 
 def _lanes(items: list[tuple[int, int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
