@@ -1,23 +1,41 @@
-"""What trace points cost: bench/ring.py's ring pair with tracing off and with every class on,
-against the same pair in a checkout of the code before the trace points, measured in the same run.
+"""What trace points cost: bench/ring.py's ring pair and bench/blk.py's split disk, tracing off and with
+every class on, against a tree without the trace points, measured in the same run.
 
-``ring_rps_baseline``: pairs per second of ``bench/ringpair.py`` run from ``--baseline DIR`` (a
-checkout, e.g. ``git worktree add /tmp/base <commit>``); ``ring_rps_off``: this tree, nobody
-tracing (every trace point tests its class in the mask and goes on); ``ring_rps_all``: this tree
-with a trace buffer in each process, every class on and a reader draining both buffers every
-10 ms as ``xenlike trace`` does. Rounds alternate the three and the figures are medians.
-The ring pair meets a trace point only when it notifies or waits (a few times in
-a thousand pairs), so ``notify_per_s_*`` times the one it meets most,
-``EventLoop.notify`` (an eventfd write), alone in a loop, from each tree: best of
-the rounds.
+The baseline is a directory holding the code before the trace points (``--baseline DIR``);
+``--make-baseline DIR`` builds one from git: this commit's tree (``git archive HEAD``), then each
+module that carries a data-path trace point as it was in the commit before its trace points came:
+``xenlike/public/ring.py``, ``xenlike/kernel/trace.py``, ``dom0/blkback/blkback.py`` and
+``dom0/backend_worker.py`` from the parent of the commit that put trace points on the rings,
+``xenlike/kernel/events.py`` from the parent of the one that put them on event channels (it says
+which commits). Every other file is this tree's, so the baseline differs from it by the trace
+points alone (and what rode with them in those files: the fault check in ``EventLoop.notify``,
+the notification counts top reads), not by the data-path work done since the trace points
+appeared; a checkout of the first of those parents would measure that work too.
 
-    python bench/trace.py --baseline DIR [--json] [--quick] [--rounds N]
+Rounds run each configuration once, in an order that turns every round; figures are medians
+over the rounds, ratios the median of each round's ratio (a slow round slows all three).
+
+``ring_rps_*``: pairs per second of ``bench/ringpair.py`` (16 pages, echo) run from each tree;
+``all``: this tree with a trace buffer per process, every class on, and a reader draining both
+buffers every 10 ms as ``xenlike trace`` does. The ring pair meets a trace point at every push,
+consume and re-arm (a few per batch of 256 pairs) and at each notify and wait; ``notify_per_s_*``
+times ``EventLoop.notify`` (an eventfd write) alone in a loop from each tree, nobody tracing.
+
+``blk_*``: ``bench/blk_workload.py`` in a guest with a split disk (blkfront, a blkback worker)
+on a host run from each tree (``xenlike up``), the figures its guest reports; ``all``: with
+``xenlike trace --record`` running on the host from before the guest is created, every class
+on, so each request is decoded and answered in the trace and each ring operation recorded,
+and the reader's own CPU time counts against the run.
+
+    python bench/trace.py --baseline DIR [--json] [--quick] [--rounds N] [--only ring|blk]
+    python bench/trace.py --make-baseline DIR
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,67 +48,95 @@ from bench.common import parser, report  # noqa: E402
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RING_PAGES = 16  # as bench/ring.py
-_PAIR = (
-    "import json, sys; from bench.ringpair import run_pair; "
-    "r = run_pair({pairs}, ring_pages={pages}, mode='echo'); "
-    "print(json.dumps({{'rps': r.pairs_per_s, 'errors': r.errors, 'src': __import__('xenlike').__file__}}))"
+CONFIGS = ("baseline", "off", "all")
+BLK_KEYS = ("seq_write_mbps", "seq_read_mbps", "rand4k_qd1_iops", "rand4k_qd32_iops", "rand4k_batch32_iops")
+# (files, a file whose first trace point marks the commit): the baseline takes ``files`` from that commit's parent.
+BASELINE_FILES = (
+    (
+        ("xenlike/public/ring.py", "xenlike/kernel/trace.py", "dom0/blkback/blkback.py", "dom0/backend_worker.py"),
+        ("xenlike/public/ring.py", "set_trace_hook"),
+    ),
+    (("xenlike/kernel/events.py",), ("xenlike/kernel/events.py", "trace.mask")),
 )
 
 
-def pair_in(tree: str, pairs: int) -> dict:
-    """One ring pair run by a fresh interpreter importing ``tree``'s code."""
-    env = {**os.environ, "PYTHONPATH": tree}
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True, check=True).stdout
+
+
+def make_baseline(target: str) -> None:
+    """This tree without its data-path trace points, in ``target`` (see the module's docstring)."""
+    os.makedirs(target, exist_ok=False)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=HERE, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
+    for files, (marked, text) in BASELINE_FILES:
+        commits = _git("log", "--format=%H", "--reverse", "-S", text, "--", marked).split()
+        if not commits:
+            raise SystemExit(f"no commit adds {text!r} to {marked}: nothing to take a baseline before")
+        parent = _git("rev-parse", f"{commits[0]}^").strip()
+        for path in files:
+            with open(os.path.join(target, path), "w") as f:
+                f.write(_git("show", f"{parent}:{path}"))
+        print(f"{', '.join(files)}: from {parent[:10]}, the parent of {commits[0][:10]}")
+    print(f"baseline in {target}")
+
+
+def _child(tree: str, code: str, timeout: float, argv: list[str] | None = None) -> dict:
+    """Run ``code`` (or the script ``argv``) in a fresh interpreter importing ``tree``'s code; its last line as JSON."""
     out = subprocess.run(
-        [sys.executable, "-c", _PAIR.format(pairs=pairs, pages=RING_PAGES)],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = json.loads(out.splitlines()[-1])
-    if result["errors"]:
-        raise SystemExit(f"ring run in {tree} failed: {result['errors']}")
-    if not result["src"].startswith(os.path.abspath(tree)):
-        raise SystemExit(f"the run meant for {tree} imported {result['src']}")
-    return result
-
-
-_NOTIFY = (
-    "import json, os, time; from xenlike.kernel.events import EventLoop, new_port_fd; "
-    "loop = EventLoop('bench'); peer = new_port_fd(); loop.bind(1, new_port_fd(), peer); t = time.perf_counter()\n"
-    "for _ in range({count}): loop.notify(1)\n"
-    "print(json.dumps({{'rate': {count} / (time.perf_counter() - t)}}))"
-)
-
-
-def notify_in(tree: str, count: int) -> float:
-    """Notifications per second through ``EventLoop.notify`` with ``tree``'s code, nobody tracing."""
-    out = subprocess.run(
-        [sys.executable, "-c", _NOTIFY.format(count=count)],
+        [sys.executable, *(argv or ["-c", code])],
         cwd=tree,
         env={**os.environ, "PYTHONPATH": tree},
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    return float(json.loads(out.splitlines()[-1])["rate"])
+        timeout=timeout,
+    )
+    if out.returncode:
+        raise SystemExit(f"a run in {tree} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.splitlines()[-1])
+    if not result.pop("src").startswith(os.path.abspath(tree)):
+        raise SystemExit(f"the run meant for {tree} imported another tree's xenlike")
+    return result
 
 
-def traced_pair(pairs: int) -> dict:
-    """This tree's ring pair with a buffer per process and every class on, drained as it runs."""
-    out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--traced-child", str(pairs)],
-        cwd=HERE,
-        env={**os.environ, "PYTHONPATH": HERE},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(out.splitlines()[-1])
+# -- the ring pair ---------------------------------------------------------------------------
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process and of its children waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+_PAIR = (
+    "import json, resource, xenlike; from bench.ringpair import run_pair\n"
+    "def _cpu_s():\n"
+    "    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime\n"
+    "c = _cpu_s(); r = run_pair({pairs}, ring_pages={pages}, mode='echo')\n"
+    "print(json.dumps({{'rps': r.pairs_per_s, 'cpu_s': _cpu_s() - c, 'errors': r.errors, 'src': xenlike.__file__}}))"
+)
+_NOTIFY = (
+    "import json, time, xenlike; from xenlike.kernel.events import EventLoop, new_port_fd; "
+    "loop = EventLoop('bench'); peer = new_port_fd(); loop.bind(1, new_port_fd(), peer); t = time.process_time()\n"
+    "for _ in range({count}): loop.notify(1)\n"
+    "print(json.dumps({{'rate': {count} / (time.process_time() - t), 'src': xenlike.__file__}}))"
+)
+
+
+def ring_pair(tree: str, pairs: int, traced: bool) -> dict:
+    """One ring pair run from ``tree`` (``traced``: this tree, every class on): ``rps`` and ``per_cpu_s``."""
+    if traced:
+        result = _child(tree, "", 600, [os.path.abspath(__file__), "--traced-child", str(pairs)])
+    else:
+        result = _child(tree, _PAIR.format(pairs=pairs, pages=RING_PAGES), 600)
+    if result["errors"]:
+        raise SystemExit(f"ring run in {tree} failed: {result['errors']}")
+    return {"rps": result["rps"], "per_cpu_s": pairs / result["cpu_s"]}
 
 
 def _traced_child(pairs: int) -> None:
+    import xenlike
     from bench.ringpair import run_pair
     from xenlike.kernel import trace
     from xenlike.kernel.trace import TraceBuffer
@@ -116,13 +162,85 @@ def _traced_child(pairs: int) -> None:
                 counts["lost"] += lost
 
     thread = threading.Thread(target=drain, daemon=True)
+    started = _cpu_s()
     thread.start()
     result = run_pair(pairs, ring_pages=RING_PAGES, mode="echo")
     done.set()
     thread.join()
-    if result.errors:
-        raise SystemExit(f"traced ring run failed: {result.errors}")
-    print(json.dumps({"rps": result.pairs_per_s, **counts}))
+    cpu_s = _cpu_s() - started
+    print(
+        json.dumps(
+            {"rps": result.pairs_per_s, "cpu_s": cpu_s, "errors": result.errors, **counts, "src": xenlike.__file__}
+        )
+    )
+
+
+# -- the split disk ----------------------------------------------------------------------------
+
+_BLK = r"""
+import json, os, signal, subprocess, sys, tempfile
+from pathlib import Path
+import xenlike
+from bench.blk import WORKLOAD, _allocate, _follow
+from xenlike.kernel.rundir import RunDir
+from xenlike.tools.toolstack_client import ToolstackClient
+
+traced, total_mib, random_ops = {traced}, {total_mib}, {random_ops}
+with tempfile.TemporaryDirectory(prefix="xl-bt-", dir="/tmp") as tmp:
+    image = os.path.join(tmp, "bench.img")
+    _allocate(image, total_mib)
+    xl = [sys.executable, "-m", "xenlike", "--run-dir", tmp]
+    subprocess.run(xl + ["up", "-d", "--memory", "1024", "/dev/null"], check=True, stdout=subprocess.DEVNULL)
+    reader, recording = None, os.path.join(tmp, "bench.trace")
+    try:
+        hypervisor = RunDir(tmp).running_pid()
+        if traced:
+            reader = subprocess.Popen(xl + ["trace", "--record", recording], stderr=subprocess.PIPE, text=True)
+            line = reader.stderr.readline()
+            assert line.startswith("tracing"), line
+        config = {{"name": "blkbench", "memory": 256, "workload": WORKLOAD,
+                   "workload_args": [str(total_mib), str(random_ops)],
+                   "disk": [{{"target": image, "vdev": "xvda", "devid": 51712, "format": "raw", "access": "rw",
+                              "devtype": "disk", "backend": "0", "discard": True, "direct_io_safe": False,
+                              "trusted": True, "size": None, "model": "split"}}]}}
+        with ToolstackClient(RunDir(tmp)) as client:
+            client.call("create", config=config)
+        result = _follow(tmp, Path(tmp) / "logs" / "blkbench.log", hypervisor)
+    finally:
+        if reader is not None:
+            reader.send_signal(signal.SIGINT)
+            reader.communicate(timeout=120)
+        subprocess.run(xl + ["down"], stdout=subprocess.DEVNULL)
+    records = lost = 0
+    if traced:
+        with open(recording) as f:
+            for line in f:
+                records += 1
+                if '"lost_records"' in line:
+                    lost += json.loads(line).get("n", 0)
+print(json.dumps({{"figures": result["figures"], "records": records, "lost": lost, "src": xenlike.__file__}}))
+"""
+
+
+def blk_run(tree: str, total_mib: int, random_ops: int, traced: bool) -> dict:
+    """The split disk's figures from a guest on a host run from ``tree`` (``traced``: a recording reader on)."""
+    return _child(tree, _BLK.format(traced=traced, total_mib=total_mib, random_ops=random_ops), 900)
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def _order(round_number: int) -> list[str]:
+    """The three configurations, turned by one each round."""
+    shift = round_number % len(CONFIGS)
+    return list(CONFIGS[shift:] + CONFIGS[:shift])
+
+
+def _ratios(per_round: list[dict[str, float]], name: str) -> dict[str, float]:
+    return {
+        f"{name}_{config} / {name}_baseline": statistics.median(r[config] / r["baseline"] for r in per_round)
+        for config in ("off", "all")
+    }
 
 
 def main() -> None:
@@ -130,32 +248,55 @@ def main() -> None:
         _traced_child(int(sys.argv[2]))
         return
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--baseline", required=True, metavar="DIR", help="a checkout of the code before the trace points")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the three runs (default 3)")
+    p.add_argument("--baseline", metavar="DIR", help="a tree of the code before the trace points")
+    p.add_argument("--make-baseline", metavar="DIR", help="build that tree from git in DIR (a new directory) and stop")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the three configurations (default 5)")
+    p.add_argument("--only", choices=("ring", "blk"), help="one benchmark of the two")
     args = p.parse_args()
+    if args.make_baseline:
+        make_baseline(args.make_baseline)
+        return
+    if not args.baseline:
+        p.error("--baseline DIR is needed (build one with --make-baseline DIR)")
+    trees = {"baseline": os.path.abspath(args.baseline), "off": HERE, "all": HERE}
     pairs = 1_000_000 if args.quick else 10_000_000  # as bench/ring.py
-    runs: dict[str, list[float]] = {"baseline": [], "off": [], "all": []}
-    notifies: dict[str, list[float]] = {"baseline": [], "off": []}
-    records = lost = 0
-    for _ in range(args.rounds):
-        notifies["baseline"].append(notify_in(args.baseline, pairs // 20))
-        notifies["off"].append(notify_in(HERE, pairs // 20))
-        runs["baseline"].append(pair_in(args.baseline, pairs)["rps"])
-        runs["off"].append(pair_in(HERE, pairs)["rps"])
-        traced = traced_pair(pairs)
-        runs["all"].append(traced["rps"])
-        records += traced["records"]
-        lost += traced["lost"]
-        time.sleep(0.5)
-    figures = {f"ring_rps_{name}": statistics.median(values) for name, values in runs.items()}
-    figures.update({f"notify_per_s_{name}": max(values) for name, values in notifies.items()})
-    figures["records_per_pair_all"] = records / (pairs * args.rounds)
-    figures["lost_records_all"] = lost
-    ratios = {
-        "ring_rps_off / ring_rps_baseline": figures["ring_rps_off"] / figures["ring_rps_baseline"],
-        "ring_rps_all / ring_rps_baseline": figures["ring_rps_all"] / figures["ring_rps_baseline"],
-        "notify_per_s_off / notify_per_s_baseline": figures["notify_per_s_off"] / figures["notify_per_s_baseline"],
-    }
+    total_mib, random_ops = (32, 5_000) if args.quick else (128, 40_000)  # as bench/blk.py
+    figures: dict[str, float] = {}
+    ratios: dict[str, float] = {}
+    if args.only != "blk":
+        runs, notify_rounds = [], []
+        for number in range(args.rounds):
+            runs.append({config: ring_pair(trees[config], pairs, config == "all") for config in _order(number)})
+            notify_rounds.append(
+                {
+                    config: _child(trees[config], _NOTIFY.format(count=pairs // 20), 120)["rate"]
+                    for config in CONFIGS[:2]
+                }
+            )
+            time.sleep(0.5)
+        for figure in ("rps", "per_cpu_s"):
+            per_round = [{config: run[config][figure] for config in CONFIGS} for run in runs]
+            for config in CONFIGS:
+                figures[f"ring_{figure}_{config}"] = statistics.median(r[config] for r in per_round)
+            ratios.update(_ratios(per_round, f"ring_{figure}"))
+        for config in CONFIGS[:2]:
+            figures[f"notify_per_s_{config}"] = statistics.median(r[config] for r in notify_rounds)
+        ratios["notify_per_s_off / notify_per_s_baseline"] = statistics.median(
+            r["off"] / r["baseline"] for r in notify_rounds
+        )
+    if args.only != "ring":
+        blk_rounds: list[dict[str, dict]] = []
+        for number in range(args.rounds):
+            blk_rounds.append(
+                {config: blk_run(trees[config], total_mib, random_ops, config == "all") for config in _order(number)}
+            )
+        for key in BLK_KEYS:
+            per_round = [{config: run[config]["figures"][key] for config in CONFIGS} for run in blk_rounds]
+            for config in CONFIGS:
+                figures[f"blk_{key}_{config}"] = statistics.median(r[config] for r in per_round)
+            ratios.update(_ratios(per_round, f"blk_{key}"))
+        figures["blk_records_all"] = statistics.median(run["all"]["records"] for run in blk_rounds)
+        figures["blk_lost_records_all"] = max(run["all"]["lost"] for run in blk_rounds)
     report(figures, ratios, args.json)
 
 

@@ -55,8 +55,7 @@ class EventChannel:
     send_fd: int | None
     handler: Handler | None
     masked: bool = False
-    upcalls: int = 0  # upcalls delivered on this port (notifications received, coalesced as pending bits are)
-    sent: int = 0  # notifications this end sent to its peer (those an injected fault took not counted)
+    upcalls: int = 0
 
 
 class EventLoop:
@@ -124,23 +123,19 @@ class EventLoop:
 
     def notify(self, port: int) -> None:
         """``notify_remote_via_evtchn``: set the peer pending. Dropped while unbound."""
-        channel = self._channel(port)
-        send_fd = channel.send_fd
+        send_fd = self._channel(port).send_fd
         if send_fd is not None:
             if trace.mask[0]:  # tracing or a fault in this process: one word says either
-                self._notify_watched(channel, send_fd)
+                self._notify_watched(port, send_fd)
             else:
                 os.eventfd_write(send_fd, 1)
-                channel.sent += 1
 
     @staticmethod
-    def _notify_watched(channel: EventChannel, send_fd: int) -> None:
+    def _notify_watched(port: int, send_fd: int) -> None:
         """A send with tracing on or faults armed: the fault may take it, the trace records it."""
-        port = channel.port
         if trace.mask[0] & FAULTS_ARMED and EventLoop._injected(port, send_fd):
             return
         os.eventfd_write(send_fd, 1)
-        channel.sent += 1
         if trace.mask[0] & _EVTCHN:
             trace.emit(Event.EVTCHN_SEND, {"port": port})
 
