@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 _U32 = 0xFFFFFFFF
+_monotonic_ns = time.monotonic_ns
+_PROD, _CONS, _LOST = int(Word.PROD), int(Word.CONS), int(Word.LOST)  # plain ints: an enum member costs a lookup
 SUMMARY_STR = 64  # characters of a string a record keeps
 SUMMARY_ITEMS = 8  # items of a list or map a record keeps
 
@@ -117,18 +119,20 @@ class TraceBuffer:
 
     def write(self, record: bytes) -> bool:
         """Append one record (``pack_record``'s bytes); False, and ``lost`` counted, if it does not fit."""
-        words, n = self.words, len(record)
+        words, n, size = self.words, len(record), self.size
         with self._lock:
-            prod = words[Word.PROD]
-            if n > self.size - ((prod - words[Word.CONS]) & _U32):
-                words[Word.LOST] = (words[Word.LOST] + 1) & _U32
+            prod = words[_PROD]
+            if n > size - ((prod - words[_CONS]) & _U32):
+                words[_LOST] = (words[_LOST] + 1) & _U32
                 return False
-            offset = prod & (self.size - 1)
-            first = min(n, self.size - offset)
-            self.data[offset : offset + first] = record[:first]
-            if first < n:
+            offset = prod & (size - 1)
+            if offset + n <= size:
+                self.data[offset : offset + n] = record
+            else:
+                first = size - offset
+                self.data[offset:] = record[:first]
                 self.data[: n - first] = record[first:]
-            words[Word.PROD] = (prod + n) & _U32  # publishes the bytes above (TSO)
+            words[_PROD] = (prod + n) & _U32  # publishes the bytes above (TSO)
         return True
 
     # -- the reader ----------------------------------------------------------------
@@ -312,7 +316,17 @@ def on(cls: int) -> bool:
 
 def emit(event: int, fields: dict[str, Any], *, domid: int | None = None, vcpu: int | None = None) -> None:
     """Write one record now (CLOCK_MONOTONIC); dropped and counted if the buffer is full, never waiting."""
-    emit_at(event, time.monotonic_ns(), fields, domid=domid, vcpu=vcpu)
+    buffer = _buffer
+    if buffer is None:
+        return
+    try:
+        record = pack_record(
+            event, _monotonic_ns(), _domid if domid is None else domid, _vcpu if vcpu is None else vcpu, fields
+        )
+    except ValueError:  # fields too long for one record: the event is kept, its fields are not
+        emit_at(event, _monotonic_ns(), {"truncated": True}, domid=domid, vcpu=vcpu)
+        return
+    buffer.write(record)
 
 
 def emit_at(event: int, ns: int, fields: dict[str, Any], *, domid: int | None = None, vcpu: int | None = None) -> None:

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -218,9 +219,20 @@ class TraceRecord(dict[str, Any]):
     """A record as the reader hands it on: ``ns``, ``event`` (its name), ``cls``, ``domid``, ``vcpu``, fields."""
 
 
+_packers = threading.local()  # a Packer is not safe to share across threads, and making one per record costs
+
+
+def _pack_fields(fields: dict[str, Any]) -> bytes:
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(default=repr)
+    return packer.pack(fields)
+
+
 def pack_record(event: int, ns: int, domid: int, vcpu: int, fields: dict[str, Any]) -> bytes:
     """One record's bytes, padded to 4; ValueError if it would be longer than :data:`MAX_RECORD`."""
-    payload = msgpack.packb(fields, default=repr)
+    payload = _pack_fields(fields)
     length = RECORD_BYTES + len(payload)
     length += -length % 4
     if length > MAX_RECORD:
