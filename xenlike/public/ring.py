@@ -224,9 +224,10 @@ class _RingEnd:
         old = idx[prod]
         idx[prod] = new  # one aligned store; the slots were written before it
         mb()  # the store above must be visible before we read the peer's event
-        notify = ((new - idx[event]) & RING_IDX_MASK) < ((new - old) & RING_IDX_MASK)
+        peer_event = idx[event]
+        notify = ((new - peer_event) & RING_IDX_MASK) < ((new - old) & RING_IDX_MASK)
         if _tmask[0] & _RING:
-            self._trace(_PUSH, {"slots": (new - old) & RING_IDX_MASK, "notify": notify, "event": idx[event]})
+            self._trace(_PUSH, {"slots": (new - old) & RING_IDX_MASK, "notify": notify, "event": peer_event})
         return notify
 
     def used(self) -> int:
