@@ -188,8 +188,23 @@ from bench.blk import WORKLOAD, _allocate, _follow
 from xenlike.kernel.rundir import RunDir
 from xenlike.tools.toolstack_client import ToolstackClient
 
+import threading
+
 traced, total_mib, random_ops = {traced}, {total_mib}, {random_ops}
-with tempfile.TemporaryDirectory(prefix="xl-bt-", dir="/tmp") as tmp:
+
+
+def watch(tmp, hypervisor):
+    # The host's logs are how the guest's figures arrive: a run directory removed under us would
+    # leave this run waiting for ever, so it ends the run, and the host, at once.
+    while os.path.isdir(tmp):
+        time.sleep(0.5)
+    print(f"the run directory {{tmp}} was removed under the run", file=sys.stderr, flush=True)
+    if hypervisor:
+        os.kill(hypervisor, signal.SIGTERM)
+    os._exit(3)
+
+
+with tempfile.TemporaryDirectory(prefix="tracebench-", dir="/tmp") as tmp:
     image = os.path.join(tmp, "bench.img")
     _allocate(image, total_mib)
     xl = [sys.executable, "-m", "xenlike", "--run-dir", tmp]
@@ -197,6 +212,7 @@ with tempfile.TemporaryDirectory(prefix="xl-bt-", dir="/tmp") as tmp:
     reader, recording = None, os.path.join(tmp, "bench.trace")
     try:
         hypervisor = RunDir(tmp).running_pid()
+        threading.Thread(target=watch, args=(tmp, hypervisor), daemon=True).start()
         if traced:
             # Its notices go to a file: a pipe nobody reads would fill and stop the reader.
             notices = open(os.path.join(tmp, "trace.err"), "w+")
@@ -216,7 +232,7 @@ with tempfile.TemporaryDirectory(prefix="xl-bt-", dir="/tmp") as tmp:
         if reader is not None:
             reader.send_signal(signal.SIGINT)
             reader.communicate(timeout=120)
-        subprocess.run(xl + ["down"], stdout=subprocess.DEVNULL)
+        subprocess.run(xl + ["down"], stdout=subprocess.DEVNULL, timeout=120)
     records = lost = 0
     if traced:
         with open(recording) as f:
@@ -238,7 +254,7 @@ def _requests(key: str, total_mib: int, random_ops: int) -> int:
 
 def blk_run(tree: str, total_mib: int, random_ops: int, traced: bool) -> dict:
     """The split disk's figures from a guest on a host run from ``tree`` (``traced``: a recording reader on)."""
-    return _child(tree, _BLK.format(traced=traced, total_mib=total_mib, random_ops=random_ops), 900)
+    return _child(tree, _BLK.format(traced=traced, total_mib=total_mib, random_ops=random_ops), 600)
 
 
 # -- the run ---------------------------------------------------------------------------------

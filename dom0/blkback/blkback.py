@@ -187,24 +187,24 @@ class BlkifRing:
         slot = BLKIF_PROTOCOL.entry_size
         responses = bytearray(count * slot)
         pack_response = RESPONSE.pack_into
-        traced = trace.mask[0] & _IO
+        io_traced = trace.mask[0] & _IO
         for index, fields in enumerate(REQUEST.iter_unpack(data)):
             op, nr_segments, req_id = fields[0], fields[1], fields[3]
             if op <= BLKIF_OP_WRITE and 1 <= nr_segments <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
-                if traced:
+                if io_traced:
                     io = self._trace_decoded(req_id, op, fields[4], nr_segments)
                 end = 5 + 3 * nr_segments
                 segments = SegmentArray(list(fields[5:end:3]), bytes(fields[6:end:3]), bytes(fields[7:end:3]))
                 status = self._serve_rw(op, req_id, fields[4], segments)
             else:
                 request = decode_request(data[index * slot : (index + 1) * slot])
-                if traced:
+                if io_traced:
                     kind = request.operation
                     if kind == BLKIF_OP_INDIRECT and request.indirect_op is not None:
                         kind = request.indirect_op
                     io = self._trace_decoded(req_id, kind, request.sector_number, request.nr_segments)
                 status = self._serve(request)
-            if traced:
+            if io_traced:
                 self._trace_done(io, status)
             pack_response(responses, index * slot, req_id, op, status)
         ring.put_responses(responses)
