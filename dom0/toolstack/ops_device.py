@@ -230,14 +230,16 @@ def request_stats(ts: Toolstack) -> Callable[[], bool]:
     return ts.backends.request_stats()
 
 
-def top_counters(ts: Toolstack, domid: int) -> dict[str, list]:
+def top_counters(ts: Toolstack, domid: int) -> dict[str, Any]:
     """A domain's device counters for its xentop row, one list per device type (``vbds``, ``nets``),
-    one entry per device (None for one no back end knows)."""
+    one entry per device (None for one no back end knows), and under ``devids`` each list's
+    device ids in the same order (xenstat_vbd_dev, the number xentop's ``-x`` lines show)."""
     built = ts.domains.get(domid)
-    counters: dict[str, list] = {}
+    counters: dict[str, Any] = {"devids": {}}
     for row in DEVICE_TYPES:
         specs = built.config.get(row.config_key, []) if built is not None else []
         counters[row.top_field] = [_device_stats(ts, row.kind, domid, spec["devid"]) for spec in specs]
+        counters["devids"][row.top_field] = [spec["devid"] for spec in specs]
     return counters
 
 

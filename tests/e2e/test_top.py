@@ -61,3 +61,21 @@ def test_top_full_names_are_not_cut(host, tmp_path):
     short = batch_frames(host.xl("top", "-b", "-i", "1").stdout)[0]
     full = batch_frames(host.xl("top", "-b", "-i", "1", "-f").stdout)[0]
     assert "a-rather-l" in short and "a-rather-long-name" in full
+
+
+def test_top_x_shows_each_disk_s_line_and_its_ring_s_notifications_per_second(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [{"name": "sleeper", "workload": "idle"}])))
+    create_doing_io(host, tmp_path, "disky")
+    output = host.xl("top", "-b", "-i", "2", "-d", "0.3", "-x", "-n").stdout.splitlines()
+    header = [number for number, line in enumerate(output) if line.split() == HEADER]
+    assert len(header) == 2
+    second = output[header[1] + 1:]
+    rows = [line.split()[0] for line in second if line.split()[0] not in ("VBD",) and not line.startswith("Net")]
+    assert rows == sorted(rows, key=str.casefold) and set(rows) == {"Domain-0", "disky", "sleeper"}
+    disky = second.index(next(line for line in second if line.split()[0] == "disky"))
+    vbd = second[disky + 1].split()
+    # xentop's do_vbd line, then the ring's notifications per second (the guest is still writing).
+    assert vbd[:4] == ["VBD", "BlkBack", "51712", "[ca:"] and vbd[4] == "0]"
+    assert int(vbd[vbd.index("WR:") + 1]) > 0 and float(vbd[vbd.index("NOTIF/s:") + 1]) > 0
+    sleeper = second.index(next(line for line in second if line.split()[0] == "sleeper"))
+    assert sleeper + 1 == len(second) or not second[sleeper + 1].startswith(("VBD", "Net"))  # no device, no line

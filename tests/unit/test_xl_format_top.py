@@ -86,3 +86,31 @@ def test_xentop_state_letters_are_d_s_b_c_p_r_unlike_xl_lists():
     summary = format_xentop(sample(0.0, [domain("c", 1, 0.0, **crashed), domain("o", 2, 0.0, **powered_off),
                                          domain("d", 3, 0.0, dying=True)])).splitlines()[1]
     assert summary == "3 domains: 0 running, 0 blocked, 0 paused, 1 crashed, 1 dying, 1 shutdown "
+
+
+def test_device_lines_follow_each_domain_row_as_xentop_n_and_x_print_them_with_each_ring_s_rate():
+    def disk(reads, sent, received):
+        return {"read_requests": reads, "write_requests": 2, "read_sectors": 8 * reads, "write_sectors": 16,
+                "oo_requests": 0, "notify_sent": sent, "notify_received": received}
+
+    def vif(sent, received):
+        return {"rx_bytes": 1500, "rx_packets": 1, "tx_bytes": 3000, "tx_packets": 2, "notify_sent": sent,
+                "notify_received": received}
+
+    def web(disks, nets):
+        row = domain("web", 3, 1.0, disks)
+        row.update(nets=nets, devids={"vbds": [51712, 51728][: len(disks)], "nets": [0]})
+        return row
+
+    first = sample(100.0, [web([disk(1, 10, 10), None], [vif(4, 4)])])
+    second = sample(104.0, [web([disk(5, 30, 30), None], [vif(24, 24)])])
+    lines = format_xentop(second, first, summary=False, networks=True, vbds=True).splitlines()
+    assert lines[0] == HEADER and lines[1].split()[0] == "web"
+    assert lines[2] == ("Net0 RX:     1500bytes        1pkts        0err        0drop  "
+                        "TX:     3000bytes        2pkts        0err        0drop   NOTIF/s:     10.0")
+    assert lines[3] == ("VBD BlkBack 51712 [ca: 0] OO:        0   RD:        5   WR:        2   RSECT:         40   "
+                        "WSECT:         16   NOTIF/s:     10.0")  # (30 + 30 - 20) / 4 s
+    assert lines[4] == ("VBD BlkBack 51728 [ca:10] OO:        -   RD:        -   WR:        -   RSECT:          -   "
+                        "WSECT:          -   NOTIF/s:        -")
+    assert len(format_xentop(second, first, summary=False).splitlines()) == 2  # without -n and -x: rows only
+    assert format_xentop(second, summary=False, vbds=True).splitlines()[2].endswith("NOTIF/s:      0.0")

@@ -348,13 +348,23 @@ XENTOP_NAME_WIDTH = 10
 Cell = str | int | float | None  # None prints as "-"
 
 
-def format_xentop(sample: dict, previous: dict | None = None, full_names: bool = False, summary: bool = True) -> str:
+def format_xentop(
+    sample: dict,
+    previous: dict | None = None,
+    full_names: bool = False,
+    summary: bool = True,
+    networks: bool = False,
+    vbds: bool = False,
+) -> str:
     """One xentop frame of the toolstack's ``top`` sample: ``do_summary``, ``do_header``, a ``do_domain`` row each.
 
     ``previous`` is the sample before, for CPU(%) (0.0 without one, as on xentop's
     first frame). Rows are sorted by name, xentop's default sort. Names are cut to
     10 characters unless ``full_names`` (``-f``). ``summary`` is off in batch mode:
     xentop prints its three summary lines only on the screen (``top()``).
+    ``networks`` (``-n``) and ``vbds`` (``-x``) add xentop's ``do_network`` and
+    ``do_vbd`` lines under each domain's row, one per device, each ending with
+    that device's ring notifications per second.
     """
     host = sample["host"]
     domains = sorted(sample["domains"], key=lambda d: d["name"].casefold())
@@ -368,8 +378,86 @@ def format_xentop(sample: dict, previous: dict | None = None, full_names: bool =
     widths = _xentop_widths(rows)
     lines = _xentop_summary(sample) if summary else []
     lines.append(" ".join(f"{header:>{widths[header]}}" for header, _ in XENTOP_COLUMNS))
-    lines.extend(" ".join(_xentop_cell(row[header], widths[header]) for header, _ in XENTOP_COLUMNS) for row in rows)
+    for domain, row in zip(domains, rows, strict=True):
+        lines.append(" ".join(_xentop_cell(row[header], widths[header]) for header, _ in XENTOP_COLUMNS))
+        before = _same_domain(previous, domain)
+        elapsed = 0.0 if previous is None else sample["monotonic"] - previous["monotonic"]
+        if networks:
+            lines.extend(_xentop_network_lines(domain, before, elapsed))
+        if vbds:
+            lines.extend(_xentop_vbd_lines(domain, before, elapsed))
     return "\n".join(lines)
+
+
+def _same_domain(sample: dict | None, domain: dict) -> dict | None:
+    """The domain in an earlier sample, by domid (None: no sample, or it was not there)."""
+    if sample is None:
+        return None
+    return next((d for d in sample["domains"] if d["domid"] == domain["domid"]), None)
+
+
+def _device_notifications_per_s(now: dict | None, before: dict | None, elapsed: float) -> str:
+    """One device ring's notifications per second both ways between two samples ("-": its back end has no count)."""
+    if now is None or "notify_sent" not in now:
+        return "-"
+    if before is None or "notify_sent" not in before or elapsed <= 0:
+        return "0.0"
+    then = before["notify_sent"] + before["notify_received"]
+    return f"{max(now['notify_sent'] + now['notify_received'] - then, 0) / elapsed:.1f}"
+
+
+def _earlier_device(before: dict | None, field: str, devid: int) -> dict | None:
+    """The same device's counters in the domain's earlier sample, by its id."""
+    if before is None:
+        return None
+    ids = before.get("devids", {}).get(field, [])
+    return before[field][ids.index(devid)] if devid in ids else None
+
+
+def _xentop_network_lines(domain: dict, before: dict | None, elapsed: float) -> list[str]:
+    """xentop's do_network: ``NetN RX: ... TX: ...`` per vif, then NOTIF/s (not xentop's)."""
+    lines = []
+    devids = domain.get("devids", {}).get("nets", [])
+    for index, (devid, net) in enumerate(zip(devids, domain.get("nets", []), strict=False)):
+        notifications = _device_notifications_per_s(net, _earlier_device(before, "nets", devid), elapsed)
+        lines.append(
+            f"Net{index} RX: {_net_counts(net, 'rx')}  TX: {_net_counts(net, 'tx')}   NOTIF/s: {notifications:>8}"
+        )
+    return lines
+
+
+def _net_counts(net: dict | None, way: str) -> str:
+    """One direction of a vif as do_network prints it: bytes, packets, errors, drops (netback's counters)."""
+    if net is None:
+        return f"{'-':>8}bytes {'-':>8}pkts {'-':>8}err {'-':>8}drop"
+    return (
+        f"{net.get(way + '_bytes', 0):8}bytes {net.get(way + '_packets', 0):8}pkts "
+        f"{net.get(way + '_errors', 0):8}err {net.get(way + '_dropped', 0):8}drop"
+    )
+
+
+def _xentop_vbd_lines(domain: dict, before: dict | None, elapsed: float) -> list[str]:
+    """xentop's do_vbd: ``VBD BlkBack DEV [MAJ:MIN] OO: ... WSECT: ...`` per disk, then NOTIF/s (not xentop's).
+
+    DEV is the vbd's device number (51712 is xvda: major 202, minor 0, as Linux's
+    ``MAJOR()``/``MINOR()`` of it); a disk no back end reports shows dashes, as
+    xentop does for a vbd whose statistics it cannot read.
+    """
+    lines = []
+    devids = domain.get("devids", {}).get("vbds", [])
+    for devid, vbd in zip(devids, domain.get("vbds", []), strict=False):
+        details = f"[{devid >> 8 & 0xFFF:2x}:{devid & 0xFF:2x}] "
+        if vbd is None:
+            figures = f"OO: {'-':>8}   RD: {'-':>8}   WR: {'-':>8}   RSECT: {'-':>10}   WSECT: {'-':>10}"
+        else:
+            figures = (
+                f"OO: {vbd.get('oo_requests', 0):8}   RD: {vbd.get('read_requests', 0):8}   "
+                f"WR: {vbd.get('write_requests', 0):8}   RSECT: {vbd.get('read_sectors', 0):10}   "
+                f"WSECT: {vbd.get('write_sectors', 0):10}"
+            )
+        notifications = _device_notifications_per_s(vbd, _earlier_device(before, "vbds", devid), elapsed)
+        lines.append(f"VBD BlkBack {devid:4} {details}{figures}   NOTIF/s: {notifications:>8}")
+    return lines
 
 
 def _xentop_summary(sample: dict) -> list[str]:

@@ -395,6 +395,8 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
             Arg("-b", "--batch", action="store_true", help="plain text, frame after frame, no screen control"),
             Arg("-i", "--iterations", type=int, metavar="N", help="frames to show before exiting (default: no limit)"),
             Arg("-f", "--full-name", action="store_true", help="full domain names (not cut to 10 characters)"),
+            Arg("-n", "--networks", action="store_true", help="a line per vif under each domain (RX, TX, NOTIF/s)"),
+            Arg("-x", "--vbds", action="store_true", help="a line per disk under each domain (OO, RD, WR, NOTIF/s)"),
         ),
     ),
     CmdSpec(

@@ -27,7 +27,7 @@ ENTER_SCREEN, LEAVE_SCREEN, CLEAR_SCREEN = "\x1b[?1049h", "\x1b[?1049l", "\x1b[H
 
 
 def main_top(args: argparse.Namespace) -> int:
-    """xentop [-d SECONDS] [-b] [-i N] [-f]."""
+    """xentop [-d SECONDS] [-b] [-i N] [-f] [-n] [-x]."""
     if args.delay < 0:
         raise XlError(f"-d {args.delay:g}: the delay cannot be negative")
     if args.iterations is not None and args.iterations < 1:
@@ -35,7 +35,7 @@ def main_top(args: argparse.Namespace) -> int:
     on_screen = not args.batch and sys.stdin.isatty() and sys.stdout.isatty()
     frames = range(args.iterations) if args.iterations is not None else itertools.count()
     with toolstack(args) as client:
-        next_frame = _sampler(client, args.full_name, summary=on_screen)
+        next_frame = _sampler(client, args.full_name, summary=on_screen, networks=args.networks, vbds=args.vbds)
         try:
             if on_screen:
                 _screen(next_frame, frames, args.delay)
@@ -46,14 +46,16 @@ def main_top(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampler(client: ToolstackClient, full_names: bool, summary: bool) -> Callable[[], str]:
+def _sampler(
+    client: ToolstackClient, full_names: bool, summary: bool, networks: bool = False, vbds: bool = False
+) -> Callable[[], str]:
     """A function returning the next frame: one ``top`` request, CPU(%) against the sample before."""
     previous: dict | None = None
 
     def next_frame() -> str:
         nonlocal previous
         sample = client.call("top")
-        frame = format_xentop(sample, previous, full_names=full_names, summary=summary)
+        frame = format_xentop(sample, previous, full_names=full_names, summary=summary, networks=networks, vbds=vbds)
         previous = sample
         return frame
 
