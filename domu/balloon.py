@@ -13,13 +13,13 @@ not give), as Linux's balloon reports its current size in sysfs.
 from __future__ import annotations
 
 import logging
-import threading
 
 from xenlike.kernel.memory import OutOfFrames
 from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.xs_wire import XsdSockmsgType as XS
 
 from .guest_kernel import GuestKernel
+from .workqueue import Work
 
 __all__ = ["Balloon", "TARGET", "STATUS", "KEEP_FREE_FRAMES"]
 
@@ -37,8 +37,7 @@ class Balloon:
     def __init__(self, kernel: GuestKernel) -> None:
         self.kernel = kernel
         self.runs: list[tuple[int, int]] = []  # (first pfn, count), taken from the allocator
-        self._changed = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._work = Work(self.follow, "balloon", "the balloon failed", kernel.label, log)
 
     @property
     def frames(self) -> int:
@@ -52,27 +51,16 @@ class Balloon:
         that is never ballooned costs one read at boot."""
 
         def got(msg_type: int, payload: bytes) -> None:
-            if self._thread is None:
+            if not self._work.started:
                 try:
                     target = int(payload.decode(errors="replace").strip("\0")) * 1024 // PAGE_SIZE
                 except ValueError:
                     target = None
                 if target == self.kernel.memory.nr_frames:
                     return  # nothing to do, as at boot
-                self._thread = threading.Thread(target=self._run, name="balloon", daemon=True)
-                self._thread.start()
-            self._changed.set()
+            self._work.schedule()
 
         self.kernel.xenbus.request_async(XS.READ, f"{TARGET}\0".encode(), got)
-
-    def _run(self) -> None:
-        while True:
-            self._changed.wait()
-            self._changed.clear()
-            try:
-                self.follow()
-            except Exception:
-                log.exception("%s: the balloon failed", self.kernel.label)
 
     def follow(self) -> None:
         """Move towards ``memory/target`` and say in ``memory/balloon`` how far it got."""

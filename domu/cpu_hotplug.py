@@ -27,6 +27,7 @@ from xenlike.public.vcpu import CPU_DIR, availability_path, parse_availability
 from xenlike.public.xs_wire import XsError
 
 from .vcpu import Vcpu, fork_vcpu
+from .workqueue import Work
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -42,30 +43,19 @@ class CpuHotplug:
     def __init__(self, kernel: Kernel, max_vcpus: int) -> None:
         self.kernel = kernel
         self.max_vcpus = max_vcpus
-        self._changed = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._work = Work(self.follow, "cpu-hotplug", "vCPU hotplug failed", kernel.label, log)
         self._lock = threading.Lock()
 
     def start(self) -> None:
         """From the kernel's main thread: the hotplug thread, and a watch on ``cpu`` (its first event, at
         registration, also catches a vcpu-set made during boot)."""
         if self.max_vcpus > 1:
-            self._thread = threading.Thread(target=self._run, name="cpu-hotplug", daemon=True)
-            self._thread.start()
+            self._work.start()
             self.kernel.xenbus.watch_async(CPU_DIR, "cpu-hotplug", self._on_event)
 
     def _on_event(self, path: str, token: str) -> None:
         """The watch (loop thread): hand the work to the hotplug thread, which may block on xenstore."""
-        self._changed.set()
-
-    def _run(self) -> None:
-        while True:
-            self._changed.wait()
-            self._changed.clear()
-            try:
-                self.follow()
-            except Exception:
-                log.exception("%s: vCPU hotplug failed", self.kernel.label)
+        self._work.schedule()
 
     def follow(self) -> None:
         """Bring each secondary vCPU up or down as its ``availability`` node says; others are left alone."""

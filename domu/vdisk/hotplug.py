@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from xenlike.public.vdisk import VDISKS_NODE
 from xenlike.public.xs_wire import XsdSockmsgType as XS
 
+from ..workqueue import Work
 from .disk import LocalDisk
 
 if TYPE_CHECKING:
@@ -38,8 +39,7 @@ class VdiskHotplug:
         self.kernel = kernel
         self.disks = disks
         self.mine: dict[int, LocalDisk] = {}  # by devid: the disks this keeps in ``disks``
-        self._changed = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._work = Work(self.follow, "vdisk-hotplug", "direct/passthrough disk hotplug failed", kernel.label, log)
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -53,21 +53,9 @@ class VdiskHotplug:
 
         def read(msg_type: int, payload: bytes) -> None:
             if msg_type != XS.ERROR or self.mine:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="vdisk-hotplug", daemon=True)
-                    self._thread.start()
-                self._changed.set()
+                self._work.schedule()
 
         self.kernel.xenbus.request_async(XS.READ, f"{VDISKS_NODE}\0".encode(), read)
-
-    def _run(self) -> None:
-        while True:
-            self._changed.wait()
-            self._changed.clear()
-            try:
-                self.follow()
-            except Exception:
-                log.exception("%s: direct/passthrough disk hotplug failed", self.kernel.label)
 
     def follow(self) -> None:
         """List the domain's disks and make ``disks`` match: new ones added, gone ones removed and closed."""
