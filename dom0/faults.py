@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xenlike.kernel import trace
+from xenlike.public.blkif import REQUEST
 from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xs_wire import XSD_ERRNO, home_path
 
@@ -254,16 +255,12 @@ def parse_sector_range(text: str, sectors: int) -> tuple[int, int]:
     return first, last
 
 
-# Offsets in a blkif request slot (blkif.h's struct blkif_request: operation, nr_segments,
-# handle, id at 8, sector_number at 16, seg[] of {gref, first_sect, last_sect, pad} from 24).
-_SLOT_OP, _SLOT_NR_SEGMENTS, _SLOT_SEGMENTS, _SEGMENT_SIZE = 0, 1, 24, 8
-
-
 def scribble_slot(slot: memoryview) -> None:
     """ring-corrupt slot: garbage op, nr_segments and grefs in one request slot, its id left as it was."""
-    slot[_SLOT_OP] = slot[_SLOT_NR_SEGMENTS] = 0xFF
-    for offset in range(_SLOT_SEGMENTS, len(slot) - _SEGMENT_SIZE + 1, _SEGMENT_SIZE):
-        slot[offset : offset + 4] = b"\xff\xff\xff\xff"
+    fields = list(REQUEST.unpack_from(slot))  # op, nr_segments, handle, id, sector, then (gref, first, last) each
+    fields[0] = fields[1] = 0xFF
+    fields[5::3] = [0xFFFF_FFFF] * len(fields[5::3])
+    REQUEST.pack_into(slot, 0, *fields)
 
 
 def scribble_req_prod(header: memoryview, rsp_prod: int, nr_ents: int) -> int:
