@@ -158,12 +158,17 @@ def guest(tmp: str, image: str, total_mib: int, random_ops: int, model: str = "s
         subprocess.run([sys.executable, "-m", "xenlike", "--run-dir", tmp, "down"], stdout=subprocess.DEVNULL)
 
 
-def _follow(tmp: str, log: Path, hypervisor: int) -> dict[str, Any]:
-    """Read the guest's console as it goes: CPU times at each PHASE line, then its BLKBENCH figures."""
+def _follow(tmp: str, log: Path, hypervisor: int, timeout: float = 900) -> dict[str, Any]:
+    """Read the guest's console as it goes: CPU times at each PHASE line, then its BLKBENCH figures.
+
+    Only whole lines count: one caught half written (the BLKBENCH one, say) is read
+    again once its newline is there.
+    """
     seen, marks, roles = 0, [], None
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lines = log.read_text().splitlines() if log.exists() else []
+        text = log.read_text() if log.exists() else ""
+        lines = text[: text.rfind("\n") + 1].splitlines()
         for line in lines[seen:]:
             if line.startswith("PHASE "):
                 roles = roles or _roles(tmp, hypervisor)

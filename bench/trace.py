@@ -184,37 +184,13 @@ _BLK = r"""
 import json, os, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 import xenlike
-from bench.blk import WORKLOAD, _allocate, _roles, _snapshot
+from bench.blk import WORKLOAD, _allocate, _follow
 from xenlike.kernel.rundir import RunDir
 from xenlike.tools.toolstack_client import ToolstackClient
 
 import threading
 
 traced, total_mib, random_ops = {traced}, {total_mib}, {random_ops}
-
-
-def follow(tmp, log, hypervisor):
-    # bench/blk.py's reading of the console, taking whole lines only: a line caught half written
-    # (the BLKBENCH one, say) must not be counted as seen.
-    seen, marks, roles = 0, [], None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        text = log.read_text() if log.exists() else ""
-        lines = text[: text.rfind("\n") + 1].splitlines()
-        for line in lines[seen:]:
-            if line.startswith("PHASE "):
-                roles = roles or _roles(tmp, hypervisor)
-                marks.append((line.split()[1], _snapshot(roles)))
-            elif line.startswith("BLKBENCH "):
-                report = json.loads(line[len("BLKBENCH "):])
-                cpu = {{name: {{role: after[role] - before[role] for role in before}}
-                       for (name, before), (_, after) in zip(marks, marks[1:])}}
-                for name, guest_s in report["guest_cpu_s"].items():
-                    cpu[name]["guest"] = guest_s
-                return {{"figures": report["figures"], "cpu_s": cpu}}
-        seen = len(lines)
-        time.sleep(0.002)
-    raise RuntimeError(f"the guest reported nothing; see {{log}}")
 
 
 def watch(tmp, hypervisor):
@@ -251,7 +227,7 @@ with tempfile.TemporaryDirectory(prefix="tracebench-", dir="/tmp") as tmp:
                               "trusted": True, "size": None, "model": "split"}}]}}
         with ToolstackClient(RunDir(tmp)) as client:
             client.call("create", config=config)
-        result = follow(tmp, Path(tmp) / "logs" / "blkbench.log", hypervisor)
+        result = _follow(tmp, Path(tmp) / "logs" / "blkbench.log", hypervisor, timeout=300)
     finally:
         if reader is not None:
             reader.send_signal(signal.SIGINT)
