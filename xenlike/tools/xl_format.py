@@ -398,12 +398,10 @@ def _same_domain(sample: dict | None, domain: dict) -> dict | None:
 
 def _device_notifications_per_s(now: dict | None, before: dict | None, elapsed: float) -> str:
     """One device ring's notifications per second both ways between two samples ("-": its back end has no count)."""
-    if now is None or "notify_sent" not in now:
+    count = _notify_count([now])
+    if count is None:
         return "-"
-    if before is None or "notify_sent" not in before or elapsed <= 0:
-        return "0.0"
-    then = before["notify_sent"] + before["notify_received"]
-    return f"{max(now['notify_sent'] + now['notify_received'] - then, 0) / elapsed:.1f}"
+    return f"{_rate(count, _notify_count([before]), elapsed):.1f}"
 
 
 def _earlier_device(before: dict | None, field: str, devid: int) -> dict | None:
@@ -483,7 +481,7 @@ def _cpu_percent(domain: dict, sample: dict, previous: dict | None) -> float:
     """xentop's get_cpu_pct: CPU time accounted between two samples over the wall time between them."""
     if previous is None:
         return 0.0
-    before = next((d for d in previous["domains"] if d["domid"] == domain["domid"]), None)
+    before = _same_domain(previous, domain)
     elapsed = sample["monotonic"] - previous["monotonic"]
     if before is None or elapsed <= 0:
         return 0.0
@@ -492,12 +490,20 @@ def _cpu_percent(domain: dict, sample: dict, previous: dict | None) -> float:
 
 def _ring_notifications(domain: dict) -> int | None:
     """Notifications both ways on the rings of a domain's devices, as their back ends count them; None: no ring."""
-    counted = [
-        device["notify_sent"] + device["notify_received"]
-        for device in (*domain.get("vbds", []), *domain.get("nets", []))
-        if device is not None and "notify_sent" in device
-    ]
+    return _notify_count((*domain.get("vbds", []), *domain.get("nets", [])))
+
+
+def _notify_count(devices: Iterable[dict | None]) -> int | None:
+    """Kicks sent plus upcalls taken over the devices whose back ends count them; None if none does."""
+    counted = [d["notify_sent"] + d["notify_received"] for d in devices if d is not None and "notify_sent" in d]
     return sum(counted) if counted else None
+
+
+def _rate(now: int, then: int | None, elapsed: float) -> float:
+    """A counter's increase per second (0.0 without an earlier count, as on xentop's first frame)."""
+    if then is None or elapsed <= 0:
+        return 0.0
+    return max(now - then, 0) / elapsed
 
 
 def _notifications_per_s(domain: dict, sample: dict, previous: dict | None) -> float | None:
@@ -511,12 +517,9 @@ def _notifications_per_s(domain: dict, sample: dict, previous: dict | None) -> f
     now = _ring_notifications(domain)
     if now is None:
         return None
-    before = None if previous is None else next((d for d in previous["domains"] if d["domid"] == domain["domid"]), None)
+    before = _same_domain(previous, domain)
     then = None if before is None else _ring_notifications(before)
-    elapsed = 0.0 if previous is None else sample["monotonic"] - previous["monotonic"]
-    if then is None or elapsed <= 0:
-        return 0.0
-    return max(now - then, 0) / elapsed
+    return _rate(now, then, 0.0 if previous is None else sample["monotonic"] - previous["monotonic"])
 
 
 def _vbd_total(vbds: list[dict | None], counter: str) -> int | None:
