@@ -61,6 +61,7 @@ __all__ = [
 WORKER_START_TIMEOUT_S = 10.0
 WORKER_STOP_TIMEOUT_S = 5.0
 WAIT_BOUND_S = 1.0  # a lost wake-up costs at most this (ARCHITECTURE.md, "Rings and memory ordering")
+CONTROL_LOOK_S = 0.01  # how long a busy worker may leave dom0's messages unread
 
 log = logging.getLogger("dom0.backend")
 
@@ -308,7 +309,14 @@ def _serve(
     stop: list[bool],
     kicks: list[int],
 ) -> int:
-    """The kthread's loop (``xen_blkif_schedule``): serve, kick (counted in ``kicks``), re-check, sleep."""
+    """The kthread's loop (``xen_blkif_schedule``): serve, kick (counted in ``kicks``), re-check, sleep.
+
+    A data path that keeps finding work never sleeps in the event loop, so it is
+    looked at without waiting every :data:`CONTROL_LOOK_S`: dom0's messages (stop,
+    stats, a fault) are answered under load too.
+    """
+    clock = time.monotonic
+    next_look = clock() + CONTROL_LOOK_S
     try:
         while not stop:
             if data_path.process():
@@ -316,6 +324,11 @@ def _serve(
                 kicks[0] += 1
             elif not data_path.final_check():
                 loop.poll(WAIT_BOUND_S)
+                next_look = clock() + CONTROL_LOOK_S
+                continue
+            if clock() >= next_look:
+                loop.poll(0)
+                next_look = clock() + CONTROL_LOOK_S
     except RingError as exc:
         log.error("%s: front end broke the ring protocol, disconnecting: %s", label, exc)
         send_message(control, {"fatal": str(exc)})

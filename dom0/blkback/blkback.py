@@ -161,13 +161,6 @@ class BlkifRing:
     def process(self) -> bool:
         """Serve every request waiting; True if responses were pushed and the front must be kicked.
 
-        While work keeps coming (a batch was served less than :data:`POLL_S` ago)
-        an empty ring is polled for that long before this returns False and the
-        worker re-arms ``req_event`` and sleeps: as Linux blkback's
-        ``xen_blkif_schedule`` keeps going while requests arrive, and as virtio's
-        event suppression, a front end that finds ``req_event`` not re-armed
-        publishes without notifying.
-
         The batch is decoded in one pass over its slots (``struct.iter_unpack``);
         a READ or WRITE with direct segments, the common case, takes no per-field
         Python step beyond its checks. Raises RingError if the front end broke the
@@ -178,12 +171,10 @@ class BlkifRing:
             if self.corrupt is not None:
                 self._corrupt_ring()
             data, count = ring.get_requests()
-            if not count:
-                if time.monotonic() >= self._busy_until or not self._poll_for_requests():
-                    return False
-                data, count = ring.get_requests()
         except RingError as exc:  # Linux: "Frontend provided bogus ring requests ... Halting ring processing"
             raise RingError(f"front end provided bogus ring requests: {exc}") from None
+        if not count:
+            return False
         slot = BLKIF_PROTOCOL.entry_size
         responses = bytearray(count * slot)
         pack_response = RESPONSE.pack_into
@@ -434,8 +425,22 @@ class BlkifRing:
             self.stats["maps"] = self.grants.maps
 
     def final_check(self) -> bool:
-        """Re-arm ``req_event``; True if requests arrived meanwhile (``RING_FINAL_CHECK_FOR_REQUESTS``)."""
-        return self.ring.final_check_for_requests()
+        """True if requests are waiting; False once ``req_event`` is re-armed and none came
+        (``RING_FINAL_CHECK_FOR_REQUESTS``).
+
+        While work keeps coming (a batch was served less than :data:`POLL_S` ago)
+        the ring is polled for that long before ``req_event`` is re-armed: as Linux
+        blkback's ``xen_blkif_schedule`` keeps going while requests arrive, and as
+        virtio's event suppression, a front end that finds ``req_event`` behind
+        publishes without notifying, and the worker does not sleep between
+        batches that come close together.
+        """
+        try:
+            if time.monotonic() < self._busy_until and self._poll_for_requests():
+                return True
+            return self.ring.final_check_for_requests()
+        except RingError as exc:
+            raise RingError(f"front end provided bogus ring requests: {exc}") from None
 
     def close(self) -> None:
         """Unmap every grant (ring included): after this the front end may revoke them."""
