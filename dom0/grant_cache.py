@@ -53,7 +53,7 @@ class PersistentGrants:
         # grefs are not mapped (writable)?" with one set operation per request.
         self._grants: dict[int, _Grant] = {}
         self.slot_of: dict[int, int] = {}
-        self._writable: set[int] = set()
+        self.writable: set[int] = set()  # the grefs mapped writable
         self._free_slots = list(reversed(range(capacity)))  # lowest first, so runs stay adjacent
 
     @property
@@ -71,7 +71,7 @@ class PersistentGrants:
         emptied first. Raises :class:`GrantRefused` naming the first gref the
         hypervisor refused; the others stay mapped.
         """
-        needed = set(grefs).difference(self._writable if writable else self.slot_of)
+        needed = set(grefs).difference(self.writable if writable else self.slot_of)
         if not needed:
             return
         if len(self._grants) + len(needed) > self.capacity:
@@ -121,7 +121,7 @@ class PersistentGrants:
             self._grants[gref] = _Grant(slot, handle, writable)
             self.slot_of[gref] = slot
             if writable:
-                self._writable.add(gref)
+                self.writable.add(gref)
         self.maps += len(grefs)
 
     def _map(self, refs: list[int], writable: bool) -> list[tuple[int, int]]:
@@ -131,7 +131,7 @@ class PersistentGrants:
     def _forget(self, gref: int) -> _Grant:
         grant = self._grants.pop(gref)
         del self.slot_of[gref]
-        self._writable.discard(gref)
+        self.writable.discard(gref)
         self.arena.unmap(grant.slot)
         self._free_slots.append(grant.slot)
         return grant
