@@ -20,6 +20,7 @@ a frame, a ring reference is a grant, the start info names frames.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import mmap
 import os
@@ -309,6 +310,10 @@ class ForeignArena:
         return self._addr + slot * PAGE_SIZE
 
 
+def _run_start(run: list[int]) -> int:
+    return run[0]
+
+
 class PageAllocator:
     """First-fit allocator of a guest's free frames (its kernel's page allocator).
 
@@ -324,12 +329,13 @@ class PageAllocator:
         self.limit = limit
         # Sorted list of free runs as [start, length].
         self._free: list[list[int]] = [[first, limit - first]] if limit > first else []
+        self._free_count = limit - first  # the sum of the free runs' lengths, kept as they change
         self._allocated: dict[int, int] = {}
         self._owners: dict[int, str] = {}  # runs a device holds, by first pfn: not carried across a save
 
     @property
     def free_frames(self) -> int:
-        return sum(length for _, length in self._free)
+        return self._free_count
 
     def alloc(self, count: int = 1, owner: str = "") -> int:
         """Allocate ``count`` contiguous frames; returns the first pfn.
@@ -349,6 +355,7 @@ class PageAllocator:
                     run[0] += count
                     run[1] -= count
                 self._allocated[start] = count
+                self._free_count -= count
                 if owner:
                     self._owners[start] = owner
                 return start
@@ -373,6 +380,7 @@ class PageAllocator:
                 self._free.extend(piece for piece in pieces if piece[1] > 0)
                 self._free.sort(key=lambda r: r[0])
                 self._allocated[start] = count
+                self._free_count -= count
                 if owner:
                     self._owners[start] = owner
                 return
@@ -384,10 +392,9 @@ class PageAllocator:
         if count is None:
             raise ValueError(f"frame {pfn} is not the start of an allocated run")
         self._owners.pop(pfn, None)
+        self._free_count += count
         runs = self._free
-        index = 0
-        while index < len(runs) and runs[index][0] < pfn:
-            index += 1
+        index = bisect.bisect_left(runs, pfn, key=_run_start)
         runs.insert(index, [pfn, count])
         # Coalesce with the neighbours so long runs come back.
         if index + 1 < len(runs) and runs[index][0] + runs[index][1] == runs[index + 1][0]:
