@@ -865,8 +865,11 @@ class BlockDevice:
     # the back end pushes without notifying; the last poller re-arms before it sleeps.
 
     def _poll_begin(self) -> None:
+        """A thread starts polling; the first turns the back end's notifications off until the last re-arms."""
         with self._cond:
             self._pollers += 1
+            if self._pollers == 1 and self.ring is not None:
+                self.ring.disable_response_events()
 
     def _poll_responses(self) -> None:
         """Complete what the back end has answered, from a polling thread (rsp_event left as it is).

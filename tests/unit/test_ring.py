@@ -69,6 +69,22 @@ def test_first_request_notifies_then_batches_silently(memory):
     assert front.push_requests() is True
 
 
+def test_a_polling_front_end_gets_no_notification_until_it_re_arms(memory):
+    front, back = rings(memory)
+    for value in range(3):
+        front.put_request(value, 0)
+    front.push_requests()
+    back.get_requests()
+    front.disable_response_events()  # the first response would notify (rsp_event = 1): not now
+    for value in range(2):
+        back.put_response(value, 0)
+        assert back.push_responses() is False
+    assert front.get_responses()[1] == 2
+    assert front.final_check_for_responses() is False  # re-armed at rsp_cons + 1
+    back.put_response(2, 0)
+    assert back.push_responses() is True
+
+
 def test_final_check_catches_work_pushed_before_rearm(memory):
     front, back = rings(memory)
     front.put_request(1, 1)

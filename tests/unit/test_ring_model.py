@@ -1,8 +1,9 @@
 """Model-based test of the shared ring under random interleavings of both ends.
 
 Front and back share a small ring (4 slots, so it wraps and fills often). Each
-step is one end doing one thing: produce, consume, answer, or try to go to sleep
-(``final_check_for_*`` returning False). The peer's whole step can also run
+step is one end doing one thing: produce, consume, answer, turn response
+notifications off while polling (``disable_response_events``), or try to go to
+sleep (``final_check_for_*`` returning False). The peer's whole step can also run
 *inside* a push or final check, at its barrier: between storing an index and
 loading the peer's, the one place where the event-index trick can race. Under
 sequential consistency this covers every outcome of the two macros' store/load
@@ -131,6 +132,12 @@ class RingInterleavings(RuleBasedStateMachine):
         if race and not self.back_asleep:
             self._injected = lambda: self._answer(race)
         self._front_try_sleep()
+
+    @precondition(lambda self: not self.front_asleep)
+    @rule()
+    def front_polls(self) -> None:
+        """A front end polling while it waits turns notifications off; it sleeps only through the final check."""
+        self.front.disable_response_events()
 
     # -- what must always hold ----------------------------------------------------
 

@@ -345,6 +345,18 @@ class FrontRing(_RingEnd):
             self._trace(_CONSUME, {"slots": count})
         return data, count
 
+    def disable_response_events(self) -> None:
+        """Leave ``rsp_event`` behind ``rsp_cons``: the back end's pushes stop notifying until
+        :meth:`final_check_for_responses` re-arms it.
+
+        For a front end that polls the ring while it waits (virtio's
+        ``VRING_AVAIL_F_NO_INTERRUPT``): ``RING_PUSH_RESPONSES_AND_CHECK_NOTIFY``
+        notifies only for an event index past the responses it had pushed before,
+        and the back end has pushed at least up to ``rsp_cons``. Whoever disables
+        must re-arm (with the final check) before it stops looking.
+        """
+        self._idx[_RSP_EVENT] = self.rsp_cons
+
     def final_check_for_responses(self) -> bool:
         """``RING_FINAL_CHECK_FOR_RESPONSES``: re-arm rsp_event, then look once more.
 
