@@ -236,7 +236,7 @@ def table(runs: dict[str, dict[str, Any]], native: dict[str, float], total_mib: 
 
 def main() -> None:
     args = parser(__doc__.split("\n\n")[0]).parse_args()
-    total_mib = 32 if args.quick else 128
+    total_mib = 32 if args.quick else 512
     random_ops = 5_000 if args.quick else 40_000
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="xl-blk-", dir="/tmp") as tmp:

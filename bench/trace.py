@@ -290,7 +290,7 @@ def main() -> None:
         p.error("--baseline DIR is needed (build one with --make-baseline DIR)")
     trees = {"baseline": os.path.abspath(args.baseline), "off": HERE, "all": HERE}
     pairs = 1_000_000 if args.quick else 10_000_000  # as bench/ring.py
-    total_mib, random_ops = (32, 5_000) if args.quick else (128, 40_000)  # as bench/blk.py
+    total_mib, random_ops = (32, 5_000) if args.quick else (128, 40_000)  # bench/blk.py's passes, shorter sequential ones: rounds repeat them
     figures: dict[str, float] = {}
     ratios: dict[str, float] = {}
     if args.only != "blk":
