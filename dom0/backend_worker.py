@@ -11,7 +11,9 @@ A data path is what :attr:`WorkerSpec.data_path` builds in the worker from a
 :class:`WorkerContext`; it has the shape of a ring served by a kthread:
 
 - ``process() -> bool``: serve what is waiting; True if the front end must be kicked;
-- ``final_check() -> bool``: re-arm the event index; True if more work came meanwhile;
+- ``final_check() -> bool``: re-arm the event index; True if more work came meanwhile
+  (a data path may poll for a while first, while work keeps coming; the worker sleeps only
+  when this says False);
 - ``stats``: its live counters (a dict of ints);
 - ``close()``: unmap everything; afterwards the front end may end access.
 
