@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xenlike.kernel import trace
 from xenlike.kernel.hypercall import HypercallClient
@@ -293,7 +294,8 @@ class BlkifRing:
         ):
             vectors = self._whole_page_vectors(grefs, (last + 1) * SECTOR_SIZE)
             if vectors is not None:
-                return self._transfer(op, req_id, sector, total, vectors)
+                self.stats["write_requests" if writing else "read_requests"] += 1
+                return self._answer(req_id, self._move, writing, sector, total, vectors)
         segments = SegmentArray(list(grefs), bytes(fields[6:end:3]), bytes(lasts))
         return self._serve_rw(op, req_id, sector, segments)
 
@@ -307,38 +309,23 @@ class BlkifRing:
         start = first * PAGE_SIZE
         return [view[start : start + (count - 1) * PAGE_SIZE + tail]]
 
-    def _transfer(self, op: int, req_id: int, sector: int, total: int, vectors: list[memoryview]) -> int:
-        """Move ``total`` checked sectors at ``sector`` between the image and ``vectors``; the response status."""
-        stats = self.stats
-        stats["requests"] += 1
-        try:
-            if op == BLKIF_OP_WRITE:
-                stats["write_requests"] += 1
-                done = os.pwritev(self.vbd.fd, vectors, sector * SECTOR_SIZE)
-                stats["write_sectors"] += total
-            else:
-                stats["read_requests"] += 1
-                done = os.preadv(self.vbd.fd, vectors, sector * SECTOR_SIZE)
-                stats["read_sectors"] += total
-        except OSError as exc:
-            stats["errors"] += 1
-            log.warning("%s: request %d failed: %s", self.label, req_id, exc)
-            return BLKIF_RSP_ERROR
-        if done != total * SECTOR_SIZE:
-            stats["errors"] += 1
-            what = "write" if op == BLKIF_OP_WRITE else "read"
-            log.warning(
-                "%s: request %d refused: short %s: %d of %d bytes", self.label, req_id, what, done, total * SECTOR_SIZE
-            )
-            return BLKIF_RSP_ERROR
-        return BLKIF_RSP_OKAY
-
     def _serve_rw(self, op: int, req_id: int, sector: int, segments: SegmentArray) -> int:
         """A READ or WRITE with direct segments: :meth:`_serve` without decoding a :class:`BlkRequest`."""
+        return self._answer(req_id, self._read_write, op, sector, segments)
+
+    def _serve(self, request: BlkRequest) -> int:
+        return self._answer(request.id, self._dispatch, request)
+
+    def _answer(self, req_id: int, serve: Callable[..., None], *args: Any) -> int:
+        """Run ``serve(*args)`` for request ``req_id``; the status its response carries.
+
+        A RequestError is a refusal (its status, logged as such), an OSError a
+        failure of the image (``BLKIF_RSP_ERROR``); either is counted in ``errors``.
+        """
         self.stats["requests"] += 1
         try:
             try:
-                self._read_write(op, sector, segments)
+                serve(*args)
             finally:
                 if not self.persistent:
                     self.grants.unmap_all()
@@ -352,34 +339,20 @@ class BlkifRing:
             log.warning("%s: request %d failed: %s", self.label, req_id, exc)
             return BLKIF_RSP_ERROR
 
-    def _serve(self, request: BlkRequest) -> int:
-        self.stats["requests"] += 1
-        try:
-            try:
-                if request.operation in (BLKIF_OP_READ, BLKIF_OP_WRITE):
-                    self._read_write(request.operation, request.sector_number, self._check_direct(request))
-                elif request.operation == BLKIF_OP_INDIRECT:
-                    self._read_write(*self._indirect(request))
-                elif request.operation == BLKIF_OP_FLUSH_DISKCACHE:
-                    self.stats["flush_requests"] += 1
-                    os.fdatasync(self.vbd.fd)
-                elif request.operation == BLKIF_OP_DISCARD:
-                    self.stats["discard_requests"] += 1
-                    self._discard(request)
-                else:
-                    raise RequestError(f"unknown operation {request.operation}", BLKIF_RSP_EOPNOTSUPP)
-            finally:
-                if not self.persistent:
-                    self.grants.unmap_all()
-            return BLKIF_RSP_OKAY
-        except RequestError as exc:
-            self.stats["errors"] += 1
-            log.warning("%s: request %d refused: %s", self.label, request.id, exc)
-            return exc.status
-        except OSError as exc:
-            self.stats["errors"] += 1
-            log.warning("%s: request %d failed: %s", self.label, request.id, exc)
-            return BLKIF_RSP_ERROR
+    def _dispatch(self, request: BlkRequest) -> None:
+        """Serve any request by its operation (RequestError for one refused)."""
+        if request.operation in (BLKIF_OP_READ, BLKIF_OP_WRITE):
+            self._read_write(request.operation, request.sector_number, self._check_direct(request))
+        elif request.operation == BLKIF_OP_INDIRECT:
+            self._read_write(*self._indirect(request))
+        elif request.operation == BLKIF_OP_FLUSH_DISKCACHE:
+            self.stats["flush_requests"] += 1
+            os.fdatasync(self.vbd.fd)
+        elif request.operation == BLKIF_OP_DISCARD:
+            self.stats["discard_requests"] += 1
+            self._discard(request)
+        else:
+            raise RequestError(f"unknown operation {request.operation}", BLKIF_RSP_EOPNOTSUPP)
 
     # -- checks ---------------------------------------------------------------------
 
@@ -432,7 +405,10 @@ class BlkifRing:
             self._check_failing(self.failing, sector, total)
         # A READ writes into the guest's pages: their grants must allow writing.
         self._ensure_mapped(segments.grefs, writable=not writing)
-        vectors = self._io_vectors(segments)
+        self._move(writing, sector, total, self._io_vectors(segments))
+
+    def _move(self, writing: bool, sector: int, total: int, vectors: list[memoryview]) -> None:
+        """``pwritev``/``preadv`` of ``total`` checked sectors at ``sector``; RequestError if short."""
         offset = sector * SECTOR_SIZE
         if writing:
             done = os.pwritev(self.vbd.fd, vectors, offset)
