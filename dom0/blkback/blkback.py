@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -292,22 +292,23 @@ class BlkifRing:
             # A READ writes into the guest's pages: their grants must be mapped writable.
             and (all(map(grants.slot_of.__contains__, grefs)) if writing else grants.writable.issuperset(grefs))
         ):
-            vectors = self._whole_page_vectors(grefs, (last + 1) * SECTOR_SIZE)
+            vectors = self._whole_page_vectors(grefs, 0, (last + 1) * SECTOR_SIZE)
             if vectors is not None:
                 self.stats["write_requests" if writing else "read_requests"] += 1
                 return self._answer(req_id, self._move, writing, sector, total, vectors)
         segments = SegmentArray(list(grefs), bytes(fields[6:end:3]), bytes(lasts))
         return self._serve_rw(op, req_id, sector, segments)
 
-    def _whole_page_vectors(self, grefs: tuple[int, ...], tail: int) -> list[memoryview] | None:
-        """One I/O vector for pages in adjacent arena slots, the last ``tail`` bytes long; None if not adjacent."""
-        slot_of, view = self.grants.slot_of, self.grants.view
+    def _whole_page_vectors(self, grefs: Sequence[int], head: int, tail: int) -> list[memoryview] | None:
+        """One I/O vector for pages in adjacent arena slots (a run from the front end's pool), from ``head``
+        bytes into the first to ``tail`` bytes into the last; None if the slots are not adjacent."""
+        slot_of = self.grants.slot_of
         first = slot_of[grefs[0]]
         count = len(grefs)
         if count > 1 and [slot_of[gref] for gref in grefs] != list(range(first, first + count)):
             return None
         start = first * PAGE_SIZE
-        return [view[start : start + (count - 1) * PAGE_SIZE + tail]]
+        return [self.grants.view[start + head : start + (count - 1) * PAGE_SIZE + tail]]
 
     def _serve_rw(self, op: int, req_id: int, sector: int, segments: SegmentArray) -> int:
         """A READ or WRITE with direct segments: :meth:`_serve` without decoding a :class:`BlkRequest`."""
@@ -421,22 +422,14 @@ class BlkifRing:
 
     def _io_vectors(self, segments: SegmentArray) -> list[memoryview]:
         """The segments' sectors in the arena, segments adjacent there merged into one vector."""
+        firsts, lasts = segments.first_sects, segments.last_sects
+        count = len(segments)
+        if lasts[:-1] == _LAST_OF_WHOLE_PAGES[: count - 1] and firsts[1:] == _FIRST_OF_WHOLE_PAGES[: count - 1]:
+            whole = self._whole_page_vectors(segments.grefs, firsts[0] * SECTOR_SIZE, (lasts[-1] + 1) * SECTOR_SIZE)
+            if whole is not None:
+                return whole
         view = self.grants.view
         slots = list(map(self.grants.slot_of.__getitem__, segments.grefs))
-        firsts, lasts = segments.first_sects, segments.last_sects
-        count = len(slots)
-        if (
-            slots == list(range(slots[0], slots[0] + count))
-            and lasts[:-1] == _LAST_OF_WHOLE_PAGES[: count - 1]
-            and firsts[1:] == _FIRST_OF_WHOLE_PAGES[: count - 1]
-        ):
-            # Whole pages in adjacent slots (a run from the front end's pool): one vector.
-            return [
-                view[
-                    slots[0] * PAGE_SIZE + firsts[0] * SECTOR_SIZE : slots[-1] * PAGE_SIZE
-                    + (lasts[-1] + 1) * SECTOR_SIZE
-                ]
-            ]
         vectors: list[memoryview] = []
         run_start = run_end = -1
         for slot, first, last in zip(slots, firsts, lasts):
@@ -481,7 +474,7 @@ class BlkifRing:
         batches that come close together.
         """
         try:
-            if time.monotonic() < self._busy_until and self._poll_for_requests():
+            if self._poll_for_requests():
                 return True
             return self.ring.final_check_for_requests()
         except RingError as exc:

@@ -26,6 +26,7 @@ import mmap
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 
 from xenlike.public.xen import PAGE_SIZE
 
@@ -310,10 +311,6 @@ class ForeignArena:
         return self._addr + slot * PAGE_SIZE
 
 
-def _run_start(run: list[int]) -> int:
-    return run[0]
-
-
 class PageAllocator:
     """First-fit allocator of a guest's free frames (its kernel's page allocator).
 
@@ -394,7 +391,7 @@ class PageAllocator:
         self._owners.pop(pfn, None)
         self._free_count += count
         runs = self._free
-        index = bisect.bisect_left(runs, pfn, key=_run_start)
+        index = bisect.bisect_left(runs, pfn, key=itemgetter(0))
         runs.insert(index, [pfn, count])
         # Coalesce with the neighbours so long runs come back.
         if index + 1 < len(runs) and runs[index][0] + runs[index][1] == runs[index + 1][0]:
