@@ -25,19 +25,25 @@ def write_cluster_disks(directory, domains):
     return write_cluster(directory, domains)
 
 
-def create_disk_guest(host, tmp_path, name: str, mode: str, vdev: str = "xvda") -> int:
-    """``xenlike create`` a guest running the disk workload's ``mode`` on an 8 MiB ``vdev``; its domid."""
+def create_disk_guest(host, tmp_path, name: str, mode: str, vdev: str = "xvda", *args: str) -> int:
+    """``xenlike create`` a guest running the disk workload's ``mode`` (and ``args``) on an 8 MiB ``vdev``; its domid."""
     cfg = tmp_path / f"{name}.cfg"
+    quoted = "".join(f', "{arg}"' for arg in args)
     cfg.write_text(f'name = "{name}"\nmemory = 32\nworkload = "{workload("disk")}"\n'
-                   f'workload_args = ["{mode}", "{vdev}"]\n'
+                   f'workload_args = ["{mode}", "{vdev}"{quoted}]\n'
                    f'disk = ["vdev={vdev}, size=8M, target={tmp_path / name}.img"]\n')
     host.xl("create", str(cfg))
     return host.domains()[name]["domid"]
 
 
-def create_doing_io(host, tmp_path, name: str) -> int:
-    """A guest doing I/O rounds on its disk (``create_disk_guest``), once it has done a few."""
-    domid = create_disk_guest(host, tmp_path, name, "io")
+def create_doing_io(host, tmp_path, name: str, pause_ms: int | None = None) -> int:
+    """A guest doing I/O rounds on its disk (``create_disk_guest``), once it has done a few.
+
+    With ``pause_ms`` it idles that long after each round: past the rings' poll windows, so its
+    requests notify (a ring kept busy needs no notification at all).
+    """
+    pause = () if pause_ms is None else (str(pause_ms),)
+    domid = create_disk_guest(host, tmp_path, name, "io", "xvda", *pause)
     wait_for(lambda: int(host.xs_read(f"/local/domain/{domid}/data/rounds") or 0) > 3, timeout=30, what="I/O")
     return domid
 

@@ -28,7 +28,7 @@ def batch_frames(output: str) -> list[dict[str, dict[str, str]]]:
 def test_top_batch_shows_every_domain_and_live_disk_counters(host, tmp_path):
     host.up(str(write_cluster(tmp_path, [{"name": "sleeper", "workload": "idle"},
                                          {"name": "crasher", "workload": "crash", "on_crash": "preserve"}])))
-    create_doing_io(host, tmp_path, "disky")
+    create_doing_io(host, tmp_path, "disky", pause_ms=5)
     host.xl("pause", "sleeper")
     wait_for(lambda: host.domains()["crasher"]["state"] == "---sc-", what="crasher to crash")
 
@@ -65,7 +65,7 @@ def test_top_full_names_are_not_cut(host, tmp_path):
 
 def test_top_x_shows_each_disk_s_line_and_its_ring_s_notifications_per_second(host, tmp_path):
     host.up(str(write_cluster(tmp_path, [{"name": "sleeper", "workload": "idle"}])))
-    create_doing_io(host, tmp_path, "disky")
+    create_doing_io(host, tmp_path, "disky", pause_ms=5)
     output = host.xl("top", "-b", "-i", "3", "-d", "0.5", "-x", "-n").stdout.splitlines()
     header = [number for number, line in enumerate(output) if line.split() == HEADER]
     assert len(header) == 3

@@ -7,7 +7,9 @@ Modes:
   hotplug            wait for VDEV to appear, write and read it ("HOT"), wait for it to go ("GONE")
   durable            write 4 KiB records forever, flushing every 8, publishing data/flushed
   hostile            corrupt the ring's req_prod and kick the back end ("HOSTILE")
-  io                 write and read back forever, counting rounds in data/rounds
+  io [PAUSE_MS]      write and read back forever, counting rounds in data/rounds; with
+                     PAUSE_MS, idle that long after each round (longer than the rings' poll
+                     windows, each round's requests then notify the back end)
   batch SEED MIB     mixed reads and writes through disk.batch(), more than the ring and the
                      pool hold, checked byte for byte against a model of the disk ("BATCH")
   buffers SEED       zero-copy I/O through disk.buffer(): patterns written and read back through
@@ -310,4 +312,6 @@ def run(ctx):
                 return
             rounds += 1
             ctx.xenstore.write("data/rounds", str(rounds))
+            if rest:
+                ctx.shutdown.wait(int(rest[0]) / 1000)
     ctx.shutdown.wait()
