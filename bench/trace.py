@@ -235,11 +235,12 @@ with tempfile.TemporaryDirectory(prefix="tracebench-", dir="/tmp") as tmp:
         subprocess.run(xl + ["down"], stdout=subprocess.DEVNULL, timeout=120)
     records = lost = 0
     if traced:
-        with open(recording) as f:
-            for line in f:
+        from xenlike.tools.xentrace import read_recording
+        for record in read_recording(Path(recording)).records:
+            if record["event"] == "lost_records":
+                lost += record["n"]
+            else:
                 records += 1
-                if '"lost_records"' in line:
-                    lost += json.loads(line).get("n", 0)
 print(json.dumps({{"figures": result["figures"], "cpu_s": result["cpu_s"], "records": records, "lost": lost,
                   "src": xenlike.__file__}}))
 """

@@ -38,13 +38,12 @@ from xenlike.public.trace import (
     MAGIC,
     MAX_FAULTS,
     MAX_RECORD,
-    RECORD,
-    RECORD_BYTES,
     VERSION,
     FaultAction,
     Word,
     class_of,
     pack_record,
+    split_records,
 )
 
 __all__ = [
@@ -157,17 +156,8 @@ class TraceBuffer:
         first = min(waiting, self.size - offset)
         chunk = bytes(self.data[offset : offset + first]) + bytes(self.data[: waiting - first])
         words[Word.CONS] = prod  # the bytes are ours now: the writer may reuse them
-        records: list[bytes] = []
-        pos = 0
-        while pos < len(chunk):
-            if len(chunk) - pos < RECORD_BYTES:
-                return records, new_lost, f"{len(chunk) - pos} bytes at the end are not a record"
-            length = RECORD.unpack_from(chunk, pos)[0]
-            if length < RECORD_BYTES or length > MAX_RECORD or length % 4 or pos + length > len(chunk):
-                return records, new_lost, f"a record says it is {length} bytes"
-            records.append(chunk[pos : pos + length])
-            pos += length
-        return records, new_lost, None
+        records, why = split_records(chunk)
+        return records, new_lost, why
 
     def discard(self) -> None:
         """Drop what is waiting without reading it (the hypervisor never parses a guest's records)."""

@@ -80,6 +80,7 @@ __all__ = [
     "class_of",
     "pack_record",
     "unpack_record",
+    "split_records",
     "TraceRecord",
     "RecordError",
     "TRACE_SOCKET",
@@ -238,6 +239,27 @@ def pack_record(event: int, ns: int, domid: int, vcpu: int, fields: dict[str, An
     if length > MAX_RECORD:
         raise ValueError(f"trace record of {length} bytes is over {MAX_RECORD}")
     return RECORD.pack(length, event, ns, domid & 0xFFFF, vcpu & 0xFFFF) + payload + b"\0" * (-len(payload) % 4)
+
+
+def split_records(chunk: bytes) -> tuple[list[bytes], str | None]:
+    """``chunk`` (records back to back, as a buffer holds them) cut into records.
+
+    The second item is None, or why the rest of ``chunk`` is not records: a
+    length that is impossible or runs past the end. Each record's fields are
+    not looked at (:func:`unpack_record` does that).
+    """
+    records: list[bytes] = []
+    pos, end = 0, len(chunk)
+    header = RECORD.unpack_from
+    while pos < end:
+        if end - pos < RECORD_BYTES:
+            return records, f"{end - pos} bytes at the end are not a record"
+        length = header(chunk, pos)[0]
+        if length < RECORD_BYTES or length > MAX_RECORD or length % 4 or pos + length > end:
+            return records, f"a record says it is {length} bytes"
+        records.append(chunk[pos : pos + length])
+        pos += length
+    return records, None
 
 
 def unpack_record(data: bytes | memoryview) -> tuple[int, int, int, int, dict[str, Any]]:

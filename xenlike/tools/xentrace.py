@@ -23,7 +23,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
+
+import msgpack
 
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message
 from xenlike.kernel.rundir import RunDir
@@ -36,11 +38,25 @@ from xenlike.public.trace import (
     TraceClass,
     TraceRecord,
     class_of,
+    split_records,
     unpack_record,
 )
 from xenlike.public.xen import DOMID_XEN
 
-__all__ = ["TraceReader", "TraceError", "Merger", "DomainFilter", "format_line", "MERGE_DELAY_NS", "read_recording"]
+__all__ = [
+    "TraceReader",
+    "TraceError",
+    "Merger",
+    "DomainFilter",
+    "Drained",
+    "SourceInfo",
+    "decode",
+    "format_line",
+    "MERGE_DELAY_NS",
+    "Recording",
+    "RecordingWriter",
+    "read_recording",
+]
 
 MERGE_DELAY_NS = 250_000_000  # how long a record waits for earlier ones from slower buffers
 _CLASS_NAMES = {int(cls): (cls.name or "").lower() for cls in TraceClass}
@@ -49,6 +65,26 @@ _ANSWER_TIMEOUT_S = 10.0
 
 class TraceError(Exception):
     """The trace could not be opened or read: names the host or the refusal."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Whose buffer records came from: the hypervisor's ``id`` for it, its name, domain and role."""
+
+    id: int
+    name: str
+    domid: int
+    role: str
+
+
+@dataclass
+class Drained:
+    """One read of one buffer: its records as written (not yet decoded), and how many it lost since the last."""
+
+    source: SourceInfo
+    records: list[bytes]
+    lost: int
+    ns: int  # when it was read: the time a loss is reported at
 
 
 @dataclass
@@ -62,6 +98,32 @@ class _Source:
     buffer: TraceBuffer
     gone: bool = False
     corrupt: int = 0  # reads that found bytes that were not records
+
+    @property
+    def info(self) -> SourceInfo:
+        return SourceInfo(self.id, self.name, self.domid, self.role)
+
+
+def decode(drained: Drained, notices: list[str]) -> list[TraceRecord]:
+    """A read's records decoded; one that does not decode is left out and named in ``notices``.
+
+    A guest's buffer speaks for that guest alone: its records' ``domid`` is the
+    domain's, whatever they say.
+    """
+    source = drained.source
+    records: list[TraceRecord] = []
+    if drained.lost:
+        records.append(_record(Event.LOST_RECORDS, drained.ns, source.domid, 0, source.name, {"n": drained.lost}))
+    for data in drained.records:
+        try:
+            event, ns, domid, vcpu, fields = unpack_record(data)
+        except RecordError as exc:
+            notices.append(f"buffer {source.name!r} (d{source.domid}): {exc}")
+            continue
+        if source.role == "domu":
+            domid = source.domid
+        records.append(_record(event, ns, domid, vcpu, source.name, fields))
+    return records
 
 
 class TraceReader:
@@ -137,29 +199,26 @@ class TraceReader:
         self._ask({"op": "mask", "mask": mask})
         self.mask = mask
 
-    def read(self) -> list[TraceRecord]:
-        """Everything waiting in every buffer, in no particular order; drops buffers whose writer ended."""
-        records: list[TraceRecord] = []
+    def drain(self) -> list[Drained]:
+        """What every buffer holds now, as records not yet decoded; drops buffers whose writer ended."""
+        drained: list[Drained] = []
         for source in list(self.sources.values()):
             raw, lost, why = source.buffer.read()
-            if lost:
-                records.append(_record(Event.LOST_RECORDS, time.monotonic_ns(), source.domid, 0, source, {"n": lost}))
             if why is not None:
                 source.corrupt += 1
                 self.notices.append(f"buffer {source.name!r} (d{source.domid}): {why}; skipped to its end")
-            for data in raw:
-                try:
-                    event, ns, domid, vcpu, fields = unpack_record(data)
-                except RecordError as exc:
-                    source.corrupt += 1
-                    self.notices.append(f"buffer {source.name!r} (d{source.domid}): {exc}")
-                    continue
-                if source.role == "domu":
-                    domid = source.domid  # a guest speaks for itself alone
-                records.append(_record(event, ns, domid, vcpu, source, fields))
+            if raw or lost:
+                drained.append(Drained(source.info, raw, lost, time.monotonic_ns()))
             if source.gone:
                 source.buffer.close()
                 del self.sources[source.id]
+        return drained
+
+    def read(self) -> list[TraceRecord]:
+        """Everything waiting in every buffer, decoded, in no particular order."""
+        records: list[TraceRecord] = []
+        for drained in self.drain():
+            records.extend(decode(drained, self.notices))
         return records
 
     def close(self) -> None:
@@ -176,7 +235,7 @@ class TraceReader:
         self.close()
 
 
-def _record(event: int, ns: int, domid: int, vcpu: int, source: _Source, fields: dict[str, Any]) -> TraceRecord:
+def _record(event: int, ns: int, domid: int, vcpu: int, source: str, fields: dict[str, Any]) -> TraceRecord:
     record = TraceRecord(fields)
     record.update(
         ns=ns,
@@ -184,7 +243,7 @@ def _record(event: int, ns: int, domid: int, vcpu: int, source: _Source, fields:
         cls=_CLASS_NAMES.get(class_of(event), f"{class_of(event):#x}"),
         domid=domid,
         vcpu=vcpu,
-        src=source.name,
+        src=source,
     )
     return record
 
@@ -287,36 +346,130 @@ def _short(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def write_recording_header(out: TextIO, names: dict[int, str]) -> None:
-    """A recording's first line: the domains' names (``trace --record``'s file is JSON lines)."""
-    out.write(json.dumps({"xenlike_trace": 1, "names": {str(k): v for k, v in names.items()}}) + "\n")
+RECORDING_VERSION = 2
 
 
-def read_recording(path: Path) -> tuple[dict[int, str], list[TraceRecord]]:
-    """A ``--record`` file's names and records; TraceError naming the line that is not one."""
-    names: dict[int, str] = {}
-    records: list[TraceRecord] = []
+class RecordingWriter:
+    """A ``trace --record`` file: the buffers' records as they were written, decoded only when read back.
+
+    As ``xentrace`` writes the raw ``t_rec``s that xenalyze decodes later, the
+    recorder copies what it drains without decoding it, so it keeps up with
+    writers that a decoding reader would lose records to. The file is a stream
+    of msgpack maps:
+
+    - first ``{"xenlike_trace": 2, "names": {domid: name}, "domain": D}``
+      (``D``: the ``-d`` the recording was made with, or nil);
+    - ``{"names": {...}}`` when a domain appears or is renamed;
+    - ``{"source": id, "name": ..., "domid": ..., "role": ...}`` before a buffer's first records;
+    - ``{"records": id, "data": bytes, "lost": n, "ns": t}``: one read of that buffer,
+      its records back to back (:mod:`xenlike.public.trace`'s layout), and how many it lost.
+    """
+
+    def __init__(self, out: BinaryIO, names: dict[int, str], domain: str | None) -> None:
+        self._out = out
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._names = dict(names)
+        self._known: set[int] = set()
+        out.write(self._pack({"xenlike_trace": RECORDING_VERSION, "names": _str_keys(names), "domain": domain}))
+
+    def names(self, names: dict[int, str]) -> None:
+        """Note the domains' names if they changed."""
+        if names != self._names:
+            self._names = dict(names)
+            self._out.write(self._pack({"names": _str_keys(names)}))
+
+    def add(self, drained: Iterable[Drained]) -> int:
+        """Write reads of buffers; returns how many records they held."""
+        count = 0
+        for item in drained:
+            source = item.source
+            if source.id not in self._known:
+                self._known.add(source.id)
+                self._out.write(
+                    self._pack({"source": source.id, "name": source.name, "domid": source.domid, "role": source.role})
+                )
+            data = b"".join(item.records)
+            self._out.write(self._pack({"records": source.id, "data": data, "lost": item.lost, "ns": item.ns}))
+            count += len(item.records)
+        return count
+
+
+def _str_keys(names: dict[int, str]) -> dict[str, str]:
+    return {str(k): v for k, v in names.items()}
+
+
+@dataclass
+class Recording:
+    """A ``--record`` file read back: the domains' names, the records in time order, the ``-d`` it was made with,
+    and what did not decode (left out, as the live reader leaves it out)."""
+
+    names: dict[int, str]
+    records: list[TraceRecord]
+    domain: str | None
+    notices: list[str]
+
+
+def read_recording(path: Path) -> Recording:
+    """A ``--record`` file; TraceError if it is not one. A file cut short (its recorder killed) reads up to the cut."""
     try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TraceError(f"{path}:{number}: not a trace record: {exc}") from None
-                if number == 1:
-                    if not isinstance(item, dict) or item.get("xenlike_trace") != 1:
-                        raise TraceError(f"{path}: not a `xenlike trace --record` file")
-                    names = {int(k): str(v) for k, v in item.get("names", {}).items()}
-                    continue
-                if isinstance(item, dict) and "names" in item and "ns" not in item:
-                    names.update({int(k): str(v) for k, v in item["names"].items()})
-                    continue
-                if not isinstance(item, dict) or not all(key in item for key in _HEADER_KEYS):
-                    raise TraceError(f"{path}:{number}: not a trace record")
-                records.append(TraceRecord(item))
+        with open(path, "rb") as f:
+            unpacker = msgpack.Unpacker(f, raw=False, strict_map_key=False, max_buffer_size=1 << 30)
+            items = iter(unpacker)
+            try:
+                header = next(items)
+            except StopIteration:
+                header = None
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise TraceError(f"{path}: not a `xenlike trace --record` file ({exc})") from None
+            if not isinstance(header, dict) or header.get("xenlike_trace") != RECORDING_VERSION:
+                raise TraceError(f"{path}: not a `xenlike trace --record` file (version {RECORDING_VERSION})")
+            names = _names_of(header.get("names"), path)
+            domain = header.get("domain")
+            notices: list[str] = []
+            try:
+                records = _read_items(items, names, notices, path)
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise TraceError(f"{path}: damaged at byte {unpacker.tell()}: {exc}") from None
     except OSError as exc:
         raise TraceError(f"cannot read {path}: {exc.strerror or exc}") from None
     records.sort(key=lambda r: r["ns"])
-    return names, records
+    return Recording(names, records, domain if isinstance(domain, str) else None, notices)
+
+
+def _names_of(value: Any, path: Path) -> dict[int, str]:
+    if not isinstance(value, dict):
+        raise TraceError(f"{path}: a names item is not a map")
+    try:
+        return {int(k): str(v) for k, v in value.items()}
+    except ValueError:
+        raise TraceError(f"{path}: a names item has a domid that is not a number") from None
+
+
+def _read_items(items: Iterator[Any], names: dict[int, str], notices: list[str], path: Path) -> list[TraceRecord]:
+    sources: dict[int, SourceInfo] = {}
+    records: list[TraceRecord] = []
+    for number, item in enumerate(items, 2):
+        if not isinstance(item, dict):
+            raise TraceError(f"{path}: item {number} is not a map")
+        if "records" in item:
+            source = sources.get(item["records"])
+            data = item.get("data")
+            if source is None or not isinstance(data, bytes):
+                raise TraceError(f"{path}: item {number} holds records of no buffer named before it")
+            raw, why = split_records(data)
+            if why is not None:
+                notices.append(f"buffer {source.name!r} (d{source.domid}): {why}")
+            lost = item.get("lost", 0)
+            drained = Drained(source, raw, lost if isinstance(lost, int) else 0, int(item.get("ns", 0)))
+            records.extend(decode(drained, notices))
+        elif "source" in item:
+            try:
+                info = SourceInfo(int(item["source"]), str(item["name"]), int(item["domid"]), str(item["role"]))
+            except (KeyError, TypeError, ValueError):
+                raise TraceError(f"{path}: item {number} is a buffer without its id, name, domid or role") from None
+            sources[info.id] = info
+        elif "names" in item:
+            names.update(_names_of(item["names"], path))
+        else:
+            raise TraceError(f"{path}: item {number} is not a trace item")
+    return records

@@ -457,7 +457,7 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
             Arg("--class", dest="classes", metavar="LIST", help=trace.CLASSES_HELP),
             Arg("--json", action="store_true", help="one JSON object per record instead of a readable line"),
             Arg("-T", "--time", type=float, metavar="SECONDS", help="stop after SECONDS (default: at Ctrl-C)"),
-            Arg("--record", metavar="FILE", help="write the records to FILE (JSON lines) for --export"),
+            Arg("--record", metavar="FILE", help="copy the records, undecoded, to FILE for --export"),
             Arg("--export", metavar="FILE", help="read a --record FILE instead of the host (with --perfetto)"),
             Arg(
                 "--perfetto",

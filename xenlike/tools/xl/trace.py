@@ -13,8 +13,9 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 from xenlike.kernel.rundir import RunDir
 from xenlike.public.trace import ALL_CLASSES, CLASS_NAMES, TraceRecord, parse_classes
@@ -22,11 +23,11 @@ from xenlike.tools.trace_export import write_chrome_trace
 from xenlike.tools.xentrace import (
     DomainFilter,
     Merger,
+    RecordingWriter,
     TraceError,
     TraceReader,
     format_line,
     read_recording,
-    write_recording_header,
 )
 from xenlike.tools.xl.utils import XlError
 
@@ -51,40 +52,32 @@ def main_trace(args: argparse.Namespace) -> int:
         reader = TraceReader(RunDir(args.run_dir), mask)
     except TraceError as exc:
         raise XlError(str(exc)) from None
-    out: TextIO = sys.stdout
-    record_file = None
-    if args.record is not None:
-        try:
-            record_file = open(args.record, "w", encoding="utf-8")
-        except OSError as exc:
-            reader.close()
-            raise XlError(f"cannot write {args.record}: {exc.strerror or exc}") from None
-        out = record_file
     _stop_on_sigterm()
+    if args.record is None:
+        try:
+            _follow(args, reader)
+        finally:
+            reader.close()
+        return 0
     try:
-        count = _follow(args, reader, out, record_file is not None)
+        record_file = open(args.record, "wb")
+    except OSError as exc:
+        reader.close()
+        raise XlError(f"cannot write {args.record}: {exc.strerror or exc}") from None
+    try:
+        count = _record(args, reader, record_file)
     finally:
         reader.close()
-        if record_file is not None:
-            record_file.close()
-    if record_file is not None:
-        print(f"recorded {count} records to {args.record}", file=sys.stderr)
+        record_file.close()
+    print(f"recorded {count} records to {args.record}", file=sys.stderr)
     return 0
 
 
-def _follow(args: argparse.Namespace, reader: TraceReader, out: TextIO, recording: bool) -> int:
-    """Drain, merge and write records until Ctrl-C, SIGTERM or ``-T`` seconds; returns how many were written."""
-    keep = DomainFilter(args.domain) if args.domain else None
-    merger = Merger()
-    names_seen: dict[int, str] = {}
-    t0: int | None = None
-    count = 0
+def _until_stopped(args: argparse.Namespace, reader: TraceReader, step: Callable[[bool], None]) -> None:
+    """Call ``step(stopping)`` every :data:`POLL_S` until Ctrl-C, SIGTERM or ``-T`` seconds, then once more."""
     deadline = time.monotonic() + args.time if args.time else None
     what = args.classes or "all"
     print(f"tracing {what}{' of ' + args.domain if args.domain else ''} (Ctrl-C stops)", file=sys.stderr, flush=True)
-    if recording:
-        write_recording_header(out, reader.names)
-        names_seen = dict(reader.names)
     last_poll = 0.0
     stopping = False
     while True:
@@ -94,23 +87,12 @@ def _follow(args: argparse.Namespace, reader: TraceReader, out: TextIO, recordin
             if time.monotonic() - last_poll >= BUFFERS_POLL_S or stopping:
                 reader.poll_buffers()
                 last_poll = time.monotonic()
-            merger.add(reader.read())
+            step(stopping)
             for notice in reader.notices:
                 print(f"xenlike trace: {notice}", file=sys.stderr)
             reader.notices.clear()
-            if recording and reader.names != names_seen:
-                out.write(json.dumps({"names": {str(k): v for k, v in reader.names.items()}}) + "\n")
-                names_seen = dict(reader.names)
-            for record in merger.release(None if stopping else time.monotonic_ns()):
-                if keep is not None and not keep(record, reader.names):
-                    continue
-                if t0 is None:
-                    t0 = record["ns"]
-                out.write(_render(record, reader.names, t0, args.json or recording) + "\n")
-                count += 1
-            out.flush()
             if stopping:
-                return count
+                return
             time.sleep(POLL_S)
         except KeyboardInterrupt:
             stopping = True
@@ -118,7 +100,45 @@ def _follow(args: argparse.Namespace, reader: TraceReader, out: TextIO, recordin
             print(f"xenlike trace: {exc}", file=sys.stderr)
             stopping = True
         except BrokenPipeError:
-            return count
+            return
+
+
+def _follow(args: argparse.Namespace, reader: TraceReader) -> int:
+    """Drain, decode, merge and print records until stopped; returns how many were printed."""
+    keep = DomainFilter(args.domain) if args.domain else None
+    merger = Merger()
+    t0: int | None = None
+    count = 0
+
+    def step(stopping: bool) -> None:
+        nonlocal t0, count
+        merger.add(reader.read())
+        for record in merger.release(None if stopping else time.monotonic_ns()):
+            if keep is not None and not keep(record, reader.names):
+                continue
+            if t0 is None:
+                t0 = record["ns"]
+            sys.stdout.write(_render(record, reader.names, t0, args.json) + "\n")
+            count += 1
+        sys.stdout.flush()
+
+    _until_stopped(args, reader, step)
+    return count
+
+
+def _record(args: argparse.Namespace, reader: TraceReader, out: BinaryIO) -> int:
+    """Copy what the buffers hold into ``out`` until stopped, undecoded; returns how many records."""
+    writer = RecordingWriter(out, reader.names, args.domain)
+    count = 0
+
+    def step(stopping: bool) -> None:
+        nonlocal count
+        count += writer.add(reader.drain())
+        writer.names(reader.names)
+        out.flush()
+
+    _until_stopped(args, reader, step)
+    return count
 
 
 def _render(record: TraceRecord, names: dict[int, str], t0: int, as_json: bool) -> str:
@@ -131,11 +151,15 @@ def _export(args: argparse.Namespace) -> int:
     if args.perfetto is None:
         raise XlError("--export FILE needs --perfetto OUT.json: the timeline to write")
     try:
-        names, records = read_recording(Path(args.export))
+        recording = read_recording(Path(args.export))
     except TraceError as exc:
         raise XlError(str(exc)) from None
-    if args.domain:
-        keep = DomainFilter(args.domain)
+    for notice in recording.notices:
+        print(f"xenlike trace: {args.export}: {notice}", file=sys.stderr)
+    names, records = recording.names, recording.records
+    domain = args.domain or recording.domain  # -d at export, else the one it was recorded with
+    if domain:
+        keep = DomainFilter(domain)
         records = [r for r in records if keep(r, names)]
     try:
         events = write_chrome_trace(records, names, Path(args.perfetto))
