@@ -1,16 +1,15 @@
 """What trace points cost: bench/ring.py's ring pair and bench/blk.py's split disk, tracing off and with
 every class on, against a tree without the trace points, measured in the same run.
 
-The baseline is a directory holding the code before the trace points (``--baseline DIR``);
-``--make-baseline DIR`` builds one from git: this commit's tree (``git archive HEAD``), then each
-module that carries a data-path trace point as it was in the commit before its trace points came:
-``xenlike/public/ring.py``, ``xenlike/kernel/trace.py``, ``dom0/blkback/blkback.py`` and
-``dom0/backend_worker.py`` from the parent of the commit that put trace points on the rings,
-``xenlike/kernel/events.py`` from the parent of the one that put them on event channels (it says
-which commits). Every other file is this tree's, so the baseline differs from it by the trace
-points alone (and what rode with them in those files: the fault check in ``EventLoop.notify``,
-the notification counts top reads), not by the data-path work done since the trace points
-appeared; a checkout of the first of those parents would measure that work too.
+The baseline is a directory holding the code without the trace points (``--baseline DIR``);
+``--make-baseline DIR`` builds one: this commit's tree (``git archive HEAD``) with the trace points
+of the modules the two benchmarks run per request cut out of their syntax trees
+(:data:`DATA_PATH_MODULES`: the rings, the event channels, blkback's data path). A trace point is
+an ``if`` whose test reads the trace mask (``trace.mask``, the ring's ``_tmask``) or a local set
+from it (blkback's ``io_traced``): its body goes and its ``else`` stays; the assignment of such a
+local goes too. So the baseline is this tree, speed-ups included, less the tests of the mask and
+the branches they guard (and what rides on the same test: ``EventLoop.notify``'s fault check).
+Comments do not survive the cut; the code is otherwise this tree's.
 
 Rounds run each configuration once, in an order that turns every round; figures are medians
 over the rounds, ratios the median of each round's ratio (a slow round slows all three).
@@ -36,6 +35,7 @@ counts), which other load on the host disturbs less than wall time (the reader i
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import resource
@@ -53,18 +53,66 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RING_PAGES = 16  # as bench/ring.py
 CONFIGS = ("baseline", "off", "all")
 BLK_KEYS = ("seq_write_mbps", "seq_read_mbps", "rand4k_qd1_iops", "rand4k_qd32_iops", "rand4k_batch32_iops")
-# (files, a file whose first trace point marks the commit): the baseline takes ``files`` from that commit's parent.
-BASELINE_FILES = (
-    (
-        ("xenlike/public/ring.py", "xenlike/kernel/trace.py", "dom0/blkback/blkback.py", "dom0/backend_worker.py"),
-        ("xenlike/public/ring.py", "set_trace_hook"),
-    ),
-    (("xenlike/kernel/events.py",), ("xenlike/kernel/events.py", "trace.mask")),
-)
+# The modules a ring pair or a split-disk request runs through, whose trace points the baseline cuts out.
+DATA_PATH_MODULES = ("xenlike/public/ring.py", "xenlike/kernel/events.py", "dom0/blkback/blkback.py")
+_MASKS = ("_tmask",)  # module-level names of the trace mask besides ``trace.mask``
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True, check=True).stdout
+def _reads_mask(node: ast.AST, guards: set[str]) -> bool:
+    """Whether an expression reads the trace mask, or a local set from it (``guards``)."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Attribute) and sub.attr == "mask" and isinstance(sub.value, ast.Name):
+            if sub.value.id == "trace":
+                return True
+        if isinstance(sub, ast.Name) and (sub.id in _MASKS or sub.id in guards):
+            return True
+    return False
+
+
+class _CutTracePoints(ast.NodeTransformer):
+    """Drop every ``if`` on the trace mask (keeping its ``else``) and every local assigned from the mask."""
+
+    def __init__(self) -> None:
+        self.guards: set[str] = set()
+        self.cut = 0
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        outer, self.guards = self.guards, set()
+        self.generic_visit(node)
+        self.guards = outer
+        return node
+
+    def visit_Assign(self, node: ast.Assign) -> ast.AST | None:
+        if _reads_mask(node.value, self.guards) and all(isinstance(t, ast.Name) for t in node.targets):
+            self.guards.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            self.cut += 1
+            return None
+        return node
+
+    def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt] | None:
+        if _reads_mask(node.test, self.guards):
+            self.cut += 1
+            kept = [self.visit(statement) for statement in node.orelse]
+            return [statement for statement in kept if isinstance(statement, ast.stmt)] or None
+        self.generic_visit(node)
+        return node
+
+
+def cut_trace_points(source: str, path: str) -> tuple[str, int]:
+    """``source`` without its trace points, and how many statements were cut; refuses if a test of the mask is left."""
+    cutter = _CutTracePoints()
+    tree = ast.fix_missing_locations(cutter.visit(ast.parse(source, path)))
+    for node in ast.walk(tree):  # a block whose only statement was a trace point keeps a pass
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and not body:
+            body.append(ast.Pass())
+    cut = ast.unparse(tree)
+    compile(cut, path, "exec")
+    tests = [node for node in ast.walk(ast.parse(cut)) if isinstance(node, (ast.If, ast.IfExp))]
+    left = [node.lineno for node in tests if _reads_mask(node.test, set())]
+    if left:
+        raise SystemExit(f"{path}: a test of the trace mask the cut does not know how to take out (lines {left})")
+    return cut, cutter.cut
 
 
 def make_baseline(target: str) -> None:
@@ -72,15 +120,12 @@ def make_baseline(target: str) -> None:
     os.makedirs(target, exist_ok=False)
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=HERE, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
-    for files, (marked, text) in BASELINE_FILES:
-        commits = _git("log", "--format=%H", "--reverse", "-S", text, "--", marked).split()
-        if not commits:
-            raise SystemExit(f"no commit adds {text!r} to {marked}: nothing to take a baseline before")
-        parent = _git("rev-parse", f"{commits[0]}^").strip()
-        for path in files:
-            with open(os.path.join(target, path), "w") as f:
-                f.write(_git("show", f"{parent}:{path}"))
-        print(f"{', '.join(files)}: from {parent[:10]}, the parent of {commits[0][:10]}")
+    for path in DATA_PATH_MODULES:
+        with open(os.path.join(target, path)) as f:
+            cut, count = cut_trace_points(f.read(), path)
+        with open(os.path.join(target, path), "w") as f:
+            f.write(cut + "\n")
+        print(f"{path}: {count} trace points cut")
     print(f"baseline in {target}")
 
 
