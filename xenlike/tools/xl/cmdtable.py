@@ -453,7 +453,12 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
         "what the hypervisor, dom0, back ends and guests do, live: hypercalls, events, xenbus, xenstore, "
         "grants, scheduling, builds (xentrace, readable)",
         (
-            Arg("-d", "--domain", metavar="DOMAIN", help="only what concerns this domain (name or id)"),
+            Arg(
+                "-d",
+                "--domain",
+                metavar="DOMAIN",
+                help="only what concerns this domain (name or id; a --record file keeps it for --export)",
+            ),
             Arg("--class", dest="classes", metavar="LIST", help=trace.CLASSES_HELP),
             Arg("--json", action="store_true", help="one JSON object per record instead of a readable line"),
             Arg("-T", "--time", type=float, metavar="SECONDS", help="stop after SECONDS (default: at Ctrl-C)"),
