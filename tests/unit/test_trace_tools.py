@@ -92,9 +92,47 @@ def test_a_file_that_is_not_a_recording_is_refused(tmp_path):
     path.write_bytes(header + msgpack.packb({"records": 7, "data": b""}))
     with pytest.raises(TraceError, match="item 2 holds records of no buffer named before it"):
         read_recording(path)
+    path.write_bytes(header + msgpack.packb({"records": [1], "data": b""}))
+    with pytest.raises(TraceError, match="item 2 holds records of no buffer named before it"):
+        read_recording(path)
+    source = msgpack.packb({"source": 1, "name": "web", "domid": 3, "role": "domu"})
+    path.write_bytes(header + source + msgpack.packb({"records": 1, "data": b"", "lost": "x"}))
+    with pytest.raises(TraceError, match="item 3 has a lost count or time that is not a number"):
+        read_recording(path)
+    path.write_bytes(header + msgpack.packb({"names": {"a": "b"}}))
+    with pytest.raises(TraceError, match="a names item has a domid that is not a number"):
+        read_recording(path)
     path.write_bytes(header + msgpack.packb({"ns": 5}))
     with pytest.raises(TraceError, match="item 2 is not a trace item"):
         read_recording(path)
+
+
+MSGPACK_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8) | st.binary(max_size=48),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["records", "source", "names", "data", "lost", "ns", "name", "domid", "role"])
+            | st.integers(0, 3),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(MSGPACK_VALUES, max_size=6), st.binary(max_size=40))
+def test_whatever_follows_a_recording_s_header_is_read_or_refused_never_a_crash(tmp_path_factory, items, tail):
+    path = tmp_path_factory.mktemp("rec") / "x.trace"
+    header = msgpack.packb({"xenlike_trace": 2, "names": {"0": "Domain-0"}, "domain": None})
+    path.write_bytes(header + b"".join(msgpack.packb(item) for item in items) + tail)
+    try:
+        recording = read_recording(path)
+    except TraceError:
+        return
+    assert all(isinstance(r["ns"], int) for r in recording.records)
 
 
 FIELDS = st.dictionaries(st.sampled_from(["port", "slots", "op", "dev"]), st.integers(0, 2**31) | st.text(max_size=20))

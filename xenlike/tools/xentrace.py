@@ -97,7 +97,6 @@ class _Source:
     role: str
     buffer: TraceBuffer
     gone: bool = False
-    corrupt: int = 0  # reads that found bytes that were not records
 
     @property
     def info(self) -> SourceInfo:
@@ -205,7 +204,6 @@ class TraceReader:
         for source in list(self.sources.values()):
             raw, lost, why = source.buffer.read()
             if why is not None:
-                source.corrupt += 1
                 self.notices.append(f"buffer {source.name!r} (d{source.domid}): {why}; skipped to its end")
             if raw or lost:
                 drained.append(Drained(source.info, raw, lost, time.monotonic_ns()))
@@ -441,7 +439,7 @@ def _names_of(value: Any, path: Path) -> dict[int, str]:
         raise TraceError(f"{path}: a names item is not a map")
     try:
         return {int(k): str(v) for k, v in value.items()}
-    except ValueError:
+    except (TypeError, ValueError):
         raise TraceError(f"{path}: a names item has a domid that is not a number") from None
 
 
@@ -452,16 +450,16 @@ def _read_items(items: Iterator[Any], names: dict[int, str], notices: list[str],
         if not isinstance(item, dict):
             raise TraceError(f"{path}: item {number} is not a map")
         if "records" in item:
-            source = sources.get(item["records"])
-            data = item.get("data")
+            sid, data, lost, ns = item["records"], item.get("data"), item.get("lost", 0), item.get("ns", 0)
+            source = sources.get(sid) if isinstance(sid, int) else None
             if source is None or not isinstance(data, bytes):
                 raise TraceError(f"{path}: item {number} holds records of no buffer named before it")
+            if not isinstance(lost, int) or not isinstance(ns, int):
+                raise TraceError(f"{path}: item {number} has a lost count or time that is not a number")
             raw, why = split_records(data)
             if why is not None:
                 notices.append(f"buffer {source.name!r} (d{source.domid}): {why}")
-            lost = item.get("lost", 0)
-            drained = Drained(source, raw, lost if isinstance(lost, int) else 0, int(item.get("ns", 0)))
-            records.extend(decode(drained, notices))
+            records.extend(decode(Drained(source, raw, lost, ns), notices))
         elif "source" in item:
             try:
                 info = SourceInfo(int(item["source"]), str(item["name"]), int(item["domid"]), str(item["role"]))
