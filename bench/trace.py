@@ -58,13 +58,15 @@ DATA_PATH_MODULES = ("xenlike/public/ring.py", "xenlike/kernel/events.py", "dom0
 _MASKS = ("_tmask",)  # module-level names of the trace mask besides ``trace.mask``
 
 
+def _is_trace_mask(node: ast.AST) -> bool:
+    """``trace.mask``: the mask word as the modules that import ``xenlike.kernel.trace`` name it."""
+    return isinstance(node, ast.Attribute) and node.attr == "mask" and getattr(node.value, "id", None) == "trace"
+
+
 def _reads_mask(node: ast.AST, guards: set[str]) -> bool:
     """Whether an expression reads the trace mask, or a local set from it (``guards``)."""
     for sub in ast.walk(node):
-        if isinstance(sub, ast.Attribute) and sub.attr == "mask" and isinstance(sub.value, ast.Name):
-            if sub.value.id == "trace":
-                return True
-        if isinstance(sub, ast.Name) and (sub.id in _MASKS or sub.id in guards):
+        if _is_trace_mask(sub) or (isinstance(sub, ast.Name) and (sub.id in _MASKS or sub.id in guards)):
             return True
     return False
 
@@ -92,8 +94,11 @@ class _CutTracePoints(ast.NodeTransformer):
     def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt] | None:
         if _reads_mask(node.test, self.guards):
             self.cut += 1
-            kept = [self.visit(statement) for statement in node.orelse]
-            return [statement for statement in kept if isinstance(statement, ast.stmt)] or None
+            kept: list[ast.stmt] = []
+            for statement in node.orelse:  # an else may hold trace points of its own
+                visited = self.visit(statement)
+                kept += visited if isinstance(visited, list) else [visited] if visited is not None else []
+            return kept or None
         self.generic_visit(node)
         return node
 
@@ -336,7 +341,9 @@ def main() -> None:
         p.error("--baseline DIR is needed (build one with --make-baseline DIR)")
     trees = {"baseline": os.path.abspath(args.baseline), "off": HERE, "all": HERE}
     pairs = 1_000_000 if args.quick else 10_000_000  # as bench/ring.py
-    total_mib, random_ops = (32, 5_000) if args.quick else (128, 40_000)  # bench/blk.py's passes, shorter sequential ones: rounds repeat them
+    total_mib, random_ops = (
+        (32, 5_000) if args.quick else (128, 40_000)
+    )  # bench/blk.py's passes, shorter sequential ones: rounds repeat them
     figures: dict[str, float] = {}
     ratios: dict[str, float] = {}
     if args.only != "blk":

@@ -66,3 +66,10 @@ def test_each_data_path_module_loses_every_test_of_the_mask(path: str) -> None:
         return {n.name for n in ast.walk(ast.parse(text)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
 
     assert names(cut) == names(source)
+
+
+def test_trace_points_in_an_else_of_a_trace_point_are_cut_too() -> None:
+    source = "def f():\n    if trace.mask[0]:\n        a()\n    elif _tmask[0]:\n        b()\n    else:\n        c()\n"
+    cut, count = cut_trace_points(source, "example.py")
+    assert count == 2
+    assert ast.dump(ast.parse(cut)) == ast.dump(ast.parse("def f():\n    c()\n"))
