@@ -103,15 +103,14 @@ def _until_stopped(args: argparse.Namespace, reader: TraceReader, step: Callable
             return
 
 
-def _follow(args: argparse.Namespace, reader: TraceReader) -> int:
-    """Drain, decode, merge and print records until stopped; returns how many were printed."""
+def _follow(args: argparse.Namespace, reader: TraceReader) -> None:
+    """Drain, decode, merge and print records until stopped."""
     keep = DomainFilter(args.domain) if args.domain else None
     merger = Merger()
     t0: int | None = None
-    count = 0
 
     def step(stopping: bool) -> None:
-        nonlocal t0, count
+        nonlocal t0
         merger.add(reader.read())
         for record in merger.release(None if stopping else time.monotonic_ns()):
             if keep is not None and not keep(record, reader.names):
@@ -119,11 +118,9 @@ def _follow(args: argparse.Namespace, reader: TraceReader) -> int:
             if t0 is None:
                 t0 = record["ns"]
             sys.stdout.write(_render(record, reader.names, t0, args.json) + "\n")
-            count += 1
         sys.stdout.flush()
 
     _until_stopped(args, reader, step)
-    return count
 
 
 def _record(args: argparse.Namespace, reader: TraceReader, out: BinaryIO) -> int:
