@@ -20,9 +20,10 @@ from pathlib import Path
 
 from xenlike.hypervisor.jail import DEFAULT_UID_BASE, JailPolicy, jail_report, log_jail
 from xenlike.hypervisor.zygote import start_zygote
+from xenlike.kernel import ksm
 from xenlike.kernel.machine import Machine, host_memory_refusal
 from xenlike.kernel.proc import log_to_file, raise_fd_limit, set_process_name
-from xenlike.kernel.rundir import HostRunning, RunDir
+from xenlike.kernel.rundir import HostLock, HostRunning, RunDir
 from xenlike.public.atomic import check_platform
 
 DOM0_MEMORY_MIB = 32
@@ -44,6 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_UID_BASE,
         help=f"as root, each domain runs as this uid plus its domid (default {DEFAULT_UID_BASE})",
     )
+    p.add_argument(
+        "--page-sharing",
+        action="store_true",
+        help="share identical pages between domains (the kernel's KSM; starts ksmd as root if it is off)",
+    )
     p.add_argument("--status-fd", type=int, help="a pipe for the one line of a refusal, closed once started")
     return p.parse_args(argv)
 
@@ -63,6 +69,7 @@ def commandline(args: argparse.Namespace) -> str:
         ]
         + (["--overcommit"] if args.overcommit else [])
         + (["--no-jail"] if args.no_jail else ["--jail-uid-base", str(args.jail_uid_base)])
+        + (["--page-sharing"] if args.page_sharing else [])
     )
     return shlex.join(words)
 
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         os.set_inheritable(status_fd, False)
     check_platform()
     raise_fd_limit()
-    from xenlike.hypervisor.sched import available_schedulers, load_scheduler
+    from xenlike.hypervisor.sched import available_schedulers
 
     if args.sched not in available_schedulers():  # by name only: a plugin is imported after the zygote forks
         return refuse(
@@ -103,17 +110,35 @@ def main(argv: list[str] | None = None) -> int:
     refusal = host_memory_refusal(f"--memory {args.memory} MiB", args.memory, machine.memory_mib)
     if refusal is not None and not args.overcommit:
         return refuse(status_fd, refusal)
+    ksmd = ksm.Ksmd()
+    if args.page_sharing:
+        missing = ksm.available()
+        if missing is not None:
+            return refuse(status_fd, f"--page-sharing: {missing}")
+        try:
+            ksmd.ensure_running()
+        except ksm.KsmError as exc:
+            return refuse(status_fd, f"--page-sharing: {exc.strerror}")
+    try:
+        return _run(args, run_dir, lock, machine, status_fd)
+    finally:
+        ksmd.restore()
+
+
+def _run(args: argparse.Namespace, run_dir: RunDir, lock: HostLock, machine: Machine, status_fd: int | None) -> int:
+    """Start the zygote, then the hypervisor, and serve until ``down``."""
     if status_fd is not None:
         os.close(status_fd)  # started: the starter reads end of file
     jail, jail_mechanisms = JailPolicy.probe(
         enabled=not args.no_jail, uid_base=args.jail_uid_base, run_dir=str(run_dir.path)
     )
     # The zygote comes first: nothing below (threads, epoll, zmq) may be inherited by domains.
-    zygote = start_zygote(jail)
+    zygote = start_zygote(jail, page_sharing=args.page_sharing)
     set_process_name("xl-hypervisor")
     log_to_file(run_dir.log_path("hypervisor"), "%(asctime)s %(levelname)s %(message)s")
     log_jail(jail, jail_mechanisms)
     from xenlike.hypervisor.core import Hypervisor
+    from xenlike.hypervisor.sched import load_scheduler
 
     # pCPU n is Linux CPU n, among those this process may use (a cpuset may allow fewer).
     allowed = sorted(os.sched_getaffinity(0))
@@ -128,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         commandline=commandline(args),
     )
     hypervisor.jail = jail_report(jail, jail_mechanisms)
+    hypervisor.page_sharing = args.page_sharing
     try:
         hypervisor.boot(DOM0_MEMORY_MIB, {"run_dir": str(run_dir.path)})
         run_dir.write_pid(os.getpid())

@@ -127,6 +127,7 @@ class Hypervisor:
         self.machine = machine or Machine.read()  # measured once, as Xen measures its machine at boot
         self.commandline = commandline  # XENVER_commandline
         self.jail: dict[str, Any] = {"enabled": False, "mechanisms": []}  # how domUs are jailed (jail_report)
+        self.page_sharing = False  # domUs' pages mergeable by ksmd (--page-sharing)
         self.pcpus = pcpus
         self.zygote = zygote
         if scheduler is None:

@@ -36,6 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from xenlike.hypervisor.jail import JailPolicy, ShellJail, remove_cgroups, shell_cgroup_name, stale_cgroups, warm_up
+from xenlike.kernel import ksm
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message, socketpair
 from xenlike.kernel.proc import become_subreaper, die_with_parent, set_process_name
 
@@ -101,10 +102,12 @@ class Zygote:
         return events
 
 
-def start_zygote(jail: JailPolicy | None = None) -> Zygote:
+def start_zygote(jail: JailPolicy | None = None, page_sharing: bool = False) -> Zygote:
     """Fork the zygote. Call before creating threads, epoll instances or zmq contexts.
 
     With ``jail`` (enabled), every domU is jailed (``xenlike.hypervisor.jail``); dom0 never is.
+    With ``page_sharing``, every domU's anonymous memory is mergeable by ksmd
+    (``xenlike.kernel.ksm``); dom0's never is.
     """
     ours, theirs = socketpair()
     pid = os.fork()
@@ -112,7 +115,7 @@ def start_zygote(jail: JailPolicy | None = None) -> Zygote:
         ours.close()
         code = 0
         try:
-            _zygote_main(theirs, jail if jail is not None and jail.enabled else None)
+            _zygote_main(theirs, jail if jail is not None and jail.enabled else None, page_sharing)
         except BaseException:
             logging.getLogger("xenlike.zygote").exception("the zygote failed")
             code = 70
@@ -221,7 +224,7 @@ def _jail_setup(policy: JailPolicy) -> _JailSetup:
     return _JailSetup(policy, read_end, write_end)
 
 
-def _zygote_main(sock: socket.socket, jail: JailPolicy | None) -> None:
+def _zygote_main(sock: socket.socket, jail: JailPolicy | None, page_sharing: bool) -> None:
     die_with_parent()
     # A guest's secondary vCPUs are its vCPU 0's children: orphaned, they come here to be reaped.
     become_subreaper()
@@ -235,6 +238,9 @@ def _zygote_main(sock: socket.socket, jail: JailPolicy | None) -> None:
     # from touching (and so copying) their pages in each child.
     gc.collect()
     gc.freeze()
+    if page_sharing:
+        # Inherited by every shell: the pages a guest copies on write are mostly the same bytes in every guest.
+        ksm.merge_this_process()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -374,6 +380,8 @@ def _become_shell(
             os._exit(0)  # the zygote went away before this shell was needed
         boot_sock.close()
         set_process_name(f"xl-d{boot['domid']}-{boot['name']}")
+        if boot["role"] == "dom0" and ksm.this_process_merges():
+            ksm.merge_this_process(False)  # privileged: no page of dom0's is shared with a guest
         if confinement is not None:
             if boot["role"] != "domu":
                 raise RuntimeError(f"a jailed shell was handed a {boot['role']}")

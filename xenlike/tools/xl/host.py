@@ -53,15 +53,17 @@ def main_up(args: argparse.Namespace) -> int:
         _check_memory(f"--memory {memory} MiB" if args.memory else f"the cluster's host memory of {memory} MiB", memory)
     pcpus = args.pcpus or cluster.host.get("pcpus") or os.cpu_count() or 1
     sched = _check_scheduler(args.sched or cluster.host.get("sched") or "credit")
-    jail = ["--no-jail"] if args.no_jail else []
+    extra = ["--no-jail"] if args.no_jail else []
     if args.jail_uid_base is not None:
-        jail += ["--jail-uid-base", str(args.jail_uid_base)]
+        extra += ["--jail-uid-base", str(args.jail_uid_base)]
+    if args.page_sharing:
+        extra.append("--page-sharing")
     if args.listen is not None:
         try:
             parse_address(args.listen)
         except ValueError as exc:
             raise XlError(f"--listen: {exc}") from None
-    hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched, jail, overcommit=args.overcommit)
+    hypervisor = _start_hypervisor(run_dir, memory, pcpus, sched, extra, overcommit=args.overcommit)
     with ToolstackClient(run_dir) as client:
         _say_how_guests_are_jailed(client.call("info").get("jail", {}))
         if args.listen is not None:
