@@ -73,6 +73,15 @@ def info(ts: Toolstack, request: Request) -> Any:
     return physinfo
 
 
+def sharing(ts: Toolstack, request: Request) -> Any:
+    """``xl sharing [DOMAIN]``'s rows: name, domid, ``memory_kb``, ``shared_kb`` (the ``sharing_info`` sysctl)."""
+    wanted = None if request.args.get("domain") is None else str(request.args["domain"])
+    rows = [row for row in ts.hypercall("sysctl", cmd="sharing_info")[0] if _is(wanted, row["name"], row["domid"])]
+    if wanted is not None and not rows:
+        raise ToolstackError(f"no domain {wanted!r}; `xenlike list` shows the domains")
+    return rows
+
+
 def dmesg(ts: Toolstack, request: Request) -> Any:
     return ts.hypercall("sysctl", cmd="readconsole", clear=bool(request.args.get("clear")))[0]["lines"]
 

@@ -73,6 +73,7 @@ OPS: dict[str, Op] = {
     "ping": Op(ops_domain.ping),
     "info": Op(ops_domain.info),
     "dmesg": Op(ops_domain.dmesg),
+    "sharing": Op(ops_domain.sharing),
     "list": Op(ops_domain.list_domains),
     "uptime": Op(ops_domain.uptime),
     "top": Op(ops_domain.top, defers=True),

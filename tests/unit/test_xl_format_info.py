@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from xenlike.tools.xl_format import format_block_list, format_info, format_uptime, uptime_text
+from xenlike.tools.xl_format import format_block_list, format_info, format_sharing, format_uptime, uptime_text
 
 DAY = 86400
 
@@ -82,6 +82,8 @@ def test_info_is_print_info_s_lines_in_xl_s_order_and_format() -> None:
         "cpu_mhz                : 2596.120",  # "%d.%03d" of cpu_khz
         "total_memory           : 1024",
         "free_memory            : 912",
+        "sharing_freed_memory   : 0",  # no --page-sharing: nothing shared, as Xen prints without mem_sharing
+        "sharing_used_memory    : 0",
         # output_xeninfo
         "xen_major              : 4",
         "xen_minor              : 19",
@@ -93,7 +95,28 @@ def test_info_is_print_info_s_lines_in_xl_s_order_and_format() -> None:
         "xen_commandline        : --run-dir /tmp/xl --memory 1024 --pcpus 4 --sched credit",
         # xenlike's own, after xl's
         "nr_pcpus_scheduled     : 4",
+        "page_sharing           : off (--page-sharing turns it on)",
         "run_dir                : /tmp/xl",
+    ]
+
+
+def test_info_shows_what_page_sharing_freed_and_uses_in_mib() -> None:
+    shared = {**PHYSINFO, "page_sharing": True, "sharing_freed_frames": 25600, "sharing_used_frames": 2560}
+    lines = format_info(shared, NODE).splitlines()
+    free = lines.index("free_memory            : 912")
+    # output_physinfo: sharing_freed_pages and sharing_used_frames, in MiB, right after free_memory
+    assert lines[free + 1 : free + 3] == ["sharing_freed_memory   : 100", "sharing_used_memory    : 10"]
+    assert "page_sharing           : on (ksmd)" in lines
+
+
+def test_sharing_is_xl_sharing_s_table() -> None:
+    rows = [{"name": "Domain-0", "domid": 0, "memory_kb": 32768, "shared_kb": 0},
+            {"name": "idle7", "domid": 7, "memory_kb": 4096, "shared_kb": 4420}]
+    assert format_sharing(rows).splitlines() == [
+        "Name                                        ID   Mem Shared",
+        # "%-40s %5d %5lu  %5lu": name, domid, current memory and shared memory in MiB
+        "Domain-0                                     0    32      0",
+        "idle7                                        7     4      4",
     ]
 
 

@@ -143,6 +143,8 @@ HYPERCALLS: tuple[Hypercall, ...] = (
     # The host (sysctl.py)
     Hypercall("sysctl", sysctl.physinfo, cmd="physinfo", privileged=True,
               doc="the host's frames, pCPUs, version, grant mappings and ports"),
+    Hypercall("sysctl", sysctl.sharing_info, cmd="sharing_info", privileged=True,
+              doc="each domain's memory and how much of it ksmd shares (xl sharing)"),
     Hypercall("sysctl", sysctl.readconsole, cmd="readconsole", privileged=True,
               doc="the hypervisor's console ring (xl dmesg), cleared if asked"),
     Hypercall("sysctl", sysctl.sched_info, cmd="sched_info", privileged=True,

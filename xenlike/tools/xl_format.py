@@ -146,6 +146,16 @@ def format_uptime(rows: Iterable[dict], short: bool = False, now: float | None =
     return "\n".join(lines)
 
 
+def format_sharing(rows: Iterable[dict]) -> str:
+    """``xl sharing`` (``sharing`` in ``tools/xl/xl_mem.c``): ``Name ID Mem Shared``, memory in MiB
+    (``"%-40s %5d %5lu  %5lu"``)."""
+    lines = ["Name                                        ID   Mem Shared"]
+    for row in rows:
+        mem, shared = row["memory_kb"] // 1024, row["shared_kb"] // 1024
+        lines.append(f"{row['name']:<40} {row['domid']:5d} {mem:5d}  {shared:5d}")
+    return "\n".join(lines)
+
+
 # xl's `key : value` lines: "%-23s: %s" (maybe_printf in tools/xl/xl_info.c).
 INFO_KEY_WIDTH = 23
 
@@ -158,7 +168,8 @@ def format_info(physinfo: dict, node: dict[str, str], extra: dict[str, object] |
     ``physinfo`` is the toolstack's ``info`` (the ``physinfo`` sysctl, its
     ``version`` the ``xen_version`` answer, ``sched`` the scheduler). Memory is
     in MiB, ``cpu_mhz`` is ``cpu_khz`` as ``%d.%03d``, ``xen_version`` is
-    ``%d.%d%s`` of major, minor and extra. Fields xl prints that xenlike has no
+    ``%d.%d%s`` of major, minor and extra. The sharing lines are ksmd's, with
+    ``--page-sharing`` (:mod:`xenlike.kernel.ksm`). Fields xl prints that xenlike has no
     figure for (``hw_caps``, ``virt_caps``, ``platform_params``, the compiler's)
     are left out rather than made up.
     """
@@ -179,6 +190,8 @@ def format_info(physinfo: dict, node: dict[str, str], extra: dict[str, object] |
         "cpu_mhz": f"{khz // 1000}.{khz % 1000:03d}",
         "total_memory": int(physinfo["total_frames"] * frames_mib),
         "free_memory": int(physinfo["free_frames"] * frames_mib),
+        "sharing_freed_memory": int(physinfo.get("sharing_freed_frames", 0) * frames_mib),
+        "sharing_used_memory": int(physinfo.get("sharing_used_frames", 0) * frames_mib),
         # output_xeninfo
         "xen_major": version["major"],
         "xen_minor": version["minor"],
@@ -190,6 +203,7 @@ def format_info(physinfo: dict, node: dict[str, str], extra: dict[str, object] |
         "xen_commandline": version.get("commandline", ""),
         # xenlike's own
         "nr_pcpus_scheduled": len(physinfo["pcpus"]),
+        "page_sharing": "on (ksmd)" if physinfo.get("page_sharing") else "off (--page-sharing turns it on)",
         **(_jail_lines(physinfo["jail"]) if "jail" in physinfo else {}),
         **_fit_lines(physinfo.get("max_new_domains")),
         **(extra or {}),

@@ -141,6 +141,13 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
                 help="as root, each domain runs as UID plus its domid (default 200000000)",
             ),
             Arg(
+                "--page-sharing",
+                action="store_true",
+                help="let the kernel's KSM merge pages that are the same in several guests (most of what an idle "
+                "guest owns alone); costs ksmd's CPU and opens a timing side channel between guests; starts "
+                "ksmd as root if it is off, and `xenlike sharing` shows what is shared",
+            ),
+            Arg(
                 "--listen",
                 metavar="ADDR:PORT",
                 help="accept migrations from other hosts there (zmq over tcp), with a key this host makes; "
@@ -175,6 +182,12 @@ CMD_TABLE: tuple[CmdSpec, ...] = (
         ),
     ),
     CmdSpec("info", info.main_info, "information about the host"),
+    CmdSpec(
+        "sharing",
+        info.main_sharing,
+        "how much of each domain's memory is shared with others (with `up --page-sharing`)",
+        (DOMAIN_OR_ALL,),
+    ),
     CmdSpec(
         "destroy",
         vmcontrol.main_destroy,

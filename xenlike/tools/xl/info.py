@@ -14,7 +14,7 @@ from importlib.machinery import ModuleSpec
 
 from xenlike.kernel.rundir import RunDir
 from xenlike.tools.xl.utils import call, registered
-from xenlike.tools.xl_format import format_info, format_list, format_uptime
+from xenlike.tools.xl_format import format_info, format_list, format_sharing, format_uptime
 
 __all__ = [
     "WORKLOADS_GROUP",
@@ -22,6 +22,7 @@ __all__ = [
     "main_list",
     "main_info",
     "main_uptime",
+    "main_sharing",
     "main_dmesg",
     "main_workloads",
     "parse_workload_doc",
@@ -66,6 +67,12 @@ def main_info(args: argparse.Namespace) -> int:
             migrate_here_with=f"xenlike migrate DOMAIN {address} --key {migration['key']}",
         )
     print(format_info(physinfo, node, extra))
+    return 0
+
+
+def main_sharing(args: argparse.Namespace) -> int:
+    """xl sharing [DOMAIN]: each domain's memory and how much of it is shared with other domains, in MiB."""
+    print(format_sharing(call(args, "sharing", domain=args.domain)))
     return 0
 
 
