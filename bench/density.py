@@ -13,7 +13,14 @@ hypervisor's exit; ``uss_mib_per_domu``: unique memory of an idle domU (psutil
 USS, median of 20); ``hypervisor_cpu_pct_idle``: the hypervisor process's CPU
 time over a quiet stretch with 2,000 idle guests, in % of one core.
 
-    python bench/density.py [--json] [--quick] [--guests N]
+With ``--page-sharing`` the host runs with ``up --page-sharing`` (ksmd merges
+pages that are the same in several guests): before the idle figures are read
+it waits for ksmd to settle (two full scans in which the count of merged pages
+moved by under 1 %), and it adds ``ksmd_cpu_pct_idle``, ksmd's CPU over the
+same quiet stretch, ``sharing_freed_mib`` (``xl info``'s sharing_freed_memory)
+and ``merge_settle_s``.
+
+    python bench/density.py [--json] [--quick] [--guests N] [--page-sharing]
 
 A progress line goes to stderr every 100 guests. ``--quick`` makes 200.
 """
@@ -32,6 +39,7 @@ import psutil  # noqa: E402
 
 from bench.common import parser, report  # noqa: E402
 from bench.lifecycle import start_host  # noqa: E402
+from xenlike.kernel import ksm  # noqa: E402
 from xenlike.tools.toolstack_client import ToolstackClient  # noqa: E402
 
 GUEST_MIB = 4
@@ -86,6 +94,27 @@ def uss_mib(client: ToolstackClient, domids: list[int]) -> float:
     return statistics.median(psutil.Process(pids[d]).memory_full_info().uss / (1 << 20) for d in domids)
 
 
+def wait_for_merging(timeout_s: float = 900.0) -> float:
+    """Seconds until ksmd settles: two full scans in a row that moved the merged-page count by under 1 %."""
+    start = time.monotonic()
+    last = ksm.counters()
+    calm = 0
+    while calm < 2:
+        if time.monotonic() - start > timeout_s:
+            raise SystemExit(f"density: ksmd did not settle within {timeout_s:.0f} s")
+        time.sleep(1.0)
+        now = ksm.counters()
+        if now.full_scans == last.full_scans:
+            continue
+        calm = calm + 1 if abs(now.pages_sharing - last.pages_sharing) <= 0.01 * max(1, last.pages_sharing) else 0
+        last = now
+    return time.monotonic() - start
+
+
+def ksmd_process() -> psutil.Process:
+    return next(p for p in psutil.process_iter(["name"]) if p.info["name"] == "ksmd")
+
+
 def crowd(client: ToolstackClient, count: int) -> list[int]:
     """Create ``count`` idle guests, reporting progress on stderr every 100."""
     domids, recent = [], []
@@ -108,13 +137,15 @@ def crowd(client: ToolstackClient, count: int) -> list[int]:
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--guests", type=int, default=None, help="how many idle guests (default 2000; 200 with --quick)")
+    p.add_argument("--page-sharing", action="store_true", help="run the host with up --page-sharing (ksmd)")
     args = p.parse_args()
     count = args.guests or (200 if args.quick else 2000)
     found: dict[str, float] = {}
     extra: dict[str, float] = {}
     extra["load_average_1min_at_start"] = os.getloadavg()[0]  # the machine is shared: how busy it was
     with tempfile.TemporaryDirectory(prefix="xl-dens-", dir="/tmp") as tmp:
-        hypervisor, client = start_host(tmp, GUEST_MIB * (count + SAMPLES + 100) + 512, [])
+        flags = ["--page-sharing"] if args.page_sharing else []
+        hypervisor, client = start_host(tmp, GUEST_MIB * (count + SAMPLES + 100) + 512, flags)
         hv = psutil.Process(hypervisor.pid)
         try:
             fit = client.call("info")["max_new_domains"]
@@ -128,12 +159,20 @@ def main() -> None:
             domids = crowd(client, count)
             found["create_ms_at_2000"] = create_destroy_ms(client, "late", SAMPLES)
             found["list_api_ms_at_2000"] = list_api_ms(client, SAMPLES)
+            if args.page_sharing:
+                found["merge_settle_s"] = wait_for_merging()
+                found["sharing_freed_mib"] = client.call("info")["sharing_freed_frames"] * 4096 / (1 << 20)
             found["uss_mib_per_domu"] = uss_mib(client, domids[:: max(1, count // 20)][:20])
             rows = client.call("list", long=True)
             dom0 = psutil.Process(next(row["info"]["pid"] for row in rows if row["domid"] == 0))
             time.sleep(2.0)  # let the last creates' stragglers settle
             extra["load_average_1min_before_idle"] = os.getloadavg()[0]
-            found["hypervisor_cpu_pct_idle"], extra["dom0_cpu_pct_idle"] = cpu_pct([hv, dom0], IDLE_WINDOW_S)
+            if args.page_sharing:
+                found["hypervisor_cpu_pct_idle"], extra["dom0_cpu_pct_idle"], found["ksmd_cpu_pct_idle"] = cpu_pct(
+                    [hv, dom0, ksmd_process()], IDLE_WINDOW_S
+                )
+            else:
+                found["hypervisor_cpu_pct_idle"], extra["dom0_cpu_pct_idle"] = cpu_pct([hv, dom0], IDLE_WINDOW_S)
             start = time.perf_counter()
             down = client.call("down", timeout=120)
             hypervisor.wait(120)
