@@ -12,7 +12,7 @@ import pytest
 
 from xenlike.kernel import ksm
 
-from .conftest import wait_for
+from .conftest import Host, wait_for
 from .test_lifecycle import write_cluster
 
 SETTINGS = ("run", "pages_to_scan", "sleep_millisecs")
@@ -57,6 +57,23 @@ def test_idle_guests_share_pages_dom0_shares_none_and_ksmd_is_put_back_at_down(h
 
     host.xl("down")
     assert _settings() == before
+
+
+@pytest.mark.skipif(_startable() is not None, reason=str(_startable()))
+@pytest.mark.timeout(120)
+def test_two_hosts_share_one_ksmd_and_the_last_to_stop_puts_it_back(host, tmp_path):
+    before = _settings()
+    guest = [{"name": "idle0", "memory": 4, "workload": "idle"}]
+    host.up("--page-sharing", str(write_cluster(tmp_path, guest)))
+    other = Host()
+    try:
+        other.up("--page-sharing", str(write_cluster(tmp_path, guest)))
+        host.xl("down")
+        assert ksm.counters().running  # the other host's guests still share pages
+        other.xl("down")
+        assert _settings() == before
+    finally:
+        other.teardown()
 
 
 def test_without_page_sharing_nothing_is_shared_and_info_says_how_to_turn_it_on(host, tmp_path):

@@ -120,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         except ksm.KsmError as exc:
             return refuse(status_fd, f"--page-sharing: {exc.strerror}")
     try:
-        return _run(args, run_dir, lock, machine, status_fd)
+        return _run(args, run_dir, lock, machine, status_fd, ksmd)
     finally:
-        ksmd.restore()
+        if args.page_sharing:
+            ksmd.restore()  # if the host failed before it could (a second call finds nothing to do)
 
 
-def _run(args: argparse.Namespace, run_dir: RunDir, lock: HostLock, machine: Machine, status_fd: int | None) -> int:
+def _run(
+    args: argparse.Namespace, run_dir: RunDir, lock: HostLock, machine: Machine, status_fd: int | None, ksmd: ksm.Ksmd
+) -> int:
     """Start the zygote, then the hypervisor, and serve until ``down``."""
     if status_fd is not None:
         os.close(status_fd)  # started: the starter reads end of file
@@ -162,6 +165,8 @@ def _run(args: argparse.Namespace, run_dir: RunDir, lock: HostLock, machine: Mac
         hypervisor.close()
         run_dir.clean_sockets()
         run_dir.remove_pid()
+        if args.page_sharing:
+            ksmd.restore()  # once this host's domains are gone, unless another host still shares pages
         lock.release()  # last: the next host may start once this one's files are cleaned up
     return 0
 

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
+import time
 from dataclasses import dataclass
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "merge_this_process",
     "this_process_merges",
     "merging_pages",
+    "others_merging",
 ]
 
 KSM_DIR = "/sys/kernel/mm/ksm"
@@ -52,6 +55,8 @@ PR_GET_MEMORY_MERGE = 68
 # 100 and 20 ms, 20 MB/s, which takes minutes over a thousand guests' interpreters).
 SCAN_PAGES = 1000
 SCAN_SLEEP_MS = 20
+SETTINGS = ("run", "pages_to_scan", "sleep_millisecs")  # what xenlike may change, and puts back
+SAVED_PATH = "/run/xenlike-ksmd.json"  # the settings a xenlike host found before it started ksmd
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -123,39 +128,74 @@ class Ksmd:
 
     Starting it writes ``run`` (root only), and then also the scan rate
     (:data:`SCAN_PAGES` per :data:`SCAN_SLEEP_MS`). A ksmd that already runs is
-    left as its owner tuned it.
+    left as its owner tuned it. Several hosts may share one ksmd: the settings
+    found by the first are kept in :data:`SAVED_PATH`, and whichever host stops
+    last, with no other process on the machine still asking for merging, puts
+    them back. A host that was killed leaves the file for the next one to finish.
     """
 
-    def __init__(self) -> None:
-        self._saved: dict[str, str] = {}
+    def __init__(self, saved_path: str | None = None) -> None:
+        self.saved_path = saved_path or SAVED_PATH
 
     def ensure_running(self) -> bool:
         """Make sure ksmd merges; True if this call started it. :class:`KsmError` if it is off and cannot be started."""
         if _read_int("run") == 1:
             return False
         try:
-            self._saved = {name: _read(name) for name in ("run", "pages_to_scan", "sleep_millisecs")}
+            found = {name: _read(name) for name in SETTINGS}
+            if not os.path.exists(self.saved_path):  # else a host that was killed saved the settings before it
+                _write_file(self.saved_path, json.dumps(found))
             _write("pages_to_scan", str(SCAN_PAGES))
             _write("sleep_millisecs", str(SCAN_SLEEP_MS))
             _write("run", "1")
         except OSError as exc:
-            self.restore()
+            self.restore(wait_s=0)
             raise KsmError(
                 exc.errno or errno.EPERM,
-                f"ksmd is not running and cannot be started ({os.path.join(KSM_DIR, 'run')}: {exc.strerror}); "
+                f"ksmd is not running and cannot be started ({exc.filename}: {exc.strerror}); "
                 f"run as root, or `echo 1 > {os.path.join(KSM_DIR, 'run')}` first",
             ) from None
         return True
 
-    def restore(self) -> None:
-        """Put back what :meth:`ensure_running` changed (``run`` last, so nothing scans at the wrong rate)."""
-        saved, self._saved = self._saved, {}
+    def restore(self, wait_s: float = 2.0) -> bool:
+        """Put back what a xenlike host changed, once no other process merges (our dying domains get
+        ``wait_s`` to go); True if it did. ``run`` goes last, so nothing scans at the wrong rate."""
+        try:
+            with open(self.saved_path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return False  # no xenlike host started ksmd: it is its owner's
+        deadline = time.monotonic() + wait_s
+        while others_merging():
+            if time.monotonic() >= deadline:
+                return False  # another host still shares pages: the last one to stop puts ksmd back
+            time.sleep(0.05)
         for name in ("pages_to_scan", "sleep_millisecs", "run"):
-            if name in saved:
+            if isinstance(saved, dict) and isinstance(saved.get(name), str):
                 try:
                     _write(name, saved[name])
                 except OSError:
                     pass  # as it is: nothing better to do on the way out
+        try:
+            os.unlink(self.saved_path)
+        except OSError:
+            pass
+        return True
+
+
+def others_merging() -> bool:
+    """Whether any process but this one has asked for all its pages to be merged (``ksm_merge_any``)."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/ksm_stat", "rb") as f:
+                if b"ksm_merge_any: yes" in f.read():
+                    return True
+        except OSError:
+            continue  # gone, or not ours to read
+    return False
 
 
 def _read(name: str) -> str:
@@ -171,5 +211,9 @@ def _read_int(name: str) -> int:
 
 
 def _write(name: str, value: str) -> None:
-    with open(os.path.join(KSM_DIR, name), "w") as f:
+    _write_file(os.path.join(KSM_DIR, name), value)
+
+
+def _write_file(path: str, value: str) -> None:
+    with open(path, "w") as f:
         f.write(value)
