@@ -170,12 +170,10 @@ def main() -> None:
             dom0 = psutil.Process(next(row["info"]["pid"] for row in rows if row["domid"] == 0))
             time.sleep(2.0)  # let the last creates' stragglers settle
             extra["load_average_1min_before_idle"] = os.getloadavg()[0]
+            idle = cpu_pct([hv, dom0] + ([ksmd_process()] if args.page_sharing else []), IDLE_WINDOW_S)
+            found["hypervisor_cpu_pct_idle"], extra["dom0_cpu_pct_idle"] = idle[:2]
             if args.page_sharing:
-                found["hypervisor_cpu_pct_idle"], extra["dom0_cpu_pct_idle"], found["ksmd_cpu_pct_idle"] = cpu_pct(
-                    [hv, dom0, ksmd_process()], IDLE_WINDOW_S
-                )
-            else:
-                found["hypervisor_cpu_pct_idle"], extra["dom0_cpu_pct_idle"] = cpu_pct([hv, dom0], IDLE_WINDOW_S)
+                found["ksmd_cpu_pct_idle"] = idle[2]
             start = time.perf_counter()
             down = client.call("down", timeout=120)
             hypervisor.wait(120)

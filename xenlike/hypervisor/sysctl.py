@@ -55,25 +55,22 @@ def physinfo(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Resu
 
 
 def sharing_info(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
-    """What ``xl sharing`` lists (``libxl_dominfo``'s ``current_memkb`` and ``shared_memkb``), by domid.
+    """What ``xl sharing`` lists of every domain (``libxl_dominfo``'s ``current_memkb`` and ``shared_memkb``), by domid.
 
     A domain's shared memory is the pages of its vCPU 0 process (its kernel and
     workload) that ksmd maps to a frame shared with another process
     (``ksm_merging_pages``); always 0 without ``--page-sharing``, and for dom0.
     One ``/proc`` read a domain, so it is its own call and not part of ``list``.
     """
-    domains = sorted(hv.domains.values(), key=lambda d: d.domid)
-    if "domid" in args:
-        domains = [hv.domain(args["domid"])]
     kib_per_frame = PAGE_SIZE // 1024
     rows = []
-    for domain in domains:
+    for domain in sorted(hv.domains.values(), key=lambda d: d.domid):
         shared = ksm.merging_pages(domain.pid) if hv.page_sharing and domain.pid is not None else 0
         rows.append(
             {
                 "domid": domain.domid,
                 "name": domain.name,
-                "memory_kb": (domain.nr_frames - len(domain.ballooned)) * kib_per_frame,
+                "memory_kb": domain.tot_frames * kib_per_frame,
                 "shared_kb": shared * kib_per_frame,
             }
         )
