@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from xenlike.public.domctl import DOMAININFOLIST_COLUMNS, dominf_state
+from xenlike.public.domctl import DOMAININFOLIST_COLUMNS, XEN_DOMINF_PAUSED, dominf_state
 from xenlike.public.vdisk import MODEL_SPLIT, model_limits
 from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.xs_wire import XsError, home_path
@@ -91,14 +91,18 @@ def down(ts: Toolstack, request: Request) -> None:
 
     Every domU is asked at once; those that shut down are not torn down one by one
     (:attr:`Lifecycle.host_stopping`): the hypervisor frees them all with the host.
+    A paused domain is asked too but not waited for: it runs nothing, so it could
+    only use up the timeout; the hypervisor kills it with the host, as one that
+    ignores the request.
     """
-    domids = set(ts.domains)
     ts.lifecycle.host_stopping = True
     for built in ts.domains.values():
         try:
             ts.xs.write(f"{home_path(built.domid)}/control/shutdown", "poweroff")
         except XsError:
             pass
+    paused = _paused_domains(ts)
+    domids = set(ts.domains) - paused
 
     def finish(ok: bool) -> None:
         # The hypervisor kills what still runs once dom0 asks it to stop the host, all in one
@@ -106,16 +110,32 @@ def down(ts: Toolstack, request: Request) -> None:
         # would make a late down cost seconds per thousand guests. Their devices are closed,
         # so each back end finishes its requests in order.
         for built in list(ts.domains.values()):
-            if not ts.lifecycle.has_shut_down(built.domid):
+            if not ts.lifecycle.has_shut_down(built.domid) and built.domid not in paused:
                 log.info("%s: still running at host shutdown; the hypervisor kills it", built.label)
             ts.backends.remove_domain(built.domid)
-        request.reply({"forced": not ok})
+        request.reply({"forced": not ok or bool(paused)})
         ts.shut_host_down()
 
     if not domids:
         finish(True)
         return
     ts.wait_for_domains(domids, float(request.args.get("timeout", HOST_SHUTDOWN_TIMEOUT_S)), finish)
+
+
+def _paused_domains(ts: Toolstack) -> set[int]:
+    """The domUs paused now (``XEN_DOMINF_PAUSED``), each logged as one ``down`` will not wait for."""
+    columns = ts.lifecycle.domain_list()
+    paused = {
+        domid
+        for domid, flags in zip(columns["domid"], columns["flags"])
+        if flags & XEN_DOMINF_PAUSED and domid in ts.domains
+    }
+    for domid in sorted(paused):
+        log.info(
+            "%s: paused, so it cannot answer the shutdown; the hypervisor kills it with the host",
+            ts.domains[domid].label,
+        )
+    return paused
 
 
 # -- listing -------------------------------------------------------------------------

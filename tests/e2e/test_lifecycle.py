@@ -76,6 +76,13 @@ def test_paused_domain_is_p_and_makes_no_progress(host, tmp_path):
     wait_for(lambda: int(host.xs_read(f"/local/domain/{t}/data/ticks")) > int(before), what="ticks after unpause")
     assert "p" not in host.domains()["t"]["state"]
 
+    # A paused domain cannot see a shutdown request: down does not wait its timeout out for it.
+    host.xl("pause", "t")
+    out = host.xl("down", "--timeout", "300", timeout=60).stdout
+    assert "had to be destroyed" in out
+    assert "d%d (t): paused, so it cannot answer the shutdown" % t in host.log("dom0")
+    assert "(i): still running" not in host.log("dom0")  # the idle one shut down as asked
+
 
 def test_shutdown_reboot_destroy(host, tmp_path):
     host.up(str(write_cluster(tmp_path, [{"name": "s", "workload": "hello"}, {"name": "r", "workload": "hello"},
