@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from xenlike.hypervisor.jail import JailPolicy, ShellJail, remove_cgroups, shell_cgroup_name, stale_cgroups, warm_up
 from xenlike.kernel import ksm
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message, socketpair
-from xenlike.kernel.proc import become_subreaper, die_with_parent, set_process_name
+from xenlike.kernel.proc import become_subreaper, die_with_parent, fork_single_threaded, set_process_name
 
 __all__ = ["Zygote", "start_zygote"]
 
@@ -139,7 +139,7 @@ class _Shell:
         self, zygote_sock: socket.socket, wake: tuple[int, int], jail: _JailSetup | None, jailed: bool
     ) -> None:
         ours, theirs = socketpair()
-        pid = os.fork()
+        pid = fork_single_threaded()
         if pid == 0:
             ours.close()
             _become_shell(theirs, zygote_sock, wake, jail, jailed)  # never returns
