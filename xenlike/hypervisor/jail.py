@@ -327,7 +327,6 @@ class ShellJail:
             if policy.run_dir:
                 namespaces.hide_directory(policy.run_dir)
         os.chdir("/")  # a working directory inside a hidden one would still reach it
-        _guest_environment()
         if policy.as_root:
             namespaces.drop_bounding_set()  # the part of dropping the identity that needs no uid yet
         if policy.has("seccomp"):
@@ -400,11 +399,26 @@ class ShellJail:
 GUEST_ENVIRONMENT_KEPT = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
 
-def _guest_environment() -> None:
-    """Replace the inherited environment with a guest's own (``os.environ`` and the C ``environ`` alike)."""
-    kept = {key: os.environ[key] for key in GUEST_ENVIRONMENT_KEPT if key in os.environ}
+def use_guest_environment() -> dict[str, str]:
+    """Give this process a guest's environment (``os.environ`` and the C ``environ`` alike); returns the one it had.
+
+    The zygote calls it once, before it forks, so every shell starts with the
+    guest's environment rather than each rewriting its own copy of the host's
+    (with CPython 3.11 that rewrite copies on write some 60 pages a guest).
+    dom0, forked from the same zygote, puts the host's back
+    (:func:`restore_environment`).
+    """
+    host = dict(os.environ)
+    kept = {key: host[key] for key in GUEST_ENVIRONMENT_KEPT if key in host}
     os.environ.clear()
     os.environ.update({"PATH": "/usr/bin:/bin", "HOME": "/", **kept})
+    return host
+
+
+def restore_environment(environment: dict[str, str]) -> None:
+    """Put back the environment :func:`use_guest_environment` returned."""
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def shell_cgroup_name(zygote_pid: int, shell_pid: int) -> str:

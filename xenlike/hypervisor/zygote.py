@@ -35,7 +35,16 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from xenlike.hypervisor.jail import JailPolicy, ShellJail, remove_cgroups, shell_cgroup_name, stale_cgroups, warm_up
+from xenlike.hypervisor.jail import (
+    JailPolicy,
+    ShellJail,
+    remove_cgroups,
+    restore_environment,
+    shell_cgroup_name,
+    stale_cgroups,
+    use_guest_environment,
+    warm_up,
+)
 from xenlike.kernel import ksm
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message, socketpair
 from xenlike.kernel.proc import become_subreaper, die_with_parent, fork_single_threaded, set_process_name
@@ -175,6 +184,7 @@ class _JailSetup:
     policy: JailPolicy
     stderr_r: int
     stderr_w: int
+    host_environment: dict[str, str]  # the zygote has the guests' (use_guest_environment); dom0 gets this back
     jailed: set[int] = field(default_factory=set)  # pids of jailed shells, each with a cgroup of its own
     busy_cgroups: set[str] = field(default_factory=set)  # cgroups whose last process is not reaped yet
 
@@ -221,7 +231,7 @@ def _jail_setup(policy: JailPolicy) -> _JailSetup:
     warm_up(policy)  # what every shell's jail reads, computed once before the forks
     remove_cgroups(stale_cgroups())  # left by hosts that were killed
     read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    return _JailSetup(policy, read_end, write_end)
+    return _JailSetup(policy, read_end, write_end, use_guest_environment())
 
 
 def _zygote_main(sock: socket.socket, jail: JailPolicy | None, page_sharing: bool) -> None:
@@ -372,6 +382,7 @@ def _become_shell(
         if jail is not None and not jailed:
             os.close(jail.stderr_r)
             os.close(jail.stderr_w)
+            restore_environment(jail.host_environment)
         # Work every guest needs, done while the shell waits rather than once it is asked for.
         prepared = importlib.import_module(ENTRY_POINTS["domu"][0]).prepare()
         try:
