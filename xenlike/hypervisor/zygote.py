@@ -243,6 +243,7 @@ def _zygote_main(sock: socket.socket, jail: JailPolicy | None, page_sharing: boo
     for module in PRELOAD:
         importlib.import_module(module)  # the point of a zygote: import once, fork many
     importlib.import_module("domu.workload").available_workloads()  # scan entry points once, not per domain
+    importlib.import_module(ENTRY_POINTS["domu"][0]).warm_up()
     setup = _jail_setup(jail) if jail is not None else None
     # Objects imported so far stay shared with every domain: keep the cyclic GC
     # from touching (and so copying) their pages in each child.
