@@ -45,7 +45,7 @@ from xenlike.hypervisor.jail import (
     use_guest_environment,
     warm_up,
 )
-from xenlike.kernel import ksm
+from xenlike.kernel import ksm, pymalloc
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message, socketpair
 from xenlike.kernel.proc import become_subreaper, die_with_parent, fork_single_threaded, set_process_name
 
@@ -245,9 +245,11 @@ def _zygote_main(sock: socket.socket, jail: JailPolicy | None, page_sharing: boo
     importlib.import_module("domu.workload").available_workloads()  # scan entry points once, not per domain
     importlib.import_module(ENTRY_POINTS["domu"][0]).warm_up()
     setup = _jail_setup(jail) if jail is not None else None
-    # Objects imported so far stay shared with every domain: keep the cyclic GC
-    # from touching (and so copying) their pages in each child.
+    # Objects imported so far stay shared with every domain: have each child's new objects
+    # packed in pages of their own, not spread over the free blocks of the zygote's pools (one
+    # copied page each), and keep the cyclic GC from touching (and so copying) the old ones.
     gc.collect()
+    pymalloc.fill_free_blocks()
     gc.freeze()
     if page_sharing:
         # Inherited by every shell: the pages a guest copies on write are mostly the same bytes in every guest.
