@@ -145,13 +145,13 @@ class _Shell:
     """
 
     def __init__(
-        self, zygote_sock: socket.socket, wake: tuple[int, int], jail: _JailSetup | None, jailed: bool
+        self, zygote_sock: socket.socket, wake: tuple[int, int], jail: _JailSetup | None, jailed: bool, role: str
     ) -> None:
         ours, theirs = socketpair()
         pid = fork_single_threaded()
         if pid == 0:
             ours.close()
-            _become_shell(theirs, zygote_sock, wake, jail, jailed)  # never returns
+            _become_shell(theirs, zygote_sock, wake, jail, jailed, role)  # never returns
         theirs.close()
         if jail is not None and jailed:
             jail.jailed.add(pid)
@@ -310,7 +310,7 @@ class _ShellPool:
         dom0 is privileged, as in Xen: it gets a shell of its own, never a jailed one.
         """
         if role == "dom0":
-            return _Shell(self._zygote_sock, self._wake, self._jail, jailed=False)
+            return _Shell(self._zygote_sock, self._wake, self._jail, jailed=False, role="dom0")
         shell = self._ready.popleft() if self._ready else self._fork()
         now = time.monotonic()
         self._refill_at = now if not self._ready else now + BOOT_WINDOW_S
@@ -340,7 +340,7 @@ class _ShellPool:
             self._jail.forget_shells(discarded)
 
     def _fork(self) -> _Shell:
-        return _Shell(self._zygote_sock, self._wake, self._jail, jailed=self._jail is not None)
+        return _Shell(self._zygote_sock, self._wake, self._jail, jailed=self._jail is not None, role="domu")
 
 
 def _jail_shell(jail: _JailSetup) -> ShellJail:
@@ -370,7 +370,12 @@ def _reap(sock: socket.socket) -> list[int]:
 
 
 def _become_shell(
-    boot_sock: socket.socket, zygote_sock: socket.socket, wake: tuple[int, int], jail: _JailSetup | None, jailed: bool
+    boot_sock: socket.socket,
+    zygote_sock: socket.socket,
+    wake: tuple[int, int],
+    jail: _JailSetup | None,
+    jailed: bool,
+    role: str,
 ) -> None:
     code = 0
     try:
@@ -386,8 +391,9 @@ def _become_shell(
             os.close(jail.stderr_r)
             os.close(jail.stderr_w)
             restore_environment(jail.host_environment)
-        # Work every guest needs, done while the shell waits rather than once it is asked for.
-        prepared = importlib.import_module(ENTRY_POINTS["domu"][0]).prepare()
+        # Work every guest needs, done while the shell waits rather than once it is asked for
+        # (dom0's shell is forked when dom0 is asked for, and runs no guest kernel).
+        prepared = importlib.import_module(ENTRY_POINTS["domu"][0]).prepare() if role == "domu" else None
         try:
             boot, fds = recv_message(boot_sock)
         except (ChannelClosed, ConnectionError):
@@ -396,10 +402,11 @@ def _become_shell(
         set_process_name(f"xl-d{boot['domid']}-{boot['name']}")
         if boot["role"] == "dom0" and ksm.this_process_merges():
             ksm.merge_this_process(False)  # privileged: no page of dom0's is shared with a guest
+        if boot["role"] != role:
+            raise RuntimeError(f"a shell forked for a {role} was handed a {boot['role']}")
         if confinement is not None:
-            if boot["role"] != "domu":
-                raise RuntimeError(f"a jailed shell was handed a {boot['role']}")
             confinement.enter(boot, fds)  # before any of the domain's code runs
+            assert prepared is not None  # a jailed shell is a domU's
             prepared.confine = confinement.confine_thread
         module, function = ENTRY_POINTS[boot["role"]]
         entry = getattr(importlib.import_module(module), function)
