@@ -60,24 +60,13 @@ def _block_of(request: int, alignment: int) -> int:
     return -(-request // alignment) * alignment
 
 
-def _filler(size: int, alignment: int) -> type | None:
-    """A kind of object whose every new instance takes one block of ``size`` bytes (None if none here does)."""
-    if size > _BYTES_OVERHEAD:
-        return None  # bytes of the right length: see _fill
-    if _block_of(sys.getsizeof(0.5), alignment) == size:
-        return float
-    if _block_of(sys.getsizeof(object()), alignment) == size:
-        return object
-    return None
-
-
 def _fill(size: int, count: int, alignment: int) -> list[object]:
+    """``count`` new objects that each take one block of ``size`` bytes ([] if no kind here does)."""
     if size > _BYTES_OVERHEAD:
         return [bytes(size - _BYTES_OVERHEAD) for _ in range(count)]  # asks for exactly size bytes
-    kind = _filler(size, alignment)
-    if kind is float:
+    if _block_of(sys.getsizeof(0.5), alignment) == size:
         return [float(i) + 0.5 for i in range(count)]  # never the cached 0.0 or a shared constant
-    if kind is object:
+    if _block_of(sys.getsizeof(object()), alignment) == size:
         return [object() for _ in range(count)]
     return []
 
