@@ -80,7 +80,7 @@ def test_paused_domain_is_p_and_makes_no_progress(host, tmp_path):
     host.xl("pause", "t")
     out = host.xl("down", "--timeout", "300", timeout=60).stdout
     assert "had to be destroyed" in out
-    assert "d%d (t): paused, so it cannot answer the shutdown" % t in host.log("dom0")
+    assert f"d{t} (t): paused, so it cannot answer the shutdown" in host.log("dom0")
     assert "(i): still running" not in host.log("dom0")  # the idle one shut down as asked
 
 

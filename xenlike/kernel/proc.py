@@ -76,10 +76,10 @@ def fork_single_threaded() -> int:
     child they are Python code run on the parent's objects, and each page they
     touch is copied: some 190 pages in a child that does nothing else, some 60 of
     them pages an idle guest would not otherwise touch (CPython 3.11). From a
-    process with one thread, holding no lock, there is
-    nothing for them to repair, so this forks through libc alone, keeping glibc's
-    own fork handlers, and does in the child the one hook that matters there:
-    reseeding ``random``, so no two children share its sequence. Raises
+    process with one thread, holding no lock, there is nothing for them to
+    repair, so this forks through libc alone, keeping glibc's own fork handlers,
+    and does in the child the one hook that matters there: reseeding ``random``,
+    so no two children share its sequence. Raises
     RuntimeError if another thread runs, OSError if fork fails.
     """
     if threading.active_count() != 1:
