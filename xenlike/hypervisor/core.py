@@ -200,6 +200,8 @@ class Hypervisor:
             timeout = 0.5 if due is None else min(0.5, max(0.0, (due - time.monotonic_ns()) / 1e9))
             for key, _ in self.selector.select(timeout=timeout):
                 key.data(key.fileobj)
+            if self.zygote.pending_events:  # exits a spawn read off the socket before its reply
+                self._on_zygote(self.zygote.sock)
             if due is not None and time.monotonic_ns() >= due:
                 self._sched_tick()
         log.info("host stopped")

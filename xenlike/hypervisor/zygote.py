@@ -9,10 +9,12 @@ instance or zmq context, so nothing of the sort is ever inherited by a domain.
 Protocol on the zygote's control socket (``xenlike.kernel.hypercall`` messages):
 
 * hypervisor → zygote ``{"op": "spawn", "boot": {...}}`` with fds
-  ``[hypercall socket, memfd, ...port fds]``; reply ``{"pid": N}``.
+  ``[hypercall socket, memfd, ...port fds]``; reply ``{"spawned": N}``, N the pid.
 * zygote → hypervisor ``{"event": "exited", "pid": N, "status": S, "cpu_time": T}``
   whenever a domain process ends (``S`` as ``os.waitpid`` gives it, ``T`` its CPU
-  seconds from the kernel's rusage).
+  seconds from the kernel's rusage). An exit can come between a spawn and its
+  reply: the reply's key is one no event has, so a domain that just ended is never
+  taken for the one just started.
 
 Each domain process: lives in its own process group, dies with the zygote (and so
 with the hypervisor) through ``PR_SET_PDEATHSIG``, and carries a ``comm`` name like
@@ -73,14 +75,19 @@ class Zygote:
     sock: socket.socket
 
     def spawn(self, boot: dict, fds: list[int]) -> int:
-        """Fork a domain process; returns its pid. ``fds`` are duplicated into it."""
+        """Fork a domain process; returns its pid. ``fds`` are duplicated into it.
+
+        Exit events that arrive before the reply are kept in :attr:`pending_events`
+        for the next :meth:`read_events`, which the caller owes them now: they are no
+        longer on the socket, so its polling readable will not say so.
+        """
         send_message(self.sock, {"op": "spawn", "boot": boot}, fds)
         while True:
             reply, extra = recv_message(self.sock)
             for fd in extra:
                 os.close(fd)
-            if "pid" in reply:
-                return reply["pid"]
+            if "spawned" in reply:
+                return reply["spawned"]
             self.pending_events.append(reply)
 
     def __post_init__(self) -> None:
@@ -283,7 +290,7 @@ def _zygote_main(sock: socket.socket, jail: JailPolicy | None, page_sharing: boo
                 return
             if message.get("op") == "spawn":
                 pid = pool.take(message["boot"]["role"]).boot(message["boot"], fds)
-                send_message(sock, {"pid": pid})
+                send_message(sock, {"spawned": pid})
             for fd in fds:
                 os.close(fd)
         pool.refill_if_due()  # after the reply: forking is off the create's critical path
