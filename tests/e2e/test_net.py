@@ -73,6 +73,17 @@ def test_guests_ping_each_other_and_dom0_and_a_guest_without_a_vif_has_only_lo(h
     assert listing[1].split()[:5] == ["0", "0", "00:16:3e:00:01:02", "0", "4"]  # Connected
 
 
+def test_a_guest_s_lookups_go_to_its_own_loopback_not_the_host_s_resolver(host, tmp_path):
+    host.up(str(write_cluster(tmp_path, [net_domain("n", "names", "example.com", vif=[""])])))
+    names = console_json(host, "n", "NAMES", timeout=30)
+    assert names["nameservers"] == ["127.0.0.1"]  # the host's resolver is an address no guest may reach
+    assert names["hosts"] == [["127.0.0.1", "localhost"], ["::1", "localhost", "ip6-localhost", "ip6-loopback"]]
+    assert names["hostname"] == names["fqdn"] == "n"  # what http.server asks at bind: answered, not waited for
+    assert names["unknown"] in (socket.EAI_AGAIN, socket.EAI_NONAME)  # refused at once by the guest's loopback
+    with open("/etc/resolv.conf") as host_file:  # the host's own file is as it was
+        assert "xenlike" not in host_file.read()
+
+
 def test_a_guest_serves_http_to_another_and_to_the_host_through_a_forward(host, tmp_path):
     port = free_port()
     host.up(str(write_cluster(tmp_path, [

@@ -11,7 +11,8 @@ of the slow parts:
   IPC and UTS namespaces (inside a user namespace of the host's own uid when
   xenlike does not run as root), a private ``/proc`` that hides every other
   process (``hidepid=invisible``; an empty one in a user namespace), the run
-  directory hidden under an empty tmpfs, and the Landlock ruleset of what every
+  directory hidden under an empty tmpfs, the guests' own ``/etc/hosts`` and
+  ``/etc/resolv.conf`` (:func:`write_name_service_files`), and the Landlock ruleset of what every
   Python guest must read (the interpreter, the standard library, site-packages,
   xenlike's guest packages);
 * :meth:`ShellJail.enter`, once the boot message names the domain, before any of
@@ -51,7 +52,16 @@ from xenlike.kernel.namespaces import Mechanism
 from xenlike.public.start_info import START_INFO_PFN, StartInfo
 from xenlike.public.xen import PAGE_SIZE
 
-__all__ = ["JailPolicy", "ShellJail", "mechanisms", "missing", "jail_report", "log_jail", "DEFAULT_UID_BASE"]
+__all__ = [
+    "JailPolicy",
+    "ShellJail",
+    "mechanisms",
+    "missing",
+    "jail_report",
+    "log_jail",
+    "write_name_service_files",
+    "DEFAULT_UID_BASE",
+]
 
 log = logging.getLogger("xenlike.jail")
 
@@ -318,6 +328,7 @@ class ShellJail:
         policy = self.policy
         if policy.has("namespaces"):
             namespaces.enter_guest_namespaces("xenlike-guest", user_namespace=not policy.as_root)
+            _use_name_service_files(policy.run_dir)  # before the run dir is hidden and Landlock opens them
             if self._view is not None:
                 self._view.expose([], _base_view_plan(self._view.uid))
             if policy.has("private-proc"):
@@ -392,6 +403,50 @@ class ShellJail:
         """Landlock on the calling thread (the kernel binds one thread at a time); a no-op without Landlock."""
         if self._ruleset_fd >= 0:
             landlock.restrict_self(self._ruleset_fd)
+
+
+# Where the zygote writes the guests' name-service files, in the run directory (which every guest has hidden).
+GUEST_ETC = "guest-etc"
+# A guest's /etc/hosts: its loopback names. A domain's own name is its hostname; other domains have addresses
+# of their vifs' choosing, not names a file written before they exist could know.
+GUEST_HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+# A guest's /etc/resolv.conf. The host's would send a guest's lookups (Python's http.server asks for the
+# fully qualified name of its own host) out of its vif towards the host's resolver, an address no guest may
+# reach: the packets die in dom0's namespace and the lookup waits out the resolver's timeouts (10 s). The
+# guest's own loopback refuses at once.
+GUEST_RESOLV_CONF = (
+    "# A xenlike guest has no DNS: a name that /etc/hosts lacks is asked of the guest's own loopback,\n"
+    "# where nothing answers, so no lookup leaves the guest.\n"
+    "nameserver 127.0.0.1\n"
+)
+_NAME_SERVICE_FILES = (("hosts", "/etc/hosts", GUEST_HOSTS), ("resolv.conf", "/etc/resolv.conf", GUEST_RESOLV_CONF))
+
+
+def write_name_service_files(run_dir: str) -> None:
+    """Write the guests' ``/etc/hosts`` and ``/etc/resolv.conf`` into ``run_dir`` (the zygote, once, before it forks).
+
+    Every guest's mount namespace has them bound over the host's (:meth:`ShellJail.prepare`), read-only.
+    """
+    directory = os.path.join(run_dir, GUEST_ETC)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    for name, _target, text in _NAME_SERVICE_FILES:
+        path = os.path.join(directory, name)
+        with open(path, "w", encoding="ascii") as f:
+            f.write(text)
+        os.chmod(path, 0o444)
+
+
+def _use_name_service_files(run_dir: str) -> None:
+    """Bind the files :func:`write_name_service_files` wrote over the host's, in this mount namespace.
+
+    A host file that does not exist is left so: the C library's defaults are then the loopback's too.
+    """
+    if not run_dir:
+        return
+    for name, target, _text in _NAME_SERVICE_FILES:
+        source = os.path.join(run_dir, GUEST_ETC, name)
+        if os.path.exists(source) and os.path.exists(target):
+            namespaces.bind_mount(source, target, noexec=True)
 
 
 # What a guest's environment keeps of the host's: the locale (so text decodes the same). Nothing else of

@@ -46,6 +46,7 @@ from xenlike.hypervisor.jail import (
     stale_cgroups,
     use_guest_environment,
     warm_up,
+    write_name_service_files,
 )
 from xenlike.kernel import ksm, pymalloc
 from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message, socketpair
@@ -236,6 +237,8 @@ class _JailSetup:
 
 def _jail_setup(policy: JailPolicy) -> _JailSetup:
     warm_up(policy)  # what every shell's jail reads, computed once before the forks
+    if policy.run_dir and policy.has("namespaces"):
+        write_name_service_files(policy.run_dir)
     remove_cgroups(stale_cgroups())  # left by hosts that were killed
     read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     return _JailSetup(policy, read_end, write_end, use_guest_environment())

@@ -346,15 +346,17 @@ def mount_tmpfs(path: str, mode: int = 0o755) -> None:
         raise NamespaceError(_errno(), f"mounting a tmpfs over {path!r}")
 
 
-def bind_mount(source: str, target: str) -> None:
+def bind_mount(source: str, target: str, *, noexec: bool = False) -> None:
     """Bind ``source`` (a path, or ``/proc/self/fd/N`` of an ``O_PATH`` fd) on ``target``, read-only.
 
     ``target`` must exist and be of the same kind (a directory for a directory,
-    a file for a file). Raises :class:`NamespaceError`.
+    a file for a file). ``noexec`` for what is only ever read: a source on a
+    ``noexec`` file system (a ``/tmp`` so mounted) can then be bound from a user
+    namespace too, where that flag is locked. Raises :class:`NamespaceError`.
     """
     if _libc.mount(source.encode(), target.encode(), None, _MS_BIND | _MS_REC, None) != 0:
         raise NamespaceError(_errno(), f"binding {source!r} on {target!r}")
-    flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+    flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | (_MS_NOEXEC if noexec else 0)
     if _libc.mount(None, target.encode(), None, flags, None) != 0:
         raise NamespaceError(_errno(), f"making the binding on {target!r} read-only")
 

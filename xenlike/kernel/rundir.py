@@ -10,6 +10,7 @@ which :class:`HostLock` enforces. Layout::
     toolstack.sock     dom0's toolstack API (zmq ipc)
     console.sock       console output stream (zmq ipc, PUB)
     logs/hypervisor.log, logs/dom0.log, logs/<domain>.log
+    guest-etc/hosts, guest-etc/resolv.conf    the guests' own, bound over the host's in each guest (the jail)
 """
 
 from __future__ import annotations

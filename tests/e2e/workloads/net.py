@@ -9,6 +9,7 @@ Modes:
   serve PORT SEED MIB  an http.server on PORT whose / is MIB MiB of a seeded pattern ("SERVING")
   fetch URL            GET URL (retrying while the server is not up yet): length and sha256 ("FETCH")
   pinger ADDR          ping ADDR every 50 ms forever; data/pings and data/lost count the answers
+  names NAME           what the guest's resolver is told and makes of its own and an unknown NAME ("NAMES")
 """
 
 import hashlib
@@ -119,8 +120,25 @@ def mode_pinger(ctx, address):
         ctx.sleep(0.05)
 
 
+def mode_names(ctx, unknown):
+    with open("/etc/resolv.conf") as f:
+        nameservers = [line.split()[1] for line in f if line.split()[:1] == ["nameserver"]]
+    with open("/etc/hosts") as f:
+        hosts = [line.split() for line in f if line.split() and not line.startswith("#")]
+    try:
+        socket.gethostbyname(unknown)
+        lookup = "resolved"
+    except socket.gaierror as exc:
+        lookup = exc.errno
+    report("NAMES", {"nameservers": nameservers, "hosts": hosts, "hostname": socket.gethostname(),
+                     "fqdn": socket.getfqdn(), "unknown": lookup})
+    ctx.shutdown.wait()
+
+
+MODES = {"ifaces": mode_ifaces, "ping": mode_ping, "serve": mode_serve, "fetch": mode_fetch, "pinger": mode_pinger,
+         "names": mode_names}
+
+
 def run(ctx):
     mode, *args = ctx.args
-    {"ifaces": mode_ifaces, "ping": mode_ping, "serve": mode_serve, "fetch": mode_fetch, "pinger": mode_pinger}[
-        mode
-    ](ctx, *args)
+    MODES[mode](ctx, *args)
