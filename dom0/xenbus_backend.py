@@ -394,14 +394,23 @@ class XenbusBackend:
         return self.devices.get((devicetype, frontend_id, devid))
 
     def request_close(self, devicetype: str, frontend_id: int, devid: int) -> None:
-        """The toolstack unplugs the device: ``online`` = 0 and Closing (libxl's way)."""
+        """The toolstack unplugs the device: ``online`` = 0 and Closing (libxl's way).
+
+        A device already Closed (both ends went through the close, as when its worker
+        died) only gets ``online`` = 0: moved back to Closing, it would wait for a front
+        end that has nothing left to answer.
+        """
         dev = self.devices[(devicetype, frontend_id, devid)]
+        closed = dev.state == XenbusState.Closed
 
         def mark(tx: int) -> None:
             self.ctx.xs.write(f"{dev.nodename}/{ONLINE}", "0", tx=tx)
-            self.ctx.xs.write(f"{dev.nodename}/{STATE}", str(int(XenbusState.Closing)), tx=tx)
+            if not closed:
+                self.ctx.xs.write(f"{dev.nodename}/{STATE}", str(int(XenbusState.Closing)), tx=tx)
 
         self.ctx.xs.transact(mark)
+        if closed:
+            return
         dev.state = XenbusState.Closing
         _trace_state(dev, XenbusState.Closing)
 
