@@ -91,6 +91,9 @@ class Migration:
         self.context: zmq.Context = zmq.Context()
         self.sock: zmq.Socket = self.context.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # zmq reconnects behind a socket's back and drops what was queued to a peer that went away: for a
+        # stream that is the end of the migration, said at once rather than after a silence.
+        self.disconnects: zmq.Socket = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.nonce = b""
         self.seq = 0
         self._pending = bytearray()
@@ -132,15 +135,28 @@ class Migration:
             self._pending.clear()
 
     def _answer(self, expect: bytes, timeout: float = ANSWER_TIMEOUT_S) -> bytes:
-        """The target's next message, which must be ``expect``; MigrationFailed for a refusal or silence."""
-        if not self.sock.poll(int(timeout * 1000)):
-            raise MigrationFailed(f"the target ({self.endpoint}) did not answer within {timeout:g}s")
+        """The target's next message, which must be ``expect``; MigrationFailed for a refusal, a closed
+        connection or silence."""
+        self._wait_for_answer(timeout)
         frames = self.sock.recv_multipart()
         if frames[0] == ch.REFUSED:
             raise MigrationFailed(f"the target refused it: {b''.join(frames[1:]).decode(errors='replace')}")
         if frames[0] != expect:
             raise MigrationFailed(f"the target answered {frames[0]!r} where {expect!r} was due")
         return frames[1] if len(frames) > 1 else b""
+
+    def _wait_for_answer(self, timeout: float) -> None:
+        """Until the target's next message is there; MigrationFailed if its connection closes first, or at
+        ``timeout`` (a target that is alive but stuck keeps its connection open)."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.disconnects, zmq.POLLIN)
+        ready = dict(poller.poll(int(timeout * 1000)))
+        if self.sock in ready:
+            return
+        if self.disconnects in ready:
+            raise MigrationFailed(f"the target ({self.endpoint}) closed the connection")
+        raise MigrationFailed(f"the target ({self.endpoint}) did not answer within {timeout:g}s")
 
     def _round(self, number: int) -> None:
         """End a round: everything sent so far is applied at the target once it answers."""
@@ -167,6 +183,8 @@ class Migration:
             self._give_up(f"{type(exc).__name__}: {exc}")
             return
         finally:
+            self.sock.disable_monitor()
+            self.disconnects.close(linger=0)
             self.sock.close()
             self.context.term()
         self.ts.calls.submit(lambda: self.request.reply(result))
