@@ -42,6 +42,10 @@ def test_a_hostile_domu_is_refused_everything_and_the_victim_is_unharmed(host, t
     refused("alloc_port_for_victim", text="only dom0 is privileged")
     copy = results["copy_from_victim_frame"]
     assert copy["allowed"] is True and "-8" in copy["result"]  # GNTST_permission_denied, per op
+    # A datagram msgpack cannot build is refused as malformed: the next hypercall is answered as ever.
+    assert results["unbuildable_hypercall"]["allowed"] is True, results["unbuildable_hypercall"]
+    assert "malformed hypercall refused" in host.log("hypervisor")
+    assert host.run_dir.running_pid() == host.hypervisor_pid
 
     # The victim runs on, its nodes intact, its name its own.
     domains = host.domains()

@@ -208,14 +208,15 @@ def recv_message(sock: socket.socket, flags: int = 0, pending: Fragments | None 
 
     ``flags`` go to ``recvmsg`` (``socket.recv_fds`` of Python 3.11 drops them,
     so it is not used). Raises ChannelClosed at end of stream, BlockingIOError
-    with ``MSG_DONTWAIT`` when nothing is waiting. A fragmented message is
+    with ``MSG_DONTWAIT`` when nothing is waiting, ValueError for a message that
+    is malformed (whatever its bytes; its fds closed). A fragmented message is
     joined again: without ``pending``, by waiting for the rest of it once its
     first fragment came; with it, one fragment per call, raising
     MessageIncomplete until the last one is in.
     """
     data, fds = _recv_datagram(sock, flags)
     if data[:1] != _MORE[:1]:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False), fds
+        return _decoded(data, fds)
     if len(data) < len(_MORE):
         for fd in fds:
             os.close(fd)
@@ -224,7 +225,7 @@ def recv_message(sock: socket.socket, flags: int = 0, pending: Fragments | None 
         whole = pending.add(data, fds)
         if whole is None:
             raise MessageIncomplete("a fragment of a message came; the rest has not")
-        return msgpack.unpackb(whole, raw=False, strict_map_key=False), pending.take_fds()
+        return _decoded(whole, pending.take_fds())
     fragments = Fragments()
     try:
         whole = fragments.add(data, fds)
@@ -238,7 +239,23 @@ def recv_message(sock: socket.socket, flags: int = 0, pending: Fragments | None 
     except BaseException:
         fragments.discard()
         raise
-    return msgpack.unpackb(whole, raw=False, strict_map_key=False), fragments.take_fds()
+    return _decoded(whole, fragments.take_fds())
+
+
+def _decoded(data: bytes, fds: list[int]) -> tuple[Any, list[int]]:
+    """The message ``data`` holds, with its fds; ValueError (the fds closed) for bytes that are not one.
+
+    Keys may be any msgpack scalar (``strict_map_key=False``: domids key many
+    maps). msgpack raises ValueError for most bad bytes, but TypeError for a map
+    keyed by a list or a map, which it parses and cannot build: a peer's
+    message must fail one way, as malformed, whatever its bytes.
+    """
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False), fds
+    except (ValueError, TypeError) as exc:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"a message that does not decode: {exc}") from None
 
 
 class HypercallError(OSError):

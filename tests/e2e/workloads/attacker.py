@@ -46,5 +46,11 @@ def run(ctx):
     attempt(results, "map_victim_xenstore_grant", lambda: hc.call("grant_map", granter=victim, refs=[1]))
     attempt(results, "copy_from_victim_frame", lambda: hc.call("grant_copy", ops=[{"source": {"domid": victim, "gmfn": 0}, "dest": {"gmfn": 100}, "len": 64}]))
     attempt(results, "alloc_port_for_victim", lambda: hc.call("evtchn_alloc_unbound", dom=victim, remote_dom=0))
+
+    def unbuildable_hypercall():
+        # A map keyed by a list: msgpack parses it and cannot build it. The hypervisor must refuse it and go on.
+        hc.sock.send(b"\x81\x90\x00")
+        return hc.call("evtchn_status", port=victim_store_port)  # our own port: answered if the hypervisor lives
+    attempt(results, "unbuildable_hypercall", unbuildable_hypercall)
     print("ATTACKS " + json.dumps(results), flush=True)
     ctx.shutdown.wait()
