@@ -407,6 +407,11 @@ class Recording:
     notices: list[str]
 
 
+# What msgpack's unpacker raises for bytes that are no msgpack: ValueError and its own for most; TypeError for a map
+# whose key is a list or a map (unhashable), which strict_map_key=False lets it try to build.
+_UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+
+
 def read_recording(path: Path) -> Recording:
     """A ``--record`` file; TraceError if it is not one. A file cut short (its recorder killed) reads up to the cut."""
     try:
@@ -417,7 +422,7 @@ def read_recording(path: Path) -> Recording:
                 header = next(items)
             except StopIteration:
                 header = None
-            except (ValueError, msgpack.UnpackException) as exc:
+            except _UNPACK_ERRORS as exc:
                 raise TraceError(f"{path}: not a `xenlike trace --record` file ({exc})") from None
             if not isinstance(header, dict) or header.get("xenlike_trace") != RECORDING_VERSION:
                 raise TraceError(f"{path}: not a `xenlike trace --record` file (version {RECORDING_VERSION})")
@@ -426,7 +431,7 @@ def read_recording(path: Path) -> Recording:
             notices: list[str] = []
             try:
                 records = _read_items(items, names, notices, path)
-            except (ValueError, msgpack.UnpackException) as exc:
+            except _UNPACK_ERRORS as exc:
                 raise TraceError(f"{path}: damaged at byte {unpacker.tell()}: {exc}") from None
     except OSError as exc:
         raise TraceError(f"cannot read {path}: {exc.strerror or exc}") from None
