@@ -12,9 +12,9 @@ of the slow parts:
   xenlike does not run as root), a private ``/proc`` that hides every other
   process (``hidepid=invisible``; an empty one in a user namespace), the run
   directory hidden under an empty tmpfs, the guests' own ``/etc/hosts`` and
-  ``/etc/resolv.conf`` (:func:`write_name_service_files`), and the Landlock ruleset of what every
-  Python guest must read (the interpreter, the standard library, site-packages,
-  xenlike's guest packages);
+  ``/etc/resolv.conf`` (:func:`write_name_service_files`), and the Landlock
+  ruleset of what every Python guest must read (the interpreter, the standard
+  library, site-packages, xenlike's guest packages);
 * :meth:`ShellJail.enter`, once the boot message names the domain, before any of
   its code runs: the hostname is the domain's name; the workload's own file or
   package is added to the ruleset; rlimits (open files, processes, file size 0,
@@ -38,6 +38,7 @@ experiments, and says so loudly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import mmap
@@ -431,9 +432,13 @@ def write_name_service_files(run_dir: str) -> None:
     os.makedirs(directory, mode=0o755, exist_ok=True)
     for name, _target, text in _NAME_SERVICE_FILES:
         path = os.path.join(directory, name)
-        with open(path, "w", encoding="ascii") as f:
-            f.write(text)
-        os.chmod(path, 0o444)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a host before this one left it read-only, which only root could open to write
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        try:
+            os.write(fd, text.encode("ascii"))
+        finally:
+            os.close(fd)
 
 
 def _use_name_service_files(run_dir: str) -> None:
