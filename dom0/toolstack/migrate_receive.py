@@ -116,7 +116,7 @@ class Incoming:
                 self.assembler.take(item)
             image = self.assembler.finish(reader.skipped)
             began = time.monotonic()
-            built = self.listener.calls(lambda: self._build(image))
+            built = self._build_saying_so(image)
             log.info("%s: built from its stream in %.0f ms", self.name, (time.monotonic() - began) * 1000)
             self.listener.send(self, ch.DONE, ch.encode({"domid": built.domid, "name": built.name}))
             self._start_on_go(built)
@@ -136,6 +136,24 @@ class Incoming:
             if self.precreated is not None:
                 os.close(self.precreated[1])
             self.listener.forget(self)
+
+    def _build_saying_so(self, image: Image) -> BuiltDomain:
+        """Build the domain on dom0's loop, telling the sender BUILDING at once and every
+        :data:`~xenlike.public.migration_channel.BUILDING_INTERVAL_S` until it is built."""
+        built = threading.Event()
+
+        def say_building() -> None:
+            while not built.wait(ch.BUILDING_INTERVAL_S):
+                self.listener.send(self, ch.BUILDING, b"")
+
+        self.listener.send(self, ch.BUILDING, b"")
+        heartbeat = threading.Thread(target=say_building, name=f"building-{self.name}", daemon=True)
+        heartbeat.start()
+        try:
+            return self.listener.calls(lambda: self._build(image))
+        finally:
+            built.set()
+            heartbeat.join()
 
     def _start_on_go(self, built: BuiltDomain) -> None:
         """Run the domain once the sender says GO; without it in time (the sender gave up), destroy it."""

@@ -53,13 +53,18 @@ __all__ = ["Policy", "Migration", "ANSWER_TIMEOUT_S"]
 
 log = logging.getLogger("dom0.toolstack")
 
-ANSWER_TIMEOUT_S = 10.0  # how long the target has to answer a step (handshake, a round, the build)
-BUILD_TIMEOUT_S = 30.0
+ANSWER_TIMEOUT_S = 10.0  # how long the target may be silent: a step (handshake, a round), or between BUILDINGs
+BUILD_TIMEOUT_S = 30.0  # how long the target may build, saying BUILDING
 CHUNK = 1 << 20  # octets of stream per STREAM message
+ABORT_LINGER_MS = 2000  # how long a sender that gave up keeps trying to deliver its ABORT
 
 
 class MigrationFailed(Exception):
     """The migration cannot go on; the message says why, for the user."""
+
+
+class TargetSilent(MigrationFailed):
+    """The target said nothing within the time it had."""
 
 
 class Stranded(Exception):
@@ -135,15 +140,40 @@ class Migration:
             self._pending.clear()
 
     def _answer(self, expect: bytes, timeout: float = ANSWER_TIMEOUT_S) -> bytes:
-        """The target's next message, which must be ``expect``; MigrationFailed for a refusal, a closed
-        connection or silence."""
+        """The body of the target's next message, which must be ``expect``; MigrationFailed for a refusal, a
+        closed connection or silence."""
+        kind, body = self._message(timeout)
+        if kind != expect:
+            raise MigrationFailed(f"the target answered {kind!r} where {expect!r} was due")
+        return body
+
+    def _message(self, timeout: float) -> tuple[bytes, bytes]:
+        """The target's next message as (kind, body); MigrationFailed for a refusal, a closed connection or silence."""
         self._wait_for_answer(timeout)
         frames = self.sock.recv_multipart()
         if frames[0] == ch.REFUSED:
             raise MigrationFailed(f"the target refused it: {b''.join(frames[1:]).decode(errors='replace')}")
-        if frames[0] != expect:
-            raise MigrationFailed(f"the target answered {frames[0]!r} where {expect!r} was due")
-        return frames[1] if len(frames) > 1 else b""
+        return frames[0], frames[1] if len(frames) > 1 else b""
+
+    def _built(self) -> bytes:
+        """DONE's body, once the target has built the domain: it may build for :data:`BUILD_TIMEOUT_S`,
+        saying BUILDING meanwhile, and fall silent for :data:`ANSWER_TIMEOUT_S` at most."""
+        deadline = time.monotonic() + BUILD_TIMEOUT_S
+        too_long = f"the target ({self.endpoint}) did not build it within {BUILD_TIMEOUT_S:g}s"
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MigrationFailed(too_long)
+            try:
+                kind, body = self._message(min(ANSWER_TIMEOUT_S, left))
+            except TargetSilent:
+                if left <= ANSWER_TIMEOUT_S:  # the build's time ran out, not only the target's patience
+                    raise MigrationFailed(too_long) from None
+                raise
+            if kind == ch.DONE:
+                return body
+            if kind != ch.BUILDING:
+                raise MigrationFailed(f"the target answered {kind!r} where {ch.DONE!r} was due")
 
     def _wait_for_answer(self, timeout: float) -> None:
         """Until the target's next message is there; MigrationFailed if its connection closes first, or at
@@ -156,7 +186,7 @@ class Migration:
             return
         if self.disconnects in ready:
             raise MigrationFailed(f"the target ({self.endpoint}) closed the connection")
-        raise MigrationFailed(f"the target ({self.endpoint}) did not answer within {timeout:g}s")
+        raise TargetSilent(f"the target ({self.endpoint}) did not answer within {timeout:g}s")
 
     def _round(self, number: int) -> None:
         """End a round: everything sent so far is applied at the target once it answers."""
@@ -193,6 +223,9 @@ class Migration:
         """The guest runs on here: log-dirty off, resumed if it was suspended; the request fails saying why."""
         built = self.built
         if self.nonce:
+            # The ABORT goes out with what is queued before it, for a while: a target that only stalled then
+            # frees its copy at once rather than when it finds this sender silent.
+            self.sock.setsockopt(zmq.LINGER, ABORT_LINGER_MS)
             try:
                 self.sock.send_multipart(ch.seal(self.key, self.nonce, ch.ABORT, self.seq, why.encode()), zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -297,7 +330,7 @@ class Migration:
         writer.end()
         self._flush()
         sent_at = time.monotonic()
-        done = ch.decode(self._answer(ch.DONE, BUILD_TIMEOUT_S))
+        done = ch.decode(self._built())
         # The target has it built and paused: from GO on, the copy there is the guest.
         self._send(ch.GO, b"")
         self.suspended = False  # never resumed here from now on: two copies must not run

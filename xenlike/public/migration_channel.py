@@ -15,7 +15,8 @@ message is a zmq multipart message whose first frame is its kind::
     STREAM  the migration stream's octets, in order
     ROUND   {"round": n}: the records before it are a whole round; answer when applied
                                       <-    ROUND_OK {"round": n} | REFUSED reason
-    (the stream's END record) ...     <-    DONE {"domid": id} (built, paused) | REFUSED reason
+    (the stream's END record) ...     <-    BUILDING {}, at once and every BUILDING_INTERVAL_S while it builds
+                                      <-    DONE {"domid": id} (built, paused) | REFUSED reason
     GO      {}: the sender let its copy go   <-  STARTED {"domid": id} (unpaused)
     ABORT   reason: forget it all
 
@@ -25,7 +26,9 @@ REFUSED and the session forgotten, with nothing half-built left. As libxl's
 ``migrate_receiver_ready``/``migrate_permission_to_go``, the target builds the
 domain paused and runs it only on GO, so that a sender that gave up (and resumed
 its guest) never finds a second copy running; without GO in time, the target
-destroys its copy. ROUND 0 follows
+destroys its copy. BUILDING tells a build that takes long from a target that
+stopped: the sender gives up on a target silent for longer than a step may take,
+however long the build is allowed. ROUND 0 follows
 the stream's static records (``STATIC_DATA_END``): its ROUND_OK says the target
 can take the domain (its name is free, its disks are reachable, the memory is
 there) before any page moves.
@@ -49,6 +52,8 @@ __all__ = [
     "STREAM",
     "ROUND",
     "ROUND_OK",
+    "BUILDING",
+    "BUILDING_INTERVAL_S",
     "DONE",
     "GO",
     "STARTED",
@@ -73,12 +78,14 @@ REFUSED = b"REFUSED"
 STREAM = b"STREAM"
 ROUND = b"ROUND"
 ROUND_OK = b"ROUND_OK"
+BUILDING = b"BUILDING"
 DONE = b"DONE"
 GO = b"GO"
 STARTED = b"STARTED"
 ABORT = b"ABORT"
 
 KEY_BYTES = 32
+BUILDING_INTERVAL_S = 2.0  # how often a target that builds says so; a sender waits several times as long
 _AUTH_CONTEXT = b"xenlike-migrate"
 _SEQ = struct.Struct(">Q")
 
