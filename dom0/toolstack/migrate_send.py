@@ -176,8 +176,8 @@ class Migration:
                 raise MigrationFailed(f"the target answered {kind!r} where {ch.DONE!r} was due")
 
     def _wait_for_answer(self, timeout: float) -> None:
-        """Until the target's next message is there; MigrationFailed if its connection closes first, or at
-        ``timeout`` (a target that is alive but stuck keeps its connection open)."""
+        """Until the target's next message is there; MigrationFailed if its connection closes first,
+        TargetSilent at ``timeout`` (a target that is alive but stuck keeps its connection open)."""
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.disconnects, zmq.POLLIN)
