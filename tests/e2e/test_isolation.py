@@ -66,7 +66,7 @@ def test_hypercalls_of_every_odd_shape_are_refused_one_by_one_and_nobody_is_harm
     host.xl("create", str(cfg))
     fuzz = console_json(host, "fuzzer", "FUZZ", timeout=60)
     assert fuzz["answered"] and sum(fuzz["outcomes"].values()) > 1400, fuzz
-    assert set(fuzz["outcomes"]) - {"ok"}, fuzz  # most were refused, each with its errno
+    assert set(fuzz["outcomes"]) - {"ok"}, fuzz  # some were refused, each with its errno
     # Every refusal was a handler's precise answer, not a handler that broke on what it was given.
     assert "raised in the hypervisor" not in host.log("hypervisor")
     assert host.run_dir.running_pid() == host.hypervisor_pid

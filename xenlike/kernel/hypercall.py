@@ -37,6 +37,7 @@ __all__ = [
     "socketpair",
     "send_message",
     "recv_message",
+    "MSGPACK_DECODE_ERRORS",
     "fragment_size",
 ]
 
@@ -242,17 +243,21 @@ def recv_message(sock: socket.socket, flags: int = 0, pending: Fragments | None 
     return _decoded(whole, fragments.take_fds())
 
 
+# What msgpack raises for bytes that do not decode: ValueError (and its subclasses) for most, TypeError for a map
+# keyed by a list or a map, which strict_map_key=False lets it parse and it cannot build.
+MSGPACK_DECODE_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+
+
 def _decoded(data: bytes, fds: list[int]) -> tuple[Any, list[int]]:
     """The message ``data`` holds, with its fds; ValueError (the fds closed) for bytes that are not one.
 
     Keys may be any msgpack scalar (``strict_map_key=False``: domids key many
-    maps). msgpack raises ValueError for most bad bytes, but TypeError for a map
-    keyed by a list or a map, which it parses and cannot build: a peer's
-    message must fail one way, as malformed, whatever its bytes.
+    maps); a peer's message must fail one way, as malformed, whatever its bytes
+    (:data:`MSGPACK_DECODE_ERRORS`).
     """
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False), fds
-    except (ValueError, TypeError) as exc:
+    except MSGPACK_DECODE_ERRORS as exc:
         for fd in fds:
             os.close(fd)
         raise ValueError(f"a message that does not decode: {exc}") from None

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from xenlike.kernel.hypercall import ChannelClosed, recv_message, send_message
+from xenlike.kernel.hypercall import MSGPACK_DECODE_ERRORS, ChannelClosed, recv_message, send_message
 from xenlike.kernel.rundir import RunDir
 from xenlike.kernel.trace import TraceBuffer, TraceBufferError
 from xenlike.public.trace import (
@@ -407,11 +407,6 @@ class Recording:
     notices: list[str]
 
 
-# What msgpack's unpacker raises for bytes that are no msgpack: ValueError and its own for most; TypeError for a map
-# whose key is a list or a map (unhashable), which strict_map_key=False lets it try to build.
-_UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
-
-
 def read_recording(path: Path) -> Recording:
     """A ``--record`` file; TraceError if it is not one. A file cut short (its recorder killed) reads up to the cut."""
     try:
@@ -422,7 +417,7 @@ def read_recording(path: Path) -> Recording:
                 header = next(items)
             except StopIteration:
                 header = None
-            except _UNPACK_ERRORS as exc:
+            except MSGPACK_DECODE_ERRORS as exc:
                 raise TraceError(f"{path}: not a `xenlike trace --record` file ({exc})") from None
             if not isinstance(header, dict) or header.get("xenlike_trace") != RECORDING_VERSION:
                 raise TraceError(f"{path}: not a `xenlike trace --record` file (version {RECORDING_VERSION})")
@@ -431,7 +426,7 @@ def read_recording(path: Path) -> Recording:
             notices: list[str] = []
             try:
                 records = _read_items(items, names, notices, path)
-            except _UNPACK_ERRORS as exc:
+            except MSGPACK_DECODE_ERRORS as exc:
                 raise TraceError(f"{path}: damaged at byte {unpacker.tell()}: {exc}") from None
     except OSError as exc:
         raise TraceError(f"cannot read {path}: {exc.strerror or exc}") from None
