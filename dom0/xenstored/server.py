@@ -60,7 +60,6 @@ from xenlike.public.xs_wire import (
     home_path,
     is_relative_path,
     is_special_path,
-    join_strings,
     one_arg,
     parse_perms,
     perms_payload,
@@ -514,7 +513,7 @@ class Xenstored:
 
     def _do_directory(self, request: _Request) -> bytes:
         path = self._path(request.conn, one_arg(request.payload))
-        return join_strings(self._tree(request).directory(path))
+        return self._tree(request).directory(path)
 
     def _do_directory_part(self, request: _Request) -> bytes:
         args = split_strings(request.payload)

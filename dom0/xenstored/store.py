@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 
 from xenlike.public.xs_wire import SPECIAL_INTRODUCE_DOMAIN, SPECIAL_RELEASE_DOMAIN, Permission, XsPerm
 
-from .node import Node, child_path, parent_path
+from .node import Node, child_list, child_path, parent_path
 
 __all__ = ["Store", "GlobalView", "INITIAL_NODES"]
 
@@ -44,7 +44,7 @@ class Store:
         self.owner_counts: Counter[int] = Counter()
         self._owned: dict[int, set[str]] = {}
         for path, children in INITIAL_NODES:
-            self.set(path, Node(b"", children, _DOM0_ONLY).stamped(self.next_generation()))
+            self.set(path, Node(b"", child_list(children), _DOM0_ONLY).stamped(self.next_generation()))
 
     def next_generation(self) -> int:
         """A fresh, unique generation count (incremented before use, as xenstored does)."""
@@ -92,17 +92,29 @@ class Store:
         What removing a released domain's nodes starts from: each of these goes with its subtree.
         """
         owned = {path for path in self._owned.get(domid, ()) if path.startswith("/")}
-        return sorted((path for path in owned if not _has_ancestor_in(path, owned)), key=self._walk_position)
+        topmost = [path for path in owned if not _has_ancestor_in(path, owned)]
+        indexes: dict[tuple[str, str], int] = {}  # the paths share ancestors: /local/domain is searched once
+        return sorted(topmost, key=lambda path: self._walk_position(path, indexes))
 
-    def _walk_position(self, path: str) -> tuple[int, ...]:
-        """Where :meth:`walk` from ``/`` meets ``path``: its index among its parent's children, at each level."""
+    def _walk_position(self, path: str, indexes: dict[tuple[str, str], int]) -> tuple[int, ...]:
+        """Where :meth:`walk` from ``/`` meets ``path``: its index among its parent's children, at each level.
+
+        ``indexes`` remembers each (parent, name) looked up, for the other paths of one sort.
+        """
         position = []
         parent = "/"
         for name in path.strip("/").split("/") if path != "/" else ():
-            node = self._nodes.get(parent)
-            position.append(node.children.index(name) if node is not None and name in node.children else -1)
+            at = indexes.get((parent, name))
+            if at is None:
+                at = indexes[parent, name] = self._child_index(parent, name)
+            position.append(at)
             parent = child_path(parent, name)
         return tuple(position)
+
+    def _child_index(self, parent: str, name: str) -> int:
+        """``name``'s place in ``parent``'s child list; -1 if either is missing."""
+        node = self._nodes.get(parent)
+        return node.child_index(name) if node is not None else -1
 
     def walk(self, root: str = "/") -> Iterator[tuple[str, Node]]:
         """Every node at or below ``root``, parents before children."""

@@ -147,9 +147,9 @@ class Tree:
         """READ: the node's value."""
         return self._get(Batch(self.view), path, XsPerm.READ).value
 
-    def directory(self, path: str) -> tuple[str, ...]:
-        """DIRECTORY: the names of the node's children, in creation order."""
-        return self._get(Batch(self.view), path, XsPerm.READ).children
+    def directory(self, path: str) -> bytes:
+        """DIRECTORY: the names of the node's children, in creation order, each nul-terminated (the reply)."""
+        return self._get(Batch(self.view), path, XsPerm.READ).children_blob()
 
     def directory_part(self, path: str, offset: int) -> bytes:
         """DIRECTORY_PART reply: generation, then children from byte ``offset``.
@@ -203,7 +203,7 @@ class Tree:
             perms = parent.perms
             if self.limited:
                 perms = (Permission(self.conn.domid, perms[0].access),) + perms[1:]
-            node = Node(b"", (), perms)
+            node = Node(b"", b"", perms)
             batch.put(name, node)
             parent_name, parent = name, node
         node = node.with_value(value)
@@ -271,15 +271,16 @@ class Tree:
         changes: list[Change] = []
         # Depth-first, children before their parent, like core.c walk_node_tree's
         # exit callback; iterative because paths may nest over a thousand levels.
-        stack: list[tuple[str, Node, tuple[Permission, ...], int]] = [(path, node, parent.perms, 0)]
+        stack: list[tuple[str, Node, tuple[Permission, ...], tuple[str, ...], int]]
+        stack = [(path, node, parent.perms, node.children, 0)]
         while stack:
-            name, current, parent_perms, index = stack[-1]
-            if index < len(current.children):
-                stack[-1] = (name, current, parent_perms, index + 1)
-                sub = child_path(name, current.children[index])
+            name, current, parent_perms, children, index = stack[-1]
+            if index < len(children):
+                stack[-1] = (name, current, parent_perms, children, index + 1)
+                sub = child_path(name, children[index])
                 sub_node = batch.get(sub)
                 if sub_node is not None:
-                    stack.append((sub, sub_node, current.perms, 0))
+                    stack.append((sub, sub_node, current.perms, sub_node.children, 0))
                 continue
             stack.pop()
             batch.delete(name)
