@@ -8,8 +8,11 @@ events back, keeping what does not fit until the guest makes room. The
 toolstack and the xenstore CLI verbs use in-process connections.
 
 A guest that breaks the framing (a header announcing more than 4096 bytes, ring
-indices that cannot be right) loses its connection, as C xenstored kills it;
-nobody else is affected.
+indices that cannot be right) loses its connection, as C xenstored ignores it:
+its watches and transactions are dropped, the ring is served no more, and, as
+xenstored offers the connection error feature (docs/misc/xenstore-ring.txt), the
+page's ``error`` field says why (``XENSTORE_ERROR_RINGIDX`` or ``_PROTO``) and the
+event channel tells the guest. Nobody else is affected.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ from xenlike.kernel.byte_channel import ByteChannel
 from xenlike.kernel.events import EventLoop
 from xenlike.public.ring import RingError
 from xenlike.public.xs_wire import (
+    XENSTORE_ERROR_PROTO,
+    XENSTORE_ERROR_RINGIDX,
+    XENSTORE_SERVER_FEATURE_ERROR,
     MessageReader,
     XenstoreInterface,
     XsMessage,
     XsWireError,
+    describe_ring_error,
     error_payload,
     pack_msg,
 )
@@ -32,11 +39,14 @@ from xenlike.public.xs_wire import XsdSockmsgType as XS
 
 from .faults import HeldRequests, XenstoreFaults, traced
 from .faults import now as fault_clock
-from .xenstored import Connection, Delivery, Xenstored
+from .xenstored import LIBRARY_FEATURES, Connection, Delivery, Xenstored
 
-__all__ = ["XenstoreService", "RingConnection"]
+__all__ = ["XenstoreService", "RingConnection", "TRANSPORT_FEATURES"]
 
 log = logging.getLogger("dom0.xenstored")
+
+#: The ``server_features`` a ring connection offers: the daemon's, and the error indicator it sets.
+TRANSPORT_FEATURES = LIBRARY_FEATURES | XENSTORE_SERVER_FEATURE_ERROR
 
 
 class RingConnection:
@@ -59,6 +69,7 @@ class RingConnection:
         self.label = label
         self._reader = MessageReader()
         self._held = HeldRequests()  # requests an injected xs-delay holds back, in order
+        self._dropped = False
         self.channel = ByteChannel(interface.rsp, interface.req, lambda: service.loop.notify(port), self._on_requests)
 
     @property
@@ -134,8 +145,25 @@ class RingConnection:
             self._drop(exc)
 
     def _drop(self, exc: Exception) -> None:
+        """Stop serving the ring for good (core.c ``ignore_connection``), and say why in the page if offered."""
+        if self._dropped:
+            return
+        self._dropped = True
         self.channel.close()
-        log.warning("%s: xenstore connection dropped: %s", self.label, exc)
+        self._held.queue.clear()
+        self.service.daemon.reset_connection(self.conn)  # its watches and transactions go
+        code = XENSTORE_ERROR_RINGIDX if isinstance(exc, RingError) else XENSTORE_ERROR_PROTO
+        offered = self.service.daemon.domain_features(self.conn.domid) & XENSTORE_SERVER_FEATURE_ERROR
+        if offered:
+            self.interface.set_error(code)
+            self.service.loop.notify(self.port)
+        log.warning(
+            "%s: xenstore connection dropped: %s: %s; its watches and transactions are gone%s",
+            self.label,
+            describe_ring_error(code),
+            exc,
+            ", and the ring page says so" if offered else "",
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -147,7 +175,7 @@ class XenstoreService:
 
     def __init__(self, loop: EventLoop) -> None:
         self.loop = loop
-        self.daemon = Xenstored(sink=self._sink)
+        self.daemon = Xenstored(sink=self._sink, server_features=TRANSPORT_FEATURES)
         self.faults = XenstoreFaults()  # xs-refuse / xs-delay rules (xenlike inject)
         self._rings: dict[int, RingConnection] = {}  # by connection id
         self._by_domid: dict[int, RingConnection] = {}
@@ -155,6 +183,7 @@ class XenstoreService:
     def connect_domain(self, domid: int, interface: XenstoreInterface, port: int, label: str) -> RingConnection:
         """INTRODUCE: serve ``domid`` on its ring page and dom0's ``port``."""
         conn = self.daemon.introduce_domain(domid)
+        interface.publish_server_features(self.daemon.domain_features(domid))
         ring = RingConnection(self, conn, interface, port, label)
         self._rings[conn.id] = ring
         self._by_domid[domid] = ring

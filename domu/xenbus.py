@@ -6,6 +6,12 @@ A :class:`~xenlike.kernel.byte_channel.ByteChannel` moves the bytes and signals
 the event channel; this module frames them (``xs_wire.MessageReader``) and
 matches replies to requests by ``req_id``.
 
+If xenstored stops serving the ring (the guest broke the protocol: the connection
+error feature of docs/misc/xenstore-ring.txt), it says why in the page's ``error``
+field and kicks the event channel; the client then fails every request waiting for a
+reply, and every later one at once, with EIO naming that error, rather than waiting
+out its timeout.
+
 Threads: the kernel's event-loop thread is the only reader of the ring. Blocking
 calls (:meth:`read`, :meth:`write`, ...) are for other threads (the workload); code
 running in the loop thread uses :meth:`request_async`, since it cannot wait for a
@@ -27,6 +33,7 @@ from xenlike.public.xs_wire import (
     Permission,
     XenstoreInterface,
     XsError,
+    describe_ring_error,
     format_perm,
     join_strings,
     pack_msg,
@@ -50,6 +57,7 @@ class _Pending:
     type: int = 0
     payload: bytes = b""
     callback: ReplyCallback | None = None
+    stopped: int = 0  # failed because xenstored stopped serving the ring: the page's error
 
 
 class XenbusClient:
@@ -86,12 +94,44 @@ class XenbusClient:
         self._next_req = 0
         self._watches: dict[str, WatchCallback] = {}
         self._channel = ByteChannel(interface.req, interface.rsp, lambda: loop.notify(port), self._on_data)
-        loop.set_handler(port, lambda _port: self._channel.on_event())
+        self._stopped = 0  # the page's error (XENSTORE_ERROR_*) once xenstored stopped serving the ring
+        loop.set_handler(port, lambda _port: self._on_event())
 
     # -- transport ---------------------------------------------------------------------
 
+    def _on_event(self) -> None:
+        """The event channel fired: xenstored answered, made room, or stopped serving the ring."""
+        if self._stopped:
+            return
+        code = self.interface.error
+        if code:
+            self._stop(code)
+            return
+        self._channel.on_event()
+
+    def _stop(self, code: int) -> None:
+        """xenstored set the page's ``error``: no reply is coming; fail what waits for one (in the loop thread)."""
+        with self._lock:
+            self._stopped = code
+            waiting, self._pending = self._pending, {}
+        self._channel.close()
+        log.error("%s: xenstored stopped serving this domain's ring: %s", self.label, describe_ring_error(code))
+        for pending in waiting.values():
+            pending.type, pending.payload, pending.stopped = XS.ERROR, b"EIO\0", code
+            if pending.callback is not None:
+                pending.callback(XS.ERROR, pending.payload)
+            pending.done.set()
+
+    @staticmethod
+    def _refusal(msg_type: int, code: int) -> XsError:
+        why = describe_ring_error(code)
+        return XsError("EIO", f"{XS(msg_type).name}: xenstored stopped serving this domain's ring: {why}")
+
     def _send(self, msg_type: int, payload: bytes, tx_id: int, pending: _Pending) -> None:
         with self._lock:
+            code = self._stopped or self.interface.error  # the page may say so before its event is handled
+            if code:
+                raise self._refusal(msg_type, code)
             self._next_req = (self._next_req + 1) & 0xFFFFFFFF
             req_id = self._next_req
             message = pack_msg(msg_type, req_id, tx_id, payload)
@@ -138,6 +178,8 @@ class XenbusClient:
         if not pending.done.wait(timeout):
             raise TimeoutError(f"{self.label}: xenstored did not answer {XS(msg_type).name} in {timeout:g}s")
         if pending.type == XS.ERROR:
+            if pending.stopped:
+                raise self._refusal(msg_type, pending.stopped)
             name = parse_error_payload(pending.payload)
             raise XsError(name, f"{XS(msg_type).name}: {name}")
         return pending.payload

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
+from xenlike.public.xs_wire import XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX, XENSTORE_SERVER_FEATURE_ERROR
+
 from .conftest import console_json, wait_for, workload
 from .test_lifecycle import write_cluster
 
@@ -76,3 +82,40 @@ def test_hypercalls_of_every_odd_shape_are_refused_one_by_one_and_nobody_is_harm
     # destroyed, as a guest that broke itself is.
     host.xl("destroy", "fuzzer")
     assert "fuzzer" not in host.domains()
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "named"),
+    [("indices", XENSTORE_ERROR_RINGIDX, "XENSTORE_ERROR_RINGIDX"), ("too-long", XENSTORE_ERROR_PROTO, "XENSTORE_ERROR_PROTO")],
+)
+def test_a_guest_that_breaks_its_xenstore_ring_loses_its_own_connection_and_nobody_else_s(host, tmp_path, mode, error, named):
+    host.up(str(write_cluster(tmp_path, [{"name": "prober", "workload": workload("xs_prober")}])))
+    cfg = tmp_path / "vandal.cfg"
+    cfg.write_text(f'name = "vandal"\nmemory = 16\nworkload = "{workload("xs_vandal")}"\nworkload_args = ["{mode}"]\n')
+    host.xl("create", str(cfg))
+    vandal = host.domains()["vandal"]["domid"]
+    outcome = console_json(host, "vandal", "VANDAL", timeout=40)
+
+    # xenstored stopped serving the ring, said why in the page (docs/misc/xenstore-ring.txt's
+    # connection error feature, which it offers), and the guest's next call is refused at once.
+    assert outcome["features"] & XENSTORE_SERVER_FEATURE_ERROR, outcome
+    assert outcome["error"] == error, outcome
+    assert outcome.get("refused") == "XsError" and outcome["errno"] == "EIO", outcome
+    assert named in outcome["message"], outcome
+    dropped = [line for line in host.log("dom0").splitlines() if "xenstore connection dropped" in line]
+    assert dropped and f"d{vandal}" in dropped[-1] and named in dropped[-1], dropped
+
+    # Every other connection is served as before: the prober's writes go on, dom0 answers.
+    def probes() -> list[tuple[int, str]]:
+        return [(int(n), what) for n, what in re.findall(r"^PROBE (\d+) (\S+)$", host.log("prober"), re.M)]
+
+    seen = len(probes())
+    wait_for(lambda: len(probes()) >= seen + 5, what="the prober to go on writing")
+    assert all(what == "ok" for _n, what in probes()), probes()[-5:]
+    assert host.xs_read(f"/local/domain/{vandal}/name") == "vandal"
+
+    # The vandal is a domain like any other to the toolstack: it runs, and is destroyed cleanly.
+    assert host.domains()["vandal"]["state"] in ("-b----", "r-----")
+    host.xl("destroy", "vandal")
+    assert "vandal" not in host.domains()
+    assert host.xs_read(f"/local/domain/{vandal}") is None

@@ -68,6 +68,7 @@ __all__ = [
     "XENSTORE_ERROR_COMM",
     "XENSTORE_ERROR_RINGIDX",
     "XENSTORE_ERROR_PROTO",
+    "describe_ring_error",
     "XenstoreInterface",
     "XSD_SOCKMSG",
     "XSD_SOCKMSG_SIZE",
@@ -232,11 +233,27 @@ XENSTORE_SERVER_FEATURE_DOMID_ANY = 8
 XENSTORE_CONNECTED = 0
 XENSTORE_RECONNECT = 1
 
-#: ``error`` field values.
+#: ``error`` field values (docs/misc/xenstore-ring.txt, "The connection error feature"): set by
+#: xenstored, once the feature is offered, when it stops serving a ring, and only for diagnosis.
 XENSTORE_ERROR_NONE = 0
 XENSTORE_ERROR_COMM = 1
 XENSTORE_ERROR_RINGIDX = 2
 XENSTORE_ERROR_PROTO = 3
+
+_ERROR_MEANINGS = {
+    XENSTORE_ERROR_COMM: ("XENSTORE_ERROR_COMM", "communication problems (event channel not functional)"),
+    XENSTORE_ERROR_RINGIDX: ("XENSTORE_ERROR_RINGIDX", "inconsistent producer or consumer offset"),
+    XENSTORE_ERROR_PROTO: ("XENSTORE_ERROR_PROTO", "protocol violation (client data package too long)"),
+}
+
+
+def describe_ring_error(code: int) -> str:
+    """An ``error`` field's value as words and its name: ``"inconsistent ... offset (XENSTORE_ERROR_RINGIDX)"``.
+
+    A value the table does not know is named as a number (new values may come without a new feature bit).
+    """
+    name, meaning = _ERROR_MEANINGS.get(code, (f"error {code}", "an error this client does not know"))
+    return f"{meaning} ({name})"
 
 
 class XenstoreInterface:
@@ -277,6 +294,14 @@ class XenstoreInterface:
     def evtchn_port(self) -> int:
         """The guest's port of the xenstore event channel, when the builder publishes it here."""
         return self._words[XENSTORE_DOMAIN_INTERFACE.word("evtchn_port")]
+
+    def publish_server_features(self, features: int) -> None:
+        """xenstored's side: offer ``features`` (``XENSTORE_SERVER_FEATURE_*``) in the page."""
+        self._words[XENSTORE_DOMAIN_INTERFACE.word("server_features")] = features
+
+    def set_error(self, code: int) -> None:
+        """xenstored's side: say why it stopped serving this ring (``XENSTORE_ERROR_*``)."""
+        self._words[XENSTORE_DOMAIN_INTERFACE.word("error")] = code
 
     def release(self) -> None:
         """Drop the views of the page (before unmapping it)."""
