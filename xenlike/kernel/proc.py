@@ -106,12 +106,14 @@ def raise_fd_limit() -> None:
 class FdBudget:
     """A process's file descriptors against its RLIMIT_NOFILE, checked before each domain it takes on.
 
-    ``per_domain`` is what one domain costs the process. Counting (listing
-    ``/proc/self/fd``, which with 2,000 guests holds 18,000 entries) is done only
+    ``per_domain`` is what one domain costs the process. Since Linux 6.2 the
+    kernel gives the count as the size of ``/proc/self/fd`` (one ``stat``, 53 us
+    with 16,000 fds open), and every create is checked against the real count.
+    On an older kernel the count means listing that directory (53 ms with
+    16,000 entries, the hypervisor's with 2,000 guests), so it is listed only
     when an estimate, the last count plus the cost of each create since (an
     over-estimate: destroys are not subtracted), comes within :meth:`slack` of
-    the limit, or every :attr:`RECOUNT_EVERY` creates, so a create that fits
-    lists nothing.
+    the limit, or every :attr:`RECOUNT_EVERY` creates.
     """
 
     RECOUNT_EVERY = 64
@@ -122,6 +124,7 @@ class FdBudget:
     def __init__(self, per_domain: int, where: str) -> None:
         self.per_domain = per_domain
         self.where = where
+        self.counts_cheaply = self._stated_fds() > 0
         self._estimate = self.open_fds()
         self._since_count = 0
 
@@ -131,7 +134,20 @@ class FdBudget:
 
     @classmethod
     def open_fds(cls) -> int:
-        """How many fds this process holds (listing /proc/self/fd opens one more, not counted); at the limit
+        """How many fds this process holds: the kernel's count where it gives one, else a listing's."""
+        return cls._stated_fds() or cls._listed_fds()
+
+    @staticmethod
+    def _stated_fds() -> int:
+        """``/proc/self/fd``'s size: the count of open fds since Linux 6.2 (fs/proc/fd.c); 0 before."""
+        try:
+            return os.stat("/proc/self/fd").st_size
+        except OSError:
+            return 0
+
+    @classmethod
+    def _listed_fds(cls) -> int:
+        """The fds listed in /proc/self/fd (listing it opens one more, not counted); at the limit
         itself, where that one cannot be opened, the limit."""
         try:
             return len(os.listdir("/proc/self/fd")) - 1
@@ -152,7 +168,8 @@ class FdBudget:
         """Why creating ``name`` would pass the limit, in one line; None if it fits."""
         limit = self.limit()
         self._since_count += 1
-        if self._estimate + self.per_domain <= limit - self.slack(limit) and self._since_count < self.RECOUNT_EVERY:
+        fits_estimate = self._estimate + self.per_domain <= limit - self.slack(limit)
+        if not self.counts_cheaply and fits_estimate and self._since_count < self.RECOUNT_EVERY:
             self._estimate += self.per_domain
             return None
         held = self.open_fds()
