@@ -241,14 +241,14 @@ XENSTORE_ERROR_RINGIDX = 2
 XENSTORE_ERROR_PROTO = 3
 
 _ERROR_MEANINGS = {
-    XENSTORE_ERROR_COMM: ("XENSTORE_ERROR_COMM", "communication problems (event channel not functional)"),
-    XENSTORE_ERROR_RINGIDX: ("XENSTORE_ERROR_RINGIDX", "inconsistent producer or consumer offset"),
-    XENSTORE_ERROR_PROTO: ("XENSTORE_ERROR_PROTO", "protocol violation (client data package too long)"),
+    XENSTORE_ERROR_COMM: ("XENSTORE_ERROR_COMM", "the event channel does not work"),
+    XENSTORE_ERROR_RINGIDX: ("XENSTORE_ERROR_RINGIDX", "ring indices that cannot be right"),
+    XENSTORE_ERROR_PROTO: ("XENSTORE_ERROR_PROTO", "a message longer than the protocol allows"),
 }
 
 
 def describe_ring_error(code: int) -> str:
-    """An ``error`` field's value as words and its name: ``"inconsistent ... offset (XENSTORE_ERROR_RINGIDX)"``.
+    """An ``error`` field's value in words, then its name, e.g. ``"... (XENSTORE_ERROR_RINGIDX)"``.
 
     A value the table does not know is named as a number (new values may come without a new feature bit).
     """
