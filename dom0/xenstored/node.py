@@ -86,10 +86,6 @@ class Node:
         at = blob.find(b"\0" + entry)
         return (at + 1 if at >= 0 else -1), entry
 
-    def has_child(self, name: str) -> bool:
-        """Whether ``name`` is among the children."""
-        return self._find_child(name)[0] >= 0
-
     def child_index(self, name: str) -> int:
         """``name``'s place among the children (0 for the first); -1 if it is not one."""
         at, _ = self._find_child(name)

@@ -28,7 +28,6 @@ def test_finding_a_child_agrees_with_a_list(children: list[str], name: str) -> N
     assert node.children == tuple(children)
     assert node.child_list == child_list(children)
     assert node.childlen == sum(len(child) + 1 for child in children)
-    assert node.has_child(name) == (name in children)
     assert node.child_index(name) == (children.index(name) if name in children else -1)
 
 
@@ -46,5 +45,4 @@ def test_a_node_without_children_lists_none() -> None:
     node = Node(b"v", b"", PERMS)
     assert node.children == ()
     assert node.children_blob() == b""
-    assert not node.has_child("a")
     assert node.child_index("a") == -1
