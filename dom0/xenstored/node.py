@@ -16,7 +16,6 @@ from xenlike.public.xs_wire import Permission
 
 __all__ = [
     "Node",
-    "child_list",
     "NO_GENERATION",
     "NODE_HDR_SIZE",
     "PERM_ENTRY_SIZE",
@@ -52,7 +51,7 @@ class Node:
     """
 
     value: bytes
-    child_list: bytes  # b"name\0name\0"; names are ASCII (validate_path)
+    child_list: bytes  # b"name\0name\0" (xs_wire.join_strings); names are ASCII (validate_path)
     perms: tuple[Permission, ...]
     generation: int = NO_GENERATION
 
@@ -120,11 +119,6 @@ class Node:
     def stamped(self, generation: int) -> Node:
         """This node carrying a new generation count."""
         return Node(self.value, self.child_list, self.perms, generation)
-
-
-def child_list(names: tuple[str, ...] | list[str]) -> bytes:
-    """Names as a :attr:`Node.child_list`: each nul-terminated, in order."""
-    return b"".join(name.encode("ascii") + b"\0" for name in names)
 
 
 def parent_path(path: str) -> str:

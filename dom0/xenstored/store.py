@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping
 
-from xenlike.public.xs_wire import SPECIAL_INTRODUCE_DOMAIN, SPECIAL_RELEASE_DOMAIN, Permission, XsPerm
+from xenlike.public.xs_wire import SPECIAL_INTRODUCE_DOMAIN, SPECIAL_RELEASE_DOMAIN, Permission, XsPerm, join_strings
 
-from .node import Node, child_list, child_path, parent_path
+from .node import Node, child_path, parent_path
 
 __all__ = ["Store", "GlobalView", "INITIAL_NODES"]
 
@@ -44,7 +44,7 @@ class Store:
         self.owner_counts: Counter[int] = Counter()
         self._owned: dict[int, set[str]] = {}
         for path, children in INITIAL_NODES:
-            self.set(path, Node(b"", child_list(children), _DOM0_ONLY).stamped(self.next_generation()))
+            self.set(path, Node(b"", join_strings(children), _DOM0_ONLY).stamped(self.next_generation()))
 
     def next_generation(self) -> int:
         """A fresh, unique generation count (incremented before use, as xenstored does)."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dom0.xenstored.node import Node, child_list
-from xenlike.public.xs_wire import Permission, XsPerm
+from dom0.xenstored.node import Node
+from xenlike.public.xs_wire import Permission, XsPerm, join_strings
 
 PERMS = (Permission(0, XsPerm.NONE),)
 
@@ -26,7 +26,7 @@ def node_of(children: list[str]) -> Node:
 def test_finding_a_child_agrees_with_a_list(children: list[str], name: str) -> None:
     node = node_of(children)
     assert node.children == tuple(children)
-    assert node.child_list == child_list(children)
+    assert node.child_list == join_strings(children)
     assert node.childlen == sum(len(child) + 1 for child in children)
     assert node.child_index(name) == (children.index(name) if name in children else -1)
 
