@@ -10,10 +10,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from xenlike.public.domctl import DOMAININFOLIST_COLUMNS, XEN_DOMINF_PAUSED, dominf_state
+from xenlike.public.toolstack_wire import Table
 from xenlike.public.vdisk import MODEL_SPLIT, model_limits
 from xenlike.public.xen import PAGE_SIZE
 from xenlike.public.xs_wire import XsError, home_path
@@ -152,25 +152,43 @@ def list_domains(ts: Toolstack, request: Request) -> Any:
     """``xl list``'s rows (name, domid, mem in MiB, vcpus, state letters, cpu_time); with ``long`` each row also
     has the domain's ``info`` (``getdomaininfo``), ``config`` and ``disk_models``.
 
-    The short list is built from ``getdomaininfolist``'s columns, one small dict a row, so it costs what
-    its reply's size costs; the long one needs every domain's full ``getdomaininfo``.
+    The short list is made from ``getdomaininfolist``'s columns and answered as a
+    :class:`~xenlike.public.toolstack_wire.Table`, a column per key, so it costs what its reply's size
+    costs; the long one needs every domain's full ``getdomaininfo``.
     """
     args = request.args
     wanted = None if args.get("domain") is None else str(args["domain"])
     if args.get("long"):
         rows = [_long_row(ts, info) for info in ts.lifecycle.domain_infos() if _is(wanted, info["name"], info["domid"])]
-    else:
-        columns = ts.lifecycle.domain_list()
-        listed: Iterable[tuple[Any, ...]] = zip(*(columns[key] for key in DOMAININFOLIST_COLUMNS))
-        if wanted is not None:  # the filter is left out of the loop that lists them all
-            listed = (row for row in listed if _is(wanted, row[1], row[0]))
-        rows = [
-            {"name": name, "domid": domid, "mem": kb // 1024, "vcpus": vcpus, "state": _letters(flags), "cpu_time": cpu}
-            for domid, name, kb, vcpus, cpu, flags in listed
-        ]
-    if wanted is not None and not rows:
+        if wanted is not None and not rows:
+            raise ToolstackError(f"no domain {wanted!r}; `xenlike list` shows the domains")
+        return rows
+    columns = ts.lifecycle.domain_list()
+    if wanted is not None:
+        columns = _only(columns, wanted)
+    return Table(
+        LIST_KEYS,
+        (
+            columns["name"],
+            columns["domid"],
+            [kb // 1024 for kb in columns["memory_kb"]],
+            columns["vcpus"],
+            list(map(_letters, columns["flags"])),
+            columns["cpu_time"],
+        ),
+    )
+
+
+# The short list's keys, in the order of xl list's columns.
+LIST_KEYS = ("name", "domid", "mem", "vcpus", "state", "cpu_time")
+
+
+def _only(columns: dict[str, list], wanted: str) -> dict[str, list]:
+    """``getdomaininfolist``'s columns cut down to the domains ``wanted`` names; ToolstackError if none is."""
+    kept = [i for i, (domid, name) in enumerate(zip(columns["domid"], columns["name"])) if _is(wanted, name, domid)]
+    if not kept:
         raise ToolstackError(f"no domain {wanted!r}; `xenlike list` shows the domains")
-    return rows
+    return {key: [columns[key][i] for i in kept] for key in DOMAININFOLIST_COLUMNS}
 
 
 def _is(wanted: str | None, name: str, domid: int) -> bool:

@@ -1,10 +1,6 @@
 """One client request to the toolstack and its answer (libxl's asynchronous operation, ``libxl__ao``).
 
-The API's messages are msgpack maps on the ROUTER socket:
-
-- a request ``{"id": N, "op": "list", "args": {...}}``;
-- its one reply ``{"id": N, "ok": true, "result": ...}`` or ``{"id": N, "ok": false, "error": "..."}``;
-- for a watch, besides its reply, events ``{"id": N, "event": {...}}`` until the client unwatches.
+The messages on the API's ROUTER socket are those of :mod:`xenlike.public.toolstack_wire`.
 """
 
 from __future__ import annotations

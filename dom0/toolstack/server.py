@@ -25,6 +25,7 @@ import msgpack
 import zmq
 
 from xenlike.kernel.rundir import RunDir
+from xenlike.public import toolstack_wire
 from xenlike.public.xs_wire import XsError
 
 from ..builder import BuiltDomain, DomainBuilder
@@ -253,7 +254,7 @@ class Toolstack:
     def _send(self, identity: bytes, message: dict) -> None:
         """Send one reply or event; one that cannot be encoded becomes an error reply saying why."""
         try:
-            payload = msgpack.packb(message, use_bin_type=True)
+            payload = toolstack_wire.pack(message)
         except (TypeError, ValueError, OverflowError) as exc:
             log.error("a reply to request %s could not be encoded: %s", message.get("id"), exc)
             payload = msgpack.packb(

@@ -1,7 +1,7 @@
 """A client of dom0's toolstack API (what the CLI, benchmarks and tests use).
 
 One DEALER socket to the run directory's ``toolstack.sock``; requests and replies
-as described in ``dom0/toolstack.py``. A host that is not running is detected
+as :mod:`xenlike.public.toolstack_wire` describes them. A host that is not running is detected
 before anything is sent, so no call hangs on a missing socket.
 """
 
@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import msgpack
 import zmq
 
 from xenlike.kernel.rundir import RunDir
+from xenlike.public import toolstack_wire
 
 __all__ = ["ToolstackClient", "ToolstackError", "HostNotRunning"]
 
@@ -57,7 +57,7 @@ class ToolstackClient:
     def send(self, op: str, **args: Any) -> int:
         """Send a request without waiting; returns its id."""
         call_id = next(self._ids)
-        self.sock.send(msgpack.packb({"id": call_id, "op": op, "args": args}, use_bin_type=True))
+        self.sock.send(toolstack_wire.pack({"id": call_id, "op": op, "args": args}))
         return call_id
 
     def receive(self, timeout: float | None = None) -> dict | None:
@@ -69,7 +69,7 @@ class ToolstackClient:
                 return None
             if self.run_dir.running_pid() is None:
                 raise HostNotRunning(f"the xenlike host in {self.run_dir.path} stopped")
-        return msgpack.unpackb(self.sock.recv(), raw=False)
+        return toolstack_wire.unpack(self.sock.recv())
 
     def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
         """One request, one reply; ToolstackError if refused or if the host stops answering."""
