@@ -53,6 +53,7 @@ from xenlike.public.xs_wire import (
     SPECIAL_RELEASE_DOMAIN,
     XENSTORE_PAYLOAD_MAX,
     XENSTORE_SERVER_FEATURE_WATCHDEPTH,
+    Permission,
     XsdSockmsgType,
     XsError,
     canonicalize,
@@ -449,6 +450,24 @@ class Xenstored:
             _trace_op(conn, msg_type, tx_id, request.payload, out[0], started)
         out += self._route_local(request.events)
         return out
+
+    def walk(self, conn: Connection, path: str, tx_id: int = 0) -> list[tuple[str, int, bytes, tuple[Permission, ...]]]:
+        """``(path, depth, value, perms)`` of ``path`` and of each node below it that ``conn`` may read, parents
+        first (core.c ``walk_node_tree``): for an in-process client (dom0's toolstack), what xenstore-ls
+        asks DIRECTORY, READ and GET_PERMS of every node, in one call.
+
+        ``path`` is canonicalised and checked as a READ's; XsError as that READ, or ENOENT for an unknown
+        transaction. Nothing changes, so no watch fires.
+        """
+        if conn.closed:
+            raise XsError("EIO", "connection is closed")
+        request = _Request(conn, T.READ, None, b"")
+        if tx_id != 0:
+            request.tx = conn.transactions.get(tx_id)
+            if request.tx is None:
+                raise XsError("ENOENT")
+        top = self._path(conn, path.encode())
+        return [(here, depth, node.value, node.perms) for here, depth, node in self._tree(request).walk(top)]
 
     def _dispatch(self, request: _Request, tx_id: int) -> bytes:
         entry = self._handlers.get(request.msg_type)

@@ -1,8 +1,8 @@
 """The requests that read and change the node tree (tools/xenstored/core.c).
 
 :class:`Tree` implements READ, DIRECTORY, DIRECTORY_PART, GET_PERMS, WRITE,
-MKDIR, RM and SET_PERMS for one caller on one view (the committed tree or a
-transaction). Paths arrive canonical. Each change is staged in a
+MKDIR, RM and SET_PERMS, and the walk below a node, for one caller on one view
+(the committed tree or a transaction). Paths arrive canonical. Each change is staged in a
 :class:`Batch`, checked against permissions and quotas, and only then
 applied, so a refused request changes nothing. Mutating requests return the
 :class:`~.watch.Change` list whose watches they fire.
@@ -22,6 +22,7 @@ Permission rules, as C xenstored:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from typing import Protocol
 
 from xenlike.public.xs_wire import XENSTORE_PAYLOAD_MAX, Permission, XsError, XsPerm
@@ -182,6 +183,28 @@ class Tree:
     def get_perms(self, path: str) -> tuple[Permission, ...]:
         """GET_PERMS: the node's permission list."""
         return self._get(Batch(self.view), path, XsPerm.READ).perms
+
+    def walk(self, path: str) -> Iterator[tuple[str, int, Node]]:
+        """``path`` and each node below it the caller may read, with its depth below ``path``: parents first,
+        children in creation order (core.c ``walk_node_tree``).
+
+        What xenstore-ls learns from DIRECTORY, READ and GET_PERMS on every node, read in one pass:
+        ``path`` itself fails as READ would (ENOENT, EACCES); a node below it that the caller may not read is
+        left out with everything beneath it, as xenstore-ls moves on from a directory it cannot list.
+        """
+        batch = Batch(self.view)
+        everything = self.conn.privileged
+        stack = [(path, 0, self._get(batch, path, XsPerm.READ))]
+        while stack:
+            here, depth, node = stack.pop()
+            yield here, depth, node
+            below = []
+            for name in node.children:
+                child = child_path(here, name)
+                found = batch.get(child)
+                if found is not None and (everything or perm_for_conn(self.conn, found.perms) & XsPerm.READ):
+                    below.append((child, depth + 1, found))
+            stack.extend(reversed(below))
 
     # --- changes ----------------------------------------------------------------
 
