@@ -199,21 +199,25 @@ def getdomaininfolist(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]
     Each value is the one :func:`getdomaininfo` gives; the scheduler's accounting of every running domain is
     read in one pass and no dict is built per domain, so the answer costs what its size costs.
     """
-    domids = sorted(hv.domains)
-    domains = list(map(hv.domains.__getitem__, domids))
-    states = hv.scheduler.domain_states(domids)
+    domains = sorted(hv.domains.values(), key=_domid)
+    states = hv.scheduler.domain_states([d.domid for d in domains])
     scheduled_domains = hv.scheduler.domains
     kib_per_frame = PAGE_SIZE // 1024
-    names = list(map(_name, domains))
-    memory_kb = [(domain.nr_frames - len(domain.ballooned)) * kib_per_frame for domain in domains]
+    domids: list[int] = []
+    names: list[str] = []
+    memory_kb: list[int] = []
     vcpus: list[int] = []
     cpu_times: list[float] = []
     flags: list[int] = []
-    # One pass for what depends on the run state, the per-domain helpers inlined (_accounted,
-    # Domain.scheduled_flags): this loop is what a list of thousands of domains costs the hypervisor.
+    # One pass, the per-domain helpers inlined (_accounted, Domain.scheduled_flags, tot_frames): this loop
+    # is what a list of thousands of domains costs the hypervisor.
     for domain, (cpu_time, on_cpu, blocked) in zip(domains, states):
-        accounted = domain.pid is not None and domain.shutdown_reason is None and domain.domid in scheduled_domains
-        vcpus.append(hv.scheduler.online_vcpus(domain.domid) if domain.vcpus > 1 and accounted else domain.vcpus)
+        domid = domain.domid
+        domids.append(domid)
+        names.append(domain.name)
+        memory_kb.append((domain.nr_frames - len(domain.ballooned)) * kib_per_frame)
+        accounted = domain.pid is not None and domain.shutdown_reason is None and domid in scheduled_domains
+        vcpus.append(hv.scheduler.online_vcpus(domid) if domain.vcpus > 1 and accounted else domain.vcpus)
         if accounted and cpu_time is not None and on_cpu is not None and blocked is not None:
             cpu_times.append(cpu_time)
             flags.append(
@@ -238,7 +242,7 @@ def getdomaininfolist(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]
     return columns, []
 
 
-_name = operator.attrgetter("name")
+_domid = operator.attrgetter("domid")
 
 
 def _accounted(hv: Hypervisor, domain: Domain) -> bool:
