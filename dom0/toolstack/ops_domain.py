@@ -232,40 +232,55 @@ def top(ts: Toolstack, request: Request) -> None:
 
     ``{"time", "monotonic", "host": {total_kb, free_kb, nr_cpus, cpu_mhz, version},
     "domains": [{domid, name, running, blocked, paused, shutdown, shutdown_reason, dying,
-    cpu_time, memory_kb, maxmem_kb, vcpus, nets, vbds, ssid}]}``: ``vbds`` holds each
+    cpu_time, memory_kb, maxmem_kb, vcpus, nets, vbds, devids, ssid}]}``: ``vbds`` holds each
     disk's blkback counters (None for a disk blkback does not know), ``nets`` each
     vif's netback counters (the guest's view: ``tx_bytes`` it sent, ``rx_bytes`` it
     received). The reply waits for the back-end workers' live counters, at most
-    TOP_STATS_TIMEOUT_S.
+    TOP_STATS_TIMEOUT_S. The domains are read with ``getdomaininfolist``, as libxenstat
+    reads them with ``xc_domain_getinfolist``, and go as a table: what a sample of
+    thousands of domains costs is its size.
     """
-    infos = ts.lifecycle.domain_infos()
+    columns = ts.lifecycle.domain_list()
     physinfo = ts.hypercall("sysctl", cmd="physinfo")[0]
     sampled = {"time": time.time(), "monotonic": time.monotonic()}
     answered = ops_device.request_stats(ts)
 
     def finish(ok: bool) -> None:
-        request.reply({**sampled, "host": _top_host(physinfo), "domains": [_top_domain(ts, info) for info in infos]})
+        request.reply({**sampled, "host": _top_host(physinfo), "domains": _top_domains(ts, columns)})
 
     ts.poll(answered, TOP_STATS_TIMEOUT_S, finish)
 
 
-def _top_domain(ts: Toolstack, info: dict) -> dict:
-    """A domain's xentop row data: getdomaininfo's fields and its devices' counters."""
-    keys = (
-        "domid",
-        "name",
-        "running",
-        "blocked",
-        "paused",
-        "shutdown",
-        "shutdown_reason",
-        "dying",
-        "cpu_time",
-        "memory_kb",
-        "maxmem_kb",
-        "vcpus",
+# The run state xentop shows, from getdomaininfolist's flags word.
+_TOP_STATE = ("running", "blocked", "paused", "shutdown", "shutdown_reason", "dying")
+
+
+def _top_domains(ts: Toolstack, columns: dict[str, list]) -> Table:
+    """Every domain's xentop row data: getdomaininfolist's columns, the run state spelt out, and the
+    devices' counters as they are when the workers have answered."""
+    states = [_state_of(flags) for flags in columns["flags"]]
+    counters = [ops_device.top_counters(ts, domid) for domid in columns["domid"]]
+    counter_keys = tuple(counters[0]) if counters else ()
+    return Table(
+        ("domid", "name", *_TOP_STATE, "cpu_time", "memory_kb", "maxmem_kb", "vcpus", *counter_keys, "ssid"),
+        (
+            columns["domid"],
+            columns["name"],
+            *([state[key] for state in states] for key in _TOP_STATE),
+            columns["cpu_time"],
+            columns["memory_kb"],
+            columns["maxmem_kb"],
+            columns["vcpus"],
+            *([row[key] for row in counters] for key in counter_keys),
+            [0] * len(states),
+        ),
     )
-    return {**{key: info[key] for key in keys}, **ops_device.top_counters(ts, info["domid"]), "ssid": 0}
+
+
+@functools.cache
+def _state_of(flags: int) -> dict[str, object]:
+    """``dominf_state`` of a flags word (a host's domains share a handful); the caller must not change it."""
+    return dominf_state(flags)
 
 
 def _top_host(physinfo: dict) -> dict:

@@ -206,6 +206,7 @@ def getdomaininfolist(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]
     domids: list[int] = []
     names: list[str] = []
     memory_kb: list[int] = []
+    maxmem_kb: list[int] = []
     vcpus: list[int] = []
     cpu_times: list[float] = []
     flags: list[int] = []
@@ -216,6 +217,7 @@ def getdomaininfolist(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]
         domids.append(domid)
         names.append(domain.name)
         memory_kb.append((domain.nr_frames - len(domain.ballooned)) * kib_per_frame)
+        maxmem_kb.append(domain.max_frames * kib_per_frame)
         accounted = domain.pid is not None and domain.shutdown_reason is None and domid in scheduled_domains
         vcpus.append(hv.scheduler.online_vcpus(domid) if domain.vcpus > 1 and accounted else domain.vcpus)
         if accounted and cpu_time is not None and on_cpu is not None and blocked is not None:
@@ -235,6 +237,7 @@ def getdomaininfolist(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]
         "domid": domids,
         "name": names,
         "memory_kb": memory_kb,
+        "maxmem_kb": maxmem_kb,
         "vcpus": vcpus,
         "cpu_time": cpu_times,
         "flags": flags,

@@ -4,7 +4,7 @@
 word: a bit each for dying, shut down, paused, blocked and running, and the
 shutdown reason (``SHUTDOWN_*``) in bits 16-23. The hypervisor's
 ``getdomaininfolist`` (``XEN_SYSCTL_getdomaininfolist``, what ``xc_domain_getinfolist``
-and so ``xl list`` use) answers with that word for every domain, in columns: one
+and so ``xl list`` and xentop use) answers with that word for every domain, in columns: one
 list per field of :data:`DOMAININFOLIST_COLUMNS`, the i-th entry of each being
 the i-th domain by domid. :func:`dominf_state` turns a word back into the named
 flags ``getdomaininfo`` spells out, which xl's state letters are made from.
@@ -35,8 +35,8 @@ XEN_DOMINF_RUNNING = 1 << 5  # running, or runnable
 XEN_DOMINF_SHUTDOWNSHIFT = 16
 XEN_DOMINF_SHUTDOWNMASK = 255
 
-# What getdomaininfolist answers for each domain, one list per name.
-DOMAININFOLIST_COLUMNS = ("domid", "name", "memory_kb", "vcpus", "cpu_time", "flags")
+# What getdomaininfolist answers for each domain, one list per name (maxmem_kb: Xen's max_pages).
+DOMAININFOLIST_COLUMNS = ("domid", "name", "memory_kb", "maxmem_kb", "vcpus", "cpu_time", "flags")
 
 _BITS = (
     ("dying", XEN_DOMINF_DYING),
