@@ -199,7 +199,7 @@ def _is(wanted: str | None, name: str, domid: int) -> bool:
 @functools.cache
 def _letters(flags: int) -> str:
     """xl list's state letters of a ``XEN_DOMINF_*`` word (a host's domains share a handful of them)."""
-    return state_letters(dominf_state(flags))
+    return state_letters(_state_of(flags))
 
 
 def _long_row(ts: Toolstack, info: dict) -> dict:
