@@ -26,7 +26,7 @@ def batch_frames(output: str) -> list[dict[str, dict[str, str]]]:
 
 
 def test_top_batch_shows_every_domain_and_live_disk_counters(host, tmp_path):
-    host.up(str(write_cluster(tmp_path, [{"name": "sleeper", "workload": "idle"},
+    host.up(str(write_cluster(tmp_path, [{"name": "sleeper", "workload": "idle", "maxmem": 24},
                                          {"name": "crasher", "workload": "crash", "on_crash": "preserve"}])))
     create_doing_io(host, tmp_path, "disky", pause_ms=5)
     host.xl("pause", "sleeper")
@@ -51,6 +51,8 @@ def test_top_batch_shows_every_domain_and_live_disk_counters(host, tmp_path):
     assert int(disky["VBD_RD"]) > 0 and int(disky["VBD_RSECT"]) > 0
     assert second["sleeper"]["VBDS"] == "0" and second["sleeper"]["VBD_WR"] == "0"
     assert second["disky"]["MEM(k)"] == str(32 * 1024) and second["sleeper"]["MEM(k)"] == str(16 * 1024)
+    assert second["disky"]["MAXMEM(k)"] == str(32 * 1024)  # no maxmem in its config: its memory
+    assert second["sleeper"]["MAXMEM(k)"] == str(24 * 1024)
     # Its ring's notifications, both ways, as its blkback worker counts them; no ring, no figure.
     assert frames[0]["disky"]["NOTIF/s"] == "0.0" and float(disky["NOTIF/s"]) > 0
     assert second["sleeper"]["NOTIF/s"] == "-" and second["Domain-0"]["NOTIF/s"] == "-"
