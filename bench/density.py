@@ -13,6 +13,10 @@ hypervisor's exit; ``uss_mib_per_domu``: unique memory of an idle domU (psutil
 USS, median of 20); ``hypervisor_cpu_pct_idle``: the hypervisor process's CPU
 time over a quiet stretch with 2,000 idle guests, in % of one core.
 
+``top_api_ms_*``, ``vcpu_list_api_ms_*`` and ``xenstore_ls_api_ms_*`` (``/local/domain``)
+are those requests, as ``list_api_ms_*`` (medians of fewer: the replies at 2,000 are
+large), so every listing's growth shows beside its reply's.
+
 ``host_other_cpu_pct_at_1``, ``_at_2000`` and ``_idle`` are the CPU that processes
 outside the xenlike host (and this benchmark) used while the creates at 1 and at
 2,000 ran and over the quiet stretch, in % of one core. On a shared or monitored
@@ -107,13 +111,25 @@ class OtherCpu:
         return sum(now[pid] - before for pid, before in self._start.items() if pid in now) / wall * 100
 
 
-def list_api_ms(client: ToolstackClient, count: int) -> float:
+def list_api_ms(client: ToolstackClient, count: int, op: str = "list", **args: object) -> float:
+    """Median time in ms of ``count`` ``op`` requests."""
     times = []
     for _ in range(count):
         start = time.perf_counter()
-        client.call("list")
+        client.call(op, **args)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+# The other listings, each with how many requests make its median.
+LISTINGS = (("top", "top", {}, 10), ("vcpu_list", "vcpu_list", {}, 10),
+            ("xenstore_ls", "xenstore_ls", {"path": "/local/domain"}, 5))
+
+
+def listings_ms(client: ToolstackClient, at: str, found: dict[str, float]) -> None:
+    """``<name>_api_ms_<at>`` of each of :data:`LISTINGS`."""
+    for name, op, args, count in LISTINGS:
+        found[f"{name}_api_ms_{at}"] = list_api_ms(client, count, op, **args)
 
 
 def cpu_pct(procs: list[psutil.Process], window_s: float) -> list[float]:
@@ -196,12 +212,14 @@ def main() -> None:
             found["host_other_cpu_pct_at_1"] = other.pct()
             only, _ = timed_create(client, "only")
             found["list_api_ms_at_1"] = list_api_ms(client, 50)
+            listings_ms(client, "at_1", found)
             client.call("destroy", domain=only)
             domids = crowd(client, count)
             other.start()
             found["create_ms_at_2000"] = create_destroy_ms(client, "late", SAMPLES)
             found["host_other_cpu_pct_at_2000"] = other.pct()
             found["list_api_ms_at_2000"] = list_api_ms(client, SAMPLES)
+            listings_ms(client, "at_2000", found)
             if args.page_sharing:
                 found["merge_settle_s"], settled = wait_for_merging()
                 extra["merge_settled"] = float(settled)
@@ -233,6 +251,9 @@ def main() -> None:
         "create_ms_at_2000 / create_ms_at_1": found["create_ms_at_2000"] / found["create_ms_at_1"],
         "list_api_ms_at_2000 / list_api_ms_at_1": found["list_api_ms_at_2000"] / found["list_api_ms_at_1"],
     }
+    for name, *_ in LISTINGS:
+        crowded, alone = f"{name}_api_ms_at_2000", f"{name}_api_ms_at_1"
+        ratios[f"{crowded} / {alone}"] = found[crowded] / found[alone]
     for key, value in extra.items():
         print(f"{key}  {value:.3f}", file=sys.stderr)
     if count != 2000:
