@@ -146,6 +146,9 @@ class StoreMachine(RuleBasedStateMachine):
             assert error == expected
         if self.model != before:
             assert events, "a change fired no watch"
+        if events:
+            # A write of the value a node already holds is still a write (C xenstored's do_write: a new
+            # generation, watches fired), so a transaction that read the node conflicts with it.
             self.tx_dirty = True
         if error is not None:
             assert self.model == before and not events

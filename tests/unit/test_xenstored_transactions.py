@@ -77,10 +77,11 @@ def test_abort_discards(w: SimpleNamespace) -> None:
     "outside",
     [
         lambda d, c: write(d, c, "/t/x", b"changed"),
+        lambda d, c: write(d, c, "/t/x", b"0"),  # the value it holds: still a write, a new generation
         lambda d, c: ok(d, c, T.RM, fields("/t/x")),
         lambda d, c: ok(d, c, T.SET_PERMS, fields("/t/x", "r0")),
     ],
-    ids=["write", "rm", "set_perms"],
+    ids=["write", "same-value-write", "rm", "set_perms"],
 )
 def test_changed_read_node_conflicts(w: SimpleNamespace, outside) -> None:
     tx = start(w.d, w.a)
