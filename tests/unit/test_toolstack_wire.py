@@ -65,6 +65,13 @@ def test_bytes_that_are_not_a_table_are_refused(body: object, why: str) -> None:
         unpack(ext(body))
 
 
+def test_lists_inside_a_table_stay_lists() -> None:
+    table = Table(("vbds", "devids"), ([[{"rd": 1}], []], [{"vbds": [51712]}, {"vbds": []}]))
+    rows = unpack(pack(table))
+    assert rows == [{"vbds": [{"rd": 1}], "devids": {"vbds": [51712]}}, {"vbds": [], "devids": {"vbds": []}}]
+    assert type(rows[0]["vbds"]) is list and type(rows[0]["devids"]["vbds"]) is list
+
+
 def test_another_extension_type_is_left_as_it_is() -> None:
     data = msgpack.packb(msgpack.ExtType(9, b"xy"))
     assert unpack(data) == msgpack.ExtType(9, b"xy")

@@ -64,11 +64,11 @@ _TABLE_BUF = 4096
 def _decode(code: int, data: bytes) -> Any:
     if code != TABLE_EXT:
         return msgpack.ExtType(code, data)
-    body = msgpack.unpackb(data, raw=False, use_list=False)
-    if not isinstance(body, tuple) or len(body) != 2 or not all(isinstance(part, tuple) for part in body):
+    body = msgpack.unpackb(data, raw=False)
+    if not isinstance(body, list) or len(body) != 2 or not all(isinstance(part, list) for part in body):
         raise ValueError("a table is not [keys, columns]")
     keys, columns = body
-    if not all(isinstance(key, str) for key in keys) or not all(isinstance(column, tuple) for column in columns):
+    if not all(isinstance(key, str) for key in keys) or not all(isinstance(column, list) for column in columns):
         raise ValueError("a table's keys are not strings or its columns not lists")
     return Table(keys, columns).rows()
 
