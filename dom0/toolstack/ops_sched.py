@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from xenlike.public.toolstack_wire import Table
 from xenlike.public.vcpu import OFFLINE, ONLINE, availability_path
 from xenlike.public.xs_wire import home_path
 
@@ -21,11 +22,12 @@ __all__ = ["sched_credit", "vcpu_list", "vcpu_pin", "vcpu_set"]
 
 
 def _domid_of(ts: Toolstack, spec: Any) -> int:
-    """Any domain, dom0 included, by name or id."""
+    """Any domain, dom0 included, by name or id (from getdomaininfolist: a name costs no domain's full info)."""
     text = str(spec)
-    for info in ts.lifecycle.domain_infos():
-        if text in (info["name"], str(info["domid"])):
-            return info["domid"]
+    columns = ts.lifecycle.domain_list()
+    for domid, name in zip(columns["domid"], columns["name"]):
+        if text in (name, str(domid)):
+            return domid
     raise ToolstackError(f"no domain {text!r}; `xenlike list` shows the domains")
 
 
@@ -47,14 +49,16 @@ def sched_credit(ts: Toolstack, request: Request) -> Any:
 
 
 def vcpu_list(ts: Toolstack, request: Request) -> Any:
+    """xl vcpu-list's rows of every domain, or of ``domains`` in that order, as a table (the hypervisor
+    answers in columns), and the host's ``nr_cpus``."""
     domains = request.args.get("domains") or []
     if not domains:
-        rows = ts.hypercall("domctl", cmd="vcpu_list")[0]
+        parts = [ts.hypercall("domctl", cmd="vcpu_list")[0]]
     else:
-        rows = [
-            row for spec in domains for row in ts.hypercall("domctl", cmd="vcpu_list", domid=_domid_of(ts, spec))[0]
-        ]
-    return {"nr_cpus": ts.hypercall("sysctl", cmd="physinfo")[0]["nr_cpus"], "vcpus": rows}
+        parts = [ts.hypercall("domctl", cmd="vcpu_list", domid=_domid_of(ts, spec))[0] for spec in domains]
+    keys = list(dict.fromkeys(key for part in parts for key in part))  # a domain with no vCPU rows has two
+    vcpus = Table(keys, [[value for part in parts for value in part.get(key, [])] for key in keys])
+    return {"nr_cpus": ts.hypercall("sysctl", cmd="physinfo")[0]["nr_cpus"], "vcpus": vcpus}
 
 
 def vcpu_pin(ts: Toolstack, request: Request) -> Any:

@@ -329,7 +329,8 @@ def _scheduled_domains(hv: Hypervisor, args: dict) -> list[Domain]:
     """The domain ``args["domid"]`` names, or every scheduled domain."""
     if "domid" in args:
         return [_scheduled(hv, args["domid"])]
-    return [d for d in sorted(hv.domains.values(), key=lambda d: d.domid) if d.domid in hv.scheduler.domains]
+    scheduled = hv.scheduler.domains
+    return [hv.domains[domid] for domid in sorted(hv.domains) if domid in scheduled]
 
 
 def sched_credit_get(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
@@ -351,12 +352,28 @@ def sched_credit_set(hv: Hypervisor, caller: Domain, args: dict, fds: list[int])
 
 
 def vcpu_list(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
-    """Every vCPU of one domain (``domid``) or of every scheduled domain."""
-    rows = []
+    """Every vCPU of one domain (``domid``) or of every scheduled domain, as columns: ``domid``, ``name``
+    and the fields of the scheduler's ``vcpu_list`` rows, a list each, the i-th entry of each being the
+    i-th vCPU (as :func:`getdomaininfolist` answers, so thousands of vCPUs cost what their values cost).
+    """
+    domids: list[int] = []
+    names: list[str] = []
+    rows: list[dict] = []
     for domain in _scheduled_domains(hv, args):
-        for row in hv.scheduler.vcpu_list(domain.domid):
-            rows.append({"domid": domain.domid, "name": domain.name, **row})
-    return rows, []
+        vcpus = hv.scheduler.vcpu_list(domain.domid)
+        rows += vcpus
+        domids += [domain.domid] * len(vcpus)
+        names += [domain.name] * len(vcpus)
+    columns: dict[str, list] = {"domid": domids, "name": names}
+    if rows:
+        keys = tuple(rows[0])
+        try:
+            # One pass in C: a tuple of every field per row, then one list per field.
+            values = zip(*map(operator.itemgetter(*keys), rows)) if len(keys) > 1 else [[r[keys[0]] for r in rows]]
+            columns.update(zip(keys, map(list, values)))
+        except KeyError as exc:  # every row of a scheduler's vcpu_list has the same fields
+            raise Refused(errno.EIO, f"the {hv.scheduler.name} scheduler's vCPU rows lack {exc}") from None
+    return columns, []
 
 
 def vcpu_pin(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Result:
