@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from xenlike.public.toolstack_wire import TABLE_EXT, Table, pack, unpack
@@ -32,8 +32,7 @@ def test_a_table_comes_back_as_its_rows(table: tuple[list[str], list[dict]]) -> 
 @given(tables())
 def test_a_table_costs_fewer_bytes_than_its_rows_once_there_are_several(table: tuple[list[str], list[dict]]) -> None:
     names, rows = table
-    if len(rows) < 4 or len(names) < 2:
-        return
+    assume(len(rows) >= 4 and len(names) >= 2)
     columns = [[row[name] for row in rows] for name in names]
     assert len(pack(Table(names, columns))) < len(msgpack.packb(rows, use_bin_type=True))
 

@@ -365,14 +365,10 @@ def vcpu_list(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
         domids += [domain.domid] * len(vcpus)
         names += [domain.name] * len(vcpus)
     columns: dict[str, list] = {"domid": domids, "name": names}
-    if rows:
-        keys = tuple(rows[0])
-        try:
-            # One pass in C: a tuple of every field per row, then one list per field.
-            values = zip(*map(operator.itemgetter(*keys), rows)) if len(keys) > 1 else [[r[keys[0]] for r in rows]]
-            columns.update(zip(keys, map(list, values)))
-        except KeyError as exc:  # every row of a scheduler's vcpu_list has the same fields
-            raise Refused(errno.EIO, f"the {hv.scheduler.name} scheduler's vCPU rows lack {exc}") from None
+    try:
+        columns.update((key, [row[key] for row in rows]) for key in (rows[0] if rows else ()))
+    except KeyError as exc:  # every row of a scheduler's vcpu_list has the same fields
+        raise Refused(errno.EIO, f"the {hv.scheduler.name} scheduler's vCPU rows lack {exc}") from None
     return columns, []
 
 
