@@ -541,12 +541,18 @@ class BlockDevice:
         """Tear the ring and its event channel down and give the grants back: the ring's and the pool's.
 
         Call once the back end is Closed (it has unmapped them); a page it still
-        maps stays out of use.
+        maps stays out of use. A thread still polling the ring (its request failed
+        by :meth:`stop_io`, and it is on its way out) finds no ring; the ring's
+        views are released here only when no poller can still hold them, and
+        otherwise left to the collector, as :meth:`hold_for_reconnect` does.
         """
+        with self._cond:
+            ring, self.ring = self.ring, None
+            unpolled = self._pollers == 0
         if self.port is not None:
             self.bus.free_evtchn(self.xdev, self.port)
-        if self.ring is not None:
-            self.ring.release()
+        if ring is not None and unpolled:
+            ring.release()
         if self._shared is not None:  # a connect that failed before granting the ring has none
             self.bus.teardown_ring(self.xdev, self._shared)
         if self._pool is not None:
