@@ -209,23 +209,76 @@ class _Inflight:
     data: bytes | None = None  # a READ's data, once copied out of the pool
 
 
-@dataclass(slots=True)
 class _Request:
     """One ring request built but not yet placed: what it is, and how to fill its slot.
 
-    ``build(req_id, run)`` copies a WRITE's data into the run's pages (unless they
-    are a buffer's, which hold it already) and returns the slot. ``run`` is the
-    pages a :class:`BlkBuffer` lends the request; without it the request takes
-    pool pages when it is placed and gives them back when it completes.
+    ``slot(req_id, run)`` returns the slot to place, having copied a WRITE's data
+    into the run's pages (unless they are a buffer's, which hold it already).
+    ``run`` is the pages a :class:`BlkBuffer` lends the request; without it the
+    request takes pool pages when it is placed and gives them back when it completes.
     """
 
-    op: int
-    sector: int
-    nbytes: int
-    nr_pages: int  # pool pages it needs (0 for FLUSH and DISCARD)
-    build: Callable[[int, _Run | None], bytes]
-    future: BlkFuture
-    run: _Run | None = None
+    __slots__ = ("op", "sector", "nbytes", "nr_pages", "future", "run")
+
+    def __init__(self, op: int, sector: int, nbytes: int, nr_pages: int, future: BlkFuture, run: _Run | None) -> None:
+        self.op = op
+        self.sector = sector
+        self.nbytes = nbytes
+        self.nr_pages = nr_pages  # pool pages it needs (0 for FLUSH and DISCARD)
+        self.future = future
+        self.run = run
+
+    def slot(self, req_id: int, run: _Run | None) -> bytes:
+        raise NotImplementedError
+
+
+class _RwRequest(_Request):
+    """A READ or WRITE of ``nbytes`` at ``sector`` on pages of guest ``memory``: direct segments, or indirect."""
+
+    __slots__ = ("memory", "data", "nr_data", "last_sect")
+
+    def __init__(
+        self,
+        op: int,
+        sector: int,
+        nbytes: int,
+        future: BlkFuture,
+        run: _Run | None,
+        memory: memoryview,
+        data: memoryview | None,
+    ) -> None:
+        nr_data = -(-nbytes // PAGE_SIZE)
+        super().__init__(op, sector, nbytes, pages_per_request(nr_data), future, run)
+        self.memory = memory  # the guest's frames by offset: pfns come from its own allocator
+        self.data = data  # a WRITE's bytes to copy in (None: a READ, or a buffer's pages holding them)
+        self.nr_data = nr_data
+        self.last_sect = (nbytes - (nr_data - 1) * PAGE_SIZE) // SECTOR_SIZE - 1
+
+    def slot(self, req_id: int, run: _Run | None) -> bytes:
+        assert run is not None  # a READ or WRITE is always placed on pages
+        base, nr_data = run.pfn * PAGE_SIZE, self.nr_data
+        if self.data is not None:
+            self.memory[base : base + self.nbytes] = self.data
+        segments = run.segments(nr_data, self.last_sect)
+        if nr_data <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
+            return pack_rw_packed(self.op, req_id, self.sector, nr_data, segments)
+        # The segment list goes into the indirect pages that follow the data pages.
+        indirect = base + nr_data * PAGE_SIZE
+        self.memory[indirect : indirect + len(segments)] = segments
+        return pack_indirect(self.op, req_id, self.sector, nr_data, run.grefs(nr_data, run.count - nr_data))
+
+
+class _ControlRequest(_Request):
+    """A FLUSH or DISCARD: no pages; ``pack(req_id)`` is its slot."""
+
+    __slots__ = ("pack",)
+
+    def __init__(self, op: int, sector: int, future: BlkFuture, pack: Callable[[int], bytes]) -> None:
+        super().__init__(op, sector, 0, 0, future, None)
+        self.pack = pack
+
+    def slot(self, req_id: int, run: _Run | None) -> bytes:
+        return self.pack(req_id)
 
 
 def _gathered(op: int, parts: list[BlkFuture]) -> BlkFuture:
@@ -658,30 +711,20 @@ class BlockDevice:
             raise BlockIOError(f"{self.vdev} is read-only")
 
     def _flush_requests(self, latch: _Latch | None = None) -> tuple[BlkFuture, list[_Request]]:
-        request = self._request(BLKIF_OP_FLUSH_DISKCACHE, 0, 0, 0, lambda req_id, run: pack_flush(req_id), None, latch)
+        request = _ControlRequest(BLKIF_OP_FLUSH_DISKCACHE, 0, self._future(0, latch), pack_flush)
         return request.future, [request]
 
     def _discard_requests(
         self, sector: int, nr_sectors: int, latch: _Latch | None = None
     ) -> tuple[BlkFuture, list[_Request]]:
-        request = self._request(
-            BLKIF_OP_DISCARD, sector, 0, 0, lambda req_id, run: pack_discard(req_id, sector, nr_sectors), None, latch
+        request = _ControlRequest(
+            BLKIF_OP_DISCARD, sector, self._future(0, latch), lambda req_id: pack_discard(req_id, sector, nr_sectors)
         )
         return request.future, [request]
 
-    def _request(
-        self,
-        op: int,
-        sector: int,
-        nbytes: int,
-        nr_pages: int,
-        build: Callable[[int, _Run | None], bytes],
-        run: _Run | None = None,
-        latch: _Latch | None = None,
-    ) -> _Request:
+    def _future(self, nbytes: int, latch: _Latch | None) -> BlkFuture:
         # A large request keeps the back end copying for longer than polling pays for: its waiter sleeps.
-        poller = self if nbytes <= POLL_MAX_BYTES else None
-        return _Request(op, sector, nbytes, nr_pages, build, BlkFuture(poller, latch), run)
+        return BlkFuture(self if nbytes <= POLL_MAX_BYTES else None, latch)
 
     def _rw_requests(
         self, op: int, sector: int, nbytes: int, data: memoryview | None, latch: _Latch | None = None
@@ -718,25 +761,7 @@ class BlockDevice:
         latch: _Latch | None = None,
     ) -> _Request:
         """One READ or WRITE; a WRITE's ``data`` is copied into its pages, unless ``lent`` holds it."""
-        nr_data = -(-nbytes // PAGE_SIZE)
-        last_sect = (nbytes - (nr_data - 1) * PAGE_SIZE) // SECTOR_SIZE - 1
-        view = self.kernel.memory.view  # frames by offset: pfns come from our own allocator
-
-        def fill(req_id: int, run: _Run | None) -> bytes:
-            assert run is not None  # a READ or WRITE is always placed on pages
-            base = run.pfn * PAGE_SIZE
-            if data is not None:
-                view[base : base + nbytes] = data
-            segments = run.segments(nr_data, last_sect)
-            if nr_data <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
-                return pack_rw_packed(op, req_id, sector, nr_data, segments)
-            # The segment list goes into the indirect pages that follow the data pages.
-            indirect = base + nr_data * PAGE_SIZE
-            view[indirect : indirect + len(segments)] = segments
-            nr_indirect = run.count - nr_data
-            return pack_indirect(op, req_id, sector, nr_data, run.grefs(nr_data, nr_indirect))
-
-        return self._request(op, sector, nbytes, pages_per_request(nr_data), fill, lent, latch)
+        return _RwRequest(op, sector, nbytes, self._future(nbytes, latch), lent, self.kernel.memory.view, data)
 
     def _submit_now(self, future: BlkFuture, requests: list[_Request]) -> BlkFuture:
         """A batch of one: place ``requests`` (one operation's) at once; returns its ``future``."""
@@ -790,7 +815,7 @@ class BlockDevice:
             if run is None and request.nr_pages:
                 break
             req_id = next(self._ids)
-            slot = request.build(req_id, run)
+            slot = request.slot(req_id, run)
             slots.append(slot)
             pooled = run if request.run is None else None  # a buffer's pages stay lent when it completes
             self._inflight[req_id] = _Inflight(request.op, request.sector, request.nbytes, pooled, request.future, slot)
