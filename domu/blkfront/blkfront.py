@@ -42,7 +42,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from xenlike.public.blkif import (
@@ -198,17 +197,6 @@ class BlkFuture:
             latch.lock.release()  # let other waiters through
 
 
-@dataclass(slots=True)
-class _Inflight:
-    op: int
-    sector: int
-    nbytes: int
-    run: _Run | None  # the pool pages of a READ or WRITE, until they are given back (None: a buffer's)
-    future: BlkFuture
-    slot: bytes  # the request as placed on the ring (Linux's shadow[].req), placed again by recover()
-    data: bytes | None = None  # a READ's data, once copied out of the pool
-
-
 class _Request:
     """One ring request built but not yet placed: what it is, and how to fill its slot.
 
@@ -216,9 +204,14 @@ class _Request:
     into the run's pages (unless they are a buffer's, which hold it already).
     ``run`` is the pages a :class:`BlkBuffer` lends the request; without it the
     request takes pool pages when it is placed and gives them back when it completes.
+
+    Once placed, the request is its own record in flight (Linux's ``shadow[]``):
+    ``placed`` is its slot as it went on the ring (placed again by ``recover``),
+    ``pooled`` the pool pages it holds until they are given back, ``data`` a
+    READ's bytes once copied out of them.
     """
 
-    __slots__ = ("op", "sector", "nbytes", "nr_pages", "future", "run")
+    __slots__ = ("op", "sector", "nbytes", "nr_pages", "future", "run", "placed", "pooled", "data")
 
     def __init__(self, op: int, sector: int, nbytes: int, nr_pages: int, future: BlkFuture, run: _Run | None) -> None:
         self.op = op
@@ -227,6 +220,9 @@ class _Request:
         self.nr_pages = nr_pages  # pool pages it needs (0 for FLUSH and DISCARD)
         self.future = future
         self.run = run
+        self.placed = b""
+        self.pooled: _Run | None = None
+        self.data: bytes | None = None
 
     def slot(self, req_id: int, run: _Run | None) -> bytes:
         raise NotImplementedError
@@ -235,7 +231,7 @@ class _Request:
 class _RwRequest(_Request):
     """A READ or WRITE of ``nbytes`` at ``sector`` on pages of guest ``memory``: direct segments, or indirect."""
 
-    __slots__ = ("memory", "data", "nr_data", "last_sect")
+    __slots__ = ("memory", "source", "nr_data", "last_sect")
 
     def __init__(
         self,
@@ -250,15 +246,15 @@ class _RwRequest(_Request):
         nr_data = -(-nbytes // PAGE_SIZE)
         super().__init__(op, sector, nbytes, pages_per_request(nr_data), future, run)
         self.memory = memory  # the guest's frames by offset: pfns come from its own allocator
-        self.data = data  # a WRITE's bytes to copy in (None: a READ, or a buffer's pages holding them)
+        self.source = data  # a WRITE's bytes to copy in (None: a READ, or a buffer's pages holding them)
         self.nr_data = nr_data
         self.last_sect = (nbytes - (nr_data - 1) * PAGE_SIZE) // SECTOR_SIZE - 1
 
     def slot(self, req_id: int, run: _Run | None) -> bytes:
         assert run is not None  # a READ or WRITE is always placed on pages
         base, nr_data = run.pfn * PAGE_SIZE, self.nr_data
-        if self.data is not None:
-            self.memory[base : base + self.nbytes] = self.data
+        if self.source is not None:
+            self.memory[base : base + self.nbytes] = self.source
         segments = run.segments(nr_data, self.last_sect)
         if nr_data <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
             return pack_rw_packed(self.op, req_id, self.sector, nr_data, segments)
@@ -441,8 +437,8 @@ class BlockDevice:
         self._shared: SharedRing | None = None
         self._cond = threading.Condition(threading.Lock())
         self._pool: _GrantPool | None = None
-        self._inflight: dict[int, _Inflight] = {}
-        self._uncollected: dict[int, _Inflight] = {}  # completed READs whose data is still in the pool
+        self._inflight: dict[int, _Request] = {}
+        self._uncollected: dict[int, _Request] = {}  # completed READs whose data is still in the pool
         self._buffers: set[BlkBuffer] = set()  # lent and not released
         self._ids = itertools.count(1)
         self._pollers = 0  # threads polling the ring for their responses (_cond held to change)
@@ -568,7 +564,7 @@ class BlockDevice:
         """``blkif_recover``: place every request still in flight on the new ring, in the order first placed,
         then let new requests go. (Requests in flight never outnumber a ring of the order the back end allows.)"""
         with self._cond:
-            shadows = [inflight.slot for inflight in self._inflight.values()]  # dict order: the order placed
+            shadows = [inflight.placed for inflight in self._inflight.values()]  # dict order: the order placed
             placed = 0
             while placed < len(shadows):
                 ring = self.ring
@@ -815,10 +811,11 @@ class BlockDevice:
             if run is None and request.nr_pages:
                 break
             req_id = next(self._ids)
-            slot = request.slot(req_id, run)
+            slot = request.placed = request.slot(req_id, run)
             slots.append(slot)
-            pooled = run if request.run is None else None  # a buffer's pages stay lent when it completes
-            self._inflight[req_id] = _Inflight(request.op, request.sector, request.nbytes, pooled, request.future, slot)
+            if request.run is None:  # a buffer's pages stay lent when it completes
+                request.pooled = run
+            self._inflight[req_id] = request
         if slots:
             ring.put_requests(b"".join(slots))
         return len(slots)
@@ -948,16 +945,16 @@ class BlockDevice:
         if inflight is None:
             log.warning("d%d %s: response to unknown request %d", self.kernel.domid, self.vdev, req_id)
             return
-        if status == BLKIF_RSP_OKAY and inflight.op == BLKIF_OP_READ and inflight.run is not None:
+        if status == BLKIF_RSP_OKAY and inflight.op == BLKIF_OP_READ and inflight.pooled is not None:
             # The data is copied out by the thread that asks for it: the event loop stays
             # short, and the buffer is allocated (and later freed) by its user's thread.
             # (A BlkBuffer's READ has no pooled run: its data stays where it landed.)
             self._uncollected[req_id] = inflight
             inflight.future.set(collect=lambda: self._collect(req_id, inflight))
             return
-        if inflight.run is not None:
+        if inflight.pooled is not None:
             assert self._pool is not None  # the run came from it
-            self._pool.give(inflight.run)
+            self._pool.give(inflight.pooled)
         if status == BLKIF_RSP_OKAY:
             inflight.future.set()
         else:
@@ -974,9 +971,9 @@ class BlockDevice:
             message = f"{self.vdev}: {what} at sector {inflight.sector} failed: {reason}"
             inflight.future.set(error=BlockIOError(code, message))
 
-    def _collect(self, req_id: int, inflight: _Inflight) -> bytes:
+    def _collect(self, req_id: int, inflight: _Request) -> bytes:
         """A completed READ's data: copied out of its pool pages, which go back to the pool."""
-        if inflight.run is not None:  # not copied out yet (_copy_out sets the data before it drops the run)
+        if inflight.pooled is not None:  # not copied out yet (_copy_out sets the data before it drops the run)
             with self._cond:
                 if self._uncollected.pop(req_id, None) is not None:
                     self._copy_out(inflight)
@@ -998,12 +995,12 @@ class BlockDevice:
             self._copy_out(inflight)
         self._uncollected.clear()
 
-    def _copy_out(self, inflight: _Inflight) -> None:
-        run = inflight.run
+    def _copy_out(self, inflight: _Request) -> None:
+        run = inflight.pooled
         assert run is not None
         base = run.pfn * PAGE_SIZE
         inflight.data = bytes(self.kernel.memory.view[base : base + inflight.nbytes])
-        inflight.run = None
+        inflight.pooled = None
         assert self._pool is not None  # the run came from it
         self._pool.give(run)
 
