@@ -198,7 +198,7 @@ class BlkFuture:
 
 
 class _Request:
-    """One ring request built but not yet placed: what it is, and how to fill its slot.
+    """One ring request, from when it is built until it is answered: what it is, and how to fill its slot.
 
     ``slot(req_id, run)`` returns the slot to place, having copied a WRITE's data
     into the run's pages (unless they are a buffer's, which hold it already).
@@ -241,12 +241,12 @@ class _RwRequest(_Request):
         future: BlkFuture,
         run: _Run | None,
         memory: memoryview,
-        data: memoryview | None,
+        source: memoryview | None,
     ) -> None:
         nr_data = -(-nbytes // PAGE_SIZE)
         super().__init__(op, sector, nbytes, pages_per_request(nr_data), future, run)
         self.memory = memory  # the guest's frames by offset: pfns come from its own allocator
-        self.source = data  # a WRITE's bytes to copy in (None: a READ, or a buffer's pages holding them)
+        self.source = source  # a WRITE's bytes to copy in (None: a READ, or a buffer's pages holding them)
         self.nr_data = nr_data
         self.last_sect = (nbytes - (nr_data - 1) * PAGE_SIZE) // SECTOR_SIZE - 1
 
