@@ -88,6 +88,32 @@ class BlockIOError(IOError):
     The message names the disk, the operation and its first sector."""
 
 
+class _DeviceCondition(threading.Condition):
+    """The device's lock and condition, whose ``notify_all`` costs nothing while no thread waits.
+
+    Threads wait on it only for room (ring slots, pool pages), a suspend or a
+    reconnect; the I/O path notifies on every completion, and threading's own
+    ``notify_all`` checks ownership by trying the lock each time.
+    ``waiting`` changes only with the lock held, so ``notify_all`` (also called
+    with it held) sees every waiter.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(threading.Lock())
+        self.waiting = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting += 1
+        try:
+            return super().wait(timeout)
+        finally:
+            self.waiting -= 1
+
+    def notify_all(self) -> None:
+        if self.waiting:
+            super().notify_all()
+
+
 class _Latch:
     """One lock, held until ``remaining`` outcomes have arrived: the one wake-up a batch costs.
 
@@ -435,7 +461,7 @@ class BlockDevice:
         self.port: int | None = None
         self.ring: FrontRing | None = None
         self._shared: SharedRing | None = None
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = _DeviceCondition()
         self._pool: _GrantPool | None = None
         self._inflight: dict[int, _Request] = {}
         self._uncollected: dict[int, _Request] = {}  # completed READs whose data is still in the pool
