@@ -211,8 +211,10 @@ class BlkFuture:
             poller._poll_begin()
             try:
                 deadline = time.monotonic() + POLL_S
-                while not self._done and time.monotonic() < deadline:
+                while True:
                     poller._poll_responses()
+                    if self._done or time.monotonic() >= deadline:
+                        break
                     os.sched_yield()  # lets the event loop's thread have the GIL, and the back end this CPU
             finally:
                 poller._poll_end()  # re-arms rsp_event, so the back end's next response notifies
