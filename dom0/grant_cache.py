@@ -48,6 +48,9 @@ class PersistentGrants:
         self.capacity = capacity
         self.persistent = persistent  # False: the owner unmaps after every request
         self.maps = 0  # grants mapped so far (blkback's counter of the same name)
+        # Bumped by every map and unmap: what was checked against the mappings holds
+        # while it stays the same (blkback's remembered indirect runs).
+        self.generation = 0
         self.arena = ForeignArena(memory_fd, capacity)
         # Every mapped grant, by gref; the two indexes below answer "which of these
         # grefs are not mapped (writable)?" with one set operation per request.
@@ -123,6 +126,7 @@ class PersistentGrants:
             if writable:
                 self.writable.add(gref)
         self.maps += len(grefs)
+        self.generation += 1
 
     def _map(self, refs: list[int], writable: bool) -> list[tuple[int, int]]:
         result, _ = self.hypercall.call("grant_map", granter=self.granter, refs=refs, readonly=not writable)
@@ -134,6 +138,7 @@ class PersistentGrants:
         self.writable.discard(gref)
         self.arena.unmap(grant.slot)
         self._free_slots.append(grant.slot)
+        self.generation += 1
         return grant
 
     def _unmap(self, gref: int) -> None:

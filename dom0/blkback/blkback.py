@@ -89,6 +89,9 @@ MAX_PERSISTENT_GRANTS = 4096  # mappings kept per device (Linux: max_pgrants 105
 # How long an empty ring is polled after a batch before the worker sleeps: longer than a
 # front end's turnaround between batches, short enough that an idle device costs nothing.
 POLL_S = 1e-3
+# Indirect segment lists remembered as checked (see BlkifRing._serve_indirect): more than a
+# front end's pool has runs (blkfront's: eight), so its lists stay remembered.
+MAX_CHECKED_RUNS = 64
 
 # Every segment of a request covering whole pages: the common case, checked in one comparison.
 _FIRST_OF_WHOLE_PAGES = bytes(MAX_INDIRECT_SEGMENTS)
@@ -132,6 +135,11 @@ class BlkifRing:
     failing: SectorRanges | None = None  # sector-eio (xenlike inject); None: no sector fails
     corrupt: str | None = None  # ring-corrupt armed: "slot" or "index", until it takes effect
     _busy_until: float = field(init=False, default=0.0)  # polling before sleeping, until then
+    # Indirect segment lists already checked and mapped, by (operation, the list's bytes as
+    # copied): their sector count and I/O vectors, valid while the grants' generation is
+    # ``_runs_generation``. See _serve_indirect.
+    _checked_runs: dict[tuple[int, bytes], tuple[int, list[memoryview]]] = field(init=False, default_factory=dict)
+    _runs_generation: int = field(init=False, default=-1)
     # Linux's st_rd_req, st_wr_req, st_f_req, st_ds_req, st_rd_sect, st_wr_sect, st_oo_req
     # (xen-blkback/common.h), which xentop's VBD_* columns show. oo_requests stays 0:
     # requests are served as they are taken off the ring, so there is no pool of
@@ -317,7 +325,7 @@ class BlkifRing:
     def _serve(self, request: BlkRequest) -> int:
         return self._answer(request.id, self._dispatch, request)
 
-    def _answer(self, req_id: int, serve: Callable[..., None], *args: Any) -> int:
+    def _answer(self, req_id: int, serve: Callable[..., object], *args: Any) -> int:
         """Run ``serve(*args)`` for request ``req_id``; the status its response carries.
 
         A RequestError is a refusal (its status, logged as such), an OSError a
@@ -345,7 +353,7 @@ class BlkifRing:
         if request.operation in (BLKIF_OP_READ, BLKIF_OP_WRITE):
             self._read_write(request.operation, request.sector_number, self._check_direct(request))
         elif request.operation == BLKIF_OP_INDIRECT:
-            self._read_write(*self._indirect(request))
+            self._serve_indirect(request)
         elif request.operation == BLKIF_OP_FLUSH_DISKCACHE:
             self.stats["flush_requests"] += 1
             os.fdatasync(self.vbd.fd)
@@ -362,7 +370,36 @@ class BlkifRing:
             raise RequestError(f"nr_segments {request.nr_segments} outside 1..{BLKIF_MAX_SEGMENTS_PER_REQUEST}")
         return request.segments
 
-    def _indirect(self, request: BlkRequest) -> tuple[int, int, SegmentArray]:
+    def _serve_indirect(self, request: BlkRequest) -> None:
+        """An INDIRECT READ or WRITE; a segment list seen before is not decoded and checked again.
+
+        A front end's pool hands out the same runs again and again, so the same
+        indirect page contents come back. The list is copied out of the front end's
+        pages once a request, as always; if those exact bytes were checked for the same
+        operation (each segment within its page, every grant mapped as the operation
+        needs) and no grant has been mapped or unmapped since, their sector count and
+        I/O vectors are used again. What depends on the request's sector (the disk's
+        end, failing sectors) and the read-only check are made every time.
+        """
+        op, sector, raw = self._indirect(request)
+        grants = self.grants
+        if grants.generation != self._runs_generation or len(self._checked_runs) >= MAX_CHECKED_RUNS:
+            self._checked_runs.clear()
+            self._runs_generation = grants.generation
+        known = self._checked_runs.get((op, raw))
+        if known is None:
+            segments = unpack_segment_array(raw, request.nr_segments)
+            total, vectors = self._read_write(op, sector, segments)
+            if grants.generation == self._runs_generation:  # still true after this request's mappings
+                self._checked_runs[(op, raw)] = (total, vectors)
+            return
+        total, vectors = known
+        writing = op == BLKIF_OP_WRITE
+        self._count_and_check_writable(writing)
+        self._check_range(sector, total)
+        self._move(writing, sector, total, vectors)
+
+    def _indirect(self, request: BlkRequest) -> tuple[int, int, bytes]:
         if request.indirect_op not in (BLKIF_OP_READ, BLKIF_OP_WRITE):
             raise RequestError(f"indirect operation {request.indirect_op} is not READ or WRITE")
         if not 1 <= request.nr_segments <= MAX_INDIRECT_SEGMENTS:
@@ -379,8 +416,7 @@ class BlkifRing:
             start = self.grants.slot_of[gref] * PAGE_SIZE
             parts.append(view[start : start + wanted * SEGMENT_SIZE])
         # Copied once out of the front end's pages, then checked (no double fetch).
-        segments = unpack_segment_array(b"".join(parts), request.nr_segments)
-        return request.indirect_op, request.sector_number, segments
+        return request.indirect_op, request.sector_number, b"".join(parts)
 
     @staticmethod
     def _sectors_of(segments: SegmentArray) -> int:
@@ -394,19 +430,29 @@ class BlkifRing:
                 raise RequestError(f"segment sectors {first}..{last} are not within 0..{SECTORS_PER_PAGE - 1}")
         return sum(lasts) - sum(firsts) + count
 
-    def _read_write(self, op: int, sector: int, segments: SegmentArray) -> None:
+    def _read_write(self, op: int, sector: int, segments: SegmentArray) -> tuple[int, list[memoryview]]:
+        """Check, map and move a READ or WRITE; returns its sector count and the I/O vectors it used."""
         writing = op == BLKIF_OP_WRITE
+        self._count_and_check_writable(writing)
+        total = self._sectors_of(segments)
+        self._check_range(sector, total)
+        # A READ writes into the guest's pages: their grants must allow writing.
+        self._ensure_mapped(segments.grefs, writable=not writing)
+        vectors = self._io_vectors(segments)
+        self._move(writing, sector, total, vectors)
+        return total, vectors
+
+    def _count_and_check_writable(self, writing: bool) -> None:
         self.stats["write_requests" if writing else "read_requests"] += 1  # counted before the checks, as Linux does
         if writing and self.vbd.readonly:
             raise RequestError("write to a read-only device")
-        total = self._sectors_of(segments)
+
+    def _check_range(self, sector: int, total: int) -> None:
+        """RequestError unless ``total`` sectors from ``sector`` lie on the disk and none is failing."""
         if sector + total > self.vbd.sectors:
             raise RequestError(f"sectors {sector}..{sector + total - 1} are past the end ({self.vbd.sectors} sectors)")
         if self.failing is not None:
             self._check_failing(self.failing, sector, total)
-        # A READ writes into the guest's pages: their grants must allow writing.
-        self._ensure_mapped(segments.grefs, writable=not writing)
-        self._move(writing, sector, total, self._io_vectors(segments))
 
     def _move(self, writing: bool, sector: int, total: int, vectors: list[memoryview]) -> None:
         """``pwritev``/``preadv`` of ``total`` checked sectors at ``sector``; RequestError if short."""
@@ -482,6 +528,7 @@ class BlkifRing:
 
     def close(self) -> None:
         """Unmap every grant (ring included): after this the front end may revoke them."""
+        self._checked_runs.clear()  # their vectors are views of the arena
         self.grants.close()
         self.ring.release()
         self._ring_mapping.close()
