@@ -643,6 +643,8 @@ class Vchan:
         os.eventfd_write(self._recv_fd, 1)  # wake whoever is polling, to see the close
         with self._wake:
             self._wake.notify_all()
+            while self._polling:  # a wait() outside send and recv: its poll is on the port about to close
+                self._wake.wait()
         with self._send_lock, self._recv_lock:
             self._shared.set_live(self._own_live, VCHAN_EXITED)
             self._events.notify(self.event_port)

@@ -19,7 +19,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xenlike.kernel import trace
 from xenlike.public.event_channel import EvtchnError
@@ -48,7 +48,12 @@ Handler = Callable[[int], None]
 
 @dataclass
 class EventChannel:
-    """A port as the domain's kernel holds it."""
+    """A port as the domain's kernel holds it.
+
+    ``lock`` is held while one of the port's fds is used from one thread and while
+    it is closed from another: without it, a notify racing the peer's close could
+    write into a closed fd, or into whatever the fd number was reused for.
+    """
 
     port: int
     recv_fd: int
@@ -56,6 +61,8 @@ class EventChannel:
     handler: Handler | None
     masked: bool = False
     upcalls: int = 0
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 class EventLoop:
@@ -97,9 +104,10 @@ class EventLoop:
     def connect(self, port: int, send_fd: int | None) -> None:
         """The peer bound to (``send_fd``) or closed (None) our port."""
         channel = self._channel(port)
-        if channel.send_fd is not None:
-            os.close(channel.send_fd)
-        channel.send_fd = send_fd
+        with channel.lock:
+            if channel.send_fd is not None:
+                os.close(channel.send_fd)
+            channel.send_fd = send_fd
 
     def unbind(self, port: int) -> None:
         """Forget a port and close its fds (after EVTCHNOP_close)."""
@@ -108,9 +116,12 @@ class EventLoop:
             return
         del self._by_fd[channel.recv_fd]
         self._epoll.unregister(channel.recv_fd)
-        os.close(channel.recv_fd)
-        if channel.send_fd is not None:
-            os.close(channel.send_fd)
+        with channel.lock:
+            channel.closed = True
+            os.close(channel.recv_fd)
+            if channel.send_fd is not None:
+                os.close(channel.send_fd)
+                channel.send_fd = None
 
     def set_handler(self, port: int, handler: Handler | None) -> None:
         self._channel(port).handler = handler
@@ -123,12 +134,21 @@ class EventLoop:
 
     def notify(self, port: int) -> None:
         """``notify_remote_via_evtchn``: set the peer pending. Dropped while unbound."""
-        send_fd = self._channel(port).send_fd
-        if send_fd is not None:
+        channel = self._ports.get(port)
+        if channel is None:
+            raise self._not_bound(port)
+        lock = channel.lock
+        lock.acquire()  # not ``with``: this is every ring's hot path, and it costs half as much
+        try:
+            send_fd = channel.send_fd
+            if send_fd is None:
+                return
             if trace.mask[0]:  # tracing or a fault in this process: one word says either
                 self._notify_watched(port, send_fd)
             else:
                 os.eventfd_write(send_fd, 1)
+        finally:
+            lock.release()
 
     @staticmethod
     def _notify_watched(port: int, send_fd: int) -> None:
@@ -155,12 +175,18 @@ class EventLoop:
 
     def is_pending(self, port: int) -> bool:
         """Whether ``port`` has an event not yet cleared."""
-        ready, _, _ = select.select([self._channel(port).recv_fd], [], [], 0)
+        channel = self._channel(port)
+        with channel.lock:
+            if channel.closed:
+                return False
+            ready, _, _ = select.select([channel.recv_fd], [], [], 0)
         return bool(ready)
 
     def clear_pending(self, port: int) -> bool:
         """Clear pending by hand (as a guest does for a masked port); True if it was set."""
-        return self._clear(self._channel(port).recv_fd)
+        channel = self._channel(port)
+        with channel.lock:
+            return not channel.closed and self._clear(channel.recv_fd)
 
     # -- other fds -----------------------------------------------------------------
 
@@ -189,7 +215,10 @@ class EventLoop:
         for fd, _events in ready:
             channel = by_fd.get(fd)
             if channel is not None:
-                self._clear(fd)
+                with channel.lock:
+                    if channel.closed:  # unbound by another thread since epoll answered
+                        continue
+                    self._clear(fd)
                 channel.upcalls += 1
                 if channel.handler is not None:
                     if traced:
@@ -248,5 +277,8 @@ class EventLoop:
     def _channel(self, port: int) -> EventChannel:
         channel = self._ports.get(port)
         if channel is None:
-            raise EvtchnError(errno.EINVAL, f"{self.name}: port {port} is not bound here")
+            raise self._not_bound(port)
         return channel
+
+    def _not_bound(self, port: int) -> EvtchnError:
+        return EvtchnError(errno.EINVAL, f"{self.name}: port {port} is not bound here")

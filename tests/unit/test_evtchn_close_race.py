@@ -1,0 +1,101 @@
+"""A port's fds are closed by one thread while another uses them (the peer went).
+
+The peer's close reaches a domain's event-loop thread as ``evtchn_peer`` with no fd,
+while a workload thread may be inside ``notify``. The close must wait for the send
+in flight; a send after it is dropped, as on any unbound port. Each test holds the
+using thread inside its system call, lets the closing thread run, then lets go.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from xenlike.kernel import events
+from xenlike.kernel.events import EventLoop, new_port_fd
+
+PORT = 5
+
+
+@pytest.fixture
+def loop():
+    loop = EventLoop("d7 (race)")
+    peer = new_port_fd()
+    loop.bind(PORT, new_port_fd(), os.dup(peer))
+    yield loop, peer
+    loop.close()
+    os.close(peer)
+
+
+class _Held:
+    """Stands in for one ``os`` call: stops the caller inside it until released."""
+
+    def __init__(self, real):
+        self.real = real
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, *args):
+        self.entered.set()
+        assert self.release.wait(10)
+        return self.real(*args)
+
+
+def _run(target, errors: list[BaseException]) -> threading.Thread:
+    def body() -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test to assert on
+            errors.append(exc)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread
+
+
+def _race(use, close, monkeypatch, name: str, real) -> tuple[list, list]:
+    held = _Held(real)
+    monkeypatch.setattr(events.os, name, held)
+    use_errors: list[BaseException] = []
+    close_errors: list[BaseException] = []
+    user = _run(use, use_errors)
+    assert held.entered.wait(10)
+    closer = _run(close, close_errors)
+    closer.join(0.2)  # the close must not finish while the use is inside the fd
+    still_waiting = closer.is_alive()
+    held.release.set()
+    user.join(10)
+    closer.join(10)
+    assert not user.is_alive() and not closer.is_alive()
+    assert still_waiting, "the fd was closed while a thread was using it"
+    return use_errors, close_errors
+
+
+def test_a_notify_in_flight_finishes_before_the_peer_s_close_takes_its_fd(loop, monkeypatch):
+    loop, peer = loop
+    use_errors, close_errors = _race(
+        lambda: loop.notify(PORT), lambda: loop.connect(PORT, None), monkeypatch, "eventfd_write", os.eventfd_write
+    )
+    assert use_errors == [] and close_errors == []
+    assert os.eventfd_read(peer) == 1  # the send in flight arrived
+    monkeypatch.undo()
+    loop.notify(PORT)  # and one after the close is dropped, not written to a stale fd
+    assert loop.channel(PORT).send_fd is None
+
+
+def test_an_unbind_waits_for_a_notify_in_flight(loop, monkeypatch):
+    loop, peer = loop
+    use_errors, close_errors = _race(
+        lambda: loop.notify(PORT), lambda: loop.unbind(PORT), monkeypatch, "eventfd_write", os.eventfd_write
+    )
+    assert use_errors == [] and close_errors == []
+    assert os.eventfd_read(peer) == 1
+
+
+def test_an_upcall_being_cleared_holds_off_an_unbind(loop, monkeypatch):
+    loop, peer = loop
+    os.eventfd_write(loop.channel(PORT).recv_fd, 1)
+    use_errors, close_errors = _race(lambda: loop.poll(1), lambda: loop.unbind(PORT), monkeypatch, "read", os.read)
+    assert use_errors == [] and close_errors == []
