@@ -39,6 +39,14 @@ and ``passthrough_rand4k_guest_pread_iops``: the passthrough guest reading its
 image's fd with a bare ``os.pread`` loop, as native does, so the API's cost per
 request shows apart from the jailed guest process's.
 
+The native passes run before the first guest and again after each one, and each
+model is compared with the mean of the native runs on either side of it
+(``<model>_<native key>`` in ``--json``; the old ``*_native_*`` keys are the
+split model's). A shared or virtual machine's speed drifts by a third from one
+minute to the next; a baseline taken minutes away from the guest it is set
+against would measure that drift as much as the device model. The table ends
+with the native runs' spread.
+
     python bench/blk.py [--json] [--quick]
 """
 
@@ -215,22 +223,33 @@ def _baseline(key: str, native: dict[str, float]) -> float:
                       else "rand4k"]]
 
 
-def table(runs: dict[str, dict[str, Any]], native: dict[str, float], total_mib: int, random_ops: int) -> str:
-    """The lecture's table: each pass's figure per model, its ratio to native, and CPU us per request per process."""
-    lines = [f"{'pass':<20} {'model':<12} {'figure':>12} {'x native':>9}   CPU us/request: "
+def bracketing(natives: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The baseline of each guest run between ``natives[i]`` and ``natives[i + 1]``: their mean, per key."""
+    return [{key: (before[key] + after[key]) / 2 for key in before} for before, after in zip(natives, natives[1:])]
+
+
+def table(runs: dict[str, dict[str, Any]], baselines: dict[str, dict[str, float]],
+          natives: list[dict[str, float]], total_mib: int, random_ops: int) -> str:
+    """The lecture's table: each pass's figure per model, the native figure beside it and the ratio,
+    CPU us per request per process; then the spread of the native runs."""
+    lines = [f"{'pass':<20} {'model':<12} {'figure':>12} {'native':>12} {'x native':>9}   CPU us/request: "
              + " ".join(f"{role:>10}" for role in ROLES)]
     for key in KEYS:
         for model, run in runs.items():
             figure, count = run["figures"][key], _requests(key, total_mib, random_ops)
+            baseline = _baseline(key, baselines[model])
             cpu = run["cpu_s"].get(key, {})
             per_request = " ".join(f"{cpu.get(role, 0.0) * 1e6 / count:>10.1f}" for role in ROLES)
-            lines.append(f"{key:<20} {model:<12} {figure:>12,.0f} {figure / _baseline(key, native):>8.2f}x"
+            lines.append(f"{key:<20} {model:<12} {figure:>12,.0f} {baseline:>12,.0f} {figure / baseline:>8.2f}x"
                          f"                   {per_request}")
-    for name, value in native.items():
-        lines.append(f"{name:<33} {value:>12,.0f}")
+    for name in natives[0]:
+        values = [run[name] for run in natives]
+        lines.append(f"{name:<33} {len(values)} runs, {min(values):,.0f} to {max(values):,.0f}")
     guest_pread = runs.get("passthrough", {}).get("figures", {}).get("rand4k_guest_pread_iops")
     if guest_pread:  # the passthrough guest's own os.pread loop: the jailed process's cost without the API
-        lines.append(f"{'rand4k_guest_pread_iops':<33} {guest_pread:>12,.0f} {guest_pread / native['rand4k_native_iops']:>8.2f}x")
+        native_iops = baselines["passthrough"]["rand4k_native_iops"]
+        lines.append(f"{'rand4k_guest_pread_iops':<33} {guest_pread:>12,.0f} {native_iops:>12,.0f} "
+                     f"{guest_pread / native_iops:>8.2f}x")
     return "\n".join(lines)
 
 
@@ -242,11 +261,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="xl-blk-", dir="/tmp") as tmp:
         image = os.path.join(tmp, "bench.img")
         _allocate(image, total_mib)
+        natives = [native(image, total_mib, random_ops)]
         for model in MODELS:
             run_dir = os.path.join(tmp, model[0])  # zmq's ipc paths must stay short
             os.mkdir(run_dir)
             runs[model] = guest(run_dir, image, total_mib, random_ops, model)
-        native_figures = native(image, total_mib, random_ops)
+            natives.append(native(image, total_mib, random_ops))
+    baselines = dict(zip(MODELS, bracketing(natives)))
+    native_figures = baselines["split"]
     split = runs["split"]["figures"]
     ordered = {"seq_write_mbps": split["seq_write_mbps"], "seq_write_native_mbps": native_figures["seq_write_native_mbps"],
                "seq_read_mbps": split["seq_read_mbps"], "seq_read_native_mbps": native_figures["seq_read_native_mbps"],
@@ -255,6 +277,8 @@ def main() -> None:
                "rand4k_native_iops": native_figures["rand4k_native_iops"],
                "seq_write_zc_mbps": split["seq_write_zc_mbps"], "seq_read_zc_mbps": split["seq_read_zc_mbps"]}
     for model, run in runs.items():
+        for name, value in baselines[model].items():
+            ordered[f"{model}_{name}"] = value
         for key in KEYS:
             ordered[f"{model}_{key}"] = run["figures"][key]
             for role in ROLES:
@@ -262,13 +286,15 @@ def main() -> None:
                 ordered[f"{model}_{key.rsplit('_', 1)[0]}_cpu_us_{role}"] = (
                     seconds * 1e6 / _requests(key, total_mib, random_ops)
                 )
-    ratios = {f"{model}_{key} / native": run["figures"][key] / _baseline(key, native_figures)
+    ratios = {f"{model}_{key} / native": run["figures"][key] / _baseline(key, baselines[model])
               for model, run in runs.items() for key in KEYS}
     guest_pread = runs["passthrough"]["figures"].get("rand4k_guest_pread_iops")
     if guest_pread:
         ordered["passthrough_rand4k_guest_pread_iops"] = guest_pread
-        ratios["passthrough_rand4k_guest_pread_iops / native"] = guest_pread / native_figures["rand4k_native_iops"]
-    print(table(runs, native_figures, total_mib, random_ops))
+        ratios["passthrough_rand4k_guest_pread_iops / native"] = (
+            guest_pread / baselines["passthrough"]["rand4k_native_iops"]
+        )
+    print(table(runs, baselines, natives, total_mib, random_ops))
     print()
     report(ordered, ratios, args.json)
 
