@@ -544,16 +544,17 @@ class Vchan:
         Blocking, waits for at least one byte; non-blocking, BlockingIOError when
         the ring is empty and the peer is still there.
         """
-        self._check_not_closed()
         if bufsize <= 0:
+            self._check_not_closed()
             return b""
         with self._recv_lock:
+            self._check_not_closed()  # under the lock: close() holds it while it unmaps
             while True:
                 ticket = self._wakeups
                 avail = self._data_wanted(bufsize)
                 if avail:
                     return self._do_recv(min(avail, bufsize))
-                if not self.is_open() or self._closed:
+                if not self._is_open() or self._closed:
                     return b""
                 if not self._blocking:
                     raise BlockingIOError(errno.EAGAIN, f"{self.label}: nothing to read")
@@ -568,14 +569,15 @@ class Vchan:
         """
         if size > self._rx.size:
             raise ValueError(f"{self.label}: a packet of {size} bytes exceeds the {self._rx.size}-byte ring")
-        self._check_not_closed()
         with self._recv_lock:
+            self._check_not_closed()
             while True:
                 ticket = self._wakeups
                 if self._data_wanted(size) >= size:
                     return self._do_recv(size)
-                if not self.is_open() or self._closed:
-                    raise EOFError(f"{self.label}: the stream ended with {self.data_ready()} of {size} bytes left")
+                if not self._is_open() or self._closed:
+                    left = self._rx_available()
+                    raise EOFError(f"{self.label}: the stream ended with {left} of {size} bytes left")
                 if not self._blocking:
                     raise BlockingIOError(errno.EAGAIN, f"{self.label}: fewer than {size} bytes are there")
                 self._wait_after(ticket)
@@ -590,7 +592,16 @@ class Vchan:
         return self._blocking
 
     def is_open(self) -> int:
-        """``libxenvchan_is_open``: 0 closed, 1 open, 2 (server) no client yet."""
+        """``libxenvchan_is_open``: 0 closed, 1 open, 2 (server) no client yet.
+
+        Safe against a close() in another thread: it holds the lock close() takes
+        before it unmaps the page and closes the port.
+        """
+        with self._wake:
+            return self._is_open()
+
+    def _is_open(self) -> int:
+        """is_open() for a caller that holds a lock close() takes (``_send_lock``, ``_recv_lock`` or ``_wake``)."""
         if self._closed:
             return VCHAN_EXITED
         live = self._shared.live(self._peer_live)
@@ -603,15 +614,17 @@ class Vchan:
 
     def data_ready(self) -> int:
         """Bytes waiting to be read (``libxenvchan_data_ready``); asks the peer to signal its next write."""
-        self._check_not_closed()
-        fetch_or8(self._peer_notify, VCHAN_NOTIFY_WRITE)
-        return self._rx_available()
+        with self._wake:  # close() unmaps the page under it
+            self._check_not_closed()
+            fetch_or8(self._peer_notify, VCHAN_NOTIFY_WRITE)
+            return self._rx_available()
 
     def buffer_space(self) -> int:
         """Bytes that can be written now (``libxenvchan_buffer_space``); asks the peer to signal its next read."""
-        self._check_not_closed()
-        fetch_or8(self._peer_notify, VCHAN_NOTIFY_READ)
-        return self._tx_space()
+        with self._wake:
+            self._check_not_closed()
+            fetch_or8(self._peer_notify, VCHAN_NOTIFY_READ)
+            return self._tx_space()
 
     @property
     def read_size(self) -> int:
@@ -635,17 +648,20 @@ class Vchan:
         """``libxenvchan_close``: say so to the peer, signal it, let go of the pages, the port and the nodes.
 
         A thread blocked in this vchan wakes up: a reader gets ``b""``, a writer
-        an error.
+        an error. Any thread may call it, and more than one at once: the first
+        closes, the others return. The page is unmapped and the port closed under
+        ``_send_lock``, ``_recv_lock`` and ``_wake`` (taken in that order), so no
+        other call of this vchan is touching either at that moment.
         """
-        if self._closed:
-            return
-        self._closed = True
-        os.eventfd_write(self._recv_fd, 1)  # wake whoever is polling, to see the close
         with self._wake:
+            if self._closed:
+                return
+            self._closed = True
+            os.eventfd_write(self._recv_fd, 1)  # wake whoever is polling, to see the close
             self._wake.notify_all()
             while self._polling:  # a wait() outside send and recv: its poll is on the port about to close
                 self._wake.wait()
-        with self._send_lock, self._recv_lock:
+        with self._send_lock, self._recv_lock, self._wake:
             self._shared.set_live(self._own_live, VCHAN_EXITED)
             self._events.notify(self.event_port)
             if self.is_server:
@@ -672,7 +688,7 @@ class Vchan:
 
     def _check_writable(self) -> None:
         self._check_not_closed()
-        if not self.is_open():
+        if not self._is_open():
             raise BrokenPipeError(errno.EPIPE, f"{self.label}: the peer closed the stream")
 
     def _rx_available(self) -> int:
@@ -746,7 +762,7 @@ class Vchan:
                 finally:
                     self._wake.acquire()
                     self._polling = False
-                if got or not self.is_open():
+                if got or not self._is_open():
                     self._wakeups += 1
                 self._wake.notify_all()
             return True
