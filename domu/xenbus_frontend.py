@@ -275,7 +275,7 @@ class XenbusFrontend:
                 if hook is None:
                     raise FrontendError(f"the {dev.devicetype} driver has no suspend hook")
                 hook(self, dev)
-            except (FrontendError, OSError) as exc:
+            except Exception as exc:  # whatever a driver raised, the devices already quiesced run again
                 self._suspended = done
                 self.resume()
                 raise FrontendError(f"{dev.nodename} cannot be suspended: {exc}") from None
@@ -292,7 +292,7 @@ class XenbusFrontend:
                 if hook is None:
                     raise FrontendError(f"the {dev.devicetype} driver has no resume hook")
                 hook(self, dev)
-            except (FrontendError, OSError) as exc:
+            except Exception as exc:  # one device's failure does not keep the others quiesced
                 self.dev_fatal(dev, exc, "resuming")
 
     # -- helpers every driver uses (include/xen/xenbus.h) -----------------------------------

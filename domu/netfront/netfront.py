@@ -195,6 +195,8 @@ class NetfrontQueue:
         self.mtu = mtu
         self.running = False
         self.suspended = False  # quiesced for a suspend: the TAP is not read
+        self.closed = False  # close() let go of the rings and the TAP (a detach, from the handshake thread)
+        self._ended = True  # what close() found: every pool page's access ended
         self.stats = {
             "tx_packets": 0,
             "tx_bytes": 0,
@@ -258,14 +260,19 @@ class NetfrontQueue:
         """For a suspend: read no more frames from the TAP, and wait until the back end answered every tx request.
 
         TimeoutError (and the TAP is read again) if it has not within ``timeout``
-        seconds. Frames that reach the guest meanwhile are still delivered.
+        seconds. Frames that reach the guest meanwhile are still delivered. A
+        queue closed meanwhile (the vif was detached) has nothing left in flight.
         """
         deadline = time.monotonic() + timeout
         with self._lock:
+            if self.closed:
+                return
             self.suspended = True
             self._watch_tap(False)
         while True:
             with self._lock:
+                if self.closed:
+                    return
                 self._take_tx_responses()
                 if not self._tx_busy:
                     return
@@ -278,6 +285,8 @@ class NetfrontQueue:
         """After a suspend that did not happen (or a ``save -c``): the TAP is read again."""
         with self._lock:
             self.suspended = False
+            if self.closed:
+                return
             if self.running:
                 self._watch_tap(self._tx_room())
         self.kernel.loop.notify(self.port)
@@ -286,15 +295,21 @@ class NetfrontQueue:
         """End access to the pools (after :meth:`stop`, once the back end is Closed) and close the TAP.
 
         Returns False when the back end still maps a page (it then stays out of use).
+        Safe against a :meth:`quiesce` in the suspend thread: it sees ``closed``
+        under the lock and stops looking at the rings.
         """
-        self.stop()
         with self._lock:
+            if self.closed:
+                return self._ended
+            self.running = False
+            self._watch_tap(False)
+            self.closed = True
             self.tx.release()
             self.rx.release()
             ended = self._txp.close()
-            ended = self._rxp.close() and ended
+            self._ended = self._rxp.close() and ended
             os.close(self.tap)
-        return ended
+        return self._ended
 
     # -- the event loop -------------------------------------------------------------------
 

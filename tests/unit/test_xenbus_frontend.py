@@ -11,11 +11,12 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from dom0.xenbus_backend import BackendError
-from domu.xenbus_frontend import FrontendError
+from domu.xenbus_frontend import FrontDevice, FrontendError, XenbusFrontend
 from xenlike.public.xenbus import STATE, XenbusState, error_path
 
 from ..support.xenbus import DEVID, GUEST, VBD, FakeBackDriver, FakeFrontDriver, Rig, wait_until
@@ -288,3 +289,40 @@ def test_domain_devices_removed_while_waiting_gives_up_at_once(rig: Rig) -> None
     wait_until(lambda: bus.devices == {}, "the device forgotten", timeout=3.0)
     assert driver.calls == ["probe", "closing", "remove"]
     assert rig.toolstack.value(rig.front_path) is None
+
+
+# -- 8. suspend ----------------------------------------------------------------------------------
+
+
+class _SuspendDriver:
+    """A driver whose suspend hook records the call, or raises what it is given."""
+
+    def __init__(self, devicetype: str, fails: BaseException | None = None) -> None:
+        self.devicetype = devicetype
+        self.fails = fails
+        self.calls: list[str] = []
+
+    def suspend(self, bus, dev) -> None:
+        if self.fails is not None:
+            raise self.fails
+        self.calls.append("suspend")
+
+    def resume(self, bus, dev) -> None:
+        self.calls.append("resume")
+
+
+@pytest.mark.parametrize("error", [ValueError("operation forbidden on released memoryview"), OSError(errno.EIO, "x")])
+def test_a_suspend_hook_that_fails_in_any_way_resumes_the_devices_already_quiesced(error: Exception) -> None:
+    """Whatever a driver's hook raises (a bug included), the guest runs on as it was."""
+    bus = object.__new__(XenbusFrontend)
+    first, second = _SuspendDriver("vbd"), _SuspendDriver("vif", error)
+    bus.kernel = SimpleNamespace(label="d1 (test)")
+    bus.drivers = {"vbd": first, "vif": second}
+    bus.devices = {
+        ("vbd", 51712): FrontDevice("vbd", 51712, "device/vbd/51712", state=S.Connected),
+        ("vif", 0): FrontDevice("vif", 0, "device/vif/0", state=S.Connected),
+    }
+    bus._suspended = []
+    with pytest.raises(FrontendError, match="device/vif/0 cannot be suspended"):
+        bus.suspend()
+    assert first.calls == ["suspend", "resume"] and bus._suspended == []
