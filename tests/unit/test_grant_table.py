@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 
 import pytest
 from hypothesis import settings
@@ -189,3 +190,42 @@ class GrantStates(RuleBasedStateMachine):
 
 GrantStates.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestGrantStates = GrantStates.TestCase
+
+
+
+def test_one_ref_revoked_by_two_threads_at_once_goes_back_on_the_free_list_once(table, monkeypatch):
+    """The second revoke is refused as a ref never handed out, not put on the free list twice.
+
+    The first thread is held inside its revoke while the second starts its own;
+    with the list lock (``gnttab_list_lock``) the second waits, then finds the ref free.
+    """
+    ref = table.grant_access(DOM0, 5)
+    entered, release = threading.Event(), threading.Event()
+    real = table.end_access_ref
+
+    def held(which: int) -> None:
+        if threading.current_thread().name == "first":
+            entered.set()
+            assert release.wait(10)
+        real(which)
+
+    monkeypatch.setattr(table, "end_access_ref", held)
+    errors: list[BaseException] = []
+
+    def revoke() -> None:
+        try:
+            table.end_access(ref)
+        except GrantError as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=revoke, name="first")
+    second = threading.Thread(target=revoke, name="second")
+    first.start()
+    assert entered.wait(10)
+    second.start()
+    second.join(0.2)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert [e.status for e in errors] == [GNTST.bad_gntref]
+    assert table._free_refs.count(ref) == 1

@@ -6,6 +6,8 @@ import ctypes
 import faulthandler
 import os
 import signal
+import sys
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -149,3 +151,38 @@ def test_allocator_runs_restore_into_a_fresh_allocator(ops):
             fresh.reserve(start, 1)
         fresh.free(start)
     assert fresh.alloc(64) == 8
+
+
+def test_frames_allocated_and_freed_from_many_threads_are_never_handed_out_twice():
+    """The guest's drivers allocate from their own threads (the kernel's zone lock)."""
+    pages = PageAllocator(0, 1 << 16)
+    held: list[list[int]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def churn(mine: list[int]) -> None:
+        try:
+            for turn in range(2000):
+                mine.append(pages.alloc(1 + turn % 3))
+                if turn % 4 == 3:
+                    for pfn in mine[::2]:
+                        pages.free(pfn)
+                    del mine[::2]
+        except BaseException as exc:  # noqa: BLE001 - handed to the test to assert on
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    threads = [threading.Thread(target=churn, args=(mine,)) for mine in held]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    firsts = [pfn for mine in held for pfn in mine]
+    assert len(firsts) == len(set(firsts))
+    for pfn in firsts:
+        pages.free(pfn)
+    assert pages.free_frames == 1 << 16 and pages._free == [[0, 1 << 16]]

@@ -10,6 +10,8 @@ hypervisor's checks (:mod:`xenlike.hypervisor.grant_table`) read.
 
 from __future__ import annotations
 
+import threading
+
 from xenlike.kernel.memory import GuestMemory
 from xenlike.public.atomic import cmpxchg16
 from xenlike.public.gntalloc import is_gntalloc_frame
@@ -69,6 +71,8 @@ class GrantTable(GrantTableFrames):
     ``first_pfn``/``nr_frames`` say where the domain builder placed the table (the
     start info carries them). Entries 0..7 are reserved (0 console, 1 xenstore, as
     ``GNTTAB_NR_RESERVED_ENTRIES``); :meth:`grant_access` hands out refs from 8 up.
+    Refs are handed out and taken back under a lock (``gnttab_list_lock``): the
+    guest's drivers grant from their own threads.
     """
 
     def __init__(self, memory: GuestMemory, first_pfn: int, nr_frames: int) -> None:
@@ -77,6 +81,7 @@ class GrantTable(GrantTableFrames):
         self._never_used = GNTTAB_NR_RESERVED_ENTRIES
         self._free_refs: list[int] = []
         self._handed_out: set[int] = set()
+        self._lock = threading.Lock()
 
     @property
     def free_refs(self) -> int:
@@ -92,14 +97,15 @@ class GrantTable(GrantTableFrames):
         """
         if not is_gntalloc_frame(frame):
             self.memory.check_frame(frame)
-        if self._free_refs:
-            ref = self._free_refs.pop()
-        elif self._never_used < self.nr_entries:
-            ref = self._never_used
-            self._never_used += 1
-        else:
-            raise GrantError(GNTST.no_space, f"all {self.nr_entries} grant entries are in use")
-        self._handed_out.add(ref)
+        with self._lock:
+            if self._free_refs:
+                ref = self._free_refs.pop()
+            elif self._never_used < self.nr_entries:
+                ref = self._never_used
+                self._never_used += 1
+            else:
+                raise GrantError(GNTST.no_space, f"all {self.nr_entries} grant entries are in use")
+            self._handed_out.add(ref)
         self.grant_access_ref(ref, domid, frame, readonly)
         return ref
 
@@ -121,12 +127,13 @@ class GrantTable(GrantTableFrames):
         Mirrors ``gnttab_end_foreign_access_ref``: refused with
         GrantError(GNTST_general_error) while the peer still has it mapped.
         """
-        if ref >= GNTTAB_NR_RESERVED_ENTRIES and ref not in self._handed_out:
-            raise GrantError(GNTST.bad_gntref, f"grant ref {ref} was not handed out by grant_access")
-        self.end_access_ref(ref)
-        if ref >= GNTTAB_NR_RESERVED_ENTRIES:
-            self._handed_out.discard(ref)
-            self._free_refs.append(ref)
+        with self._lock:
+            if ref >= GNTTAB_NR_RESERVED_ENTRIES and ref not in self._handed_out:
+                raise GrantError(GNTST.bad_gntref, f"grant ref {ref} was not handed out by grant_access")
+            self.end_access_ref(ref)
+            if ref >= GNTTAB_NR_RESERVED_ENTRIES:
+                self._handed_out.discard(ref)
+                self._free_refs.append(ref)
 
     def end_access_ref(self, ref: int) -> None:
         """Clear entry ``ref`` unless it is mapped (the ref is not freed)."""

@@ -25,6 +25,7 @@ import ctypes
 import mmap
 import os
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
 
@@ -317,6 +318,8 @@ class PageAllocator:
     Frames ``[first, limit)`` are managed; frames below ``first`` are the ones the
     domain builder reserved (start info, console and xenstore pages, grant table).
     Runs are contiguous so a multi-page ring or buffer is one slice of guest memory.
+    Every method may be called from any thread (the guest's drivers allocate from
+    their own threads), as the kernel's zone lock allows.
     """
 
     def __init__(self, first: int, limit: int) -> None:
@@ -329,6 +332,7 @@ class PageAllocator:
         self._free_count = limit - first  # the sum of the free runs' lengths, kept as they change
         self._allocated: dict[int, int] = {}
         self._owners: dict[int, str] = {}  # runs a device holds, by first pfn: not carried across a save
+        self._lock = threading.Lock()
 
     @property
     def free_frames(self) -> int:
@@ -343,6 +347,10 @@ class PageAllocator:
         """
         if count <= 0:
             raise ValueError(f"cannot allocate {count} frames")
+        with self._lock:
+            return self._alloc(count, owner)
+
+    def _alloc(self, count: int, owner: str) -> int:
         for run in self._free:
             start, length = run
             if length >= count:
@@ -360,7 +368,8 @@ class PageAllocator:
 
     def runs(self) -> list[tuple[int, int]]:
         """The allocated runs no device owns, as (first pfn, count), ascending: what a save carries."""
-        return sorted((start, count) for start, count in self._allocated.items() if start not in self._owners)
+        with self._lock:
+            return sorted((start, count) for start, count in self._allocated.items() if start not in self._owners)
 
     def reserve(self, start: int, count: int, owner: str = "") -> None:
         """Mark ``[start, start+count)`` allocated, as :meth:`alloc` would have (a restored guest's runs).
@@ -369,6 +378,10 @@ class PageAllocator:
         """
         if count <= 0:
             raise ValueError(f"cannot reserve {count} frames")
+        with self._lock:
+            self._reserve(start, count, owner)
+
+    def _reserve(self, start: int, count: int, owner: str) -> None:
         for run in self._free:
             first, length = run
             if first <= start and start + count <= first + length:
@@ -385,6 +398,10 @@ class PageAllocator:
 
     def free(self, pfn: int) -> None:
         """Return a run obtained from :meth:`alloc` (by its first pfn)."""
+        with self._lock:
+            self._free_run(pfn)
+
+    def _free_run(self, pfn: int) -> None:
         count = self._allocated.pop(pfn, None)
         if count is None:
             raise ValueError(f"frame {pfn} is not the start of an allocated run")
