@@ -95,9 +95,10 @@ class VcpuCall:
         self._done = False
         self._value: Any = None
         self._error: str | None = None
+        self._lost: str | None = None  # the channel ended before the answer came
 
     def done(self) -> bool:
-        """Whether the result is in (reads any that arrived, without waiting)."""
+        """Whether the outcome is in (reads any answer that arrived, never waits)."""
         if not self._done:
             self._vcpu._collect(block=False)
         return self._done
@@ -105,28 +106,39 @@ class VcpuCall:
     def result(self) -> Any:
         """Wait for the function's return value; raises VcpuError if it raised.
 
-        EOFError if the vCPU's process died before answering.
+        EOFError if the vCPU's process died, or the vCPU went offline, before answering.
         """
         while not self._done:
             self._vcpu._collect(block=True)
+        if self._lost is not None:
+            raise EOFError(self._lost)
         if self._error is not None:
             raise VcpuError(self._error)
         return self._value
 
     def _finish(self, ok: bool, value: Any) -> None:
-        self._done = True
         if ok:
             self._value = value
         else:
             self._error = value
+        self._done = True
+
+    def _lose(self, why: str) -> None:
+        self._lost = why
+        self._done = True
 
 
 class Vcpu:
     """vCPU 1..N-1 as the workload sees it (``ctx.vcpus``): ``index`` is its number, ``pid`` its process.
 
     Calls run one at a time, in the order they were sent; any thread may send
-    them. A function travels by name (see the module), its arguments and result
-    pickled.
+    them, wait for them or close the vCPU. A function travels by name (see the
+    module), its arguments and result pickled.
+
+    Sending holds ``_lock``; reading answers holds ``_read_lock`` (one reader at
+    a time, so a blocking ``result()`` in one thread does not make another's
+    ``done()`` wait). Bytes read are kept in ``_received`` until a whole answer is
+    there: a non-blocking look that finds half an answer leaves it for the next.
     """
 
     def __init__(self, index: int, pid: int, sock: socket.socket, workload_globals: WorkloadGlobals | None) -> None:
@@ -136,16 +148,26 @@ class Vcpu:
         self._globals = workload_globals
         self._pending: collections.deque[VcpuCall] = collections.deque()
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._received = bytearray()
+        self._closed: str | None = None  # why the channel ended, once it has
 
     def submit(self, function: Callable, *args: Any, **kwargs: Any) -> VcpuCall:
         """Run ``function(*args, **kwargs)`` on this vCPU after the calls already sent.
 
         Returns at once. ValueError for a function that is not module-level (a
-        lambda, a nested function); pickle's error for arguments it cannot pickle.
+        lambda, a nested function); pickle's error for arguments it cannot pickle;
+        EOFError once the vCPU is offline.
         """
         call = VcpuCall(self)
+        name = _name_of(function, self._globals)
         with self._lock:
-            _send(self._sock, (_name_of(function, self._globals), args, kwargs))
+            if self._closed is not None:
+                raise EOFError(self._closed)
+            try:
+                _send(self._sock, (name, args, kwargs))
+            except OSError as exc:  # its process is gone
+                raise EOFError(f"vCPU {self.index} cannot take calls: {exc.strerror or exc}") from None
             self._pending.append(call)
         return call
 
@@ -154,21 +176,76 @@ class Vcpu:
         return self.submit(function, *args, **kwargs).result()
 
     def _collect(self, block: bool) -> None:
-        with self._lock:
-            if not self._pending:
-                return
-            self._sock.setblocking(block)
+        """Complete the oldest pending call if its answer is in (``block``: wait for it).
+
+        Non-blocking, this returns at once while another thread is reading; blocking,
+        it waits for that thread, whose answer may be the one its caller wants.
+        """
+        if not self._read_lock.acquire(blocking=block):
+            return
+        try:
+            with self._lock:
+                if not self._pending:
+                    return
+            answer = self._read_answer(block)
+            if answer is not None:
+                with self._lock:
+                    call = self._pending.popleft()
+                call._finish(*answer)
+        finally:
+            self._read_lock.release()
+
+    def _read_answer(self, block: bool) -> tuple[bool, Any] | None:
+        """One whole answer off the channel (``_read_lock`` held); None if not all of it is there and not ``block``."""
+        received = self._received
+        while True:
+            if len(received) >= _LENGTH.size:
+                (size,) = _LENGTH.unpack_from(received)
+                if len(received) >= _LENGTH.size + size:
+                    answer = pickle.loads(received[_LENGTH.size : _LENGTH.size + size])
+                    del received[: _LENGTH.size + size]
+                    return answer
+            if self._closed is not None:
+                self._lose_pending(self._closed)
+                return None
             try:
-                ok, value = _recv(self._sock)
+                chunk = self._sock.recv(1 << 16, 0 if block else socket.MSG_DONTWAIT)
             except BlockingIOError:
-                return
-            finally:
-                self._sock.setblocking(True)
-            self._pending.popleft()._finish(ok, value)
+                return None
+            except OSError:  # ECONNRESET: it died with calls of ours unread
+                chunk = b""
+            if not chunk:
+                self._lose_pending(self._closed or f"vCPU {self.index}'s process ended before answering")
+                return None
+            received += chunk
+
+    def _lose_pending(self, why: str) -> None:
+        """The channel ended: every call still pending fails with EOFError (``_read_lock`` held)."""
+        with self._lock:
+            if self._closed is None:
+                self._closed = why
+            lost, self._pending = self._pending, collections.deque()
+        for call in lost:
+            call._lose(why)
 
     def close(self) -> None:
-        """Close the channel: the vCPU's process exits; calls still pending can no longer be answered."""
-        self._sock.close()
+        """Close the channel: the vCPU's process exits; calls still pending fail with EOFError.
+
+        Any thread may call it, also while another waits in ``result()``: the
+        socket is shut down first, which ends that wait, and closed once no thread
+        reads it.
+        """
+        with self._lock:
+            if self._closed is not None and self._sock.fileno() < 0:
+                return
+            self._closed = f"vCPU {self.index} went offline before answering"
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # its process had already gone
+        with self._read_lock:
+            self._lose_pending(self._closed)
+            self._sock.close()
 
 
 def _name_of(function: Callable, workload_globals: WorkloadGlobals | None) -> tuple[str, str]:
