@@ -70,6 +70,9 @@ class BackendError(Exception):
     """The device cannot be served as the front end (or the toolstack) set it up; it goes to Closing."""
 
 
+# The numbers a front end publishes (ports, grant refs, ring orders) are uint32_t.
+UINT32_MAX = 0xFFFF_FFFF
+
 # What a probe or connect may fail with; each is reported once, with dev_fatal.
 _DEVICE_ERRORS = (BackendError, WorkerError, OSError, XsError, ValueError)
 
@@ -164,15 +167,26 @@ class XenbusBackend:
     # -- events ------------------------------------------------------------------------
 
     def process_events(self) -> None:
-        """Handle queued watch events (from dom0's main loop)."""
+        """Handle queued watch events (from dom0's main loop).
+
+        A front end's nodes are the guest's to write: whatever one event's handling
+        raises fails that device (``dev_fatal``), never dom0's loop.
+        """
         for path, token in self.ctx.watcher.pop_events():
             kind, _, rest = token.decode(errors="replace").partition(":")
-            if kind == "backend":
-                self._backend_changed(rest, path)
-            elif kind == "otherend" and (key := _parse_device_key(rest)) is not None:
-                device = self.devices.get(key)
+            device = None
+            try:
+                if kind == "backend":
+                    self._backend_changed(rest, path)
+                elif kind == "otherend" and (key := _parse_device_key(rest)) is not None:
+                    device = self.devices.get(key)
+                    if device is not None:
+                        self._otherend_changed(device)
+            except Exception as exc:  # a check missed: the device goes, the other guests' stay
+                log.exception("%s: handling a change of %s", device.label if device else "xenbus", path)
                 if device is not None:
-                    self._otherend_changed(device)
+                    self._disconnect(device)
+                    self.dev_fatal(device, exc, "handling its front end's change")
 
     def _backend_changed(self, devicetype: str, path: str) -> None:
         """Something under ``backend/<type>`` changed: probe a new device (``backend_changed``)."""
@@ -286,10 +300,14 @@ class XenbusBackend:
             log.warning("%s: cannot report the error: %s", dev.label, exc)
 
     def read(self, base: str, key: str) -> str | None:
-        """``xenbus_read``: a node's value, None if it is missing or unreadable."""
+        """``xenbus_read``: a node's value, None if it is missing or unreadable (not UTF-8 included).
+
+        A front end writes what it likes into its own nodes: a state that is not
+        text reads as missing, which :meth:`XenbusState.parse` takes as Unknown.
+        """
         try:
             return self.ctx.xs.read(f"{base}/{key}").decode()
-        except XsError:
+        except (XsError, UnicodeDecodeError):
             return None
 
     def read_otherend(self, dev: XenbusDevice, key: str, default: str | None = None) -> str | None:
@@ -305,9 +323,12 @@ class XenbusBackend:
                 raise BackendError(f"the front end published no {key}")
             return default
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
-            raise BackendError(f"{key} {value!r} is not a number") from None
+            raise BackendError(f"{key} {value[:40]!r} is not a number") from None
+        if not 0 <= number <= UINT32_MAX:  # every such node is a uint32_t: a port, a ref, an order, a size
+            raise BackendError(f"{key} {number} is outside 0..{UINT32_MAX}")
+        return number
 
     def read_ring_refs(self, dev: XenbusDevice, max_order: int, prefix: str = "") -> list[int]:
         """The grant refs of the front end's ring: ``<prefix>ring-ref`` or ``<prefix>ring-ref<N>``.
@@ -323,9 +344,11 @@ class XenbusBackend:
         texts = [ref for ref in refs if ref is not None]
         if len(texts) == len(refs):  # every ring-ref is there
             try:
-                return [int(ref) for ref in texts]
+                numbers = [int(ref) for ref in texts]
             except ValueError:
-                pass
+                numbers = []
+            if numbers and all(0 <= ref <= UINT32_MAX for ref in numbers):  # grant_ref_t
+                return numbers
         raise BackendError(f"the front end published no usable {prefix}{RING_REF} for order {order}")
 
     def bind_evtchn(self, dev: XenbusDevice, remote_port: int) -> tuple[int, list[int]]:

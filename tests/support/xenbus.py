@@ -111,7 +111,7 @@ class LockedXenstore(LocalXenstore):
             super().close()
 
     def write(self, path: str, value: bytes | str, perms: Any = None, tx: int = 0) -> None:
-        self.writes.append((path, value.decode() if isinstance(value, bytes) else value))
+        self.writes.append((path, value.decode(errors="replace") if isinstance(value, bytes) else value))
         super().write(path, value, perms, tx=tx)
 
     def written(self, path: str) -> list[str]:
@@ -218,7 +218,7 @@ class GuestXenbus:
             raise
 
     def write(self, path: str, value: bytes | str) -> None:
-        self.writes.append((path, value.decode() if isinstance(value, bytes) else value))
+        self.writes.append((path, value.decode(errors="replace") if isinstance(value, bytes) else value))
         self.xs.write(path, value)
 
     def directory(self, path: str) -> list[str]:

@@ -220,14 +220,30 @@ def _driver_fails_after_binding(rig: Rig, driver: FakeBackDriver) -> dict[str, s
     return {"ring-ref": "8", "event-channel": "3"}
 
 
+def _port_past_uint32(rig: Rig, driver: FakeBackDriver) -> dict[str, str]:
+    return {"ring-ref": "8", "event-channel": str(2**64)}  # msgpack cannot even carry it to the hypervisor
+
+
+def _ring_ref_past_uint32(rig: Rig, driver: FakeBackDriver) -> dict[str, str]:
+    return {"ring-ref": str(2**32), "event-channel": "3"}
+
+
+def _negative_ring_ref(rig: Rig, driver: FakeBackDriver) -> dict[str, str]:
+    return {"ring-ref": "-1", "event-channel": "3"}
+
+
 @pytest.mark.parametrize(
     "setup, report, bound",
     [
         (_bad_ring_ref, f"{errno.EIO} connecting: the front end published no usable ring-ref for order 0", False),
+        (_ring_ref_past_uint32, f"{errno.EIO} connecting: the front end published no usable ring-ref for order 0", False),
+        (_negative_ring_ref, f"{errno.EIO} connecting: the front end published no usable ring-ref for order 0", False),
+        (_port_past_uint32, f"{errno.EIO} connecting: event-channel {2**64} is outside 0..4294967295", False),
         (_bind_fails, f"{errno.EINVAL} connecting: [Errno {errno.EINVAL}] no such port", False),
         (_driver_fails_after_binding, f"{errno.EIO} connecting: cannot map the ring", True),
     ],
-    ids=["bad-ring-ref", "bind-fails", "driver-fails-after-binding"],
+    ids=["bad-ring-ref", "ring-ref-past-uint32", "negative-ring-ref", "port-past-uint32", "bind-fails",
+         "driver-fails-after-binding"],
 )
 def test_failed_connect_is_reported_once_and_releases_the_port(
     rig: Rig, guest: LockedXenstore, setup, report: str, bound: bool
@@ -345,3 +361,25 @@ def test_front_end_destroyed_at_initwait(rig: Rig, events_first: bool) -> None:
     assert rig.hypercall.calls == []
     assert error_node(rig) is None
     assert [w.path for w in rig.ctx.watcher.conn.watches] == [f"/local/domain/0/backend/{VBD}"]
+
+
+# -- 6. what a front end writes that no check foresaw fails its device, not dom0 --------------------
+
+
+def test_a_state_that_is_not_text_reads_as_unknown_and_closes_the_device(rig: Rig, guest: LockedXenstore) -> None:
+    driver = FakeBackDriver()
+    probed(rig, driver)
+    guest.write(f"{rig.front_path}/{STATE}", b"\xff")  # its own node: the guest may write any bytes there
+    rig.back.process_events()
+    assert rig.back_state() == S.Closed  # XenbusStateUnknown, as Linux's xenbus_read_driver_state gives
+    assert driver.calls == ["probe"]
+
+
+def test_an_error_no_check_caught_fails_that_device_and_the_loop_goes_on(rig: Rig, guest: LockedXenstore) -> None:
+    driver = FakeBackDriver(fail={"connect": TypeError("a check the driver missed")})
+    probed(rig, driver)
+    front_publishes(rig, guest, S.Initialised, **{"ring-ref": "8", "event-channel": "3"})
+    rig.back.process_events()  # would have ended dom0's loop
+    assert error_node(rig) == f"{errno.EIO} handling its front end's change: a check the driver missed"
+    assert rig.back_state() == S.Closing
+    assert driver.calls == ["probe", "connect"]  # it failed before binding: nothing to disconnect
