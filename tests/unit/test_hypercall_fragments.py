@@ -253,8 +253,9 @@ def test_the_hypervisor_answers_a_reply_it_cannot_send_with_an_error_naming_why(
 
     a, b = pair
     monkeypatch.setattr(hypercall, "MAX_MESSAGE", 100_000)
-    hv = SimpleNamespace(_by_sock={})
+    hv = SimpleNamespace(_by_sock={}, _outboxes={})
     hv._reply_error = lambda *args: Hypervisor._reply_error(hv, *args)  # type: ignore[attr-defined]
+    hv._send = lambda *args: Hypervisor._send(hv, *args)  # type: ignore[attr-defined]
     Hypervisor._reply(hv, b, 9, [b"x" * 1000] * 200)  # type: ignore[arg-type]
     reply, fds = recv_message(a)
     assert reply == {

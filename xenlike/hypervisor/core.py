@@ -48,14 +48,15 @@ from xenlike.hypervisor.zygote import Zygote
 from xenlike.kernel import trace
 from xenlike.kernel.gnttab import GrantTableFrames
 from xenlike.kernel.hypercall import (
+    MAX_MESSAGE,
     MAX_REQUEST,
     ChannelClosed,
     Fragments,
     HypercallError,
     MessageIncomplete,
     MessageTooLarge,
+    Outbox,
     recv_message,
-    send_message,
     socketpair,
 )
 from xenlike.kernel.machine import Machine
@@ -81,6 +82,10 @@ one per port); the pidfd the scheduler signals its vCPU 0 through (1; its
 domain's end of the socketpair is held too (1, released once it runs, within the
 budget's reserve)."""
 SMALLEST_GUEST_MIB = 16  # what ``max_new_domains`` counts free memory in: the smallest guest worth making
+# What may wait on a domU's hypercall socket, unsent, before the domain is crashed for not
+# reading it: one reply of the largest size and room for events. Its requests are not read
+# while anything waits, so only events other domains cause add to it meanwhile.
+DOMU_OUTBOX_BYTES = MAX_MESSAGE + (1 << 20)
 MIN_FREE_FRAMES = 8  # a domain has more frames than this beyond its start info, rings and grant table
 
 log = logging.getLogger("xenlike.hypervisor")
@@ -173,6 +178,7 @@ class Hypervisor:
         self._worker_channels: dict[int, WorkerChannel] = {}  # by socket fd
         self._next_channel_id = 0
         self._pending_close: list[socket.socket] = []
+        self._outboxes: dict[int, Outbox] = {}  # by socket fd: what a domain or worker has not read yet
         self.trace = TraceHost(run_dir, self.selector, self._domain_process_groups)
 
     # ------------------------------------------------------------------------------
@@ -453,7 +459,7 @@ class Hypervisor:
     def _reply(self, sock: socket.socket, call_id: Any, result: Any, fds: Sequence[int] = ()) -> None:
         """Send a reply; one that cannot be sent becomes an error reply saying why, so no caller waits forever."""
         try:
-            send_message(sock, {"id": call_id, "ok": True, "result": result}, fds)
+            self._send(sock, {"id": call_id, "ok": True, "result": result}, fds)
             return
         except MessageTooLarge as exc:
             err, why = errno.EMSGSIZE, str(exc)
@@ -469,7 +475,7 @@ class Hypervisor:
 
     def _reply_error(self, sock: socket.socket, call_id: Any, err: int, message: str) -> None:
         try:
-            send_message(
+            self._send(
                 sock, {"id": call_id, "ok": False, "errno": errno.errorcode.get(err, "EINVAL"), "error": message}
             )
         except OSError as exc:
@@ -485,10 +491,59 @@ class Hypervisor:
         if domain is None or domain.sock is None:
             return  # not running yet: it gets its ports at spawn
         try:
-            send_message(domain.sock, event, fds)
+            self._send(domain.sock, event, fds)
         except (OSError, ValueError) as exc:
             if not (isinstance(exc, OSError) and _peer_gone(exc)):
                 log.error("%s: event %s was lost: %s", domain.label, event.get("event"), exc)
+
+    def _send(self, sock: socket.socket, message: Any, fds: Sequence[int] = ()) -> None:
+        """Send on a domain's or a worker's socket without ever blocking the loop (see :class:`Outbox`).
+
+        What the peer has not taken waits, in order; meanwhile its requests are not
+        read (a vCPU makes no second hypercall before the first returns), and once
+        it is all sent they are again. A domU that leaves more than
+        :data:`DOMU_OUTBOX_BYTES` unread is crashed, as Xen crashes a guest that
+        breaks its side of a protocol. Raises as :func:`send_message` does.
+        """
+        fd = sock.fileno()
+        if fd < 0:
+            raise OSError(errno.EBADF, "the channel is closed")
+        outbox = self._outboxes.get(fd)
+        if outbox is None:
+            outbox = self._outboxes[fd] = Outbox(sock)
+        waiting = len(outbox)
+        outbox.put(message, fds)
+        if not len(outbox):
+            return
+        if not waiting:
+            self.selector.modify(sock, selectors.EVENT_WRITE, self._on_writable)
+        domain = self._by_sock.get(fd)
+        if domain is not None and not domain.privileged and outbox.nbytes > DOMU_OUTBOX_BYTES:
+            log.error(
+                "%s: %d bytes of replies and events unread on its hypercall channel (limit %d); crashing it",
+                domain.label,
+                outbox.nbytes,
+                DOMU_OUTBOX_BYTES,
+            )
+            outbox.discard()
+            self.kill(domain)
+
+    def _on_writable(self, sock: socket.socket) -> None:
+        """Room on a socket something waits for: send more; once all went, read its requests again."""
+        outbox = self._outboxes.get(sock.fileno())
+        try:
+            done = outbox is None or outbox.flush()
+        except OSError:  # the peer went: reading the channel sees it and cleans up
+            if outbox is not None:
+                outbox.discard()
+            done = True
+        if done:
+            self.selector.modify(sock, selectors.EVENT_READ, self._on_hypercall)
+
+    def _forget_outbox(self, fd: int) -> None:
+        outbox = self._outboxes.pop(fd, None)
+        if outbox is not None:
+            outbox.discard()
 
     def send_peer_updates(self, updates: list[PeerUpdate]) -> None:
         """Tell each domain whose port a peer bound or closed its new send fd (or none)."""
@@ -546,6 +601,7 @@ class Hypervisor:
             )
         fd = channel.sock.fileno()
         self._forget_fragments(fd)
+        self._forget_outbox(fd)
         self.selector.unregister(channel.sock)
         del self._worker_channels[fd]
         self._by_sock.pop(fd, None)
@@ -656,6 +712,7 @@ class Hypervisor:
             return
         self.selector.unregister(domain.sock)
         self._forget_fragments(domain.sock.fileno())
+        self._forget_outbox(domain.sock.fileno())
         self._by_sock.pop(domain.sock.fileno(), None)
         domain.sock.close()
         domain.sock = None

@@ -18,6 +18,7 @@ import errno
 import os
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "Fragments",
     "MessageIncomplete",
     "MessageTooLarge",
+    "Outbox",
     "HypercallError",
     "HypercallClient",
     "socketpair",
@@ -81,12 +83,7 @@ def send_message(sock: socket.socket, message: Any, fds: Sequence[int] = (), lim
     MessageTooLarge, naming the limit, over ``limit`` bytes (MAX_MESSAGE by
     default) or MAX_FDS fds.
     """
-    data = msgpack.packb(message, use_bin_type=True)
-    limit = MAX_MESSAGE if limit is None else limit
-    if len(data) > limit:
-        raise MessageTooLarge(f"a message of {len(data)} bytes exceeds the channel's limit of {limit}")
-    if len(fds) > MAX_FDS:
-        raise MessageTooLarge(f"a message with {len(fds)} file descriptors exceeds the channel's limit of {MAX_FDS}")
+    data = _packed(message, fds, limit)
     if len(data) <= MAX_DATAGRAM:
         try:
             if fds:
@@ -99,6 +96,17 @@ def send_message(sock: socket.socket, message: Any, fds: Sequence[int] = (), lim
                 raise
             # Over the send buffer: nothing was sent (fds included); fragment it.
     _send_fragments(sock, data, fds)
+
+
+def _packed(message: Any, fds: Sequence[int], limit: int | None) -> bytes:
+    """``message`` packed; MessageTooLarge, naming the limit, over ``limit`` bytes (MAX_MESSAGE) or MAX_FDS fds."""
+    data = msgpack.packb(message, use_bin_type=True)
+    limit = MAX_MESSAGE if limit is None else limit
+    if len(data) > limit:
+        raise MessageTooLarge(f"a message of {len(data)} bytes exceeds the channel's limit of {limit}")
+    if len(fds) > MAX_FDS:
+        raise MessageTooLarge(f"a message with {len(fds)} file descriptors exceeds the channel's limit of {MAX_FDS}")
+    return data
 
 
 def fragment_size(sock: socket.socket) -> int:
@@ -117,6 +125,101 @@ def _send_fragments(sock: socket.socket, data: bytes, fds: Sequence[int]) -> Non
             socket.send_fds(sock, [header, view[start:end]], list(fds))
         else:
             sock.sendmsg([header, view[start:end]])
+
+
+_Frame = tuple[list[bytes | memoryview], list[int]]  # one datagram: its buffers and the fds that ride on it
+
+
+class Outbox:
+    """Messages for one socket, sent without ever blocking the sender: what the peer has not taken waits here.
+
+    The hypervisor answers every domain from one loop; a domain that stops reading
+    its socket must not stop that loop. :meth:`put` packs a message (refusing it,
+    as :func:`send_message` does, before anything is kept), sends what the socket
+    takes now and keeps the rest, in order, with duplicates of its fds; :meth:`flush`
+    sends more once the socket is writable. ``nbytes`` is what waits, for the
+    owner's bound. OSError from either is the peer's end (it is gone).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._frames: deque[_Frame] = deque()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        """Datagrams still to send."""
+        return len(self._frames)
+
+    def put(self, message: Any, fds: Sequence[int] = (), limit: int | None = None) -> None:
+        """Queue ``message`` with duplicates of ``fds`` (the caller keeps its own) and send what can go now."""
+        data = _packed(message, fds, limit)
+        if not self._frames and len(data) <= MAX_DATAGRAM and self._send_now(data, fds):
+            return  # the common case: nothing waits and the socket takes it
+        kept = [os.dup(fd) for fd in fds]
+        frames: list[_Frame] = [([data], kept)] if len(data) <= MAX_DATAGRAM else self._fragments(data, kept)
+        self._frames.extend(frames)
+        self.nbytes += sum(_frame_size(frame) for frame in frames)
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send what the socket takes now; True once nothing waits."""
+        frames = self._frames
+        while frames:
+            buffers, fds = frames[0]
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+            try:
+                self.sock.sendmsg(buffers, ancillary, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                if exc.errno != errno.EMSGSIZE or len(buffers) != 1:
+                    raise
+                # Over the send buffer, nothing sent: it goes as fragments instead.
+                fragments = self._fragments(bytes(buffers[0]), fds)
+                self.nbytes += sum(_frame_size(frame) for frame in fragments) - _frame_size(frames.popleft())
+                frames.extendleft(reversed(fragments))
+                continue
+            self.nbytes -= _frame_size(frames.popleft())
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def _send_now(self, data: bytes, fds: Sequence[int]) -> bool:
+        """One datagram, if the socket takes it now; False if it must wait (or be fragmented)."""
+        try:
+            if fds:
+                self.sock.sendmsg(
+                    [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], socket.MSG_DONTWAIT
+                )
+            else:
+                self.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                return False
+            raise
+        return True
+
+    def discard(self) -> None:
+        """Drop what waits (the peer went), closing the fds kept for it."""
+        for _, fds in self._frames:
+            for fd in fds:
+                os.close(fd)
+        self._frames.clear()
+        self.nbytes = 0
+
+    def _fragments(self, data: bytes, fds: list[int]) -> list[_Frame]:
+        size = fragment_size(self.sock)
+        view = memoryview(data)
+        return [
+            ([_MORE if start + size < len(data) else _LAST, view[start : start + size]], fds if start == 0 else [])
+            for start in range(0, len(data), size)
+        ]
+
+
+def _frame_size(frame: _Frame) -> int:
+    return sum(len(buffer) for buffer in frame[0])
 
 
 _FD_ARRAY = array.array("i")
