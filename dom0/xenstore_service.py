@@ -13,11 +13,19 @@ its watches and transactions are dropped, the ring is served no more, and, as
 xenstored offers the connection error feature (docs/misc/xenstore-ring.txt), the
 page's ``error`` field says why (``XENSTORE_ERROR_RINGIDX`` or ``_PROTO``) and the
 event channel tells the guest. Nobody else is affected.
+
+A guest that does not take its replies off the ring cannot make dom0 keep more and
+more of them: while ``outstanding`` replies (C xenstored's quota, 20) wait for room,
+its next requests are left in its ring unread, and while more than
+:data:`WATCH_EVENT_BACKLOG` bytes wait, watch events for it are dropped and counted
+(oxenstored's ``quota-maxwatchevents``), so what others write cannot fill dom0's
+memory either.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from xenlike.kernel.byte_channel import ByteChannel
@@ -45,6 +53,10 @@ __all__ = ["XenstoreService", "RingConnection", "TRANSPORT_FEATURES"]
 
 log = logging.getLogger("dom0.xenstored")
 
+#: Bytes of replies and events waiting for a guest beyond which its watch events are dropped
+#: (C xenstored's soft memory quota per domain).
+WATCH_EVENT_BACKLOG = 2 << 20
+
 #: The ``server_features`` a ring connection offers: the daemon's, and the error indicator it sets.
 TRANSPORT_FEATURES = LIBRARY_FEATURES | XENSTORE_SERVER_FEATURE_ERROR
 
@@ -70,7 +82,16 @@ class RingConnection:
         self._reader = MessageReader()
         self._held = HeldRequests()  # requests an injected xs-delay holds back, in order
         self._dropped = False
-        self.channel = ByteChannel(interface.rsp, interface.req, lambda: service.loop.notify(port), self._on_requests)
+        self._written = 0  # bytes handed to the channel so far
+        self._ends: deque[int] = deque()  # where each message not yet in the ring ends, in those bytes
+        self.events_dropped = 0  # watch events not sent: too much waited for the guest already
+        self.channel = ByteChannel(
+            interface.rsp,
+            interface.req,
+            lambda: service.loop.notify(port),
+            self._on_requests,
+            may_read=self._may_read,
+        )
 
     @property
     def broken(self) -> bool:
@@ -138,11 +159,37 @@ class RingConnection:
             self._schedule()
 
     def send(self, delivery: Delivery) -> None:
-        """A reply or watch event for the guest; what does not fit waits for room."""
+        """A reply or watch event for the guest; what does not fit waits for room (see the module)."""
+        if delivery.msg_type == XS.WATCH_EVENT and self.channel.pending_out() > WATCH_EVENT_BACKLOG:
+            self.events_dropped += 1
+            if self.events_dropped == 1 or self.events_dropped % 1000 == 0:
+                log.warning(
+                    "%s: %d watch event(s) dropped: %d bytes already wait for the guest to read them",
+                    self.label,
+                    self.events_dropped,
+                    self.channel.pending_out(),
+                )
+            return
         try:
-            self.channel.write(pack_msg(delivery.msg_type, delivery.req_id, delivery.tx_id, delivery.payload))
+            self._written += self.channel.write(
+                pack_msg(delivery.msg_type, delivery.req_id, delivery.tx_id, delivery.payload)
+            )
         except RingError as exc:
             self._drop(exc)
+            return
+        self._ends.append(self._written)
+
+    def outstanding(self) -> int:
+        """Messages for the guest not yet (wholly) in its ring."""
+        in_ring = self._written - self.channel.pending_out()
+        ends = self._ends
+        while ends and ends[0] <= in_ring:
+            ends.popleft()
+        return len(ends)
+
+    def _may_read(self) -> bool:
+        """Whether to take the guest's next requests: not while its ``outstanding`` quota of replies waits."""
+        return self.outstanding() < self.service.daemon.quotas.for_domain(self.conn.domid).outstanding
 
     def _drop(self, exc: Exception) -> None:
         """Stop serving the ring for good (core.c ``ignore_connection``), and say why in the page if offered."""

@@ -12,6 +12,8 @@ quota (wire name)             limits                   error
 ============================  =======================  ==========
 ``nodes``                     nodes owned by a domain  ``ENOSPC``
 ``watches``                   watches of a domain      ``E2BIG``
+``outstanding``               replies a domain has     (requests
+                              not taken off its ring   wait unread)
 ``transactions``              open transactions        ``ENOSPC``
 ``transaction-nodes``         nodes one transaction    ``ENOSPC``
                               may touch
@@ -41,6 +43,7 @@ class Quotas:
 
     nodes: int = 1000
     watches: int = 128
+    outstanding: int = 20
     transactions: int = 10
     transaction_nodes: int = 1024
     node_permissions: int = 5
@@ -59,6 +62,7 @@ class Quotas:
 QUOTA_NAMES: dict[str, str] = {
     "nodes": "nodes",
     "watches": "watches",
+    "outstanding": "outstanding",
     "transactions": "transactions",
     "transaction-nodes": "transaction_nodes",
     "node-permissions": "node_permissions",

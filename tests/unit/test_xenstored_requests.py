@@ -236,6 +236,7 @@ def test_quota_requests(w: SimpleNamespace) -> None:
     assert names == [
         "nodes",
         "watches",
+        "outstanding",
         "transactions",
         "transaction-nodes",
         "node-permissions",
@@ -245,6 +246,7 @@ def test_quota_requests(w: SimpleNamespace) -> None:
     assert ok(w.d, w.dom0, T.GET_QUOTA, fields("nodes")) == b"1000\0"
     assert ok(w.d, w.dom0, T.GET_QUOTA, fields("watches")) == b"128\0"
     assert ok(w.d, w.dom0, T.GET_QUOTA, fields("transactions")) == b"10\0"
+    assert ok(w.d, w.dom0, T.GET_QUOTA, fields("outstanding")) == b"20\0"
     assert ok(w.d, w.dom0, T.GET_QUOTA, fields("node-size")) == b"2048\0"
     assert ok(w.d, w.dom0, T.GET_QUOTA, fields("node-permissions")) == b"5\0"
     ok(w.d, w.dom0, T.SET_QUOTA, fields("1", "watches", "3"))

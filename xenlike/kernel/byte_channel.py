@@ -51,7 +51,11 @@ class ByteChannel:
       bytes, and returns how much it accepted; the user decides whether to
       wait (the next :meth:`on_event` is when room appears), retry or drop.
       Without it the outbox grows as needed. :meth:`pending_out` is the
-      outbox's size, for users that wait on their own terms.
+      outbox's size, for users that wait on their own terms. With ``may_read``,
+      :meth:`on_event` leaves ``rx`` unread while it returns False (a server
+      whose peer has not taken its replies: the peer's requests wait in its
+      ring), and looks again on the next event, which the peer's taking of
+      replies sends.
     * **A hostile peer.** ``tx`` and ``rx`` refuse indices that cannot be right
       with :class:`~xenlike.public.ring.RingError`, raised from whichever call
       met them; the channel is closed first, so it moves nothing more. An
@@ -71,12 +75,14 @@ class ByteChannel:
         on_data: Callable[[bytes], None],
         *,
         max_queued: int | None = None,
+        may_read: Callable[[], bool] | None = None,
     ) -> None:
         if max_queued is not None and max_queued < 0:
             raise ValueError(f"max_queued must be 0 or more, not {max_queued}")
         self.tx = tx
         self.rx = rx
         self.max_queued = max_queued
+        self._may_read = may_read
         self._notify = notify
         self._on_data = on_data
         self._lock = threading.Lock()
@@ -131,7 +137,7 @@ class ByteChannel:
             return
         with self._lock:
             moved = self._flush_locked()
-        data = self._rx_read()
+        data = self._rx_read() if self._may_read is None or self._may_read() else b""
         if not data:
             if moved:
                 self._notify()
