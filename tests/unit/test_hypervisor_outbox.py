@@ -19,42 +19,21 @@ import msgpack
 import pytest
 
 from xenlike.hypervisor import core
-from xenlike.hypervisor.core import Hypervisor
-from xenlike.hypervisor.zygote import Zygote
 from xenlike.kernel.hypercall import MAX_DATAGRAM, Outbox, recv_message, send_message, socketpair
+
+from .hypervisor_support import InProcessHost
 
 
 @pytest.fixture
-def hv(tmp_path, monkeypatch):
-    ours, theirs = socketpair()
-    hv = Hypervisor(tmp_path, 256, [0], Zygote(pid=os.getpid(), sock=ours))
-    killed: list[int] = []
-    monkeypatch.setattr(hv, "kill", lambda domain: killed.append(domain.domid))  # the guests here are no processes
-    hv.killed = killed
-    yield hv
-    hv.close()
-    theirs.close()
+def host(tmp_path):
+    host = InProcessHost(tmp_path)
+    yield host
+    host.close()
 
 
-def _domu(hv: Hypervisor, domid: int) -> socket.socket:
-    """A running domU whose hypercall socket's other end the test holds."""
-    domain = hv.new_domain(domid, f"g{domid}", 16, 16, 1, 1)
-    ours, theirs = socketpair()
-    domain.sock = ours
-    hv._by_sock[ours.fileno()] = domain
-    hv.selector.register(ours, core.selectors.EVENT_READ, hv._on_hypercall)
-    return theirs
-
-
-def _turn(hv: Hypervisor, times: int = 1) -> None:
-    """Run the hypervisor's loop body without waiting."""
-    for _ in range(times):
-        for key, _ in hv.selector.select(timeout=0):
-            key.data(key.fileobj)
-
-
-def _flood(hv: Hypervisor, guest: socket.socket) -> int:
+def _flood(host: InProcessHost, guest: socket.socket) -> int:
     """Send xen_version calls, never reading a reply, until the hypervisor stops reading them; how many went."""
+    hv = host.hv
     sock = hv.domains[1].sock
     guest.setblocking(False)
     sent = 0
@@ -64,22 +43,23 @@ def _flood(hv: Hypervisor, guest: socket.socket) -> int:
             sent += 1
         except BlockingIOError:
             pass  # its socket is full: the hypervisor has not read what waits there
-        _turn(hv)
+        host.turn()
         if hv.selector.get_key(sock).data == hv._on_writable:
             break
     guest.setblocking(True)
     return sent
 
 
-def test_a_guest_that_reads_no_replies_stops_only_itself(hv):
-    hostile, innocent = _domu(hv, 1), _domu(hv, 2)
-    sent = _flood(hv, hostile)
+def test_a_guest_that_reads_no_replies_stops_only_itself(host):
+    hv = host.hv
+    hostile, innocent = host.domu(1), host.domu(2)
+    sent = _flood(host, hostile)
     hostile_sock = hv.domains[1].sock
     assert hv.selector.get_key(hostile_sock).data == hv._on_writable  # its requests wait: none is read
     assert len(hv._outboxes[hostile_sock.fileno()]) > 0
 
     send_message(innocent, {"id": 7, "op": "xen_version", "args": {}})
-    _turn(hv, 3)
+    host.turn(3)
     innocent.settimeout(5)
     reply, _ = recv_message(innocent)
     assert reply["id"] == 7 and reply["ok"]
@@ -88,28 +68,26 @@ def test_a_guest_that_reads_no_replies_stops_only_itself(hv):
     hostile.settimeout(5)
     ids = []
     while len(ids) < sent:
-        _turn(hv)
+        host.turn()
         ids.append(recv_message(hostile)[0]["id"])
     assert ids == list(range(sent))
-    _turn(hv, 3)
+    host.turn(3)
     assert hv.selector.get_key(hostile_sock).data == hv._on_hypercall
-    assert hv.killed == []
+    assert host.killed == []
 
 
-def test_a_domu_that_leaves_too_much_unread_is_crashed(hv, monkeypatch):
+def test_a_domu_that_leaves_too_much_unread_is_crashed(host, monkeypatch):
     monkeypatch.setattr(core, "DOMU_OUTBOX_BYTES", 4096)
-    hostile, innocent = _domu(hv, 1), _domu(hv, 2)
+    hv = host.hv
+    _hostile, innocent = host.domu(1), host.domu(2)  # the guest's end stays open, unread
     hostile_sock = hv.domains[1].sock
     for port in range(2000):  # events other domains cause keep coming while it reads nothing
         hv.send_event(1, {"event": "evtchn_peer", "port": port, "pad": bytes(256)})
-        if hv.killed:
+        if host.killed:
             break
-    assert hv.killed == [1]
+    assert host.killed == [1]
     assert hv._outboxes[hostile_sock.fileno()].nbytes == 0  # what waited was dropped with it
-    send_message(innocent, {"id": 1, "op": "xen_version", "args": {}})
-    _turn(hv, 3)
-    innocent.settimeout(5)
-    assert recv_message(innocent)[0]["ok"]
+    assert host.call(innocent, "xen_version")["ok"]
 
 
 def _open_fds() -> set[int]:

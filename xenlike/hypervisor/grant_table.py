@@ -250,8 +250,10 @@ def grant_map(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
     holding the i-th ref's page and ``pages[i]`` its page index there (None for a
     frame of the granter's memory).
     """
-    granter, readonly = args["granter"], bool(args.get("readonly", False))
-    if not caller.privileged and hv.grants.held_by(caller.domid) + len(args["refs"]) > DOMU_MAX_MAPPINGS:
+    granter, readonly, refs = args["granter"], bool(args.get("readonly", False)), args["refs"]
+    if not isinstance(refs, list) or not all(type(ref) is int for ref in refs):
+        raise GrantError(GNTST.bad_gntref, "refs must be a list of grant references (integers)")
+    if not caller.privileged and hv.grants.held_by(caller.domid) + len(refs) > DOMU_MAX_MAPPINGS:
         raise GrantError(
             GNTST.no_device_space,
             f"{caller.label} holds {hv.grants.held_by(caller.domid)} grant mappings; a domU may hold "
@@ -259,7 +261,7 @@ def grant_map(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
         )
     done = []
     try:
-        for ref in args["refs"]:
+        for ref in refs:
             done.append(hv.grants.map_grant_ref(caller.domid, granter, ref, readonly))
         areas = [hv.gntalloc.find(granter, m.frame) for m in done]
         if not caller.privileged and not all(area is not None and area.peer == caller.domid for area in areas):
@@ -268,7 +270,7 @@ def grant_map(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Res
                 f"{caller.label} may not map d{granter}'s memory: only dom0 runs back ends; use grant_copy, "
                 "or have the granter share pages it allocated for this domain (gntalloc)",
             )
-    except GrantError:
+    except BaseException:  # all or none, whatever stopped the batch
         for mapping in done:
             hv.grants.unmap_grant_ref(caller.domid, mapping.handle)
         raise
@@ -322,15 +324,19 @@ def grant_copy(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Re
     """GNTTABOP_copy: each op copies within one page, checked against the grants."""
     statuses = []
     for op in args["ops"]:
+        pinned: list[int] = []  # the grants each side was checked against stay mapped until the copy is done
         try:
             length = op["len"]
-            source = _copy_side(hv, caller, op["source"], length, write=False)
-            dest = _copy_side(hv, caller, op["dest"], length, write=True)
+            source = _copy_side(hv, caller, op["source"], length, False, pinned)
+            dest = _copy_side(hv, caller, op["dest"], length, True, pinned)
             dest[:] = source
             statuses.append(GNTST.okay)
         except GrantError as exc:
             log.info("%s: grant copy refused: %s", caller.label, exc)
             statuses.append(exc.status)
+        finally:
+            for handle in pinned:
+                hv.grants.unmap_grant_ref(caller.domid, handle)
     if trace.mask[0] & TraceClass.GRANT:
         copied = sum(op["len"] for op, status in zip(args["ops"], statuses) if status == GNTST.okay)
         failed = sum(status != GNTST.okay for status in statuses)
@@ -338,14 +344,15 @@ def grant_copy(hv: Hypervisor, caller: Domain, args: dict, fds: list[int]) -> Re
     return {"status": statuses}, []
 
 
-def _copy_side(hv: Hypervisor, caller: Domain, side: dict, length: int, write: bool) -> memoryview:
+def _copy_side(hv: Hypervisor, caller: Domain, side: dict, length: int, write: bool, pinned: list[int]) -> memoryview:
+    """One side of a copy op as a view of its bytes; a grant it names is mapped, its handle added to ``pinned``."""
     offset = side.get("offset", 0)
     if not (0 <= offset and 0 < length and offset + length <= PAGE_SIZE):
         raise GrantError(GNTST.bad_copy_arg, f"a copy of {length} bytes at offset {offset} crosses a page")
     domid = side.get("domid", caller.domid)
     if "ref" in side:
         mapping = hv.grants.map_grant_ref(caller.domid, domid, side["ref"], readonly=not write)
-        hv.grants.unmap_grant_ref(caller.domid, mapping.handle)
+        pinned.append(mapping.handle)  # so the granter cannot revoke it before the copy is done
         frame = mapping.frame
     else:
         if domid != caller.domid:
