@@ -197,8 +197,9 @@ class BlkFuture:
         self._wait(timeout)
         if self._error is not None:
             raise self._error
-        if self._collect is not None:
-            self._result = self._collect()
+        collect = self._collect  # read once: another waiter may collect (and clear it) meanwhile
+        if collect is not None:
+            self._result = collect()  # BlockDevice._collect gives the same bytes to each caller
             self._collect = None
         return self._result
 

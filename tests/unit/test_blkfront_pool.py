@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import sys
+import threading
 from types import SimpleNamespace
 
 from hypothesis import given, settings
@@ -57,3 +60,48 @@ def test_a_single_page_given_back_is_the_next_one_lent():
     assert pool.take(1) is first
     pool.give(second)
     assert pool.free_pages == pool.pages - 1
+
+
+
+def test_every_waiter_of_one_read_gets_its_bytes():
+    """Several threads may wait on one future (a batch's wait beside the workload's own result()).
+
+    The second waiter is held, by a trace function, on the line of result() that
+    calls the collector, after it looked at it; the first runs result() to its end
+    (and clears the collector); then the second goes on, and must get the bytes too.
+    """
+    from domu.blkfront.blkfront import BlkFuture
+
+    source, first = inspect.getsourcelines(BlkFuture.result)
+    call_line = first + next(i for i, line in enumerate(source) if "collect()" in line)
+    future = BlkFuture()
+    future.set(collect=lambda: b"DATA")  # as BlockDevice._complete does for a READ answered OKAY
+    held, go_on = threading.Event(), threading.Event()
+
+    def local(frame, event, arg):
+        if event == "line" and frame.f_lineno == call_line:
+            held.set()
+            go_on.wait(10)
+        return local
+
+    def tracer(frame, event, arg):
+        return local if event == "call" and frame.f_code is BlkFuture.result.__code__ else None
+
+    got: list[object] = []
+
+    def second() -> None:
+        sys.settrace(tracer)
+        try:
+            got.append(future.result())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test to assert on
+            got.append(exc)
+        finally:
+            sys.settrace(None)
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    assert held.wait(10)
+    assert future.result() == b"DATA"  # the first waiter collects
+    go_on.set()
+    waiter.join(10)
+    assert got == [b"DATA"], got
