@@ -83,8 +83,10 @@ class CpuHotplug:
             print(f"[{kernel.label}] vCPU {index} cannot come up: {exc}", file=sys.stderr)
             _end(vcpu)
             return
-        kernel.vcpus.append(vcpu)
-        kernel.vcpus.sort(key=lambda v: v.index)
+        # In place, with one insert: the workload reads this list (ctx.vcpus) from its own threads,
+        # and an in-place sort empties a list while it runs (Python code, the key, runs meanwhile).
+        position = next((i for i, other in enumerate(kernel.vcpus) if other.index > index), len(kernel.vcpus))
+        kernel.vcpus.insert(position, vcpu)
         print(f"[{kernel.label}] vCPU {index} is online")
 
     def _down(self, index: int) -> None:
