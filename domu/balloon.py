@@ -118,8 +118,9 @@ class Balloon:
                 log.info("%s: the host gives no more memory: %s", self.kernel.label, exc)
                 return
             self.runs.pop()
-            self.kernel.pages.free(first)
-            if take < count:  # keep the rest ballooned: allocate it again as a run of its own
-                self.kernel.pages.reserve(first, count - take, owner="balloon")
+            if take < count:  # the head stays ballooned, allocated all along: no other thread is handed it
+                self.kernel.pages.trim(first, count - take)
                 self.runs.append((first, count - take))
+            else:
+                self.kernel.pages.free(first)
             frames -= take

@@ -186,3 +186,17 @@ def test_frames_allocated_and_freed_from_many_threads_are_never_handed_out_twice
     for pfn in firsts:
         pages.free(pfn)
     assert pages.free_frames == 1 << 16 and pages._free == [[0, 1 << 16]]
+
+
+def test_trim_keeps_the_head_of_a_run_and_frees_its_tail():
+    pages = PageAllocator(0, 64)
+    first = pages.alloc(16, owner="balloon")
+    pages.trim(first, 4)
+    assert pages.free_frames == 60 and pages._free == [[4, 60]]  # the tail joined the free run after it
+    assert pages.alloc(12) == 4  # the freed tail is the first fit
+    with pytest.raises(ValueError, match="cannot keep 4 of the 4"):
+        pages.trim(first, 4)
+    with pytest.raises(ValueError, match="not the start"):
+        pages.trim(first + 1, 1)
+    pages.free(first)
+    assert pages.runs() == [(4, 12)]

@@ -401,11 +401,30 @@ class PageAllocator:
         with self._lock:
             self._free_run(pfn)
 
+    def trim(self, pfn: int, keep: int) -> None:
+        """Give back the tail of a run from :meth:`alloc` or :meth:`reserve`, keeping its first ``keep`` frames.
+
+        One step, so no other thread is ever handed the frames kept (a balloon
+        giving back part of a run). ValueError unless ``pfn`` starts a run longer than ``keep`` > 0.
+        """
+        with self._lock:
+            count = self._allocated.get(pfn)
+            if count is None:
+                raise ValueError(f"frame {pfn} is not the start of an allocated run")
+            if not 0 < keep < count:
+                raise ValueError(f"cannot keep {keep} of the {count} frames of the run at {pfn}")
+            self._allocated[pfn] = keep
+            self._insert_free(pfn + keep, count - keep)
+
     def _free_run(self, pfn: int) -> None:
         count = self._allocated.pop(pfn, None)
         if count is None:
             raise ValueError(f"frame {pfn} is not the start of an allocated run")
         self._owners.pop(pfn, None)
+        self._insert_free(pfn, count)
+
+    def _insert_free(self, pfn: int, count: int) -> None:
+        """Put ``[pfn, pfn+count)`` on the free list, joined with its neighbours (the lock held)."""
         self._free_count += count
         runs = self._free
         index = bisect.bisect_left(runs, pfn, key=itemgetter(0))
