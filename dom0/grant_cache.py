@@ -14,12 +14,36 @@ second map. Any back end may use it (netback's tx path maps grants the same way)
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 
 from xenlike.kernel.hypercall import HypercallClient, HypercallError
 from xenlike.kernel.memory import ForeignArena
 
-__all__ = ["GrantRefused", "PersistentGrants"]
+__all__ = ["GrantRefused", "PersistentGrants", "map_frames"]
+
+
+def map_frames(
+    hypercall: HypercallClient, granter: int, refs: list[int], writable: bool
+) -> tuple[list[int], list[int]]:
+    """``grant_map`` for a back end: the frames of the front end's memory ``refs`` grant, and their handles.
+
+    A back end maps frames of the front end's memory (its memfd). A guest may also
+    grant a page it allocated to share (gntalloc), which is no such frame: the
+    hypervisor answers with that area's fd instead, and mapping the frame number
+    from the memfd would fault the worker (SIGBUS). Such a batch is unmapped again
+    and refused as the hypervisor refuses a bad grant (HypercallError, EINVAL).
+    """
+    result, fds = hypercall.call("grant_map", granter=granter, refs=refs, readonly=not writable)
+    for fd in fds:
+        os.close(fd)
+    if any(page is not None for page in result.get("pages") or ()):
+        hypercall.call("grant_unmap", handles=result["handles"])
+        raise HypercallError(
+            errno.EINVAL, f"d{granter} granted a page it allocated to share (gntalloc): a back end maps its frames"
+        )
+    return result["frames"], result["handles"]
 
 
 class GrantRefused(Exception):
@@ -129,8 +153,8 @@ class PersistentGrants:
         self.generation += 1
 
     def _map(self, refs: list[int], writable: bool) -> list[tuple[int, int]]:
-        result, _ = self.hypercall.call("grant_map", granter=self.granter, refs=refs, readonly=not writable)
-        return list(zip(result["frames"], result["handles"]))
+        frames, handles = map_frames(self.hypercall, self.granter, refs, writable)
+        return list(zip(frames, handles))
 
     def _forget(self, gref: int) -> _Grant:
         grant = self._grants.pop(gref)

@@ -67,7 +67,7 @@ from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xen import PAGE_SIZE
 
 from ..faults import RING_CORRUPTIONS, SectorRanges, scribble_req_prod, scribble_slot, traced
-from ..grant_cache import GrantRefused, PersistentGrants
+from ..grant_cache import GrantRefused, PersistentGrants, map_frames
 from .vbd import Vbd, punch_hole
 
 if TYPE_CHECKING:
@@ -163,9 +163,8 @@ class BlkifRing:
         self.grants = PersistentGrants(
             self.hypercall, self.frontend, self.memory_fd, MAX_PERSISTENT_GRANTS, self.persistent
         )
-        result, _ = self.hypercall.call("grant_map", granter=self.frontend, refs=[*self.ring_refs], readonly=False)
-        self._ring_handles = result["handles"]
-        self._ring_mapping = ForeignMapping(self.memory_fd, result["frames"])
+        frames, self._ring_handles = map_frames(self.hypercall, self.frontend, [*self.ring_refs], writable=True)
+        self._ring_mapping = ForeignMapping(self.memory_fd, frames)
         self.ring = BackRing(self._ring_mapping.view, BLKIF_PROTOCOL, name=self.label)
 
     # -- serving -------------------------------------------------------------------

@@ -99,7 +99,7 @@ from xenlike.public.ring import BackRing, RingError
 from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xen import PAGE_SIZE
 
-from ..grant_cache import GrantRefused, PersistentGrants
+from ..grant_cache import GrantRefused, PersistentGrants, map_frames
 
 if TYPE_CHECKING:
     from xenlike.kernel.events import EventLoop
@@ -294,9 +294,9 @@ class NetifQueue:
         self._timer = _CreditTimer(self.loop, self._credit_returned) if self.credit else None
 
     def _map_ring(self, ref: int) -> memoryview:
-        result, _ = self.hypercall.call("grant_map", granter=self.frontend, refs=[ref], readonly=False)
-        self._handles += result["handles"]
-        mapping = ForeignMapping(self.memory_fd, result["frames"])
+        frames, handles = map_frames(self.hypercall, self.frontend, [ref], writable=True)
+        self._handles += handles
+        mapping = ForeignMapping(self.memory_fd, frames)
         self._mappings.append(mapping)
         return mapping.view
 
