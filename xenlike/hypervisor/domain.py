@@ -91,6 +91,7 @@ class Domain:
     ballooned: set[int] = field(default_factory=set)  # frames given back (decrease_reservation)
 
     trace_buffer: int | None = None  # its process's trace buffer (the hypervisor's TraceHost id)
+    console_lines: Any = None  # its console_io rate limit (xenlike.hypervisor.console.GuestLines), made on first use
 
     @property
     def tot_frames(self) -> int:
