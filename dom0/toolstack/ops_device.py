@@ -114,6 +114,7 @@ def block_list(ts: Toolstack, request: Request) -> Any:
     """A domain's disks with their xenbus state, event channel and ring reference (``xl block-list``)."""
     built = ts.lifecycle.find(request.args["domain"])
     read = _node_reader(ts)
+    number = _number_reader(read)
 
     rows = []
     for disk in built.config.get("disk", []):
@@ -138,16 +139,16 @@ def block_list(ts: Toolstack, request: Request) -> Any:
             continue
         front = frontend_path(built.domid, "vbd", disk["devid"])
         back = backend_path(0, "vbd", built.domid, disk["devid"])
-        ring_ref = read(f"{front}/ring-ref")
+        ring_ref = number(f"{front}/ring-ref")
         rows.append(
             {
                 "vdev": disk["devid"],
                 "name": disk["vdev"],
                 "backend": 0,
                 "frontend_id": built.domid,
-                "state": int(read(f"{back}/state")),
-                "evtch": int(read(f"{front}/event-channel")),
-                "ring_ref": int(ring_ref if ring_ref != "-1" else read(f"{front}/ring-ref0")),
+                "state": number(f"{back}/state"),
+                "evtch": number(f"{front}/event-channel"),
+                "ring_ref": ring_ref if ring_ref != -1 else number(f"{front}/ring-ref0"),
                 "be_path": back,
                 "target": disk["target"],
                 "access": disk["access"],
@@ -190,6 +191,7 @@ def network_list(ts: Toolstack, request: Request) -> Any:
     """A domain's vifs with their state, event channel and ring references (``xl network-list``)."""
     built = ts.lifecycle.find(request.args["domain"])
     read = _node_reader(ts)
+    number = _number_reader(read)
 
     rows = []
     for vif in built.config.get("vif", []):
@@ -201,10 +203,10 @@ def network_list(ts: Toolstack, request: Request) -> Any:
                 "backend": 0,
                 "mac": vif["mac"],
                 "handle": vif["devid"],
-                "state": int(read(f"{back}/state")),
-                "evtch": int(read(f"{front}/event-channel")),
-                "tx_ring_ref": int(read(f"{front}/tx-ring-ref")),
-                "rx_ring_ref": int(read(f"{front}/rx-ring-ref")),
+                "state": number(f"{back}/state"),
+                "evtch": number(f"{front}/event-channel"),
+                "tx_ring_ref": number(f"{front}/tx-ring-ref"),
+                "rx_ring_ref": number(f"{front}/rx-ring-ref"),
                 "be_path": back,
                 "bridge": vif["bridge"],
                 "ip": read(f"{back}/ip"),
@@ -218,11 +220,23 @@ def _node_reader(ts: Toolstack) -> Callable[[str], str]:
 
     def read(path: str) -> str:
         try:
-            return ts.xs.read(path).decode()
+            return ts.xs.read(path).decode(errors="replace")  # a front end's nodes hold what the guest wrote
         except XsError:
             return "-1"
 
     return read
+
+
+def _number_reader(read: Callable[[str], str]) -> Callable[[str], int]:
+    """``number(path)``: a node's integer, or -1 for one that is missing or no number (as xl prints either)."""
+
+    def number(path: str) -> int:
+        try:
+            return int(read(path))
+        except ValueError:
+            return -1
+
+    return number
 
 
 def request_stats(ts: Toolstack) -> Callable[[], bool]:
