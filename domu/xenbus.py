@@ -146,9 +146,10 @@ class XenbusClient:
     def _dispatch(self, msg_type: int, req_id: int, payload: bytes) -> None:
         if msg_type == XS.WATCH_EVENT:
             fields = [f.decode(errors="replace") for f in split_strings(payload)]
-            if len(fields) >= 2 and fields[1] in self._watches:
+            callback = self._watches.get(fields[1]) if len(fields) >= 2 else None  # one look: unwatch may race
+            if callback is not None:
                 try:
-                    self._watches[fields[1]](fields[0], fields[1])
+                    callback(fields[0], fields[1])
                 except Exception:
                     log.exception("%s: watch callback for %s failed", self.label, fields[1])
             return
@@ -257,18 +258,44 @@ class XenbusClient:
         make blocking xenstore calls (RuntimeError); it should hand work to
         another thread or use the ``*_async`` calls. An exception in it is logged.
         """
-        self._watches[token] = callback
-        self.request(XS.WATCH, join_strings([path, token]))
+        self._claim_token(token, callback)
+        try:
+            self.request(XS.WATCH, join_strings([path, token]))
+        except BaseException:
+            self._release_token(token, callback)
+            raise
 
     def watch_async(self, path: str, token: str, callback: WatchCallback) -> None:
         """:meth:`watch` without waiting, for the event-loop thread; a refusal is only logged."""
-        self._watches[token] = callback
-        self.request_async(XS.WATCH, join_strings([path, token]), self._log_error(f"watch {path}"))
+        self._claim_token(token, callback)
+        log_error = self._log_error(f"watch {path}")
+
+        def answered(msg_type: int, payload: bytes) -> None:
+            if msg_type == XS.ERROR:
+                self._release_token(token, callback)
+            log_error(msg_type, payload)
+
+        self.request_async(XS.WATCH, join_strings([path, token]), answered)
 
     def unwatch(self, path: str, token: str) -> None:
         """Remove the watch ``(path, token)``; XsError ENOENT if there is none."""
+        callback = self._watches.get(token)
         self.request(XS.UNWATCH, join_strings([path, token]))
-        self._watches.pop(token, None)
+        if callback is not None:
+            self._release_token(token, callback)
+
+    def _claim_token(self, token: str, callback: WatchCallback) -> None:
+        """Route ``token``'s events to ``callback``; XsError EEXIST if a watch of this client has it already."""
+        with self._lock:
+            if token in self._watches:
+                raise XsError("EEXIST", f"WATCH: the token {token!r} is in use by another watch")
+            self._watches[token] = callback
+
+    def _release_token(self, token: str, callback: WatchCallback) -> None:
+        """Stop routing ``token``'s events, if they still go to ``callback`` (not to a watch made since)."""
+        with self._lock:
+            if self._watches.get(token) is callback:
+                del self._watches[token]
 
     def transaction(self) -> Transaction:
         """``with client.transaction() as t:`` ... commits on exit; XsError EAGAIN from the exit means retry.
