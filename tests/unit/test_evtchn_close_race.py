@@ -9,12 +9,13 @@ using thread inside its system call, lets the closing thread run, then lets go.
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
 from xenlike.kernel import events
 from xenlike.kernel.events import EventLoop, new_port_fd
+
+from .race_support import Held, run
 
 PORT = 5
 
@@ -29,40 +30,14 @@ def loop():
     os.close(peer)
 
 
-class _Held:
-    """Stands in for one ``os`` call: stops the caller inside it until released."""
-
-    def __init__(self, real):
-        self.real = real
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, *args):
-        self.entered.set()
-        assert self.release.wait(10)
-        return self.real(*args)
-
-
-def _run(target, errors: list[BaseException]) -> threading.Thread:
-    def body() -> None:
-        try:
-            target()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test to assert on
-            errors.append(exc)
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    return thread
-
-
 def _race(use, close, monkeypatch, name: str) -> tuple[list, list]:
-    held = _Held(getattr(events.os, name))
+    held = Held(getattr(events.os, name))
     monkeypatch.setattr(events.os, name, held)
     use_errors: list[BaseException] = []
     close_errors: list[BaseException] = []
-    user = _run(use, use_errors)
+    user = run(use, use_errors)
     assert held.entered.wait(10)
-    closer = _run(close, close_errors)
+    closer = run(close, close_errors)
     closer.join(0.2)  # the close must not finish while the use is inside the fd
     still_waiting = closer.is_alive()
     held.release.set()

@@ -23,21 +23,7 @@ from tests.unit.test_vchan import _Page
 from xenlike.kernel.events import EventLoop, new_port_fd
 from xenlike.public.vchan import VCHAN_CONNECTED, VCHAN_INTERFACE
 
-
-class _Held:
-    """Stands in for one call: stops the caller inside it until released, then calls the real one."""
-
-    def __init__(self, real, only: threading.Thread | None = None) -> None:
-        self.real = real
-        self.only = only
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, *args, **kwargs):
-        if self.only is None or threading.current_thread() is self.only:
-            self.entered.set()
-            assert self.release.wait(10)
-        return self.real(*args, **kwargs)
+from .race_support import Held, run
 
 
 class _End:
@@ -80,25 +66,13 @@ def end():
     end.close()
 
 
-def _run(target, errors: list[BaseException]) -> threading.Thread:
-    def body() -> None:
-        try:
-            target()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test to assert on
-            errors.append(exc)
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    return thread
-
-
-def _close_while_held(end: _End, held: _Held, use) -> tuple[bool, list[BaseException], list[BaseException]]:
+def _close_while_held(end: _End, held: Held, use) -> tuple[bool, list[BaseException], list[BaseException]]:
     """Run ``use`` until it is inside ``held``, close in a second thread, let go; (close waited, errors)."""
     use_errors: list[BaseException] = []
     close_errors: list[BaseException] = []
-    user = _run(use, use_errors)
+    user = run(use, use_errors)
     assert held.entered.wait(10)
-    closer = _run(end.end.close, close_errors)
+    closer = run(end.end.close, close_errors)
     closer.join(0.2)  # the close must not unmap while the use is inside the page
     waited = closer.is_alive()
     held.release.set()
@@ -117,7 +91,7 @@ def test_a_look_at_the_page_in_flight_finishes_before_close_unmaps_it(end, monke
         seen_released.append(end.released)
         return real(address, bits)
 
-    held = _Held(fetch_or8)
+    held = Held(fetch_or8)
     monkeypatch.setattr(vchan_module, "fetch_or8", held)
     waited, use_errors, close_errors = _close_while_held(end, held, getattr(end.end, call))
     assert seen_released == [False], "the page was let go while a thread was reading it"
@@ -125,7 +99,7 @@ def test_a_look_at_the_page_in_flight_finishes_before_close_unmaps_it(end, monke
 
 
 def test_is_open_in_flight_finishes_before_close_takes_the_port(end, monkeypatch):
-    held = _Held(end.end._shared.live)
+    held = Held(end.end._shared.live)
     monkeypatch.setattr(end.end._shared, "live", held)
     waited, use_errors, close_errors = _close_while_held(end, held, end.end.is_open)
     assert waited and not use_errors and not close_errors
@@ -136,7 +110,7 @@ def test_a_recv_that_passed_its_check_before_the_close_says_closed(end):
     end.end.setblocking(False)
     errors: list[BaseException] = []
     lock = end.end._recv_lock
-    held = _Held(lock.__enter__)
+    held = Held(lock.__enter__)
 
     class HeldLock:
         def __enter__(self):
@@ -148,7 +122,7 @@ def test_a_recv_that_passed_its_check_before_the_close_says_closed(end):
             return lock.__exit__(*exc)
 
     end.end._recv_lock = HeldLock()
-    reader = _run(lambda: end.end.recv(10), errors)
+    reader = run(lambda: end.end.recv(10), errors)
     assert held.entered.wait(10)
     end.end.close()  # the reader is not inside the lock yet: the close goes ahead
     assert end.released
@@ -174,7 +148,7 @@ def test_two_threads_closing_close_once(end, monkeypatch):
         barrier.wait(10)
         end.end.close()
 
-    threads = [_run(close, errors) for _ in range(4)]
+    threads = [run(close, errors) for _ in range(4)]
     for thread in threads:
         thread.join(10)
     assert not errors and closes == [1]
