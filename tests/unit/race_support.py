@@ -38,3 +38,25 @@ def run(target: Callable[[], object], errors: list[BaseException]) -> threading.
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     return thread
+
+
+def close_while_held(
+    held: Held, use: Callable[[], object], close: Callable[[], object]
+) -> tuple[bool, list[BaseException], list[BaseException]]:
+    """Run ``use`` until it is inside ``held``, run ``close`` in a second thread, then let go.
+
+    Returns whether the close was still waiting when let go (it should, if it
+    takes what the use holds), and what each of the two raised.
+    """
+    use_errors: list[BaseException] = []
+    close_errors: list[BaseException] = []
+    user = run(use, use_errors)
+    assert held.entered.wait(10)
+    closer = run(close, close_errors)
+    closer.join(0.2)  # the close must not finish while the use is inside
+    waited = closer.is_alive()
+    held.release.set()
+    user.join(10)
+    closer.join(10)
+    assert not user.is_alive() and not closer.is_alive()
+    return waited, use_errors, close_errors

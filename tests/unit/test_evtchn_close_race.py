@@ -15,7 +15,7 @@ import pytest
 from xenlike.kernel import events
 from xenlike.kernel.events import EventLoop, new_port_fd
 
-from .race_support import Held, run
+from .race_support import Held, close_while_held
 
 PORT = 5
 
@@ -33,18 +33,8 @@ def loop():
 def _race(use, close, monkeypatch, name: str) -> tuple[list, list]:
     held = Held(getattr(events.os, name))
     monkeypatch.setattr(events.os, name, held)
-    use_errors: list[BaseException] = []
-    close_errors: list[BaseException] = []
-    user = run(use, use_errors)
-    assert held.entered.wait(10)
-    closer = run(close, close_errors)
-    closer.join(0.2)  # the close must not finish while the use is inside the fd
-    still_waiting = closer.is_alive()
-    held.release.set()
-    user.join(10)
-    closer.join(10)
-    assert not user.is_alive() and not closer.is_alive()
-    assert still_waiting, "the fd was closed while a thread was using it"
+    waited, use_errors, close_errors = close_while_held(held, use, close)
+    assert waited, "the fd was closed while a thread was using it"
     return use_errors, close_errors
 
 

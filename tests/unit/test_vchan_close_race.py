@@ -23,7 +23,7 @@ from tests.unit.test_vchan import _Page
 from xenlike.kernel.events import EventLoop, new_port_fd
 from xenlike.public.vchan import VCHAN_CONNECTED, VCHAN_INTERFACE
 
-from .race_support import Held, run
+from .race_support import Held, close_while_held, run
 
 
 class _End:
@@ -68,18 +68,7 @@ def end():
 
 def _close_while_held(end: _End, held: Held, use) -> tuple[bool, list[BaseException], list[BaseException]]:
     """Run ``use`` until it is inside ``held``, close in a second thread, let go; (close waited, errors)."""
-    use_errors: list[BaseException] = []
-    close_errors: list[BaseException] = []
-    user = run(use, use_errors)
-    assert held.entered.wait(10)
-    closer = run(end.end.close, close_errors)
-    closer.join(0.2)  # the close must not unmap while the use is inside the page
-    waited = closer.is_alive()
-    held.release.set()
-    user.join(10)
-    closer.join(10)
-    assert not user.is_alive() and not closer.is_alive()
-    return waited, use_errors, close_errors
+    return close_while_held(held, use, end.end.close)
 
 
 @pytest.mark.parametrize("call", ["data_ready", "buffer_space"])
