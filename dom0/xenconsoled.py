@@ -12,6 +12,7 @@ and signals the event channel; everything here runs in dom0's loop thread.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -44,10 +45,14 @@ class ConsoleBackend:
     name: str
     interface: ConsoleInterface
     port: int
-    logfile: BinaryIO
+    logfile: BinaryIO | None  # None once writing it failed (a full disk): the ring is still served
     history: bytearray
     published: int = 0  # bytes published so far: the offset of the next message
     channel: ByteChannel = field(init=False)  # dom0 produces ``in``, consumes ``out``
+
+
+LOG_MAX_BYTES = 32 << 20
+"""A console log this long is moved to ``NAME.log.1`` (replacing the one before) and begun again."""
 
 
 class Xenconsoled:
@@ -80,7 +85,7 @@ class Xenconsoled:
             return
         self._on_event(console)
         console.channel.close()
-        console.logfile.close()
+        self._close_log(console)
         console.interface.release()
 
     def rename(self, domid: int, name: str) -> None:
@@ -146,6 +151,36 @@ class Xenconsoled:
         except RingError as exc:
             self._dropped(console, exc)
 
+    def _write_log(self, console: ConsoleBackend, data: bytes) -> None:
+        """Append to the guest's log, which is kept under :data:`LOG_MAX_BYTES` (and one older part)."""
+        logfile = console.logfile
+        if logfile is None:
+            return
+        try:
+            if logfile.tell() + len(data) > LOG_MAX_BYTES:
+                logfile = self._rotate(console, logfile)
+            logfile.write(data)
+        except OSError as exc:  # the guest's output must not stop dom0: the ring goes on, the log stops
+            log.error("d%d (%s): its console log stops here: %s", console.domid, console.name, exc)
+            self._close_log(console)
+
+    def _rotate(self, console: ConsoleBackend, logfile: BinaryIO) -> BinaryIO:
+        path = Path(logfile.name)  # opened by path
+        logfile.close()
+        console.logfile = None
+        os.replace(path, path.with_name(path.name + ".1"))
+        console.logfile = open(path, "ab", buffering=0)
+        return console.logfile
+
+    @staticmethod
+    def _close_log(console: ConsoleBackend) -> None:
+        if console.logfile is not None:
+            try:
+                console.logfile.close()
+            except OSError:
+                pass
+            console.logfile = None
+
     def _dropped(self, console: ConsoleBackend, exc: RingError) -> None:
         # The channel closed itself: the guest's indices cannot be trusted any more.
         log.warning("d%d (%s): console ring dropped: %s", console.domid, console.name, exc)
@@ -153,7 +188,7 @@ class Xenconsoled:
     def _on_output(self, console: ConsoleBackend, data: bytes) -> None:
         """Bytes off ``out``: the log, the history, the PUB stream."""
         data = data.replace(b"\r\n", b"\n")
-        console.logfile.write(data)
+        self._write_log(console, data)
         console.history += data
         del console.history[:-HISTORY_BYTES]
         frames = console_stream.encode(console.name, console.domid, console.published, data)
