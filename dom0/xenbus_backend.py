@@ -45,6 +45,7 @@ from xenlike.public.trace import Event, TraceClass
 from xenlike.public.xenbus import (
     ERROR_MESSAGE_MAX,
     FRONTEND,
+    NUMBER_MAX,
     ONLINE,
     STATE,
     XenbusState,
@@ -69,9 +70,6 @@ RESTART_WINDOW_S = 60.0  # ... within this many seconds
 class BackendError(Exception):
     """The device cannot be served as the front end (or the toolstack) set it up; it goes to Closing."""
 
-
-# The numbers a front end publishes (ports, grant refs, ring orders) are uint32_t.
-UINT32_MAX = 0xFFFF_FFFF
 
 # What a probe or connect may fail with; each is reported once, with dev_fatal.
 _DEVICE_ERRORS = (BackendError, WorkerError, OSError, XsError, ValueError)
@@ -326,8 +324,8 @@ class XenbusBackend:
             number = int(value)
         except ValueError:
             raise BackendError(f"{key} {value[:40]!r} is not a number") from None
-        if not 0 <= number <= UINT32_MAX:  # every such node is a uint32_t: a port, a ref, an order, a size
-            raise BackendError(f"{key} {number} is outside 0..{UINT32_MAX}")
+        if not 0 <= number <= NUMBER_MAX:  # every such node is a uint32_t: a port, a ref, an order, a size
+            raise BackendError(f"{key} {number} is outside 0..{NUMBER_MAX}")
         return number
 
     def read_ring_refs(self, dev: XenbusDevice, max_order: int, prefix: str = "") -> list[int]:
@@ -347,7 +345,7 @@ class XenbusBackend:
                 numbers = [int(ref) for ref in texts]
             except ValueError:
                 numbers = []
-            if numbers and all(0 <= ref <= UINT32_MAX for ref in numbers):  # grant_ref_t
+            if numbers and all(0 <= ref <= NUMBER_MAX for ref in numbers):  # grant_ref_t
                 return numbers
         raise BackendError(f"the front end published no usable {prefix}{RING_REF} for order {order}")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from xenlike.public.vdisk import MODEL_DIRECT, MODEL_PASSTHROUGH, MODEL_SPLIT, model_limits
-from xenlike.public.xenbus import XenbusState, backend_path, frontend_path
+from xenlike.public.xenbus import NUMBER_MAX, XenbusState, backend_path, frontend_path
 from xenlike.public.xs_wire import XsError
 
 from ..devices import DEVICE_TYPES, VBD, VIF, DeviceType
@@ -228,13 +228,14 @@ def _node_reader(ts: Toolstack) -> Callable[[str], str]:
 
 
 def _number_reader(read: Callable[[str], str]) -> Callable[[str], int]:
-    """``number(path)``: a node's integer, or -1 for one that is missing or no number (as xl prints either)."""
+    """``number(path)``: a node's integer, or -1 for one that is missing or no uint32_t (as xl prints either)."""
 
     def number(path: str) -> int:
-        try:
-            return int(read(path))
-        except ValueError:
+        text = read(path)
+        if not (text.isascii() and text.isdigit() and len(text) <= 10):
             return -1
+        value = int(text)
+        return value if value <= NUMBER_MAX else -1
 
     return number
 

@@ -16,7 +16,7 @@ from dom0.xenstored import LocalXenstore, Xenstored
 from xenlike.public.xenbus import frontend_path
 
 
-@pytest.mark.parametrize("value", [b"x", b"\xff\xfe", b"12 34"])
+@pytest.mark.parametrize("value", [b"x", b"\xff\xfe", b"12 34", b"4294967296", b"9" * 2000, b"-1", "\u0663".encode()])
 def test_a_vif_whose_guest_wrote_garbage_is_listed_with_minus_one(value):
     daemon = Xenstored()
     toolstack = LocalXenstore(daemon)

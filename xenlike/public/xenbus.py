@@ -50,6 +50,7 @@ __all__ = [
     "FRONTEND_ID",
     "STATE",
     "ONLINE",
+    "NUMBER_MAX",
 ]
 
 # Keys every split device has (xenbus.h, libxl__device_generic_add).
@@ -58,6 +59,7 @@ BACKEND, BACKEND_ID = "backend", "backend-id"  # front end: where its back end i
 FRONTEND, FRONTEND_ID = "frontend", "frontend-id"  # back end: where its front end is
 ONLINE = "online"  # back end: "0" when the toolstack unplugs the device
 ERROR_MESSAGE_MAX = 200  # what an error node keeps of a message
+NUMBER_MAX = 0xFFFF_FFFF  # the numbers either end publishes (ports, grant refs, orders, states) are uint32_t
 
 
 class XenbusState(IntEnum):
