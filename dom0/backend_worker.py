@@ -42,7 +42,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from xenlike.kernel import landlock, namespaces, seccomp, trace
 from xenlike.kernel.events import EventLoop
-from xenlike.kernel.hypercall import HypercallClient, recv_message, send_message, socketpair
+from xenlike.kernel.hypercall import (
+    Fragments,
+    HypercallClient,
+    MessageIncomplete,
+    recv_message,
+    send_message,
+    socketpair,
+)
 from xenlike.kernel.proc import close_fds_except, die_with_parent, log_to_file, set_process_name
 from xenlike.public.ring import RingError
 
@@ -111,6 +118,34 @@ class WorkerSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+CONTROL_MESSAGE_MAX = 64 << 10  # a worker's report: its counters, or a fatal error
+STATS_MAX = 64  # counters one report may hold
+STATS_VALUE_MAX = (1 << 63) - 1
+FATAL_MAX = 400  # characters of a fatal report kept
+
+
+def _checked_report(message: Any) -> dict[str, Any]:
+    """A worker's message as dom0 takes it: ``{"connected": true}``, ``{"stats": {name: count}}`` or
+    ``{"fatal": text}``; anything else reads as a fatal report."""
+    if isinstance(message, dict) and set(message) == {"stats"}:
+        stats = message["stats"]
+        if (
+            isinstance(stats, dict)
+            and len(stats) <= STATS_MAX
+            and all(
+                isinstance(k, str) and len(k) <= 64 and type(v) is int and 0 <= v <= STATS_VALUE_MAX
+                for k, v in stats.items()
+            )
+        ):
+            return {"stats": stats}
+        return {"fatal": "the back-end worker sent counters that are not counters"}
+    if isinstance(message, dict) and set(message) == {"fatal"} and isinstance(message["fatal"], str):
+        return {"fatal": message["fatal"][:FATAL_MAX]}
+    if message == {"connected": True}:
+        return message
+    return {"fatal": f"the back-end worker sent a message of no kind dom0 knows: {str(message)[:80]!r}"}
+
+
 class WorkerHandle:
     """dom0's side of a running worker: its pid, its control socket, its hypercall channel."""
 
@@ -121,23 +156,42 @@ class WorkerHandle:
         self.channel = channel
         self.asked = 0  # stats requests sent
         self.answered = 0  # and answered (a worker answers in order)
+        self._fragments = Fragments(CONTROL_MESSAGE_MAX)
 
-    def receive(self) -> dict[str, Any]:
-        """The worker's next message; a dead worker reads as ``{"fatal": ...}``."""
+    def receive(self, wait: bool = False) -> dict[str, Any]:
+        """The worker's next message, checked; ``{}`` while a fragmented one is incomplete.
+
+        ``wait``: block (up to the socket's timeout) for it, as for the first report
+        at start; otherwise the socket is known to be readable.
+
+        A dead worker reads as ``{"fatal": ..., "died": True}``. The worker serves
+        a front end that may have taken it over, so dom0 trusts nothing it sends:
+        a message that is not one of its own kinds, well formed, reads as a fatal
+        report (the device closes), never as an exception in dom0's loop, and dom0
+        never waits for the rest of a message on this socket.
+        """
         try:
-            message, _ = recv_message(self.control)
+            message, fds = self._read(0 if wait else socket.MSG_DONTWAIT)
+        except MessageIncomplete:
+            return {}
+        except ValueError as exc:
+            return {"fatal": f"the back-end worker sent a malformed message: {exc}"}
+        except (ConnectionError, OSError):
+            return {"fatal": "the back-end worker died", "died": True}
+        for fd in fds:
+            os.close(fd)  # it has none to give dom0
+        checked = _checked_report(message)
+        if "stats" in checked:
+            self.answered += 1
+        return checked
+
+    def _read(self, flags: int) -> tuple[Any, list[int]]:
+        try:
+            return recv_message(self.control, flags, pending=self._fragments)
         except ConnectionResetError:
             # A worker that exits with our messages unread resets the socket, and Linux reports
             # that before what it sent last (its fatal report): read once more for it.
-            try:
-                message, _ = recv_message(self.control, socket.MSG_DONTWAIT)
-            except (ConnectionError, OSError):
-                return {"fatal": "the back-end worker died", "died": True}
-        except (ConnectionError, OSError):
-            return {"fatal": "the back-end worker died", "died": True}
-        if "stats" in message:
-            self.answered += 1
-        return message
+            return recv_message(self.control, socket.MSG_DONTWAIT, pending=self._fragments)
 
     def ask_stats(self) -> int:
         """Ask for the counters; returns the number of this request (see :attr:`answered`)."""
@@ -202,7 +256,7 @@ def spawn_worker(spec: WorkerSpec, ctx: BackendContext) -> WorkerHandle:
     handle = WorkerHandle(spec.label, pid, ours, opened["channel"])
     ours.settimeout(WORKER_START_TIMEOUT_S)
     try:
-        reply = handle.receive()
+        reply = handle.receive(wait=True)
     finally:
         ours.settimeout(None)
     if "fatal" in reply:

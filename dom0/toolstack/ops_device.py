@@ -107,7 +107,7 @@ def detach_device(ts: Toolstack, request: Request, built: BuiltDomain, row: Devi
         ts.builder.remove_device_nodes(built, row, spec["devid"])
         request.reply({"vdev": row.name_of(spec), "forced": not ok})
 
-    ts.poll(closed, DEVICE_CLOSE_TIMEOUT_S, finish)
+    ts.poll(closed, DEVICE_CLOSE_TIMEOUT_S, finish, request=request)
 
 
 def block_list(ts: Toolstack, request: Request) -> Any:

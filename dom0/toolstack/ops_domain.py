@@ -248,7 +248,7 @@ def top(ts: Toolstack, request: Request) -> None:
     def finish(ok: bool) -> None:
         request.reply({**sampled, "host": _top_host(physinfo), "domains": _top_domains(ts, columns)})
 
-    ts.poll(answered, TOP_STATS_TIMEOUT_S, finish)
+    ts.poll(answered, TOP_STATS_TIMEOUT_S, finish, request=request)
 
 
 # The run state xentop shows, from getdomaininfolist's flags word.
@@ -340,7 +340,7 @@ def create(ts: Toolstack, request: Request) -> None:
             log.warning("%s", report.message(CREATE_REPORT_TIMEOUT_S))
         request.reply({**result, "start": report.to_dict(CREATE_REPORT_TIMEOUT_S)})
 
-    ts.poll(lambda: ts.lifecycle.start_settled(report), CREATE_REPORT_TIMEOUT_S, finish)
+    ts.poll(lambda: ts.lifecycle.start_settled(report), CREATE_REPORT_TIMEOUT_S, finish, request=request)
 
 
 def destroy(ts: Toolstack, request: Request) -> Any:

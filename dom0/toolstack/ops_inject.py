@@ -66,7 +66,7 @@ def inject(ts: Toolstack, request: Request) -> None:
         request.reply(fault.describe())
         return
     fault, in_force = fault
-    ts.poll(in_force, INJECT_TIMEOUT_S, lambda ok: request.reply(fault.describe()))
+    ts.poll(in_force, INJECT_TIMEOUT_S, lambda ok: request.reply(fault.describe()), request=request)
 
 
 def inject_list(ts: Toolstack, request: Request) -> Any:

@@ -463,7 +463,7 @@ def restore(ts: Toolstack, request: Request) -> None:
         total = (time.monotonic() - started) * 1000
         request.reply({**result, "start": report.to_dict(RESTORE_REPORT_TIMEOUT_S), "total_ms": total})
 
-    ts.poll(lambda: ts.lifecycle.start_settled(report), RESTORE_REPORT_TIMEOUT_S, finish)
+    ts.poll(lambda: ts.lifecycle.start_settled(report), RESTORE_REPORT_TIMEOUT_S, finish, request=request)
 
 
 def migrate(ts: Toolstack, request: Request) -> None:

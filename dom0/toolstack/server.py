@@ -145,6 +145,7 @@ class _Poll:
     ready: Callable[[], bool]
     deadline: float
     done: Callable[[bool], None]
+    request: Request | None = None  # the request it answers, failed if ``ready`` or ``done`` raises
 
 
 def _subject(request: Request) -> str:
@@ -283,10 +284,12 @@ class Toolstack:
             return
         self._waiters.append(_Waiter(pending, deadline, done))
 
-    def poll(self, ready: Callable[[], bool], timeout_s: float, done: Callable[[bool], None]) -> None:
+    def poll(
+        self, ready: Callable[[], bool], timeout_s: float, done: Callable[[bool], None], request: Request | None = None
+    ) -> None:
         """Call ``done(ready())`` on the first turn of dom0's loop where ``ready()`` holds or ``timeout_s``
-        has passed."""
-        self._polls.append(_Poll(ready, time.monotonic() + timeout_s, done))
+        has passed; if either raises, ``request`` (the one ``done`` would answer) fails saying so."""
+        self._polls.append(_Poll(ready, time.monotonic() + timeout_s, done, request))
 
     def on_domain_exception(self) -> None:
         """VIRQ_DOM_EXC: apply the on_* actions of the domains that changed, then answer the waiters they settle."""
@@ -318,9 +321,16 @@ class Toolstack:
         """Finish the polls that are ready or due, and fail the waiters that are due (every turn of dom0's loop)."""
         now = time.monotonic()
         for poll in list(self._polls):
-            if poll.ready() or now >= poll.deadline:
-                self._polls.remove(poll)
-                poll.done(poll.ready())
+            try:
+                if poll.ready() or now >= poll.deadline:
+                    self._polls.remove(poll)
+                    poll.done(poll.ready())
+            except Exception as exc:  # one operation's bug (or a guest's data it trusted) fails it, not dom0's loop
+                log.exception("a pending operation failed")
+                if poll in self._polls:
+                    self._polls.remove(poll)
+                if poll.request is not None:
+                    poll.request.fail(f"dom0 failed to finish it: {exc}")
         for waiter in list(self._waiters):
             if waiter.deadline is not None and now >= waiter.deadline:
                 self._waiters.remove(waiter)
