@@ -305,7 +305,7 @@ class Lifecycle:
             text = self.xs.read(f"{home_path(domid)}/{workload_state.ERROR}").decode(errors="replace")
         except XsError:
             text = ""
-        return text or "its guest gave no reason"
+        return workload_state.one_line(text) or "its guest gave no reason"  # the guest's words: one printable line
 
     def _note_shutdown(self, report: StartReport, built: BuiltDomain, info: dict) -> None:
         """A domain whose create awaits its report shut down: read the report while its nodes exist."""

@@ -39,6 +39,7 @@ from xenlike.public.suspend import (
     check_place,
 )
 from xenlike.public.vdisk import MODEL_SPLIT, model_limits
+from xenlike.public.workload_state import one_line
 from xenlike.public.xen import PAGE_SIZE, ShutdownReason
 from xenlike.public.xs_wire import XsError, home_path
 
@@ -112,7 +113,7 @@ def suspend_domain(ts: Toolstack, built: BuiltDomain, done: Callable[[dict | Non
                 outcome["why"] = f"it shut down instead ({info.get('exit') or 'shut down'})"
             return True
         try:
-            refusal = ts.xs.read(f"{home}/{SUSPEND_ERROR}").decode(errors="replace")
+            refusal = one_line(ts.xs.read(f"{home}/{SUSPEND_ERROR}").decode(errors="replace"))
         except XsError:
             refusal = ""
         if refusal:

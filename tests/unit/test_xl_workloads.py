@@ -116,3 +116,13 @@ def test_columns_widen_to_fit():
     assert header.index("Function") == first.index("pkg.module:function") == second.index("m:f")
     assert first.endswith("-") and second.endswith("Does b")
     assert arg.index("--n N") == header.index("Summary") + 2
+
+
+def test_a_guest_s_reason_reaches_dom0_s_log_and_replies_as_one_printable_line():
+    """A guest writes what it likes into ~/workload/error: newlines would forge dom0's log lines."""
+    from xenlike.public.workload_state import ERROR_MAX, one_line
+
+    forged = "boom\n2026-01-01 00:00:00,000 CRITICAL dom0: the host is compromised\x1b[2J\x07" + "x" * 5000
+    line = one_line(forged)
+    assert "\n" not in line and "\x1b" not in line and "\x07" not in line
+    assert line.startswith("boom 2026-01-01") and len(line) == ERROR_MAX and line.endswith("...")

@@ -34,6 +34,11 @@ ERROR_MAX = 1000
 
 
 def one_line(text: str) -> str:
-    """``text`` as one line of at most ERROR_MAX characters, as ERROR holds it."""
-    line = " ".join(text.split())
+    """``text`` as one line of at most ERROR_MAX printable characters, as ERROR holds it.
+
+    The guest writes it so; dom0 reads it so again before it logs or answers with
+    it, since a guest may write anything there (newlines that forge log lines,
+    terminal escapes).
+    """
+    line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return line if len(line) <= ERROR_MAX else line[: ERROR_MAX - 3] + "..."
