@@ -7,6 +7,7 @@ connection of its own, whose events stream to the client until it unwatches.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import TYPE_CHECKING, Any
 
 from xenlike.public.toolstack_wire import Table
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
     from .server import Toolstack
 
 __all__ = ["read", "write", "rm", "ls", "watch", "unwatch"]
+
+log = logging.getLogger("dom0.toolstack")
+
+#: Events of one xenstore-watch that may go undelivered (its client went, or reads nothing) before the
+#: watch is removed: what a guest's writes under the path would otherwise cost dom0 for ever.
+WATCH_UNDELIVERED_MAX = 1000
 
 
 # What xenstored's error names mean to someone who typed a path.
@@ -110,9 +117,17 @@ def watch(ts: Toolstack, request: Request) -> Any:
     path = request.args["path"]
     token = f"cli-{request.call_id}"
 
+    undelivered = [0]
+
     def receive(delivery: Delivery) -> None:
         fields = delivery.payload.split(b"\0")
-        request.event({"path": fields[0].decode(errors="replace"), "token": token})
+        if request.event({"path": fields[0].decode(errors="replace"), "token": token}):
+            return
+        undelivered[0] += 1
+        if undelivered[0] >= WATCH_UNDELIVERED_MAX:  # the client is gone (or reads nothing): the watch goes
+            log.info("xenstore-watch %s: %d events not delivered; the watch is removed", path, undelivered[0])
+            ts.xenstore_watches.pop((request.identity, request.call_id), None)
+            service.daemon.disconnect(conn)
 
     service = ts.xenstore_service
     conn = service.local_client(receive)

@@ -30,7 +30,7 @@ class Request:
     call_id: int
     op: str
     args: dict[str, Any]
-    send: Callable[[bytes, dict], None] = field(repr=False, compare=False)
+    send: Callable[[bytes, dict], object] = field(repr=False, compare=False)
 
     def reply(self, result: Any) -> None:
         self.send(self.identity, {"id": self.call_id, "ok": True, "result": result})
@@ -38,6 +38,6 @@ class Request:
     def fail(self, error: str) -> None:
         self.send(self.identity, {"id": self.call_id, "ok": False, "error": error})
 
-    def event(self, event: dict[str, Any]) -> None:
-        """One more message for a streaming request (a watch), tagged with its id."""
-        self.send(self.identity, {"id": self.call_id, "event": event})
+    def event(self, event: dict[str, Any]) -> bool:
+        """One more message for a streaming request (a watch), tagged with its id; False if not delivered."""
+        return self.send(self.identity, {"id": self.call_id, "event": event}) is not False

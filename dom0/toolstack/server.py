@@ -252,8 +252,11 @@ class Toolstack:
             if not op.defers:
                 request.reply(result)
 
-    def _send(self, identity: bytes, message: dict) -> None:
-        """Send one reply or event; one that cannot be encoded becomes an error reply saying why."""
+    def _send(self, identity: bytes, message: dict) -> bool:
+        """Send one reply or event; one that cannot be encoded becomes an error reply saying why.
+
+        False if it was not delivered: the client went away (EHOSTUNREACH) or its queue is full.
+        """
         try:
             payload = toolstack_wire.pack(message)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -266,8 +269,11 @@ class Toolstack:
             self.api.send_multipart([identity, payload], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             # With ROUTER_MANDATORY: EHOSTUNREACH, the client went away; EAGAIN, its queue is full.
-            level = logging.INFO if exc.errno == zmq.EHOSTUNREACH else logging.WARNING
-            log.log(level, "a message for request %s was not delivered: %s", message.get("id"), exc)
+            if "event" not in message:  # a stream's events say so themselves (ops_xenstore.watch)
+                level = logging.INFO if exc.errno == zmq.EHOSTUNREACH else logging.WARNING
+                log.log(level, "a message for request %s was not delivered: %s", message.get("id"), exc)
+            return False
+        return True
 
     # -- waiters and polls -----------------------------------------------------------
 
