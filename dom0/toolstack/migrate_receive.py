@@ -45,6 +45,7 @@ log = logging.getLogger("dom0.toolstack")
 SESSION_IDLE_S = 30.0  # a sender silent this long is forgotten
 GO_TIMEOUT_S = 10.0  # how long a built domain waits for the sender's GO
 _POLL_MS = 5
+MAX_SESSIONS = 8  # migrations coming in at once, handshakes included: more are refused
 
 
 class _Round:
@@ -236,6 +237,7 @@ class MigrationListener:
         self.key = ch.new_key()
         self.context: zmq.Context = zmq.Context()
         self._outbox: queue.SimpleQueue[tuple[bytes, list[bytes]]] = queue.SimpleQueue()
+        self._forgotten: queue.SimpleQueue[Incoming] = queue.SimpleQueue()  # sessions that ended, to drop
         self._sessions: dict[bytes, Incoming] = {}
         self._running = True
         bound: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
@@ -255,7 +257,7 @@ class MigrationListener:
         self._outbox.put((session.identity, [kind, body]))
 
     def forget(self, session: Incoming) -> None:
-        self._outbox.put((session.identity, []))  # the listener thread drops it
+        self._forgotten.put(session)  # the listener thread drops it, if it is still the one of its identity
 
     def close(self) -> None:
         self._running = False
@@ -273,6 +275,7 @@ class MigrationListener:
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, ch.MAX_FRAME)  # a peer announcing more is dropped before it is read
         try:
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
@@ -289,7 +292,11 @@ class MigrationListener:
                             frames = sock.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        self._on_message(sock, frames[0], frames[1:])
+                        try:
+                            self._on_message(sock, frames[0], frames[1:])
+                        except Exception as exc:  # one peer's message must not end the listener
+                            log.exception("a migration message could not be handled")
+                            self._refuse(sock, frames[0], f"the message could not be handled: {exc}")
                 self._flush(sock)
                 self._expire()
         finally:
@@ -298,16 +305,26 @@ class MigrationListener:
     def _flush(self, sock: zmq.Socket) -> None:
         while True:
             try:
+                session = self._forgotten.get_nowait()
+            except queue.Empty:
+                break
+            if self._sessions.get(session.identity) is session:  # not a newer session of the same peer
+                del self._sessions[session.identity]
+        while True:
+            try:
                 identity, frames = self._outbox.get_nowait()
             except queue.Empty:
                 return
-            if not frames:
-                self._sessions.pop(identity, None)
-                continue
-            try:
-                sock.send_multipart([identity, *frames], zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                log.info("a migration sender is gone: %s", exc)
+            self._send(sock, identity, frames)
+
+    def _send(self, sock: zmq.Socket, identity: bytes, frames: list[bytes]) -> bool:
+        """Send without ever waiting (a peer that reads nothing must not stop the listener); False if not sent."""
+        try:
+            sock.send_multipart([identity, *frames], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            log.info("a migration sender is gone or reads nothing: %s", exc)
+            return False
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -333,15 +350,20 @@ class MigrationListener:
         if session is None:
             if kind != ch.HELLO:
                 return self._refuse(sock, identity, "a migration starts with HELLO")
-            session = self._sessions[identity] = Incoming(self, identity)
-            sock.send_multipart([identity, ch.CHALLENGE, session.nonce])
+            if len(self._sessions) >= MAX_SESSIONS:
+                return self._refuse(sock, identity, f"{MAX_SESSIONS} migrations are coming in already; try later")
+            session = Incoming(self, identity)
+            if self._send(sock, identity, [ch.CHALLENGE, session.nonce]):
+                self._sessions[identity] = session
             return
         session.last_heard = time.monotonic()
         if not session.authed:
             if kind != ch.AUTH or len(frames) != 2 or not ch.check_auth(self.key, session.nonce, frames[1]):
                 return self._refuse(sock, identity, "the key is wrong (`xenlike info` on the receiving host shows it)")
             session.authed = True
-            sock.send_multipart([identity, ch.OK])
+            if not self._send(sock, identity, [ch.OK]):
+                self._sessions.pop(identity, None)
+                return
             session.start()
             return
         try:
@@ -353,8 +375,10 @@ class MigrationListener:
             session.feed(body)
         elif kind == ch.ROUND:
             try:
-                number = int(ch.decode(body)["round"])
-            except (ch.ChannelError, KeyError, TypeError, ValueError):
+                number = ch.decode(body)["round"]
+            except (ch.ChannelError, KeyError, TypeError):
+                number = None
+            if type(number) is not int or number < 0:
                 return self._refuse(sock, identity, "a ROUND message without its number")
             session.feed(_Round(number))
         elif kind == ch.GO:

@@ -55,7 +55,7 @@ log = logging.getLogger("dom0.toolstack")
 
 ANSWER_TIMEOUT_S = 10.0  # how long the target may be silent: a step (handshake, a round), or between BUILDINGs
 BUILD_TIMEOUT_S = 30.0  # how long the target may build, saying BUILDING
-CHUNK = 1 << 20  # octets of stream per STREAM message
+CHUNK = ch.STREAM_CHUNK  # octets of stream per STREAM message
 ABORT_LINGER_MS = 2000  # how long a sender that gave up keeps trying to deliver its ABORT
 
 
@@ -129,10 +129,11 @@ class Migration:
         self.seq += 1
 
     def _write(self, data: bytes) -> None:
-        """The StreamWriter's output: gathered into STREAM messages of about CHUNK octets."""
+        """The StreamWriter's output: gathered into STREAM messages of CHUNK octets (the last of a round shorter)."""
         self._pending += data
-        if len(self._pending) >= CHUNK:
-            self._flush()
+        while len(self._pending) >= CHUNK:  # a record may be longer than a chunk: it is cut, the receiver joins
+            self._send(ch.STREAM, bytes(self._pending[:CHUNK]))
+            del self._pending[:CHUNK]
 
     def _flush(self) -> None:
         if self._pending:

@@ -59,6 +59,8 @@ __all__ = [
     "STARTED",
     "ABORT",
     "KEY_BYTES",
+    "STREAM_CHUNK",
+    "MAX_FRAME",
     "new_key",
     "auth_reply",
     "check_auth",
@@ -85,6 +87,8 @@ STARTED = b"STARTED"
 ABORT = b"ABORT"
 
 KEY_BYTES = 32
+STREAM_CHUNK = 1 << 20  # octets of stream one STREAM message carries, at most
+MAX_FRAME = STREAM_CHUNK + (64 << 10)  # the largest frame a receiver takes (ZMQ_MAXMSGSIZE): a chunk, and room
 BUILDING_INTERVAL_S = 2.0  # how often a target that builds says so; a sender waits several times as long
 _AUTH_CONTEXT = b"xenlike-migrate"
 _SEQ = struct.Struct(">Q")
@@ -151,8 +155,8 @@ def encode(value: Any) -> bytes:
 def decode(body: bytes) -> Any:
     try:
         return json.loads(body.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ChannelError(f"a control message is not JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+        raise ChannelError(f"a control message is not JSON: {str(exc)[:80]}") from None
 
 
 def parse_address(text: str) -> tuple[str, int]:
