@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -164,7 +165,10 @@ def data_frames(built: BuiltDomain, first: int) -> Iterator[int]:
 
 def first_free_pfn(config: dict[str, Any]) -> int:
     """The first frame of a guest's own memory: the builder's frames lie below it and are built afresh."""
-    return reserved_frames(int(config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES)))
+    frames = config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES)
+    if type(frames) is not int or frames < 1:  # as xl.cfg's parser takes it
+        raise ToolstackError(f"the config's max_grant_frames {str(frames)[:40]!r} is not a number of frames")
+    return reserved_frames(frames)
 
 
 def carried_nodes(ts: Toolstack, built: BuiltDomain) -> list[tuple[str, str]]:
@@ -341,7 +345,12 @@ def restore_image(
     ``precreated`` is the domain made for it already (see the builder).
     """
     config = dict(image.info.config)
-    expected = int(config.get("memory", 0)) * (1 << 20) // PAGE_SIZE
+    memory = config.get("memory", 0)
+    if type(memory) is not int or memory < 0:
+        raise ToolstackError(f"the image's config gives memory {str(memory)[:40]!r}: not a number of MiB")
+    if not isinstance(config.get("name"), str):
+        raise ToolstackError("the image's config has no name")
+    expected = memory * (1 << 20) // PAGE_SIZE
     if expected != image.info.nr_frames:
         raise ToolstackError(
             f"the image's domain has {image.info.nr_frames} frames but its config's memory gives {expected}"
@@ -351,11 +360,11 @@ def restore_image(
     )
     ts.xenconsoled.restore_history(built.domid, image.console)
     home = home_path(built.domid)
-    try:
-        for path, value in image.nodes:
+    for path, value in image.nodes:
+        try:
             ts.xs.write(f"{home}/{path}", value)
-    except XsError as exc:
-        log.warning("%s: a node of its image was not restored: %s", built.label, exc)
+        except (XsError, ValueError) as exc:  # ValueError: no path xenstore takes (a NUL, text that is no UTF-8)
+            log.warning("%s: a node of its image was not restored: %s: %s", built.label, path[:80], exc)
     return built
 
 
@@ -433,13 +442,23 @@ def save(ts: Toolstack, request: Request) -> None:
     suspend_domain(ts, built, suspended)
 
 
+def _regular_file_opener(path: str, flags: int) -> int:
+    """Open without waiting (a FIFO with no writer would stop dom0's loop), and only a regular file."""
+    fd = os.open(path, flags | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a saved image is one)")
+    os.set_blocking(fd, True)
+    return fd
+
+
 def restore(ts: Toolstack, request: Request) -> None:
     """xl restore [-p] FILE: check the whole image, build its domain, answer once its guest runs again."""
     args = request.args
     path = _caller_path(args.get("file"), args.get("cwd"))
     started = time.monotonic()
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=_regular_file_opener) as f:
             image = read_image(f.read, path)
     except OSError as exc:
         raise ToolstackError(f"cannot read {path}: {exc.strerror}") from None

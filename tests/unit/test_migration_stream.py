@@ -288,3 +288,26 @@ def test_nonzero_padding_is_refused() -> None:
         data[48 + length] = 1
         with pytest.raises(StreamError, match="padding is not zero"):
             parse(bytes(data))
+
+
+def test_a_record_nested_past_the_interpreter_s_depth_is_a_stream_error_naming_it():
+    """A hostile image or sender: JSON 100,000 deep raised RecursionError, which no caller expected."""
+    record = ms.Record(ms.RecordType.DOMAIN_INFO, 40, b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(ms.StreamError, match="DOMAIN_INFO record at octet 40: its body is not JSON"):
+        record.json()
+
+
+def test_restore_opens_only_a_regular_file_and_never_waits_for_one(tmp_path):
+    """A FIFO with no writer would have stopped dom0's loop in open()."""
+    import os
+
+    from dom0.toolstack.ops_migrate import _regular_file_opener
+
+    fifo = tmp_path / "image.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        open(fifo, "rb", opener=_regular_file_opener)
+    image = tmp_path / "image.save"
+    image.write_bytes(b"xl")
+    with open(image, "rb", opener=_regular_file_opener) as f:
+        assert f.read() == b"xl"

@@ -191,9 +191,9 @@ class Record:
         """The body as JSON (the xenlike records that carry structured state)."""
         try:
             return json.loads(self.body.decode())
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise StreamError(
-                f"{_name(self.type)} record at octet {self.offset}: its body is not JSON ({exc})"
+                f"{_name(self.type)} record at octet {self.offset}: its body is not JSON ({str(exc)[:80]})"
             ) from None
 
 
