@@ -133,6 +133,8 @@ class DomainBuilder:
         for row in DEVICE_TYPES:
             for spec in config.get(row.config_key, []):
                 row.prepare(spec)  # a target dom0 cannot open fails here, before any domain exists
+        if config.get("ports") and not config.get("vif"):  # a config from an image or a sender is not parsed here
+            raise ValueError("ports need a vif to forward to (a forward reaches the first vif)")
         listeners = self._listen(config)  # so does a forward's host port in use
         try:
             built = self._build(config, paused, uuid, restore, precreated)

@@ -115,3 +115,15 @@ def test_the_target_says_building_before_it_builds_and_while_it_does(monkeypatch
     assert said.count(ch.BUILDING) >= 2  # and more while it built
     time.sleep(0.15)
     assert listener.sent == said  # nothing once it is built
+
+
+def test_ports_without_a_vif_are_refused_before_any_domain_exists():
+    """An image's (or a sender's) config is not parsed as an xl.cfg is: the builder checks what it relies on."""
+    from types import SimpleNamespace
+
+    from dom0.builder import DomainBuilder
+
+    builder = DomainBuilder.__new__(DomainBuilder)
+    builder.ctx = SimpleNamespace(hypercall=lambda *args, **kwargs: pytest.fail("a domain was asked for"))
+    with pytest.raises(ValueError, match="ports need a vif"):
+        builder.create({"name": "pt", "memory": 32, "ports": [{"host": 8080, "guest": 80}], "vif": []})
