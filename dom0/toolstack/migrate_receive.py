@@ -31,7 +31,7 @@ from xenlike.public.xen import PAGE_SIZE
 
 from ..builder import DomainBuilder
 from ..devices import DEVICE_TYPES
-from .ops_migrate import Image, ImageAssembler, restore_image
+from .ops_migrate import Image, ImageAssembler, carried_config, restore_image
 from .request import ToolstackError
 
 if TYPE_CHECKING:
@@ -189,8 +189,9 @@ class Incoming:
         info = getattr(self, "info", None)
         if info is None:
             raise StreamError("ROUND 0 came before DOMAIN_INFO")
+        config = carried_config(info.config)
         for row in DEVICE_TYPES:
-            for spec in info.config.get(row.config_key, []):
+            for spec in config.get(row.config_key, []):
                 row.prepare(dict(spec))  # a disk image this host cannot open is refused before any page moves
 
     def _put_pages(self, page_data: PageData) -> None:

@@ -163,6 +163,16 @@ def data_frames(built: BuiltDomain, first: int) -> Iterator[int]:
         offset = stop
 
 
+def carried_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config an image or a sender carries, as this host builds it: its disks must be here already.
+
+    ``size=`` creates nothing then: a saved guest's disk holds its data, which a new
+    empty image would silently lose, and the path is the sender's to choose.
+    """
+    disks = config.get("disk") or []
+    return {**config, "disk": [{**disk, "size": None} if isinstance(disk, dict) else disk for disk in disks]}
+
+
 def first_free_pfn(config: dict[str, Any]) -> int:
     """The first frame of a guest's own memory: the builder's frames lie below it and are built afresh."""
     frames = config.get("max_grant_frames", DEFAULT_MAX_GRANT_FRAMES)
@@ -344,7 +354,7 @@ def restore_image(
     ``fill`` writes its memory (by default from the image's own pages);
     ``precreated`` is the domain made for it already (see the builder).
     """
-    config = dict(image.info.config)
+    config = carried_config(image.info.config)
     memory = config.get("memory", 0)
     if type(memory) is not int or memory < 0:
         raise ToolstackError(f"the image's config gives memory {str(memory)[:40]!r}: not a number of MiB")

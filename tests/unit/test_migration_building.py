@@ -127,3 +127,13 @@ def test_ports_without_a_vif_are_refused_before_any_domain_exists():
     builder.ctx = SimpleNamespace(hypercall=lambda *args, **kwargs: pytest.fail("a domain was asked for"))
     with pytest.raises(ValueError, match="ports need a vif"):
         builder.create({"name": "pt", "memory": 32, "ports": [{"host": 8080, "guest": 80}], "vif": []})
+
+
+def test_a_carried_config_creates_no_disk_image():
+    """size= makes a new empty image at create; for a restored or migrated guest it would lose its disk's data."""
+    from dom0.toolstack.ops_migrate import carried_config
+
+    config = {"name": "g", "disk": [{"vdev": "xvda", "target": "/srv/g.img", "size": 1 << 30}]}
+    carried = carried_config(config)
+    assert carried["disk"] == [{"vdev": "xvda", "target": "/srv/g.img", "size": None}]
+    assert config["disk"][0]["size"] == 1 << 30  # the image's own record is left as it was
