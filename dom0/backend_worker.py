@@ -45,7 +45,6 @@ from xenlike.kernel.events import EventLoop
 from xenlike.kernel.hypercall import (
     Fragments,
     HypercallClient,
-    MessageIncomplete,
     recv_message,
     send_message,
     socketpair,
@@ -172,7 +171,7 @@ class WorkerHandle:
         """
         try:
             message, fds = self._read(0 if wait else socket.MSG_DONTWAIT)
-        except MessageIncomplete:
+        except BlockingIOError:  # MessageIncomplete included: nothing whole yet
             return {}
         except ValueError as exc:
             return {"fatal": f"the back-end worker sent a malformed message: {exc}"}

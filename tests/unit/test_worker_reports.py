@@ -101,3 +101,8 @@ def test_a_pending_operation_that_raises_fails_its_request_and_not_dom0_s_loop()
     Toolstack.tick(ts)  # type: ignore[arg-type]
     assert failed == ["dom0 failed to finish it: a check the operation missed"]
     assert ts._polls == [later]
+
+
+def test_nothing_to_read_is_nothing_yet_not_a_dead_worker(pair):
+    handle, _worker = pair
+    assert handle.receive() == {}
