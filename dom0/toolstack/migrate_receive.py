@@ -43,6 +43,7 @@ __all__ = ["MigrationListener", "SESSION_IDLE_S"]
 log = logging.getLogger("dom0.toolstack")
 
 SESSION_IDLE_S = 30.0  # a sender silent this long is forgotten
+HANDSHAKE_S = 5.0  # a peer that has not proved the key this long after its HELLO is forgotten
 GO_TIMEOUT_S = 10.0  # how long a built domain waits for the sender's GO
 _POLL_MS = 5
 MAX_SESSIONS = 8  # migrations coming in at once, handshakes included: more are refused
@@ -330,7 +331,10 @@ class MigrationListener:
     def _expire(self) -> None:
         now = time.monotonic()
         for identity, session in list(self._sessions.items()):
-            if now - session.last_heard > SESSION_IDLE_S and not session.finished:
+            idle = now - session.last_heard
+            if not session.authed and idle > HANDSHAKE_S:  # a HELLO and nothing more holds a place for no one
+                self._sessions.pop(identity, None)
+            elif idle > SESSION_IDLE_S and not session.finished:
                 log.warning("migration of %s: the sender fell silent; forgotten", session.name)
                 session.feed(None)
                 self._sessions.pop(identity, None)

@@ -105,3 +105,17 @@ def test_a_frame_larger_than_any_sender_sends_drops_that_peer_only(served):
     time.sleep(0.2)
     assert listener._sessions == {} and listener._thread.is_alive() and _still_serves(context, port)
     big.close()
+
+
+def test_peers_that_never_prove_the_key_give_their_places_back(served, monkeypatch):
+    from dom0.toolstack import migrate_receive
+
+    listener, port, context = served
+    monkeypatch.setattr(migrate_receive, "HANDSHAKE_S", 0.2)
+    idle = [_peer(context, port) for _ in range(MAX_SESSIONS)]
+    assert all(_ask(peer, [ch.HELLO, b"{}"])[0] == ch.CHALLENGE for peer in idle)  # and then nothing more
+    time.sleep(0.5)
+    late = _peer(context, port)
+    assert _ask(late, [ch.HELLO, b"{}"])[0] == ch.CHALLENGE
+    for peer in [*idle, late]:
+        peer.close()
