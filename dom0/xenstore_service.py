@@ -188,8 +188,12 @@ class RingConnection:
         return len(ends)
 
     def _may_read(self) -> bool:
-        """Whether to take the guest's next requests: not while its ``outstanding`` quota of replies waits."""
-        return self.outstanding() < self.service.daemon.quotas.for_domain(self.conn.domid).outstanding
+        """Whether to take the guest's next requests: not while its ``outstanding`` quota of replies waits.
+
+        Requests an injected xs-delay holds count as waiting replies: they will be.
+        """
+        waiting = self.outstanding() + len(self._held.queue)
+        return waiting < self.service.daemon.quotas.for_domain(self.conn.domid).outstanding
 
     def _drop(self, exc: Exception) -> None:
         """Stop serving the ring for good (core.c ``ignore_connection``), and say why in the page if offered."""

@@ -96,3 +96,20 @@ def test_watch_events_past_the_backlog_are_dropped_and_counted(served, monkeypat
         service.route(service.daemon.handle(dom0, T.WRITE, 100 + i, 0, path.encode() + b"\0" + b"%d" % i))
     assert ring.events_dropped > 0
     assert ring.channel.pending_out() <= (16 << 10) + 1000  # the backlog, plus the event that crossed it
+
+
+def test_requests_an_injected_delay_holds_count_against_the_quota(served):
+    """While an admin's xs-delay holds a guest's requests, they are replies to come: the ring is not read past them."""
+    from dom0.faults import XenstoreRule
+
+    service, ring, guest = served
+    service.faults.rules.append(XenstoreRule(1, "xs-delay", f"/local/domain/{GUEST}", delay_ms=60_000))
+    service.faults.poll = lambda ready, timeout, done: None  # dom0's loop would release them in a minute
+    read = pack_msg(T.READ, 1, 0, b"v\0")
+    for _ in range(500):
+        while _put(guest, read):
+            pass
+        guest.rsp.read()  # the guest takes whatever comes
+        ring.on_event(PORT)
+    outstanding = service.daemon.quotas.for_domain(GUEST).outstanding
+    assert len(ring._held.queue) <= outstanding + guest.req.size // len(read)
