@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 
 import pytest
@@ -311,3 +312,17 @@ def test_restore_opens_only_a_regular_file_and_never_waits_for_one(tmp_path):
     image.write_bytes(b"xl")
     with open(image, "rb", opener=_regular_file_opener) as f:
         assert f.read() == b"xl"
+
+
+def test_many_unknown_optional_records_are_listed_once_each():
+    """A stream of a million small unknown records must not become a list (and a reply) of a million types."""
+    out: list[bytes] = []
+    w = StreamWriter(out.append)
+    w.domain_info(_info())
+    w.static_data_end()
+    out.extend(_record(0x80000000 | (i % 3) << 8, b"") for i in range(30_000))
+    w.end()
+    stream = io.BytesIO(b"".join(out))
+    reader = ms.StreamReader(stream.read)
+    assert len(list(reader)) == 3
+    assert reader.skipped == [0x80000000, 0x80000100, 0x80000200]

@@ -359,7 +359,8 @@ class StreamReader:
     ``DeviceState``, ``PageData``, ``list`` of xenstore pairs for
     ``XENSTORE_DATA``, ``WorkloadState``, ``bytes`` for ``CONSOLE_HISTORY``,
     or the raw :class:`Record` for ``STATIC_DATA_END``), and stops after ``END``.
-    Unknown optional records are skipped (counted in ``skipped``). Everything
+    Unknown optional records are skipped (``skipped`` lists each type once, in the
+    order first met: a stream of millions of them costs a list of its types). Everything
     wrong raises :class:`StreamError` naming the octet: a short read, a bad
     header, an unknown mandatory record, a record out of order, a pfn outside
     the domain's ``nr_frames``, a page type that means nothing here.
@@ -435,7 +436,8 @@ class StreamReader:
         rtype = record.type
         if rtype not in RecordType._value2member_map_:
             if record.optional:
-                self.skipped.append(rtype)
+                if rtype not in self.skipped:
+                    self.skipped.append(rtype)
                 return None
             raise StreamError(f"unknown mandatory record {_name(rtype)} at octet {record.offset}: cannot restore")
         if rtype != RecordType.DOMAIN_INFO and self.info is None:
