@@ -166,9 +166,8 @@ class Outbox:
         frames = self._frames
         while frames:
             buffers, fds = frames[0]
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
             try:
-                self.sock.sendmsg(buffers, ancillary, socket.MSG_DONTWAIT)
+                self._sendmsg(buffers, fds)
             except BlockingIOError:
                 return False
             except OSError as exc:
@@ -187,12 +186,7 @@ class Outbox:
     def _send_now(self, data: bytes, fds: Sequence[int]) -> bool:
         """One datagram, if the socket takes it now; False if it must wait (or be fragmented)."""
         try:
-            if fds:
-                self.sock.sendmsg(
-                    [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], socket.MSG_DONTWAIT
-                )
-            else:
-                self.sock.send(data, socket.MSG_DONTWAIT)
+            self._sendmsg([data], fds)
         except BlockingIOError:
             return False
         except OSError as exc:
@@ -200,6 +194,14 @@ class Outbox:
                 return False
             raise
         return True
+
+    def _sendmsg(self, buffers: Sequence[bytes | memoryview], fds: Sequence[int]) -> None:
+        """One datagram, with ``fds``, without waiting (BlockingIOError if the socket has no room)."""
+        if not fds and len(buffers) == 1:
+            self.sock.send(buffers[0], socket.MSG_DONTWAIT)  # the common reply: send() costs less than sendmsg()
+            return
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        self.sock.sendmsg(buffers, ancillary, socket.MSG_DONTWAIT)
 
     def discard(self) -> None:
         """Drop what waits (the peer went), closing the fds kept for it."""
