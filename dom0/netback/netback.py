@@ -35,10 +35,10 @@ device ``vif<domid>.<devid>`` on its bridge (10-byte ``virtio_net_hdr`` first,
 
 Each batch of responses is pushed once, with at most one notification (the
 worker's loop kicks the front end when :meth:`NetifQueue.process` says so).
-While packets keep coming (two batches less than :data:`POLL_NS` apart) the
-worker looks for more without sleeping for that long after the last one, as
-NAPI polls before it re-enables the interrupt; a lone request and an idle vif
-never poll. Each packet is an ``IO`` trace record (``net-tx``: taken off the
+While packets keep coming (two batches less than :data:`POLL_NS`, 1 ms, apart)
+the worker looks for more without sleeping for that long after the last one, as
+NAPI polls before it re-enables the interrupt; a vif idle for longer never
+polls, and the CPU is yielded between looks. Each packet is an ``IO`` trace record (``net-tx``: taken off the
 ring to written to the TAP; ``net-rx``: read from the TAP to its responses
 pushed; ``dur`` the latency), written only while the class is traced.
 Counters are the guest's view, as xentop's NETTX/NETRX: ``tx_*`` is what the
@@ -116,9 +116,11 @@ MAX_GSO_FRAME = XEN_NETIF_MAX_TX_SIZE + ETH_HLEN + VLAN_HLEN  # a 64 KiB IP pack
 MAX_BURST = 131072  # tx_add_credit: a burst big enough for a 64 KiB packet, whatever the rate
 RX_BATCH = 64  # frames read from the TAP before the responses are pushed
 TX_BATCH = 256  # requests taken off the ring before the responses are pushed
-# How long a worker looks for more before it sleeps, while packets come closer together than this:
-# a TCP stream's next segment or ACK is usually there sooner; a lone request/response never polls.
-POLL_NS = 50_000
+# How long a worker looks for more before it sleeps, while packets come closer together than this
+# (blkback's POLL_S): a TCP stream's next segment or ACK, and a request/response loop's next request
+# (a guest-to-guest UDP round trip takes 0.2-0.5 ms), come sooner. On a VM a sleeping worker's CPU
+# halts, and waking it costs 25-70 us a hop; a vif idle for longer never polls.
+POLL_NS = 1_000_000
 
 _IO = TraceClass.IO.value
 
