@@ -282,6 +282,12 @@ class NetifQueue:
         self._rx_overflow = bytearray(64)  # anything read here was more than the posted pages hold
         self._tap_watched = False
         self._tap_ready = False  # the TAP was readable when the loop last looked
+        # The readv vector into the first posted requests' pages, and the (grant mappings'
+        # generation, posted head) it was made for: _rx_head counts the removals from the head.
+        self._rx_head = 0
+        self._rx_vector_key = (-1, -1)
+        self._rx_vector: list[bytearray | memoryview] = []
+        self._rx_by_request: list[memoryview] = []
         self._rx_traced: list[tuple[int, int, int, int]] | None = None  # frames of this batch, while IO is traced
         self._last_packet = 0  # time.monotonic_ns() when the last batch of packets was served, either way
         self._packet_gap = POLL_NS  # the time between the last two batches
@@ -575,24 +581,20 @@ class NetifQueue:
     def _receive(self, responses: bytearray) -> bool:
         """Read one frame from the TAP into the posted pages and answer for it; False if there was none."""
         posted = self._rx_posted
-        grefs = [posted[i][1] for i in range(self._rx_slots)]  # request 1's too: a frame may not be GSO
+        if self._rx_vector_key != (self.rx_grants.generation, self._rx_head):
+            try:
+                self._map_rx_vector()
+            except GrantRefused as exc:
+                self._refuse_posted(responses, exc)
+                return True
+        by_request = self._rx_by_request
         try:
-            self.rx_grants.ensure_mapped(grefs, writable=True)
-        except GrantRefused as exc:
-            self._refuse_posted(responses, exc)
-            return True
-        finally:
-            self.stats["maps"] = self.tx_grants.maps + self.rx_grants.maps
-        slot_of, rx_pages = self.rx_grants.slot_of, self._rx_pages
-        by_request = [rx_pages[slot_of[g]] for g in grefs]
-        pages = [by_request[i] for i in self._rx_data_slots]
-        try:
-            got = os.readv(self.tap, [self._rx_hdr, *pages, self._rx_overflow])
+            got = os.readv(self.tap, self._rx_vector)
         except BlockingIOError:
             return False
         decoded = time.monotonic_ns() if self._rx_traced is not None else 0
         length = got - VIRTIO_NET_HDR.size
-        reason = self._rx_refusal(length, len(pages) * PAGE_SIZE)
+        reason = self._rx_refusal(length, self._rx_data_pages * PAGE_SIZE)
         if reason is not None:
             self.stats["rx_dropped"] += 1
             log.debug("%s: rx frame of %d bytes dropped: %s", self.label, length, reason)
@@ -623,9 +625,30 @@ class NetifQueue:
         if self._rx_traced is not None:
             self._rx_traced.append((decoded, posted[0][0], length, taken))
         del posted[:taken]
+        self._rx_head += 1
         self.stats["rx_packets"] += 1
         self.stats["rx_bytes"] += length
         return True
+
+    def _map_rx_vector(self) -> None:
+        """Map the pages of the first posted requests and make the ``readv`` vector a frame is read with.
+
+        It holds while neither the posted requests' head nor the grant mappings change,
+        so a look at an empty TAP costs one ``readv``. The key must include the mappings:
+        tun answers a read into an emptied slot with the frame's length, its bytes lost.
+        Raises GrantRefused.
+        """
+        posted = self._rx_posted
+        grefs = [posted[i][1] for i in range(self._rx_slots)]  # request 1's too: a frame may not be GSO
+        try:
+            self.rx_grants.ensure_mapped(grefs, writable=True)
+        finally:
+            self.stats["maps"] = self.tx_grants.maps + self.rx_grants.maps
+        slot_of, rx_pages = self.rx_grants.slot_of, self._rx_pages
+        self._rx_by_request = [rx_pages[slot_of[g]] for g in grefs]
+        pages = [self._rx_by_request[i] for i in self._rx_data_slots]
+        self._rx_vector = [self._rx_hdr, *pages, self._rx_overflow]
+        self._rx_vector_key = (self.rx_grants.generation, self._rx_head)
 
     def _rx_refusal(self, length: int, capacity: int) -> str | None:
         """Why the frame just read cannot go to this front end, or None."""
@@ -650,6 +673,7 @@ class NetifQueue:
         for req_id, _gref in self._rx_posted[: bad + 1]:
             responses += RX_RESPONSE.pack(req_id, 0, 0, NETIF_RSP_ERROR)
         del self._rx_posted[: bad + 1]
+        self._rx_head += 1
         self.stats["rx_errors"] += 1
         self._warn(f"rx request refused: {exc}")
 
