@@ -350,13 +350,16 @@ class NetfrontQueue:
                 return
             self._tx_completions()
             try:
+                # Each frame is pushed as it is put on the ring (xennet_start_xmit): the back
+                # end starts on it while the TAP is read again, and a lone frame does not
+                # wait for the read that finds the TAP empty.
                 for _ in range(TX_BATCH):
                     if not self._tx_room() or not self._send_one():
                         break
+                    if self.tx.push_requests():
+                        self.kernel.loop.notify(self.port)
             except OSError as exc:  # the device was deleted under us (the vif was unplugged)
                 self._halt(f"reading {self.name}: {exc.strerror or exc}")
-            if self.tx.push_requests():
-                self.kernel.loop.notify(self.port)
             if self.running and not self._tx_room():
                 self._watch_tap(False)
                 self._tx_completions()  # asks the back end to kick when pages come back
