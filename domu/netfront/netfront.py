@@ -319,8 +319,8 @@ class NetfrontQueue:
             if not self.running:
                 return
             try:
+                self._rx_frames()  # first: a frame waiting for the guest is the latency that counts
                 self._tx_completions()
-                self._rx_frames()
             except RingError as exc:
                 self.stats["rx_errors"] += 1
                 self._halt(f"the back end broke the ring protocol: {exc}")
@@ -348,19 +348,25 @@ class NetfrontQueue:
         with self._lock:
             if not self.running:
                 return
-            self._tx_completions()
             try:
                 # Each frame is pushed as it is put on the ring (xennet_start_xmit): the back
                 # end starts on it while the TAP is read again, and a lone frame does not
-                # wait for the read that finds the TAP empty.
+                # wait for the read that finds the TAP empty, nor for the answered pages'
+                # return (xennet_tx_buf_gc), which comes after the push unless pages ran out.
                 for _ in range(TX_BATCH):
-                    if not self._tx_room() or not self._send_one():
+                    if not self._tx_room():
+                        self._take_tx_responses()
+                        if not self._tx_room():
+                            break
+                    if not self._send_one():
                         break
                     if self.tx.push_requests():
                         self.kernel.loop.notify(self.port)
             except OSError as exc:  # the device was deleted under us (the vif was unplugged)
                 self._halt(f"reading {self.name}: {exc.strerror or exc}")
-            if self.running and not self._tx_room():
+                return
+            self._tx_completions()
+            if not self._tx_room():
                 self._watch_tap(False)
                 self._tx_completions()  # asks the back end to kick when pages come back
 
