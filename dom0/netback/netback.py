@@ -50,6 +50,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -282,10 +283,12 @@ class NetifQueue:
         self._rx_overflow = bytearray(64)  # anything read here was more than the posted pages hold
         self._tap_watched = False
         self._tap_ready = False  # the TAP was readable when the loop last looked
+        self._tap_poll = select.poll()
+        self._tap_poll.register(self.tap, select.POLLIN)
         # The readv vector into the first posted requests' pages, and the (grant mappings'
         # generation, posted head) it was made for: _rx_head counts the removals from the head.
         self._rx_head = 0
-        self._rx_vector_key = (-1, -1)
+        self._rx_vector_key = self._rx_vector_refused = (-1, -1)
         self._rx_vector: list[bytearray | memoryview] = []
         self._rx_by_request: list[memoryview] = []
         self._rx_traced: list[tuple[int, int, int, int]] | None = None  # frames of this batch, while IO is traced
@@ -328,6 +331,7 @@ class NetifQueue:
         before it re-enables the interrupt: a frame that follows soon costs no
         wake-up. An idle vif sleeps at once.
         """
+        self._prepare_rx_vector()
         more = False
         if not self._credit_wait:
             more = self.tx.final_check_for_requests()
@@ -555,6 +559,9 @@ class NetifQueue:
             if not self._receive(responses):
                 self._tap_ready = False  # drained: the loop says when there is more
                 break
+            # Asked of the TAP, not found by a read: a read needs the vector of the next
+            # requests' pages, whose making (_map_rx_vector) waits for final_check, after the push.
+            self._tap_ready = bool(self._tap_poll.poll(0))
         self._watch_tap(len(self._rx_posted) >= self._rx_slots)
         if not responses:
             return False
@@ -629,6 +636,16 @@ class NetifQueue:
         self.stats["rx_packets"] += 1
         self.stats["rx_bytes"] += length
         return True
+
+    def _prepare_rx_vector(self) -> None:
+        """Make the next frame's ``readv`` vector now, while no frame waits for it (a refusal waits for the read)."""
+        key = (self.rx_grants.generation, self._rx_head)
+        if len(self._rx_posted) < self._rx_slots or key in (self._rx_vector_key, self._rx_vector_refused):
+            return
+        try:
+            self._map_rx_vector()
+        except GrantRefused:
+            self._rx_vector_refused = key  # not asked again: _receive refuses the requests when a frame comes
 
     def _map_rx_vector(self) -> None:
         """Map the pages of the first posted requests and make the ``readv`` vector a frame is read with.
