@@ -98,6 +98,8 @@ log = logging.getLogger("domu.netfront")
 MAX_GSO_FRAME = XEN_NETIF_MAX_TX_SIZE + ETH_HLEN + VLAN_HLEN
 MIN_POOL_PAGES = 32  # a pool holds at least one largest frame (17 pages) and its slots
 TX_BATCH = 64  # frames read from the TAP before the requests are pushed
+RX_REFILL_BATCH = 32  # rx pages posted again together
+RX_FRAME_SLOTS = -(-MAX_GSO_FRAME // PAGE_SIZE) + 1  # what a largest rx frame takes: its pages and GSO extra info
 
 _VIRTIO_TO_GSO = {
     VIRTIO_NET_HDR_GSO_TCPV4: XEN_NETIF_GSO_TYPE_TCPV4,
@@ -239,6 +241,9 @@ class NetfrontQueue:
         self._rx_extra = 0  # the packet's next slot is extra info (the last one had a MORE flag)
         self._rx_more = 0  # data slots of the packet are still to come (more_data)
         self._rx_done = 0  # ring index after the last slot whose page may be posted again
+        # Pages are posted again in runs of this many (fewer than all, so a largest frame always has
+        # pages posted): a small frame then costs no post, push or notify of its own.
+        self._rx_refill = max(1, min(RX_REFILL_BATCH, self._rxp.nr_pages - RX_FRAME_SLOTS))
         self._fill_rx()
 
     # -- the handshake's side ------------------------------------------------------------
@@ -459,10 +464,10 @@ class NetfrontQueue:
     # -- rx: back end to guest -------------------------------------------------------------
 
     def _fill_rx(self) -> None:
-        """Post a request for every page not holding a frame (``xennet_alloc_rx_buffers``)."""
+        """Post a request for every page not holding a frame (``xennet_alloc_rx_buffers``), once enough are."""
         ring, mask = self.rx, self._rx_mask
         count = self._rxp.nr_pages - ((ring.req_prod_pvt - self._rx_done) & 0xFFFFFFFF)
-        if count <= 0:
+        if count < self._rx_refill:
             return
         start = (ring.req_prod_pvt & mask) * self._rx_request_size
         ring.put_requests(self._rx_requests[start : start + count * self._rx_request_size])
