@@ -5,10 +5,12 @@ fed from a socket), on threads of its own.
 on tcp and a key this host made (``xenlike info`` shows both). Each sender that
 proves it knows the key (``xenlike.public.migration_channel``) gets a
 :class:`Incoming`: its stream is parsed on a thread as it comes, every record
-checked; pages go into a staging memfd, so nothing exists on this host until the
-stream is whole. Then dom0's loop builds the domain from the staging memory and
-the image (``ops_migrate``), and the sender is told DONE. A session that is
-refused, aborted or falls silent leaves nothing behind.
+checked, and the sender is granted more of it (CREDIT) as the parser takes it,
+so no more than the channel's window waits unapplied; pages go into a staging
+memfd, so nothing exists on this host until the stream is whole. Then dom0's
+loop builds the domain from the staging memory and the image (``ops_migrate``),
+and the sender is told DONE. A session that is refused, aborted or falls silent
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ class Incoming:
         self.name = "?"
         self._chunks: queue.SimpleQueue[bytes | _Round | None] = queue.SimpleQueue()
         self._buffer = bytearray()
+        # The stream's window (migration_channel.STREAM_WINDOW): the listener counts the STREAM
+        # messages that came, the parser grants more as it takes them (CREDIT).
+        self.stream_messages = 0
+        self.granted = ch.STREAM_WINDOW
+        self._taken = 0  # chunks taken since the last CREDIT
         self.staging: GuestMemory | None = None  # the new domain's memory, as dom0 maps it
         self.precreated: tuple[dict[str, Any], int] | None = None  # its createdomain result and memfd
         self.built = False
@@ -92,6 +99,8 @@ class Incoming:
     def _read(self, size: int) -> bytes:
         """The stream's next ``size`` octets, answering ROUND markers met between records."""
         while len(self._buffer) < size:
+            if self._taken and self._chunks.empty():
+                self._grant()  # about to wait: the sender may be waiting for credit
             item = self._chunks.get()
             if item is None:
                 break  # aborted or gone: the reader sees a truncated stream
@@ -101,9 +110,18 @@ class Incoming:
                 self._answer_round(item.number)
                 continue
             self._buffer += item
+            self._taken += 1
+            if self._taken >= ch.STREAM_WINDOW // 4:
+                self._grant()
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
         return data
+
+    def _grant(self) -> None:
+        """CREDIT for the chunks taken since the last one: the sender may send as many more."""
+        taken, self._taken = self._taken, 0
+        self.granted += taken  # before the CREDIT leaves, so the listener never refuses what it allows
+        self.listener.send(self, ch.CREDIT, ch.encode({"chunks": taken}))
 
     def _answer_round(self, number: int) -> None:
         if number == 0:
@@ -366,7 +384,7 @@ class MigrationListener:
             if kind != ch.AUTH or len(frames) != 2 or not ch.check_auth(self.key, session.nonce, frames[1]):
                 return self._refuse(sock, identity, "the key is wrong (`xenlike info` on the receiving host shows it)")
             session.authed = True
-            if not self._send(sock, identity, [ch.OK]):
+            if not self._send(sock, identity, [ch.OK, ch.encode({"window": ch.STREAM_WINDOW})]):
                 self._sessions.pop(identity, None)
                 return
             session.start()
@@ -377,6 +395,14 @@ class MigrationListener:
             return self._refuse(sock, identity, str(exc))
         session.seq += 1
         if kind == ch.STREAM:
+            session.stream_messages += 1
+            if session.stream_messages > session.granted:
+                return self._refuse(
+                    sock,
+                    identity,
+                    f"STREAM message {session.stream_messages} goes beyond what the target granted "
+                    f"({ch.STREAM_WINDOW} ahead of what it applied; wait for CREDIT)",
+                )
             session.feed(body)
         elif kind == ch.ROUND:
             try:

@@ -102,6 +102,7 @@ class Migration:
         self.nonce = b""
         self.seq = 0
         self._pending = bytearray()
+        self._credit = 0  # STREAM messages the target has granted and not yet been sent
         self.writer: StreamWriter | None = None
         self.rounds: list[dict[str, Any]] = []
         self.suspended = False
@@ -125,8 +126,28 @@ class Migration:
     # -- the wire ------------------------------------------------------------------------------
 
     def _send(self, kind: bytes, body: bytes) -> None:
+        if kind == ch.STREAM:
+            while self._credit <= 0:
+                self._wait_for_credit()
+            self._credit -= 1
         self.sock.send_multipart(ch.seal(self.key, self.nonce, kind, self.seq, body))
         self.seq += 1
+
+    def _wait_for_credit(self) -> None:
+        """Until the target grants more of the stream (CREDIT); MigrationFailed if it refuses or stops taking it."""
+        kind, body = self._receive(ANSWER_TIMEOUT_S)
+        if kind != ch.CREDIT:
+            raise MigrationFailed(f"the target answered {kind!r} where {ch.CREDIT!r} was due")
+        self._take_credit(body)
+
+    def _take_credit(self, body: bytes) -> None:
+        try:
+            chunks = ch.decode(body)["chunks"]
+        except (ch.ChannelError, KeyError, TypeError):
+            chunks = None
+        if type(chunks) is not int or chunks < 1:
+            raise MigrationFailed(f"the target sent a CREDIT that grants no chunks: {body[:80]!r}")
+        self._credit += chunks
 
     def _write(self, data: bytes) -> None:
         """The StreamWriter's output: gathered into STREAM messages of CHUNK octets (the last of a round shorter)."""
@@ -149,6 +170,15 @@ class Migration:
         return body
 
     def _message(self, timeout: float) -> tuple[bytes, bytes]:
+        """The target's next answer as (kind, body), CREDITs taken on the way; MigrationFailed for a refusal,
+        a closed connection or silence."""
+        while True:
+            kind, body = self._receive(timeout)
+            if kind != ch.CREDIT:
+                return kind, body
+            self._take_credit(body)
+
+    def _receive(self, timeout: float) -> tuple[bytes, bytes]:
         """The target's next message as (kind, body); MigrationFailed for a refusal, a closed connection or silence."""
         self._wait_for_answer(timeout)
         frames = self.sock.recv_multipart()
@@ -259,7 +289,13 @@ class Migration:
             raise MigrationFailed(f"{self.endpoint} does not speak xenlike's migration protocol")
         self.nonce = frames[1]
         self.sock.send_multipart([ch.AUTH, ch.auth_reply(self.key, self.nonce)])
-        self._answer(ch.OK)
+        try:
+            window = ch.decode(self._answer(ch.OK))["window"]
+        except (ch.ChannelError, KeyError, TypeError):
+            window = None
+        if type(window) is not int or window < 1:
+            raise MigrationFailed(f"{self.endpoint} did not grant a stream window (is it an older xenlike?)")
+        self._credit = window
 
     def _static(self, writer: StreamWriter) -> None:
         built = self.built

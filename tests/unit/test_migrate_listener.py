@@ -11,12 +11,13 @@ the peers are DEALER sockets as ``xenlike migrate`` uses.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
 import zmq
 
-from dom0.toolstack.migrate_receive import MAX_SESSIONS, MigrationListener
+from dom0.toolstack.migrate_receive import MAX_SESSIONS, Incoming, MigrationListener
 from xenlike.public import migration_channel as ch
 
 
@@ -46,7 +47,7 @@ def served():
     context = zmq.Context()
     yield listener, port, context
     listener.close()
-    context.term()
+    context.destroy(linger=0)  # closes the peers a failed test left open, which term() would wait for
 
 
 def _peer(context: zmq.Context, port: int) -> zmq.Socket:
@@ -65,7 +66,10 @@ def _authed(listener: MigrationListener, context: zmq.Context, port: int) -> tup
     sock = _peer(context, port)
     challenge = _ask(sock, [ch.HELLO, b"{}"])
     assert challenge is not None and challenge[0] == ch.CHALLENGE
-    assert _ask(sock, [ch.AUTH, ch.auth_reply(listener.key, challenge[1])]) == [ch.OK]
+    assert _ask(sock, [ch.AUTH, ch.auth_reply(listener.key, challenge[1])]) == [
+        ch.OK,
+        ch.encode({"window": ch.STREAM_WINDOW}),
+    ]
     return sock, challenge[1]
 
 
@@ -119,3 +123,65 @@ def test_peers_that_never_prove_the_key_give_their_places_back(served, monkeypat
     assert _ask(late, [ch.HELLO, b"{}"])[0] == ch.CHALLENGE
     for peer in [*idle, late]:
         peer.close()
+
+
+def _stream(listener: MigrationListener, sock: zmq.Socket, nonce: bytes, first: int, count: int) -> None:
+    for seq in range(first, first + count):
+        sock.send_multipart(ch.seal(listener.key, nonce, ch.STREAM, seq, bytes(ch.STREAM_CHUNK)))
+
+
+def test_a_sender_that_goes_beyond_its_window_is_refused_and_the_target_holds_no_more(served, monkeypatch):
+    """While the parser is busy, what a sender may queue is its window: one chunk more is refused."""
+    listener, port, context = served
+    busy = threading.Event()
+    queued: list[Incoming] = []
+
+    def parse(session: Incoming) -> None:
+        queued.append(session)
+        busy.wait(10)
+
+    monkeypatch.setattr(Incoming, "_parse", parse)
+    sock, nonce = _authed(listener, context, port)
+    try:
+        _stream(listener, sock, nonce, 0, ch.STREAM_WINDOW)
+        assert not sock.poll(300)  # within the window: nothing to say
+        _stream(listener, sock, nonce, ch.STREAM_WINDOW, 1)
+        reply = sock.recv_multipart() if sock.poll(3000) else None
+        assert reply is not None and reply[0] == ch.REFUSED and b"goes beyond what the target granted" in reply[1]
+        assert queued[0]._chunks.qsize() <= ch.STREAM_WINDOW + 1  # the refusal's end-of-stream marker
+        assert listener._thread.is_alive() and _still_serves(context, port)
+    finally:
+        busy.set()
+        sock.close()
+
+
+def test_the_target_grants_credit_as_it_takes_the_stream(served, monkeypatch):
+    listener, port, context = served
+    taken: list[bytes] = []
+
+    def parse(session: Incoming) -> None:
+        while True:
+            chunk = session._read(ch.STREAM_CHUNK)
+            if not chunk:
+                return
+            taken.append(chunk)
+
+    monkeypatch.setattr(Incoming, "_parse", parse)
+    sock, nonce = _authed(listener, context, port)
+    try:
+        granted, sent = ch.STREAM_WINDOW, 0
+        while sent < 3 * ch.STREAM_WINDOW:  # a sender that sends only what it was granted
+            while sent < granted and sent < 3 * ch.STREAM_WINDOW:
+                sock.send_multipart(ch.seal(listener.key, nonce, ch.STREAM, sent, bytes(ch.STREAM_CHUNK)))
+                sent += 1
+            if sent < 3 * ch.STREAM_WINDOW:
+                assert sock.poll(3000), "no CREDIT came"
+                kind, body = sock.recv_multipart()
+                assert kind == ch.CREDIT
+                granted += ch.decode(body)["chunks"]
+        deadline = time.monotonic() + 3
+        while len(taken) < sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(taken) == sent
+    finally:
+        sock.close()

@@ -10,15 +10,23 @@ message is a zmq multipart message whose first frame is its kind::
     HELLO   {"domain": name}          ->
                                       <-    CHALLENGE  nonce (32 random bytes)
     AUTH    HMAC(key, "xenlike-migrate" + nonce)  ->
-                                      <-    OK | REFUSED reason
+                                      <-    OK {"window": w} | REFUSED reason
     then, each [kind, seq u64, body, mac] with mac = HMAC(key, nonce + kind + seq + body):
-    STREAM  the migration stream's octets, in order
+    STREAM  the migration stream's octets, in order, w messages ahead at most
+                                      <-    CREDIT {"chunks": n}, as the target applies them
     ROUND   {"round": n}: the records before it are a whole round; answer when applied
                                       <-    ROUND_OK {"round": n} | REFUSED reason
     (the stream's END record) ...     <-    BUILDING {}, at once and every BUILDING_INTERVAL_S while it builds
                                       <-    DONE {"domid": id} (built, paused) | REFUSED reason
     GO      {}: the sender let its copy go   <-  STARTED {"domid": id} (unpaused)
     ABORT   reason: forget it all
+
+The stream is flow-controlled as a TCP pipe is by its window: OK grants the
+sender ``w`` STREAM messages (:data:`STREAM_WINDOW`), and each CREDIT grants ``n``
+more, sent as the target's parser takes them. So the target never holds more
+than ``w`` chunks that it has not applied, however much faster the network is
+than its parser; a sender that goes beyond what it was granted is REFUSED. A
+sender without credit waits for a CREDIT as it waits for any answer.
 
 The receiver checks the key before it reads a byte of the stream, and every
 later message's mac and sequence number before it applies it; anything else is
@@ -50,6 +58,7 @@ __all__ = [
     "OK",
     "REFUSED",
     "STREAM",
+    "CREDIT",
     "ROUND",
     "ROUND_OK",
     "BUILDING",
@@ -60,6 +69,7 @@ __all__ = [
     "ABORT",
     "KEY_BYTES",
     "STREAM_CHUNK",
+    "STREAM_WINDOW",
     "MAX_FRAME",
     "new_key",
     "auth_reply",
@@ -78,6 +88,7 @@ AUTH = b"AUTH"
 OK = b"OK"
 REFUSED = b"REFUSED"
 STREAM = b"STREAM"
+CREDIT = b"CREDIT"
 ROUND = b"ROUND"
 ROUND_OK = b"ROUND_OK"
 BUILDING = b"BUILDING"
@@ -88,6 +99,7 @@ ABORT = b"ABORT"
 
 KEY_BYTES = 32
 STREAM_CHUNK = 1 << 20  # octets of stream one STREAM message carries, at most
+STREAM_WINDOW = 32  # STREAM messages a target holds unapplied at most, per migration (32 MiB)
 MAX_FRAME = STREAM_CHUNK + (64 << 10)  # the largest frame a receiver takes (ZMQ_MAXMSGSIZE): a chunk, and room
 BUILDING_INTERVAL_S = 2.0  # how often a target that builds says so; a sender waits several times as long
 _AUTH_CONTEXT = b"xenlike-migrate"
