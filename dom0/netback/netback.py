@@ -38,9 +38,10 @@ worker's loop kicks the front end when :meth:`NetifQueue.process` says so).
 While packets keep coming (two batches less than :data:`POLL_NS`, 1 ms, apart)
 the worker looks for more without sleeping for that long after the last one, as
 NAPI polls before it re-enables the interrupt; a vif idle for longer never
-polls, and the CPU is yielded between looks. Each packet is an ``IO`` trace record (``net-tx``: taken off the
-ring to written to the TAP; ``net-rx``: read from the TAP to its responses
-pushed; ``dur`` the latency), written only while the class is traced.
+polls, and the CPU is yielded between looks. Each packet is an ``IO`` trace
+record (``net-tx``: taken off the ring to written to the TAP; ``net-rx``: read
+from the TAP to its responses pushed; ``dur`` the latency), written only while
+the class is traced.
 Counters are the guest's view, as xentop's NETTX/NETRX: ``tx_*`` is what the
 guest sent, ``rx_*`` what it received.
 """
@@ -329,7 +330,8 @@ class NetifQueue:
         While traffic keeps coming (a packet within the last :data:`POLL_NS`), the
         loop is looked at without sleeping until the window closes, as NAPI polls
         before it re-enables the interrupt: a frame that follows soon costs no
-        wake-up. An idle vif sleeps at once.
+        wake-up. An idle vif sleeps at once. The next rx frame's ``readv`` vector
+        is made here first, off the path between a frame and its push.
         """
         self._prepare_rx_vector()
         more = False
