@@ -33,7 +33,7 @@ from xenlike.public.xen import PAGE_SIZE
 
 from ..builder import DomainBuilder
 from ..devices import DEVICE_TYPES
-from .ops_migrate import Image, ImageAssembler, carried_config, restore_image
+from .ops_migrate import Image, ImageAssembler, carried_config, domain_quotas, restore_image
 from .request import ToolstackError
 
 if TYPE_CHECKING:
@@ -131,7 +131,8 @@ class Incoming:
     def _parse(self) -> None:
         try:
             reader = StreamReader(self._read)
-            self.assembler = ImageAssembler(f"the migration of {self.name}", self._put_pages, self._on_info)
+            quotas = self.listener.calls(lambda: domain_quotas(self.listener.ts))
+            self.assembler = ImageAssembler(f"the migration of {self.name}", self._put_pages, self._on_info, quotas)
             for item in reader:
                 self.assembler.take(item)
             image = self.assembler.finish(reader.skipped)

@@ -47,6 +47,7 @@ from xenlike.public.xs_wire import XsError, home_path
 from ..builder import max_vcpus
 from ..devices import DEVICE_TYPES
 from ..xenconsoled import HISTORY_BYTES
+from ..xenstored import Quotas
 from .request import Request, ToolstackError
 
 if TYPE_CHECKING:
@@ -256,7 +257,10 @@ class ImageAssembler:
 
     ``on_pages(page_data)`` gets each PAGE_DATA record once it is checked;
     ``on_info(info)`` the DOMAIN_INFO, before any page. :meth:`finish` gives the
-    :class:`Image` (its ``pages`` empty) once END has come.
+    :class:`Image` (its ``pages`` empty) once END has come. XENSTORE_DATA is held
+    to what the guest could have written under ``quotas`` (this host's xenstore
+    quotas for a domain): at most ``nodes`` nodes of ``node_size`` octets each, so
+    an image's nodes cost what a domain's may, however long the stream.
     """
 
     def __init__(
@@ -264,8 +268,10 @@ class ImageAssembler:
         where: str,
         on_pages: Callable[[PageData], None],
         on_info: Callable[[DomainInfo], None] | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.where = where
+        self.quotas = quotas if quotas is not None else Quotas()
         self.on_pages = on_pages
         self.on_info = on_info
         self.info: DomainInfo | None = None
@@ -289,9 +295,22 @@ class ImageAssembler:
             self.pages += len(item.pfns)
             self.on_pages(item)
         elif isinstance(item, list):
-            for path, _ in item:
+            quotas = self.quotas
+            if len(self.nodes) + len(item) > quotas.nodes:
+                raise StreamError(
+                    f"{where}: XENSTORE_DATA carries more than {quotas.nodes} nodes, "
+                    f"the most a domain may hold here (xenstore quota 'nodes')"
+                )
+            for path, value in item:
                 if path != CARRIED_NODES and not path.startswith(CARRIED_NODES + "/"):
-                    raise StreamError(f"{where}: XENSTORE_DATA names {path!r}; an image carries only {CARRIED_NODES}/")
+                    raise StreamError(
+                        f"{where}: XENSTORE_DATA names {path[:80]!r}; an image carries only {CARRIED_NODES}/"
+                    )
+                if len(value) > quotas.node_size:
+                    raise StreamError(
+                        f"{where}: XENSTORE_DATA's node {path[:80]!r} holds {len(value)} characters, "
+                        f"over the {quotas.node_size} a node may (xenstore quota 'node_size')"
+                    )
             self.nodes.extend(item)
         elif isinstance(item, WorkloadState):
             assert self.info is not None
@@ -313,10 +332,16 @@ class ImageAssembler:
         return Image(info, place, [], self.nodes, record, skipped, self.console)
 
 
-def read_image(read: Callable[[int], bytes], where: str) -> Image:
+def domain_quotas(ts: Toolstack) -> Quotas:
+    """This host's xenstore quotas for a domain (``xenstore-control quota``), what an image's nodes are held to."""
+    quotas: Quotas = ts.xs.daemon.quotas.global_quotas
+    return quotas
+
+
+def read_image(read: Callable[[int], bytes], where: str, quotas: Quotas | None = None) -> Image:
     """Read a whole stream and check it against what a restore needs; StreamError naming ``where`` and the fault."""
     pages: list[PageData] = []
-    assembler = ImageAssembler(where, pages.append)
+    assembler = ImageAssembler(where, pages.append, quotas=quotas)
     reader = StreamReader(read)
     for item in reader:
         assembler.take(item)
@@ -469,7 +494,7 @@ def restore(ts: Toolstack, request: Request) -> None:
     started = time.monotonic()
     try:
         with open(path, "rb", opener=_regular_file_opener) as f:
-            image = read_image(f.read, path)
+            image = read_image(f.read, path, domain_quotas(ts))
     except OSError as exc:
         raise ToolstackError(f"cannot read {path}: {exc.strerror}") from None
     except StreamError as exc:
