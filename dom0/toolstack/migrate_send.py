@@ -171,9 +171,13 @@ class Migration:
 
     def _message(self, timeout: float) -> tuple[bytes, bytes]:
         """The target's next answer as (kind, body), CREDITs taken on the way; MigrationFailed for a refusal,
-        a closed connection or silence."""
+        a closed connection or silence. CREDITs do not extend ``timeout``: the answer itself must come in it."""
+        deadline = time.monotonic() + timeout
         while True:
-            kind, body = self._receive(timeout)
+            try:
+                kind, body = self._receive(max(0.0, deadline - time.monotonic()))
+            except TargetSilent:
+                raise TargetSilent(f"the target ({self.endpoint}) did not answer within {timeout:g}s") from None
             if kind != ch.CREDIT:
                 return kind, body
             self._take_credit(body)
