@@ -71,6 +71,7 @@ from xenlike.kernel.netdev import (
 from xenlike.kernel.skb import MAX_HEADER_LEN, HeaderError, checksum_setup, gso_header_length
 from xenlike.public.netif import (
     ETH_HLEN,
+    MAX_GSO_FRAME,
     NETIF_RSP_ERROR,
     NETIF_RSP_NULL,
     NETIF_RSP_OKAY,
@@ -84,7 +85,6 @@ from xenlike.public.netif import (
     XEN_NETIF_EXTRA_TYPE_MAX,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
-    XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
     NETRXF_csum_blank,
     NETRXF_data_validated,
@@ -108,13 +108,12 @@ if TYPE_CHECKING:
 
     from ..backend_worker import WorkerContext
 
-__all__ = ["NetifQueue", "PacketError", "netif_data_path", "MAX_GSO_FRAME", "MAX_PERSISTENT_GRANTS", "RX_BATCH"]
+__all__ = ["NetifQueue", "PacketError", "netif_data_path", "MAX_PERSISTENT_GRANTS", "RX_BATCH"]
 
 log = logging.getLogger("dom0.netback")
 
 MAX_PERSISTENT_GRANTS = 1024  # per ring: netfront's pool is a ring's worth (256) of pages
 TX_COPY_LEN = MAX_HEADER_LEN  # header bytes copied into dom0's memory before they are parsed
-MAX_GSO_FRAME = XEN_NETIF_MAX_TX_SIZE + ETH_HLEN + VLAN_HLEN  # a 64 KiB IP packet and its link header
 MAX_BURST = 131072  # tx_add_credit: a burst big enough for a 64 KiB packet, whatever the rate
 RX_BATCH = 64  # frames read from the TAP before the responses are pushed
 TX_BATCH = 256  # requests taken off the ring before the responses are pushed

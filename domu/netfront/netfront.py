@@ -60,6 +60,8 @@ from xenlike.kernel.skb import MAX_HEADER_LEN, HeaderError, checksum_setup, gso_
 from xenlike.public.netif import (
     ETH_HLEN,
     EXTRA_INFO,
+    MAX_GSO_FRAME,
+    MAX_GSO_RX_SLOTS,
     NET_RX_RING_SIZE,
     NET_TX_RING_SIZE,
     NETIF_RSP_NULL,
@@ -72,7 +74,6 @@ from xenlike.public.netif import (
     XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
-    XEN_NETIF_MAX_TX_SIZE,
     NETRXF_csum_blank,
     NETRXF_data_validated,
     NETRXF_extra_info,
@@ -91,15 +92,13 @@ if TYPE_CHECKING:
     from ..guest_kernel import GuestKernel
     from ..xenbus_frontend import SharedRing
 
-__all__ = ["BackendFeatures", "NetfrontQueue", "MIN_POOL_PAGES", "MAX_GSO_FRAME"]
+__all__ = ["BackendFeatures", "NetfrontQueue", "MIN_POOL_PAGES"]
 
 log = logging.getLogger("domu.netfront")
 
-MAX_GSO_FRAME = XEN_NETIF_MAX_TX_SIZE + ETH_HLEN + VLAN_HLEN
 MIN_POOL_PAGES = 32  # a pool holds at least one largest frame (17 pages) and its slots
 TX_BATCH = 64  # frames read from the TAP before the requests are pushed
 RX_REFILL_BATCH = 32  # rx pages posted again together
-RX_FRAME_SLOTS = -(-MAX_GSO_FRAME // PAGE_SIZE) + 1  # what a largest rx frame takes: its pages and GSO extra info
 
 _VIRTIO_TO_GSO = {
     VIRTIO_NET_HDR_GSO_TCPV4: XEN_NETIF_GSO_TYPE_TCPV4,
@@ -243,7 +242,7 @@ class NetfrontQueue:
         self._rx_done = 0  # ring index after the last slot whose page may be posted again
         # Pages are posted again in runs of this many (fewer than all, so a largest frame always has
         # pages posted): a small frame then costs no post, push or notify of its own.
-        self._rx_refill = max(1, min(RX_REFILL_BATCH, self._rxp.nr_pages - RX_FRAME_SLOTS))
+        self._rx_refill = max(1, min(RX_REFILL_BATCH, self._rxp.nr_pages - MAX_GSO_RX_SLOTS))
         self._fill_rx()
 
     # -- the handshake's side ------------------------------------------------------------

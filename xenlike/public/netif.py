@@ -78,6 +78,8 @@ __all__ = [
     "XEN_NETIF_MAX_TX_SIZE",
     "ETH_HLEN",
     "VLAN_HLEN",
+    "MAX_GSO_FRAME",
+    "MAX_GSO_RX_SLOTS",
     "DEFAULT_MTU",
     "TX_REQUEST",
     "TX_RESPONSE",
@@ -164,6 +166,9 @@ XEN_NETIF_MAX_TX_SIZE = 0xFFFF  # netif_tx_request.size is 16 bits
 ETH_HLEN = 14  # an Ethernet header (if_ether.h)
 VLAN_HLEN = 4  # an 802.1Q tag on top of it
 DEFAULT_MTU = 1500  # the mtu when the toolstack wrote none
+MAX_GSO_FRAME = XEN_NETIF_MAX_TX_SIZE + ETH_HLEN + VLAN_HLEN  # a 64 KiB IP packet and its link header
+# The rx slots a largest GSO frame takes: its pages, and request 1's for the GSO extra info.
+MAX_GSO_RX_SLOTS = -(-MAX_GSO_FRAME // PAGE_SIZE) + 1
 
 # ---------------------------------------------------------------------------------------
 # Layouts (little-endian, packed as the C structs are: no field needs padding)
