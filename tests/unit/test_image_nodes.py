@@ -8,6 +8,8 @@ dom0's memory before the restore wrote it back: 33 MiB of records became 307 MiB
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from dom0.toolstack.ops_migrate import read_image
@@ -29,15 +31,7 @@ def _image(*records: list[tuple[str, str]]) -> bytes:
 
 
 def _read(data: bytes):
-    offset = 0
-
-    def read(size: int) -> bytes:
-        nonlocal offset
-        chunk = data[offset : offset + size]
-        offset += len(chunk)
-        return chunk
-
-    return read_image(read, "test.save", QUOTAS)
+    return read_image(io.BytesIO(data).read, "test.save", QUOTAS)
 
 
 def _nodes(count: int, start: int = 0) -> list[tuple[str, str]]:
